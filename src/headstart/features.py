@@ -1,0 +1,437 @@
+"""Feature extraction with a resumable on-disk cache.
+
+Features are stored in one SQLite database (WAL mode) keyed by the backbone's fingerprint (architecture + exact
+weights + preprocessing + precision) and the SHA-256 of each file's bytes, so renamed or copied photos are not
+recomputed, edited ones are, and a run after adding 10 photos computes 10. Every batch is committed as soon as
+it is computed: an interrupted run loses at most the batch in flight, and two processes writing at once are
+serialised by SQLite's locking rather than corrupting anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart._cache import cache_dir
+from headstart.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
+from headstart.errors import CacheError, UnusableImageError
+from headstart.images import DEFAULT_MAX_PIXELS, UnusableFile, load_image
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# ------------------------------------------------------------------------------------------------------ the store
+
+
+class FeatureCache:
+    """SQLite store of feature vectors: ``(fingerprint, sha256) -> float32 vector``, plus a file-hash memo.
+
+    Args:
+        path: the database file; its folder is created. Defaults to ``<cache dir>/features.sqlite``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else cache_dir() / "features.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connection().executescript(
+                """
+                CREATE TABLE IF NOT EXISTS features (
+                    fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
+                    PRIMARY KEY (fingerprint, sha256)) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS backbones (
+                    fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS file_hashes (
+                    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+                """
+        )
+
+    def _connect(self) -> _Transaction:
+        return _Transaction(self._connection())
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=True)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError as exc:
+                raise CacheError(
+                    f"The feature cache {self.path} cannot be opened ({exc}). Delete it to start a fresh cache "
+                    "(it only holds recomputable features) or pass another --cache-dir."
+                ) from exc
+            self._local.db = db
+        return db
+
+    def register(self, spec: BackboneSpec, precision: str) -> str:
+        """Record the backbone and return the cache key for its features at this precision."""
+        import json
+
+        key = f"{spec.fingerprint}-{precision}"
+        with self._connect() as db:
+            row = db.execute("SELECT dim FROM backbones WHERE fingerprint=?", (key,)).fetchone()
+            if row is not None and row[0] != spec.num_features:
+                raise CacheError(
+                    f"The cache {self.path} holds {row[0]}-d features for {spec.name} but the model gives "
+                    f"{spec.num_features}-d. Delete the cache file or pass another --cache-dir."
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO backbones VALUES (?, ?, ?)",
+                (key, spec.num_features, json.dumps({**spec.to_dict(), "precision": precision})),
+            )
+        return key
+
+    def get_many(self, key: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors for those of ``hashes`` that are present."""
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self._connect() as db:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT sha256, vector FROM features WHERE fingerprint=? AND sha256 IN ({marks})", (key, *chunk)
+                )
+                for sha, blob in rows:
+                    out[sha] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, key: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Store vectors in one transaction: all of them become visible together, or none."""
+        rows = [(key, sha, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for sha, v in items]
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+
+    def count(self, key: str | None = None) -> int:
+        with self._connect() as db:
+            if key is None:
+                return int(db.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM features WHERE fingerprint=?", (key,)).fetchone()[0])
+
+    # -- file hashes: stat-keyed memo so a re-run does not read every photo again
+    def file_hashes(self, paths: Sequence[Path]) -> list[str | None]:
+        """SHA-256 of each file (None when it cannot be read), memoised on (path, size, mtime)."""
+        resolved = [str(Path(p).resolve()) for p in paths]
+        known: dict[str, tuple[int, int, str]] = {}
+        with self._connect() as db:
+            for start in range(0, len(resolved), 500):
+                chunk = resolved[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for path, size, mtime, sha in db.execute(
+                    f"SELECT path, size, mtime_ns, sha256 FROM file_hashes WHERE path IN ({marks})", chunk
+                ):
+                    known[path] = (size, mtime, sha)
+        out: list[str | None] = []
+        fresh: list[tuple[str, int, int, str]] = []
+        for path in resolved:
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+                continue
+            memo = known.get(path)
+            if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
+                out.append(memo[2])
+                continue
+            sha = _sha256_file(path)
+            out.append(sha)
+            if sha is not None:
+                fresh.append((path, st.st_size, st.st_mtime_ns, sha))
+        if fresh:
+            with self._connect() as db:
+                db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", fresh)
+        return out
+
+
+class _Transaction:
+    """``with`` block = one IMMEDIATE transaction on an autocommit connection (so writers queue, not fail)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _sha256_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- the extraction
+
+
+@dataclass
+class Features:
+    """Features of the usable images among ``paths``, in order, and why the others were skipped.
+
+    Attributes:
+        features: ``(n_usable, num_features)`` float32.
+        indices: for each row of ``features``, its index in the ``paths`` given.
+        hashes: SHA-256 of each usable file, aligned with ``features``.
+        unusable: the skipped files with their reasons.
+        n_cached / n_computed: how many unique files came from the cache / were computed now.
+        seconds: wall time of the whole call.
+    """
+
+    features: np.ndarray
+    indices: np.ndarray
+    hashes: list[str]
+    unusable: list[UnusableFile] = field(default_factory=list)
+    n_cached: int = 0
+    n_computed: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    spec: BackboneSpec | None = None
+
+
+def default_precision(device: str = "cpu") -> str:
+    """bf16 where the processor computes it natively (AVX512-BF16 / AMX, or CUDA), else fp32."""
+    if device.startswith("cuda"):
+        return "bf16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "fp32"
+    return "bf16" if (" avx512_bf16" in flags or " amx_bf16" in flags) else "fp32"
+
+
+def _resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"The 'precision' parameter must be one of {PRECISIONS}. Got {precision!r} instead.")
+    return default_precision(device) if precision == "auto" else precision
+
+
+def extract_features(
+    paths: Sequence[str | os.PathLike[str]],
+    backbone: str | Backbone | Any = DEFAULT_BACKBONE,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    precision: str = "auto",
+    device: str = "cpu",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Features:
+    """Embed each photo with the backbone, reusing cached features and skipping unusable files.
+
+    The backbone is only loaded when something is missing from the cache. Photos are decoded in a thread pool
+    (JPEG draft mode when a photo is much larger than needed) while the model runs the previous batch.
+
+    Args:
+        paths: image files.
+        backbone: a timm name (resolved with ``weights``), a loaded :class:`Backbone`, or any object with a
+            ``spec`` and a ``load()`` returning a Backbone (built only on a cache miss).
+        cache: the store; defaults to the one in the cache folder.
+        precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16``.
+        workers: decoding threads (default: the number of CPU cores, at most 8).
+
+    Returns:
+        :class:`Features` for the usable files, in the order given.
+
+    Example:
+        >>> feats = extract_features(["cat.jpg", "dog.jpg"])
+        >>> feats.features.shape
+        (2, 1280)
+    """
+    start = time.perf_counter()
+    precision = _resolve_precision(precision, device)
+    cache = cache if cache is not None else FeatureCache()
+    paths = [Path(p) for p in paths]
+    loaded: Backbone | None = backbone if isinstance(backbone, Backbone) else None
+    if loaded is not None or hasattr(backbone, "spec"):
+        spec = backbone.spec  # type: ignore[union-attr]
+    else:
+        spec = resolve_backbone(str(backbone), weights)
+    key = cache.register(spec, precision)
+
+    hashes = cache.file_hashes(paths)
+    unusable: dict[int, str] = {}
+    for i, (p, h) in enumerate(zip(paths, hashes)):
+        if h is None:
+            unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
+    found = cache.get_many(key, [h for h in hashes if h is not None])
+    todo: dict[str, int] = {}  # sha -> first index with that content
+    for i, h in enumerate(hashes):
+        if h is not None and h not in found and h not in todo:
+            todo[h] = i
+
+    n_computed = 0
+    if todo:
+        if loaded is None and hasattr(backbone, "load"):
+            loaded = backbone.load()  # type: ignore[union-attr]  # a lazy backbone, e.g. from a model file
+        elif loaded is None:
+            from headstart.backbones import load_backbone
+
+            loaded = load_backbone(str(backbone), weights, device=device)
+        computed, failed = _compute(
+            loaded, [(sha, paths[i]) for sha, i in todo.items()], cache, key,
+            batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels,
+            workers=workers, progress=progress,
+        )
+        found.update(computed)
+        n_computed = len(computed)
+        failed_by_sha = failed
+        for i, h in enumerate(hashes):
+            if h is not None and h in failed_by_sha:
+                unusable[i] = failed_by_sha[h]
+
+    rows, kept, kept_hashes = [], [], []
+    for i, h in enumerate(hashes):
+        if i in unusable or h is None:
+            continue
+        rows.append(found[h])
+        kept.append(i)
+        kept_hashes.append(h)
+    dim = spec.num_features
+    matrix = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+    seconds = time.perf_counter() - start
+    return Features(
+        features=matrix,
+        indices=np.asarray(kept, dtype=np.int64),
+        hashes=kept_hashes,
+        unusable=[UnusableFile(paths[i], r) for i, r in sorted(unusable.items())],
+        n_cached=len({h for h in hashes if h is not None}) - len(todo),
+        n_computed=n_computed,
+        seconds=seconds,
+        images_per_second=n_computed / seconds if n_computed else 0.0,
+        spec=spec,
+    )
+
+
+def _compute(
+    backbone: Backbone,
+    todo: list[tuple[str, Path]],
+    cache: FeatureCache,
+    key: str,
+    *,
+    batch_size: int,
+    precision: str,
+    device: str,
+    max_pixels: int | None,
+    workers: int | None,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Run the model over ``todo`` in batches, committing each batch to the cache as soon as it is done."""
+    import torch
+
+    transform = backbone.transform()
+    size = backbone.spec.data_config["input_size"][-2:]
+    crop_pct = float(backbone.spec.data_config.get("crop_pct") or 1.0)
+    draft = (int(size[1] / crop_pct), int(size[0] / crop_pct))
+    model = backbone.model.to(device).eval()
+    if device == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def load(item: tuple[str, Path]) -> tuple[str, Any]:
+        sha, path = item
+        try:
+            return sha, transform(load_image(path, max_pixels=max_pixels, draft_size=draft))
+        except UnusableImageError as exc:
+            return sha, exc.reason
+        except Exception as exc:  # a transform failing on an odd image must not stop the run
+            return sha, f"cannot preprocess: {type(exc).__name__}: {exc}"
+
+    computed: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    with ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool, _progress(
+        progress, len(todo), f"Extracting {backbone.spec.name}"
+    ) as advance:
+        for batch in _prefetched(pool, load, batches):
+            good = [(sha, t) for sha, t in batch if not isinstance(t, str)]
+            failed.update((sha, t) for sha, t in batch if isinstance(t, str))
+            if good:
+                x = torch.stack([t for _, t in good]).to(device)
+                if device == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), autocast:
+                    out = backbone.features(x).float().cpu().numpy()
+                items = [(sha, out[j]) for j, (sha, _) in enumerate(good)]
+                cache.put_many(key, items)
+                computed.update(items)
+            advance(len(batch))
+    return computed, failed
+
+
+def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: list[list], depth: int = 2) -> Iterator[list]:
+    """Yield each batch's results while the next ``depth`` batches are already decoding in the pool."""
+    pending: list[list[Future]] = []
+    it = iter(batches)
+    for _ in range(depth):
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append([pool.submit(fn, item) for item in nxt])
+    while pending:
+        current = pending.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append([pool.submit(fn, item) for item in nxt])
+        yield [f.result() for f in current]
+
+
+class _progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled, self.total, self.description = enabled, total, description
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def describe_unusable(unusable: Sequence[UnusableFile], limit: int = 10) -> str:
+    """One warning naming the skipped files (the first ``limit``, then a count)."""
+    if not unusable:
+        return ""
+    lines = [f"  {u.path}: {u.reason}" for u in unusable[:limit]]
+    more = f"\n  … and {len(unusable) - limit} more (see `headstart scan`)" if len(unusable) > limit else ""
+    return f"Skipped {len(unusable)} unusable file(s):\n" + "\n".join(lines) + more
+
+
+__all__ = ["FeatureCache", "Features", "extract_features", "default_precision", "describe_unusable", "PRECISIONS"]

@@ -1,0 +1,47 @@
+"""Shared fixtures: real photos (bundled sample, ../shared/data when present), a private cache, one loaded backbone."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the user's cache: one private cache folder per test session (set before headstart is imported).
+os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a network
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE = REPO / "src" / "headstart" / "sample_data" / "pets"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test cleanly when this clone has none."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is not here (fresh clone without ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    """The bundled 12-breed Oxford-IIIT Pet sample (train/ and test/)."""
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The default offline backbone, loaded once."""
+    from headstart.backbones import load_backbone
+
+    return load_backbone("tf_efficientnet_lite0")
+
+
+@pytest.fixture()
+def cache(tmp_path: Path):
+    """A fresh, empty feature cache for one test."""
+    from headstart.features import FeatureCache
+
+    return FeatureCache(tmp_path / "features.sqlite")

@@ -1,0 +1,140 @@
+"""The feature cache: reuse, resumability, concurrent writers, unusable files, precision."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.features import FeatureCache, extract_features
+
+
+@pytest.fixture()
+def photos(sample: Path, tmp_path: Path) -> list[Path]:
+    """12 real photos copied into a private folder (so tests may add, edit and break files)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    out = []
+    for src in sorted((sample / "test").glob("*/*.jpg"))[::2]:
+        dst = folder / src.name
+        shutil.copy(src, dst)
+        out.append(dst)
+    return out
+
+
+def test_second_run_computes_nothing_and_gives_the_same_features(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    first = extract_features(photos, lite0, cache=cache, batch_size=5)
+    second = extract_features(photos, lite0, cache=cache)
+    assert (first.n_computed, first.n_cached) == (12, 0)
+    assert (second.n_computed, second.n_cached) == (0, 12)
+    np.testing.assert_array_equal(first.features, second.features)
+    assert first.features.shape == (12, 1280) and first.features.dtype == np.float32
+
+
+def test_adding_photos_computes_only_the_new_ones(lite0, cache: FeatureCache, photos: list[Path], sample: Path, tmp_path: Path) -> None:
+    extract_features(photos[:8], lite0, cache=cache)
+    more = extract_features(photos, lite0, cache=cache)
+    assert (more.n_computed, more.n_cached) == (4, 8)
+
+
+def test_renamed_copies_hit_the_cache_and_edits_do_not(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    extract_features(photos[:2], lite0, cache=cache)
+    copy = photos[0].with_name("renamed copy.jpg")
+    shutil.copy(photos[0], copy)
+    assert extract_features([copy], lite0, cache=cache).n_computed == 0
+    from PIL import Image
+
+    Image.open(photos[1]).rotate(90).save(photos[1])  # same path, new content
+    assert extract_features([photos[1]], lite0, cache=cache).n_computed == 1
+
+
+def test_unusable_files_are_skipped_and_named(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    folder = photos[0].parent
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "cut.jpg").write_bytes(photos[0].read_bytes()[:3000])
+    paths = [photos[0], folder / "empty.jpg", photos[1], folder / "notes.jpg", folder / "cut.jpg", folder / "gone.jpg"]
+    feats = extract_features(paths, lite0, cache=cache)
+    assert feats.indices.tolist() == [0, 2]
+    reasons = {u.path.name: u.reason for u in feats.unusable}
+    assert set(reasons) == {"empty.jpg", "notes.jpg", "cut.jpg", "gone.jpg"}, reasons
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["cut.jpg"] and "missing" in reasons["gone.jpg"]
+
+
+def test_identical_files_are_computed_once(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    twin = photos[0].with_name("twin.jpg")
+    shutil.copy(photos[0], twin)
+    feats = extract_features([photos[0], twin], lite0, cache=cache)
+    assert feats.n_computed == 1 and feats.features.shape[0] == 2
+    assert feats.hashes[0] == feats.hashes[1]
+
+
+def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    a = extract_features(photos, lite0, cache=cache, precision="fp32").features
+    b = extract_features(photos, lite0, cache=cache, precision="bf16").features
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99, f"min cosine {cosine.min():.4f}"
+
+
+def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    with pytest.raises(ValueError, match="'precision' parameter must be one of"):
+        extract_features(photos, lite0, cache=cache, precision="fp8")
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from headstart.features import FeatureCache, extract_features
+    paths = [Path(p) for p in sys.argv[2:]]
+    extract_features(paths, "tf_efficientnet_lite0", cache=FeatureCache(sys.argv[1]), batch_size=2, precision="fp32")
+    print("done")
+    """
+)
+
+
+def _spawn(db: Path, paths: list[Path]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WORKER, str(db), *map(str, paths)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_writing_at_once_do_not_corrupt_the_cache(tmp_path: Path, photos: list[Path]) -> None:
+    db = tmp_path / "shared.sqlite"
+    FeatureCache(db)
+    procs = [_spawn(db, photos), _spawn(db, photos[::-1])]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0 and "done" in stdout, stderr[-2000:]
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT COUNT(*) FROM features").fetchone()[0] == len(photos)
+
+
+@pytest.mark.slow
+def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: list[Path]) -> None:
+    db = tmp_path / "resume.sqlite"
+    cache = FeatureCache(db)
+    proc = _spawn(db, photos)
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = cache.count()
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    kept = cache.count()
+    assert kept >= 2, "the first batch was committed before the kill"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32")
+    assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
