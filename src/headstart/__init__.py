@@ -1,0 +1,61 @@
+"""headstart: turn a folder of photos into an image classifier by reusing ImageNet-pretrained networks.
+
+The one-call path::
+
+    import headstart
+    result = headstart.train("photos/", out="pets.safetensors")       # features cached, probe trained, run folder
+    headstart.evaluate("pets.safetensors", "test_photos/").accuracy
+    headstart.Classifier.load("pets.safetensors").predict(["cat.jpg"]).to_list()
+
+Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`, :func:`extract_features`,
+:class:`LinearProbe`, :class:`Classifier`. Importing headstart is cheap; torch and timm load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from headstart._version import __version__
+
+_EXPORTS = {
+    "load_backbone": "headstart.backbones",
+    "resolve_backbone": "headstart.backbones",
+    "list_backbones": "headstart.backbones",
+    "Backbone": "headstart.backbones",
+    "BackboneSpec": "headstart.backbones",
+    "DEFAULT_BACKBONE": "headstart.backbones",
+    "load_image": "headstart.images",
+    "scan": "headstart.images",
+    "quarantine": "headstart.images",
+    "load_dataset": "headstart.datasets",
+    "train_val_split": "headstart.datasets",
+    "Dataset": "headstart.datasets",
+    "download_dataset": "headstart.download",
+    "FeatureCache": "headstart.features",
+    "extract_features": "headstart.features",
+    "LinearProbe": "headstart.probe",
+    "Classifier": "headstart.classifier",
+    "train": "headstart.training",
+    "evaluate": "headstart.evaluation",
+    "HeadstartError": "headstart.errors",
+    "BackboneUnavailableError": "headstart.errors",
+    "DataError": "headstart.errors",
+    "UnusableImageError": "headstart.errors",
+    "ModelFileError": "headstart.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public API on first use, so ``import headstart`` stays fast."""
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headstart' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

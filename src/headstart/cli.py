@@ -1,0 +1,318 @@
+"""The ``headstart`` command line: thin Typer wrappers over the public Python API.
+
+Examples:
+    headstart demo
+    headstart backbones
+    headstart scan photos/ --json
+    headstart train photos/ --out pets.safetensors
+    headstart evaluate pets.safetensors test_photos/ --json
+    headstart predict pets.safetensors my_cat.jpg --top-k 3
+
+Results go to stdout (``--json`` for machines); progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from headstart.errors import HeadstartError
+
+app = typer.Typer(
+    name="headstart",
+    help="Turn a folder of photos into an image classifier by reusing ImageNet-pretrained networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+# ------------------------------------------------------------------------------------------ shared option types
+DataArg = Annotated[str, typer.Argument(help="Folder of class subfolders, Oxford-IIIT Pet root, PetImages folder or CSV of path,label.")]
+ModelArg = Annotated[Path, typer.Argument(help="A model file written by `headstart train`.")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="timm name, e.g. tf_efficientnet_lite0, resnet50.a1_in1k.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(help="Where the weights come from: hub, package, none, or a local checkpoint path. Default: the offline package when installed, else the hub.")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(help="Cache folder (default $HEADSTART_CACHE_DIR or ~/.cache/headstart).")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32 or bf16.")]
+SplitOpt = Annotated[str, typer.Option(help="all, or train/test for data sets with an official split (Oxford-IIIT Pet).")]
+MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this (decompression bombs); 0 = no limit.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def _max_pixels(value: int) -> int | None:
+    return None if value <= 0 else value
+
+
+def _use_cache_dir(cache_dir: Path | None) -> None:
+    if cache_dir is not None:
+        os.environ["HEADSTART_CACHE_DIR"] = str(cache_dir)
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one clear line on stderr and a non-zero exit, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except (HeadstartError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            raise typer.Exit(2 if isinstance(exc, ValueError) else 1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: everything finished so far (cached features, saved files) is kept.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _json(data: Any) -> None:
+    out.print_json(json.dumps(data))
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+@app.command()
+@handles_errors
+def backbones(
+    all_: Annotated[bool, typer.Option("--all", help="Every pretrained timm model, not just the catalogue.")] = False,
+    pattern: Annotated[Optional[str], typer.Option(help="Wildcard filter over timm names, e.g. 'resnet*'.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List backbones: which are usable right now, and why not the others."""
+    from headstart.backbones import list_backbones
+
+    rows = list_backbones(include_all=all_, pattern=pattern)
+    if as_json:
+        _json([{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows])
+        return
+    table = Table("backbone", "usable", "weights", "about")
+    for r in rows:
+        table.add_row(r.name, "[green]yes[/green]" if r.usable else "[red]no[/red]", r.source, r.description)
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def scan(
+    data: Annotated[list[Path], typer.Argument(help="Folders or files to check.")],
+    quarantine: Annotated[Optional[Path], typer.Option(help="Move unusable files into this folder (never deletes).")] = None,
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decode every image and list the unusable ones with the reason."""
+    from headstart.images import quarantine as move_aside
+    from headstart.images import scan as scan_files
+
+    for p in data:
+        if not p.exists():
+            raise HeadstartError(f"{p} does not exist: pass a folder or image files to scan.")
+    report = scan_files(data, max_pixels=_max_pixels(max_pixels), progress=not as_json)
+    moved = []
+    if quarantine is not None and report.unusable:
+        root = data[0] if len(data) == 1 and data[0].is_dir() else Path(os.path.commonpath([p.resolve() for p in data]))
+        moved = move_aside(report, quarantine, root=root)
+    if as_json:
+        result = report.to_dict()
+        if quarantine is not None:
+            result["quarantined"] = [{"from": str(a), "to": str(b)} for a, b in moved]
+        _json(result)
+        return
+    out.print(f"{report.n_files} image files, {len(report.unusable)} unusable, {len(report.ignored)} other files ignored")
+    for u in report.unusable:
+        out.print(f"  {u.path}: {u.reason}", highlight=False)
+    for a, b in moved:
+        out.print(f"  moved {a} -> {b}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def download(
+    dataset: Annotated[str, typer.Argument(help="pets (Oxford-IIIT Pet) or catsdogs (Microsoft's PetImages).")],
+    destination: Annotated[Path, typer.Argument(help="Folder to download and extract into.")],
+) -> None:
+    """Download and check an official data set archive, then extract it."""
+    from headstart.download import download_dataset
+
+    root = download_dataset(dataset, destination)
+    out.print(f"ready: {root}  (use it as DATA, e.g. `headstart train {root}`)")
+
+
+@app.command()
+@handles_errors
+def extract(
+    data: DataArg,
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    split: SplitOpt = "all",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute and cache backbone features for a data set (only what is not cached yet)."""
+    _use_cache_dir(cache_dir)
+    from headstart.datasets import load_dataset
+    from headstart.features import describe_unusable, extract_features
+
+    dataset = load_dataset(data, split=split)
+    feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
+                             max_pixels=_max_pixels(max_pixels), progress=not as_json)
+    summary = {
+        "n_images": len(dataset), "n_usable": int(len(feats.indices)), "n_cached": feats.n_cached,
+        "n_computed": feats.n_computed, "seconds": round(feats.seconds, 3),
+        "images_per_second": round(feats.images_per_second, 1), "num_features": int(feats.features.shape[1]),
+        "backbone": feats.spec.name if feats.spec else backbone,
+        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+    }
+    if as_json:
+        _json(summary)
+        return
+    if feats.unusable:
+        err.print(describe_unusable(feats.unusable), highlight=False)
+    out.print(
+        f"{summary['n_usable']}/{len(dataset)} images → {summary['num_features']}-d features with {summary['backbone']}: "
+        f"{feats.n_cached} cached, {feats.n_computed} computed in {feats.seconds:.1f} s"
+        + (f" ({feats.images_per_second:.0f} img/s)" if feats.n_computed else "")
+    )
+
+
+@app.command()
+@handles_errors
+def train(
+    data: DataArg,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    method: Annotated[str, typer.Option(help="probe: logistic regression on cached features.")] = "probe",
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
+    split: SplitOpt = "all",
+    val_fraction: Annotated[float, typer.Option(help="Share of photos held out for validation.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
+    refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a classifier on labelled photos and save it as one model file."""
+    _use_cache_dir(cache_dir)
+    from headstart.training import train as train_model
+
+    result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
+                         split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
+                         max_pixels=_max_pixels(max_pixels), progress=not as_json)
+    m = result.metrics
+    if as_json:
+        _json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
+        return
+    f = m["features"]
+    out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
+    out.print(
+        f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
+        f"on {m['n_val']} photos ({m['n_classes']} classes; C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f})"
+    )
+    if m["skipped"]:
+        out.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
+    out.print(f"model: {result.model_path}" + (" (refit on all photos)" if m["refit_on_all"] else ""))
+    out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, metrics.json, config.json)")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    model: ModelArg,
+    data: DataArg,
+    split: SplitOpt = "all",
+    out_dir: Annotated[Optional[Path], typer.Option(help="Write evaluation.json and the pictures here.")] = None,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
+    _use_cache_dir(cache_dir)
+    from headstart.evaluation import evaluate as evaluate_model
+
+    report = evaluate_model(model, data, split=split, out_dir=out_dir, precision=precision,
+                            max_pixels=_max_pixels(max_pixels), progress=not as_json)
+    if as_json:
+        _json(report.to_dict())
+        return
+    table = Table("class", "precision", "recall", "photos")
+    for name, row in report.details["per_class"].items():
+        if row["support"]:
+            table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", str(row["support"]))
+    out.print(table)
+    out.print(f"accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
+    if report.skipped:
+        out.print(f"skipped {len(report.skipped)} unusable file(s):")
+        for s in report.skipped:
+            out.print(f"  {s['path']}: {s['reason']}", highlight=False)
+    if report.unknown_labels:
+        out.print(f"not scored (labels the model does not know): {report.unknown_labels}")
+    if report.pictures:
+        out.print("pictures: " + ", ".join(report.pictures))
+
+
+@app.command()
+@handles_errors
+def predict(
+    model: ModelArg,
+    paths: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many labels to show per image.")] = 5,
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-k labels with probabilities for each image."""
+    _use_cache_dir(cache_dir)
+    from headstart.classifier import Classifier
+
+    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision)
+    if as_json:
+        _json(result.to_list())
+    else:
+        for p in result.predictions:
+            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
+            out.print(f"{p.path}: {shown}", highlight=False)
+    for u in result.unusable:
+        err.print(f"[yellow]skipped[/yellow] {u.path}: {u.reason}", highlight=False)
+    if result.unusable and not result.predictions:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path("headstart-demo"),
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Train a pet-breed classifier on the bundled sample photos, evaluate it and predict a few (offline)."""
+    _use_cache_dir(cache_dir)
+    from headstart.demo import run_demo
+
+    run_demo(out_dir, console=out)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

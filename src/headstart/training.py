@@ -1,0 +1,155 @@
+"""Train a classifier on a folder of photos: features from the cache, a linear probe, a run folder to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart.backbones import DEFAULT_BACKBONE, cached_trunk_weights
+from headstart.classifier import Classifier
+from headstart.datasets import Dataset, load_dataset, train_val_split
+from headstart.errors import DataError
+from headstart.features import FeatureCache, describe_unusable, extract_features
+from headstart.images import DEFAULT_MAX_PIXELS
+from headstart.metrics import classification_metrics, public_metrics, write_metric_pictures
+from headstart.probe import LinearProbe
+
+if TYPE_CHECKING:
+    from headstart.features import Features
+
+METHODS = ("probe",)
+
+
+class SkippedFilesWarning(UserWarning):
+    """Some files could not be used; the message names them and why."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the model (also saved at ``model_path``), its run folder and metrics."""
+
+    model: Classifier
+    model_path: Path
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def default_run_dir(model_path: Path) -> Path:
+    """``pets.safetensors`` → ``pets-run/`` beside it."""
+    return model_path.with_name(model_path.stem + "-run")
+
+
+def train(
+    data: str | os.PathLike[str] | Dataset,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | os.PathLike[str] | None = None,
+    method: str = "probe",
+    out: str | os.PathLike[str] = "model.safetensors",
+    run_dir: str | os.PathLike[str] | None = None,
+    split: str = "all",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    refit: bool = True,
+    precision: str = "auto",
+    batch_size: int = 32,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    cache: FeatureCache | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a classifier for the classes in ``data`` and save it to ``out``.
+
+    The probe: features of every usable photo (cached), a seeded stratified train/validation split that keeps
+    identical files on one side, logistic regression whose regularisation is chosen by cross-validation on the
+    training part, validation metrics and pictures, then (``refit=True``) a final fit on all the photos.
+
+    Args:
+        data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
+        backbone: timm name; ``weights`` says where its weights come from (see :func:`load_backbone`).
+        method: ``probe`` (logistic regression on cached features).
+        out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
+        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
+
+    Example:
+        >>> result = train("photos/", out="pets.safetensors")
+        >>> result.metrics["val_accuracy"]
+        0.92
+    """
+    if method not in METHODS:
+        raise ValueError(f"The 'method' parameter of train must be one of {METHODS}. Got {method!r} instead.")
+    start = time.perf_counter()
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
+    out = Path(out)
+    run = Path(run_dir) if run_dir is not None else default_run_dir(out)
+    cache = cache if cache is not None else FeatureCache()
+
+    feats = extract_features(
+        dataset.paths, backbone, weights=weights, cache=cache, precision=precision, batch_size=batch_size,
+        max_pixels=max_pixels, progress=progress,
+    )
+    if feats.unusable:
+        warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=2)
+    usable = dataset.subset(feats.indices.tolist())
+    if len(set(usable.labels)) < 2:
+        raise DataError(f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es): a classifier needs at least 2 classes.")
+    labels = np.asarray(usable.labels)
+    X = feats.features
+
+    train_part, val_part = train_val_split(usable, val_fraction=val_fraction, seed=seed, groups=feats.hashes)
+    row_of = {s.path: i for i, s in enumerate(usable.samples)}
+    tr = np.array([row_of[s.path] for s in train_part.samples])
+    va = np.array([row_of[s.path] for s in val_part.samples])
+
+    probe = LinearProbe(random_state=seed).fit(X[tr], labels[tr])
+    val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
+    final = LinearProbe(Cs=(probe.C_,), random_state=seed).fit(X, labels) if refit else probe
+
+    spec, trunk = cached_trunk_weights(backbone, weights)
+    metrics = {
+        "val_accuracy": val_metrics["accuracy"],
+        "val_top5_accuracy": val_metrics["top5_accuracy"],
+        "cv_accuracy": float(probe.cv_accuracy_),
+        "C": float(probe.C_),
+        "n_images": len(dataset),
+        "n_usable": len(usable),
+        "n_train": int(len(tr)),
+        "n_val": int(len(va)),
+        "n_classes": len(final.classes_),
+        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        "ignored": [str(p) for p in dataset.ignored],
+        "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
+        "refit_on_all": refit,
+        "seconds": None,
+    }
+    model = Classifier(
+        spec,
+        [str(c) for c in final.classes_],
+        final.coef_,
+        final.intercept_,
+        trunk,
+        {
+            "method": method,
+            "metrics": {k: v for k, v in metrics.items() if k not in ("skipped", "ignored")},
+            "data": {"source": str(dataset.root), "kind": dataset.kind, "split": split, "seed": seed,
+                     "val_fraction": val_fraction},
+        },
+    )
+    model.save(out)
+
+    run.mkdir(parents=True, exist_ok=True)
+    config = {"data": str(dataset.root), "backbone": backbone, "weights": None if weights is None else str(weights),
+              "method": method, "out": str(out), "split": split, "val_fraction": val_fraction, "seed": seed,
+              "refit": refit, "precision": precision, "batch_size": batch_size, "max_pixels": max_pixels}
+    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    val_paths = [usable.samples[i].path for i in va]
+    write_metric_pictures(val_metrics, val_paths, run, title=f"validation ({len(va)} photos)")
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics)}, indent=2) + "\n")
+    return TrainResult(model, out, run, metrics)
