@@ -138,3 +138,17 @@ def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: l
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32")
     assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
+
+
+def test_known_unusable_files_do_not_load_the_model_again(cache: FeatureCache, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = photos[0].with_name("broken.jpg")
+    broken.write_text("not a photo")
+    first = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
+    import headstart.backbones as backbones
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("everything was known: no model needed"))
+    again = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
+    assert [u.reason for u in again.unusable] == [u.reason for u in first.unusable]
+    assert (again.n_cached, again.n_computed) == (1, 0)
+    # under another pixel limit the file is checked again (a bomb's verdict depends on the limit)
+    assert cache.get_unusable(again.hashes + [first.unusable[0].path.name], None) == {}

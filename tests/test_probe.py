@@ -179,3 +179,27 @@ def test_importing_probe_does_not_import_torch():
     code = "import sys, headstart.probe; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"], out
+
+
+def test_a_single_C_is_used_without_cross_validation() -> None:
+    import warnings as _w
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 6))
+    y = np.where(X[:, 0] > 0, "a", "b")
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # nothing to warn about: the caller chose C
+        probe = LinearProbe(Cs=(0.5,)).fit(X, y)
+    assert probe.C_ == 0.5 and probe.n_splits_ == 0 and np.isnan(probe.cv_accuracy_)
+
+
+def test_calibration_rescales_probabilities_but_not_predictions() -> None:
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(6, 30)) * 0.6
+    y = np.repeat(np.arange(6), 12)
+    X = centres[y] + rng.normal(size=(72, 30))
+    calibrated = LinearProbe(random_state=0).fit(X, y)
+    raw = LinearProbe(random_state=0, calibrate=False).fit(X, y)
+    np.testing.assert_array_equal(calibrated.predict(X), raw.predict(X))
+    assert calibrated.temperature_ != 1.0 and raw.temperature_ == 1.0
+    np.testing.assert_allclose(calibrated.decision_function(X) * calibrated.temperature_, raw.decision_function(X), rtol=1e-6, atol=1e-9)

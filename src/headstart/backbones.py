@@ -477,13 +477,13 @@ def list_backbones(include_all: bool = False, pattern: str | None = None) -> lis
         arch = name.split(".", 1)[0]
         if offline_weight_file(arch) is not None:
             dist = OFFLINE_PACKAGES[arch][0]
-            rows.append(BackboneStatus(name, description, True, f"offline: package {dist} {_package_version(arch)}"))
+            rows.append(BackboneStatus(name, description, True, f"offline ({dist})"))
         elif _hub_cached(name):
             rows.append(BackboneStatus(name, description, True, "hub weights already downloaded"))
         elif os.environ.get("HF_HUB_OFFLINE") == "1":
             rows.append(BackboneStatus(name, description, False, "hub download needed, but HF_HUB_OFFLINE=1"))
         else:
-            rows.append(BackboneStatus(name, description, False, "needs a network once (hub download), or --weights PATH"))
+            rows.append(BackboneStatus(name, description, False, "hub: needs a network once, or --weights PATH"))
     return rows
 
 

@@ -23,7 +23,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from headstart.errors import HeadstartError
 
@@ -34,8 +36,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# markup=False: paths, reasons and class names are printed verbatim (a file named `cat [copy].jpg` must not lose
+# `[copy]` as a style tag); the few coloured words opt in with markup=True and escape what they interpolate.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 # ------------------------------------------------------------------------------------------ shared option types
 DataArg = Annotated[str, typer.Argument(help="Folder of class subfolders, Oxford-IIIT Pet root, PetImages folder or CSV of path,label.")]
@@ -59,7 +63,7 @@ def _use_cache_dir(cache_dir: Path | None) -> None:
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", markup=True, highlight=False)
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,7 +75,7 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (HeadstartError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(2 if isinstance(exc, ValueError) else 1) from None
         except KeyboardInterrupt:
             err.print("interrupted: everything finished so far (cached features, saved files) is kept.")
@@ -100,8 +104,9 @@ def backbones(
         _json([{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows])
         return
     table = Table("backbone", "usable", "weights", "about")
+    table.columns[0].no_wrap = True
     for r in rows:
-        table.add_row(r.name, "[green]yes[/green]" if r.usable else "[red]no[/red]", r.source, r.description)
+        table.add_row(r.name, Text("yes", "green") if r.usable else Text("no", "red"), r.source, r.description)
     out.print(table)
 
 
@@ -291,7 +296,7 @@ def predict(
             shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
             out.print(f"{p.path}: {shown}", highlight=False)
     for u in result.unusable:
-        err.print(f"[yellow]skipped[/yellow] {u.path}: {u.reason}", highlight=False)
+        err.print(f"[yellow]skipped[/yellow] {escape(f'{u.path}: {u.reason}')}", markup=True, highlight=False)
     if result.unusable and not result.predictions:
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from headstart.backbones import DEFAULT_BACKBONE
 
@@ -22,11 +23,11 @@ def run_demo(out_dir: str | Path = "headstart-demo", *, console: Console | None 
     from headstart.evaluation import evaluate
     from headstart.training import train
 
-    console = console or Console()
+    console = console or Console(markup=False)  # paths are printed verbatim, brackets and all
     out_dir = Path(out_dir)
     sample = sample_data()
     start = time.perf_counter()
-    console.print(f"[bold]headstart demo[/bold]: {DEFAULT_BACKBONE} (offline ImageNet weights) on {sample}")
+    console.print(f"[bold]headstart demo[/bold]: {DEFAULT_BACKBONE} (offline ImageNet weights) on {escape(str(sample))}", markup=True)
     console.print("1. train a linear probe on 60 photos of 12 breeds (features cached for next time)")
     result = train(sample / "train", backbone=DEFAULT_BACKBONE, out=out_dir / "pets-sample.safetensors", progress=True)
     m = result.metrics

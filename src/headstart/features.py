@@ -56,6 +56,9 @@ class FeatureCache:
                     fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS file_hashes (
                     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS unusable (
+                    sha256 TEXT NOT NULL, max_pixels INTEGER NOT NULL, reason TEXT NOT NULL,
+                    PRIMARY KEY (sha256, max_pixels)) WITHOUT ROWID;
                 """
         )
 
@@ -115,6 +118,26 @@ class FeatureCache:
         rows = [(key, sha, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for sha, v in items]
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+
+    def get_unusable(self, hashes: Sequence[str], max_pixels: int | None) -> dict[str, str]:
+        """Reasons recorded for contents that failed to decode under this pixel limit (so re-runs skip them fast)."""
+        limit = -1 if max_pixels is None else int(max_pixels)
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(hashes))
+        with self._connect() as db:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT sha256, reason FROM unusable WHERE max_pixels=? AND sha256 IN ({marks})", (limit, *chunk)
+                )
+                out.update(rows)
+        return out
+
+    def put_unusable(self, items: Sequence[tuple[str, str]], max_pixels: int | None) -> None:
+        limit = -1 if max_pixels is None else int(max_pixels)
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO unusable VALUES (?, ?, ?)", [(sha, limit, r) for sha, r in items])
 
     def count(self, key: str | None = None) -> int:
         with self._connect() as db:
@@ -278,9 +301,12 @@ def extract_features(
         if h is None:
             unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
     found = cache.get_many(key, [h for h in hashes if h is not None])
+    known_bad = cache.get_unusable([h for h in hashes if h is not None and h not in found], max_pixels)
     todo: dict[str, int] = {}  # sha -> first index with that content
     for i, h in enumerate(hashes):
-        if h is not None and h not in found and h not in todo:
+        if h is not None and h in known_bad:
+            unusable[i] = known_bad[h]
+        elif h is not None and h not in found and h not in todo:
             todo[h] = i
 
     n_computed = 0
@@ -298,10 +324,10 @@ def extract_features(
         )
         found.update(computed)
         n_computed = len(computed)
-        failed_by_sha = failed
+        cache.put_unusable(list(failed.items()), max_pixels)
         for i, h in enumerate(hashes):
-            if h is not None and h in failed_by_sha:
-                unusable[i] = failed_by_sha[h]
+            if h is not None and h in failed:
+                unusable[i] = failed[h]
 
     rows, kept, kept_hashes = [], [], []
     for i, h in enumerate(hashes):
@@ -318,7 +344,7 @@ def extract_features(
         indices=np.asarray(kept, dtype=np.int64),
         hashes=kept_hashes,
         unusable=[UnusableFile(paths[i], r) for i, r in sorted(unusable.items())],
-        n_cached=len({h for h in hashes if h is not None}) - len(todo),
+        n_cached=len({h for h in hashes if h is not None}) - len(todo) - len(known_bad),
         n_computed=n_computed,
         seconds=seconds,
         images_per_second=n_computed / seconds if n_computed else 0.0,

@@ -59,7 +59,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     strongest regularisation up with warm starts and stopping early once larger values stop helping. It then refits
     on all the data with that ``C``. When the smallest class has fewer than ``cv`` samples, fewer folds are used (at
     least 2); when a class has a single sample, cross-validation is skipped, the middle of ``Cs`` is used and a
-    :class:`ProbeWarning` says so.
+    :class:`ProbeWarning` says so. With a single value in ``Cs`` there is nothing to choose: no cross-validation.
 
     The scaler is fitted on all of ``X`` before cross-validation (it uses no labels); the solver runs on the
     feature row space when there are fewer samples than features, which gives the same solution faster.
@@ -69,6 +69,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         cv: Number of stratified folds, at least 2.
         max_iter: Most lbfgs iterations per fit.
         random_state: Seed of the fold shuffling; the same seed gives the same probe.
+        calibrate: Rescale the logits by the temperature that minimises the out-of-fold log-loss at ``C_``
+            (temperature scaling): predictions are unchanged, probabilities mean what they say.
 
     Attributes:
         classes_: Class labels, shape ``(n_classes,)``.
@@ -82,6 +84,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Cs_: The ``Cs`` grid, sorted ascending, shape ``(n_Cs,)``.
         n_splits_: Number of folds actually used (0 when cross-validation was skipped).
         n_iter_: lbfgs iterations of the final fit on all the data.
+        temperature_: The logit divisor from calibration (1.0 without cross-validation or calibration).
 
     Example:
         >>> probe = LinearProbe().fit(train_features, train_labels)
@@ -94,11 +97,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         cv: int = 5,
         max_iter: int = 1000,
         random_state: int | np.random.RandomState | None = 0,
+        calibrate: bool = True,
     ) -> None:
         self.Cs = Cs
         self.cv = cv
         self.max_iter = max_iter
         self.random_state = random_state
+        self.calibrate = calibrate
 
     # ------------------------------------------------------------------------------------------------------- fit
     def fit(self, X, y) -> LinearProbe:
@@ -119,8 +124,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         scaler = StandardScaler().fit(X)
         X_std = scaler.transform(X)
 
-        n_splits = min(self.cv, int(counts.min()))
-        if n_splits < 2:
+        n_splits = min(self.cv, int(counts.min())) if len(Cs) > 1 else 0  # one C: nothing to choose
+        if n_splits < 2 and len(Cs) > 1:
             rare = [repr(c) for c, n in zip(classes.tolist(), counts) if n == 1]
             warnings.warn(
                 f"LinearProbe: {len(rare)} class(es) have a single example ({', '.join(rare[:5])}"
@@ -132,13 +137,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
             # One BLAS thread: numpy's and scipy's OpenBLAS pools spinning against each other make lbfgs ~10x slower.
             warnings.simplefilter("always", ConvergenceWarning)
+            temperature = 1.0
             if n_splits >= 2:
-                accuracies, best = self._cross_validate(X_std, y_index, Cs, n_splits)
+                accuracies, best, temperature = self._cross_validate(X_std, y_index, Cs, n_splits)
                 C, cv_accuracy = float(Cs[best]), float(accuracies[best])
-            else:
+            else:  # a single given C, or a class too small to cross-validate: the middle of the grid
                 C, cv_accuracy, n_splits = float(Cs[len(Cs) // 2]), float("nan"), 0
                 accuracies = np.full(len(Cs), np.nan)
             weight, bias, n_iter = _fit_logistic(X_std, y_index, C, self.max_iter, len(classes))
+            if self.calibrate:  # strong regularisation flattens probabilities; one scalar restores their meaning
+                weight, bias = weight / temperature, bias / temperature
         self._warn_convergence(caught)
 
         # Fold the standardisation into the linear layer: (x - mean) / scale @ W.T + b == x @ (W / scale).T + b'.
@@ -152,10 +160,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.cv_accuracy_ = cv_accuracy
         self.n_splits_ = n_splits
         self.n_iter_ = n_iter
+        self.temperature_ = temperature if self.calibrate else 1.0
         return self
 
-    def _cross_validate(self, X: np.ndarray, y: np.ndarray, Cs: np.ndarray, n_splits: int) -> tuple[np.ndarray, int]:
-        """Mean fold accuracy for each C (walking up the grid with warm starts) and the index of the best C."""
+    def _cross_validate(
+        self, X: np.ndarray, y: np.ndarray, Cs: np.ndarray, n_splits: int
+    ) -> tuple[np.ndarray, int, float]:
+        """Mean fold accuracy for each C (walking up the grid with warm starts), the index of the best C, and the
+        temperature that calibrates its out-of-fold probabilities."""
         folds = []
         n_classes = int(y.max()) + 1
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
@@ -166,23 +178,27 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         accuracies = np.full(len(Cs), np.nan)
         losses = np.full(len(Cs), np.nan)
         best = 0
+        out_of_fold: dict[int, np.ndarray] = {}
         for i, C in enumerate(Cs):
             fold_accuracy, fold_loss = [], []
+            log_proba = np.zeros((len(y), n_classes))
             for train, test, basis, model in folds:
                 X_train, X_test = X[train], X[test]
                 if basis is not None:
                     X_train, X_test = X_train @ basis.T, X_test @ basis.T
                 model.set_params(C=C).fit(X_train, y[train])
                 proba = model.predict_proba(X_test)
+                log_proba[test] = np.log(np.clip(proba, 1e-15, None))
                 picked = proba[np.arange(len(test)), np.searchsorted(model.classes_, y[test])]
                 fold_accuracy.append(np.mean(model.classes_[proba.argmax(axis=1)] == y[test]))
                 fold_loss.append(-np.mean(np.log(np.clip(picked, 1e-15, None))))
             accuracies[i], losses[i] = np.mean(fold_accuracy), np.mean(fold_loss)
+            out_of_fold[i] = log_proba
             if (accuracies[i], -losses[i]) > (accuracies[best], -losses[best]):
                 best = i
             elif i - best >= _PATIENCE:  # (a plateau of equal accuracy still counts as progress while log-loss falls)
                 break
-        return accuracies, best
+        return accuracies, best, _temperature(out_of_fold[best], y)
 
     def _warn_convergence(self, caught: list[warnings.WarningMessage]) -> None:
         """Re-emit the inner solver's warnings: ConvergenceWarnings as one ProbeWarning, others unchanged."""
@@ -220,6 +236,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             fail("cv", "an int in [2, inf)")
         if not _is_int(self.max_iter) or self.max_iter < 1:
             fail("max_iter", "an int in [1, inf)")
+        if not isinstance(self.calibrate, (bool, np.bool_)):
+            fail("calibrate", "a bool")
         if not (self.random_state is None or _is_int(self.random_state)
                 or isinstance(self.random_state, np.random.RandomState)):
             fail("random_state", "an int, an instance of 'numpy.random.RandomState' or None")
@@ -263,6 +281,18 @@ def _is_int(value) -> bool:
 
 def _logistic(max_iter: int) -> LogisticRegression:
     return LogisticRegression(tol=_TOL, max_iter=max_iter, warm_start=True)
+
+
+def _temperature(log_proba: np.ndarray, y: np.ndarray) -> float:
+    """The T minimising the log-loss of ``softmax(log_proba / T)`` (Guo et al. 2017, temperature scaling)."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(log_t: float) -> float:
+        z = log_proba / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
 
 
 def _worth_reducing(n_samples: int, n_features: int, n_classes: int) -> bool:

@@ -109,14 +109,15 @@ def train(
 
     probe = LinearProbe(random_state=seed).fit(X[tr], labels[tr])
     val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
-    final = LinearProbe(Cs=(probe.C_,), random_state=seed).fit(X, labels) if refit else probe
+    final = LinearProbe(random_state=seed).fit(X, labels) if refit else probe  # C chosen again, by CV on all
 
     spec, trunk = cached_trunk_weights(backbone, weights)
     metrics = {
         "val_accuracy": val_metrics["accuracy"],
         "val_top5_accuracy": val_metrics["top5_accuracy"],
-        "cv_accuracy": float(probe.cv_accuracy_),
-        "C": float(probe.C_),
+        "cv_accuracy": float(final.cv_accuracy_),
+        "C": float(final.C_),
+        "temperature": float(final.temperature_),
         "n_images": len(dataset),
         "n_usable": len(usable),
         "n_train": int(len(tr)),
