@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs-fullres"
 
 
@@ -134,10 +136,6 @@ def _write_report(args, runs, plain, fast, ratio, cosine) -> None:
 
     n = runs["plain"][0]["n"]
     lines = [
-        "# Benchmarks",
-        "",
-        "Produced by the scripts in `benchmarks/`; numbers are from the machine named below, not assumed.",
-        "",
         "## Feature extraction, end to end from JPEG files",
         "",
         f"`python benchmarks/extract.py --data {args.data.name}{f' --limit {args.limit}' if args.limit else ''} "
@@ -153,11 +151,8 @@ def _write_report(args, runs, plain, fast, ratio, cosine) -> None:
         "",
         f"**Ratio: {ratio:.2f}×.** headstart's features against the plain fp32 ones: cosine min {cosine.min():.4f}, "
         f"mean {cosine.mean():.4f} over {len(cosine)} photos.",
-        "",
     ]
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text("\n".join(lines))
-    print(f"wrote {args.report}")
+    print(f"wrote {write_section('extract', chr(10).join(lines), args.report)}")
 
 
 if __name__ == "__main__":
