@@ -7,6 +7,8 @@ Examples:
     headstart train photos/ --out pets.safetensors
     headstart evaluate pets.safetensors test_photos/ --json
     headstart predict pets.safetensors my_cat.jpg --top-k 3
+    headstart attack tf_efficientnet_lite0 dog.jpg --target 284 --eps 4/255 --transfer-to tf_efficientnet_lite2
+    headstart robustness pets.safetensors test_photos/ --eps 0,1/255,2/255,4/255 --json
 
 Results go to stdout (``--json`` for machines); progress, warnings and errors go to stderr.
 """
@@ -203,7 +205,7 @@ def train(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
     backbone: BackboneOpt = "tf_efficientnet_lite0",
     weights: WeightsOpt = None,
-    method: Annotated[str, typer.Option(help="probe: logistic regression on cached features.")] = "probe",
+    method: Annotated[str, typer.Option(help="probe (logistic regression on cached features), finetune (probe head, then the backbone unfrozen) or scratch (random weights).")] = "probe",
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
     split: SplitOpt = "all",
     val_fraction: Annotated[float, typer.Option(help="Share of photos held out for validation.")] = 0.2,
@@ -213,23 +215,50 @@ def train(
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    epochs: Annotated[Optional[int], typer.Option(help="[finetune] Epochs (default by data size).", rich_help_panel="Fine-tuning")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="[finetune] Peak learning rate of the head.", rich_help_panel="Fine-tuning")] = None,
+    layer_decay: Annotated[Optional[float], typer.Option(help="[finetune] Learning-rate factor per layer of depth (discriminative rates).", rich_help_panel="Fine-tuning")] = None,
+    unfreeze: Annotated[Optional[str], typer.Option(help="[finetune] 'all' or K: train only the last K stages.", rich_help_panel="Fine-tuning")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="[finetune] adamw or sgd.", rich_help_panel="Fine-tuning")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="[finetune] cosine (with warm-up) or onecycle.", rich_help_panel="Fine-tuning")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="[finetune] Weight decay.", rich_help_panel="Fine-tuning")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="[finetune] Label smoothing.", rich_help_panel="Fine-tuning")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="[finetune] none, light, trivial or randaugment.", rich_help_panel="Fine-tuning")] = None,
+    head_dropout: Annotated[Optional[float], typer.Option(help="[finetune] Dropout before the head.", rich_help_panel="Fine-tuning")] = None,
+    clip_grad: Annotated[Optional[float], typer.Option(help="[finetune] Max gradient norm (0 = off).", rich_help_panel="Fine-tuning")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="[finetune] Stop after this many epochs without improvement (0 = never).", rich_help_panel="Fine-tuning")] = None,
+    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="[finetune] Keep an exponential moving average of the weights.", rich_help_panel="Fine-tuning")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="[finetune] Photos per step.", rich_help_panel="Fine-tuning")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
 ) -> None:
     """Train a classifier on labelled photos and save it as one model file."""
     _use_cache_dir(cache_dir)
+    from headstart.finetune import load_config_file
     from headstart.training import train as train_model
 
+    options = load_config_file(config) if config is not None else {}
+    flags = dict(epochs=epochs, lr=lr, layer_decay=layer_decay, unfreeze=unfreeze, optimizer=optimizer,
+                 schedule=schedule, weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment,
+                 head_dropout=head_dropout, clip_grad=clip_grad, patience=patience, ema=ema, batch_size=batch_size)
+    options.update({k: v for k, v in flags.items() if v is not None})
+    if method == "probe" and options:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)} only apply to --method finetune or scratch.")
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
-                         max_pixels=_max_pixels(max_pixels), progress=not as_json)
+                         max_pixels=_max_pixels(max_pixels), progress=not as_json, finetune_options=options,
+                         resume=resume)
     m = result.metrics
     if as_json:
         _json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
         return
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
+    detail = (f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}" if method == "probe" else
+              f"best epoch {m['best_epoch']} of {m['epochs_run']}; the probe alone: {m['probe_val_accuracy']:.3f}")
     out.print(
         f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
-        f"on {m['n_val']} photos ({m['n_classes']} classes; C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f})"
+        f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
     )
     if m["skipped"]:
         out.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
@@ -312,6 +341,84 @@ def demo(
     from headstart.demo import run_demo
 
     run_demo(out_dir, console=out)
+
+
+@app.command()
+@handles_errors
+def attack(
+    model: Annotated[str, typer.Argument(help="A model file written by `headstart train`, or a backbone name (its ImageNet head).")],
+    image: Annotated[Path, typer.Argument(help="The photo to perturb (at its own size).")],
+    target: Annotated[Optional[str], typer.Option(help="Class name or index to reach, e.g. 284 or 'Siamese cat'; default: untargeted.")] = None,
+    method: Annotated[str, typer.Option(help="pgd, fgsm, or lesson (the lesson's unbounded descent, for comparison).")] = "pgd",
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    eps: Annotated[str, typer.Option(help="Budget in 0–1 pixel units: 4/255 or 0.0157.")] = "4/255",
+    steps: Annotated[int, typer.Option(help="Most gradient steps (PGD stops early once the goal holds with a margin).")] = 50,
+    step_size: Annotated[Optional[float], typer.Option(help="Step size (default eps/4; lesson: 1).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of PGD's random start.")] = 0,
+    ensemble: Annotated[Optional[str], typer.Option(help="Attack these models too, all at once: NAME[,NAME].")] = None,
+    transfer_to: Annotated[Optional[str], typer.Option("--transfer-to", help="Then classify the result with these models: NAME[,NAME].")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the adversarial PNG, perturbation, figure and JSON.")] = Path("attacks"),
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Perturb a photo within a budget until the model changes its mind; verified on the saved 8-bit PNG."""
+    _use_cache_dir(cache_dir)
+    from headstart.attacks import attack as run_attack, save_attack, transfer
+
+    others = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
+    result = run_attack([model, *others], image, target=target, method=method, norm=norm, eps=eps, steps=steps,
+                        step_size=step_size, seed=seed)
+    if transfer_to:
+        transfer(result, [m.strip() for m in transfer_to.split(",") if m.strip()])
+    save_attack(result, out_dir)
+    if as_json:
+        _json(result.to_dict())
+        return
+    b, a = result.before, result.after
+    out.print(
+        f"{image.name}: {b.label} {b.probability:.3f} → {a.label} {a.probability:.3f}: "
+        f"{'success' if result.success else 'FAILED'} ({result.method}, {result.steps_used} steps); "
+        f"L∞ {result.linf_8bit}/255, L2 {result.l2:.3f}" + (f", PSNR {result.psnr:.1f} dB" if result.psnr else ""),
+        highlight=False,
+    )
+    for m in result.members[1:]:
+        out.print(f"  ensemble {m['model']}: {m['adversarial']['label']} ({'fooled' if m['success'] else 'not fooled'})", highlight=False)
+    for t in result.transfer:
+        carried = {True: "carried over", False: "did not carry over", None: "no such class"}[t["carried_over"]]
+        out.print(f"  transfer {t['model']}: {t['original']['label']} → {t['adversarial']['label']}: {carried}", highlight=False)
+    out.print("files: " + ", ".join(result.files.values()), highlight=False)
+
+
+@app.command()
+@handles_errors
+def robustness(
+    model: ModelArg,
+    data: DataArg,
+    eps: Annotated[str, typer.Option(help="Budgets in 0–1 pixel units, comma-separated.")] = "0,1/255,2/255,4/255,8/255",
+    method: Annotated[str, typer.Option(help="pgd, fgsm or lesson.")] = "pgd",
+    norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
+    steps: Annotated[int, typer.Option(help="Most PGD steps per photo and budget.")] = 20,
+    split: SplitOpt = "all",
+    limit: Annotated[Optional[int], typer.Option(help="Attack at most this many photos (evenly spread).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for robustness.json and robustness.png.")] = Path("robustness"),
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy against the attack budget on labelled photos (eps 0 = `evaluate`'s accuracy)."""
+    _use_cache_dir(cache_dir)
+    from headstart.attacks import robustness as measure, save_robustness
+
+    report = measure(model, data, eps, method=method, norm=norm, steps=steps, split=split, limit=limit)
+    paths = save_robustness(report, out_dir)
+    if as_json:
+        _json({**report.to_dict(), "files": {k: str(p) for k, p in paths.items()}})
+        return
+    table = Table("eps", "8-bit steps", "accuracy")
+    for e, acc in zip(report.eps, report.accuracy):
+        table.add_row(f"{e:.5g}", f"{e * 255:.3g}", f"{acc:.3f}")
+    out.print(table)
+    out.print(f"{report.n_images} photos, {report.method} {report.norm} {report.steps} steps; files: "
+              + ", ".join(str(p) for p in paths.values()), highlight=False)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from headstart.probe import LinearProbe
 if TYPE_CHECKING:
     from headstart.features import Features
 
-METHODS = ("probe",)
+METHODS = ("probe", "finetune", "scratch")
 
 
 class SkippedFilesWarning(UserWarning):
@@ -63,6 +63,8 @@ def train(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     cache: FeatureCache | None = None,
     progress: bool = False,
+    finetune_options: dict[str, Any] | None = None,
+    resume: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a classifier for the classes in ``data`` and save it to ``out``.
 
@@ -73,7 +75,11 @@ def train(
     Args:
         data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
         backbone: timm name; ``weights`` says where its weights come from (see :func:`load_backbone`).
-        method: ``probe`` (logistic regression on cached features).
+        method: ``probe`` (logistic regression on cached features), ``finetune`` (the probe's head, then the
+            backbone unfrozen at low depth-wise learning rates; see :mod:`headstart.finetune`) or ``scratch``
+            (the same network from random weights, to see what transfer learning gives).
+        finetune_options: fields of :class:`headstart.finetune.FinetuneConfig` overriding the size-based defaults.
+        resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
         out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
         split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
 
@@ -87,7 +93,7 @@ def train(
     start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
     out = Path(out)
-    run = Path(run_dir) if run_dir is not None else default_run_dir(out)
+    run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     cache = cache if cache is not None else FeatureCache()
 
     feats = extract_features(
@@ -109,6 +115,11 @@ def train(
 
     probe = LinearProbe(random_state=seed).fit(X[tr], labels[tr])
     val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
+    if method != "probe":
+        return _train_network(dataset, usable, train_part, val_part, probe, feats, locals_for_network(
+            method=method, backbone=backbone, weights=weights, out=out, run=run, split=split, seed=seed,
+            val_fraction=val_fraction, precision=precision, finetune_options=finetune_options, progress=progress,
+            started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None))
     final = LinearProbe(random_state=seed).fit(X, labels) if refit else probe  # C chosen again, by CV on all
 
     spec, trunk = cached_trunk_weights(backbone, weights)
@@ -154,3 +165,60 @@ def train(
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics)}, indent=2) + "\n")
     return TrainResult(model, out, run, metrics)
+
+
+def locals_for_network(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[str, Any]) -> TrainResult:
+    """Fine-tune (from the probe's head) or train from scratch; keep the best epoch; save like a probe."""
+    import torch
+
+    from headstart.backbones import load_backbone
+    from headstart.finetune import FinetuneConfig, build_network, network_to_classifier, run_finetune
+
+    user = dict(o["finetune_options"] or {})
+    config = FinetuneConfig.for_data_size(len(usable), **{"seed": o["seed"], "precision": o["precision"], **user})
+    if o["method"] == "scratch":  # nothing pretrained to protect: every layer at the full rate unless asked otherwise
+        config = config.replace(**{"unfreeze": "all", "layer_decay": 1.0, **user})
+    classes = [str(c) for c in probe.classes_]
+    backbone = load_backbone(o["backbone"], "none" if o["method"] == "scratch" else o["weights"])
+    network = build_network(backbone, len(classes), config.head_dropout)
+    if o["method"] == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
+        with torch.no_grad():
+            network.head.weight.copy_(torch.from_numpy(probe.coef_ * probe.temperature_).float())
+            network.head.bias.copy_(torch.from_numpy(probe.intercept_ * probe.temperature_).float())
+    run = Path(o["run"])
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(
+        {"data": str(dataset.root), "backbone": o["backbone"], "weights": None if o["weights"] is None else str(o["weights"]),
+         "method": o["method"], "out": str(o["out"]), "split": o["split"], "val_fraction": o["val_fraction"],
+         "finetune": asdict(config)}, indent=2) + "\n")
+    result = run_finetune(network, train_part, val_part, classes, backbone.spec.data_config, config, run,
+                          resume=bool(o.get("resume")), progress=o["progress"])
+    model = network_to_classifier(result.network, backbone, classes, {"method": o["method"]})
+    val_feats = model.features(val_part.paths, precision=config.precision)
+    val_metrics = classification_metrics(val_part.subset(val_feats.indices.tolist()).labels,
+                                         model.predict_proba_features(val_feats.features), classes)
+    metrics = {
+        "val_accuracy": val_metrics["accuracy"], "val_top5_accuracy": val_metrics["top5_accuracy"],
+        "probe_val_accuracy": o["probe_val_accuracy"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early, "n_images": len(dataset), "n_usable": len(usable),
+        "n_train": len(train_part), "n_val": len(val_part), "n_classes": len(classes),
+        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        "ignored": [str(p) for p in dataset.ignored], "refit_on_all": False,
+        "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
+        "cv_accuracy": float("nan"), "C": float("nan"),
+    }
+    model.metadata.update({"metrics": {k: v for k, v in metrics.items() if k not in ("skipped", "ignored")},
+                           "finetune": asdict(config),
+                           "data": {"source": str(dataset.root), "kind": dataset.kind, "split": o["split"],
+                                    "seed": o["seed"], "val_fraction": o["val_fraction"]}})
+    model.save(o["out"])
+    write_metric_pictures(val_metrics, val_part.subset(val_feats.indices.tolist()).paths, run,
+                          title=f"validation ({len(val_part)} photos)")
+    metrics["seconds"] = round(time.perf_counter() - o["started"], 3)
+    (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics),
+                                                  "history": [asdict(r) for r in result.history]}, indent=2) + "\n")
+    return TrainResult(model, Path(o["out"]), run, metrics)

@@ -1,0 +1,422 @@
+"""Fine-tuning: start from the linear probe's head (LP-FT), then unfreeze the backbone at low, depth-wise learning rates.
+
+Phase 1 is the probe on cached features (exact and fast), so fine-tuning never starts from a random head that
+would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
+layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
+gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy, stops
+early when validation stops improving, writes ``metrics.jsonl`` and ``curves.png`` each epoch, and checkpoints
+every epoch so ``resume=`` continues a killed run.
+
+Every choice is a field of :class:`FinetuneConfig`; its defaults depend on the number of photos
+(:meth:`FinetuneConfig.for_data_size`), each can be overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart.errors import HeadstartError
+
+if TYPE_CHECKING:
+    import torch
+
+    from headstart.backbones import Backbone
+    from headstart.datasets import Dataset
+
+AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle")
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of :func:`finetune`; every field is also a ``--flag`` and a key of a YAML/TOML config file."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-4  # peak learning rate of the head; the backbone's layers get lr * layer_decay**depth
+    layer_decay: float = 0.75
+    unfreeze: str = "all"  # "all", or K: only the last K stages of the backbone train
+    optimizer: str = "adamw"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    augment: str = "light"
+    head_dropout: float = 0.2
+    clip_grad: float = 1.0  # max gradient norm; 0 = off
+    patience: int = 3  # epochs without validation improvement before stopping; 0 = never stop early
+    ema: bool = False
+    ema_decay: float = 0.998
+    precision: str = "auto"
+    workers: int = 0  # DataLoader worker processes (0: decode in the main process)
+    seed: int = 0
+
+    @classmethod
+    def for_data_size(cls, n_images: int, **overrides: Any) -> FinetuneConfig:
+        """Defaults that suit the data: few photos → light augmentation, low lr, more epochs over little data."""
+        if n_images < 1000:
+            base = cls(epochs=8, lr=2e-4, augment="light", head_dropout=0.2)
+        elif n_images < 20000:
+            base = cls(epochs=6, lr=5e-4, augment="trivial", head_dropout=0.2)
+        else:
+            base = cls(epochs=4, lr=1e-3, augment="randaugment", head_dropout=0.1)
+        return base.replace(**overrides)
+
+    def replace(self, **overrides: Any) -> FinetuneConfig:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"Unknown fine-tuning option(s) {unknown}; known: {sorted(known)}.")
+        values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None}}
+        return FinetuneConfig(**values).validated()
+
+    def validated(self) -> FinetuneConfig:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"The {name!r} parameter of finetune must be {allowed}. Got {getattr(self, name)!r} instead.")
+
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, "an int in [1, inf)")
+        for name in ("lr", "ema_decay"):
+            if not getattr(self, name) > 0:
+                fail(name, "a float in (0, inf)")
+        if not 0 < self.layer_decay <= 1:
+            fail("layer_decay", "a float in (0, 1]")
+        if not 0 <= self.head_dropout < 1:
+            fail("head_dropout", "a float in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            fail("label_smoothing", "a float in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"one of {SCHEDULES}")
+        if self.augment not in AUGMENTATIONS:
+            fail("augment", f"one of {AUGMENTATIONS}")
+        if self.unfreeze != "all" and not (str(self.unfreeze).isdigit() and int(self.unfreeze) >= 1):
+            fail("unfreeze", "'all' or a positive int (the last K stages)")
+        return self
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file: a flat mapping of FinetuneConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadstartError(f"No config file at {path}.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise HeadstartError(f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HeadstartError(f"{path} must hold a mapping of option: value, got {type(data).__name__}.")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------ the network
+def build_network(backbone: Backbone, n_classes: int, head_dropout: float):
+    """Trunk + dropout + Linear head, as one module mapping normalised images to logits."""
+    import torch
+
+    model = backbone.model
+    model.reset_classifier(0)
+
+    class Network(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = model
+            self.dropout = torch.nn.Dropout(head_dropout)
+            self.head = torch.nn.Linear(backbone.spec.num_features, n_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.dropout(self.trunk(x)))
+
+    return Network()
+
+
+def trainable_groups(network, unfreeze: str) -> list[str]:
+    """Freeze the trunk except its last K stages (timm's coarse parameter groups); return the trainable groups."""
+    from timm.models import group_parameters
+
+    trunk = network.trunk
+    groups = group_parameters(trunk, trunk.group_matcher(coarse=True))
+    names = [name for name in groups]
+    keep = names if unfreeze == "all" else names[-int(unfreeze):]
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    params = dict(trunk.named_parameters())
+    for name in keep:
+        for pname in groups[name]:
+            params[pname].requires_grad_(True)
+    return keep
+
+
+def make_optimizer(network, config: FinetuneConfig):
+    """AdamW/SGD with layer-wise lr decay over the trunk (timm's param groups) and the full lr for the head."""
+    import torch
+    from timm.optim import param_groups_layer_decay
+
+    trunk_groups = param_groups_layer_decay(
+        network.trunk, weight_decay=config.weight_decay, layer_decay=config.layer_decay
+    )
+    groups = []
+    for g in trunk_groups:
+        params = [p for p in g["params"] if p.requires_grad]
+        if params:
+            groups.append({"params": params, "weight_decay": g["weight_decay"], "lr_scale": g.get("lr_scale", 1.0)})
+    groups.append({"params": list(network.head.parameters()), "weight_decay": config.weight_decay, "lr_scale": 1.0})
+    for g in groups:
+        g["lr"] = config.lr * g["lr_scale"]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of each group's peak lr: linear warm-up, then cosine to 0 (or one-cycle's cosine up and down)."""
+    if schedule == "onecycle":
+        warmup = max(1, int(0.3 * total))
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --------------------------------------------------------------------------------------------------------- the data
+class _Photos:
+    """A torch map-style data set of (normalised image tensor, class index) from a headstart Dataset."""
+
+    def __init__(self, dataset: Dataset, classes: list[str], transform) -> None:
+        self.samples = dataset.samples
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from headstart.images import load_image
+
+        s = self.samples[i]
+        return self.transform(load_image(s.path)), self.index[s.label]
+
+
+def _transform(data_config: dict[str, Any], augment: str, training: bool):
+    from timm.data import create_transform
+
+    if not training or augment == "none":
+        return create_transform(**data_config, is_training=False)
+    auto = {"light": None, "trivial": "trivialaugment", "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
+    scale = (0.5, 1.0) if augment == "light" else (0.25, 1.0)
+    return create_transform(**data_config, is_training=True, auto_augment=auto, scale=scale,
+                            hflip=0.5, color_jitter=None if auto else 0.2)
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    network: Any
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def _evaluate(network, loader, device: str, autocast) -> tuple[float, float]:
+    import torch
+
+    network.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    with torch.inference_mode(), autocast():
+        for x, y in loader:
+            logits = network(x.to(device)).float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            total += len(y)
+    return loss_sum / max(1, total), correct / max(1, total)
+
+
+def run_finetune(
+    network,
+    train_data: Dataset,
+    val_data: Dataset,
+    classes: list[str],
+    data_config: dict[str, Any],
+    config: FinetuneConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    device: str = "cpu",
+) -> FinetuneResult:
+    """Train ``network`` (trunk + head) on ``train_data``, validating each epoch; checkpoints in ``run_dir``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from headstart.features import _progress, default_precision
+
+    torch.manual_seed(config.seed)
+    precision = default_precision(device) if config.precision == "auto" else config.precision
+    autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=precision == "bf16")
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(_Photos(train_data, classes, _transform(data_config, config.augment, True)),
+                              batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) > config.batch_size,
+                              generator=generator, num_workers=config.workers)
+    val_loader = DataLoader(_Photos(val_data, classes, _transform(data_config, "none", False)),
+                            batch_size=config.batch_size, num_workers=config.workers)
+    network = network.to(device)
+    if device == "cpu":
+        network = network.to(memory_format=torch.channels_last)
+    trainable_groups(network, config.unfreeze)
+    optimizer = make_optimizer(network, config)
+    ema = None
+    if config.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(network, decay=config.ema_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "checkpoint.pt"
+    history: list[EpochRecord] = []
+    best_acc, best_epoch, best_state, start_epoch = -1.0, 0, None, 0
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain types only
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        start_epoch = int(state["epoch"]) + 1
+        best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
+        history = [EpochRecord(**r) for r in json.loads(state["history"])]
+        torch.set_rng_state(state["rng"])
+        generator.set_state(state["loader_rng"])
+    metrics_file = run_dir / "metrics.jsonl"
+    if not resume:
+        metrics_file.unlink(missing_ok=True)
+
+    step = start_epoch * steps_per_epoch
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        network.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        with _progress(progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
+            for x, y in train_loader:
+                factor = lr_factor(step, total_steps, warmup, config.schedule)
+                for g in optimizer.param_groups:
+                    g["lr"] = config.lr * g.get("lr_scale", 1.0) * factor
+                x = x.to(device)
+                if device == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    logits = network(x)
+                    loss = loss_fn(logits.float(), y.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(network, step=step)
+                seen += len(y)
+                correct += int((logits.detach().argmax(1).cpu() == y).sum())
+                loss_sum += float(loss.detach()) * len(y)
+                step += 1
+                advance(1)
+        judged = ema.module if ema is not None else network
+        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)
+        record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
+                             optimizer.param_groups[-1]["lr"], time.perf_counter() - started)
+        history.append(record)
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(asdict(record)) + "\n")
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        state = {
+            "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
+            "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
+            "loader_rng": generator.get_state(),
+        }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint)
+        plot_curves(history, run_dir / "curves.png")
+        if config.patience and epoch + 1 - best_epoch >= config.patience:
+            stopped_early = True
+            break
+    final = ema.module if ema is not None else network
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    return FinetuneResult(final, history, best_epoch, stopped_early)
+
+
+def plot_curves(history: list[EpochRecord], path: Path) -> Path:
+    """Train/validation accuracy and loss per epoch, side by side."""
+    from matplotlib.figure import Figure
+
+    from headstart.plots import _save
+
+    epochs = [r.epoch for r in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    acc, loss = fig.subplots(1, 2)
+    acc.plot(epochs, [r.train_accuracy for r in history], "o-", label="train")
+    acc.plot(epochs, [r.val_accuracy for r in history], "o-", label="validation")
+    acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    loss.plot(epochs, [r.train_loss for r in history], "o-", label="train")
+    loss.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
+    loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    for ax in (acc, loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def network_to_classifier(network, backbone: Backbone, classes: list[str], metadata: dict[str, Any]):
+    """The fine-tuned network as a headstart :class:`Classifier` (trunk weights in the file, a new fingerprint)."""
+    from headstart.backbones import BackboneSpec
+    from headstart.classifier import Classifier, trunk_fingerprint
+
+    trunk = {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) if v.is_floating_point()
+             else v.detach().cpu().numpy() for k, v in network.trunk.state_dict().items()}
+    spec_dict = backbone.spec.to_dict()
+    spec_dict["weights_id"] = trunk_fingerprint(trunk)
+    spec_dict["source"] = f"fine-tuned from {backbone.spec.source}"
+    spec = BackboneSpec.from_dict(spec_dict)
+    weight = network.head.weight.detach().float().cpu().numpy()
+    bias = network.head.bias.detach().float().cpu().numpy()
+    return Classifier(spec, classes, weight, bias, trunk, metadata)

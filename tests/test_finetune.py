@@ -1,0 +1,91 @@
+"""Fine-tuning: LP-FT on real photos, the training tricks' wiring, checkpoints and resume, options and config files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headstart.finetune import FinetuneConfig, lr_factor
+from headstart.training import train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 breeds × 5 real photos: enough for a few optimiser steps in seconds."""
+    src = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets" / "train"
+    root = tmp_path_factory.mktemp("tiny")
+    for breed in ("Persian", "pug", "samoyed"):
+        shutil.copytree(src / breed, root / breed)
+    return root
+
+
+FAST = dict(epochs=2, batch_size=4, augment="light", patience=0)
+
+
+def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
+    run = result.run_dir
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[0])
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "checkpoint.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["finetune"]["epochs"] == 2 and config["method"] == "finetune"
+    from headstart.classifier import Classifier
+
+    model = Classifier.load(result.model_path)
+    assert model.metadata["method"] == "finetune" and model.spec.weights_id.startswith("trunk-sha256:")
+    assert result.metrics["best_epoch"] in (1, 2) and result.metrics["probe_val_accuracy"] is not None
+    pred = model.predict([sorted((tiny / "pug").glob("*.jpg"))[0]], top_k=1).predictions[0]
+    assert pred.labels[0] in {"Persian", "pug", "samoyed"}
+
+
+def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
+    first = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
+    resumed = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
+    epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2], "epoch 1 kept from the first run, only epoch 2 trained again"
+    assert resumed.metrics["epochs_run"] == 2
+
+
+def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
+    assert result.model.spec.source.startswith("fine-tuned from none")
+
+
+def test_options_are_validated_in_sklearn_words() -> None:
+    with pytest.raises(ValueError, match="The 'augment' parameter of finetune must be one of"):
+        FinetuneConfig().replace(augment="heavy")
+    with pytest.raises(ValueError, match="'unfreeze' parameter"):
+        FinetuneConfig().replace(unfreeze="some")
+    with pytest.raises(ValueError, match="Unknown fine-tuning option"):
+        FinetuneConfig().replace(dropout=0.5)
+
+
+def test_defaults_follow_the_data_size() -> None:
+    small, large = FinetuneConfig.for_data_size(300), FinetuneConfig.for_data_size(50_000)
+    assert small.augment == "light" and large.augment == "randaugment" and small.lr < large.lr
+    assert FinetuneConfig.for_data_size(300, lr=1e-3).lr == 1e-3
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    values = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
+    assert values[0] < values[9] == 1.0 and values[50] < 1.0 and values[-1] < 0.01
+
+
+def test_config_files_feed_the_cli(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("epochs: 1\nbatch_size: 4\nhead_dropout: 0.5\npatience: 0\n")
+    out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(app, ["train", str(tiny), "--method", "finetune", "--config", str(cfg), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cli-run" / "config.json").read_text())["finetune"]
+    assert saved["head_dropout"] == 0.5 and saved["epochs"] == 1
+    bad = CliRunner().invoke(app, ["train", str(tiny), "--epochs", "3", "--out", str(out)])
+    assert bad.exit_code != 0 and "only apply to --method finetune" in bad.output + (bad.stderr or "")
