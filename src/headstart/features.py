@@ -98,20 +98,18 @@ class FeatureCache:
             )
         return key
 
-    def get_many(self, key: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Cached vectors for those of ``hashes`` that are present."""
-        out: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(hashes))
+    def _select_in(self, sql: str, first: Any, keys: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``sql`` (with ``?`` for ``first`` and ``{marks}`` for a chunk of ``keys``), 500 keys at a time."""
+        unique = list(dict.fromkeys(keys))
         with self._connect() as db:
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT sha256, vector FROM features WHERE fingerprint=? AND sha256 IN ({marks})", (key, *chunk)
-                )
-                for sha, blob in rows:
-                    out[sha] = np.frombuffer(blob, dtype=np.float32)
-        return out
+                yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), (first, *chunk)).fetchall()
+
+    def get_many(self, key: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors for those of ``hashes`` that are present."""
+        sql = "SELECT sha256, vector FROM features WHERE fingerprint=? AND sha256 IN ({marks})"
+        return {sha: np.frombuffer(blob, dtype=np.float32) for sha, blob in self._select_in(sql, key, hashes)}
 
     def put_many(self, key: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """Store vectors in one transaction: all of them become visible together, or none."""
@@ -122,17 +120,8 @@ class FeatureCache:
     def get_unusable(self, hashes: Sequence[str], max_pixels: int | None) -> dict[str, str]:
         """Reasons recorded for contents that failed to decode under this pixel limit (so re-runs skip them fast)."""
         limit = -1 if max_pixels is None else int(max_pixels)
-        out: dict[str, str] = {}
-        unique = list(dict.fromkeys(hashes))
-        with self._connect() as db:
-            for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT sha256, reason FROM unusable WHERE max_pixels=? AND sha256 IN ({marks})", (limit, *chunk)
-                )
-                out.update(rows)
-        return out
+        sql = "SELECT sha256, reason FROM unusable WHERE max_pixels=? AND sha256 IN ({marks})"
+        return dict(self._select_in(sql, limit, hashes))
 
     def put_unusable(self, items: Sequence[tuple[str, str]], max_pixels: int | None) -> None:
         limit = -1 if max_pixels is None else int(max_pixels)
