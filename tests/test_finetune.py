@@ -89,3 +89,28 @@ def test_config_files_feed_the_cli(tiny: Path, tmp_path: Path) -> None:
     assert saved["head_dropout"] == 0.5 and saved["epochs"] == 1
     bad = CliRunner().invoke(app, ["train", str(tiny), "--epochs", "3", "--out", str(out)])
     assert bad.exit_code != 0 and "only apply to --method finetune" in bad.output + (bad.stderr or "")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
+    """DistributedDataParallel over gloo: both processes train, rank 0 alone writes one loadable model."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "ddp.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
+         "train", str(tiny), "--method", "finetune", "--epochs", "2", "--batch-size", "4", "--patience", "0",
+         "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
+    assert report["epochs_run"] == 2 and proc.stdout.count('"model"') == 1
+    lines = (tmp_path / "ddp-run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2, "one line per epoch, written once (rank 0), not once per process"
+    from headstart.classifier import Classifier
+
+    assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]

@@ -249,6 +249,10 @@ def train(
                          max_pixels=_max_pixels(max_pixels), progress=not as_json, finetune_options=options,
                          resume=resume)
     m = result.metrics
+    from headstart.distributed import current
+
+    if not current().is_main:  # under torchrun, rank 0 reports
+        return
     if as_json:
         _json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
         return

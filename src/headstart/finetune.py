@@ -277,17 +277,21 @@ def run_finetune(
 ) -> FinetuneResult:
     """Train ``network`` (trunk + head) on ``train_data``, validating each epoch; checkpoints in ``run_dir``."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
+    from headstart.distributed import all_reduce_sum, current
     from headstart.features import _progress, default_precision
 
+    group = current()
     torch.manual_seed(config.seed)
     precision = default_precision(device) if config.precision == "auto" else config.precision
     autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
                                       enabled=precision == "bf16")
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(_Photos(train_data, classes, _transform(data_config, config.augment, True)),
-                              batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) > config.batch_size,
+    photos = _Photos(train_data, classes, _transform(data_config, config.augment, True))
+    sampler = DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed) if group.enabled else None
+    train_loader = DataLoader(photos, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                              drop_last=len(train_data) > config.batch_size * group.world_size,
                               generator=generator, num_workers=config.workers)
     val_loader = DataLoader(_Photos(val_data, classes, _transform(data_config, "none", False)),
                             batch_size=config.batch_size, num_workers=config.workers)
@@ -296,6 +300,9 @@ def run_finetune(
         network = network.to(memory_format=torch.channels_last)
     trainable_groups(network, config.unfreeze)
     optimizer = make_optimizer(network, config)
+    forward = network
+    if group.enabled:  # gradients averaged over processes; every process keeps identical weights
+        forward = torch.nn.parallel.DistributedDataParallel(network)
     ema = None
     if config.ema:
         from timm.utils import ModelEmaV3
@@ -306,7 +313,8 @@ def run_finetune(
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if group.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "checkpoint.pt"
     history: list[EpochRecord] = []
     best_acc, best_epoch, best_state, start_epoch = -1.0, 0, None, 0
@@ -322,7 +330,7 @@ def run_finetune(
         torch.set_rng_state(state["rng"])
         generator.set_state(state["loader_rng"])
     metrics_file = run_dir / "metrics.jsonl"
-    if not resume:
+    if not resume and group.is_main:
         metrics_file.unlink(missing_ok=True)
 
     step = start_epoch * steps_per_epoch
@@ -330,8 +338,10 @@ def run_finetune(
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         network.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         seen, correct, loss_sum = 0, 0, 0.0
-        with _progress(progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
+        with _progress(progress and group.is_main, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
             for x, y in train_loader:
                 factor = lr_factor(step, total_steps, warmup, config.schedule)
                 for g in optimizer.param_groups:
@@ -340,7 +350,7 @@ def run_finetune(
                 if device == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
-                    logits = network(x)
+                    logits = forward(x)
                     loss = loss_fn(logits.float(), y.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -354,13 +364,15 @@ def run_finetune(
                 loss_sum += float(loss.detach()) * len(y)
                 step += 1
                 advance(1)
+        seen, correct, loss_sum = all_reduce_sum([seen, correct, loss_sum])
         judged = ema.module if ema is not None else network
-        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)
+        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)  # every process: the whole set
         record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                              optimizer.param_groups[-1]["lr"], time.perf_counter() - started)
         history.append(record)
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(asdict(record)) + "\n")
+        if group.is_main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(asdict(record)) + "\n")
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
@@ -372,10 +384,11 @@ def run_finetune(
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, checkpoint)
-        plot_curves(history, run_dir / "curves.png")
+        if group.is_main:  # only rank 0 writes files
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, checkpoint)
+            plot_curves(history, run_dir / "curves.png")
         if config.patience and epoch + 1 - best_epoch >= config.patience:
             stopped_early = True
             break

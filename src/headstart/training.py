@@ -96,10 +96,17 @@ def train(
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     cache = cache if cache is not None else FeatureCache()
 
+    from headstart.distributed import barrier, init_from_env
+
+    group = init_from_env() if method != "probe" else None
+    if group is not None and group.enabled and not group.is_main:
+        barrier()  # rank 0 extracts first; the others then read everything from the cache
     feats = extract_features(
         dataset.paths, backbone, weights=weights, cache=cache, precision=precision, batch_size=batch_size,
-        max_pixels=max_pixels, progress=progress,
+        max_pixels=max_pixels, progress=progress and (group is None or group.is_main),
     )
+    if group is not None and group.enabled and group.is_main:
+        barrier()
     if feats.unusable:
         warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=2)
     usable = dataset.subset(feats.indices.tolist())
@@ -190,14 +197,21 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
             network.head.weight.copy_(torch.from_numpy(probe.coef_ * probe.temperature_).float())
             network.head.bias.copy_(torch.from_numpy(probe.intercept_ * probe.temperature_).float())
     run = Path(o["run"])
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(
-        {"data": str(dataset.root), "backbone": o["backbone"], "weights": None if o["weights"] is None else str(o["weights"]),
-         "method": o["method"], "out": str(o["out"]), "split": o["split"], "val_fraction": o["val_fraction"],
-         "finetune": asdict(config)}, indent=2) + "\n")
+    from headstart.distributed import current as _current
+
+    if _current().is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(
+            {"data": str(dataset.root), "backbone": o["backbone"],
+             "weights": None if o["weights"] is None else str(o["weights"]), "method": o["method"], "out": str(o["out"]),
+             "split": o["split"], "val_fraction": o["val_fraction"], "finetune": asdict(config)}, indent=2) + "\n")
     result = run_finetune(network, train_part, val_part, classes, backbone.spec.data_config, config, run,
                           resume=bool(o.get("resume")), progress=o["progress"])
     model = network_to_classifier(result.network, backbone, classes, {"method": o["method"]})
+    from headstart.distributed import current
+
+    if not current().is_main:  # the other processes trained their shards; rank 0 scores and writes
+        return TrainResult(model, Path(o["out"]), run, {"best_epoch": result.best_epoch})
     val_feats = model.features(val_part.paths, precision=config.precision)
     val_metrics = classification_metrics(val_part.subset(val_feats.indices.tolist()).labels,
                                          model.predict_proba_features(val_feats.features), classes)

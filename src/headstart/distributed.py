@@ -1,0 +1,66 @@
+"""Several processes, one training: torch.distributed set up from the environment ``torchrun`` provides.
+
+``torchrun --nproc_per_node N -m headstart train … --method finetune`` starts N copies; each calls
+:func:`init_from_env`, trains on its shard of the data through DistributedDataParallel (gloo on CPU, NCCL on GPU),
+and only rank 0 writes files. Run without torchrun, everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+_GROUP = ProcessGroup()
+
+
+def init_from_env(device: str = "cpu") -> ProcessGroup:
+    """Join the process group described by torchrun's RANK/WORLD_SIZE variables (once); single process otherwise."""
+    global _GROUP
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _GROUP
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    _GROUP = ProcessGroup(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return _GROUP
+
+
+def current() -> ProcessGroup:
+    return _GROUP
+
+
+def barrier() -> None:
+    if _GROUP.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum numbers over all processes (each process gets the totals)."""
+    if not _GROUP.enabled:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
