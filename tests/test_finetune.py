@@ -114,3 +114,25 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
     from headstart.classifier import Classifier
 
     assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]
+
+
+def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path) -> None:
+    from headstart.training import find_learning_rate
+
+    result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune_options={"batch_size": 4})
+    assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
+    assert result.lrs == sorted(result.lrs) and (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:
+    from headstart.training import parse_settings, sweep
+
+    settings = parse_settings(["head_dropout=0,0.5"])
+    assert settings == {"head_dropout": [0, 0.5]}
+    rows = sweep(tiny, settings, out_dir=tmp_path / "sw", base_options={"epochs": 1, "batch_size": 4, "patience": 0})
+    assert [r["head_dropout"] for r in rows] == [0, 0.5]
+    assert (tmp_path / "sw" / "comparison.png").is_file() and "head_dropout=0.5" in (tmp_path / "sw" / "results.md").read_text()
+    with pytest.raises(ValueError, match="Unknown fine-tuning option"):
+        sweep(tiny, {"dropout": [0.1]}, out_dir=tmp_path / "bad")
+    with pytest.raises(ValueError, match="--set needs NAME=V1,V2"):
+        parse_settings(["head_dropout"])

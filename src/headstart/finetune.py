@@ -433,3 +433,108 @@ def network_to_classifier(network, backbone: Backbone, classes: list[str], metad
     weight = network.head.weight.detach().float().cpu().numpy()
     bias = network.head.bias.detach().float().cpu().numpy()
     return Classifier(spec, classes, weight, bias, trunk, metadata)
+
+
+# ---------------------------------------------------------------------------------------------- lr range test
+@dataclass
+class LrFindResult:
+    """The learning-rate range test: loss (smoothed) against lr, and the suggested peak lr."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suggestion": self.suggestion, "lrs": self.lrs, "losses": self.losses}
+
+
+def lr_range_test(
+    network,
+    train_data: Dataset,
+    classes: list[str],
+    data_config: dict[str, Any],
+    config: FinetuneConfig,
+    *,
+    start: float = 1e-7,
+    end: float = 1.0,
+    steps: int = 60,
+    progress: bool = False,
+) -> LrFindResult:
+    """Raise the lr exponentially from ``start`` to ``end`` over ``steps`` batches (Smith 2015) and record the loss.
+
+    Stops when the smoothed loss exceeds 4× its minimum. The suggestion is the lr where the smoothed loss falls
+    fastest. The network's weights are restored afterwards.
+    """
+    import copy
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from headstart.features import _progress
+
+    if not 0 < start < end:
+        raise ValueError(f"lr-find needs 0 < start < end; got start={start}, end={end}.")
+    saved = copy.deepcopy(network.state_dict())
+    network = network.to(memory_format=torch.channels_last)
+    torch.manual_seed(config.seed)
+    loader = DataLoader(_Photos(train_data, classes, _transform(data_config, config.augment, True)),
+                        batch_size=config.batch_size, shuffle=True, num_workers=config.workers)
+    trainable_groups(network, config.unfreeze)
+    optimizer = make_optimizer(network, config)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    network.train()
+    lrs, losses, smooth, best = [], [], 0.0, float("inf")
+    batches = iter(())
+    with _progress(progress, steps, "lr range test") as advance:
+        for i in range(steps):
+            x, y = next(batches, (None, None))
+            if x is None:
+                batches = iter(loader)
+                x, y = next(batches)
+            lr = start * (end / start) ** (i / max(1, steps - 1))
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_precision(config) == "bf16"):
+                loss = loss_fn(network(x.contiguous(memory_format=torch.channels_last)).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
+            optimizer.step()
+            smooth = 0.9 * smooth + 0.1 * float(loss.detach())  # exponential average, debiased below
+            value = smooth / (1 - 0.9 ** (i + 1))
+            lrs.append(lr)
+            losses.append(value)
+            best = min(best, value)
+            advance(1)
+            if not math.isfinite(value) or value > 4 * best:
+                break
+    network.load_state_dict(saved)
+    if len(losses) < 3:
+        suggestion = lrs[0]
+    else:
+        slopes = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
+        last = int(np.argmin(losses))  # the steepest fall before the minimum
+        suggestion = float(lrs[int(np.argmin(slopes[: max(2, last + 1)]))])
+    return LrFindResult(lrs, losses, suggestion)
+
+
+def _precision(config: FinetuneConfig) -> str:
+    from headstart.features import default_precision
+
+    return default_precision("cpu") if config.precision == "auto" else config.precision
+
+
+def plot_lr_find(result: LrFindResult, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    from headstart.plots import _save
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(result.lrs, result.losses)
+    ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="Learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

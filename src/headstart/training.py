@@ -236,3 +236,122 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
     (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics),
                                                   "history": [asdict(r) for r in result.history]}, indent=2) + "\n")
     return TrainResult(model, Path(o["out"]), run, metrics)
+
+
+def find_learning_rate(
+    data: str | os.PathLike[str] | Dataset,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "lr-find.png",
+    steps: int = 60,
+    finetune_options: dict[str, Any] | None = None,
+    progress: bool = False,
+):
+    """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
+
+    Returns:
+        :class:`headstart.finetune.LrFindResult` with ``suggestion``.
+    """
+    import torch
+
+    from headstart.backbones import load_backbone
+    from headstart.finetune import FinetuneConfig, build_network, lr_range_test, plot_lr_find
+
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    feats = extract_features(dataset.paths, backbone, weights=weights, progress=progress)
+    usable = dataset.subset(feats.indices.tolist())
+    probe = LinearProbe(calibrate=False).fit(feats.features, np.asarray(usable.labels))
+    config = FinetuneConfig.for_data_size(len(usable), **(finetune_options or {}))
+    classes = [str(c) for c in probe.classes_]
+    loaded = load_backbone(backbone, weights)
+    network = build_network(loaded, len(classes), config.head_dropout)
+    with torch.no_grad():
+        network.head.weight.copy_(torch.from_numpy(probe.coef_).float())
+        network.head.bias.copy_(torch.from_numpy(probe.intercept_).float())
+    result = lr_range_test(network, usable, classes, loaded.spec.data_config, config, steps=steps, progress=progress)
+    plot_lr_find(result, Path(out))
+    return result
+
+
+def parse_settings(items: list[str]) -> dict[str, list[Any]]:
+    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``."""
+    import yaml
+
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--set needs NAME=V1,V2,… (e.g. head_dropout=0,0.2,0.5); got {item!r}.")
+        out[key.strip().replace("-", "_")] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    return out
+
+
+def sweep(
+    data: str | os.PathLike[str] | Dataset,
+    settings: dict[str, list[Any]],
+    *,
+    method: str = "finetune",
+    out_dir: str | os.PathLike[str] = "sweep",
+    backbone: str = DEFAULT_BACKBONE,
+    base_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train one variant per combination of ``settings`` (a grid) and compare them in a table and one picture.
+
+    Writes ``results.json``, ``results.md`` and ``comparison.png`` (validation accuracy per epoch, and the best of
+    each variant) in ``out_dir``; each variant's model and run folder sit beside them.
+
+    Example:
+        >>> sweep("photos/", {"head_dropout": [0, 0.2, 0.5, 0.8]})   # the lesson's dropout experiment
+    """
+    import itertools
+
+    from headstart.finetune import FinetuneConfig
+
+    if method not in ("finetune", "scratch"):
+        raise ValueError(f"sweep trains networks: --method finetune or scratch, not {method!r}.")
+    FinetuneConfig().replace(**{k: v[0] for k, v in settings.items()})  # unknown names fail before any training
+    folder = Path(out_dir)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    keys = list(settings)
+    rows: list[dict[str, Any]] = []
+    for values in itertools.product(*(settings[k] for k in keys)):
+        variant = dict(zip(keys, values))
+        name = ",".join(f"{k}={v}" for k, v in variant.items())
+        slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
+        result = train(dataset, method=method, backbone=backbone, out=folder / f"{slug}.safetensors",
+                       run_dir=folder / slug, finetune_options={**(base_options or {}), **variant}, progress=progress)
+        history = json.loads((result.run_dir / "metrics.json").read_text()).get("history", [])
+        rows.append({"variant": name, **variant, "val_accuracy": result.metrics["val_accuracy"],
+                     "best_epoch": result.metrics["best_epoch"], "epochs_run": result.metrics["epochs_run"],
+                     "seconds": result.metrics["seconds"], "history": history})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = ["| variant | validation accuracy | best epoch | epochs | seconds |", "|---|---|---|---|---|"]
+    table += [f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
+              for r in rows]
+    (folder / "results.md").write_text("\n".join(table) + "\n")
+    _plot_sweep(rows, folder / "comparison.png")
+    return rows
+
+
+def _plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    from headstart.plots import _save
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    curves, bars = fig.subplots(1, 2)
+    for r in rows:
+        h = r["history"]
+        curves.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], "o-", label=r["variant"])
+        curves.plot([e["epoch"] for e in h], [e["train_accuracy"] for e in h], ":", color=curves.lines[-1].get_color())
+    curves.set(xlabel="epoch", ylabel="accuracy", title="Validation (solid) and training (dotted) accuracy")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8)
+    bars.barh([r["variant"] for r in rows], [r["val_accuracy"] for r in rows], color="tab:blue")
+    bars.set(xlabel="validation accuracy (best epoch)", title="Variants", xlim=(0, 1))
+    for i, r in enumerate(rows):
+        bars.text(r["val_accuracy"], i, f" {r['val_accuracy']:.3f}", va="center")
+    return _save(fig, path)
