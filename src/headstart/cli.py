@@ -392,6 +392,51 @@ def predict(
 
 @app.command()
 @handles_errors
+def export(
+    model: ModelArg,
+    format_: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 (dynamically quantised) copy.")] = False,
+    data: Annotated[Optional[str], typer.Option(help="Labelled photos to measure the accuracy of the export(s) on.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX, checked numerically against PyTorch; optionally int8 with its accuracy change."""
+    from headstart.classifier import Classifier
+    from headstart.export import export_onnx, onnx_accuracy, quantize_int8
+
+    if format_ != "onnx":
+        raise ValueError(f"The '--format' option must be 'onnx'. Got {format_!r} instead.")
+    classifier = Classifier.load(model)
+    target = out_path or model.with_suffix(".onnx")
+    report = export_onnx(classifier, target)
+    result = report.to_dict()
+    if int8:
+        report.quantized = quantize_int8(target, target.with_name(target.stem + ".int8.onnx"))
+        result["quantized"] = str(report.quantized)
+    if data is not None:
+        from headstart.evaluation import evaluate as evaluate_model
+
+        result["accuracy_pytorch"] = evaluate_model(classifier, data).accuracy
+        result["accuracy_onnx"], result["n_images"] = onnx_accuracy(target, classifier, data)
+        if report.quantized is not None:
+            result["accuracy_int8"], _ = onnx_accuracy(report.quantized, classifier, data)
+    if as_json:
+        _json(result)
+        return
+    out.print(f"wrote {target}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
+              f"on {report.n_checked} images (features {report.max_abs_diff_features:.2g})")
+    if report.quantized is not None:
+        out.print(f"wrote {report.quantized} (int8 weights)")
+    if data is not None:
+        line = f"accuracy on {result['n_images']} photos: PyTorch {result['accuracy_pytorch']:.3f}, ONNX {result['accuracy_onnx']:.3f}"
+        if "accuracy_int8" in result:
+            change = result["accuracy_int8"] - result["accuracy_onnx"]
+            line += f", int8 {result['accuracy_int8']:.3f} ({change:+.3f})"
+        out.print(line)
+
+
+@app.command()
+@handles_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path("headstart-demo"),
     cache_dir: CacheDirOpt = None,

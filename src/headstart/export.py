@@ -1,0 +1,191 @@
+"""Export a trained model to ONNX, checked against PyTorch at export time; optional int8 through ONNX Runtime.
+
+The ONNX graph takes normalised images ``(batch, 3, H, W)`` (the model's own preprocessing, as in the model
+file's metadata) and returns ``features`` ``(batch, num_features)`` and ``probabilities`` ``(batch, n_classes)``.
+The headstart metadata (classes, preprocessing, backbone) is stored in the ONNX file's metadata_props.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.classifier import Classifier
+from headstart.errors import HeadstartError
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and how closely ONNX Runtime reproduces PyTorch."""
+
+    path: Path
+    max_abs_diff_probabilities: float
+    max_abs_diff_features: float
+    n_checked: int
+    quantized: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
+                "max_abs_diff_features": self.max_abs_diff_features, "n_checked": self.n_checked,
+                "quantized": None if self.quantized is None else str(self.quantized)}
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise HeadstartError(
+            "ONNX export needs the onnx and onnxruntime packages: pip install 'headstart[onnx]' "
+            "(or pip install onnx onnxruntime onnxscript)."
+        ) from exc
+    return onnx, onnxruntime
+
+
+def _export_module(model: Classifier):
+    import torch
+
+    backbone = model.backbone
+    head = torch.nn.Linear(model.spec.num_features, len(model.classes))
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(model.head_weight))
+        head.bias.copy_(torch.from_numpy(model.head_bias))
+
+    class FeaturesAndProbabilities(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk, self.head = backbone.model, head
+
+        def forward(self, image: torch.Tensor):
+            features = self.trunk.forward_head(self.trunk.forward_features(image), pre_logits=True)
+            return features, self.head(features).softmax(-1)
+
+    return FeaturesAndProbabilities().eval()
+
+
+def export_onnx(
+    model: Classifier | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    check_images: list[Path] | None = None,
+    opset: int = 17,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Write ``model`` as ONNX and compare ONNX Runtime with PyTorch on real or random images.
+
+    Raises:
+        HeadstartError: when the probabilities differ by more than ``tolerance`` (nothing is left at ``out``).
+    """
+    import torch
+
+    onnx, ort = _require_onnx()
+    model = model if isinstance(model, Classifier) else Classifier.load(model)
+    module = _export_module(model)
+    size = model.spec.data_config["input_size"]
+    batch = _check_batch(model, check_images, size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_path = Path(tmp) / out.name
+        torch.onnx.export(
+            module, (batch[:1],), str(tmp_path), input_names=["image"], output_names=["features", "probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=opset, dynamo=False,
+        )
+        proto = onnx.load(str(tmp_path))
+        meta = {"classes": model.classes, "backbone": model.spec.to_dict(), "headstart": model.metadata.get("headstart_version")}
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "headstart", json.dumps(meta)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp_path))
+        with torch.no_grad():
+            want_f, want_p = (t.numpy() for t in module(batch))
+        got_f, got_p = run_onnx(tmp_path, batch.numpy())
+        diff_p = float(np.abs(got_p - want_p).max())
+        diff_f = float(np.abs(got_f - want_f).max())
+        if diff_p > tolerance:
+            raise HeadstartError(
+                f"ONNX Runtime's probabilities differ from PyTorch's by {diff_p:.2g} (> {tolerance:g}); not exported."
+            )
+        os.replace(tmp_path, out)
+    return ExportReport(out, diff_p, diff_f, int(batch.shape[0]))
+
+
+def _check_batch(model: Classifier, images: list[Path] | None, size) -> Any:
+    import torch
+
+    if images:
+        from headstart.images import load_image
+
+        transform = model.backbone.transform()
+        return torch.stack([transform(load_image(p)) for p in images[:8]])
+    return torch.randn(4, *size, generator=torch.Generator().manual_seed(0))
+
+
+_SESSIONS: dict[str, Any] = {}
+
+
+def run_onnx(path: str | os.PathLike[str], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(features, probabilities) of normalised images through ONNX Runtime (sessions are reused)."""
+    _, ort = _require_onnx()
+    key = str(path)
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        _SESSIONS[key] = ort.InferenceSession(key, options, providers=["CPUExecutionProvider"])
+    features, probabilities = _SESSIONS[key].run(None, {"image": images.astype(np.float32)})
+    return features, probabilities
+
+
+def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Dynamic int8 quantisation of weights (ONNX Runtime); measure its accuracy before trusting it."""
+    _require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out)
+    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def onnx_accuracy(path: str | os.PathLike[str], model: Classifier, data) -> tuple[float, int]:
+    """Accuracy of an ONNX export on a labelled data set (decoding and preprocessing as in PyTorch)."""
+    import torch
+
+    from headstart.datasets import Dataset, load_dataset
+    from headstart.evaluation import match_labels
+    from headstart.images import load_image
+    from headstart.errors import UnusableImageError
+
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    mapping = match_labels(dataset.labels, model.classes)
+    transform = model.backbone.transform()
+    correct = total = 0
+    batch, labels = [], []
+
+    def flush() -> None:
+        nonlocal correct, total
+        if batch:
+            _, probs = run_onnx(path, torch.stack(batch).numpy())
+            correct += sum(model.classes[int(i)] == l for i, l in zip(probs.argmax(1), labels))
+            total += len(batch)
+            batch.clear()
+            labels.clear()
+
+    for sample in dataset.samples:
+        if mapping.get(sample.label) is None:
+            continue
+        try:
+            batch.append(transform(load_image(sample.path)))
+        except UnusableImageError:
+            continue
+        labels.append(mapping[sample.label])
+        if len(batch) == 32:
+            flush()
+    flush()
+    return (correct / total if total else float("nan")), total

@@ -1,0 +1,64 @@
+"""ONNX export: numerically checked against PyTorch, int8 copy, accuracy through ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from headstart.classifier import Classifier  # noqa: E402
+from headstart.export import export_onnx, onnx_accuracy, quantize_int8, run_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_path(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from headstart.training import train
+
+    return train(sample / "train", out=tmp_path_factory.mktemp("m") / "pets.safetensors").model_path
+
+
+def test_export_matches_pytorch_within_1e_4(model_path: Path, sample: Path, tmp_path: Path) -> None:
+    photos = sorted((sample / "test").glob("*/*.jpg"))[:6]
+    report = export_onnx(model_path, tmp_path / "pets.onnx", check_images=photos)
+    assert report.max_abs_diff_probabilities <= 1e-4 and report.max_abs_diff_features <= 1e-3
+    model = Classifier.load(model_path)
+    import torch
+
+    batch = torch.stack([model.backbone.transform()(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in photos])
+    features, probabilities = run_onnx(tmp_path / "pets.onnx", batch.numpy())
+    want = model.predict_proba_features(features)
+    np.testing.assert_allclose(probabilities, want, atol=1e-5)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "pets.onnx")).metadata_props}
+    assert json.loads(meta["headstart"])["classes"] == model.classes
+
+
+def test_onnx_and_int8_accuracy_on_held_out_photos(model_path: Path, sample: Path, tmp_path: Path) -> None:
+    from headstart.evaluation import evaluate
+
+    model = Classifier.load(model_path)
+    onnx_path = export_onnx(model, tmp_path / "pets.onnx").path
+    int8 = quantize_int8(onnx_path, tmp_path / "pets.int8.onnx")
+    assert int8.stat().st_size < onnx_path.stat().st_size / 2
+    acc, n = onnx_accuracy(onnx_path, model, sample / "test")
+    assert n == 24 and acc == pytest.approx(evaluate(model, sample / "test").accuracy, abs=1 / 24)
+    acc8, _ = onnx_accuracy(int8, model, sample / "test")
+    assert acc8 >= acc - 0.25, f"int8 accuracy {acc8:.3f} against fp32 {acc:.3f}"
+
+
+def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_abs_diff_probabilities"] <= 1e-4 and out.is_file()
+    bad = CliRunner().invoke(app, ["export", str(model_path), "--format", "tflite"])
+    assert bad.exit_code != 0 and "must be 'onnx'" in bad.output + (bad.stderr or "")
