@@ -437,6 +437,33 @@ def export(
 
 @app.command()
 @handles_errors
+def compare(
+    data: DataArg,
+    backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank backbones for your data: cross-validated probe accuracy, extraction speed, feature size."""
+    _use_cache_dir(cache_dir)
+    from headstart.compare import compare_backbones
+
+    rows = compare_backbones(data, [b.strip() for b in backbones.split(",") if b.strip()], out_dir=out_dir,
+                             progress=not as_json)
+    if as_json:
+        _json(rows)
+        return
+    table = Table("rank", "backbone", "probe accuracy (CV)", "img/s", "features")
+    for r in rows:
+        speed = "?" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
+        table.add_row(str(r["rank"]), r["backbone"], f"{r['cv_accuracy']:.3f}", speed, str(r["num_features"]))
+    out.print(table)
+    if out_dir is not None:
+        out.print(f"picture: {Path(out_dir) / 'compare.png'}")
+
+
+@app.command()
+@handles_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path("headstart-demo"),
     cache_dir: CacheDirOpt = None,

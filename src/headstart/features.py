@@ -56,6 +56,8 @@ class FeatureCache:
                     fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS file_hashes (
                     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS speed (
+                    fingerprint TEXT PRIMARY KEY, images_per_second REAL NOT NULL, n_images INTEGER NOT NULL);
                 CREATE TABLE IF NOT EXISTS unusable (
                     sha256 TEXT NOT NULL, max_pixels INTEGER NOT NULL, reason TEXT NOT NULL,
                     PRIMARY KEY (sha256, max_pixels)) WITHOUT ROWID;
@@ -127,6 +129,18 @@ class FeatureCache:
         limit = -1 if max_pixels is None else int(max_pixels)
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO unusable VALUES (?, ?, ?)", [(sha, limit, r) for sha, r in items])
+
+    def record_speed(self, key: str, images_per_second: float, n_images: int) -> None:
+        """Remember the throughput of the largest extraction so far (what `compare` reports from the cache)."""
+        with self._connect() as db:
+            row = db.execute("SELECT n_images FROM speed WHERE fingerprint=?", (key,)).fetchone()
+            if row is None or n_images >= row[0]:
+                db.execute("INSERT OR REPLACE INTO speed VALUES (?, ?, ?)", (key, images_per_second, n_images))
+
+    def speed(self, key: str) -> float | None:
+        with self._connect() as db:
+            row = db.execute("SELECT images_per_second FROM speed WHERE fingerprint=?", (key,)).fetchone()
+        return None if row is None else float(row[0])
 
     def count(self, key: str | None = None) -> int:
         with self._connect() as db:
@@ -219,6 +233,7 @@ class Features:
     seconds: float = 0.0
     images_per_second: float = 0.0
     spec: BackboneSpec | None = None
+    cache_key: str = ""
 
 
 def default_precision(device: str = "cpu") -> str:
@@ -306,6 +321,7 @@ def extract_features(
             from headstart.backbones import load_backbone
 
             loaded = load_backbone(str(backbone), weights, device=device)
+        compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         computed, failed = _compute(
             loaded, [(sha, paths[i]) for sha, i in todo.items()], cache, key,
             batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels,
@@ -313,6 +329,9 @@ def extract_features(
         )
         found.update(computed)
         n_computed = len(computed)
+        compute_seconds = time.perf_counter() - compute_start
+        if n_computed:
+            cache.record_speed(key, n_computed / compute_seconds, n_computed)
         cache.put_unusable(list(failed.items()), max_pixels)
         for i, h in enumerate(hashes):
             if h is not None and h in failed:
@@ -338,6 +357,7 @@ def extract_features(
         seconds=seconds,
         images_per_second=n_computed / seconds if n_computed else 0.0,
         spec=spec,
+        cache_key=key,
     )
 
 
