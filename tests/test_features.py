@@ -152,3 +152,49 @@ def test_known_unusable_files_do_not_load_the_model_again(cache: FeatureCache, p
     assert (again.n_cached, again.n_computed) == (1, 0)
     # under another pixel limit the file is checked again (a bomb's verdict depends on the limit)
     assert cache.get_unusable(again.hashes + [first.unusable[0].path.name], None) == {}
+
+
+@pytest.mark.slow
+def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: list[Path], cache: FeatureCache) -> None:
+    """2 CPU processes each compute a share into the shared cache; the result equals one process's features."""
+    import json
+    import os
+
+    folder = photos[0].parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "ddp-cache")}
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    for i, p in enumerate(photos):
+        shutil.copy(p, data / ("a" if i % 2 else "b") / p.name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
+         "extract", str(data), "--precision", "fp32", "--batch-size", "2", "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
+    shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
+    assert shared.count() == len(photos)
+    from headstart.datasets import load_dataset
+
+    paths = load_dataset(data).paths
+    merged = extract_features(paths, "tf_efficientnet_lite0", cache=shared, precision="fp32")
+    assert merged.n_computed == 0
+    single = extract_features(paths, "tf_efficientnet_lite0", cache=cache, precision="fp32")
+    np.testing.assert_allclose(merged.features, single.features, rtol=1e-3, atol=1e-4)
+
+
+def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path]) -> None:
+    a, b = FeatureCache(tmp_path / "a.sqlite"), FeatureCache(tmp_path / "b.sqlite")
+    extract_features(photos[:6], lite0, cache=a)
+    extract_features(photos[4:], lite0, cache=b)
+    assert a.merge_from(b.path) == len(photos) - 6
+    assert a.merge_from(b.path) == 0, "merging again adds nothing"
+    assert extract_features(photos, lite0, cache=a).n_computed == 0
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    from headstart.errors import CacheError
+
+    with pytest.raises(CacheError):
+        a.merge_from(tmp_path / "junk.sqlite")

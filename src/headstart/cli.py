@@ -174,11 +174,15 @@ def extract(
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     _use_cache_dir(cache_dir)
     from headstart.datasets import load_dataset
+    from headstart.distributed import init_from_env
     from headstart.features import describe_unusable, extract_features
 
+    group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
     dataset = load_dataset(data, split=split)
     feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
-                             max_pixels=_max_pixels(max_pixels), progress=not as_json)
+                             max_pixels=_max_pixels(max_pixels), progress=not as_json and group.is_main)
+    if not group.is_main:
+        return
     summary = {
         "n_images": len(dataset), "n_usable": int(len(feats.indices)), "n_cached": feats.n_cached,
         "n_computed": feats.n_computed, "seconds": round(feats.seconds, 3),
@@ -196,6 +200,22 @@ def extract(
         f"{feats.n_cached} cached, {feats.n_computed} computed in {feats.seconds:.1f} s"
         + (f" ({feats.images_per_second:.0f} img/s)" if feats.n_computed else "")
     )
+
+
+@app.command("merge-cache")
+@handles_errors
+def merge_cache(
+    sources: Annotated[list[Path], typer.Argument(help="features.sqlite files from other machines or folders.")],
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Merge feature caches extracted elsewhere (e.g. one per machine) into this one."""
+    _use_cache_dir(cache_dir)
+    from headstart.features import FeatureCache
+
+    cache = FeatureCache()
+    for source in sources:
+        out.print(f"{source}: {cache.merge_from(source)} new features")
+    out.print(f"{cache.path}: {cache.count()} features")
 
 
 @app.command()
@@ -545,9 +565,10 @@ def robustness(
     if as_json:
         _json({**report.to_dict(), "files": {k: str(p) for k, p in paths.items()}})
         return
-    table = Table("eps", "8-bit steps", "accuracy")
+    linf = report.norm == "linf"
+    table = Table("eps", *(["8-bit steps"] if linf else []), "accuracy")
     for e, acc in zip(report.eps, report.accuracy):
-        table.add_row(f"{e:.5g}", f"{e * 255:.3g}", f"{acc:.3f}")
+        table.add_row(f"{e:.5g}", *([f"{e * 255:.3g}"] if linf else []), f"{acc:.3f}")
     out.print(table)
     out.print(f"{report.n_images} photos, {report.method} {report.norm} {report.steps} steps; files: "
               + ", ".join(str(p) for p in paths.values()), highlight=False)

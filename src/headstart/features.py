@@ -142,6 +142,35 @@ class FeatureCache:
             row = db.execute("SELECT images_per_second FROM speed WHERE fingerprint=?", (key,)).fetchone()
         return None if row is None else float(row[0])
 
+    def merge_from(self, other: str | os.PathLike[str]) -> int:
+        """Copy every feature (and known-unusable verdict) of another cache file into this one; return rows added.
+
+        This is how caches extracted on separate machines come together: rows are keyed by content and backbone,
+        so merging is idempotent and never overwrites.
+        """
+        source = Path(other)
+        if not source.is_file():
+            raise CacheError(f"No cache file at {source}.")
+        db = self._connection()
+        before = self.count()
+        attached = False
+        try:
+            db.execute("ATTACH DATABASE ? AS other", (str(source),))
+            attached = True
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT OR IGNORE INTO features SELECT * FROM other.features")
+            db.execute("INSERT OR IGNORE INTO backbones SELECT * FROM other.backbones")
+            db.execute("INSERT OR IGNORE INTO unusable SELECT * FROM other.unusable")
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise CacheError(f"{source} is not a headstart feature cache ({exc}).") from exc
+        finally:
+            if attached:
+                db.execute("DETACH DATABASE other")
+        return self.count() - before
+
     def count(self, key: str | None = None) -> int:
         with self._connect() as db:
             if key is None:
@@ -313,8 +342,12 @@ def extract_features(
         elif h is not None and h not in found and h not in todo:
             todo[h] = i
 
-    n_computed = 0
-    if todo:
+    n_computed, failed = 0, {}
+    from headstart.distributed import barrier, current
+
+    group = current()  # under torchrun each process computes its share; the shared cache gathers them
+    mine = list(todo.items())[group.rank :: group.world_size]
+    if mine:
         if loaded is None and hasattr(backbone, "load"):
             loaded = backbone.load()  # type: ignore[union-attr]  # a lazy backbone, e.g. from a model file
         elif loaded is None:
@@ -323,7 +356,7 @@ def extract_features(
             loaded = load_backbone(str(backbone), weights, device=device)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         computed, failed = _compute(
-            loaded, [(sha, paths[i]) for sha, i in todo.items()], cache, key,
+            loaded, [(sha, paths[i]) for sha, i in mine], cache, key,
             batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels,
             workers=workers, progress=progress,
         )
@@ -333,6 +366,13 @@ def extract_features(
         if n_computed:
             cache.record_speed(key, n_computed / compute_seconds, n_computed)
         cache.put_unusable(list(failed.items()), max_pixels)
+    if group.enabled and todo:
+        barrier()  # every share is in the cache now
+        rest = [h for h in todo if h not in found]
+        found.update(cache.get_many(key, rest))
+        failed = cache.get_unusable([h for h in rest if h not in found], max_pixels)
+        n_computed = sum(1 for h in todo if h in found)  # by all processes together
+    if todo:
         for i, h in enumerate(hashes):
             if h is not None and h in failed:
                 unusable[i] = failed[h]
