@@ -62,3 +62,20 @@ def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["max_abs_diff_probabilities"] <= 1e-4 and out.is_file()
     bad = CliRunner().invoke(app, ["export", str(model_path), "--format", "tflite"])
     assert bad.exit_code != 0 and "must be 'onnx'" in bad.output + (bad.stderr or "")
+
+
+def test_onnxruntime_engine_gives_the_same_predictions(model_path: Path, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart.evaluation import evaluate
+    from headstart.features import FeatureCache
+
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "cache"))
+    cache = FeatureCache(tmp_path / "f.sqlite")
+    model = Classifier.load(model_path)
+    torch_feats = model.features(sorted((sample / "test").glob("*/*.jpg")), cache=cache, precision="fp32")
+    onnx_feats = model.features(sorted((sample / "test").glob("*/*.jpg")), cache=cache, engine="onnxruntime")
+    assert onnx_feats.n_computed == 24, "ONNX features are cached under their own key"
+    np.testing.assert_allclose(onnx_feats.features, torch_feats.features, rtol=1e-3, atol=1e-3)
+    a = evaluate(model, sample / "test", cache=cache, engine="onnxruntime").accuracy
+    assert a == evaluate(model, sample / "test", cache=cache, precision="fp32").accuracy
+    with pytest.raises(ValueError, match="'engine' parameter"):
+        model.features([], cache=cache, engine="tensorrt")

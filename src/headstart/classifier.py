@@ -170,6 +170,7 @@ class Classifier:
         batch_size: int = 32,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: bool = False,
+        engine: str = "torch",
     ) -> Features:
         """Features of ``paths`` from this model's backbone (cached under its fingerprint)."""
         from headstart.features import extract_features
@@ -177,7 +178,7 @@ class Classifier:
         source: Any = self._backbone_source()
         return extract_features(
             paths, source, cache=cache, precision=precision, batch_size=batch_size, max_pixels=max_pixels,
-            progress=progress,
+            progress=progress, engine=engine,
         )
 
     def _backbone_source(self) -> Any:
@@ -192,6 +193,7 @@ class Classifier:
         cache: FeatureCache | None = None,
         precision: str = "auto",
         progress: bool = False,
+        engine: str = "torch",
     ) -> Predictions:
         """Top-k labels with probabilities for images or folders of images.
 
@@ -203,7 +205,7 @@ class Classifier:
         if top_k < 1:
             raise ValueError(f"The 'top_k' parameter of predict must be an int in [1, inf). Got {top_k!r} instead.")
         files = expand_paths(paths)
-        feats = self.features(files, cache=cache, precision=precision, progress=progress)
+        feats = self.features(files, cache=cache, precision=precision, progress=progress, engine=engine)
         probs = self.predict_proba_features(feats.features)
         k = min(top_k, len(self.classes))
         out = []

@@ -53,6 +53,7 @@ PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 where the CPU has na
 SplitOpt = Annotated[str, typer.Option(help="all, or train/test for data sets with an official split (Oxford-IIIT Pet).")]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this (decompression bombs); 0 = no limit.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+EngineOpt = Annotated[str, typer.Option(help="torch, or onnxruntime (the backbone exported to ONNX once, cached).")]
 
 
 def _max_pixels(value: int) -> int | None:
@@ -170,6 +171,7 @@ def extract(
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     _use_cache_dir(cache_dir)
@@ -180,7 +182,8 @@ def extract(
     group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
     dataset = load_dataset(data, split=split)
     feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
-                             max_pixels=_max_pixels(max_pixels), progress=not as_json and group.is_main)
+                             max_pixels=_max_pixels(max_pixels), progress=not as_json and group.is_main,
+                             engine=engine)
     if not group.is_main:
         return
     summary = {
@@ -357,13 +360,14 @@ def evaluate(
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
 ) -> None:
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     _use_cache_dir(cache_dir)
     from headstart.evaluation import evaluate as evaluate_model
 
     report = evaluate_model(model, data, split=split, out_dir=out_dir, precision=precision,
-                            max_pixels=_max_pixels(max_pixels), progress=not as_json)
+                            max_pixels=_max_pixels(max_pixels), progress=not as_json, engine=engine)
     if as_json:
         _json(report.to_dict())
         return
@@ -392,12 +396,13 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
 ) -> None:
     """Top-k labels with probabilities for each image."""
     _use_cache_dir(cache_dir)
     from headstart.classifier import Classifier
 
-    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision)
+    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)
     if as_json:
         _json(result.to_list())
     else:

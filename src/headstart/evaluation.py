@@ -66,6 +66,7 @@ def evaluate(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     cache: FeatureCache | None = None,
     progress: bool = False,
+    engine: str = "torch",
 ) -> Evaluation:
     """Score ``model`` on the labelled photos in ``data``; classes are matched by name.
 
@@ -90,7 +91,8 @@ def evaluate(
         if mapping[label] is None:
             unknown[label] = unknown.get(label, 0) + 1
     known = dataset.subset([i for i, s in enumerate(dataset.samples) if mapping[s.label] is not None])
-    feats = model.features(known.paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress)
+    feats = model.features(known.paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress,
+                           engine=engine)
     scored = known.subset(feats.indices.tolist())
     proba = model.predict_proba_features(feats.features)
     metrics = classification_metrics([mapping[l] for l in scored.labels], proba, model.classes)

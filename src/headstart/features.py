@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ENGINES = ("torch", "onnxruntime")
 
 
 # ------------------------------------------------------------------------------------------------------ the store
@@ -295,6 +296,7 @@ def extract_features(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     progress: bool = False,
+    engine: str = "torch",
 ) -> Features:
     """Embed each photo with the backbone, reusing cached features and skipping unusable files.
 
@@ -308,6 +310,8 @@ def extract_features(
         cache: the store; defaults to the one in the cache folder.
         precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16``.
         workers: decoding threads (default: the number of CPU cores, at most 8).
+        engine: ``torch``, or ``onnxruntime`` (the backbone exported to ONNX once, kept in the cache folder;
+            fp32, its features cached under their own key).
 
     Returns:
         :class:`Features` for the usable files, in the order given.
@@ -318,7 +322,9 @@ def extract_features(
         (2, 1280)
     """
     start = time.perf_counter()
-    precision = _resolve_precision(precision, device)
+    if engine not in ENGINES:
+        raise ValueError(f"The 'engine' parameter must be one of {ENGINES}. Got {engine!r} instead.")
+    precision = "onnx-fp32" if engine == "onnxruntime" else _resolve_precision(precision, device)
     cache = cache if cache is not None else FeatureCache()
     paths = [Path(p) for p in paths]
     loaded: Backbone | None = backbone if isinstance(backbone, Backbone) else None
@@ -439,6 +445,7 @@ def _compute(
     failed: dict[str, str] = {}
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    embed = _onnx_embedder(backbone) if precision == "onnx-fp32" else None
     with ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool, _progress(
         progress, len(todo), f"Extracting {backbone.spec.name}"
     ) as advance:
@@ -449,13 +456,47 @@ def _compute(
                 x = torch.stack([t for _, t in good]).to(device)
                 if device == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), autocast:
-                    out = backbone.features(x).float().cpu().numpy()
+                if embed is not None:
+                    out = embed(x.contiguous().numpy())
+                else:
+                    with torch.inference_mode(), autocast:
+                        out = backbone.features(x).float().cpu().numpy()
                 items = [(sha, out[j]) for j, (sha, _) in enumerate(good)]
                 cache.put_many(key, items)
                 computed.update(items)
             advance(len(batch))
     return computed, failed
+
+
+def _onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
+    """The backbone's embedding as an ONNX Runtime session, exported once into the cache folder."""
+    import torch
+
+    from headstart._cache import cache_dir
+    from headstart.export import _require_onnx
+
+    _, ort = _require_onnx()
+    path = cache_dir() / "backbones" / f"{backbone.spec.fingerprint}.features.onnx"
+    if not path.is_file():
+        class Embedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = backbone.model
+
+            def forward(self, image: torch.Tensor) -> torch.Tensor:
+                return backbone.features(image)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        size = backbone.spec.data_config["input_size"]
+        model = Embedding().eval().to(memory_format=torch.contiguous_format)
+        torch.onnx.export(model, (torch.zeros(1, *size),), str(tmp), input_names=["image"], output_names=["features"],
+                          dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False)
+        os.replace(tmp, path)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"image": images.astype(np.float32)})[0]
 
 
 def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: list[list], depth: int = 2) -> Iterator[list]:
