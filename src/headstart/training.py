@@ -123,7 +123,7 @@ def train(
     probe = LinearProbe(random_state=seed).fit(X[tr], labels[tr])
     val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
     if method != "probe":
-        return _train_network(dataset, usable, train_part, val_part, probe, feats, locals_for_network(
+        return _train_network(dataset, usable, train_part, val_part, probe, feats, dict(
             method=method, backbone=backbone, weights=weights, out=out, run=run, split=split, seed=seed,
             val_fraction=val_fraction, precision=precision, finetune_options=finetune_options, progress=progress,
             started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None))
@@ -172,10 +172,6 @@ def train(
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics)}, indent=2) + "\n")
     return TrainResult(model, out, run, metrics)
-
-
-def locals_for_network(**kwargs: Any) -> dict[str, Any]:
-    return kwargs
 
 
 def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[str, Any]) -> TrainResult:
