@@ -43,6 +43,12 @@ _EXPORTS = {
     "DataError": "headstart.errors",
     "UnusableImageError": "headstart.errors",
     "ModelFileError": "headstart.errors",
+    "attack": "headstart.attacks",
+    "transfer": "headstart.attacks",
+    "robustness": "headstart.attacks",
+    "save_attack": "headstart.attacks",
+    "save_robustness": "headstart.attacks",
+    "parse_eps": "headstart.attacks",
 }
 
 __all__ = ["__version__", *_EXPORTS]

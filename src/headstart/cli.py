@@ -575,7 +575,7 @@ def robustness(
     for e, acc in zip(report.eps, report.accuracy):
         table.add_row(f"{e:.5g}", *([f"{e * 255:.3g}"] if linf else []), f"{acc:.3f}")
     out.print(table)
-    out.print(f"{report.n_images} photos, {report.method} {report.norm} {report.steps} steps; files: "
+    out.print(f"{report.n_images} photos, {report.method} {report.norm} {report.steps} step{'s' * (report.steps != 1)}; files: "
               + ", ".join(str(p) for p in paths.values()), highlight=False)
 
 
