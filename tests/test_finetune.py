@@ -29,7 +29,8 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     result = train(tiny, method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
     run = result.run_dir
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[0])
+    assert [l["epoch"] for l in lines] == [0, 1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[1])
+    assert lines[0]["train_loss"] is None, "epoch 0 is the starting point, scored before any step"
     assert (run / "curves.png").stat().st_size > 1000 and (run / "checkpoint.pt").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["finetune"]["epochs"] == 2 and config["method"] == "finetune"
@@ -37,7 +38,8 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
 
     model = Classifier.load(result.model_path)
     assert model.metadata["method"] == "finetune" and model.spec.weights_id.startswith("trunk-sha256:")
-    assert result.metrics["best_epoch"] in (1, 2) and result.metrics["probe_val_accuracy"] is not None
+    assert result.metrics["best_epoch"] in (0, 1, 2) and result.metrics["probe_val_accuracy"] is not None
+    assert result.metrics["val_accuracy"] >= lines[0]["val_accuracy"], "the best epoch is never worse than the start"
     pred = model.predict([sorted((tiny / "pug").glob("*.jpg"))[0]], top_k=1).predictions[0]
     assert pred.labels[0] in {"Persian", "pug", "samoyed"}
 
@@ -46,7 +48,7 @@ def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Pa
     first = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
     resumed = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
     epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2], "epoch 1 kept from the first run, only epoch 2 trained again"
+    assert epochs == [0, 1, 2], "epochs 0-1 kept from the first run, only epoch 2 trained again"
     assert resumed.metrics["epochs_run"] == 2
 
 
@@ -110,7 +112,7 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
     report = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
     assert report["epochs_run"] == 2 and proc.stdout.count('"model"') == 1
     lines = (tmp_path / "ddp-run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2, "one line per epoch, written once (rank 0), not once per process"
+    assert len(lines) == 3, "epoch 0 and one line per epoch, written once (rank 0), not once per process"
     from headstart.classifier import Classifier
 
     assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]

@@ -282,7 +282,7 @@ def train(
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
     detail = (f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}" if method == "probe" else
-              f"best epoch {m['best_epoch']} of {m['epochs_run']}; the probe alone: {m['probe_val_accuracy']:.3f}")
+              f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}")
     out.print(
         f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
         f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"

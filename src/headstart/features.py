@@ -339,6 +339,10 @@ def extract_features(
     for i, (p, h) in enumerate(zip(paths, hashes)):
         if h is None:
             unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
+    from headstart.distributed import barrier, current
+
+    group = current()  # under torchrun each process computes its share; the shared cache gathers them
+    barrier()  # all processes read the cache in the same state …
     found = cache.get_many(key, [h for h in hashes if h is not None])
     known_bad = cache.get_unusable([h for h in hashes if h is not None and h not in found], max_pixels)
     todo: dict[str, int] = {}  # sha -> first index with that content
@@ -349,9 +353,7 @@ def extract_features(
             todo[h] = i
 
     n_computed, failed = 0, {}
-    from headstart.distributed import barrier, current
-
-    group = current()  # under torchrun each process computes its share; the shared cache gathers them
+    barrier()  # … before any of them writes to it
     mine = list(todo.items())[group.rank :: group.world_size]
     if mine:
         if loaded is None and hasattr(backbone, "load"):
@@ -372,7 +374,7 @@ def extract_features(
         if n_computed:
             cache.record_speed(key, n_computed / compute_seconds, n_computed)
         cache.put_unusable(list(failed.items()), max_pixels)
-    if group.enabled and todo:
+    if group.enabled:
         barrier()  # every share is in the cache now
         rest = [h for h in todo if h not in found]
         found.update(cache.get_many(key, rest))

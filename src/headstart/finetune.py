@@ -65,7 +65,7 @@ class FinetuneConfig:
     def for_data_size(cls, n_images: int, **overrides: Any) -> FinetuneConfig:
         """Defaults that suit the data: few photos → light augmentation, low lr, more epochs over little data."""
         if n_images < 1000:
-            base = cls(epochs=8, lr=2e-4, augment="light", head_dropout=0.2)
+            base = cls(epochs=8, lr=1e-4, augment="light", head_dropout=0.2)
         elif n_images < 20000:
             base = cls(epochs=6, lr=5e-4, augment="trivial", head_dropout=0.2)
         else:
@@ -231,9 +231,11 @@ def _transform(data_config: dict[str, Any], augment: str, training: bool):
 # ------------------------------------------------------------------------------------------------------ the loop
 @dataclass
 class EpochRecord:
+    """One line of metrics.jsonl; epoch 0 is the starting point, before any training step (no train metrics)."""
+
     epoch: int
-    train_loss: float
-    train_accuracy: float
+    train_loss: float | None
+    train_accuracy: float | None
     val_loss: float
     val_accuracy: float
     lr: float
@@ -333,6 +335,16 @@ def run_finetune(
     if not resume and group.is_main:
         metrics_file.unlink(missing_ok=True)
 
+    if start_epoch == 0:  # epoch 0 = the starting point (for LP-FT: the probe); fine-tuning must beat it to count
+        judged = ema.module if ema is not None else network
+        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)
+        best_acc, best_epoch = val_acc, 0
+        best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        record = EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0)
+        history.append(record)
+        if group.is_main:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(asdict(record)) + "\n")
     step = start_epoch * steps_per_epoch
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
@@ -407,10 +419,11 @@ def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     epochs = [r.epoch for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     acc, loss = fig.subplots(1, 2)
-    acc.plot(epochs, [r.train_accuracy for r in history], "o-", label="train")
+    trained = [r for r in history if r.train_loss is not None]
+    acc.plot([r.epoch for r in trained], [r.train_accuracy for r in trained], "o-", label="train")
     acc.plot(epochs, [r.val_accuracy for r in history], "o-", label="validation")
-    acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    loss.plot(epochs, [r.train_loss for r in history], "o-", label="train")
+    acc.set(xlabel="epoch (0 = before fine-tuning)", ylabel="accuracy", title="Accuracy")
+    loss.plot([r.epoch for r in trained], [r.train_loss for r in trained], "o-", label="train")
     loss.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     for ax in (acc, loss):

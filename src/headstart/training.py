@@ -96,17 +96,13 @@ def train(
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     cache = cache if cache is not None else FeatureCache()
 
-    from headstart.distributed import barrier, init_from_env
+    from headstart.distributed import init_from_env
 
-    group = init_from_env() if method != "probe" else None
-    if group is not None and group.enabled and not group.is_main:
-        barrier()  # rank 0 extracts first; the others then read everything from the cache
+    group = init_from_env() if method != "probe" else None  # under torchrun: the processes share the extraction
     feats = extract_features(
         dataset.paths, backbone, weights=weights, cache=cache, precision=precision, batch_size=batch_size,
         max_pixels=max_pixels, progress=progress and (group is None or group.is_main),
     )
-    if group is not None and group.enabled and group.is_main:
-        barrier()
     if feats.unusable:
         warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=2)
     usable = dataset.subset(feats.indices.tolist())
@@ -204,16 +200,16 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
     result = run_finetune(network, train_part, val_part, classes, backbone.spec.data_config, config, run,
                           resume=bool(o.get("resume")), progress=o["progress"])
     model = network_to_classifier(result.network, backbone, classes, {"method": o["method"]})
+    val_feats = model.features(val_part.paths, precision=config.precision)  # under torchrun: shared out too
     from headstart.distributed import current
 
     if not current().is_main:  # the other processes trained their shards; rank 0 scores and writes
         return TrainResult(model, Path(o["out"]), run, {"best_epoch": result.best_epoch})
-    val_feats = model.features(val_part.paths, precision=config.precision)
     val_metrics = classification_metrics(val_part.subset(val_feats.indices.tolist()).labels,
                                          model.predict_proba_features(val_feats.features), classes)
     metrics = {
         "val_accuracy": val_metrics["accuracy"], "val_top5_accuracy": val_metrics["top5_accuracy"],
-        "probe_val_accuracy": o["probe_val_accuracy"], "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "probe_val_accuracy": o["probe_val_accuracy"], "best_epoch": result.best_epoch, "epochs_run": sum(1 for r in result.history if r.epoch > 0),
         "stopped_early": result.stopped_early, "n_images": len(dataset), "n_usable": len(usable),
         "n_train": len(train_part), "n_val": len(val_part), "n_classes": len(classes),
         "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
