@@ -131,7 +131,8 @@ class Classifier:
         return self._backbone
 
     def torch_module(self):
-        """The whole classifier as one ``torch.nn.Module`` mapping normalised images to logits."""
+        """The whole classifier as one ``torch.nn.Module`` mapping normalised images to logits (``.features(x)``
+        gives the embedding, ``.head`` the linear layer)."""
         import torch
 
         backbone = self.backbone
@@ -144,6 +145,9 @@ class Classifier:
             def __init__(self) -> None:
                 super().__init__()
                 self.trunk, self.head = backbone.model, head
+
+            def features(self, x: torch.Tensor) -> torch.Tensor:
+                return backbone.features(x)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.head(backbone.features(x))

@@ -51,20 +51,16 @@ def _require_onnx():
 def _export_module(model: Classifier):
     import torch
 
-    backbone = model.backbone
-    head = torch.nn.Linear(model.spec.num_features, len(model.classes))
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(model.head_weight))
-        head.bias.copy_(torch.from_numpy(model.head_bias))
+    net = model.torch_module()
 
     class FeaturesAndProbabilities(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.trunk, self.head = backbone.model, head
+            self.net = net
 
         def forward(self, image: torch.Tensor):
-            features = self.trunk.forward_head(self.trunk.forward_features(image), pre_logits=True)
-            return features, self.head(features).softmax(-1)
+            features = self.net.features(image)
+            return features, self.net.head(features).softmax(-1)
 
     return FeaturesAndProbabilities().eval()
 
