@@ -138,3 +138,18 @@ def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Pat
         sweep(tiny, {"dropout": [0.1]}, out_dir=tmp_path / "bad")
     with pytest.raises(ValueError, match="--set needs NAME=V1,V2"):
         parse_settings(["head_dropout"])
+
+
+def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
+    import torch
+
+    from headstart.backbones import load_backbone
+    from headstart.finetune import _freeze_batchnorm, build_network
+
+    network = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
+    before = network.trunk.bn1.running_mean.clone()
+    network.train()
+    _freeze_batchnorm(network)
+    network(torch.randn(2, 3, 224, 224)).sum().backward()
+    torch.testing.assert_close(network.trunk.bn1.running_mean, before)
+    assert network.dropout.training, "the rest still trains (dropout active)"

@@ -251,6 +251,7 @@ def train(
     clip_grad: Annotated[Optional[float], typer.Option(help="[finetune] Max gradient norm (0 = off).", rich_help_panel="Fine-tuning")] = None,
     patience: Annotated[Optional[int], typer.Option(help="[finetune] Stop after this many epochs without improvement (0 = never).", rich_help_panel="Fine-tuning")] = None,
     ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="[finetune] Keep an exponential moving average of the weights.", rich_help_panel="Fine-tuning")] = None,
+    freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--train-bn", help="[finetune] Keep BatchNorm's pretrained statistics (default under 20,000 photos).", rich_help_panel="Fine-tuning")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="[finetune] Photos per step.", rich_help_panel="Fine-tuning")] = None,
     config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
@@ -263,7 +264,8 @@ def train(
     options = load_config_file(config) if config is not None else {}
     flags = dict(epochs=epochs, lr=lr, layer_decay=layer_decay, unfreeze=unfreeze, optimizer=optimizer,
                  schedule=schedule, weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment,
-                 head_dropout=head_dropout, clip_grad=clip_grad, patience=patience, ema=ema, batch_size=batch_size)
+                 head_dropout=head_dropout, clip_grad=clip_grad, patience=patience, ema=ema, batch_size=batch_size,
+                 freeze_bn=freeze_bn)
     options.update({k: v for k, v in flags.items() if v is not None})
     if method == "probe" and options:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)} only apply to --method finetune or scratch.")

@@ -55,6 +55,7 @@ class FinetuneConfig:
     head_dropout: float = 0.2
     clip_grad: float = 1.0  # max gradient norm; 0 = off
     patience: int = 3  # epochs without validation improvement before stopping; 0 = never stop early
+    freeze_bn: bool = True  # keep BatchNorm statistics from pretraining (small batches of few photos make poor ones)
     ema: bool = False
     ema_decay: float = 0.998
     precision: str = "auto"
@@ -69,7 +70,7 @@ class FinetuneConfig:
         elif n_images < 20000:
             base = cls(epochs=6, lr=5e-4, augment="trivial", head_dropout=0.2)
         else:
-            base = cls(epochs=4, lr=1e-3, augment="randaugment", head_dropout=0.1)
+            base = cls(epochs=4, lr=1e-3, augment="randaugment", head_dropout=0.1, freeze_bn=False)
         return base.replace(**overrides)
 
     def replace(self, **overrides: Any) -> FinetuneConfig:
@@ -250,6 +251,15 @@ class FinetuneResult:
     stopped_early: bool = False
 
 
+def _freeze_batchnorm(network) -> None:
+    """BatchNorm layers use (and keep) their pretrained running statistics while the rest trains."""
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def _evaluate(network, loader, device: str, autocast) -> tuple[float, float]:
     import torch
 
@@ -350,6 +360,8 @@ def run_finetune(
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         network.train()
+        if config.freeze_bn:
+            _freeze_batchnorm(network)
         if sampler is not None:
             sampler.set_epoch(epoch)
         seen, correct, loss_sum = 0, 0, 0.0
@@ -496,6 +508,8 @@ def lr_range_test(
     optimizer = make_optimizer(network, config)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     network.train()
+    if config.freeze_bn:
+        _freeze_batchnorm(network)
     lrs, losses, smooth, best = [], [], 0.0, float("inf")
     batches = iter(())
     with _progress(progress, steps, "lr range test") as advance:
