@@ -49,6 +49,10 @@ _EXPORTS = {
     "save_attack": "headstart.attacks",
     "save_robustness": "headstart.attacks",
     "parse_eps": "headstart.attacks",
+    "dream": "headstart.visualize",
+    "explain": "headstart.visualize",
+    "featuremaps": "headstart.visualize",
+    "load_target": "headstart.target",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,120 @@
+"""Image parameterisations: what the optimiser changes, and how that becomes a 0–1 RGB image.
+
+Each function returns ``(params, image_f)``: ``params`` is the list of tensors the optimiser sees, ``image_f()``
+builds the current image, a ``(batch, 3, H, W)`` float tensor in [0, 1]. Everything downstream (transforms,
+objectives, the network) only sees ``image_f()``, so parameterisations are interchangeable.
+
+Example:
+    >>> params, image_f = fft_image((1, 3, 224, 224))
+    >>> image_f().shape
+    torch.Size([1, 3, 224, 224])
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+ImageF = Callable[[], torch.Tensor]
+
+#: Square root of the colour correlation of natural images (Lucid's ImageNet estimate); rows are RGB.
+COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+
+
+def _check_shape(shape: tuple[int, ...], caller: str) -> tuple[int, int, int, int]:
+    if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape) or shape[1] != 3:
+        raise ValueError(f"The 'shape' parameter of {caller} must be (batch, 3, height, width) positive ints. Got {shape!r}.")
+    return shape  # type: ignore[return-value]
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def to_valid_rgb(image: torch.Tensor, decorrelate: bool = True) -> torch.Tensor:
+    """Map an unconstrained ``(batch, 3, H, W)`` tensor to RGB in [0, 1]: optional colour decorrelation, then a sigmoid.
+
+    With ``decorrelate`` the three channels are coordinates along the principal colour axes of natural images,
+    so one optimisation step changes colours in natural proportions instead of pushing R, G and B independently.
+    """
+    if decorrelate:
+        matrix = _COLOR_CORRELATION_NORMALIZED.to(image.device, image.dtype)
+        image = torch.einsum("bchw,dc->bdhw", image, matrix)
+    return torch.sigmoid(image)
+
+
+def pixel_image(
+    shape: tuple[int, int, int, int], sd: float = 0.5, mean: float = 0.5, seed: int | None = None
+) -> tuple[list[torch.Tensor], ImageF]:
+    """One free parameter per pixel and channel: the lesson's parameterisation, kept to valid pixels.
+
+    The default start ``0.5 + 0.5 · N(0, 1)`` is the lesson's N(0, 1) noise in the normalised space of weights with
+    mean = std = 0.5 (EfficientNet-Lite). Unlike the lesson, the pixels are clipped to [0, 1] before each use
+    (projected gradient descent), so the image optimised is one a PNG can hold.
+    """
+    batch, channels, h, w = _check_shape(shape, "pixel_image")
+    pixels = (mean + sd * torch.randn(batch, channels, h, w, generator=_generator(seed))).requires_grad_(True)
+
+    def image_f() -> torch.Tensor:
+        with torch.no_grad():
+            pixels.clamp_(0, 1)
+        return pixels
+
+    return [pixels], image_f
+
+
+def _rfft2d_freqs(h: int, w: int) -> np.ndarray:
+    """Spatial frequency magnitude of each bin of a real 2-D FFT of an ``h × w`` image (cycles per pixel)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+def fft_image(
+    shape: tuple[int, int, int, int],
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+    decorrelate: bool = True,
+    seed: int | None = None,
+) -> tuple[list[torch.Tensor], ImageF]:
+    """Lucid's Fourier-space parameterisation: the image is the inverse FFT of a spectrum scaled by ``1/f^decay_power``.
+
+    Scaling the spectrum makes a gradient step change low frequencies as much as high ones (a plain pixel
+    parameterisation favours high-frequency noise). The result goes through :func:`to_valid_rgb`.
+
+    Args:
+        shape: ``(batch, 3, height, width)``.
+        sd: standard deviation of the random starting spectrum (small: a nearly grey start).
+        decay_power: exponent of the ``1/f`` spectrum scaling; 0 turns the scaling off.
+        decorrelate: decorrelate colours (see :func:`to_valid_rgb`).
+        seed: seed of the starting spectrum.
+    """
+    batch, channels, h, w = _check_shape(shape, "fft_image")
+    freqs = _rfft2d_freqs(h, w)
+    spectrum = (sd * torch.randn(batch, channels, *freqs.shape, 2, generator=_generator(seed))).requires_grad_(True)
+    scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
+    scale_t = torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None]
+
+    def image_f() -> torch.Tensor:
+        scaled = torch.view_as_complex((scale_t.to(spectrum.device) * spectrum).contiguous())
+        image = torch.fft.irfftn(scaled, s=(h, w), norm="ortho") / 4.0
+        return to_valid_rgb(image, decorrelate=decorrelate)
+
+    return [spectrum], image_f
+
+
+def image(
+    size: int | tuple[int, int], batch: int = 1, fft: bool = True, decorrelate: bool = True, seed: int | None = None
+) -> tuple[list[torch.Tensor], ImageF]:
+    """The default parameterisation by size: :func:`fft_image` (``fft=True``) or a decorrelated sigmoid pixel image."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if fft:
+        return fft_image((batch, 3, h, w), decorrelate=decorrelate, seed=seed)
+    raw = (0.01 * torch.randn(batch, 3, h, w, generator=_generator(seed))).requires_grad_(True)
+    return [raw], lambda: to_valid_rgb(raw, decorrelate=decorrelate)
+
+
+__all__ = ["fft_image", "pixel_image", "image", "to_valid_rgb", "COLOR_CORRELATION_SVD_SQRT"]
