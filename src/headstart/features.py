@@ -48,7 +48,7 @@ class FeatureCache:
         self.path = Path(path) if path is not None else cache_dir() / "features.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connection().executescript(
+        schema = (
                 """
                 CREATE TABLE IF NOT EXISTS features (
                     fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
@@ -64,6 +64,7 @@ class FeatureCache:
                     PRIMARY KEY (sha256, max_pixels)) WITHOUT ROWID;
                 """
         )
+        _while_locked(lambda: self._connection().executescript(schema))
 
     def _connect(self) -> _Transaction:
         return _Transaction(self._connection())
@@ -73,7 +74,7 @@ class FeatureCache:
         if db is None:
             try:
                 db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=True)
-                db.execute("PRAGMA journal_mode=WAL")
+                _while_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.DatabaseError as exc:
                 raise CacheError(
@@ -211,6 +212,21 @@ class FeatureCache:
             with self._connect() as db:
                 db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", fresh)
         return out
+
+
+def _while_locked(action: Callable[[], Any], seconds: float = 120.0) -> Any:
+    """Retry what SQLite refuses with 'database is locked' without waiting itself (switching to WAL, creating
+    tables) while another process is opening the same new cache."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class _Transaction:
