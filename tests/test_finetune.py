@@ -153,3 +153,58 @@ def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
     network(torch.randn(2, 3, 224, 224)).sum().backward()
     torch.testing.assert_close(network.trunk.bn1.running_mean, before)
     assert network.dropout.training, "the rest still trains (dropout active)"
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    out, run = tmp_path / "k.safetensors", tmp_path / "k-run"
+    cmd = [sys.executable, "-m", "headstart", "train", str(tiny), "--method", "finetune", "--epochs", "3",
+           "--batch-size", "4", "--patience", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # as hard as a crash: no clean-up runs
+    proc.wait()
+    assert (run / "checkpoint.pt").exists() and not out.exists(), "killed after its first epoch, before the end"
+    done = subprocess.run([*cmd, "--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3], epochs
+    from headstart.classifier import Classifier
+
+    assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]
+
+
+def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
+    from headstart.finetune import load_config_file
+
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"data": "x", "method": "finetune", "finetune": {"epochs": 3, "lr": 5e-5}}))
+    assert load_config_file(saved) == {"epochs": 3, "lr": 5e-5}
+    toml = tmp_path / "ft.toml"
+    toml.write_text("epochs = 2\naugment = 'trivial'\n")
+    assert FinetuneConfig().replace(**load_config_file(toml)).augment == "trivial"
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
+    from headstart.finetune import load_config_file
+
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("lr: 1e-4\nepochs: 2\n")  # YAML 1.1 reads 1e-4 as text
+    assert FinetuneConfig().replace(**load_config_file(cfg)).lr == 1e-4
+    with pytest.raises(ValueError, match="'lr' parameter"):
+        FinetuneConfig().replace(lr="fast")
+
+
+def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
+    saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
+    assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)

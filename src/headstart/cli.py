@@ -255,6 +255,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="[finetune] Photos per step.", rich_help_panel="Fine-tuning")] = None,
     config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
+    device: Annotated[str, typer.Option(help="[finetune] auto (the GPU when there is one), cpu, cuda or cuda:N.", rich_help_panel="Fine-tuning")] = "auto",
 ) -> None:
     """Train a classifier on labelled photos and save it as one model file."""
     _use_cache_dir(cache_dir)
@@ -272,7 +273,7 @@ def train(
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
                          max_pixels=_max_pixels(max_pixels), progress=not as_json, finetune_options=options,
-                         resume=resume)
+                         resume=resume, device=device)
     m = result.metrics
     from headstart.distributed import current
 

@@ -43,6 +43,23 @@ def init_from_env(device: str = "cpu") -> ProcessGroup:
     return _GROUP
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → this process's GPU when CUDA is there (``cuda:LOCAL_RANK`` under torchrun), else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu.")
+        torch.cuda.set_device(torch.device(device))
+    elif device != "cpu":
+        raise ValueError(f"The 'device' parameter must be auto, cpu, cuda or cuda:N. Got {device!r} instead.")
+    return device
+
+
 def current() -> ProcessGroup:
     return _GROUP
 

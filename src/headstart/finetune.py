@@ -78,24 +78,34 @@ class FinetuneConfig:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"Unknown fine-tuning option(s) {unknown}; known: {sorted(known)}.")
-        values = {**asdict(self), **{k: v for k, v in overrides.items() if v is not None}}
+        types = {f.name: f.type for f in fields(self)}
+        values = {**asdict(self), **{k: _coerce(v, types[k]) for k, v in overrides.items() if v is not None}}
         return FinetuneConfig(**values).validated()
 
     def validated(self) -> FinetuneConfig:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"The {name!r} parameter of finetune must be {allowed}. Got {getattr(self, name)!r} instead.")
 
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "a number")
+            return value
+
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "an int in [1, inf)")
         for name in ("lr", "ema_decay"):
-            if not getattr(self, name) > 0:
+            if not number(name) > 0:
                 fail(name, "a float in (0, inf)")
-        if not 0 < self.layer_decay <= 1:
+        for name in ("weight_decay", "clip_grad", "warmup_epochs", "momentum"):
+            if not number(name) >= 0:
+                fail(name, "a float in [0, inf)")
+        if not 0 < number("layer_decay") <= 1:
             fail("layer_decay", "a float in (0, 1]")
-        if not 0 <= self.head_dropout < 1:
+        if not 0 <= number("head_dropout") < 1:
             fail("head_dropout", "a float in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
+        if not 0 <= number("label_smoothing") < 1:
             fail("label_smoothing", "a float in [0, 1)")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"one of {OPTIMIZERS}")
@@ -108,8 +118,21 @@ class FinetuneConfig:
         return self
 
 
+def _coerce(value: Any, type_name: str) -> Any:
+    """Numbers written as text (YAML reads ``1e-4`` as a string) become the field's type; bad text stays to fail."""
+    if isinstance(value, str) and type_name in ("float", "int"):
+        try:
+            return float(value) if type_name == "float" else int(value)
+        except ValueError:
+            return value
+    if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Options from a YAML (.yaml/.yml) or TOML (.toml) file: a flat mapping of FinetuneConfig fields."""
+    """Options from a YAML (.yaml/.yml, or a run folder's config.json) or TOML (.toml) file: a flat mapping of
+    FinetuneConfig fields, or a run's saved config (its ``finetune`` section)."""
     path = Path(path)
     if not path.is_file():
         raise HeadstartError(f"No config file at {path}.")
@@ -119,6 +142,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             import tomllib
 
             data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
         else:
             import yaml
 
@@ -127,6 +152,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise HeadstartError(f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {exc}") from exc
     if not isinstance(data, dict):
         raise HeadstartError(f"{path} must hold a mapping of option: value, got {type(data).__name__}.")
+    if isinstance(data.get("finetune"), dict):  # a run folder's config.json: re-run with the same options
+        data = data["finetune"]
     return data
 
 
@@ -251,6 +278,13 @@ class FinetuneResult:
     stopped_early: bool = False
 
 
+def _say(line: str) -> None:
+    """One line on stderr (the progress channel), so stdout keeps only results."""
+    from rich.console import Console
+
+    Console(stderr=True, markup=False, highlight=False).print(line)
+
+
 def _freeze_batchnorm(network) -> None:
     """BatchNorm layers use (and keep) their pretrained running statistics while the rest trains."""
     import torch
@@ -314,7 +348,8 @@ def run_finetune(
     optimizer = make_optimizer(network, config)
     forward = network
     if group.enabled:  # gradients averaged over processes; every process keeps identical weights
-        forward = torch.nn.parallel.DistributedDataParallel(network)
+        forward = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     ema = None
     if config.ema:
         from timm.utils import ModelEmaV3
@@ -331,7 +366,7 @@ def run_finetune(
     history: list[EpochRecord] = []
     best_acc, best_epoch, best_state, start_epoch = -1.0, 0, None, 0
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain types only
+        state = torch.load(checkpoint, map_location=device, weights_only=True)  # tensors and plain types only
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and "ema" in state:
@@ -339,11 +374,11 @@ def run_finetune(
         start_epoch = int(state["epoch"]) + 1
         best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
         history = [EpochRecord(**r) for r in json.loads(state["history"])]
-        torch.set_rng_state(state["rng"])
-        generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["rng"].cpu())
+        generator.set_state(state["loader_rng"].cpu())
     metrics_file = run_dir / "metrics.jsonl"
-    if not resume and group.is_main:
-        metrics_file.unlink(missing_ok=True)
+    if group.is_main:  # a resumed run rewrites the lines its checkpoint knows (a killed epoch may have left one more)
+        metrics_file.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
 
     if start_epoch == 0:  # epoch 0 = the starting point (for LP-FT: the probe); fine-tuning must beat it to count
         judged = ema.module if ema is not None else network
@@ -355,6 +390,8 @@ def run_finetune(
         if group.is_main:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(asdict(record)) + "\n")
+            if progress:
+                _say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
     step = start_epoch * steps_per_epoch
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
@@ -397,6 +434,10 @@ def run_finetune(
         if group.is_main:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(asdict(record)) + "\n")
+            if progress:
+                _say(f"epoch {record.epoch}/{config.epochs}: train loss {record.train_loss:.3f} accuracy "
+                     f"{record.train_accuracy:.3f} | validation loss {val_loss:.3f} accuracy {val_acc:.3f} | "
+                     f"lr {record.lr:.2g} | {record.seconds:.0f} s" + ("  (best so far)" if val_acc > best_acc else ""))
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}

@@ -65,6 +65,7 @@ def train(
     progress: bool = False,
     finetune_options: dict[str, Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """Train a classifier for the classes in ``data`` and save it to ``out``.
 
@@ -80,6 +81,7 @@ def train(
             (the same network from random weights, to see what transfer learning gives).
         finetune_options: fields of :class:`headstart.finetune.FinetuneConfig` overriding the size-based defaults.
         resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
+        device: where fine-tuning runs: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
         out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
         split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
 
@@ -96,9 +98,11 @@ def train(
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     cache = cache if cache is not None else FeatureCache()
 
-    from headstart.distributed import init_from_env
+    from headstart.distributed import init_from_env, resolve_device
 
-    group = init_from_env() if method != "probe" else None  # under torchrun: the processes share the extraction
+    if method != "probe":
+        device = resolve_device(device)
+    group = init_from_env(device) if method != "probe" else None  # under torchrun: the processes share the extraction
     feats = extract_features(
         dataset.paths, backbone, weights=weights, cache=cache, precision=precision, batch_size=batch_size,
         max_pixels=max_pixels, progress=progress and (group is None or group.is_main),
@@ -122,7 +126,7 @@ def train(
         return _train_network(dataset, usable, train_part, val_part, probe, feats, dict(
             method=method, backbone=backbone, weights=weights, out=out, run=run, split=split, seed=seed,
             val_fraction=val_fraction, precision=precision, finetune_options=finetune_options, progress=progress,
-            started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None))
+            started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None, device=device))
     final = LinearProbe(random_state=seed).fit(X, labels) if refit else probe  # C chosen again, by CV on all
 
     spec, trunk = cached_trunk_weights(backbone, weights)
@@ -179,8 +183,9 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
 
     user = dict(o["finetune_options"] or {})
     config = FinetuneConfig.for_data_size(len(usable), **{"seed": o["seed"], "precision": o["precision"], **user})
-    if o["method"] == "scratch":  # nothing pretrained to protect: every layer at the full rate unless asked otherwise
-        config = config.replace(**{"unfreeze": "all", "layer_decay": 1.0, **user})
+    if o["method"] == "scratch":  # nothing pretrained to protect or keep: every layer, full rate, own BN statistics
+        config = config.replace(**{"unfreeze": "all", "layer_decay": 1.0, "freeze_bn": False, "lr": 1e-3,
+                                   "patience": 0, **user})
     classes = [str(c) for c in probe.classes_]
     backbone = load_backbone(o["backbone"], "none" if o["method"] == "scratch" else o["weights"])
     network = build_network(backbone, len(classes), config.head_dropout)
@@ -198,7 +203,7 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
              "weights": None if o["weights"] is None else str(o["weights"]), "method": o["method"], "out": str(o["out"]),
              "split": o["split"], "val_fraction": o["val_fraction"], "finetune": asdict(config)}, indent=2) + "\n")
     result = run_finetune(network, train_part, val_part, classes, backbone.spec.data_config, config, run,
-                          resume=bool(o.get("resume")), progress=o["progress"])
+                          resume=bool(o.get("resume")), progress=o["progress"], device=o["device"])
     model = network_to_classifier(result.network, backbone, classes, {"method": o["method"]})
     val_feats = model.features(val_part.paths, precision=config.precision)  # under torchrun: shared out too
     from headstart.distributed import current
