@@ -208,3 +208,15 @@ def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, t
     result = train(tiny, method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
     saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
     assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)
+
+
+@pytest.mark.parametrize("augment", ["none", "light", "trivial", "randaugment"])
+def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -> None:
+    from PIL import Image
+
+    from headstart.finetune import _transform
+
+    config = {"input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
+              "crop_pct": 0.875, "crop_mode": "center"}
+    photo = Image.open(sorted((sample / "test" / "pug").glob("*.jpg"))[0]).convert("RGB")
+    assert tuple(_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)

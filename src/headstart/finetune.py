@@ -250,10 +250,15 @@ def _transform(data_config: dict[str, Any], augment: str, training: bool):
 
     if not training or augment == "none":
         return create_transform(**data_config, is_training=False)
-    auto = {"light": None, "trivial": "trivialaugment", "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
+    auto = {"light": None, "trivial": None, "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
     scale = (0.5, 1.0) if augment == "light" else (0.25, 1.0)
-    return create_transform(**data_config, is_training=True, auto_augment=auto, scale=scale,
-                            hflip=0.5, color_jitter=None if auto else 0.2)
+    train = create_transform(**data_config, is_training=True, auto_augment=auto, scale=scale, hflip=0.5,
+                             color_jitter=0.2 if augment == "light" else None)
+    if augment == "trivial":  # timm has no TrivialAugment; torchvision's runs on the photo before timm's crop
+        from torchvision.transforms import Compose, TrivialAugmentWide
+
+        return Compose([TrivialAugmentWide(), train])
+    return train
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
