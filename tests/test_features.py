@@ -198,3 +198,27 @@ def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path
 
     with pytest.raises(CacheError):
         a.merge_from(tmp_path / "junk.sqlite")
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
+    """The device's out-of-memory error (injected: no test machine can be made to run out) halves the batch."""
+    import contextlib
+
+    import torch
+
+    from headstart.features import _embed_fitting_memory
+
+    sizes = []
+
+    def embed(chunk: torch.Tensor) -> np.ndarray:
+        sizes.append(len(chunk))
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return chunk.sum(dim=(1, 2, 3), keepdim=False)[:, None].numpy()
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
+    out = _embed_fitting_memory(embed, x, contextlib.nullcontext())
+    np.testing.assert_array_equal(out[:, 0], np.arange(8))
+    assert sizes == [8, 4, 2, 2, 4, 2, 2]
+    with pytest.raises(RuntimeError, match="other failure"):
+        _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())

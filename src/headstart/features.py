@@ -477,13 +477,29 @@ def _compute(
                 if embed is not None:
                     out = embed(x.contiguous().numpy())
                 else:
-                    with torch.inference_mode(), autocast:
-                        out = backbone.features(x).float().cpu().numpy()
+                    out = _embed_fitting_memory(lambda chunk: backbone.features(chunk).float().cpu().numpy(), x, autocast)
                 items = [(sha, out[j]) for j, (sha, _) in enumerate(good)]
                 cache.put_many(key, items)
                 computed.update(items)
             advance(len(batch))
     return computed, failed
+
+
+def _embed_fitting_memory(embed: Callable[[Any], np.ndarray], x: Any, autocast: Any) -> np.ndarray:
+    """Run ``embed`` on the batch; when the device runs out of memory, on halves of it (down to one photo)."""
+    import torch
+
+    try:
+        with torch.inference_mode(), autocast:
+            return embed(x)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if "out of memory" not in str(exc).lower() or len(x) == 1:
+            raise
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(x) // 2
+        return np.concatenate([_embed_fitting_memory(embed, x[:half], autocast),
+                               _embed_fitting_memory(embed, x[half:], autocast)])
 
 
 def _onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
