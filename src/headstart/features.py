@@ -96,6 +96,8 @@ class FeatureCache:
                     f"The cache {self.path} holds {row[0]}-d features for {spec.name} but the model gives "
                     f"{spec.num_features}-d. Delete the cache file or pass another --cache-dir."
                 )
+            if row is not None:  # known: no write (every predict call comes through here)
+                return key
             db.execute(
                 "INSERT OR REPLACE INTO backbones VALUES (?, ?, ?)",
                 (key, spec.num_features, json.dumps({**spec.to_dict(), "precision": precision})),
@@ -128,6 +130,8 @@ class FeatureCache:
         return dict(self._select_in(sql, limit, hashes))
 
     def put_unusable(self, items: Sequence[tuple[str, str]], max_pixels: int | None) -> None:
+        if not items:
+            return
         limit = -1 if max_pixels is None else int(max_pixels)
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO unusable VALUES (?, ?, ?)", [(sha, limit, r) for sha, r in items])
@@ -387,7 +391,7 @@ def extract_features(
         found.update(computed)
         n_computed = len(computed)
         compute_seconds = time.perf_counter() - compute_start
-        if n_computed:
+        if n_computed >= 16:  # a throughput worth remembering (a single photo measures start-up, not speed)
             cache.record_speed(key, n_computed / compute_seconds, n_computed)
         cache.put_unusable(list(failed.items()), max_pixels)
     if group.enabled:
