@@ -800,7 +800,7 @@ def robustness(
     return Robustness(
         model=str(model), method=method, norm=norm, steps=1 if method == "fgsm" else steps, eps=budgets, accuracy=accuracy, n_images=n,
         clean_accuracy=clean, attack_success=success,
-        skipped=[{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        skipped=[u.to_dict() for u in feats.unusable],
     )
 
 

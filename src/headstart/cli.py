@@ -191,7 +191,7 @@ def extract(
         "n_computed": feats.n_computed, "seconds": round(feats.seconds, 3),
         "images_per_second": round(feats.images_per_second, 1), "num_features": int(feats.features.shape[1]),
         "backbone": feats.spec.name if feats.spec else backbone,
-        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        "skipped": [u.to_dict() for u in feats.unusable],
     }
     if as_json:
         _json(summary)

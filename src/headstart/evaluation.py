@@ -100,7 +100,7 @@ def evaluate(
         accuracy=metrics["accuracy"],
         top5_accuracy=metrics["top5_accuracy"],
         n_images=metrics["n_images"],
-        skipped=[{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        skipped=[u.to_dict() for u in feats.unusable],
         unknown_labels=unknown,
         details=public_metrics(metrics),
     )

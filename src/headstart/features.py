@@ -348,10 +348,7 @@ def extract_features(
     cache = cache if cache is not None else FeatureCache()
     paths = [Path(p) for p in paths]
     loaded: Backbone | None = backbone if isinstance(backbone, Backbone) else None
-    if loaded is not None or hasattr(backbone, "spec"):
-        spec = backbone.spec  # type: ignore[union-attr]
-    else:
-        spec = resolve_backbone(str(backbone), weights)
+    spec = backbone.spec if hasattr(backbone, "spec") else resolve_backbone(str(backbone), weights)
     key = cache.register(spec, precision)
 
     hashes = cache.file_hashes(paths)

@@ -348,6 +348,10 @@ class UnusableFile:
     path: Path
     reason: str
 
+    def to_dict(self) -> dict[str, str]:
+        """``{"path": …, "reason": …}``: how every report (scan, train, evaluate, --json) lists a skipped file."""
+        return {"path": str(self.path), "reason": self.reason}
+
 
 @dataclass
 class ScanReport:
@@ -361,7 +365,7 @@ class ScanReport:
         """A JSON-serialisable form, for ``--json`` output and logs."""
         return {
             "n_files": self.n_files,
-            "unusable": [{"path": str(u.path), "reason": u.reason} for u in self.unusable],
+            "unusable": [u.to_dict() for u in self.unusable],
             "ignored": [str(p) for p in self.ignored],
         }
 

@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from headstart.features import FeatureCache, describe_unusable, extract_features
 from headstart.images import DEFAULT_MAX_PIXELS
 from headstart.metrics import classification_metrics, public_metrics, write_metric_pictures
 from headstart.probe import LinearProbe
-
-if TYPE_CHECKING:
-    from headstart.features import Features
 
 METHODS = ("probe", "finetune", "scratch")
 
@@ -141,7 +138,7 @@ def train(
         "n_train": int(len(tr)),
         "n_val": int(len(va)),
         "n_classes": len(final.classes_),
-        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        "skipped": [u.to_dict() for u in feats.unusable],
         "ignored": [str(p) for p in dataset.ignored],
         "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
         "refit_on_all": refit,
@@ -179,6 +176,7 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
     import torch
 
     from headstart.backbones import load_backbone
+    from headstart.distributed import current
     from headstart.finetune import FinetuneConfig, build_network, network_to_classifier, run_finetune
 
     user = dict(o["finetune_options"] or {})
@@ -194,9 +192,7 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
             network.head.weight.copy_(torch.from_numpy(probe.coef_ * probe.temperature_).float())
             network.head.bias.copy_(torch.from_numpy(probe.intercept_ * probe.temperature_).float())
     run = Path(o["run"])
-    from headstart.distributed import current as _current
-
-    if _current().is_main:
+    if current().is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(
             {"data": str(dataset.root), "backbone": o["backbone"],
@@ -206,8 +202,6 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
                           resume=bool(o.get("resume")), progress=o["progress"], device=o["device"])
     model = network_to_classifier(result.network, backbone, classes, {"method": o["method"]})
     val_feats = model.features(val_part.paths, precision=config.precision)  # under torchrun: shared out too
-    from headstart.distributed import current
-
     if not current().is_main:  # the other processes trained their shards; rank 0 scores and writes
         return TrainResult(model, Path(o["out"]), run, {"best_epoch": result.best_epoch})
     val_metrics = classification_metrics(val_part.subset(val_feats.indices.tolist()).labels,
@@ -217,7 +211,7 @@ def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[
         "probe_val_accuracy": o["probe_val_accuracy"], "best_epoch": result.best_epoch, "epochs_run": sum(1 for r in result.history if r.epoch > 0),
         "stopped_early": result.stopped_early, "n_images": len(dataset), "n_usable": len(usable),
         "n_train": len(train_part), "n_val": len(val_part), "n_classes": len(classes),
-        "skipped": [{"path": str(u.path), "reason": u.reason} for u in feats.unusable],
+        "skipped": [u.to_dict() for u in feats.unusable],
         "ignored": [str(p) for p in dataset.ignored], "refit_on_all": False,
         "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
         "cv_accuracy": float("nan"), "C": float("nan"),
