@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/rerun.py                         # ../shared/data/pets-dev and catsdogs-dev
     .venv/bin/python benchmarks/rerun.py --data DIR [--data DIR2]
 
-Each data set: `headstart train DATA` with an empty cache folder (features computed), then the same command again
-(features from the cache). Wall time of each whole command (start-up and imports included), the ratio, and whether
-the two model heads are identical.
+Each data set: `headstart train DATA` with an empty cache folder (features computed, probes fitted, pictures drawn),
+then the same command again (all of it read back from the cache and its memo), then once more with `--no-reuse`
+(features from the cache, probes fitted and pictures drawn again). Wall time of each whole command (start-up and
+imports included), the ratios, and whether the model files' tensors are identical.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from _report import write_section  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _train(data: Path, out: Path, cache: Path) -> float:
+def _train(data: Path, out: Path, cache: Path, *flags: str) -> float:
     env = {**__import__("os").environ, "HEADSTART_CACHE_DIR": str(cache)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out", str(out), "--json"],
+    subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out", str(out), "--json", *flags],
                    check=True, env=env, capture_output=True)
     return time.perf_counter() - start
 
@@ -49,20 +50,24 @@ def main() -> None:
             tmp = Path(tmp)
             cold = _train(data, tmp / "a.safetensors", tmp / "cache")
             warm = _train(data, tmp / "b.safetensors", tmp / "cache")
-            a, b = load_file(str(tmp / "a.safetensors")), load_file(str(tmp / "b.safetensors"))
-            same = all(np.array_equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+            refit = _train(data, tmp / "c.safetensors", tmp / "cache", "--no-reuse")
+            a, b, c = (load_file(str(tmp / f"{x}.safetensors")) for x in "abc")
+            same = all(a.keys() == o.keys() and all(np.array_equal(a[k], o[k]) for k in a) for o in (b, c))
         n = sum(1 for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-        rows.append((data.name, n, cold, warm, cold / warm, same))
-        print(f"{data.name}: first run {cold:.1f} s, re-run {warm:.1f} s, ratio {cold / warm:.1f}x, identical model: {same}")
+        rows.append((data.name, n, cold, warm, cold / warm, refit, cold / refit, same))
+        print(f"{data.name}: first run {cold:.1f} s, re-run {warm:.2f} s ({cold / warm:.1f}x), "
+              f"re-run --no-reuse {refit:.1f} s ({cold / refit:.1f}x), identical models: {same}")
     lines = [
         "## Re-running `train` on the same photos",
         "",
-        "`python benchmarks/rerun.py` — wall time of the whole `headstart train DATA` command (start-up included), "
-        "first with an empty cache, then again.",
+        "`python benchmarks/rerun.py` — wall time of the whole `headstart train DATA` command (start-up included): "
+        "first with an empty cache; again (features, probe fits and pictures read back); again with `--no-reuse` "
+        "(features read back, probes fitted and pictures drawn anew).",
         "",
-        "| data | photos | first run | re-run | ratio | identical model file tensors |",
-        "|---|---|---|---|---|---|",
-        *[f"| {d} | {n} | {c:.1f} s | {w:.1f} s | {r:.1f}× | {s} |" for d, n, c, w, r, s in rows],
+        "| data | photos | first run | re-run | ratio | re-run `--no-reuse` | ratio | identical model file tensors |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {d} | {n} | {c:.1f} s | {w:.2f} s | {r:.1f}× | {f:.1f} s | {rf:.1f}× | {s} |"
+          for d, n, c, w, r, f, rf, s in rows],
     ]
     print(f"wrote {write_section('rerun', chr(10).join(lines))}")
 

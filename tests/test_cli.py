@@ -249,26 +249,45 @@ def test_python_dash_m_headstart_help() -> None:
         assert command in done.stdout
 
 
-def test_cached_rerun_of_train_does_not_import_torch(model: Path, sample: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse", [True, False])
+def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
+    model: Path, sample: Path, tmp_path: Path, reuse: bool
+) -> None:
+    """A re-run reads features (and, by default, the probe fits and pictures) back: no torch, sklearn or matplotlib."""
     out = tmp_path / "again.safetensors"
     script = tmp_path / "rerun.py"
+    flags = [] if reuse else ["--no-reuse"]
     script.write_text(textwrap.dedent(f"""
         import sys
         from headstart.cli import main
 
-        sys.argv = ["headstart", "train", {str(sample / "train")!r}, "--out", {str(out)!r}, "--json"]
+        sys.argv = ["headstart", "train", {str(sample / "train")!r}, "--out", {str(out)!r}, "--json", *{flags!r}]
         try:
             main()
             code = 0
         except SystemExit as exc:
             code = exc.code
         print("EXIT", code, file=sys.stderr)
-        print("TORCH", "torch" in sys.modules, file=sys.stderr)
+        for name in ("torch", "sklearn", "matplotlib"):
+            print("IMPORTED", name, name in sys.modules, file=sys.stderr)
     """))
     env = {**os.environ}  # the same HEADSTART_CACHE_DIR as the module's model, which cached these features
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert "EXIT 0" in done.stderr, done.stderr
     summary = json.loads(done.stdout)
     assert summary["features"]["computed"] == 0 and summary["features"]["cached"] == 60
-    assert out.is_file()
-    assert "TORCH False" in done.stderr, done.stderr
+    assert "IMPORTED torch False" in done.stderr, done.stderr
+    assert f"IMPORTED sklearn {not reuse}" in done.stderr, done.stderr
+    assert f"IMPORTED matplotlib {not reuse}" in done.stderr, done.stderr
+
+    from safetensors.numpy import load_file
+
+    first, again = load_file(str(model)), load_file(str(out))
+    assert first.keys() == again.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+    first_run, again_run = model.with_name("pets-run"), out.with_name("again-run")
+    for picture in ("confusion_matrix.png", "misclassified.png"):
+        assert (again_run / picture).is_file(), picture
+        if reuse:  # copied from the memo: the very same bytes
+            assert (again_run / picture).read_bytes() == (first_run / picture).read_bytes(), picture

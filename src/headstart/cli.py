@@ -234,6 +234,7 @@ def train(
     val_fraction: Annotated[float, typer.Option(help="Share of photos held out for validation.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
     refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
+    reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
@@ -273,7 +274,7 @@ def train(
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
                          max_pixels=_max_pixels(max_pixels), progress=not as_json, finetune_options=options,
-                         resume=resume, device=device)
+                         resume=resume, device=device, reuse=reuse)
     m = result.metrics
     from headstart.distributed import current
 

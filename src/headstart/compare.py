@@ -11,7 +11,7 @@ import numpy as np
 
 from headstart.datasets import Dataset, load_dataset
 from headstart.features import FeatureCache, extract_features
-from headstart.probe import LinearProbe
+from headstart.memo import Memo, fit_probe
 
 
 def compare_backbones(
@@ -24,7 +24,7 @@ def compare_backbones(
 ) -> list[dict[str, Any]]:
     """For each backbone: the linear probe's cross-validated accuracy on ``data``, img/s and feature size.
 
-    Features come from (and go into) the cache, so a second call only refits the probes. Rows are ranked by
+    Features and probe fits come from (and go into) the cache, so a second call recomputes nothing. Rows are ranked by
     accuracy, then speed. With ``out_dir``: ``compare.json`` and ``compare.png``.
 
     Example:
@@ -39,7 +39,7 @@ def compare_backbones(
     for name in backbones:
         feats = extract_features(dataset.paths, name, cache=cache, progress=progress)
         labels = np.asarray(dataset.subset(feats.indices.tolist()).labels)
-        probe = LinearProbe().fit(feats.features, labels)
+        probe = fit_probe(feats.features, labels, memo=Memo.beside(cache))
         rows.append({
             "backbone": name,
             "cv_accuracy": round(float(probe.cv_accuracy_), 4),

@@ -1,4 +1,7 @@
-"""Accuracy, top-k, per-class precision/recall and the confusion matrix, as JSON-ready dicts and pictures."""
+"""Accuracy, top-k, per-class precision/recall and the confusion matrix, as JSON-ready dicts and pictures.
+
+Plain numpy (no scikit-learn import): `evaluate` and cached `train` runs should not pay a second for it.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Se
         confusion_matrix (rows true, columns predicted, in ``classes`` order), and per-sample ``predicted`` /
         ``confidence`` lists for pictures of the mistakes.
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     classes = list(classes)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[t] for t in y_true], dtype=np.int64)
@@ -29,8 +30,11 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Se
     pred = proba.argmax(axis=1)
     k = min(5, len(classes))
     topk = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-    labels = list(range(len(classes)))
-    precision, recall, _, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    matrix = confusion_matrix(y, pred, len(classes))
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    hits = np.diag(matrix)
+    precision = np.divide(hits, predicted, out=np.zeros(len(classes)), where=predicted > 0)  # 0 when never predicted
+    recall = np.divide(hits, support, out=np.zeros(len(classes)), where=support > 0)
     return {
         "accuracy": float((pred == y).mean()),
         "top5_accuracy": float((topk == y[:, None]).any(axis=1).mean()),
@@ -40,11 +44,17 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Se
             c: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4), "support": int(support[i])}
             for i, c in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "confusion_matrix": matrix.tolist(),
         "true": [classes[i] for i in y],
         "predicted": [classes[i] for i in pred],
         "confidence": [round(float(proba[j, pred[j]]), 4) for j in range(n)],
     }
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts ``(n_classes, n_classes)``: row = true class index, column = predicted (sklearn's layout, no import)."""
+    flat = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def write_metric_pictures(metrics: dict[str, Any], paths: Sequence[Path], folder: Path, *, title: str) -> list[Path]:

@@ -18,8 +18,8 @@ from headstart.datasets import Dataset, load_dataset, train_val_split
 from headstart.errors import DataError
 from headstart.features import FeatureCache, describe_unusable, extract_features
 from headstart.images import DEFAULT_MAX_PIXELS
+from headstart.memo import Memo, fit_probe, memo_pictures
 from headstart.metrics import classification_metrics, public_metrics, write_metric_pictures
-from headstart.probe import LinearProbe
 
 METHODS = ("probe", "finetune", "scratch")
 
@@ -63,6 +63,7 @@ def train(
     finetune_options: dict[str, Any] | None = None,
     resume: str | os.PathLike[str] | None = None,
     device: str = "auto",
+    reuse: bool = True,
 ) -> TrainResult:
     """Train a classifier for the classes in ``data`` and save it to ``out``.
 
@@ -81,6 +82,8 @@ def train(
         device: where fine-tuning runs: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
         out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
         split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
+        reuse: read probe fits and run pictures back from the cache's memo when their inputs are unchanged
+            (see :mod:`headstart.memo`); ``False`` computes them again (the result is the same).
 
     Example:
         >>> result = train("photos/", out="pets.safetensors")
@@ -117,14 +120,15 @@ def train(
     tr = np.array([row_of[s.path] for s in train_part.samples])
     va = np.array([row_of[s.path] for s in val_part.samples])
 
-    probe = LinearProbe(random_state=seed).fit(X[tr], labels[tr])
+    memo = Memo.beside(cache) if reuse else None
+    probe = fit_probe(X[tr], labels[tr], random_state=seed, memo=memo)
     val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
     if method != "probe":
         return _train_network(dataset, usable, train_part, val_part, probe, feats, dict(
             method=method, backbone=backbone, weights=weights, out=out, run=run, split=split, seed=seed,
             val_fraction=val_fraction, precision=precision, finetune_options=finetune_options, progress=progress,
             started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None, device=device))
-    final = LinearProbe(random_state=seed).fit(X, labels) if refit else probe  # C chosen again, by CV on all
+    final = fit_probe(X, labels, random_state=seed, memo=memo) if refit else probe  # C chosen again, by CV on all
 
     spec, trunk = cached_trunk_weights(backbone, weights)
     metrics = {
@@ -165,7 +169,9 @@ def train(
               "refit": refit, "precision": precision, "batch_size": batch_size, "max_pixels": max_pixels}
     (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     val_paths = [usable.samples[i].path for i in va]
-    write_metric_pictures(val_metrics, val_paths, run, title=f"validation ({len(va)} photos)")
+    title = f"validation ({len(va)} photos)"
+    memo_pictures(memo, [title, val_metrics, [feats.hashes[i] for i in va]], run,
+                  lambda: write_metric_pictures(val_metrics, val_paths, run, title=title))
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics)}, indent=2) + "\n")
     return TrainResult(model, out, run, metrics)
@@ -252,6 +258,8 @@ def find_learning_rate(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     feats = extract_features(dataset.paths, backbone, weights=weights, progress=progress)
     usable = dataset.subset(feats.indices.tolist())
+    from headstart.probe import LinearProbe
+
     probe = LinearProbe(calibrate=False).fit(feats.features, np.asarray(usable.labels))
     config = FinetuneConfig.for_data_size(len(usable), **(finetune_options or {}))
     classes = [str(c) for c in probe.classes_]
