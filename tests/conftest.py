@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 # Tests never touch the user's cache: one private cache folder per test session (set before headstart is imported).
 os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HEADSTART_CACHE_DIR"], ignore_errors=True)  # no litter left in /tmp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a network
 
 REPO = Path(__file__).resolve().parents[1]
