@@ -144,8 +144,16 @@ def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]
     _require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import logging
+
     out = Path(out)
-    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its root-logger advice ("consider pre-processing", shape inference) is for its devs
+    try:
+        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return out
 
 
