@@ -43,12 +43,44 @@ def test_onnx_and_int8_accuracy_on_held_out_photos(model_path: Path, sample: Pat
 
     model = Classifier.load(model_path)
     onnx_path = export_onnx(model, tmp_path / "pets.onnx").path
-    int8 = quantize_int8(onnx_path, tmp_path / "pets.int8.onnx")
+    int8 = quantize_int8(onnx_path, tmp_path / "pets.int8.onnx", model, sample / "train", max_photos=30)
     assert int8.stat().st_size < onnx_path.stat().st_size / 2
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "static quantisation: activations are int8 too"
     acc, n = onnx_accuracy(onnx_path, model, sample / "test")
     assert n == 24 and acc == pytest.approx(evaluate(model, sample / "test").accuracy, abs=1 / 24)
     acc8, _ = onnx_accuracy(int8, model, sample / "test")
-    assert acc8 >= acc - 0.25, f"int8 accuracy {acc8:.3f} against fp32 {acc:.3f}"
+    assert acc8 >= acc - 2 / 24, f"int8 accuracy {acc8:.3f} against fp32 {acc:.3f}"
+
+
+def test_cli_int8_calibrates_on_the_training_photos_or_says_what_to_pass(
+    model_path: Path, sample: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(out), "--int8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert Path(report["calibration"]) == sample / "train" and Path(report["quantized"]).is_file()
+    assert report["ms_per_photo_int8"] > 0 and report["ms_per_photo_onnx"] > 0
+
+    from headstart.modelfile import read_model_file, save_model_file
+
+    tensors, metadata = read_model_file(model_path)
+    moved = tmp_path / "moved.safetensors"
+    save_model_file(moved, tensors, {**metadata, "data": {**metadata["data"], "source": str(tmp_path / "gone")}})
+    result = CliRunner().invoke(app, ["export", str(moved), "--out", str(tmp_path / "m.onnx"), "--int8"])
+    assert result.exit_code != 0 and "--calibrate" in result.output + (result.stderr or "")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(tmp_path / "e.onnx"), "--int8",
+                                      "--calibrate", str(empty)])
+    assert result.exit_code != 0 and "calibration photos" in result.output + (result.stderr or "")
 
 
 def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:

@@ -139,22 +139,126 @@ def run_onnx(path: str | os.PathLike[str], images: np.ndarray) -> tuple[np.ndarr
     return features, probabilities
 
 
-def quantize_int8(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Dynamic int8 quantisation of weights (ONNX Runtime); measure its accuracy before trusting it."""
-    _require_onnx()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+#: Calibration photos used at most by :func:`quantize_int8` (percentile calibration takes ~0.25 s a photo on 2 cores).
+MAX_CALIBRATION_PHOTOS = 100
 
+
+def quantize_int8(
+    onnx_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    model: Classifier | str | os.PathLike[str],
+    calibration: Any,
+    *,
+    max_photos: int = MAX_CALIBRATION_PHOTOS,
+    seed: int = 0,
+) -> Path:
+    """Static int8 quantisation (ONNX Runtime, QDQ, per-channel weights, percentile-calibrated activations).
+
+    Weights and activations both become int8, so the CPU runs int8 kernels: on 2 cores the default backbone went from
+    9 ms to 4.5 ms a photo with the same accuracy on 24 held-out photos, where weight-only (dynamic) quantisation made
+    it 12x slower and lost a photo. Activation ranges come from ``calibration``: photos like the ones the model will
+    see (the training photos are a good choice; no labels are used); at most ``max_photos``, drawn with ``seed``.
+
+    Args:
+        onnx_path: an export from :func:`export_onnx`.
+        out: where to write the int8 model.
+        model: the model it was exported from (for its preprocessing).
+        calibration: a data set (folder, CSV, …), or a list of image paths.
+
+    Raises:
+        DataError: when none of the calibration photos can be read.
+    """
+    _require_onnx()
+    import contextlib
+    import io
     import logging
 
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from headstart.errors import DataError, UnusableImageError
+    from headstart.images import load_image
+
+    model = model if isinstance(model, Classifier) else Classifier.load(model)
+    paths = _calibration_paths(calibration)
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:max_photos])]
+    transform = model.backbone.transform()
+    images = []
+    for path in chosen:
+        try:
+            images.append(transform(load_image(path)).numpy()[None])
+        except UnusableImageError:
+            continue
+    if not images:
+        raise DataError(f"None of the {len(chosen)} calibration photos could be read; pass a folder of photos.")
+
+    class Photos(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._next = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self._next, None)
+            return None if image is None else {"image": image}
+
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # its root-logger advice ("consider pre-processing", shape inference) is for its devs
-    try:
-        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    root.setLevel(logging.ERROR)  # its root-logger advice (pre-processing, shape inference) is for its own developers
+    try:  # (its calibrator also prints progress lines to stdout, which would break `--json`)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp, contextlib.redirect_stdout(io.StringIO()):
+            prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / out.name
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), str(quantized), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+            )
+            os.replace(quantized, out)
     finally:
         root.setLevel(level)
     return out
+
+
+def _calibration_paths(calibration: Any) -> list[Path]:
+    from headstart.datasets import Dataset, load_dataset
+    from headstart.errors import DataError
+    from headstart.images import list_image_files
+
+    if isinstance(calibration, Dataset):
+        paths = list(calibration.paths)
+    elif isinstance(calibration, (list, tuple)):
+        paths = [Path(p) for p in calibration]
+    else:
+        folder = Path(calibration)
+        try:
+            paths = list(load_dataset(folder).paths)
+        except DataError:  # not a labelled data set: any folder of photos will do
+            paths = list_image_files(folder)[0] if folder.is_dir() else []
+    if not paths:
+        raise DataError(f"No calibration photos in {calibration}: pass a folder of photos like the ones the model "
+                        "will see (e.g. its training photos).")
+    return paths
+
+
+def time_onnx(path: str | os.PathLike[str], image: np.ndarray, repeats: int = 20) -> float:
+    """Median seconds of one ONNX Runtime call on ``image`` (after a warm-up)."""
+    import time
+
+    run_onnx(path, image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_onnx(path, image)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def onnx_accuracy(path: str | os.PathLike[str], model: Classifier, data) -> tuple[float, int]:
