@@ -146,3 +146,24 @@ def test_trunk_weights_are_cached_as_numpy(lite0) -> None:
     assert spec.fingerprint == lite0.spec.fingerprint
     assert not any(k.startswith("classifier.") for k in trunk)
     np.testing.assert_array_equal(trunk["conv_stem.weight"], lite0.model.conv_stem.weight.detach().numpy())
+
+
+def test_flip_average_is_the_mean_of_both_views_and_mirror_invariant(lite0) -> None:
+    assert not lite0.spec.flip_average  # a loaded backbone is a plain network
+    flipped = lite0.with_flip_average(True)
+    assert flipped.model is lite0.model and flipped.spec.flip_average
+    assert flipped.spec.fingerprint != lite0.spec.fingerprint
+    assert flipped.spec.with_flip_average(False).fingerprint == lite0.spec.fingerprint
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        both = flipped.features(x)
+        want = (lite0.features(x) + lite0.features(x.flip(-1))) / 2
+        mirrored = flipped.features(x.flip(-1))
+    torch.testing.assert_close(both, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mirrored, both, atol=1e-5, rtol=1e-4)
+
+
+def test_specs_written_before_flip_average_read_as_single_view(lite0) -> None:
+    old = {k: v for k, v in lite0.spec.to_dict().items() if k != "flip_average"}
+    spec = BackboneSpec.from_dict(old)
+    assert spec.flip_average is False and spec.fingerprint == lite0.spec.fingerprint

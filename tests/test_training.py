@@ -326,3 +326,25 @@ def test_probe_on_pets_dev(tmp_path: Path) -> None:
     assert m["n_classes"] == 37
     assert m["n_usable"] == 259 and m["skipped"] == []
     assert m["val_accuracy"] >= 0.7, f"{m['val_accuracy']:.3f} on {m['n_val']} photos"
+
+
+def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(trained, sample: Path, tmp_path: Path) -> None:
+    """Default models see a photo and its mirror image alike; --no-flip-average models are single-view."""
+    photo = sorted((sample / "test" / "beagle").glob("*.jpg"))[0]
+    mirrored = tmp_path / "mirrored.png"
+    with Image.open(photo) as img:
+        img.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    original_copy = tmp_path / "original.png"
+    with Image.open(photo) as img:
+        img.convert("RGB").save(original_copy)
+    model = Classifier.load(trained.model_path)
+    assert model.spec.flip_average
+    cache = FeatureCache(tmp_path / "c.sqlite")
+    def cosine(m: Classifier) -> float:  # (not exactly 1: an odd crop margin shifts the mirrored crop by a pixel)
+        a, b = m.features([original_copy, mirrored], cache=cache, precision="fp32").features
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    single = train(sample / "train", out=tmp_path / "single.safetensors", flip_average=False, cache=cache)
+    single_model = Classifier.load(single.model_path)
+    assert not single_model.spec.flip_average and single_model.spec.fingerprint != model.spec.fingerprint
+    assert cosine(model) > 0.985 and cosine(model) > cosine(single_model) + 0.01

@@ -172,6 +172,7 @@ def extract(
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     engine: EngineOpt = "torch",
+    flip_average: Annotated[bool, typer.Option(help="Average each photo's features with its mirror image's (what `train` uses by default).")] = True,
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     _use_cache_dir(cache_dir)
@@ -183,7 +184,7 @@ def extract(
     dataset = load_dataset(data, split=split)
     feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
                              max_pixels=_max_pixels(max_pixels), progress=not as_json and group.is_main,
-                             engine=engine)
+                             engine=engine, flip_average=flip_average)
     if not group.is_main:
         return
     summary = {
@@ -235,6 +236,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
     refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
     reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
+    flip_average: Annotated[bool, typer.Option(help="Average each photo's features with its mirror image's, in training and in the model's predictions (about a point more accurate on few photos; twice the extraction time).")] = True,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
@@ -274,7 +276,7 @@ def train(
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
                          max_pixels=_max_pixels(max_pixels), progress=not as_json, finetune_options=options,
-                         resume=resume, device=device, reuse=reuse)
+                         resume=resume, device=device, reuse=reuse, flip_average=flip_average)
     m = result.metrics
     from headstart.distributed import current
 

@@ -286,6 +286,11 @@ class Features:
     cache_key: str = ""
 
 
+#: Whether features of a backbone given by name average each photo with its mirror image, by default. Paired
+#: 10x5-fold CV on Oxford pets (7 photos a breed): +1.2 points of probe accuracy, for twice the compute.
+FLIP_AVERAGE = True
+
+
 def default_precision(device: str = "cpu") -> str:
     """bf16 where the processor computes it natively (AVX512-BF16 / AMX, or CUDA), else fp32."""
     if device.startswith("cuda"):
@@ -317,6 +322,7 @@ def extract_features(
     workers: int | None = None,
     progress: bool = False,
     engine: str = "torch",
+    flip_average: bool | None = None,
 ) -> Features:
     """Embed each photo with the backbone, reusing cached features and skipping unusable files.
 
@@ -332,6 +338,9 @@ def extract_features(
         workers: decoding threads (default: the number of CPU cores, at most 8).
         engine: ``torch``, or ``onnxruntime`` (the backbone exported to ONNX once, kept in the cache folder;
             fp32, its features cached under their own key).
+        flip_average: average each photo's features with its mirror image's (see
+            :class:`~headstart.backbones.BackboneSpec`); ``None``: on for a backbone given by name
+            (:data:`FLIP_AVERAGE`), as its spec says for a Backbone or a model's backbone.
 
     Returns:
         :class:`Features` for the usable files, in the order given.
@@ -349,6 +358,10 @@ def extract_features(
     paths = [Path(p) for p in paths]
     loaded: Backbone | None = backbone if isinstance(backbone, Backbone) else None
     spec = backbone.spec if hasattr(backbone, "spec") else resolve_backbone(str(backbone), weights)
+    if flip_average is None and not hasattr(backbone, "spec"):
+        flip_average = FLIP_AVERAGE
+    if flip_average is not None:
+        spec = spec.with_flip_average(flip_average)
     key = cache.register(spec, precision)
 
     hashes = cache.file_hashes(paths)
@@ -379,6 +392,7 @@ def extract_features(
             from headstart.backbones import load_backbone
 
             loaded = load_backbone(str(backbone), weights, device=device)
+        loaded = loaded.with_flip_average(spec.flip_average)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         computed, failed = _compute(
             loaded, [(sha, paths[i]) for sha, i in mine], cache, key,
