@@ -94,7 +94,8 @@ _WORKER = textwrap.dedent(
     from pathlib import Path
     from headstart.features import FeatureCache, extract_features
     paths = [Path(p) for p in sys.argv[2:]]
-    extract_features(paths, "tf_efficientnet_lite0", cache=FeatureCache(sys.argv[1]), batch_size=2, precision="fp32")
+    extract_features(paths, "tf_efficientnet_lite0", cache=FeatureCache(sys.argv[1]), batch_size=2, precision="fp32",
+                     flip_average=False)  # one row per photo: what these tests count
     print("done")
     """
 )
@@ -136,7 +137,8 @@ def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: l
     assert kept >= 2, "the first batch was committed before the kill"
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32")
+    rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32",
+                            flip_average=False)
     assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
 
 
@@ -176,7 +178,7 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
     shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
-    assert shared.count() == len(photos)
+    assert shared.count() == 2 * len(photos)  # mirror-averaged and single-view rows, from one pass
     from headstart.datasets import load_dataset
 
     paths = load_dataset(data).paths
@@ -222,3 +224,22 @@ def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
     assert sizes == [8, 4, 2, 2, 4, 2, 2]
     with pytest.raises(RuntimeError, match="other failure"):
         _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())
+
+
+def test_a_mirror_averaged_extraction_also_stores_the_single_view_features(sample: Path, cache) -> None:
+    photos = sorted((sample / "test").glob("*/*.jpg"))[:4]
+    both = extract_features(photos, cache=cache, precision="fp32")
+    assert both.spec.flip_average and both.n_computed == 4
+    single = extract_features(photos, cache=cache, precision="fp32", flip_average=False)
+    assert single.n_computed == 0 and single.n_cached == 4
+    assert single.cache_key != both.cache_key
+    from headstart.backbones import load_backbone
+
+    plain = load_backbone("tf_efficientnet_lite0")  # a loaded backbone: single view unless asked
+    import torch
+
+    x = torch.stack([plain.transform()(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in photos])
+    with torch.no_grad():
+        want = plain.features(x).numpy()
+    cosine = (single.features * want).sum(1) / np.linalg.norm(single.features, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > 0.99, cosine  # single-view features (JPEG draft decoding aside)

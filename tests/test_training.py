@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import shared_data
 from headstart.classifier import Classifier
@@ -180,7 +180,8 @@ def test_model_file_predicts_the_same_without_cache_package_or_network(
     monkeypatch.setattr(socket, "create_connection", no_network)
 
     after = Classifier.load(trained.model_path).predict(test_photos, top_k=3)
-    assert FeatureCache(empty / "features.sqlite").count() == 24  # computed again, from the file's own weights
+    views = 2 if Classifier.load(trained.model_path).spec.flip_average else 1  # (+ single-view rows, same pass)
+    assert FeatureCache(empty / "features.sqlite").count() == 24 * views  # computed again, from the file's weights
     assert [p.path for p in after.predictions] == [p.path for p in before.predictions] == test_photos
     assert [p.labels[0] for p in after.predictions] == [p.labels[0] for p in before.predictions]
     np.testing.assert_allclose(
@@ -328,7 +329,7 @@ def test_probe_on_pets_dev(tmp_path: Path) -> None:
     assert m["val_accuracy"] >= 0.7, f"{m['val_accuracy']:.3f} on {m['n_val']} photos"
 
 
-def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(trained, sample: Path, tmp_path: Path) -> None:
+def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: Path, tmp_path: Path) -> None:
     """Default models see a photo and its mirror image alike; --no-flip-average models are single-view."""
     photo = sorted((sample / "test" / "beagle").glob("*.jpg"))[0]
     mirrored = tmp_path / "mirrored.png"
@@ -337,9 +338,10 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(trained, 
     original_copy = tmp_path / "original.png"
     with Image.open(photo) as img:
         img.convert("RGB").save(original_copy)
-    model = Classifier.load(trained.model_path)
-    assert model.spec.flip_average
     cache = FeatureCache(tmp_path / "c.sqlite")
+    model = Classifier.load(train(sample / "train", out=tmp_path / "both.safetensors", flip_average=True,
+                                  cache=cache).model_path)
+    assert model.spec.flip_average
     def cosine(m: Classifier) -> float:  # (not exactly 1: an odd crop margin shifts the mirrored crop by a pixel)
         a, b = m.features([original_copy, mirrored], cache=cache, precision="fp32").features
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
@@ -348,3 +350,29 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(trained, 
     single_model = Classifier.load(single.model_path)
     assert not single_model.spec.flip_average and single_model.spec.fingerprint != model.spec.fingerprint
     assert cosine(model) > 0.985 and cosine(model) > cosine(single_model) + 0.01
+
+
+def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(tmp_path: Path) -> None:
+    """Arrows pointing left against arrows pointing right: averaging with the mirror image makes them identical."""
+    rng = np.random.default_rng(0)
+    for direction in ("left", "right"):
+        (tmp_path / "data" / direction).mkdir(parents=True)
+        for i in range(20):
+            img = Image.new("RGB", (160, 160), tuple(int(v) for v in rng.integers(150, 256, 3)))
+            draw = ImageDraw.Draw(img)
+            cx, y, size = int(rng.integers(50, 111)), int(rng.integers(40, 121)), int(rng.integers(16, 25))
+            sign = -1 if direction == "left" else 1  # the two classes are exact mirror images of each other
+            tip, base, tail = cx + sign * 3 * size // 2, cx + sign * size // 2, cx - sign * 3 * size // 2
+            head = [(tip, y), (base, y - size), (base, y + size)]
+            shaft = [(min(base, tail), y - size // 3), (max(base, tail), y + size // 3)]
+            colour = tuple(int(v) for v in rng.integers(0, 100, 3))
+            draw.polygon(head, fill=colour)
+            draw.rectangle(shaft, fill=colour)
+            img.save(tmp_path / "data" / direction / f"{i}.png")
+    cache = FeatureCache(tmp_path / "c.sqlite")
+    result = train(tmp_path / "data", out=tmp_path / "m.safetensors", cache=cache)
+    cv = result.metrics["flip_average_cv"]
+    assert result.metrics["flip_average"] is False, cv
+    assert cv["off"] > cv["on"] + 0.1, cv
+    assert not Classifier.load(result.model_path).spec.flip_average
+    assert result.metrics["features"]["computed"] == 40  # one pass gave both feature sets

@@ -236,7 +236,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
     refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
     reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
-    flip_average: Annotated[bool, typer.Option(help="Average each photo's features with its mirror image's, in training and in the model's predictions (about a point more accurate on few photos; twice the extraction time).")] = True,
+    flip_average: Annotated[Optional[bool], typer.Option("--flip-average/--no-flip-average", help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: cross-validation on the training part decides).")] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
@@ -295,6 +295,10 @@ def train(
     )
     if m["skipped"]:
         out.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
+    if m.get("flip_average_cv"):
+        cv = m["flip_average_cv"]
+        out.print(f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
+                  f"{cv['off']:.3f} without)")
     out.print(f"model: {result.model_path}" + (" (refit on all photos)" if m["refit_on_all"] else ""))
     out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, metrics.json, config.json)")
 

@@ -394,10 +394,13 @@ def extract_features(
             loaded = load_backbone(str(backbone), weights, device=device)
         loaded = loaded.with_flip_average(spec.flip_average)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
+        single_key = None  # flip-averaged runs also keep each photo's single-view features (free: same forward)
+        if spec.flip_average and precision != "onnx-fp32":
+            single_key = cache.register(spec.with_flip_average(False), precision)
         computed, failed = _compute(
             loaded, [(sha, paths[i]) for sha, i in mine], cache, key,
             batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels,
-            workers=workers, progress=progress,
+            workers=workers, progress=progress, single_key=single_key,
         )
         found.update(computed)
         n_computed = len(computed)
@@ -452,8 +455,13 @@ def _compute(
     max_pixels: int | None,
     workers: int | None,
     progress: bool,
+    single_key: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Run the model over ``todo`` in batches, committing each batch to the cache as soon as it is done."""
+    """Run the model over ``todo`` in batches, committing each batch to the cache as soon as it is done.
+
+    With ``single_key`` (a flip-averaged backbone), the single-view features computed on the way are stored
+    under that key too, so comparing with and without mirror averaging costs no second pass.
+    """
     import torch
 
     transform = backbone.transform()
@@ -477,6 +485,14 @@ def _compute(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     embed = _onnx_embedder(backbone) if precision == "onnx-fp32" else None
+    single = backbone.with_flip_average(False)
+
+    def both_views(chunk: Any) -> np.ndarray:
+        """[mirror-averaged | single-view] features side by side, from one forward pass over both views."""
+        views = single.features(torch.cat([chunk, chunk.flip(-1)])).float()
+        original, mirrored = views[: len(chunk)], views[len(chunk) :]
+        return torch.cat([(original + mirrored) / 2, original], dim=1).cpu().numpy()
+
     if len(batches) == 1 and len(todo) <= 2:
         workers = 1  # one or two photos (a `predict` call): decoding in threads costs more than it saves
     with ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool, _progress(
@@ -492,6 +508,10 @@ def _compute(
                     x = x.contiguous(memory_format=torch.channels_last)
                 if embed is not None:
                     out = embed(x.contiguous().numpy())
+                elif single_key is not None:
+                    out = _embed_fitting_memory(both_views, x, autocast)
+                    out, singles = out[:, : out.shape[1] // 2], out[:, out.shape[1] // 2 :]
+                    cache.put_many(single_key, [(sha, singles[j]) for j, (sha, _) in enumerate(good)])
                 else:
                     out = _embed_fitting_memory(lambda chunk: backbone.features(chunk).float().cpu().numpy(), x, autocast)
                 items = [(sha, out[j]) for j, (sha, _) in enumerate(good)]
