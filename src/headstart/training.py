@@ -86,8 +86,8 @@ def train(
         flip_average: each photo's features are the mean over it and its mirror image, in training and in the
             saved model's predictions: about a point of accuracy on pet photos, but wrong where a mirror image
             means something else (digits, text). ``None`` (default) lets the probe's cross-validation on the
-            training part choose: averaging only when it scores higher (a tie keeps the cheaper single view); both
-            feature sets come from one extraction pass.
+            training part choose: averaging only when it scores higher by more than one training photo's worth
+            (otherwise the cheaper single view); both feature sets come from one extraction pass.
         reuse: read probe fits and run pictures back from the cache's memo when their inputs are unchanged
             (see :mod:`headstart.memo`); ``False`` computes them again (the result is the same).
 
@@ -135,7 +135,8 @@ def train(
                                   batch_size=batch_size, max_pixels=max_pixels, flip_average=False)
         single_probe = fit_probe(single.features[tr], labels[tr], random_state=seed, memo=memo)
         flip_cv = {"on": float(probe.cv_accuracy_), "off": float(single_probe.cv_accuracy_)}
-        flip_average = bool(probe.cv_accuracy_ > single_probe.cv_accuracy_)  # only when it helps (nan: no)
+        # Only when it helps by more than one photo's worth (a one-photo difference in CV is noise; nan: no).
+        flip_average = bool(probe.cv_accuracy_ - single_probe.cv_accuracy_ > 1.5 / len(tr))
         if not flip_average:  # (the run's extraction numbers stay those of the pass that computed both)
             single.n_cached, single.n_computed, single.seconds = feats.n_cached, feats.n_computed, feats.seconds
             feats, X, probe = single, single.features, single_probe
