@@ -71,8 +71,9 @@ class BackboneSpec:
         num_classes: classes of the pretrained head (1000 for ImageNet, 0 when there is none).
         label_names: names of the pretrained head's classes, when known.
         flip_average: the features of a photo are the average of those of the photo and of its mirror image
-            (test-time flip): on few photos a class this is worth about a point of probe accuracy, for twice the
-            compute. ``extract_features`` and ``train`` turn it on by default; a plain loaded backbone has it off.
+            (test-time flip): on pet photos this is worth about a point of probe accuracy, for twice the compute.
+            ``extract_features`` turns it on for backbones given by name, ``train`` lets cross-validation decide;
+            a plain loaded backbone has it off.
     """
 
     name: str
@@ -142,10 +143,16 @@ class Backbone:
         Grad-CAM's see the original view first)."""
         if not self.spec.flip_average:
             return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        original, mirrored = self.mirror_views(x)
+        return (original + mirrored) / 2
+
+    def mirror_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-view embeddings of ``x`` and of its mirror image, from one forward pass over both."""
         import torch
 
         both = self.model.forward_head(self.model.forward_features(torch.cat([x, x.flip(-1)])), pre_logits=True)
-        return both.reshape(2, -1, both.shape[-1]).mean(0)  # (no Python ints from the batch: ONNX keeps it dynamic)
+        original, mirrored = both.reshape(2, -1, both.shape[-1]).unbind(0)  # (no Python ints: ONNX stays dynamic)
+        return original, mirrored
 
     def with_flip_average(self, on: bool) -> Backbone:
         """The same network whose ``features`` average over the mirror image (or not)."""

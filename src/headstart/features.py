@@ -485,12 +485,10 @@ def _compute(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     embed = _onnx_embedder(backbone) if precision == "onnx-fp32" else None
-    single = backbone.with_flip_average(False)
 
     def both_views(chunk: Any) -> np.ndarray:
         """[mirror-averaged | single-view] features side by side, from one forward pass over both views."""
-        views = single.features(torch.cat([chunk, chunk.flip(-1)])).float()
-        original, mirrored = views[: len(chunk)], views[len(chunk) :]
+        original, mirrored = (view.float() for view in backbone.mirror_views(chunk))
         return torch.cat([(original + mirrored) / 2, original], dim=1).cpu().numpy()
 
     if len(batches) == 1 and len(todo) <= 2:
