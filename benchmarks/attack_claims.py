@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from headstart.attacks import attack, robustness, save_attack, save_robustness, transfer
-from headstart.classifier import Classifier
-from headstart.datasets import load_dataset
-from headstart.evaluation import evaluate
-from headstart.target import load_target
-from headstart.training import train
+from headstart.models.classifier import Classifier
+from headstart.data.datasets import load_dataset
+from headstart.workflows.evaluation import evaluate
+from headstart.models.target import load_target
+from headstart.workflows.training import train
 
 SAMPLE_TEST = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets" / "test"
 

@@ -39,7 +39,7 @@ def digits_folder(root: Path, per_class: int) -> Path:
 
 
 def run(data: Path, method: str, epochs: int, tmp: Path) -> tuple[float, float, int]:
-    from headstart.training import train
+    from headstart.workflows.training import train
 
     start = time.perf_counter()
     options = None if method == "probe" else {"epochs": epochs, "patience": 0}

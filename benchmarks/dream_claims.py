@@ -18,8 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from headstart.target import load_target
-from headstart.visualize.class_image import dream
+from headstart.models.target import load_target
+from headstart.inside.class_image import dream
 
 
 def row(label: str, r, wall: float) -> dict:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from headstart.images import list_image_files, load_image
-from headstart.target import load_target
-from headstart.visualize.heatmap import explain_view, whole_view
+from headstart.data.images import list_image_files, load_image
+from headstart.models.target import load_target
+from headstart.inside.heatmap import explain_view, whole_view
 
 
 def top_mask(score: np.ndarray, fraction: float) -> np.ndarray:

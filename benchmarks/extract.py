@@ -46,7 +46,7 @@ def run_plain(root: Path, backbone: str, limit: int | None, batch_size: int, out
     from torch.utils.data import DataLoader, Subset
     from torchvision.datasets import ImageFolder
 
-    from headstart.backbones import load_backbone
+    from headstart.features.backbones import load_backbone
 
     start = time.perf_counter()
     model = load_backbone(backbone).model.eval()  # same weights; a tutorial would call timm.create_model(pretrained=True)
@@ -67,7 +67,7 @@ def run_headstart(root: Path, backbone: str, limit: int | None, batch_size: int,
                   flip_average: bool = True) -> dict:
     import numpy as np
 
-    from headstart.features import FeatureCache, default_precision, extract_features
+    from headstart.features.extract import FeatureCache, default_precision, extract_features
 
     files = _files(root, limit)
     start = time.perf_counter()

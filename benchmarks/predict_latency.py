@@ -33,10 +33,10 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from headstart.classifier import Classifier
-    from headstart.features import FeatureCache
-    from headstart.images import list_image_files
-    from headstart.training import train
+    from headstart.models.classifier import Classifier
+    from headstart.features.extract import FeatureCache
+    from headstart.data.images import list_image_files
+    from headstart.workflows.training import train
 
     photos = list_image_files(args.data)[0]
     rng = np.random.default_rng(0)

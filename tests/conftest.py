@@ -37,7 +37,7 @@ def sample() -> Path:
 @pytest.fixture(scope="session")
 def lite0():
     """The default offline backbone, loaded once."""
-    from headstart.backbones import load_backbone
+    from headstart.features.backbones import load_backbone
 
     return load_backbone("tf_efficientnet_lite0")
 
@@ -45,6 +45,6 @@ def lite0():
 @pytest.fixture()
 def cache(tmp_path: Path):
     """A fresh, empty feature cache for one test."""
-    from headstart.features import FeatureCache
+    from headstart.features.extract import FeatureCache
 
     return FeatureCache(tmp_path / "features.sqlite")

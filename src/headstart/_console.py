@@ -1,0 +1,39 @@
+"""Shared console machinery: progress bars and one-line messages, both on stderr so stdout keeps only results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def say(line: str) -> None:
+    """One line on stderr (the progress channel), printed verbatim (no rich markup)."""
+    from rich.console import Console
+
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(line)
+
+
+class progress:
+    """A rich progress bar on stderr, or nothing: ``with progress(True, 100, "extracting") as advance: advance(1)``."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled, self.total, self.description = enabled, total, description
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()

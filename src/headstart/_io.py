@@ -1,0 +1,137 @@
+"""Shared file machinery: where the cache lives, atomic writes that keep the umask's permissions, JSON, hashing.
+
+Every file headstart writes goes through :func:`atomic_path` (or the helpers built on it): a temporary name beside
+the target, then a rename, so a reader — or a run killed half-way — sees the old file or the whole new one, never
+half of one. Temporaries carry the writer's pid, so :func:`remove_stale_temporaries` can clean what a killed
+process left behind without touching a live writer's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "HEADSTART_CACHE_DIR"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$HEADSTART_CACHE_DIR``, else ``$XDG_CACHE_HOME/headstart``, else ``~/.cache/headstart``."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "headstart"
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed.
+
+    The temporary is created empty with mode 0666 minus the umask (what ``open()`` gives any new file; mkstemp's
+    0600 would make results unreadable to a group that shares them).
+
+    Example:
+        >>> with atomic_path("plot.png") as tmp:
+        ...     fig.savefig(tmp, format="png")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    temporary = _temporary_name(path)
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield temporary
+        if durable:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never half."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`write_bytes_atomic` for UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Indented JSON (non-ASCII kept), written atomically, ending in a newline."""
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically, in the format named by the suffix (PNG by default), on white."""
+    path = Path(path)
+    with atomic_path(path, durable=False) as temporary:
+        fig.savefig(temporary, format=path.suffix[1:].lower() or "png", dpi=dpi, facecolor="white")
+    return path
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MB chunks (raises ``OSError`` when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporaries for ``path`` left by processes that no longer run (a killed write); returns them."""
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)

@@ -1,0 +1,489 @@
+"""Recognise a data set on disk, list its labelled photos, and split it without leaks.
+
+Four layouts are understood, tried in this order: a CSV of ``path,label``; an Oxford-IIIT Pet root
+(``images/`` + ``annotations/``); Microsoft's ``PetImages`` (``Cat/``, ``Dog/``); a folder with one
+subfolder per class. Files are listed, never opened: a damaged ``.jpg`` stays a sample so that the
+extraction step can report it, and files that are not images go to ``Dataset.ignored`` so that nothing
+is lost without a word.
+
+Example::
+
+    from headstart.data.datasets import load_dataset, train_val_split
+
+    data = load_dataset("oxford-iiit-pet", split="train")
+    train, val = train_val_split(data, val_fraction=0.2, seed=0)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+
+from headstart.errors import DataError
+
+__all__ = ["Sample", "Dataset", "load_dataset", "train_val_split"]
+
+_SPLITS = ("all", "train", "test")
+_OXFORD_SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
+_OXFORD_NAME = re.compile(r"^(?P<label>.+)_\d+$")
+# Folders that tools and operating systems leave behind; never a class.
+_NOT_CLASS_FOLDERS = {"__MACOSX", "__pycache__"}
+_EXPECTED_LAYOUTS = (
+    "DATA must be a folder with one subfolder per class (DATA/cat/1.jpg, DATA/dog/2.jpg), "
+    "an Oxford-IIIT Pet root (images/ and annotations/), Microsoft's PetImages folder (Cat/, Dog/) "
+    "or a CSV file of path,label"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled photo; the file may still turn out to be unusable when it is opened."""
+
+    path: Path
+    label: str
+
+
+@dataclass
+class Dataset:
+    """Labelled photos found in one source, plus the files that were found and not used."""
+
+    samples: list[Sample]
+    classes: list[str]
+    root: Path
+    kind: str
+    ignored: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[str]:
+        """The label of every sample, in sample order."""
+        return [sample.label for sample in self.samples]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The file of every sample, in sample order."""
+        return [sample.path for sample in self.samples]
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        """The samples at ``indices``.
+
+        ``classes`` stays the parent's list, so that train and validation parts map labels to the same
+        indices even when a rare class is missing from one of them. ``ignored`` is left empty: those files
+        belong to the source and are reported once, with the parent.
+        """
+        return Dataset(
+            samples=[self.samples[i] for i in indices],
+            classes=list(self.classes),
+            root=self.root,
+            kind=self.kind,
+        )
+
+
+def load_dataset(source: str | Path, *, split: str = "all") -> Dataset:
+    """Recognise the layout of `source` and list its labelled photos.
+
+    Args:
+        source: a CSV file of ``path,label``, an Oxford-IIIT Pet root (or its parent, or its ``images/``
+            folder), Microsoft's ``PetImages`` folder (or the folder holding it), or a folder with one
+            subfolder per class.
+        split: ``"all"``, or the official ``"train"`` (trainval.txt) / ``"test"`` part of an Oxford-IIIT
+            Pet root; the other layouts have no official split.
+
+    Returns:
+        A `Dataset` whose samples are sorted by path; ``ignored`` lists the non-image files found.
+
+    Raises:
+        DataError: `source` is missing, empty, has one class only, or has no layout headstart knows.
+    """
+    if not isinstance(split, str) or split not in _SPLITS:
+        raise ValueError(
+            f"The 'split' parameter of load_dataset must be a str among {{'all', 'train', 'test'}}. "
+            f"Got {split!r} instead."
+        )
+    path = Path(source).expanduser().absolute()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. {_EXPECTED_LAYOUTS}; check the path for typos.")
+
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{path} is a file but not a .csv. {_EXPECTED_LAYOUTS}.")
+        _require_no_split(split, path, "a CSV file")
+        dataset = _load_csv(path)
+    else:
+        oxford_root = _find_oxford_root(path)
+        petimages_root = None if oxford_root is not None else _find_petimages_root(path)
+        if oxford_root is not None:
+            dataset = _load_oxford(oxford_root, split)
+        elif petimages_root is not None:
+            _require_no_split(split, path, "Microsoft's PetImages")
+            dataset = _load_class_folders(petimages_root, kind="petimages")
+        elif _is_oxford_images_folder(path):
+            _require_no_split(
+                split, path, "an Oxford-IIIT Pet images/ folder without annotations/ (it has no split files)"
+            )
+            dataset = _load_oxford_images(path, root=path)
+        else:
+            _require_no_split(split, path, "a folder with one subfolder per class")
+            dataset = _load_class_folders(path, kind="folder")
+
+    if len(dataset.classes) < 2:
+        found = f"only the class {dataset.classes[0]!r}" if dataset.classes else "no class"
+        raise DataError(
+            f"{path} has {found} ({len(dataset)} photos); a classifier needs at least two classes. "
+            f"{_EXPECTED_LAYOUTS}; add a folder (or CSV rows) for every other class."
+        )
+    return dataset
+
+
+def train_val_split(
+    dataset: Dataset,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    groups: Sequence[Hashable] | None = None,
+) -> tuple[Dataset, Dataset]:
+    """Reproducible stratified split; samples sharing a group (e.g. the same file content hash) always land on
+    the same side, so duplicates never leak.
+
+    The split depends only on the samples (sorted by path first), the groups, `val_fraction` and `seed`:
+    never on the order files were listed in, the machine, or the run. It uses numpy's legacy
+    ``RandomState``, whose stream numpy keeps frozen across versions. Every class with at least two samples
+    (or groups) gets at least one validation and one training sample whenever ``ceil(val_fraction * n)``
+    allows it; classes with a single sample or group go to training.
+
+    Args:
+        dataset: the data set to split.
+        val_fraction: share of the samples (of the groups, with `groups`) for validation, in (0, 1); counted
+            over the classes that can be split, i.e. ``ceil(val_fraction * n)`` with n leaving out single-sample
+            classes.
+        seed: any int; the same seed gives the same split.
+        groups: one key per sample (e.g. a hash of the file's content); each group is labelled by the label
+            of its first sample in path order.
+
+    Returns:
+        ``(train, val)``, each a `Dataset` keeping `dataset`'s sample order and class list.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, Real) or not 0 < val_fraction < 1:
+        raise ValueError(
+            "The 'val_fraction' parameter of train_val_split must be a float in (0, 1). "
+            f"Got {val_fraction!r} instead."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(
+            f"The 'seed' parameter of train_val_split must be an int in [0, 2**32 - 1]. Got {seed!r} instead."
+        )
+    n = len(dataset)
+    if groups is not None and len(groups) != n:
+        raise ValueError(
+            f"train_val_split got {len(groups)} groups for {n} samples; pass one group key per sample, "
+            "in the data set's order."
+        )
+
+    # Units are what gets split: samples, or groups of samples. Sort them so that listing order is irrelevant.
+    order = sorted(range(n), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].label))
+    members: dict[str, list[int]] = {}
+    if groups is None:
+        unit_keys = [f"{i:012d}" for i in range(n)]  # position in path order
+        for rank, i in enumerate(order):
+            members[unit_keys[rank]] = [i]
+    else:
+        for i in order:
+            members.setdefault(_group_key(groups[i]), []).append(i)
+    units = sorted(members)
+    unit_label = {unit: dataset.samples[members[unit][0]].label for unit in units}
+
+    by_class: dict[str, list[str]] = {}
+    for unit in units:
+        by_class.setdefault(unit_label[unit], []).append(unit)
+    eligible = {label: us for label, us in sorted(by_class.items()) if len(us) >= 2}
+    if not eligible:
+        raise DataError(
+            f"Cannot make a validation set from {dataset.root}: every class has a single "
+            f"{'group' if groups is not None else 'photo'}. Add photos so that classes have at least two."
+        )
+
+    rng = np.random.RandomState(seed)
+    allocation = _allocate(
+        {label: len(us) for label, us in eligible.items()}, val_fraction, rng
+    )
+    val_indices: list[int] = []
+    for label, class_units in eligible.items():
+        picked = rng.permutation(len(class_units))[: allocation[label]]
+        for position in picked:
+            val_indices.extend(members[class_units[position]])
+    val_set = set(val_indices)
+    train_part = dataset.subset([i for i in range(n) if i not in val_set])
+    val_part = dataset.subset(sorted(val_set))
+    return train_part, val_part
+
+
+def _allocate(counts: dict[str, int], val_fraction: float, rng: np.random.RandomState) -> dict[str, int]:
+    """Validation units per class: proportional, at least one per class when possible, one kept for training."""
+    total = sum(counts.values())
+    labels = list(counts)
+    # ceil as in scikit-learn, with a tolerance so that 0.1 * 30 asks for 3, not 4.
+    n_val = math.ceil(val_fraction * total - 1e-9)
+    n_val = max(1, min(n_val, total - len(labels)))
+    allocation = dict.fromkeys(labels, 0)
+    if n_val < len(labels):
+        # Too few validation places for every class: pick the classes at random, one unit each.
+        for position in rng.choice(len(labels), size=n_val, replace=False):
+            allocation[labels[position]] = 1
+        return allocation
+    for label in labels:
+        allocation[label] = 1
+    ideal = {label: n_val * counts[label] / total for label in labels}
+    for _ in range(n_val - len(labels)):
+        open_labels = [label for label in labels if allocation[label] < counts[label] - 1]
+        neediest = max(open_labels, key=lambda label: ideal[label] - allocation[label])
+        allocation[neediest] += 1
+    return allocation
+
+
+def _group_key(group: Hashable) -> str:
+    return f"{type(group).__name__}:{group}"
+
+
+def _require_no_split(split: str, path: Path, layout: str) -> None:
+    if split != "all":
+        raise DataError(
+            f"split={split!r} was asked of {path}, which is {layout}: it has no official split. "
+            "Only an Oxford-IIIT Pet root (images/ and annotations/) has one (train: trainval.txt, test: "
+            "test.txt). Use split='all' and let train_val_split make a validation set."
+        )
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(
+        child
+        for child in path.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_CLASS_FOLDERS
+    )
+
+
+def _is_oxford_root(path: Path) -> bool:
+    return (path / "images").is_dir() and (path / "annotations").is_dir()
+
+
+def _find_oxford_root(path: Path) -> Path | None:
+    if _is_oxford_root(path):
+        return path
+    candidates = [child for child in _visible_dirs(path) if _is_oxford_root(child)]
+    if len(candidates) > 1:
+        names = ", ".join(child.name for child in candidates)
+        raise DataError(
+            f"{path} holds {len(candidates)} Oxford-IIIT Pet roots ({names}); pass the one to use, "
+            f"e.g. {candidates[0]}."
+        )
+    return candidates[0] if candidates else None
+
+
+def _find_petimages_root(path: Path) -> Path | None:
+    inner = path / "PetImages"
+    if inner.is_dir() and {child.name for child in _visible_dirs(inner)} == {"Cat", "Dog"}:
+        return inner
+    if {child.name for child in _visible_dirs(path)} == {"Cat", "Dog"}:
+        return path
+    return None
+
+
+def _is_oxford_images_folder(path: Path) -> bool:
+    """A bare Oxford ``images/`` folder: image files named ``<Breed>_<n>`` directly inside, no class folders."""
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    if _visible_dirs(path):
+        return False
+    stems = [
+        child.stem
+        for child in path.iterdir()
+        if child.is_file() and not child.name.startswith(".") and child.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    matches = [_OXFORD_NAME.match(stem) for stem in stems]
+    # Two breeds at least, so that a folder of IMG_0001.jpg camera files is not taken for one.
+    return all(matches) and len({match["label"] for match in matches if match}) >= 2
+
+
+def _oxford_label(path: Path) -> str:
+    match = _OXFORD_NAME.match(path.stem)
+    if match is None:
+        raise DataError(
+            f"{path}: an Oxford-IIIT Pet image name must be <Breed>_<number> (e.g. Abyssinian_100.jpg), "
+            "the breed being the label. Rename the file or move it out of images/."
+        )
+    return match["label"]
+
+
+def _make_dataset(samples: list[Sample], root: Path, kind: str, ignored: list[Path]) -> Dataset:
+    samples = sorted(samples, key=lambda sample: (str(sample.path), sample.label))
+    return Dataset(
+        samples=samples,
+        classes=sorted({sample.label for sample in samples}),
+        root=root,
+        kind=kind,
+        ignored=sorted(ignored),
+    )
+
+
+def _load_oxford_images(images: Path, *, root: Path) -> Dataset:
+    from headstart.data.images import list_image_files
+
+    image_files, ignored = list_image_files(images)
+    if not image_files:
+        raise DataError(
+            f"{images} holds no image files ({len(ignored)} other files); an Oxford-IIIT Pet images/ folder "
+            "holds <Breed>_<n>.jpg files. Extract images.tar.gz again or run `headstart download pets DIR`."
+        )
+    samples = [Sample(path, _oxford_label(path)) for path in image_files]
+    return _make_dataset(samples, root, "oxford-pets", list(ignored))
+
+
+def _load_oxford(root: Path, split: str) -> Dataset:
+    images = root / "images"
+    if split == "all":
+        return _load_oxford_images(images, root=root)
+
+    from headstart.data.images import list_image_files
+
+    list_file = root / "annotations" / _OXFORD_SPLIT_FILES[split]
+    if not list_file.is_file():
+        raise DataError(
+            f"{list_file} is missing, so split={split!r} cannot be read from the Oxford-IIIT Pet root {root}. "
+            "Extract annotations.tar.gz into it again (or run `headstart download pets DIR`), "
+            "or use split='all'."
+        )
+    image_files, ignored = list_image_files(images)
+    by_stem = {path.stem: path for path in image_files}
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    with list_file.open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name = line.split()[0]
+            if name in seen:
+                continue
+            seen.add(name)
+            # A listed photo that is missing stays a sample, so that it is reported as unusable, not lost.
+            match = _OXFORD_NAME.match(name)
+            if match is None:
+                raise DataError(
+                    f"{list_file}, line {line_number}: {name!r} is not an Oxford-IIIT Pet image name "
+                    "(<Breed>_<number>). Restore the file from annotations.tar.gz."
+                )
+            samples.append(Sample(by_stem.get(name, images / f"{name}.jpg"), match["label"]))
+    if not samples:
+        raise DataError(
+            f"{list_file} lists no images; restore it from annotations.tar.gz, or use split='all'."
+        )
+    # Non-image files of images/ (e.g. .mat) are reported whatever the split.
+    return _make_dataset(samples, root, "oxford-pets", list(ignored))
+
+
+def _load_class_folders(root: Path, *, kind: str) -> Dataset:
+    from headstart.data.images import IMAGE_EXTENSIONS, list_image_files
+
+    class_dirs = _visible_dirs(root)
+    loose = sorted(child for child in root.iterdir() if child.is_file() and not child.name.startswith("."))
+    loose_images = [child for child in loose if child.suffix.lower() in IMAGE_EXTENSIONS]
+    if loose_images and class_dirs:
+        shown = ", ".join(child.name for child in loose_images[:3])
+        raise DataError(
+            f"{root} has {len(loose_images)} photos directly inside it ({shown}"
+            f"{', ...' if len(loose_images) > 3 else ''}) next to class folders; photos must sit in the "
+            f"folder of their class: DATA/<class>/<image>, e.g. {root / class_dirs[0].name / loose_images[0].name}. "
+            "Move them into their class folder (or out of DATA)."
+        )
+    samples: list[Sample] = []
+    ignored = [child for child in loose]
+    for class_dir in class_dirs:
+        image_files, other_files = list_image_files(class_dir)
+        samples.extend(Sample(path, class_dir.name) for path in image_files)
+        ignored.extend(other_files)
+    if not samples:
+        if loose_images:
+            found = f"{len(loose_images)} photos directly inside it and no class folder"
+        elif class_dirs:
+            found = f"{len(class_dirs)} folders but no image file in them"
+        else:
+            found = f"no photos ({len(loose)} other files)" if loose else "nothing"
+        raise DataError(
+            f"{root} has {found}. {_EXPECTED_LAYOUTS}: move each photo into DATA/<class>/, "
+            "one folder per class."
+        )
+    return _make_dataset(samples, root, kind, ignored)
+
+
+def _load_csv(csv_path: Path) -> Dataset:
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    base = csv_path.parent
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = [(number, row) for number, row in enumerate(csv.reader(handle), start=1)]
+    rows = [(number, [cell.strip() for cell in row]) for number, row in rows if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataError(f"{csv_path} is empty; it must have one path,label row per photo.")
+
+    path_column, label_column, has_header = 0, 1, False
+    first_number, first = rows[0]
+    lowered = [cell.lower() for cell in first]
+    if "path" in lowered and "label" in lowered:
+        path_column, label_column, has_header = lowered.index("path"), lowered.index("label"), True
+        rows = rows[1:]
+    elif _looks_like_header(first, base, IMAGE_EXTENSIONS):
+        raise DataError(
+            f"{csv_path}, line {first_number}: the header {','.join(first)!r} has no 'path' and 'label' "
+            "columns. Name the columns path,label (or remove the header row)."
+        )
+
+    samples: list[Sample] = []
+    missing: list[Path] = []
+    for number, row in rows:
+        # With a header, extra columns are allowed (and ignored); without one, a row is exactly path,label.
+        if (len(row) <= max(path_column, label_column)) if has_header else len(row) != 2:
+            raise DataError(
+                f"{csv_path}, line {number}: expected the columns path,label, got {len(row)} column(s) "
+                f"({','.join(row)!r}). Quote paths that contain commas."
+            )
+        raw_path, label = row[path_column], row[label_column]
+        if not raw_path:
+            raise DataError(f"{csv_path}, line {number}: the path is empty. Give every row a file path.")
+        if not label:
+            raise DataError(
+                f"{csv_path}, line {number}: the label of {raw_path!r} is empty. Give every row a label "
+                "(or remove the row)."
+            )
+        path = Path(raw_path).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        if not path.is_file():
+            missing.append(path)  # kept: the extraction step reports it as unusable
+        samples.append(Sample(path, label))
+    if not samples:
+        raise DataError(f"{csv_path} has a header but no rows; add one path,label row per photo.")
+    if len(missing) * 2 > len(samples):
+        shown = ", ".join(str(path) for path in missing[:3])
+        raise DataError(
+            f"{csv_path}: {len(missing)} of {len(samples)} listed files do not exist (first: {shown}). "
+            f"Relative paths are resolved against the CSV's folder {base}; write paths relative to it, "
+            "or absolute paths."
+        )
+    return _make_dataset(samples, csv_path, "csv", [])
+
+
+def _looks_like_header(row: list[str], base: Path, image_extensions: frozenset[str] | set[str]) -> bool:
+    """A first row whose first cell is neither an image name nor an existing file is a header, not data."""
+    first = row[0]
+    if Path(first).suffix.lower() in image_extensions:
+        return False
+    candidate = Path(first).expanduser()
+    return not (candidate if candidate.is_absolute() else base / candidate).exists()

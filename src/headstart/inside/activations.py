@@ -1,0 +1,153 @@
+"""Feature maps: what a backbone's stages compute for one photo.
+
+``feature_maps(model, image)`` runs the photo through the weights' own preprocessing and records one stage's
+activations plus the trunk's final feature map; ``plot_feature_maps`` draws the photo, the most active channels of
+the stage overlaid on it, and the lesson's "positions × channels" strip of the final feature map (VGG-16 turns a
+224×224 cat into 512×7×7, shown as a 49×512 strip; EfficientNet-Lite0 gives 1280×7×7).
+
+Example:
+    >>> fm = feature_maps("tf_efficientnet_lite0", "cat.jpg", layer="blocks.4")
+    >>> fm.activations.shape, fm.final.shape
+    ((112, 14, 14), (1280, 7, 7))
+    >>> plot_feature_maps(fm, "cat-features.png")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.inside._common import feature_layers, find_module, load_trunk
+
+
+@dataclass
+class FeatureMaps:
+    """One photo's activations.
+
+    Attributes:
+        image: the preprocessed photo the network saw, ``(H, W, 3)`` float in [0, 1].
+        layer: the stage shown; ``activations``: its output ``(channels, h, w)``.
+        final: the trunk's final feature map (``forward_features``), ``(channels, h, w)``.
+        backbone: the backbone's name.
+    """
+
+    image: np.ndarray = field(repr=False)
+    layer: str
+    activations: np.ndarray = field(repr=False)
+    final: np.ndarray = field(repr=False)
+    backbone: str
+
+    def top_channels(self, n: int = 16) -> list[int]:
+        """The ``n`` channels with the highest mean activation, most active first."""
+        means = self.activations.reshape(self.activations.shape[0], -1).mean(axis=1)
+        return [int(i) for i in np.argsort(-means, kind="stable")[:n]]
+
+
+def list_layers(model: Any) -> list[dict[str, Any]]:
+    """The backbone's feature stages as timm reports them (``module``, ``num_chs``, ``reduction``) + the final map."""
+    backbone = load_trunk(model)
+    layers = feature_layers(backbone.model)
+    layers.append({"module": "forward_features", "num_chs": int(backbone.spec.num_features), "reduction": layers[-1]["reduction"] if layers else None})
+    return layers
+
+
+def _default_layer(model: Any) -> str:
+    stages = feature_layers(model)
+    if not stages:
+        from headstart.errors import HeadstartError
+
+        raise HeadstartError("This backbone reports no feature stages: pass --layer with a module name.")
+    return stages[-2]["module"] if len(stages) > 1 else stages[-1]["module"]
+
+
+def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = None) -> FeatureMaps:
+    """Activations of ``layer`` (default: the second-to-last feature stage) and of the whole trunk for one photo.
+
+    Args:
+        model: backbone name, headstart model file, or a loaded Backbone/Classifier.
+        image: path of a photo (any format :func:`~headstart.data.images.load_image` reads).
+        layer: a module name as timm reports it (``"blocks.4"``, ``"layer3"``); see :func:`list_layers`.
+    """
+    import torch
+
+    from headstart.data.images import load_image
+
+    photo = load_image(image)
+    backbone = load_trunk(model)
+    net = backbone.model.eval()
+    layer = layer or _default_layer(net)
+    module = find_module(net, layer)
+    x = backbone.transform()(photo).unsqueeze(0)
+    seen: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0] if isinstance(o, (tuple, list)) else o))
+    try:
+        with torch.no_grad():
+            final = net.forward_features(x)
+    finally:
+        handle.remove()
+    acts = seen.get("out")
+    if acts is None or acts.dim() != 4:
+        from headstart.errors import HeadstartError
+
+        raise HeadstartError(f"Layer {layer!r} gives no (batch, channels, h, w) map: pick a convolutional stage from --list-layers.")
+    mean = torch.tensor(backbone.spec.data_config["mean"]).view(3, 1, 1)
+    std = torch.tensor(backbone.spec.data_config["std"]).view(3, 1, 1)
+    shown = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    final_map = final[0] if final.dim() == 4 else final[0].T.reshape(final.shape[-1], 1, -1)
+    return FeatureMaps(shown, layer, acts[0].float().numpy(), final_map.float().numpy(), backbone.spec.name)
+
+
+def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels: int = 16) -> Path:
+    """Write a PNG: the photo, the ``n_channels`` most active channels overlaid on it, and the positions × channels strip."""
+    from matplotlib.figure import Figure
+
+    from headstart._io import save_figure
+
+    if not isinstance(n_channels, int) or isinstance(n_channels, bool) or n_channels < 1:
+        raise ValueError(f"The 'n_channels' parameter must be an int >= 1. Got {n_channels!r}.")
+    channels = fm.top_channels(n_channels)
+    cols = math.ceil(math.sqrt(len(channels)))
+    rows = math.ceil(len(channels) / cols)
+    fig = Figure(figsize=(3 + 1.6 * cols + 0.5, 1.6 * rows + 2.6))
+    grid = fig.add_gridspec(rows + 1, cols + 2, height_ratios=[1] * rows + [1.3], width_ratios=[1.5, 0.1] + [1] * cols)
+    ax = fig.add_subplot(grid[:rows, 0])
+    ax.imshow(fm.image)
+    ax.set_title(f"input ({fm.backbone})", fontsize=8)
+    ax.axis("off")
+    grey = fm.image.mean(axis=2)
+    h, w = grey.shape
+    for k, c in enumerate(channels):
+        a = fig.add_subplot(grid[k // cols, 2 + k % cols])
+        a.imshow(grey, cmap="gray", vmin=0, vmax=1)
+        a.imshow(fm.activations[c], cmap="inferno", alpha=0.65, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        a.set_title(f"{fm.layer} #{c}", fontsize=6)
+        a.axis("off")
+    c_f, h_f, w_f = fm.final.shape
+    strip = fm.final.reshape(c_f, h_f * w_f).T
+    a = fig.add_subplot(grid[rows, :])
+    image = a.imshow(strip, aspect="auto", cmap="viridis", interpolation="nearest")
+    a.set_xlabel(f"channel (0–{c_f - 1})", fontsize=7)
+    a.set_ylabel(f"position ({h_f}×{w_f})", fontsize=7)
+    a.set_title(f"final feature map as positions × channels: {h_f * w_f} × {c_f}", fontsize=8)
+    a.tick_params(labelsize=6)
+    fig.colorbar(image, ax=a, fraction=0.02, pad=0.01)
+    fig.suptitle(f"{len(channels)} most active channels of {fm.layer} ({fm.activations.shape[0]} channels, "
+                 f"{fm.activations.shape[1]}×{fm.activations.shape[2]})", fontsize=9)
+    return save_figure(fig, path)
+
+
+def featuremaps(
+    model: Any, image: str | os.PathLike[str], out: str | os.PathLike[str], layer: str | None = None, n_channels: int = 16
+) -> FeatureMaps:
+    """One call: compute :func:`feature_maps` and write :func:`plot_feature_maps` to ``out``."""
+    fm = feature_maps(model, image, layer)
+    plot_feature_maps(fm, out, n_channels)
+    return fm
+
+
+__all__ = ["FeatureMaps", "feature_maps", "plot_feature_maps", "featuremaps", "list_layers"]

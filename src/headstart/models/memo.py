@@ -1,0 +1,231 @@
+"""Remember the results of slow, deterministic steps (probe fits, run pictures) under a hash of all they depend on.
+
+Re-running ``train`` on the same photos with the same settings then reads the features, the fitted probe and the
+run pictures back instead of recomputing them: the same model file, a fraction of the time, and neither
+scikit-learn nor matplotlib imported. A key covers the bytes of the inputs, the settings, the versions of the
+libraries that compute the result and the source of headstart's own code for it, so changing any of them misses.
+
+Entries are plain files in ``memo/`` beside the feature cache (safetensors for arrays, PNG for pictures), written
+atomically; reading one never executes code. The least recently used are deleted beyond :data:`MAX_BYTES`.
+
+Example:
+    >>> memo = Memo.beside(FeatureCache())
+    >>> fit = fit_probe(X, labels, random_state=0, memo=memo)   # fitted once, read back on later calls
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._io import write_bytes_atomic
+
+__all__ = ["MAX_BYTES", "Memo", "ProbeFit", "fit_probe", "memo_pictures"]
+
+#: The memo folder is pruned (least recently used first) to stay under this many bytes.
+MAX_BYTES = 512 * 2**20
+
+
+class Memo:
+    """A folder of results keyed by content hashes.
+
+    Args:
+        folder: where the entries live; created on the first write.
+        max_bytes: prune the least recently used entries beyond this total size.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def beside(cls, cache: Any) -> Memo:
+        """The memo that lives with a :class:`headstart.features.extract.FeatureCache` (``memo/`` in its folder)."""
+        return cls(Path(cache.path).parent / "memo")
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        """SHA-256 over ``parts``: bytes, str, numpy arrays (dtype, shape and data) or JSON-serialisable values."""
+        digest = hashlib.sha256()
+        for part in parts:
+            if isinstance(part, np.ndarray):
+                data = np.ascontiguousarray(part)
+                digest.update(f"ndarray {data.dtype.str} {data.shape}".encode())
+                digest.update(data.data if data.dtype.kind != "O" else json.dumps(data.tolist()).encode())
+            elif isinstance(part, (bytes, bytearray, memoryview)):
+                digest.update(b"bytes %d " % len(part))
+                digest.update(part)
+            else:
+                text = part if isinstance(part, str) else json.dumps(part, sort_keys=True, default=str)
+                digest.update(b"text %d " % len(text.encode()))
+                digest.update(text.encode())
+        return digest.hexdigest()
+
+    def path(self, key: str, suffix: str) -> Path:
+        return self.folder / f"{key}{suffix}"
+
+    def read(self, key: str, suffix: str) -> bytes | None:
+        """The entry's bytes, or None; a hit counts as a use (its mtime moves to now, so pruning keeps it)."""
+        path = self.path(key, suffix)
+        try:
+            data = path.read_bytes()
+            os.utime(path)
+        except OSError:
+            return None
+        return data
+
+    def write(self, key: str, suffix: str, data: bytes) -> None:
+        """Store an entry atomically; a memo that cannot be written (read-only disk, full disk) is only a miss later."""
+        try:
+            write_bytes_atomic(self.path(key, suffix), data)
+        except OSError:
+            return
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete the least recently used entries until the folder holds at most ``max_bytes``."""
+        try:
+            entries = [(e.stat().st_mtime_ns, e.stat().st_size, Path(e.path)) for e in os.scandir(self.folder)
+                       if e.is_file() and not e.name.startswith(".")]
+        except OSError:
+            return
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+
+def source_digest(module: str) -> str:
+    """SHA-256 of a module's source file, read without importing it: a change to the code is a change of key."""
+    spec = importlib.util.find_spec(module)
+    origin = spec.origin if spec is not None else None
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin else "unknown"
+
+
+def versions(*distributions: str) -> dict[str, str]:
+    """Installed versions (without importing the packages)."""
+    out = {}
+    for name in distributions:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- probe fits
+@dataclass(frozen=True)
+class ProbeFit:
+    """The numbers of a fitted :class:`headstart.models.probe.LinearProbe` (its attribute names), usable without sklearn."""
+
+    classes_: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    C_: float
+    cv_accuracy_: float
+    temperature_: float
+    n_splits_: int
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape ``(n_samples, n_classes)``: the same arithmetic as ``LinearProbe``."""
+        logits = np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        return logits
+
+    @classmethod
+    def of(cls, probe: Any) -> ProbeFit:
+        return cls(probe.classes_, probe.coef_, probe.intercept_, float(probe.C_), float(probe.cv_accuracy_),
+                   float(probe.temperature_), int(probe.n_splits_))
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        meta = {"classes": self.classes_.tolist(), "C": self.C_, "cv_accuracy": self.cv_accuracy_,
+                "temperature": self.temperature_, "n_splits": self.n_splits_}
+        arrays = {"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)}
+        return save(arrays, metadata={"probe": json.dumps(meta)})  # (safetensors writes buffers as they lie)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProbeFit:
+        from safetensors.numpy import load
+
+        tensors = load(data)  # raw arrays and a JSON header: no code runs on load
+        header_length = int.from_bytes(data[:8], "little")  # the safetensors layout: u64 length, then the header
+        meta = json.loads(json.loads(data[8 : 8 + header_length])["__metadata__"]["probe"])
+        return cls(np.array(meta["classes"]), tensors["coef"], tensors["intercept"], float(meta["C"]),
+                   float(meta["cv_accuracy"]), float(meta["temperature"]), int(meta["n_splits"]))
+
+
+def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo | None = None) -> ProbeFit:
+    """A :class:`headstart.models.probe.LinearProbe` (default settings) fitted on ``X``, ``y``; from ``memo`` when it has it.
+
+    Labels must be strings or integers (what data sets give); the fit is returned as a :class:`ProbeFit` either way,
+    so a fresh fit and a remembered one predict bit for bit the same.
+    """
+    y = np.asarray(y)
+    key = None
+    if memo is not None and y.dtype.kind in "Uiu":
+        key = Memo.key("probe-fit", source_digest("headstart.models.probe"), source_digest("headstart.models.memo"),
+                       versions("scikit-learn", "scipy", "numpy"), {"random_state": random_state},
+                       np.asarray(X), y)
+        data = memo.read(key, ".safetensors")
+        if data is not None:
+            try:
+                fit = ProbeFit.from_bytes(data)
+                if fit.classes_.dtype.kind == y.dtype.kind or len(fit.classes_) == 0:
+                    return fit
+            except Exception:  # a damaged entry is a miss (and is overwritten below)
+                pass
+    from headstart.models.probe import LinearProbe
+
+    fit = ProbeFit.of(LinearProbe(random_state=random_state).fit(X, y))
+    if key is not None:
+        memo.write(key, ".safetensors", fit.to_bytes())
+    return fit
+
+
+# ----------------------------------------------------------------------------------------------------- pictures
+def memo_pictures(memo: Memo | None, key_parts: Sequence[Any], folder: Path,
+                  draw: Callable[[], list[Path]]) -> list[Path]:
+    """Pictures ``draw()`` writes into ``folder``, copied from ``memo`` when the same inputs were drawn before.
+
+    ``key_parts`` must determine the pictures completely (data, titles, image contents); the source of headstart's
+    plotting code and the versions of matplotlib and Pillow are added here.
+    """
+    if memo is None:
+        return draw()
+    key = Memo.key("pictures", source_digest("headstart.reports.plots"), source_digest("headstart.reports.metrics"),
+                   versions("matplotlib", "pillow"), *key_parts)
+    manifest = memo.read(key, ".json")
+    if manifest is not None:
+        try:
+            names = json.loads(manifest)
+            copies = [(memo.path(key, f"-{name}"), folder / name) for name in names]
+            if all(source.is_file() for source, _ in copies):
+                for source, target in copies:
+                    write_bytes_atomic(target, source.read_bytes())
+                    os.utime(source)
+                return [target for _, target in copies]
+        except (OSError, ValueError, TypeError):
+            pass
+    written = draw()
+    try:
+        for path in written:
+            memo.write(key, f"-{path.name}", path.read_bytes())
+        memo.write(key, ".json", json.dumps([path.name for path in written]).encode())  # last: marks it complete
+    except OSError:
+        pass
+    return written

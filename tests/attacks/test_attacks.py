@@ -1,0 +1,351 @@
+"""Adversarial attacks on real photos and the real default backbone, judged on the saved 8-bit PNG.
+
+One loaded lite0 network and one probe trained on the bundled sample are shared by the module; attacks use few
+steps (PGD stops early once the goal holds with a margin) so the whole file stays around a minute on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from conftest import shared_data
+from typer.testing import CliRunner
+
+from headstart.attacks import (
+    attack,
+    parse_eps,
+    parse_eps_list,
+    perturb,
+    preprocess,
+    robustness,
+    save_attack,
+    save_robustness,
+    transfer,
+)
+from headstart.errors import HeadstartError, UnusableImageError
+
+SIAMESE_CAT = 284
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small single-image forward/backward passes: one thread is as fast on an idle machine and 10-40× faster
+    when other processes keep the cores busy (oversubscribed intra-op threads spin at every barrier)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def net():
+    from headstart.models.target import load_target
+
+    return load_target("tf_efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def dog(sample: Path) -> Path:
+    return sample / "test" / "pug" / "pug_168.jpg"
+
+
+@pytest.fixture(scope="module")
+def probe(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from headstart.workflows.training import train
+
+    return train(sample / "train", out=tmp_path_factory.mktemp("probe") / "pets.safetensors").model_path
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def timm_top1(net, path: Path) -> int:
+    """The ordinary backbone path, written out independently of headstart.attacks: PIL → timm eval transform."""
+    from timm.data import create_transform
+
+    transform = create_transform(**{**net.spec.data_config, "mean": (0, 0, 0), "std": (1, 1, 1)})
+    return int(net.probabilities(transform(Image.open(path).convert("RGB"))[None]).argmax())
+
+
+# ---------------------------------------------------------------------------------------------------- budgets
+def test_parse_eps_reads_fractions_and_decimals() -> None:
+    assert parse_eps("4/255") == pytest.approx(4 / 255)
+    assert parse_eps(" 8 / 255 ") == pytest.approx(8 / 255)
+    assert parse_eps("0.0157") == pytest.approx(0.0157)
+    assert parse_eps(0) == 0.0
+    assert parse_eps("3", norm="l2") == 3.0
+    assert parse_eps_list("0,2/255,1/255") == pytest.approx([0, 1 / 255, 2 / 255])
+
+
+@pytest.mark.parametrize("bad", ["abc", "4/0", "-1/255", "1.5", "nan", "inf", ""])
+def test_parse_eps_rejects_bad_budgets_with_a_clear_message(bad: str) -> None:
+    with pytest.raises(ValueError, match="'eps' parameter"):
+        parse_eps(bad)
+
+
+# ------------------------------------------------------------------------------- the attacked preprocessing
+def test_differentiable_preprocessing_matches_the_timm_transform(net, sample: Path, tmp_path: Path) -> None:
+    import torch
+    from timm.data import create_transform
+
+    big = tmp_path / "big.png"  # a photo that has to be shrunk (the bundled ones are already small)
+    Image.open(sample / "test" / "beagle" / "beagle_171.jpg").convert("RGB").resize((640, 480), Image.LANCZOS).save(big)
+    transform = create_transform(**{**net.spec.data_config, "mean": (0, 0, 0), "std": (1, 1, 1)})
+    pre = preprocess(net.spec.data_config)
+    for path in [big, sample / "test" / "pug" / "pug_168.jpg", sample / "test" / "boxer" / "boxer_157.jpg"]:
+        img = Image.open(path).convert("RGB")
+        expected = transform(img)
+        got = pre(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255)[0]
+        assert got.shape == expected.shape
+        assert float((got - expected).abs().mean()) < 0.5 / 255, path.name  # PIL rounds to 8 bits, we do not
+        assert int(net.probabilities(got[None]).argmax()) == int(net.probabilities(expected[None]).argmax())
+
+
+# ------------------------------------------------------------------------------------------- single photos
+def test_targeted_pgd_turns_a_dog_into_a_siamese_cat_on_the_saved_png(net, dog: Path, tmp_path: Path) -> None:
+    result = attack(net, dog, target="Siamese cat", eps="4/255", steps=20)
+    assert result.target == SIAMESE_CAT
+    assert result.before.index != SIAMESE_CAT
+    assert result.success, result.to_dict()
+    paths = save_attack(result, tmp_path)
+    png = paths["adversarial"]
+    # measured again here, from the file on disk, independently of the library's own report
+    assert np.abs(pixels(png) - pixels(dog)).max() <= 4
+    assert pixels(png).shape == pixels(dog).shape  # the photo's own size, not the 224 crop
+    assert timm_top1(net, png) == SIAMESE_CAT
+    assert timm_top1(net, dog) == result.before.index
+    report = json.loads(paths["json"].read_text())
+    assert report["success"] is True and report["linf_8bit"] <= 4 and report["target"]["index"] == SIAMESE_CAT
+    assert report["original"]["index"] == result.before.index and report["adversarial"]["index"] == SIAMESE_CAT
+    assert 30 < report["psnr"] < 60 and report["l2"] > 0
+    assert report["steps_used"] <= 20
+    for kind in ("perturbation", "figure"):
+        assert Image.open(paths[kind]).format == "PNG"
+    assert Image.open(png).mode == "RGB"
+
+
+def test_untargeted_pgd_at_one_step_of_255(net, dog: Path) -> None:
+    result = attack(net, dog, eps="1/255", steps=10)
+    assert result.success and result.after.index != result.before.index
+    assert result.linf_8bit == 1
+
+
+def test_l2_budget_holds_on_the_saved_image(net, dog: Path) -> None:
+    result = attack(net, dog, target=SIAMESE_CAT, norm="l2", eps=2.0, steps=10)
+    assert result.l2 <= 2.0 + 1e-6
+    assert result.success
+
+
+def test_fgsm_takes_one_step_within_the_budget(net, dog: Path) -> None:
+    result = attack(net, dog, method="fgsm", eps="2/255")
+    assert result.steps_used == 1
+    assert result.linf_8bit <= 2
+
+
+def test_lesson_method_is_unbounded(net, dog: Path) -> None:
+    result = attack(net, dog, target=SIAMESE_CAT, method="lesson", steps=5)
+    assert result.steps_used == 5
+    assert result.linf_8bit > 4  # no budget: the lesson's descent moves pixels far more than 4/255
+    report = result.to_dict()
+    assert report["clipped_values"] >= 0 and report["eps"] is None
+
+
+def test_transfer_reports_whether_the_attack_carried_over(net, dog: Path) -> None:
+    result = attack(net, dog, target=SIAMESE_CAT, eps="4/255", steps=20)
+    (row,) = transfer(result, ["tf_efficientnet_lite1"])
+    assert row["model"] == "tf_efficientnet_lite1"
+    assert isinstance(row["carried_over"], bool)
+    assert row["carried_over"] == (row["adversarial"]["index"] == SIAMESE_CAT)
+    assert result.to_dict()["transfer"] == [row]
+
+
+def test_ensemble_attack_fools_a_probe_and_the_imagenet_head_at_once(net, probe: Path, dog: Path) -> None:
+    result = attack([probe, net], dog, target="Siamese", eps="4/255", steps=30)
+    assert [m["success"] for m in result.members] == [True, True], result.members
+    assert result.after.label == "Siamese"
+    assert result.members[1]["adversarial"]["index"] == SIAMESE_CAT
+    assert result.linf_8bit <= 4
+    assert len(result.to_dict()["ensemble"]) == 2
+
+
+def test_probe_attack_is_checked_through_classifier_predict(probe: Path, sample: Path, tmp_path: Path) -> None:
+    from headstart.models.classifier import Classifier
+
+    photo = sample / "test" / "samoyed" / "samoyed_167.jpg"
+    result = attack(probe, photo, target="Bombay", eps="4/255", steps=50)
+    paths = save_attack(result, tmp_path)
+    (prediction,) = Classifier.load(probe).predict([paths["adversarial"]]).predictions
+    assert result.success and prediction.labels[0] == "Bombay"
+    assert np.abs(pixels(paths["adversarial"]) - pixels(photo)).max() <= 4
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"target": "unicorn"}, HeadstartError, "Unknown class"),
+        ({"target": 1000}, HeadstartError, "out of range"),
+        ({"eps": "2"}, ValueError, "in \\[0, 1\\]"),
+        ({"eps": "0.5/255"}, ValueError, "at least 1/255"),
+        ({"method": "cw"}, ValueError, "'method' parameter"),
+        ({"steps": 0}, ValueError, "'steps' parameter"),
+    ],
+)
+def test_bad_parameters_raise_before_anything_runs(net, dog: Path, kwargs, error, words) -> None:
+    with pytest.raises(error, match=words):
+        attack(net, dog, **kwargs)
+
+
+def test_a_non_image_file_is_refused(net, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a photo")
+    with pytest.raises(UnusableImageError, match="not an image"):
+        attack(net, fake)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--target", "unicorn"], "Unknown class"),
+        (["--eps", "9/4"], "'eps' parameter"),
+        (["--norm", "l1"], "'norm' parameter"),
+        (["--transfer-to", "no_such_net_xyz"], ""),
+    ],
+)
+def test_cli_bad_input_gives_one_error_line_and_no_files(dog: Path, tmp_path: Path, args, words) -> None:
+    from headstart.cli import app
+
+    out = tmp_path / "out"
+    argv = ["attack", "tf_efficientnet_lite0", str(dog), "--steps", "2", "--out", str(out), *args]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code != 0
+    assert "error:" in result.output and words in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_cli_non_image_gives_an_error_and_no_files(tmp_path: Path) -> None:
+    from headstart.cli import app
+
+    fake, out = tmp_path / "x.png", tmp_path / "out"
+    fake.write_bytes(b"\x00" * 100)
+    result = CliRunner().invoke(app, ["attack", "tf_efficientnet_lite0", str(fake), "--out", str(out)])
+    assert result.exit_code == 1 and "error:" in result.output
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------- the CLI
+def test_cli_attack_json_with_transfer(dog: Path, tmp_path: Path) -> None:
+    from headstart.cli import app
+
+    argv = ["attack", "tf_efficientnet_lite0", str(dog), "--target", "284", "--eps", "4/255", "--steps", "20",
+            "--transfer-to", "tf_efficientnet_lite1", "--out", str(tmp_path), "--json"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["success"] is True and report["linf_8bit"] <= 4
+    assert report["transfer"][0]["model"] == "tf_efficientnet_lite1"
+    assert sorted(Path(p).name for p in report["files"].values()) == sorted(
+        f"pug_168.{kind}" for kind in ("adversarial.png", "perturbation.png", "comparison.png", "attack.json")
+    )
+
+
+# -------------------------------------------------------------------------------------------------- robustness
+def test_robustness_curve_starts_at_evaluate_and_never_rises(probe: Path, sample: Path, tmp_path: Path) -> None:
+    from headstart.data.datasets import load_dataset
+    from headstart.workflows.evaluation import evaluate
+
+    data = load_dataset(sample / "test")
+    few = data.subset([0, 7, 14, 21])
+    report = robustness(probe, few, "0,1/255,2/255", steps=5)
+    assert report.eps == pytest.approx([0, 1 / 255, 2 / 255])
+    assert report.accuracy[0] == evaluate(probe, few).accuracy
+    assert all(b <= a for a, b in zip(report.accuracy, report.accuracy[1:])), report.accuracy
+    # the probe is very confident (cross-entropy gradients underflow) yet fragile: the margin loss still finds it
+    assert report.accuracy[-1] == 0.0, report.to_dict()
+    paths = save_robustness(report, tmp_path)
+    assert json.loads(paths["json"].read_text())["curve"][0]["accuracy"] == report.accuracy[0]
+    assert Image.open(paths["curve"]).format == "PNG"
+
+
+def test_cli_robustness_json(probe: Path, sample: Path, tmp_path: Path) -> None:
+    from headstart.cli import app
+
+    folder = tmp_path / "two"
+    for breed in ("pug", "Siamese"):
+        (folder / breed).mkdir(parents=True)
+        src = sorted((sample / "test" / breed).glob("*.jpg"))[0]
+        (folder / breed / src.name).write_bytes(src.read_bytes())
+    argv = ["robustness", str(probe), str(folder), "--eps", "0,1/255", "--steps", "3", "--out", str(tmp_path / "r"), "--json"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [p["eps_8bit"] for p in report["curve"]] == [0, 1]
+    assert report["n_images"] == 2 and Path(report["files"]["curve"]).is_file()
+
+
+# ------------------------------------------------------------------------------------- the reference check
+def test_pgd_agrees_with_torchattacks(net, sample: Path) -> None:
+    """Same model, same 224 crops, same budget: without a random start both produce the same images; with one,
+    the success rates agree within one photo of eight."""
+    torchattacks = pytest.importorskip("torchattacks")
+    import torch
+
+    pre = preprocess(net.spec.data_config)
+    photos = sorted((sample / "test").rglob("*.jpg"))[::3]
+    crops = torch.cat([pre(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255)
+                       for p in photos])
+    targets = torch.full((len(crops),), SIAMESE_CAT)
+    eps, alpha, steps = 1 / 255, 0.5 / 255, 3
+
+    def ours(random_start: bool, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed) if random_start else None
+        delta, used = perturb(lambda x: [net.module(x)], crops, [targets], targeted=True, eps=eps, steps=steps,
+                              step_size=alpha, generator=generator, margin=None, quantise=False)
+        assert used == steps
+        return crops + delta
+
+    def theirs(random_start: bool, seed: int = 0) -> torch.Tensor:
+        pgd = torchattacks.PGD(net.module, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
+        pgd.set_mode_targeted_by_label(quiet=True)
+        torch.manual_seed(seed)
+        return pgd(crops, targets)
+
+    differ = (ours(False) - theirs(False)).abs() > 1e-5  # only where a gradient sign is lost to float noise
+    assert float(differ.float().mean()) < 0.02  # torchattacks against itself on a split batch: ~0.2–7%
+    rate = lambda adv: float((net.probabilities(adv).argmax(1) == SIAMESE_CAT).float().mean())  # noqa: E731
+    ours_rate, theirs_rate = rate(ours(True)), rate(theirs(True))
+    assert abs(ours_rate - theirs_rate) <= 1 / len(crops) + 1e-9, (ours_rate, theirs_rate)
+
+
+# ------------------------------------------------------------------------------------------- the real data set
+@pytest.mark.slow
+def test_targeted_pgd_on_unseen_pets_with_a_pets_dev_probe(sample: Path, tmp_path: Path) -> None:
+    """The issue's measured claim, small: a 37-breed probe on pets-dev (the bundled test photos held out) is
+    pushed to a fixed other breed at 4/255 in at most 50 steps; every saved PNG fools it and stays within 4."""
+    from headstart.models.classifier import Classifier
+    from headstart.data.datasets import load_dataset
+    from headstart.workflows.training import train
+
+    data = load_dataset(shared_data("pets-dev"))
+    held = {p.name for p in (sample / "test").rglob("*.jpg")}
+    unseen = [i for i, s in enumerate(data.samples) if s.path.name in held]
+    model = train(data.subset([i for i in range(len(data)) if i not in set(unseen)]),
+                  out=tmp_path / "pets-dev.safetensors").model_path
+    photos = [data.samples[i].path for i in unseen[::4]]
+    pngs = []
+    for photo in photos:
+        target = "Siamese" if photo.parent.name == "Bombay" else "Bombay"
+        result = attack(model, photo, target=target, eps="4/255", steps=50)
+        assert result.success and result.steps_used <= 50, result.to_dict()
+        pngs.append((save_attack(result, tmp_path / "out")["adversarial"], photo, target))
+    predictions = Classifier.load(model).predict([png for png, _, _ in pngs]).predictions
+    for prediction, (png, photo, target) in zip(predictions, pngs):
+        assert prediction.labels[0] == target
+        assert np.abs(pixels(png) - pixels(photo)).max() <= 4

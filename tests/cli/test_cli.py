@@ -1,0 +1,293 @@
+"""The ``headstart`` command line: real commands on the bundled photos; exit codes, stdout, and one-line errors.
+
+Results are read from stdout (``--json``); errors and skipped files from stderr, which never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from headstart.cli import app
+
+
+def run(*args: str | Path):
+    """Invoke the CLI in-process with stdout and stderr kept apart (click < 8.2 needs mix_stderr=False)."""
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def ok_json(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_clean_error(result, *fragments: str, exit_code: int | None = None) -> str:
+    """A non-zero exit, no traceback, and one line on stderr that holds every fragment."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith("error: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def photos(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def model(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`headstart train sample/train --out M --json`, once for the module."""
+    path = tmp_path_factory.mktemp("cli-model") / "pets.safetensors"
+    summary = ok_json(run("train", sample / "train", "--out", path, "--json"))
+    assert Path(summary["model"]) == path and path.is_file()
+    assert Path(summary["run_dir"]).is_dir()
+    assert summary["n_images"] == 60 and summary["n_classes"] == 12 and summary["skipped"] == []
+    return path
+
+
+@pytest.fixture()
+def text_as_jpg(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.jpg"
+    path.write_text("shopping list: cat food\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def test_backbones_json_lists_the_offline_default_as_usable() -> None:
+    rows = ok_json(run("backbones", "--json"))
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["tf_efficientnet_lite0"]["usable"] is True
+    assert "offline" in by_name["tf_efficientnet_lite0"]["source"]
+
+    human = run("backbones")
+    assert human.exit_code == 0, human.output
+    (row,) = [line for line in human.stdout.splitlines() if "tf_efficientnet_lite0" in line]
+    assert "yes" in row and "[green]" not in row
+
+
+@pytest.fixture()
+def dirty_folder(sample: Path, tmp_path: Path) -> tuple[Path, set[Path]]:
+    """Two classes of real photos plus two broken files; one of them has brackets in its name."""
+    data = tmp_path / "data"
+    for label in ("beagle", "Persian"):
+        shutil.copytree(sample / "test" / label, data / label)
+    empty = data / "beagle" / "cat [copy].jpg"
+    empty.write_bytes(b"")
+    text = data / "Persian" / "notes.jpg"
+    text.write_text("not a photo\n")
+    return data, {empty, text}
+
+
+def test_scan_json_lists_the_unusable_files_with_reasons(dirty_folder) -> None:
+    data, broken = dirty_folder
+    report = ok_json(run("scan", data, "--json"))
+    assert report["n_files"] == 6
+    assert {Path(u["path"]) for u in report["unusable"]} == broken
+    assert all(set(u) == {"path", "reason"} and u["reason"] for u in report["unusable"])
+    assert all(p.exists() for p in broken)  # scanning alone moves nothing
+
+
+def test_scan_human_output_names_files_verbatim(dirty_folder) -> None:
+    data, broken = dirty_folder
+    result = run("scan", data)
+    assert result.exit_code == 0, result.output
+    assert "6 image files, 2 unusable" in result.stdout
+    for path in broken:
+        assert str(path) in result.stdout  # even "cat [copy].jpg", which looks like console markup
+
+
+def test_scan_quarantine_moves_the_unusable_files_and_deletes_nothing(dirty_folder, tmp_path: Path) -> None:
+    data, broken = dirty_folder
+    aside = tmp_path / "aside"
+    report = ok_json(run("scan", data, "--quarantine", aside, "--json"))
+    assert {Path(m["from"]) for m in report["quarantined"]} == broken
+    for path in broken:
+        assert not path.exists()
+        assert (aside / path.relative_to(data)).is_file()
+    assert (aside / "QUARANTINE.json").is_file()
+    assert len(photos(data)) == 4
+    again = ok_json(run("scan", data, "--json"))
+    assert again["n_files"] == 4 and again["unusable"] == []
+
+
+def test_train_human_output(sample: Path, tmp_path: Path, model: Path) -> None:
+    result = run("train", sample / "train", "--out", tmp_path / "m.safetensors")
+    assert result.exit_code == 0, result.output
+    assert "validation accuracy" in result.stdout
+    assert "60 cached, 0 computed" in result.stdout  # the module's model already extracted them
+    assert str(tmp_path / "m.safetensors") in result.stdout
+
+
+def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
+    report = ok_json(run("evaluate", model, sample / "test", "--json"))
+    for key in ("accuracy", "top5_accuracy", "n_images", "skipped", "unknown_labels", "per_class"):
+        assert key in report, key
+    assert report["n_images"] == 24 and report["skipped"] == []
+    assert report["accuracy"] >= 0.75 and report["top5_accuracy"] >= 0.95
+
+    human = run("evaluate", model, sample / "test")
+    assert human.exit_code == 0, human.output
+    assert f"accuracy {report['accuracy']:.3f}" in human.stdout
+    assert "on 24 photos" in human.stdout
+
+
+def test_predict_json_top_k(model: Path, sample: Path) -> None:
+    a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
+    rows = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
+    assert [Path(r["path"]) for r in rows] == [a, b]
+    for row in rows:
+        assert len(row["predictions"]) == 2
+        assert all(set(p) == {"label", "probability"} for p in row["predictions"])
+        probs = [p["probability"] for p in row["predictions"]]
+        assert probs == sorted(probs, reverse=True)
+        assert 0.0 < sum(probs) <= 1.0 + 1e-6
+    assert rows[0]["predictions"][0]["label"] == "Siamese"
+
+    human = run("predict", model, a, "-k", "3")
+    assert human.exit_code == 0, human.output
+    assert human.stdout.startswith(f"{a}: Siamese ")
+
+
+def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
+    good = photos(sample / "test")[0]
+    result = run("predict", model, good, text_as_jpg, "--json")
+    rows = ok_json(result)
+    assert [Path(r["path"]) for r in rows] == [good]
+    assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+def test_train_on_a_missing_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such [photos]"  # brackets: printed verbatim, not taken for console markup
+    assert_clean_error(run("train", missing, "--out", tmp_path / "m.safetensors"), str(missing), "does not exist")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_evaluate_with_a_damaged_model_file(sample: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x07" + np.random.default_rng(0).bytes(4095))
+    assert_clean_error(
+        run("evaluate", damaged, sample / "test"), str(damaged), "not a headstart model file or is damaged", exit_code=1
+    )
+
+
+def test_evaluate_with_a_foreign_safetensors_file(sample: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    foreign = tmp_path / "someone_elses.safetensors"
+    save_file({"weight": np.zeros((3, 4), np.float32)}, str(foreign))
+    assert_clean_error(run("evaluate", foreign, sample / "test"), str(foreign), "not a headstart model", exit_code=1)
+
+
+def test_evaluate_with_a_missing_model_file(sample: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.safetensors"
+    assert_clean_error(run("evaluate", missing, sample / "test"), f"no model file at {missing}", exit_code=1)
+
+
+def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> None:
+    result = run("predict", model, text_as_jpg)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert result.stdout.strip() == ""
+    assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
+
+
+def test_unknown_method(sample: Path, tmp_path: Path) -> None:
+    assert_clean_error(
+        run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--method", "nope"),
+        "'method'", "'nope'", "probe", exit_code=2,
+    )
+
+
+def test_unknown_precision(sample: Path, tmp_path: Path, model: Path) -> None:
+    assert_clean_error(
+        run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--precision", "fp8"),
+        "'precision'", "'fp8'", "bf16", exit_code=2,
+    )
+    assert_clean_error(run("evaluate", model, sample / "test", "--precision", "fp8"), "'fp8'", exit_code=2)
+
+
+def test_hub_weights_offline_say_what_works_offline(sample: Path, tmp_path: Path) -> None:
+    from headstart.features.backbones import _hub_cached
+
+    if _hub_cached("resnet18.a1_in1k"):
+        pytest.skip("resnet18.a1_in1k is already in this machine's Hugging Face cache")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    result = run("train", sample / "train", "--out", tmp_path / "m.safetensors",
+                 "--backbone", "resnet18.a1_in1k", "--weights", "hub")
+    assert_clean_error(result, "resnet18.a1_in1k", "Offline choices", "tf_efficientnet_lite0", exit_code=1)
+
+
+def test_download_an_unknown_data_set(tmp_path: Path) -> None:
+    assert_clean_error(run("download", "nope", tmp_path / "d"), "'nope'", "pets", exit_code=2)
+    assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------------------------------------ subprocesses
+def test_python_dash_m_headstart_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "headstart", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "evaluate", "predict", "scan", "backbones"):
+        assert command in done.stdout
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
+    model: Path, sample: Path, tmp_path: Path, reuse: bool
+) -> None:
+    """A re-run reads features (and, by default, the probe fits and pictures) back: no torch, sklearn or matplotlib."""
+    out = tmp_path / "again.safetensors"
+    script = tmp_path / "rerun.py"
+    flags = [] if reuse else ["--no-reuse"]
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from headstart.cli import main
+
+        sys.argv = ["headstart", "train", {str(sample / "train")!r}, "--out", {str(out)!r}, "--json", *{flags!r}]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        print("EXIT", code, file=sys.stderr)
+        for name in ("torch", "sklearn", "matplotlib"):
+            print("IMPORTED", name, name in sys.modules, file=sys.stderr)
+    """))
+    env = {**os.environ}  # the same HEADSTART_CACHE_DIR as the module's model, which cached these features
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert "EXIT 0" in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["features"]["computed"] == 0 and summary["features"]["cached"] == 60
+    assert "IMPORTED torch False" in done.stderr, done.stderr
+    assert f"IMPORTED sklearn {not reuse}" in done.stderr, done.stderr
+    assert f"IMPORTED matplotlib {not reuse}" in done.stderr, done.stderr
+
+    from safetensors.numpy import load_file
+
+    first, again = load_file(str(model)), load_file(str(out))
+    assert first.keys() == again.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+    first_run, again_run = model.with_name("pets-run"), out.with_name("again-run")
+    for picture in ("confusion_matrix.png", "misclassified.png"):
+        assert (again_run / picture).is_file(), picture
+        if reuse:  # copied from the memo: the very same bytes
+            assert (again_run / picture).read_bytes() == (first_run / picture).read_bytes(), picture

@@ -1,0 +1,489 @@
+"""headstart.data.images: every odd photo a folder holds loads as upright RGB; every broken one is named with a reason."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from headstart.errors import UnusableImageError
+from headstart.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ScanReport,
+    UnusableFile,
+    check_image,
+    is_image_file,
+    list_image_files,
+    load_image,
+    quarantine,
+    scan,
+)
+
+RED = (255, 0, 0)
+BLUE = (0, 0, 255)
+
+
+def near(actual: tuple[int, ...], expected: tuple[int, ...], tol: int = 12) -> bool:
+    return all(abs(a - e) <= tol for a, e in zip(actual, expected))
+
+
+def save(img: Image.Image, path: Path, format: str | None = None, **params) -> Path:
+    img.save(path, format=format, **params)
+    return path
+
+
+def jpeg_bytes(size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
+    """A noisy JPEG, so its entropy-coded data is most of the file (truncating it cuts real pixels)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def header(path: Path) -> tuple[str, int]:
+    """(mode, number of frames) as Pillow sees the file, for checking a test's own setup."""
+    with Image.open(path) as img:
+        return img.mode, getattr(img, "n_frames", 1)
+
+
+def assert_rgb(img: Image.Image, size: tuple[int, int]) -> None:
+    assert img.mode == "RGB", f"mode is {img.mode!r}, expected 'RGB'"
+    assert img.size == size, f"size is {img.size}, expected {size}"
+
+
+# --- load_image: every mode ends as upright RGB -------------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (20, 10), BLUE)
+    img.paste(RED, (0, 0, 5, 10))  # left quarter red; orientation 6 = turn 90° clockwise to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(img, tmp_path / "rotated.jpg", quality=95, exif=exif)
+    out = load_image(path)
+    assert_rgb(out, (10, 20))
+    top, bottom = out.getpixel((5, 1)), out.getpixel((5, 18))
+    assert near(top, RED) and near(bottom, BLUE), f"top={top}, bottom={bottom}; expected red on top, blue below"
+
+
+def test_greyscale_and_1bit(tmp_path: Path) -> None:
+    grey = load_image(save(Image.new("L", (8, 6), 77), tmp_path / "grey.png"))
+    assert_rgb(grey, (8, 6))
+    assert grey.getpixel((0, 0)) == (77, 77, 77), f"got {grey.getpixel((0, 0))}, expected (77, 77, 77)"
+    bits = load_image(save(Image.new("1", (8, 6), 1), tmp_path / "bits.png"))
+    assert bits.getpixel((3, 3)) == (255, 255, 255), f"got {bits.getpixel((3, 3))}, expected white"
+
+
+def test_palette_with_transparency_goes_over_white(tmp_path: Path) -> None:
+    img = Image.new("P", (10, 10), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.paste(1, (0, 0, 5, 10))  # left half red (index 1), right half index 0 = transparent
+    path = save(img, tmp_path / "pal.png", transparency=0)
+    out = load_image(path)
+    assert_rgb(out, (10, 10))
+    assert out.getpixel((1, 1)) == RED, f"opaque pixel {out.getpixel((1, 1))}, expected {RED}"
+    assert out.getpixel((8, 8)) == (255, 255, 255), f"transparent pixel {out.getpixel((8, 8))}, expected white"
+
+
+def test_palette_without_transparency(tmp_path: Path) -> None:
+    img = Image.new("RGB", (10, 10), BLUE).convert("P")
+    out = load_image(save(img, tmp_path / "pal.bmp"))
+    assert out.getpixel((2, 2)) == BLUE, f"got {out.getpixel((2, 2))}, expected {BLUE}"
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    path = save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=95)
+    assert header(path)[0] == "CMYK", "test setup: Pillow should write a CMYK JPEG"
+    out = load_image(path)
+    assert_rgb(out, (16, 16))
+    assert near(out.getpixel((8, 8)), RED), f"got {out.getpixel((8, 8))}, expected about {RED}"
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    arr = np.array([[65535, 32896, 257, 0]], dtype=np.uint16)
+    path = save(Image.fromarray(arr), tmp_path / "deep.png")
+    assert header(path)[0].startswith("I"), "test setup: expected a 16-bit greyscale PNG"
+    out = load_image(path)
+    got = [out.getpixel((x, 0))[0] for x in range(4)]
+    assert got == [255, 128, 1, 0], f"got {got}, expected [255, 128, 1, 0] (value / 257)"
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.array([[0, 32896, 65535]], dtype=np.int32), [0, 128, 255]),  # mode I, 16-bit data
+        (np.array([[0.0, 0.5, 1.0]], dtype=np.float32), [0, 128, 255]),  # mode F, 0..1
+    ],
+    ids=["I", "F"],
+)
+def test_32bit_tiff_is_scaled(tmp_path: Path, array: np.ndarray, expected: list[int]) -> None:
+    path = save(Image.fromarray(array), tmp_path / "deep.tif")
+    out = load_image(path)
+    got = [out.getpixel((x, 0))[0] for x in range(3)]
+    assert got == expected, f"got {got}, expected {expected}"
+
+
+def test_rgba_goes_over_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    img.paste((0, 0, 255, 255), (0, 0, 5, 10))
+    out = load_image(save(img, tmp_path / "rgba.png"))
+    assert_rgb(out, (10, 10))
+    assert out.getpixel((1, 1)) == BLUE, f"opaque pixel {out.getpixel((1, 1))}, expected {BLUE}"
+    assert out.getpixel((8, 1)) == (255, 255, 255), f"transparent pixel {out.getpixel((8, 1))}, expected white"
+
+
+def test_la_half_transparent(tmp_path: Path) -> None:
+    out = load_image(save(Image.new("LA", (4, 4), (0, 128)), tmp_path / "la.png"))
+    value = out.getpixel((0, 0))
+    assert near(value, (127, 127, 127), tol=2), f"black at alpha 128 over white gave {value}, expected ~127 grey"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_other_format_named_jpg_is_usable(tmp_path: Path, fmt: str) -> None:
+    path = save(Image.new("RGB", (12, 9), RED), tmp_path / f"really_{fmt.lower()}.jpg", format=fmt)
+    assert check_image(path) is None, f"{fmt} named .jpg reported unusable: {check_image(path)}"
+    out = load_image(path)
+    assert_rgb(out, (12, 9))
+    assert near(out.getpixel((4, 4)), RED), f"got {out.getpixel((4, 4))}, expected about {RED}"
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animation_gives_first_frame(tmp_path: Path, fmt: str) -> None:
+    frames = [Image.new("RGB", (10, 10), c) for c in (RED, BLUE)]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert header(path)[1] == 2, "test setup: expected an animation of 2 frames"
+    out = load_image(path)
+    assert near(out.getpixel((5, 5)), RED), f"got {out.getpixel((5, 5))}, expected the first (red) frame"
+
+
+def test_webp(tmp_path: Path) -> None:
+    out = load_image(save(Image.new("RGB", (10, 8), BLUE), tmp_path / "x.webp", lossless=True))
+    assert_rgb(out, (10, 8))
+    assert out.getpixel((3, 3)) == BLUE, f"got {out.getpixel((3, 3))}, expected {BLUE}"
+
+
+def test_result_does_not_depend_on_the_file(tmp_path: Path) -> None:
+    path = save(Image.new("RGB", (10, 8), BLUE), tmp_path / "x.png")
+    out = load_image(path)
+    path.unlink()
+    assert out.getpixel((1, 1)) == BLUE, "image lost its pixels when the file went away"
+
+
+# --- load_image: unusable files -----------------------------------------------------------------------------------
+
+
+def reason_of(path: Path, **kwargs) -> str:
+    with pytest.raises(UnusableImageError) as info:
+        load_image(path, **kwargs)
+    assert info.value.path == path, f"error names {info.value.path}, expected {path}"
+    assert str(path) in str(info.value), f"message {str(info.value)!r} does not name the file"
+    assert check_image(path, **kwargs) == info.value.reason, "check_image and load_image disagree"
+    return info.value.reason
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jpg"
+    path.touch()
+    reason = reason_of(path)
+    assert "empty file (0 bytes)" in reason, f"reason {reason!r}, expected 'empty file (0 bytes)'"
+
+
+def test_text_named_jpg(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello, this is not a photo\n")
+    reason = reason_of(path)
+    assert reason.startswith("not an image: Pillow cannot identify the format ("), f"reason {reason!r}"
+    assert "hello" in reason, f"reason {reason!r} should quote the start of the text"
+
+
+def test_html_named_jpg_says_failed_download(tmp_path: Path) -> None:
+    path = tmp_path / "page.jpg"
+    path.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    reason = reason_of(path)
+    assert "HTML" in reason, f"reason {reason!r}, expected it to say the file is an HTML page"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image(tmp_path: Path, fmt: str) -> None:
+    if fmt == "JPEG":
+        data = jpeg_bytes((128, 96))
+    else:
+        buf = io.BytesIO()
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(buf, "PNG")
+        data = buf.getvalue()
+    path = tmp_path / f"half.{fmt.lower()}"
+    path.write_bytes(data[: len(data) // 2])
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES, "LOAD_TRUNCATED_IMAGES must stay off"
+    reason = reason_of(path)
+    assert reason.startswith("truncated or corrupt image data ("), f"reason {reason!r}"
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(Image.new("1", (12000, 12000)), tmp_path / "bomb.png")
+    assert path.stat().st_size < 100_000, "test setup: the bomb should be a small file"
+
+    def no_decoding(self):  # noqa: ANN001
+        raise AssertionError("load_image decoded an image it should have refused from the header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    start = time.perf_counter()
+    reason = reason_of(path, max_pixels=10_000_000)
+    elapsed = time.perf_counter() - start
+    for part in ("12000×12000", "144,000,000", "10,000,000", "--max-pixels"):
+        assert part in reason, f"reason {reason!r} lacks {part!r}"
+    assert elapsed < 1.0, f"refusing took {elapsed:.2f}s, expected well under 1s (no decoding)"
+
+
+def test_bomb_limit_is_the_callers(tmp_path: Path) -> None:
+    path = save(Image.new("1", (3000, 3000), 1), tmp_path / "big.png")  # 9,000,000 pixels
+    reason = reason_of(path, max_pixels=1_000_000)
+    assert "3000×3000" in reason, f"reason {reason!r}"
+    for limit in (None, 10_000_000):
+        out = load_image(path, max_pixels=limit)
+        assert_rgb(out, (3000, 3000))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif", ".tif"])
+def test_pillow_global_limit_does_not_interfere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """Pillow raises at 2× its global limit (here 2,000 pixels) in open() and, for GIF/TIFF, while decoding."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = save(Image.new("RGB", (100, 100), RED), tmp_path / f"img{suffix}")
+    for limit in (None, 20_000):
+        assert_rgb(load_image(path, max_pixels=limit), (100, 100))
+    reason = reason_of(path, max_pixels=5_000)
+    assert "100×100" in reason and "--max-pixels" in reason, f"reason {reason!r} is not headstart's own"
+    assert Image.MAX_IMAGE_PIXELS == 1000, f"Pillow's limit left at {Image.MAX_IMAGE_PIXELS}, expected 1000"
+
+
+def test_directory_and_missing_file(tmp_path: Path) -> None:
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    assert "directory" in reason_of(folder), f"reason {reason_of(folder)!r}"
+    missing = tmp_path / "missing.jpg"
+    assert "not found" in reason_of(missing), f"reason {reason_of(missing)!r}"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(jpeg_bytes())
+    path.chmod(0)
+    try:
+        reason = reason_of(path)
+    finally:
+        path.chmod(0o644)
+    assert "permission denied" in reason, f"reason {reason!r}, expected 'permission denied'"
+
+
+def test_permission_denied_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same case as above, simulated, so it also runs as root (where chmod 0 does not stop reading)."""
+    import headstart.data.images as images
+
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(jpeg_bytes())
+
+    def denied(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(images, "open", denied, raising=False)
+    reason = reason_of(path)
+    assert "permission denied" in reason, f"reason {reason!r}, expected 'permission denied'"
+
+
+def test_unexpected_decoder_error_is_wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.jpg"
+    path.write_bytes(jpeg_bytes())
+
+    def broken_load(self):  # noqa: ANN001
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    reason = reason_of(path)
+    assert "decoder exploded" in reason, f"reason {reason!r} should carry the exception text"
+
+
+def test_bad_max_pixels_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_pixels"):
+        load_image(tmp_path / "x.jpg", max_pixels=0)
+
+
+# --- draft decoding and threads -----------------------------------------------------------------------------------
+
+
+def test_draft_decodes_large_jpeg_smaller(tmp_path: Path) -> None:
+    grad = np.linspace(0, 255, 2000, dtype=np.uint8)[None, :, None].repeat(1500, 0).repeat(3, 2)
+    path = save(Image.fromarray(grad), tmp_path / "big.jpg", quality=85)
+    full = load_image(path)
+    assert_rgb(full, (2000, 1500))
+    small = load_image(path, draft_size=(256, 256))
+    w, h = small.size
+    assert w < 2000 and h < 1500, f"draft gave {small.size}, expected smaller than (2000, 1500)"
+    assert w >= 256 and h >= 256, f"draft gave {small.size}, expected at least (256, 256)"
+    assert small.mode == "RGB", f"mode is {small.mode!r}, expected 'RGB'"
+
+
+def test_draft_is_measured_upright(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1600×400, viewed 400×1600
+    path = save(Image.new("RGB", (1600, 400), RED), tmp_path / "tall.jpg", exif=exif)
+    w, h = load_image(path, draft_size=(200, 800)).size
+    assert (w, h) == (200, 800), f"draft gave {(w, h)}, expected (200, 800): scale 1/2 of the upright 400×1600"
+
+
+def test_load_image_from_many_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # some images are above Pillow's limit, some below
+    sizes = {tmp_path / f"{i}.png": (10 + i, 10 + i) for i in range(0, 60, 3)}
+    paths = [save(Image.new("RGB", size, RED), path) for path, size in sizes.items()]
+    results: dict[Path, tuple[int, int]] = {}
+    errors: list[BaseException] = []
+
+    def work(path: Path) -> None:
+        try:
+            for _ in range(5):
+                results[path] = load_image(path, max_pixels=None).size
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"threads raised {errors!r}"
+    wrong = {p.name: (s, sizes[p]) for p, s in results.items() if s != sizes[p]}
+    assert len(results) == len(paths) and not wrong, f"(actual, expected) sizes: {wrong}"
+    assert Image.MAX_IMAGE_PIXELS == 1000, f"Pillow's limit left at {Image.MAX_IMAGE_PIXELS}, expected 1000"
+
+
+# --- file listing -------------------------------------------------------------------------------------------------
+
+
+def test_is_image_file() -> None:
+    yes = ["a.jpg", "b.JPEG", "c.Png", "dir/d.tiff", "e.webp", "f.gif", "g.bmp", "h.pgm"]
+    no = [".DS_Store", "._a.jpg", ".hidden.png", "README.txt", "x.heic", "noext", "archive.jpg.zip"]
+    assert [p for p in yes if not is_image_file(p)] == [], "image names rejected"
+    assert [p for p in no if is_image_file(p)] == [], "non-image names accepted"
+    required = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+    assert required <= IMAGE_EXTENSIONS, f"missing extensions: {sorted(required - IMAGE_EXTENSIONS)}"
+
+
+def test_list_image_files_recursive_sorted_skips_hidden(tmp_path: Path) -> None:
+    for rel in ["b/2.jpg", "b/1.PNG", "a.jpg", "notes.txt", ".DS_Store", "._a.jpg", ".git/x.jpg", "b/.cache/y.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    images, ignored = list_image_files(tmp_path)
+    assert images == [tmp_path / "a.jpg", tmp_path / "b/1.PNG", tmp_path / "b/2.jpg"], f"images {images}"
+    assert ignored == [tmp_path / "notes.txt"], f"ignored {ignored}"
+
+
+# --- scan and quarantine ------------------------------------------------------------------------------------------
+
+
+def make_dataset(root: Path) -> tuple[set[Path], set[Path]]:
+    """A folder of good and broken files; returns (good, broken)."""
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    good = {
+        save(Image.new("RGB", (20, 20), RED), root / "cats" / "ok.jpg"),
+        save(Image.new("L", (20, 20), 9), root / "cats" / "grey.png"),
+        save(Image.new("RGB", (20, 20), BLUE), root / "dogs" / "png_named.jpg", format="PNG"),
+    }
+    empty, text, half = root / "cats" / "empty.jpg", root / "dogs" / "text.jpg", root / "dogs" / "half.jpg"
+    empty.touch()
+    text.write_text("not an image")
+    data = jpeg_bytes((128, 96))
+    half.write_bytes(data[: len(data) // 2])
+    (root / "README.txt").write_text("about this data")
+    (root / ".DS_Store").write_bytes(b"\0\0")
+    return good, {empty, text, half}
+
+
+def test_scan_names_exactly_the_broken_files(tmp_path: Path) -> None:
+    good, broken = make_dataset(tmp_path / "data")
+    report = scan(tmp_path / "data", workers=4)
+    assert {u.path for u in report.unusable} == broken, f"unusable {sorted(u.path for u in report.unusable)}"
+    assert report.n_files == len(good) + len(broken), f"n_files {report.n_files}, expected {len(good) + len(broken)}"
+    assert report.ignored == [tmp_path / "data" / "README.txt"], f"ignored {report.ignored}"
+    reasons = {u.path.name: u.reason for u in report.unusable}
+    assert reasons["empty.jpg"].startswith("empty file"), f"reasons {reasons}"
+    assert reasons["text.jpg"].startswith("not an image"), f"reasons {reasons}"
+    assert reasons["half.jpg"].startswith("truncated or corrupt"), f"reasons {reasons}"
+
+
+def test_scan_report_to_dict_is_json(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data")
+    as_dict = json.loads(json.dumps(scan([tmp_path / "data"], progress=True).to_dict()))
+    assert set(as_dict) == {"n_files", "unusable", "ignored"}, f"keys {sorted(as_dict)}"
+    assert all(set(u) == {"path", "reason"} for u in as_dict["unusable"]), f"entries {as_dict['unusable']}"
+    assert as_dict["n_files"] == 6 and len(as_dict["unusable"]) == 3, f"got {as_dict}"
+
+
+def test_scan_files_named_directly_and_missing_path(tmp_path: Path) -> None:
+    good = save(Image.new("RGB", (5, 5)), tmp_path / "a.png")
+    bad = tmp_path / "b.jpg"
+    bad.touch()
+    report = scan([str(good), bad])
+    assert report.n_files == 2 and [u.path for u in report.unusable] == [bad], f"report {report}"
+    from headstart.errors import DataError
+
+    with pytest.raises(DataError, match="nope"):
+        scan(tmp_path / "nope")
+
+
+def test_quarantine_moves_without_deleting_or_overwriting(tmp_path: Path) -> None:
+    root, dest = tmp_path / "data", tmp_path / "quarantine"
+    good, broken = make_dataset(root)
+    clash = dest / "dogs" / "text.jpg"
+    clash.parent.mkdir(parents=True)
+    clash.write_bytes(b"already here")
+    report = scan(root)
+    moved = quarantine(report, dest, root=root)
+
+    assert {old for old, _ in moved} == broken, f"moved {sorted(old for old, _ in moved)}"
+    assert not [old for old, _ in moved if old.exists()], "a source file is still in place"
+    assert not [new for _, new in moved if not new.is_file()], "a moved file is missing at its destination"
+    assert all(p.exists() for p in good), "a good file was touched"
+    assert clash.read_bytes() == b"already here", "the existing file was overwritten"
+    new_for = {old.name: new for old, new in moved}
+    assert new_for["text.jpg"] == dest / "dogs" / "text-1.jpg", f"clash went to {new_for['text.jpg']}"
+    assert new_for["empty.jpg"] == dest / "cats" / "empty.jpg", f"empty.jpg went to {new_for['empty.jpg']}"
+    assert new_for["half.jpg"].read_bytes()[:2] == b"\xff\xd8", "the moved file's content changed"
+
+    log = json.loads((dest / "QUARANTINE.json").read_text())
+    logged = {e["path"]: e["reason"] for e in log["files"]}
+    expected = {str(u.path): u.reason for u in report.unusable}
+    assert logged == expected, f"log {logged}, expected {expected}"
+
+    # A second round appends to the log.
+    again = root / "dogs" / "again.jpg"
+    again.touch()
+    quarantine(ScanReport(1, [UnusableFile(again, "empty file (0 bytes)")], []), dest, root=root)
+    log = json.loads((dest / "QUARANTINE.json").read_text())
+    assert len(log["files"]) == 4, f"log has {len(log['files'])} entries, expected 4 (3 + 1 appended)"
+
+
+def test_quarantine_refuses_files_outside_root(tmp_path: Path) -> None:
+    from headstart.errors import DataError
+
+    outside = tmp_path / "elsewhere.jpg"
+    outside.touch()
+    report = ScanReport(1, [UnusableFile(outside, "empty file (0 bytes)")], [])
+    with pytest.raises(DataError, match="not below the root"):
+        quarantine(report, tmp_path / "q", root=tmp_path / "data")
+    assert outside.exists(), "the file was moved despite the error"
+
+
+def test_default_max_pixels_is_pillows() -> None:
+    assert DEFAULT_MAX_PIXELS == 89_478_485, f"DEFAULT_MAX_PIXELS {DEFAULT_MAX_PIXELS}, expected Pillow's 89,478,485"

@@ -1,0 +1,245 @@
+"""The feature cache: reuse, resumability, concurrent writers, unusable files, precision."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.features.extract import FeatureCache, extract_features
+
+
+@pytest.fixture()
+def photos(sample: Path, tmp_path: Path) -> list[Path]:
+    """12 real photos copied into a private folder (so tests may add, edit and break files)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    out = []
+    for src in sorted((sample / "test").glob("*/*.jpg"))[::2]:
+        dst = folder / src.name
+        shutil.copy(src, dst)
+        out.append(dst)
+    return out
+
+
+def test_second_run_computes_nothing_and_gives_the_same_features(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    first = extract_features(photos, lite0, cache=cache, batch_size=5)
+    second = extract_features(photos, lite0, cache=cache)
+    assert (first.n_computed, first.n_cached) == (12, 0)
+    assert (second.n_computed, second.n_cached) == (0, 12)
+    np.testing.assert_array_equal(first.features, second.features)
+    assert first.features.shape == (12, 1280) and first.features.dtype == np.float32
+
+
+def test_adding_photos_computes_only_the_new_ones(lite0, cache: FeatureCache, photos: list[Path], sample: Path, tmp_path: Path) -> None:
+    extract_features(photos[:8], lite0, cache=cache)
+    more = extract_features(photos, lite0, cache=cache)
+    assert (more.n_computed, more.n_cached) == (4, 8)
+
+
+def test_renamed_copies_hit_the_cache_and_edits_do_not(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    extract_features(photos[:2], lite0, cache=cache)
+    copy = photos[0].with_name("renamed copy.jpg")
+    shutil.copy(photos[0], copy)
+    assert extract_features([copy], lite0, cache=cache).n_computed == 0
+    from PIL import Image
+
+    Image.open(photos[1]).rotate(90).save(photos[1])  # same path, new content
+    assert extract_features([photos[1]], lite0, cache=cache).n_computed == 1
+
+
+def test_unusable_files_are_skipped_and_named(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    folder = photos[0].parent
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "cut.jpg").write_bytes(photos[0].read_bytes()[:3000])
+    paths = [photos[0], folder / "empty.jpg", photos[1], folder / "notes.jpg", folder / "cut.jpg", folder / "gone.jpg"]
+    feats = extract_features(paths, lite0, cache=cache)
+    assert feats.indices.tolist() == [0, 2]
+    reasons = {u.path.name: u.reason for u in feats.unusable}
+    assert set(reasons) == {"empty.jpg", "notes.jpg", "cut.jpg", "gone.jpg"}, reasons
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["cut.jpg"] and "missing" in reasons["gone.jpg"]
+
+
+def test_identical_files_are_computed_once(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    twin = photos[0].with_name("twin.jpg")
+    shutil.copy(photos[0], twin)
+    feats = extract_features([photos[0], twin], lite0, cache=cache)
+    assert feats.n_computed == 1 and feats.features.shape[0] == 2
+    assert feats.hashes[0] == feats.hashes[1]
+
+
+def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    a = extract_features(photos, lite0, cache=cache, precision="fp32").features
+    b = extract_features(photos, lite0, cache=cache, precision="bf16").features
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99, f"min cosine {cosine.min():.4f}"
+
+
+def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+    with pytest.raises(ValueError, match="'precision' parameter must be one of"):
+        extract_features(photos, lite0, cache=cache, precision="fp8")
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from headstart.features.extract import FeatureCache, extract_features
+    paths = [Path(p) for p in sys.argv[2:]]
+    extract_features(paths, "tf_efficientnet_lite0", cache=FeatureCache(sys.argv[1]), batch_size=2, precision="fp32",
+                     flip_average=False)  # one row per photo: what these tests count
+    print("done")
+    """
+)
+
+
+def _spawn(db: Path, paths: list[Path]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WORKER, str(db), *map(str, paths)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_writing_at_once_do_not_corrupt_the_cache(tmp_path: Path, photos: list[Path]) -> None:
+    db = tmp_path / "shared.sqlite"
+    FeatureCache(db)
+    procs = [_spawn(db, photos), _spawn(db, photos[::-1])]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0 and "done" in stdout, stderr[-2000:]
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT COUNT(*) FROM features").fetchone()[0] == len(photos)
+
+
+@pytest.mark.slow
+def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: list[Path]) -> None:
+    db = tmp_path / "resume.sqlite"
+    cache = FeatureCache(db)
+    proc = _spawn(db, photos)
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = cache.count()
+        if done >= 2:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    kept = cache.count()
+    assert kept >= 2, "the first batch was committed before the kill"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32",
+                            flip_average=False)
+    assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
+
+
+def test_known_unusable_files_do_not_load_the_model_again(cache: FeatureCache, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = photos[0].with_name("broken.jpg")
+    broken.write_text("not a photo")
+    first = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
+    import headstart.features.backbones as backbones
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("everything was known: no model needed"))
+    again = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
+    assert [u.reason for u in again.unusable] == [u.reason for u in first.unusable]
+    assert (again.n_cached, again.n_computed) == (1, 0)
+    # under another pixel limit the file is checked again (a bomb's verdict depends on the limit)
+    assert cache.get_unusable(again.hashes + [first.unusable[0].path.name], None) == {}
+
+
+@pytest.mark.slow
+def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: list[Path], cache: FeatureCache) -> None:
+    """2 CPU processes each compute a share into the shared cache; the result equals one process's features."""
+    import json
+    import os
+
+    folder = photos[0].parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "ddp-cache")}
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    for i, p in enumerate(photos):
+        shutil.copy(p, data / ("a" if i % 2 else "b") / p.name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
+         "extract", str(data), "--precision", "fp32", "--batch-size", "2", "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
+    shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
+    assert shared.count() == 2 * len(photos)  # mirror-averaged and single-view rows, from one pass
+    from headstart.data.datasets import load_dataset
+
+    paths = load_dataset(data).paths
+    merged = extract_features(paths, "tf_efficientnet_lite0", cache=shared, precision="fp32")
+    assert merged.n_computed == 0
+    single = extract_features(paths, "tf_efficientnet_lite0", cache=cache, precision="fp32")
+    np.testing.assert_allclose(merged.features, single.features, rtol=1e-3, atol=1e-4)
+
+
+def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path]) -> None:
+    a, b = FeatureCache(tmp_path / "a.sqlite"), FeatureCache(tmp_path / "b.sqlite")
+    extract_features(photos[:6], lite0, cache=a)
+    extract_features(photos[4:], lite0, cache=b)
+    assert a.merge_from(b.path) == len(photos) - 6
+    assert a.merge_from(b.path) == 0, "merging again adds nothing"
+    assert extract_features(photos, lite0, cache=a).n_computed == 0
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    from headstart.errors import CacheError
+
+    with pytest.raises(CacheError):
+        a.merge_from(tmp_path / "junk.sqlite")
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
+    """The device's out-of-memory error (injected: no test machine can be made to run out) halves the batch."""
+    import contextlib
+
+    import torch
+
+    from headstart.features.extract import _embed_fitting_memory
+
+    sizes = []
+
+    def embed(chunk: torch.Tensor) -> np.ndarray:
+        sizes.append(len(chunk))
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return chunk.sum(dim=(1, 2, 3), keepdim=False)[:, None].numpy()
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
+    out = _embed_fitting_memory(embed, x, contextlib.nullcontext())
+    np.testing.assert_array_equal(out[:, 0], np.arange(8))
+    assert sizes == [8, 4, 2, 2, 4, 2, 2]
+    with pytest.raises(RuntimeError, match="other failure"):
+        _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())
+
+
+def test_a_mirror_averaged_extraction_also_stores_the_single_view_features(sample: Path, cache) -> None:
+    photos = sorted((sample / "test").glob("*/*.jpg"))[:4]
+    both = extract_features(photos, cache=cache, precision="fp32")
+    assert both.spec.flip_average and both.n_computed == 4
+    single = extract_features(photos, cache=cache, precision="fp32", flip_average=False)
+    assert single.n_computed == 0 and single.n_cached == 4
+    assert single.cache_key != both.cache_key
+    from headstart.features.backbones import load_backbone
+
+    plain = load_backbone("tf_efficientnet_lite0")  # a loaded backbone: single view unless asked
+    import torch
+
+    x = torch.stack([plain.transform()(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in photos])
+    with torch.no_grad():
+        want = plain.features(x).numpy()
+    cosine = (single.features * want).sum(1) / np.linalg.norm(single.features, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() > 0.99, cosine  # single-view features (JPEG draft decoding aside)

@@ -1,0 +1,222 @@
+"""Fine-tuning: LP-FT on real photos, the training tricks' wiring, checkpoints and resume, options and config files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from headstart.models.finetune import FinetuneConfig, lr_factor
+from headstart.workflows.training import train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 breeds × 5 real photos: enough for a few optimiser steps in seconds."""
+    src = Path(__file__).resolve().parents[2] / "src" / "headstart" / "sample_data" / "pets" / "train"
+    root = tmp_path_factory.mktemp("tiny")
+    for breed in ("Persian", "pug", "samoyed"):
+        shutil.copytree(src / breed, root / breed)
+    return root
+
+
+FAST = dict(epochs=2, batch_size=4, augment="light", patience=0)
+
+
+def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
+    run = result.run_dir
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[1])
+    assert lines[0]["train_loss"] is None, "epoch 0 is the starting point, scored before any step"
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "checkpoint.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["finetune"]["epochs"] == 2 and config["method"] == "finetune"
+    from headstart.models.classifier import Classifier
+
+    model = Classifier.load(result.model_path)
+    assert model.metadata["method"] == "finetune" and model.spec.weights_id.startswith("trunk-sha256:")
+    assert result.metrics["best_epoch"] in (0, 1, 2) and result.metrics["probe_val_accuracy"] is not None
+    assert result.metrics["val_accuracy"] >= lines[0]["val_accuracy"], "the best epoch is never worse than the start"
+    pred = model.predict([sorted((tiny / "pug").glob("*.jpg"))[0]], top_k=1).predictions[0]
+    assert pred.labels[0] in {"Persian", "pug", "samoyed"}
+
+
+def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
+    first = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
+    resumed = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
+    epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2], "epochs 0-1 kept from the first run, only epoch 2 trained again"
+    assert resumed.metrics["epochs_run"] == 2
+
+
+def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
+    assert result.model.spec.source.startswith("fine-tuned from none")
+
+
+def test_options_are_validated_in_sklearn_words() -> None:
+    with pytest.raises(ValueError, match="The 'augment' parameter of finetune must be one of"):
+        FinetuneConfig().replace(augment="heavy")
+    with pytest.raises(ValueError, match="'unfreeze' parameter"):
+        FinetuneConfig().replace(unfreeze="some")
+    with pytest.raises(ValueError, match="Unknown fine-tuning option"):
+        FinetuneConfig().replace(dropout=0.5)
+
+
+def test_defaults_follow_the_data_size() -> None:
+    small, large = FinetuneConfig.for_data_size(300), FinetuneConfig.for_data_size(50_000)
+    assert small.augment == "light" and large.augment == "randaugment" and small.lr < large.lr
+    assert FinetuneConfig.for_data_size(300, lr=1e-3).lr == 1e-3
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    values = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
+    assert values[0] < values[9] == 1.0 and values[50] < 1.0 and values[-1] < 0.01
+
+
+def test_config_files_feed_the_cli(tiny: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("epochs: 1\nbatch_size: 4\nhead_dropout: 0.5\npatience: 0\n")
+    out = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(app, ["train", str(tiny), "--method", "finetune", "--config", str(cfg), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cli-run" / "config.json").read_text())["finetune"]
+    assert saved["head_dropout"] == 0.5 and saved["epochs"] == 1
+    bad = CliRunner().invoke(app, ["train", str(tiny), "--epochs", "3", "--out", str(out)])
+    assert bad.exit_code != 0 and "only apply to --method finetune" in bad.output + (bad.stderr or "")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
+    """DistributedDataParallel over gloo: both processes train, rank 0 alone writes one loadable model."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "ddp.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
+         "train", str(tiny), "--method", "finetune", "--epochs", "2", "--batch-size", "4", "--patience", "0",
+         "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
+    assert report["epochs_run"] == 2 and proc.stdout.count('"model"') == 1
+    lines = (tmp_path / "ddp-run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3, "epoch 0 and one line per epoch, written once (rank 0), not once per process"
+    from headstart.models.classifier import Classifier
+
+    assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]
+
+
+def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path) -> None:
+    from headstart.workflows.training import find_learning_rate
+
+    result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune_options={"batch_size": 4})
+    assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
+    assert result.lrs == sorted(result.lrs) and (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:
+    from headstart.workflows.training import parse_settings, sweep
+
+    settings = parse_settings(["head_dropout=0,0.5"])
+    assert settings == {"head_dropout": [0, 0.5]}
+    rows = sweep(tiny, settings, out_dir=tmp_path / "sw", base_options={"epochs": 1, "batch_size": 4, "patience": 0})
+    assert [r["head_dropout"] for r in rows] == [0, 0.5]
+    assert (tmp_path / "sw" / "comparison.png").is_file() and "head_dropout=0.5" in (tmp_path / "sw" / "results.md").read_text()
+    with pytest.raises(ValueError, match="Unknown fine-tuning option"):
+        sweep(tiny, {"dropout": [0.1]}, out_dir=tmp_path / "bad")
+    with pytest.raises(ValueError, match="--set needs NAME=V1,V2"):
+        parse_settings(["head_dropout"])
+
+
+def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
+    import torch
+
+    from headstart.features.backbones import load_backbone
+    from headstart.models.finetune import _freeze_batchnorm, build_network
+
+    network = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
+    before = network.trunk.bn1.running_mean.clone()
+    network.train()
+    _freeze_batchnorm(network)
+    network(torch.randn(2, 3, 224, 224)).sum().backward()
+    torch.testing.assert_close(network.trunk.bn1.running_mean, before)
+    assert network.dropout.training, "the rest still trains (dropout active)"
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    out, run = tmp_path / "k.safetensors", tmp_path / "k-run"
+    cmd = [sys.executable, "-m", "headstart", "train", str(tiny), "--method", "finetune", "--epochs", "3",
+           "--batch-size", "4", "--patience", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # as hard as a crash: no clean-up runs
+    proc.wait()
+    assert (run / "checkpoint.pt").exists() and not out.exists(), "killed after its first epoch, before the end"
+    done = subprocess.run([*cmd, "--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3], epochs
+    from headstart.models.classifier import Classifier
+
+    assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]
+
+
+def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
+    from headstart.models.finetune import load_config_file
+
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"data": "x", "method": "finetune", "finetune": {"epochs": 3, "lr": 5e-5}}))
+    assert load_config_file(saved) == {"epochs": 3, "lr": 5e-5}
+    toml = tmp_path / "ft.toml"
+    toml.write_text("epochs = 2\naugment = 'trivial'\n")
+    assert FinetuneConfig().replace(**load_config_file(toml)).augment == "trivial"
+
+
+def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
+    from headstart.models.finetune import load_config_file
+
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text("lr: 1e-4\nepochs: 2\n")  # YAML 1.1 reads 1e-4 as text
+    assert FinetuneConfig().replace(**load_config_file(cfg)).lr == 1e-4
+    with pytest.raises(ValueError, match="'lr' parameter"):
+        FinetuneConfig().replace(lr="fast")
+
+
+def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, tmp_path: Path) -> None:
+    result = train(tiny, method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
+    saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
+    assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)
+
+
+@pytest.mark.parametrize("augment", ["none", "light", "trivial", "randaugment"])
+def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -> None:
+    from PIL import Image
+
+    from headstart.models.finetune import _transform
+
+    config = {"input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
+              "crop_pct": 0.875, "crop_mode": "center"}
+    photo = Image.open(sorted((sample / "test" / "pug").glob("*.jpg"))[0]).convert("RGB")
+    assert tuple(_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)

@@ -1,0 +1,94 @@
+"""headstart.reports.plots: confusion matrices and thumbnail grids come out as valid, sensibly sized pictures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.reports.plots import plot_confusion_matrix, plot_image_grid
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "headstart" / "sample_data" / "pets"
+
+
+def _open_png(path: Path) -> Image.Image:
+    assert path.is_file(), path
+    image = Image.open(path)
+    image.verify()  # raises on a damaged file
+    image = Image.open(path)
+    assert image.format == "PNG"
+    return image
+
+
+def _files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("n_classes,normalize", [(2, False), (12, True), (37, False), (37, True)])
+def test_confusion_matrix(tmp_path, n_classes, normalize):
+    rng = np.random.default_rng(0)
+    matrix = np.diag(rng.integers(5, 30, n_classes)) + rng.poisson(0.7, (n_classes, n_classes))
+    names = [f"class_name_{i:02d}_long" for i in range(n_classes)]
+    path = plot_confusion_matrix(matrix, names, tmp_path / "deep" / "cm.png", normalize=normalize, title="Test set")
+    assert path == tmp_path / "deep" / "cm.png"
+    width, height = _open_png(path).size
+    assert 400 <= width <= 2400 and 400 <= height <= 2400, (width, height)
+    if n_classes == 37:
+        assert width >= 1200, width  # room for 37 labels
+    assert _files_in(path.parent) == ["cm.png"]  # no temporary file left behind
+
+
+def test_confusion_matrix_with_an_empty_row_and_a_shape_mismatch(tmp_path):
+    matrix = np.array([[3, 1, 0], [0, 0, 0], [1, 0, 4]])
+    _open_png(plot_confusion_matrix(matrix, ["a", "b", "c"], tmp_path / "cm.png", normalize=True))
+    with pytest.raises(ValueError, match=r"shape \(2, 2\) for 2 class names; got shape \(3, 3\)"):
+        plot_confusion_matrix(matrix, ["a", "b"], tmp_path / "bad.png")
+
+
+def test_confusion_matrix_overwrites_atomically(tmp_path):
+    path = tmp_path / "cm.png"
+    path.write_bytes(b"old")
+    plot_confusion_matrix(np.eye(2), ["a", "b"], path)
+    _open_png(path)
+    assert _files_in(tmp_path) == ["cm.png"]
+
+
+def test_image_grid_with_a_missing_and_a_broken_image(tmp_path):
+    photos = sorted(SAMPLE.glob("test/*/*.jpg"))[:7]
+    assert photos, f"no sample photos under {SAMPLE}"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photos[0].read_bytes()[:200])
+    items = [(photo, f"true: {photo.parent.name}\npred: basset_hound 0.62") for photo in photos]
+    items += [(tmp_path / "missing.jpg", "true: pug\npred: beagle 0.51"), (broken, "broken")]
+
+    path = plot_image_grid(items, tmp_path / "out" / "mistakes.png", title="Mistakes", columns=4, thumb_size=96)
+    width, height = _open_png(path).size
+    assert 4 * 96 <= width <= 4 * 96 + 200, width  # 4 columns of 96 px plus margins
+    assert 3 * 96 <= height <= 3 * 96 + 300, height  # 3 rows with captions and a title
+    assert _files_in(path.parent) == ["mistakes.png"]
+
+
+def test_image_grid_single_item_and_empty(tmp_path):
+    photo = next(SAMPLE.glob("train/*/*.jpg"))
+    one = _open_png(plot_image_grid([(photo, "x")], tmp_path / "one.png"))
+    assert one.size[0] < 300, one.size  # one column, not six
+
+    empty = _open_png(plot_image_grid([], tmp_path / "empty.png", title="Mistakes"))
+    assert empty.size[0] < 600 and empty.size[1] < 300, empty.size
+
+
+def test_image_grid_rejects_bad_layout(tmp_path):
+    with pytest.raises(ValueError, match="columns must be an int of at least 1; got 0"):
+        plot_image_grid([], tmp_path / "x.png", columns=0)
+    with pytest.raises(ValueError, match="thumb_size"):
+        plot_image_grid([], tmp_path / "x.png", thumb_size=2)
+
+
+def test_importing_plots_needs_neither_matplotlib_nor_torch():
+    code = "import sys, headstart.reports.plots; print(*(m in sys.modules for m in ('torch', 'timm', 'matplotlib')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "False"], out

@@ -1,0 +1,32 @@
+"""compare: probe accuracy, speed and feature size per backbone, from the cache on the second call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from headstart.workflows.compare import compare_backbones
+from headstart.features.extract import FeatureCache
+
+
+def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = FeatureCache(tmp_path / "f.sqlite")
+    names = ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
+    rows = compare_backbones(sample / "train", names, out_dir=tmp_path / "cmp", cache=cache)
+    assert sorted(r["backbone"] for r in rows) == names and [r["rank"] for r in rows] == [1, 2]
+    assert all(r["num_features"] == 1280 and r["images_per_second"] > 0 and 0.5 < r["cv_accuracy"] <= 1 for r in rows)
+    assert rows[0]["cv_accuracy"] >= rows[1]["cv_accuracy"]
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == rows and (tmp_path / "cmp" / "compare.png").is_file()
+    import headstart.features.backbones as backbones
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("second call: all from the cache"))
+    again = compare_backbones(sample / "train", names, cache=cache)
+    assert [(r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in again] == [
+        (r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in rows]
+
+
+def test_compare_needs_a_backbone(sample: Path) -> None:
+    with pytest.raises(ValueError, match="at least one backbone"):
+        compare_backbones(sample / "train", [])
