@@ -29,8 +29,9 @@ def run(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-def ok_json(result):
-    assert result.exit_code == 0, result.output
+def ok_json(result, exit_code: int = 0):
+    """The JSON on stdout of a run that ended with ``exit_code`` (1: done, but some inputs were unusable)."""
+    assert result.exit_code == exit_code, result.output
     return json.loads(result.stdout)
 
 
@@ -98,7 +99,7 @@ def dirty_folder(sample: Path, tmp_path: Path) -> tuple[Path, set[Path]]:
 
 def test_scan_json_lists_the_unusable_files_with_reasons(dirty_folder) -> None:
     data, broken = dirty_folder
-    report = ok_json(run("scan", data, "--json"))
+    report = ok_json(run("scan", data, "--json"), exit_code=1)
     assert report["n_files"] == 6
     assert {Path(u["path"]) for u in report["unusable"]} == broken
     assert all(set(u) == {"path", "reason"} and u["reason"] for u in report["unusable"])
@@ -108,7 +109,7 @@ def test_scan_json_lists_the_unusable_files_with_reasons(dirty_folder) -> None:
 def test_scan_human_output_names_files_verbatim(dirty_folder) -> None:
     data, broken = dirty_folder
     result = run("scan", data)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "6 image files, 2 unusable" in result.stdout
     for path in broken:
         assert str(path) in result.stdout  # even "cat [copy].jpg", which looks like console markup
@@ -117,7 +118,7 @@ def test_scan_human_output_names_files_verbatim(dirty_folder) -> None:
 def test_scan_quarantine_moves_the_unusable_files_and_deletes_nothing(dirty_folder, tmp_path: Path) -> None:
     data, broken = dirty_folder
     aside = tmp_path / "aside"
-    report = ok_json(run("scan", data, "--quarantine", aside, "--json"))
+    report = ok_json(run("scan", data, "--quarantine", aside, "--json"), exit_code=1)
     assert {Path(m["from"]) for m in report["quarantined"]} == broken
     for path in broken:
         assert not path.exists()
@@ -169,7 +170,7 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
 def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
     good = photos(sample / "test")[0]
     result = run("predict", model, good, text_as_jpg, "--json")
-    rows = ok_json(result)
+    rows = ok_json(result, exit_code=1)
     assert [Path(r["path"]) for r in rows] == [good]
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
 
@@ -185,7 +186,7 @@ def test_evaluate_with_a_damaged_model_file(sample: Path, tmp_path: Path) -> Non
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\x07" + np.random.default_rng(0).bytes(4095))
     assert_clean_error(
-        run("evaluate", damaged, sample / "test"), str(damaged), "not a headstart model file or is damaged", exit_code=1
+        run("evaluate", damaged, sample / "test"), str(damaged), "not a headstart model file or is damaged", exit_code=2
     )
 
 
@@ -194,17 +195,17 @@ def test_evaluate_with_a_foreign_safetensors_file(sample: Path, tmp_path: Path) 
 
     foreign = tmp_path / "someone_elses.safetensors"
     save_file({"weight": np.zeros((3, 4), np.float32)}, str(foreign))
-    assert_clean_error(run("evaluate", foreign, sample / "test"), str(foreign), "not a headstart model", exit_code=1)
+    assert_clean_error(run("evaluate", foreign, sample / "test"), str(foreign), "not a headstart model", exit_code=2)
 
 
 def test_evaluate_with_a_missing_model_file(sample: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
-    assert_clean_error(run("evaluate", missing, sample / "test"), f"no model file at {missing}", exit_code=1)
+    assert_clean_error(run("evaluate", missing, sample / "test"), f"no model file at {missing}", exit_code=2)
 
 
 def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> None:
     result = run("predict", model, text_as_jpg)
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output  # done: every input listed as unusable
     assert "Traceback" not in result.output
     assert result.stdout.strip() == ""
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
@@ -213,27 +214,27 @@ def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> N
 def test_unknown_method(sample: Path, tmp_path: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--method", "nope"),
-        "'method'", "'nope'", "probe", exit_code=2,
+        "'--method' option", "'nope'", "probe", exit_code=2,
     )
 
 
 def test_unknown_precision(sample: Path, tmp_path: Path, model: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--precision", "fp8"),
-        "'precision'", "'fp8'", "bf16", exit_code=2,
+        "'--precision' option", "'fp8'", "bf16", exit_code=2,
     )
     assert_clean_error(run("evaluate", model, sample / "test", "--precision", "fp8"), "'fp8'", exit_code=2)
 
 
 def test_hub_weights_offline_say_what_works_offline(sample: Path, tmp_path: Path) -> None:
-    from headstart.features.backbones import _hub_cached
+    from headstart.features import hub_weights_cached as _hub_cached
 
     if _hub_cached("resnet18.a1_in1k"):
         pytest.skip("resnet18.a1_in1k is already in this machine's Hugging Face cache")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     result = run("train", sample / "train", "--out", tmp_path / "m.safetensors",
                  "--backbone", "resnet18.a1_in1k", "--weights", "hub")
-    assert_clean_error(result, "resnet18.a1_in1k", "Offline choices", "tf_efficientnet_lite0", exit_code=1)
+    assert_clean_error(result, "resnet18.a1_in1k", "Offline choices", "tf_efficientnet_lite0", exit_code=2)
 
 
 def test_download_an_unknown_data_set(tmp_path: Path) -> None:
@@ -291,3 +292,14 @@ def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
         assert (again_run / picture).is_file(), picture
         if reuse:  # copied from the memo: the very same bytes
             assert (again_run / picture).read_bytes() == (first_run / picture).read_bytes(), picture
+
+
+def test_export_prints_the_check_and_the_accuracies(model: Path, sample: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pets.onnx"
+    result = run("export", model, "--out", out, "--data", sample / "test")
+    assert result.exit_code == 0, result.output
+    first, second = result.stdout.strip().splitlines()
+    assert first.startswith(f"wrote {out}: max |probability difference| vs PyTorch ") and out.is_file()
+    assert second.startswith("accuracy on 24 photos: PyTorch ")
+    pytorch, onnx = (float(part.split()[-1]) for part in second.split(": ", 1)[1].split(", "))
+    assert abs(pytorch - onnx) <= 1 / 24, second  # (--json and --int8: tests/workflows/test_export.py)

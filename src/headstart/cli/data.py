@@ -1,0 +1,151 @@
+"""Commands about photos and features: backbones, scan, download, extract, merge-cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from headstart.cli._common import (
+    BackboneOpt, CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
+    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
+)
+from headstart.errors import HeadstartError
+
+
+@app.command()
+@handles_errors
+def backbones(
+    all_: Annotated[bool, typer.Option("--all", help="Every pretrained timm model, not just the catalogue.")] = False,
+    pattern: Annotated[Optional[str], typer.Option(help="Wildcard filter over timm names, e.g. 'resnet*'.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List backbones: which are usable right now, and why not the others."""
+    from headstart.features import list_backbones
+
+    rows = list_backbones(include_all=all_, pattern=pattern)
+    if as_json:
+        print_json([{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows])
+        return
+    table = Table("backbone", "usable", "weights", "about")
+    table.columns[0].no_wrap = True
+    for r in rows:
+        table.add_row(r.name, Text("yes", "green") if r.usable else Text("no", "red"), r.source, r.description)
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def scan(
+    data: Annotated[list[Path], typer.Argument(help="Folders or files to check.")],
+    quarantine: Annotated[Optional[Path], typer.Option(help="Move unusable files into this folder (never deletes).")] = None,
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decode every image and list the unusable ones with the reason."""
+    from headstart.data import quarantine as move_aside
+    from headstart.data import scan as scan_files
+
+    for p in data:
+        if not p.exists():
+            raise HeadstartError(f"{p} does not exist: pass a folder or image files to scan.")
+    report = scan_files(data, max_pixels=max_pixels_or_none(max_pixels), progress=not as_json)
+    moved = []
+    if quarantine is not None and report.unusable:
+        root = data[0] if len(data) == 1 and data[0].is_dir() else Path(os.path.commonpath([p.resolve() for p in data]))
+        moved = move_aside(report, quarantine, root=root)
+    if as_json:
+        result = report.to_dict()
+        if quarantine is not None:
+            result["quarantined"] = [{"from": str(a), "to": str(b)} for a, b in moved]
+        print_json(result)
+        finish(len(report.unusable))
+        return
+    out.print(f"{report.n_files} image files, {len(report.unusable)} unusable, {len(report.ignored)} other files ignored")
+    for u in report.unusable:
+        out.print(f"  {u.path}: {u.reason}", highlight=False)
+    for a, b in moved:
+        out.print(f"  moved {a} -> {b}", highlight=False)
+    finish(len(report.unusable))
+
+
+@app.command()
+@handles_errors
+def download(
+    dataset: Annotated[str, typer.Argument(help="pets (Oxford-IIIT Pet) or catsdogs (Microsoft's PetImages).")],
+    destination: Annotated[Path, typer.Argument(help="Folder to download and extract into.")],
+) -> None:
+    """Download and check an official data set archive, then extract it."""
+    from headstart.data.download import download_dataset
+
+    root = download_dataset(dataset, destination)
+    out.print(f"ready: {root}  (use it as DATA, e.g. `headstart train {root}`)")
+
+
+@app.command()
+@handles_errors
+def extract(
+    data: DataArg,
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    split: SplitOpt = "all",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
+    flip_average: Annotated[bool, typer.Option(help="Average each photo's features with its mirror image's (what `train` uses by default).")] = True,
+) -> None:
+    """Compute and cache backbone features for a data set (only what is not cached yet)."""
+    use_cache_dir(cache_dir)
+    from headstart.data.datasets import load_dataset
+    from headstart.features.distributed import init_from_env
+    from headstart.features.extract import describe_unusable, extract_features
+
+    group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
+    dataset = load_dataset(data, split=split)
+    feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
+                             max_pixels=max_pixels_or_none(max_pixels), progress=not as_json and group.is_main,
+                             engine=engine, flip_average=flip_average)
+    if not group.is_main:
+        return
+    summary = {
+        "n_images": len(dataset), "n_usable": int(len(feats.indices)), "n_cached": feats.n_cached,
+        "n_computed": feats.n_computed, "seconds": round(feats.seconds, 3),
+        "images_per_second": round(feats.images_per_second, 1), "num_features": int(feats.features.shape[1]),
+        "backbone": feats.spec.name if feats.spec else backbone,
+        "skipped": [u.to_dict() for u in feats.unusable],
+    }
+    if feats.unusable:
+        err.print(describe_unusable(feats.unusable), highlight=False)
+    if as_json:
+        print_json(summary)
+        finish(len(feats.unusable))
+        return
+    out.print(
+        f"{summary['n_usable']}/{len(dataset)} images → {summary['num_features']}-d features with {summary['backbone']}: "
+        f"{feats.n_cached} cached, {feats.n_computed} computed in {feats.seconds:.1f} s"
+        + (f" ({feats.images_per_second:.0f} img/s)" if feats.n_computed else "")
+    )
+    finish(len(feats.unusable))
+
+
+@app.command("merge-cache")
+@handles_errors
+def merge_cache(
+    sources: Annotated[list[Path], typer.Argument(help="features.sqlite files from other machines or folders.")],
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Merge feature caches extracted elsewhere (e.g. one per machine) into this one."""
+    use_cache_dir(cache_dir)
+    from headstart.features import FeatureCache
+
+    cache = FeatureCache()
+    for source in sources:
+        out.print(f"{source}: {cache.merge_from(source)} new features")
+    out.print(f"{cache.path}: {cache.count()} features")

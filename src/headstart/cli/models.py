@@ -1,0 +1,161 @@
+"""Commands that use a trained model: evaluate, predict, export, compare, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from headstart.cli._common import (
+    CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, SplitOpt, app, check_model_file,
+    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
+)
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    model: ModelArg,
+    data: DataArg,
+    split: SplitOpt = "all",
+    out_dir: Annotated[Optional[Path], typer.Option(help="Write evaluation.json and the pictures here.")] = None,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
+) -> None:
+    """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
+    use_cache_dir(cache_dir)
+    check_model_file(model)
+    from headstart.workflows.evaluation import evaluate as evaluate_model
+
+    report = evaluate_model(model, data, split=split, out_dir=out_dir, precision=precision,
+                            max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, engine=engine)
+    if report.skipped:
+        err.print(f"skipped {len(report.skipped)} unusable file(s):")
+        for s in report.skipped:
+            err.print(f"  {s['path']}: {s['reason']}", highlight=False)
+    if report.unknown_labels:
+        err.print(f"not scored (labels the model does not know): {report.unknown_labels}", highlight=False)
+    if as_json:
+        print_json(report.to_dict())
+        finish(len(report.skipped))
+        return
+    table = Table("class", "precision", "recall", "photos")
+    for name, row in report.details["per_class"].items():
+        if row["support"]:
+            table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", str(row["support"]))
+    out.print(table)
+    out.print(f"accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
+    if report.pictures:
+        out.print("pictures: " + ", ".join(report.pictures))
+    finish(len(report.skipped))
+
+
+@app.command()
+@handles_errors
+def predict(
+    model: ModelArg,
+    paths: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many labels to show per image.")] = 5,
+    precision: PrecisionOpt = "auto",
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    engine: EngineOpt = "torch",
+) -> None:
+    """Top-k labels with probabilities for each image."""
+    use_cache_dir(cache_dir)
+    check_model_file(model)
+    from headstart.models.classifier import Classifier
+
+    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)
+    if as_json:
+        print_json(result.to_list())
+    else:
+        for p in result.predictions:
+            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
+            out.print(f"{p.path}: {shown}", highlight=False)
+    for u in result.unusable:
+        err.print(f"[yellow]skipped[/yellow] {escape(f'{u.path}: {u.reason}')}", markup=True, highlight=False)
+    finish(len(result.unusable))
+
+
+@app.command()
+@handles_errors
+def export(
+    model: ModelArg,
+    format_: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 copy (weights and activations; calibrated on --calibrate photos).")] = False,
+    calibrate: Annotated[Optional[str], typer.Option(help="[--int8] Photos like those the model will see, to calibrate activation ranges (default: its training photos, when still there).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Labelled photos to measure the accuracy of the export(s) on.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model to ONNX, checked numerically against PyTorch; optionally int8 with its accuracy and speed."""
+    if format_ != "onnx":
+        raise ValueError(f"The '--format' option must be 'onnx'. Got {format_!r} instead.")
+    check_model_file(model)
+    from headstart.models.classifier import Classifier
+    from headstart.workflows.export import export_onnx
+
+    report = export_onnx(Classifier.load(model), out_path or model.with_suffix(".onnx"), int8=int8,
+                         calibrate=calibrate, check_data=data)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out.print(f"wrote {report.path}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
+              f"on {report.n_checked} images (features {report.max_abs_diff_features:.2g})", highlight=False)
+    if report.quantized is not None:
+        out.print(f"wrote {report.quantized} (int8, calibrated on {report.calibration}): {report.ms_per_photo_int8:.1f} "
+                  f"ms a photo against {report.ms_per_photo_onnx:.1f} ms (ONNX Runtime, one photo, this machine)",
+                  highlight=False)
+    if report.n_images is not None:
+        line = (f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
+                f"ONNX {report.accuracy_onnx:.3f}")
+        if report.accuracy_int8 is not None:
+            line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_onnx:+.3f})"
+        out.print(line)
+
+
+@app.command()
+@handles_errors
+def compare(
+    data: DataArg,
+    backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank backbones for your data: cross-validated probe accuracy, extraction speed, feature size."""
+    use_cache_dir(cache_dir)
+    from headstart.workflows.compare import compare_backbones
+
+    rows = compare_backbones(data, [b.strip() for b in backbones.split(",") if b.strip()], out_dir=out_dir,
+                             progress=not as_json)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("rank", "backbone", "probe accuracy (CV)", "img/s", "features")
+    for r in rows:
+        speed = "?" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
+        table.add_row(str(r["rank"]), r["backbone"], f"{r['cv_accuracy']:.3f}", speed, str(r["num_features"]))
+    out.print(table)
+    if out_dir is not None:
+        out.print(f"picture: {Path(out_dir) / 'compare.png'}")
+
+
+@app.command()
+@handles_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path("headstart-demo"),
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Train a pet-breed classifier on the bundled sample photos, evaluate it and predict a few (offline)."""
+    use_cache_dir(cache_dir)
+    from headstart.workflows.demo import run_demo
+
+    run_demo(out_dir, console=out)

@@ -1,0 +1,161 @@
+"""Commands that train: train, lr-find, sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from headstart.cli._common import (
+    BackboneOpt, CacheDirOpt, DataArg, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
+    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
+)
+from headstart.cli._finetune import finetune_flags, flag_of, given
+from headstart.errors import HeadstartError
+from headstart.models.finetune_config import Finetune
+
+
+# train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
+RUN_OPTIONS = ("seed", "precision")
+# what the learning-rate range test reads of the options (it sweeps lr itself and trains no epochs)
+LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
+                  "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
+
+
+@app.command()
+@handles_errors
+@finetune_flags(exclude=RUN_OPTIONS, before="config")
+def train(
+    data: DataArg,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    method: Annotated[str, typer.Option(help="probe (logistic regression on cached features), finetune (probe head, then the backbone unfrozen) or scratch (random weights).")] = "probe",
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
+    split: SplitOpt = "all",
+    val_fraction: Annotated[float, typer.Option(help="Share of photos held out for validation.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
+    refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
+    reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
+    flip_average: Annotated[Optional[bool], typer.Option("--flip-average/--no-flip-average", help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: cross-validation on the training part decides).")] = None,
+    precision: PrecisionOpt = "auto",
+    max_pixels: MaxPixelsOpt = 89_478_485,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
+    device: Annotated[str, typer.Option(help="[finetune] auto (the GPU when there is one), cpu, cuda or cuda:N.", rich_help_panel="Fine-tuning")] = "auto",
+    **finetune: Any,
+) -> None:
+    """Train a classifier on labelled photos and save it as one model file."""
+    use_cache_dir(cache_dir)
+    from headstart.workflows.training import train as train_model
+
+    file_options = _file_options(config)
+    flags = given(finetune)
+    options = Finetune().replace(**file_options).replace(**flags).set_fields()  # checked before any work
+    if method == "probe" and options:
+        named = [flag_of(k, v) for k, v in flags.items()] + [f"{k} (in {config})" for k in file_options if k not in flags]
+        raise ValueError(f"{', '.join(named)} only apply to --method finetune or scratch.")
+    result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
+                         split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
+                         max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, finetune_options=options,
+                         resume=resume, device=device, reuse=reuse, flip_average=flip_average)
+    m = result.metrics
+    from headstart.features.distributed import current
+
+    if not current().is_main:  # under torchrun, rank 0 reports
+        return
+    if as_json:
+        print_json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
+        finish(len(m["skipped"]))
+        return
+    f = m["features"]
+    out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
+    detail = (f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}" if method == "probe" else
+              f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}")
+    out.print(
+        f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
+        f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
+    )
+    if m["skipped"]:  # (the library's warning listed them on stderr already)
+        err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
+    if m.get("flip_average_cv"):
+        cv = m["flip_average_cv"]
+        out.print(f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
+                  f"{cv['off']:.3f} without)")
+    out.print(f"model: {result.model_path}" + (" (refit on all photos)" if m["refit_on_all"] else ""))
+    out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, metrics.json, config.json)")
+    finish(len(m["skipped"]))
+
+
+@app.command("lr-find")
+@handles_errors
+@finetune_flags(only=LR_FIND_FIELDS)
+def lr_find(
+    data: DataArg,
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    weights: WeightsOpt = None,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path("lr-find.png"),
+    steps: Annotated[int, typer.Option(help="Batches to raise the learning rate over.")] = 60,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    **finetune: Any,
+) -> None:
+    """Learning-rate range test for fine-tuning: a plot of loss against lr and a suggested value."""
+    use_cache_dir(cache_dir)
+    from headstart.workflows.training import find_learning_rate
+
+    options = Finetune().replace(**given(finetune)).set_fields()
+    result = find_learning_rate(data, backbone=backbone, weights=weights, out=out_path, steps=steps,
+                                finetune_options=options, progress=not as_json)
+    if as_json:
+        print_json({**result.to_dict(), "plot": str(out_path)})
+        return
+    out.print(f"suggested learning rate: {result.suggestion:.2g} (use it as --lr); plot: {out_path}")
+
+
+@app.command()
+@handles_errors
+@finetune_flags(before="cache_dir")
+def sweep(
+    data: DataArg,
+    settings: Annotated[list[str], typer.Option("--set", help="NAME=V1,V2,… for any fine-tuning option; several --set make a grid.")],
+    method: Annotated[str, typer.Option(help="finetune or scratch.")] = "finetune",
+    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the variants, table and plot.")] = Path("sweep"),
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    **finetune: Any,
+) -> None:
+    """Train variants of one or more options and compare them (e.g. --set head_dropout=0,0.2,0.5,0.8).
+
+    The fine-tuning flags set the other options of every variant.
+    """
+    use_cache_dir(cache_dir)
+    from headstart.workflows.training import parse_settings
+    from headstart.workflows.training import sweep as run_sweep
+
+    base = Finetune().replace(**given(finetune)).set_fields()
+    rows = run_sweep(data, parse_settings(settings), method=method, out_dir=out_dir, backbone=backbone,
+                     base_options=base, progress=not as_json)
+    if as_json:
+        print_json([{k: v for k, v in r.items() if k != "history"} for r in rows])
+        return
+    table = Table("variant", "validation accuracy", "best epoch", "seconds")
+    for r in rows:
+        table.add_row(r["variant"], f"{r['val_accuracy']:.3f}", str(r["best_epoch"]), f"{r['seconds']:.0f}")
+    out.print(table)
+    out.print(f"table: {out_dir / 'results.md'}, plot: {out_dir / 'comparison.png'}")
+
+
+def _file_options(config: Path | None) -> dict[str, Any]:
+    """The options of ``--config``; a bad value there is named with the file, not as a flag."""
+    if config is None:
+        return {}
+    try:
+        return Finetune.from_file(config).set_fields()
+    except ValueError as exc:
+        raise HeadstartError(f"{config}: {exc}") from None
