@@ -45,6 +45,17 @@ def lite0():
 @pytest.fixture()
 def cache(tmp_path: Path):
     """A fresh, empty feature cache for one test."""
-    from headstart.features.extract import FeatureCache
+    from headstart.features import FeatureCache
 
     return FeatureCache(tmp_path / "features.sqlite")
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory) -> Path:
+    """The probe trained once per test session on the bundled sample's train/ photos (its model file path).
+
+    Tests that need *a* trained model share this one; tests about training itself train their own.
+    """
+    from headstart.workflows.training import train
+
+    return train(SAMPLE / "train", out=tmp_path_factory.mktemp("sample-model") / "pets.safetensors").model_path

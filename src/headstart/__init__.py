@@ -1,14 +1,19 @@
 """headstart: turn a folder of photos into an image classifier by reusing ImageNet-pretrained networks.
 
-The one-call path::
+The estimator (scikit-learn's conventions: hyper-parameters in the constructor, ``fit`` returns ``self``)::
 
-    import headstart
-    result = headstart.train("photos/", out="pets.safetensors")       # features cached, probe trained, run folder
-    headstart.evaluate("pets.safetensors", "test_photos/").accuracy
-    headstart.Classifier.load("pets.safetensors").predict(["cat.jpg"]).to_list()
+    import headstart as hs
+    clf = hs.ImageClassifier(backbone="tf_efficientnet_lite0").fit("photos/")   # writes only the feature cache
+    clf.predict(["cat.jpg"]), clf.score("test_photos/")
+    clf.save("pets.safetensors"); clf = hs.load("pets.safetensors")
+    ft = hs.ImageClassifier(method=hs.Finetune(epochs=5, lr=1e-4)).fit("photos/")
 
-Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`, :func:`extract_features`,
-:class:`LinearProbe`, :class:`Classifier`. Importing headstart is cheap; torch and timm load on first use.
+What the command line does, as functions: :func:`train` (fit + run folder + model file), :func:`evaluate`,
+:func:`export_onnx`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`, :func:`scan`,
+:func:`download_dataset`, :func:`attack`, :func:`robustness`, :func:`dream`, :func:`featuremaps`,
+:func:`explain`, :func:`run_demo`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
+:func:`extract_features`, :class:`LinearProbe`, :class:`Classifier`. Importing headstart is cheap; numpy, torch
+and timm load on first use.
 """
 
 from __future__ import annotations
@@ -18,42 +23,32 @@ from typing import Any
 
 from headstart._version import __version__
 
-_EXPORTS = {
-    "load_backbone": "headstart.features.backbones",
-    "resolve_backbone": "headstart.features.backbones",
-    "list_backbones": "headstart.features.backbones",
-    "Backbone": "headstart.features.backbones",
-    "BackboneSpec": "headstart.features.backbones",
-    "DEFAULT_BACKBONE": "headstart.features.backbones",
-    "load_image": "headstart.data.images",
-    "scan": "headstart.data.images",
-    "quarantine": "headstart.data.images",
-    "load_dataset": "headstart.data.datasets",
-    "train_val_split": "headstart.data.datasets",
-    "Dataset": "headstart.data.datasets",
-    "download_dataset": "headstart.data.download",
-    "FeatureCache": "headstart.features.extract",
-    "extract_features": "headstart.features.extract",
-    "LinearProbe": "headstart.models.probe",
-    "Classifier": "headstart.models.classifier",
-    "train": "headstart.workflows.training",
-    "evaluate": "headstart.workflows.evaluation",
-    "HeadstartError": "headstart.errors",
-    "BackboneUnavailableError": "headstart.errors",
-    "DataError": "headstart.errors",
-    "UnusableImageError": "headstart.errors",
-    "ModelFileError": "headstart.errors",
-    "attack": "headstart.attacks",
-    "transfer": "headstart.attacks",
-    "robustness": "headstart.attacks",
-    "save_attack": "headstart.attacks",
-    "save_robustness": "headstart.attacks",
-    "parse_eps": "headstart.attacks",
-    "dream": "headstart.inside",
-    "explain": "headstart.inside",
-    "featuremaps": "headstart.inside",
-    "load_target": "headstart.models.target",
+_MODULES = {
+    # the estimator and its model file
+    "headstart.models.estimator": ("ImageClassifier", "load", "SkippedFilesWarning"),
+    "headstart.models.finetune_config": ("Finetune", "FinetuneConfig"),
+    "headstart.models.classifier": ("Classifier",),
+    "headstart.models.probe": ("LinearProbe",),
+    "headstart.models.target": ("load_target",),
+    # workflows: what the commands run
+    "headstart.workflows.training": ("train", "write_run_folder", "find_learning_rate", "sweep", "parse_settings"),
+    "headstart.workflows.evaluation": ("evaluate",),
+    "headstart.workflows.export": ("export_onnx",),
+    "headstart.workflows.compare": ("compare_backbones",),
+    "headstart.workflows.demo": ("run_demo", "sample_data"),
+    # data and features
+    "headstart.data": ("load_image", "scan", "quarantine", "load_dataset", "train_val_split", "Dataset",
+                       "download_dataset"),
+    "headstart.features": ("load_backbone", "resolve_backbone", "list_backbones", "Backbone", "BackboneSpec",
+                           "DEFAULT_BACKBONE", "FeatureCache", "extract_features"),
+    # looking inside and fooling
+    "headstart.inside": ("dream", "explain", "featuremaps", "feature_maps", "list_layers"),
+    "headstart.attacks": ("attack", "transfer", "robustness", "save_attack", "save_robustness", "parse_eps"),
+    # errors
+    "headstart.errors": ("HeadstartError", "BackboneUnavailableError", "DataError", "UnusableImageError",
+                         "ModelFileError"),
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = ["__version__", *_EXPORTS]
 

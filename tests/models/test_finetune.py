@@ -25,7 +25,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FAST = dict(epochs=2, batch_size=4, augment="light", patience=0)
 
 
+def trunk_arrays(state: dict, prefix: str = "trunk.") -> dict:
+    """numpy copies of a network state dict's trunk tensors, by their name inside the trunk."""
+    return {k[len(prefix):]: v.detach().float().numpy() for k, v in state.items() if k.startswith(prefix)}
+
+
 def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from headstart.features import cached_trunk_weights
+    from headstart.models.classifier import Classifier
+
     result = train(tiny, method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
     run = result.run_dir
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -34,7 +45,7 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     assert (run / "curves.png").stat().st_size > 1000 and (run / "checkpoint.pt").is_file()
     config = json.loads((run / "config.json").read_text())
     assert config["finetune"]["epochs"] == 2 and config["method"] == "finetune"
-    from headstart.models.classifier import Classifier
+    assert json.loads((run / "metrics.json").read_text())["history"] == lines
 
     model = Classifier.load(result.model_path)
     assert model.metadata["method"] == "finetune" and model.spec.weights_id.startswith("trunk-sha256:")
@@ -42,6 +53,21 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     assert result.metrics["val_accuracy"] >= lines[0]["val_accuracy"], "the best epoch is never worse than the start"
     pred = model.predict([sorted((tiny / "pug").glob("*.jpg"))[0]], top_k=1).predictions[0]
     assert pred.labels[0] in {"Persian", "pug", "samoyed"}
+
+    # The weights really trained: after the last epoch every unfrozen convolution moved away from the pretrained
+    # weights, the frozen BatchNorm statistics did not, and the head left the probe's starting point.
+    _, pretrained = cached_trunk_weights("tf_efficientnet_lite0")
+    last = torch.load(run / "checkpoint.pt", weights_only=True)["network"]
+    trained = trunk_arrays(last)
+    convolutions = [k for k in pretrained if k.endswith(".weight") and pretrained[k].ndim == 4]
+    assert len(convolutions) > 30
+    moved = [k for k in convolutions if not np.array_equal(trained[k], pretrained[k])]
+    assert moved == convolutions, f"{len(convolutions) - len(moved)} convolutions did not change"
+    statistics = [k for k in pretrained if k.endswith("running_mean")]
+    for k in statistics:
+        np.testing.assert_array_equal(trained[k], pretrained[k], err_msg=k)
+    saved_trunk_is_pretrained = all(np.array_equal(model.trunk[k], pretrained[k]) for k in convolutions)
+    assert saved_trunk_is_pretrained == (result.metrics["best_epoch"] == 0), "the model file holds the best epoch"
 
 
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
@@ -53,8 +79,22 @@ def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Pa
 
 
 def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from headstart.features import cached_trunk_weights, load_backbone
+
     result = train(tiny, method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
-    assert result.model.spec.source.startswith("fine-tuned from none")
+    torch.manual_seed(0)  # scratch seeds its random initialisation: the same seed, the same starting weights
+    initial = {k: v.numpy() for k, v in load_backbone("tf_efficientnet_lite0", "none").state_dict_without_head().items()}
+    _, pretrained = cached_trunk_weights("tf_efficientnet_lite0")
+    trained = trunk_arrays(torch.load(result.run_dir / "checkpoint.pt", weights_only=True)["network"])
+    weights = [k for k in initial if k.endswith(".weight") and initial[k].ndim == 4]
+    assert all(not np.array_equal(trained[k], initial[k]) for k in weights), "every layer trains from scratch"
+    assert all(not np.allclose(result.model.trunk[k], pretrained[k]) for k in weights), "nothing pretrained in it"
+    best = initial if result.metrics["best_epoch"] == 0 else trained
+    for k in weights:
+        np.testing.assert_allclose(result.model.trunk[k], best[k], err_msg=k)
 
 
 def test_options_are_validated_in_sklearn_words() -> None:
@@ -72,25 +112,31 @@ def test_defaults_follow_the_data_size() -> None:
     assert FinetuneConfig.for_data_size(300, lr=1e-3).lr == 1e-3
 
 
+def test_what_a_user_leaves_out_is_chosen_by_data_size() -> None:
+    from dataclasses import asdict
+
+    from headstart.models.finetune_config import Finetune
+
+    assert FinetuneConfig is Finetune
+    ft = Finetune(epochs=5, lr=1e-4)  # stores only: every other field is None = "by data size"
+    assert ft.set_fields() == {"epochs": 5, "lr": 1e-4} and not ft.is_resolved
+    small, large = ft.resolved(300), ft.resolved(50_000)
+    assert small.is_resolved and (small.epochs, small.lr, large.epochs, large.lr) == (5, 1e-4, 5, 1e-4)
+    assert (small.augment, small.freeze_bn, large.augment, large.freeze_bn) == ("light", True, "randaugment", False)
+    assert asdict(Finetune.for_data_size(300, epochs=5, lr=1e-4)) == asdict(small)
+    scratch = Finetune(lr=3e-4).resolved(300, method="scratch")
+    assert (scratch.lr, scratch.layer_decay, scratch.freeze_bn, scratch.patience) == (3e-4, 1.0, False, 0)
+    assert Finetune(unfreeze=2).validated().unfreeze == "2"
+    with pytest.raises(ValueError, match=r"The 'ema_decay' parameter of finetune must be a float in \(0, 1\)"):
+        Finetune(ema_decay=1.5).resolved(300)
+
+
 def test_schedule_warms_up_then_decays() -> None:
     values = [lr_factor(s, 100, 10, "cosine") for s in range(100)]
     assert values[0] < values[9] == 1.0 and values[50] < 1.0 and values[-1] < 0.01
 
 
-def test_config_files_feed_the_cli(tiny: Path, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from headstart.cli import app
-
-    cfg = tmp_path / "ft.yaml"
-    cfg.write_text("epochs: 1\nbatch_size: 4\nhead_dropout: 0.5\npatience: 0\n")
-    out = tmp_path / "cli.safetensors"
-    result = CliRunner().invoke(app, ["train", str(tiny), "--method", "finetune", "--config", str(cfg), "--out", str(out), "--json"])
-    assert result.exit_code == 0, result.output
-    saved = json.loads((tmp_path / "cli-run" / "config.json").read_text())["finetune"]
-    assert saved["head_dropout"] == 0.5 and saved["epochs"] == 1
-    bad = CliRunner().invoke(app, ["train", str(tiny), "--epochs", "3", "--out", str(out)])
-    assert bad.exit_code != 0 and "only apply to --method finetune" in bad.output + (bad.stderr or "")
+# The CLI's flags and --config files: tests/cli/test_cli_finetune_flags.py (one real run checks every field).
 
 
 @pytest.mark.slow
@@ -144,12 +190,12 @@ def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
     import torch
 
     from headstart.features.backbones import load_backbone
-    from headstart.models.finetune import _freeze_batchnorm, build_network
+    from headstart.models.finetune import build_network, freeze_batchnorm
 
     network = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
     before = network.trunk.bn1.running_mean.clone()
     network.train()
-    _freeze_batchnorm(network)
+    freeze_batchnorm(network)
     network(torch.randn(2, 3, 224, 224)).sum().backward()
     torch.testing.assert_close(network.trunk.bn1.running_mean, before)
     assert network.dropout.training, "the rest still trains (dropout active)"
@@ -214,9 +260,9 @@ def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, t
 def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -> None:
     from PIL import Image
 
-    from headstart.models.finetune import _transform
+    from headstart.models.finetune import photo_transform
 
     config = {"input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
               "crop_pct": 0.875, "crop_mode": "center"}
     photo = Image.open(sorted((sample / "test" / "pug").glob("*.jpg"))[0]).convert("RGB")
-    assert tuple(_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)
+    assert tuple(photo_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)

@@ -1,6 +1,7 @@
 """train / evaluate / Classifier on the bundled photos: the model file, the run folder, broken files, class names.
 
-Real backbone (offline lite0 weights), real photos; one model is trained per module and reused.
+Real backbone (offline lite0 weights), real photos. The run folder and model file are those of the session's
+sample model (``conftest.sample_model``, written by ``train``); tests about fitting itself use the estimator.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import shutil
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,9 +20,11 @@ from conftest import shared_data
 from headstart.models.classifier import Classifier
 from headstart.errors import DataError
 from headstart.workflows.evaluation import evaluate
-from headstart.features.extract import FeatureCache, extract_features
-from headstart.data.images import scan
-from headstart.workflows.training import SkippedFilesWarning, train
+from headstart.features import FeatureCache, extract_features
+from headstart.data import scan
+from headstart._validation import ParameterError
+from headstart.models.estimator import ImageClassifier, load
+from headstart.workflows.training import SkippedFilesWarning, default_run_dir, write_run_folder
 
 BOMB_LIMIT = 50_000_000  # the 12000×12000 PNG below has 144,000,000 pixels
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,10 +46,11 @@ def assert_png(path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def trained(sample: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One probe trained on sample/train (60 photos, 12 breeds), saved into a tmp folder."""
-    out = tmp_path_factory.mktemp("trained") / "pets.safetensors"
-    return train(sample / "train", out=out)
+def trained(sample_model: Path):
+    """The session's probe on sample/train (60 photos, 12 breeds), as ``train`` left it: model file and run folder."""
+    run_dir = default_run_dir(sample_model)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return SimpleNamespace(model_path=sample_model, run_dir=run_dir, metrics=metrics, model=Classifier.load(sample_model))
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +118,9 @@ def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
 
     assert_png(trained.run_dir / "confusion_matrix.png")
     assert_png(trained.run_dir / "misclassified.png")
+    newest = max(p.stat().st_mtime_ns for p in trained.run_dir.iterdir())
+    assert trained.model_path.stat().st_mtime_ns >= newest, "the model file is written last"
+    assert not [p for p in trained.model_path.parent.iterdir() if p.name.endswith(".tmp")], "no temporaries left"
 
 
 def test_held_out_photos_are_mostly_right(baseline) -> None:
@@ -131,14 +139,20 @@ def test_evaluate_writes_its_report_and_pictures(trained, sample: Path, tmp_path
         assert_png(Path(picture))
 
 
-def test_retraining_on_the_same_photos_computes_nothing_and_gives_the_same_head(trained, sample: Path, tmp_path: Path) -> None:
-    again = train(sample / "train", out=tmp_path / "again.safetensors")
-    assert again.metrics["features"]["computed"] == 0
-    assert again.metrics["features"]["cached"] == 60
-    assert again.model.classes == trained.model.classes
-    np.testing.assert_array_equal(again.model.head_weight, trained.model.head_weight)
-    np.testing.assert_array_equal(again.model.head_bias, trained.model.head_bias)
-    assert again.metrics["val_accuracy"] == trained.metrics["val_accuracy"]
+def test_refitting_on_the_same_photos_computes_nothing_and_gives_the_same_head(trained, sample: Path) -> None:
+    again = ImageClassifier().fit(sample / "train")
+    assert again.report_["features"]["computed"] == 0
+    assert again.report_["features"]["cached"] == 60
+    assert again.model_.classes == trained.model.classes
+    np.testing.assert_array_equal(again.model_.head_weight, trained.model.head_weight)
+    np.testing.assert_array_equal(again.model_.head_bias, trained.model.head_bias)
+    assert again.report_["val_accuracy"] == trained.metrics["val_accuracy"]
+    assert again.report_["validation"] == trained.metrics["validation"], "train's metrics.json is the fit's report"
+
+
+def test_the_run_folder_needs_a_fit_of_this_session(trained, tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="fitted in this session"):
+        write_run_folder(load(trained.model_path), tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------------------------ the model file
@@ -209,17 +223,20 @@ def assert_reasons_make_sense(reasons: dict[str, str]) -> None:
     assert "decompression bomb" in reasons["bomb.png"] and "144,000,000" in reasons["bomb.png"]
 
 
-def test_training_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_path: Path) -> None:
+def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_path: Path) -> None:
     folder, unusable, usable = broken["train"]
     with pytest.warns(SkippedFilesWarning) as caught:
-        result = train(folder, out=tmp_path / "m.safetensors", max_pixels=BOMB_LIMIT)
+        clf = ImageClassifier(max_pixels=BOMB_LIMIT).fit(folder)
 
-    m = result.metrics
+    m = clf.report_
+    assert {u.path.resolve() for u in clf.unusable_} == {p.resolve() for p in unusable}
     assert {Path(s["path"]).resolve() for s in m["skipped"]} == {p.resolve() for p in unusable}
     assert_reasons_make_sense(reasons_by_name(m["skipped"]))
     assert m["n_images"] == 60 + 6
     assert m["n_usable"] == 60 + 2  # the PNG named .jpg and the CMYK JPEG are photos like the others
-    assert json.loads((result.run_dir / "metrics.json").read_text())["skipped"] == m["skipped"]
+    written = write_run_folder(clf, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == m["skipped"]
+    assert sorted(p.name for p in written) == ["config.json", "confusion_matrix.png", "metrics.json", "misclassified.png"]
 
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedFilesWarning)]
     assert len(messages) == 1
@@ -322,8 +339,7 @@ def test_predict_reports_an_unusable_file_and_predicts_the_rest(trained, sample:
 @pytest.mark.slow
 def test_probe_on_pets_dev(tmp_path: Path) -> None:
     data = shared_data("pets-dev")
-    result = train(data, out=tmp_path / "pets-dev.safetensors")
-    m = result.metrics
+    m = ImageClassifier().fit(data).report_
     assert m["n_classes"] == 37
     assert m["n_usable"] == 259 and m["skipped"] == []
     assert m["val_accuracy"] >= 0.7, f"{m['val_accuracy']:.3f} on {m['n_val']} photos"
@@ -339,15 +355,13 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: P
     with Image.open(photo) as img:
         img.convert("RGB").save(original_copy)
     cache = FeatureCache(tmp_path / "c.sqlite")
-    model = Classifier.load(train(sample / "train", out=tmp_path / "both.safetensors", flip_average=True,
-                                  cache=cache).model_path)
+    model = ImageClassifier(flip_average=True, cache=cache).fit(sample / "train").model_
     assert model.spec.flip_average
     def cosine(m: Classifier) -> float:  # (not exactly 1: an odd crop margin shifts the mirrored crop by a pixel)
         a, b = m.features([original_copy, mirrored], cache=cache, precision="fp32").features
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
-    single = train(sample / "train", out=tmp_path / "single.safetensors", flip_average=False, cache=cache)
-    single_model = Classifier.load(single.model_path)
+    single_model = ImageClassifier(flip_average=False, cache=cache).fit(sample / "train").model_
     assert not single_model.spec.flip_average and single_model.spec.fingerprint != model.spec.fingerprint
     assert cosine(model) > 0.985 and cosine(model) > cosine(single_model) + 0.01
 
@@ -369,10 +383,11 @@ def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(
             draw.polygon(head, fill=colour)
             draw.rectangle(shaft, fill=colour)
             img.save(tmp_path / "data" / direction / f"{i}.png")
-    cache = FeatureCache(tmp_path / "c.sqlite")
-    result = train(tmp_path / "data", out=tmp_path / "m.safetensors", cache=cache)
-    cv = result.metrics["flip_average_cv"]
-    assert result.metrics["flip_average"] is False, cv
+    clf = ImageClassifier(cache=tmp_path / "c.sqlite").fit(tmp_path / "data")
+    cv = clf.report_["flip_average_cv"]
+    assert clf.report_["flip_average"] is False, cv
     assert cv["off"] > cv["on"] + 0.1, cv
-    assert not Classifier.load(result.model_path).spec.flip_average
-    assert result.metrics["features"]["computed"] == 40  # one pass gave both feature sets
+    assert not clf.spec_.flip_average and not clf.model_.spec.flip_average
+    assert clf.report_["features"]["computed"] == 40  # one pass gave both feature sets
+    written = {p.name for p in tmp_path.iterdir()} - {"data"}
+    assert {"c.sqlite", "memo"} <= written and all(n.startswith(("c.sqlite", "memo")) for n in written), written

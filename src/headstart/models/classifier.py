@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart.features.backbones import Backbone, BackboneSpec, cached_trunk_weights
 from headstart._math import softmax
+from headstart._validation import check_int
+from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, list_image_files
 from headstart.errors import ModelFileError
-from headstart.data.images import DEFAULT_MAX_PIXELS, UnusableFile, list_image_files
+from headstart.features import Backbone, BackboneSpec
 from headstart.models.modelfile import read_model_file, save_model_file
 
 if TYPE_CHECKING:
-    from headstart.features.extract import FeatureCache, Features
+    import torch
+
+    from headstart.features import FeatureCache, Features
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class Classifier:
         head_bias: ``(n_classes,)``.
         trunk: the backbone's weights (no pretrained head) as numpy arrays, so the file is self-contained.
         metadata: anything else worth keeping (method, metrics, training data).
+
+    Example:
+        >>> model = Classifier.load("pets.safetensors")
+        >>> model.classes[:2], model.predict(["my_cat.jpg"], top_k=1).predictions[0].labels
+        (['Abyssinian', 'Bengal'], ['Bengal'])
     """
 
     def __init__(
@@ -133,27 +141,23 @@ class Classifier:
 
     def torch_module(self):
         """The whole classifier as one ``torch.nn.Module`` mapping normalised images to logits (``.features(x)``
-        gives the embedding, ``.head`` the linear layer)."""
-        import torch
+        gives the embedding, mirror-averaged when the model is; ``.head`` the linear layer), in eval mode."""
+        return trunk_and_head(self.backbone, len(self.classes), head_weight=self.head_weight,
+                              head_bias=self.head_bias).eval()
 
-        backbone = self.backbone
-        head = torch.nn.Linear(self.spec.num_features, len(self.classes))
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(self.head_weight))
-            head.bias.copy_(torch.from_numpy(self.head_bias))
-
-        class _Net(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.trunk, self.head = backbone.model, head
-
-            def features(self, x: torch.Tensor) -> torch.Tensor:
-                return backbone.features(x)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.head(backbone.features(x))
-
-        return _Net().eval()
+    @classmethod
+    def from_network(cls, network: Any, spec: BackboneSpec, classes: Sequence[str],
+                     metadata: Mapping[str, Any] | None = None) -> Classifier:
+        """A trained :func:`trunk_and_head` network as a Classifier: its trunk weights go into the file, and the
+        spec gets a fingerprint of them (features of a changed trunk never mix with the pretrained one's)."""
+        trunk = {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) if v.is_floating_point()
+                 else v.detach().cpu().numpy() for k, v in network.trunk.state_dict().items()}
+        spec_dict = spec.to_dict()
+        spec_dict["weights_id"] = trunk_fingerprint(trunk)
+        spec_dict["source"] = f"fine-tuned from {spec.source}"
+        weight = network.head.weight.detach().float().cpu().numpy()
+        bias = network.head.bias.detach().float().cpu().numpy()
+        return cls(BackboneSpec.from_dict(spec_dict), classes, weight, bias, trunk, metadata)
 
     # ----------------------------------------------------------------------------------------------- inference
     def logits(self, features: np.ndarray) -> np.ndarray:
@@ -204,8 +208,7 @@ class Classifier:
             >>> model.predict(["my_cat.jpg"], top_k=3).to_list()[0]["predictions"][0]
             {'label': 'Bengal', 'probability': 0.91}
         """
-        if top_k < 1:
-            raise ValueError(f"The 'top_k' parameter of predict must be an int in [1, inf). Got {top_k!r} instead.")
+        check_int(top_k, "top_k", "predict", low=1)
         files = expand_paths(paths)
         feats = self.features(files, cache=cache, precision=precision, progress=progress, engine=engine)
         probs = self.predict_proba_features(feats.features)
@@ -232,7 +235,12 @@ class _LazyBackbone:
 
 
 def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Images given directly, plus the images inside any folders given (sorted, recursive)."""
+    """Images given directly, plus the images inside any folders given (sorted, recursive).
+
+    Example:
+        >>> expand_paths(["cat.jpg", "test_photos/pug"])[:2]
+        [PosixPath('cat.jpg'), PosixPath('test_photos/pug/pug_102.jpg')]
+    """
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -252,4 +260,71 @@ def trunk_fingerprint(trunk: Mapping[str, np.ndarray]) -> str:
     return "trunk-sha256:" + h.hexdigest()
 
 
-__all__ = ["Classifier", "Prediction", "Predictions", "expand_paths", "cached_trunk_weights"]
+_NETWORK_CLASS: Any = None
+
+
+def trunk_and_head(
+    backbone: Backbone,
+    n_classes: int,
+    head_dropout: float = 0.0,
+    *,
+    head_weight: np.ndarray | None = None,
+    head_bias: np.ndarray | None = None,
+) -> torch.nn.Module:
+    """The one network of headstart: a backbone's trunk, dropout and a linear head, mapping normalised images to
+    logits. Fine-tuning trains it, :meth:`Classifier.torch_module` rebuilds it from a model file, export, attacks
+    and heat maps run it.
+
+    ``features(x)`` is the backbone's embedding (the mean over ``x`` and its mirror image when the backbone's spec
+    says so), ``forward(x) = head(dropout(features(x)))``. The backbone's own (ImageNet) classifier is removed
+    from its model, in place: the trunk's state dict is then exactly what a model file stores.
+
+    Example:
+        >>> from headstart.features.backbones import load_backbone
+        >>> net = trunk_and_head(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
+        >>> net(torch.zeros(2, 3, 224, 224)).shape
+        torch.Size([2, 3])
+    """
+    global _NETWORK_CLASS
+    import torch
+
+    if _NETWORK_CLASS is None:
+
+        class TrunkAndHead(torch.nn.Module):
+            """Trunk + dropout + linear head (see :func:`trunk_and_head`)."""
+
+            def __init__(self, backbone: Backbone, n_classes: int, head_dropout: float) -> None:
+                super().__init__()
+                self.trunk = backbone.model
+                self.backbone = backbone  # (not a submodule: the same model, seen through the backbone's features)
+                self.dropout = torch.nn.Dropout(head_dropout)
+                self.head = torch.nn.Linear(backbone.spec.num_features, n_classes)
+
+            def features(self, x: torch.Tensor) -> torch.Tensor:
+                return self.backbone.features(x)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.dropout(self.features(x)))
+
+        _NETWORK_CLASS = TrunkAndHead
+
+    if getattr(backbone.model, "num_classes", 0):
+        backbone.model.reset_classifier(0)
+    network = _NETWORK_CLASS(backbone, n_classes, head_dropout)
+    if head_weight is not None or head_bias is not None:
+        set_head(network, head_weight, head_bias)
+    return network
+
+
+def set_head(network: Any, weight: np.ndarray | None, bias: np.ndarray | None) -> None:
+    """Copy numpy weights ``(n_classes, num_features)`` and biases ``(n_classes,)`` into the network's head."""
+    import torch
+
+    with torch.no_grad():
+        if weight is not None:
+            network.head.weight.copy_(torch.from_numpy(np.asarray(weight, dtype=np.float32)))
+        if bias is not None:
+            network.head.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
+
+
+__all__ = ["Classifier", "Prediction", "Predictions", "expand_paths", "set_head", "trunk_and_head", "trunk_fingerprint"]

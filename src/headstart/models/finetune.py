@@ -3,56 +3,58 @@
 Phase 1 is the probe on cached features (exact and fast), so fine-tuning never starts from a random head that
 would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
 layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
-gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy, stops
-early when validation stops improving, writes ``metrics.jsonl`` and ``curves.png`` each epoch, and checkpoints
-every epoch so ``resume=`` continues a killed run.
+gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy and stops
+early when validation stops improving. Given a run folder, it writes ``metrics.jsonl`` and ``curves.png`` each
+epoch and a checkpoint, so ``resume=True`` continues a killed run; without one it writes nothing.
 
-Every choice is a field of :class:`FinetuneConfig`; its defaults depend on the number of photos
-(:meth:`FinetuneConfig.for_data_size`), each can be overridden.
+Every choice is a field of :class:`~headstart.models.finetune_config.Finetune`; fields left out are chosen by the
+number of photos (:meth:`Finetune.for_data_size`). The network is :func:`headstart.models.classifier.trunk_and_head`,
+the same one a model file is rebuilt into. The learning-rate range test lives in :mod:`headstart.models.lr_find`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from headstart._console import say as _say
+from headstart._console import progress as progress_bar
+from headstart._console import say
+from headstart._io import atomic_path, save_figure, write_text_atomic
+from headstart.models.classifier import set_head, trunk_and_head
+from headstart.models.finetune_config import Finetune, FinetuneConfig, load_config_file
 
 if TYPE_CHECKING:
-    import torch
+    from headstart.data import Dataset
+    from headstart.features import Backbone
 
-    from headstart.features.backbones import Backbone
-    from headstart.data.datasets import Dataset
-
-from headstart.models.finetune_config import AUGMENTATIONS, FinetuneConfig, load_config_file  # noqa: F401
+__all__ = [
+    "EpochRecord", "Finetune", "FinetuneConfig", "FinetuneResult", "PhotoDataset", "build_network", "freeze_batchnorm",
+    "load_config_file", "lr_factor", "make_optimizer", "photo_transform", "plot_curves", "run_finetune",
+    "start_from_probe", "trainable_groups",
+]
 
 
 # ------------------------------------------------------------------------------------------------------ the network
 def build_network(backbone: Backbone, n_classes: int, head_dropout: float):
-    """Trunk + dropout + Linear head, as one module mapping normalised images to logits."""
-    import torch
+    """The network fine-tuning trains: :func:`~headstart.models.classifier.trunk_and_head` on single views
+    (training sees mirror images as augmentation; the saved model averages over them when the data chose it).
 
-    model = backbone.model
-    model.reset_classifier(0)
+    Example:
+        >>> from headstart.features import load_backbone
+        >>> net = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
+        >>> net.head
+        Linear(in_features=1280, out_features=3, bias=True)
+    """
+    return trunk_and_head(backbone.with_flip_average(False), n_classes, head_dropout)
 
-    class Network(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.trunk = model
-            self.dropout = torch.nn.Dropout(head_dropout)
-            self.head = torch.nn.Linear(backbone.spec.num_features, n_classes)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.dropout(self.trunk(x)))
-
-    return Network()
+def start_from_probe(network, coef, intercept, temperature: float = 1.0) -> None:
+    """LP-FT: the head starts where the linear probe ended, its logits before calibration (``coef * temperature``)."""
+    set_head(network, coef * temperature, intercept * temperature)
 
 
 def trainable_groups(network, unfreeze: str) -> list[str]:
@@ -72,7 +74,7 @@ def trainable_groups(network, unfreeze: str) -> list[str]:
     return keep
 
 
-def make_optimizer(network, config: FinetuneConfig):
+def make_optimizer(network, config: Finetune):
     """AdamW/SGD with layer-wise lr decay over the trunk (timm's param groups) and the full lr for the head."""
     import torch
     from timm.optim import param_groups_layer_decay
@@ -94,7 +96,12 @@ def make_optimizer(network, config: FinetuneConfig):
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of each group's peak lr: linear warm-up, then cosine to 0 (or one-cycle's cosine up and down)."""
+    """Multiplier of each group's peak lr: linear warm-up, then cosine to 0 (or one-cycle's cosine up and down).
+
+    Example:
+        >>> [round(lr_factor(step, 10, 2, "cosine"), 2) for step in (0, 1, 2, 6, 9)]
+        [0.5, 1.0, 1.0, 0.5, 0.04]
+    """
     if schedule == "onecycle":
         warmup = max(1, int(0.3 * total))
     if step < warmup:
@@ -104,7 +111,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------- the data
-class _Photos:
+class PhotoDataset:
     """A torch map-style data set of (normalised image tensor, class index) from a headstart Dataset."""
 
     def __init__(self, dataset: Dataset, classes: list[str], transform) -> None:
@@ -116,13 +123,14 @@ class _Photos:
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from headstart.data.images import load_image
+        from headstart.data import load_image
 
         s = self.samples[i]
         return self.transform(load_image(s.path)), self.index[s.label]
 
 
-def _transform(data_config: dict[str, Any], augment: str, training: bool):
+def photo_transform(data_config: dict[str, Any], augment: str, training: bool):
+    """The backbone's preprocessing; for training, with the ``augment`` policy (timm's, TrivialAugment's)."""
     from timm.data import create_transform
 
     if not training or augment == "none":
@@ -154,15 +162,15 @@ class EpochRecord:
 
 @dataclass
 class FinetuneResult:
+    """The trained network (its best epoch's weights), every epoch's record, and how it ended."""
+
     network: Any
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
 
 
-
-
-def _freeze_batchnorm(network) -> None:
+def freeze_batchnorm(network) -> None:
     """BatchNorm layers use (and keep) their pretrained running statistics while the rest trains."""
     import torch
 
@@ -191,33 +199,40 @@ def run_finetune(
     val_data: Dataset,
     classes: list[str],
     data_config: dict[str, Any],
-    config: FinetuneConfig,
-    run_dir: Path,
+    config: Finetune,
+    run_dir: str | Path | None = None,
     *,
     resume: bool = False,
     progress: bool = False,
     device: str = "cpu",
 ) -> FinetuneResult:
-    """Train ``network`` (trunk + head) on ``train_data``, validating each epoch; checkpoints in ``run_dir``."""
+    """Train ``network`` (trunk + head) on ``train_data``, validating each epoch on ``val_data``.
+
+    ``config`` must be resolved (:meth:`Finetune.for_data_size`). With ``run_dir``, each epoch appends to
+    ``metrics.jsonl``, redraws ``curves.png`` and replaces ``checkpoint.pt`` (weights, optimiser, random state),
+    from which ``resume=True`` continues; without it nothing is written. Under torchrun only rank 0 writes.
+    """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from headstart.features.distributed import all_reduce_sum, current
-    from headstart._console import progress as _progress
-    from headstart.features.extract import default_precision
+    from headstart.features import all_reduce_sum, current, default_precision
 
+    if resume and run_dir is None:
+        raise ValueError("resume=True continues from the checkpoint in a run folder; pass run_dir (the folder).")
     group = current()
+    run = Path(run_dir) if run_dir is not None else None
+    writes = run is not None and group.is_main
     torch.manual_seed(config.seed)
     precision = default_precision(device) if config.precision == "auto" else config.precision
     autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
                                       enabled=precision == "bf16")
     generator = torch.Generator().manual_seed(config.seed)
-    photos = _Photos(train_data, classes, _transform(data_config, config.augment, True))
+    photos = PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True))
     sampler = DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed) if group.enabled else None
     train_loader = DataLoader(photos, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
                               drop_last=len(train_data) > config.batch_size * group.world_size,
                               generator=generator, num_workers=config.workers)
-    val_loader = DataLoader(_Photos(val_data, classes, _transform(data_config, "none", False)),
+    val_loader = DataLoader(PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
                             batch_size=config.batch_size, num_workers=config.workers)
     network = network.to(device)
     if device == "cpu":
@@ -238,12 +253,10 @@ def run_finetune(
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
 
-    if group.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "checkpoint.pt"
     history: list[EpochRecord] = []
     best_acc, best_epoch, best_state, start_epoch = -1.0, 0, None, 0
-    if resume and checkpoint.is_file():
+    checkpoint = run / "checkpoint.pt" if run is not None else None
+    if resume and checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)  # tensors and plain types only
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
@@ -254,33 +267,31 @@ def run_finetune(
         history = [EpochRecord(**r) for r in json.loads(state["history"])]
         torch.set_rng_state(state["rng"].cpu())
         generator.set_state(state["loader_rng"].cpu())
-    metrics_file = run_dir / "metrics.jsonl"
-    if group.is_main:  # a resumed run rewrites the lines its checkpoint knows (a killed epoch may have left one more)
-        metrics_file.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
+
+    def record_epoch(record: EpochRecord) -> None:  # (a resumed run rewrites the lines its checkpoint knows)
+        history.append(record)
+        if writes:
+            write_text_atomic(run / "metrics.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in history))
 
     if start_epoch == 0:  # epoch 0 = the starting point (for LP-FT: the probe); fine-tuning must beat it to count
         judged = ema.module if ema is not None else network
         val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)
         best_acc, best_epoch = val_acc, 0
         best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        record = EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0)
-        history.append(record)
-        if group.is_main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(asdict(record)) + "\n")
-            if progress:
-                _say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
+        record_epoch(EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0))
+        if progress and group.is_main:
+            say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
     step = start_epoch * steps_per_epoch
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         network.train()
         if config.freeze_bn:
-            _freeze_batchnorm(network)
+            freeze_batchnorm(network)
         if sampler is not None:
             sampler.set_epoch(epoch)
         seen, correct, loss_sum = 0, 0, 0.0
-        with _progress(progress and group.is_main, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
+        with progress_bar(progress and group.is_main, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
             for x, y in train_loader:
                 factor = lr_factor(step, total_steps, warmup, config.schedule)
                 for g in optimizer.param_groups:
@@ -308,30 +319,26 @@ def run_finetune(
         val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)  # every process: the whole set
         record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
                              optimizer.param_groups[-1]["lr"], time.perf_counter() - started)
-        history.append(record)
-        if group.is_main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(asdict(record)) + "\n")
-            if progress:
-                _say(f"epoch {record.epoch}/{config.epochs}: train loss {record.train_loss:.3f} accuracy "
-                     f"{record.train_accuracy:.3f} | validation loss {val_loss:.3f} accuracy {val_acc:.3f} | "
-                     f"lr {record.lr:.2g} | {record.seconds:.0f} s" + ("  (best so far)" if val_acc > best_acc else ""))
+        record_epoch(record)
+        if progress and group.is_main:
+            say(f"epoch {record.epoch}/{config.epochs}: train loss {record.train_loss:.3f} accuracy "
+                f"{record.train_accuracy:.3f} | validation loss {val_loss:.3f} accuracy {val_acc:.3f} | "
+                f"lr {record.lr:.2g} | {record.seconds:.0f} s" + ("  (best so far)" if val_acc > best_acc else ""))
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        state = {
-            "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-            "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
-            "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
-            "loader_rng": generator.get_state(),
-        }
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        if group.is_main:  # only rank 0 writes files
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, checkpoint)
-            plot_curves(history, run_dir / "curves.png")
+        if writes:  # only rank 0 writes files
+            state = {
+                "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
+                "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
+                "loader_rng": generator.get_state(),
+            }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            with atomic_path(checkpoint) as temporary:
+                torch.save(state, temporary)
+            plot_curves(history, run / "curves.png")
         if config.patience and epoch + 1 - best_epoch >= config.patience:
             stopped_early = True
             break
@@ -344,8 +351,6 @@ def run_finetune(
 def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     """Train/validation accuracy and loss per epoch, side by side."""
     from matplotlib.figure import Figure
-
-    from headstart._io import save_figure
 
     epochs = [r.epoch for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -360,127 +365,4 @@ def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    return save_figure(fig, path)
-
-
-def network_to_classifier(network, backbone: Backbone, classes: list[str], metadata: dict[str, Any]):
-    """The fine-tuned network as a headstart :class:`Classifier` (trunk weights in the file, a new fingerprint)."""
-    from headstart.features.backbones import BackboneSpec
-    from headstart.models.classifier import Classifier, trunk_fingerprint
-
-    trunk = {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) if v.is_floating_point()
-             else v.detach().cpu().numpy() for k, v in network.trunk.state_dict().items()}
-    spec_dict = backbone.spec.to_dict()
-    spec_dict["weights_id"] = trunk_fingerprint(trunk)
-    spec_dict["source"] = f"fine-tuned from {backbone.spec.source}"
-    spec = BackboneSpec.from_dict(spec_dict)
-    weight = network.head.weight.detach().float().cpu().numpy()
-    bias = network.head.bias.detach().float().cpu().numpy()
-    return Classifier(spec, classes, weight, bias, trunk, metadata)
-
-
-# ---------------------------------------------------------------------------------------------- lr range test
-@dataclass
-class LrFindResult:
-    """The learning-rate range test: loss (smoothed) against lr, and the suggested peak lr."""
-
-    lrs: list[float]
-    losses: list[float]
-    suggestion: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"suggestion": self.suggestion, "lrs": self.lrs, "losses": self.losses}
-
-
-def lr_range_test(
-    network,
-    train_data: Dataset,
-    classes: list[str],
-    data_config: dict[str, Any],
-    config: FinetuneConfig,
-    *,
-    start: float = 1e-7,
-    end: float = 1.0,
-    steps: int = 60,
-    progress: bool = False,
-) -> LrFindResult:
-    """Raise the lr exponentially from ``start`` to ``end`` over ``steps`` batches (Smith 2015) and record the loss.
-
-    Stops when the smoothed loss exceeds 4× its minimum. The suggestion is the lr where the smoothed loss falls
-    fastest. The network's weights are restored afterwards.
-    """
-    import copy
-
-    import torch
-    from torch.utils.data import DataLoader
-
-    from headstart._console import progress as _progress
-
-    if not 0 < start < end:
-        raise ValueError(f"lr-find needs 0 < start < end; got start={start}, end={end}.")
-    saved = copy.deepcopy(network.state_dict())
-    network = network.to(memory_format=torch.channels_last)
-    torch.manual_seed(config.seed)
-    loader = DataLoader(_Photos(train_data, classes, _transform(data_config, config.augment, True)),
-                        batch_size=config.batch_size, shuffle=True, num_workers=config.workers)
-    trainable_groups(network, config.unfreeze)
-    optimizer = make_optimizer(network, config)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    network.train()
-    if config.freeze_bn:
-        _freeze_batchnorm(network)
-    lrs, losses, smooth, best = [], [], 0.0, float("inf")
-    batches = iter(())
-    with _progress(progress, steps, "lr range test") as advance:
-        for i in range(steps):
-            x, y = next(batches, (None, None))
-            if x is None:
-                batches = iter(loader)
-                x, y = next(batches)
-            lr = start * (end / start) ** (i / max(1, steps - 1))
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_precision(config) == "bf16"):
-                loss = loss_fn(network(x.contiguous(memory_format=torch.channels_last)).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
-            optimizer.step()
-            smooth = 0.9 * smooth + 0.1 * float(loss.detach())  # exponential average, debiased below
-            value = smooth / (1 - 0.9 ** (i + 1))
-            lrs.append(lr)
-            losses.append(value)
-            best = min(best, value)
-            advance(1)
-            if not math.isfinite(value) or value > 4 * best:
-                break
-    network.load_state_dict(saved)
-    if len(losses) < 3:
-        suggestion = lrs[0]
-    else:
-        slopes = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
-        last = int(np.argmin(losses))  # the steepest fall before the minimum
-        suggestion = float(lrs[int(np.argmin(slopes[: max(2, last + 1)]))])
-    return LrFindResult(lrs, losses, suggestion)
-
-
-def _precision(config: FinetuneConfig) -> str:
-    from headstart.features.extract import default_precision
-
-    return default_precision("cpu") if config.precision == "auto" else config.precision
-
-
-def plot_lr_find(result: LrFindResult, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    from headstart._io import save_figure
-
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(result.lrs, result.losses)
-    ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"suggested lr {result.suggestion:.2g}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="Learning-rate range test")
-    ax.grid(alpha=0.3)
-    ax.legend()
     return save_figure(fig, path)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from headstart._io import write_bytes_atomic
+from headstart._math import softmax
 
 __all__ = ["MAX_BYTES", "Memo", "ProbeFit", "fit_probe", "memo_pictures"]
 
@@ -139,11 +140,7 @@ class ProbeFit:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, shape ``(n_samples, n_classes)``: the same arithmetic as ``LinearProbe``."""
-        logits = np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)
-        return logits
+        return softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_, axis=1)
 
     @classmethod
     def of(cls, probe: Any) -> ProbeFit:

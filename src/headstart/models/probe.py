@@ -33,6 +33,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from headstart._math import log_softmax, softmax
+from headstart._validation import fail as parameter_error
+
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
 except ImportError:  # pragma: no cover - older scikit-learn
@@ -228,9 +231,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         name = type(self).__name__
 
         def fail(param: str, allowed: str) -> None:
-            raise ValueError(
-                f"The {param!r} parameter of {name} must be {allowed}. Got {getattr(self, param)!r} instead."
-            )
+            parameter_error(param, name, allowed, getattr(self, param))
 
         try:
             Cs = np.sort(np.asarray(self.Cs, dtype=np.float64).ravel())
@@ -262,17 +263,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape ``(n_samples, n_classes)``, columns in the order of ``classes_``."""
-        logits = self._logits(X)
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)
-        return logits
+        return softmax(self._logits(X), axis=1)
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Log of :meth:`predict_proba`, shape ``(n_samples, n_classes)``."""
-        logits = self._logits(X)
-        logits -= logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return log_softmax(self._logits(X), axis=1)
 
     def predict(self, X) -> np.ndarray:
         """Most probable class label for each row of ``X``, shape ``(n_samples,)``."""
@@ -294,9 +289,7 @@ def _temperature(log_proba: np.ndarray, y: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     def loss(log_t: float) -> float:
-        z = log_proba / np.exp(log_t)
-        z = z - z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+        return float(-np.mean(log_softmax(log_proba / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
 
     return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
 

@@ -1,45 +1,55 @@
-"""Train a classifier on a folder of photos: features from the cache, a linear probe, a run folder to look at."""
+"""``train``: an :class:`~headstart.models.estimator.ImageClassifier` fitted on a folder of photos, its run folder
+written, its model file saved; and the two experiments around fine-tuning, ``find_learning_rate`` and ``sweep``.
+
+``train`` is what ``headstart train`` runs: ``ImageClassifier(...).fit(data)``, then :func:`write_run_folder`
+(``config.json``, ``metrics.json``, ``confusion_matrix.png``, ``misclassified.png``; for networks also
+``metrics.jsonl`` and ``curves.png``), then the model file, last and atomically: a model file means its run folder
+is complete.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.features.backbones import DEFAULT_BACKBONE, cached_trunk_weights
+from headstart._io import write_json, write_text_atomic
+from headstart._validation import check_choice, fail
+from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
+from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
 from headstart.models.classifier import Classifier
-from headstart.data.datasets import Dataset, load_dataset, train_val_split
-from headstart.errors import DataError
-from headstart.features.extract import FeatureCache, describe_unusable, extract_features
-from headstart.data.images import DEFAULT_MAX_PIXELS
-from headstart.models.memo import Memo, fit_probe, memo_pictures
-from headstart.reports.metrics import classification_metrics, public_metrics, write_metric_pictures
+from headstart.models.estimator import METHODS, ImageClassifier, ResolvedBackbone, SkippedFilesWarning, feature_cache
+from headstart.models.finetune_config import Finetune
+from headstart.models.memo import Memo, memo_pictures
+from headstart.reports import classification_metrics, write_metric_pictures
 
-METHODS = ("probe", "finetune", "scratch")
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some files could not be used; the message names them and why."""
+__all__ = ["METHODS", "SkippedFilesWarning", "TrainResult", "default_run_dir", "find_learning_rate",
+           "parse_settings", "sweep", "train", "write_run_folder"]
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` produced: the model (also saved at ``model_path``), its run folder and metrics."""
+    """What :func:`train` produced: the model (saved at ``model_path``), its run folder, its metrics (those of
+    ``metrics.json`` without the per-class details) and the fitted estimator."""
 
     model: Classifier
     model_path: Path
     run_dir: Path
     metrics: dict[str, Any]
+    estimator: ImageClassifier | None = None
 
 
-def default_run_dir(model_path: Path) -> Path:
-    """``pets.safetensors`` → ``pets-run/`` beside it."""
+def default_run_dir(model_path: str | os.PathLike[str]) -> Path:
+    """``pets.safetensors`` → ``pets-run/`` beside it.
+
+    Example:
+        >>> default_run_dir("models/pets.safetensors")
+        PosixPath('models/pets-run')
+    """
+    model_path = Path(model_path)
     return model_path.with_name(model_path.stem + "-run")
 
 
@@ -48,7 +58,7 @@ def train(
     *,
     backbone: str = DEFAULT_BACKBONE,
     weights: str | os.PathLike[str] | None = None,
-    method: str = "probe",
+    method: str | Finetune = "probe",
     out: str | os.PathLike[str] = "model.safetensors",
     run_dir: str | os.PathLike[str] | None = None,
     split: str = "all",
@@ -58,206 +68,110 @@ def train(
     precision: str = "auto",
     batch_size: int = 32,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    cache: FeatureCache | None = None,
+    cache: FeatureCache | str | os.PathLike[str] | None = None,
     progress: bool = False,
-    finetune_options: dict[str, Any] | None = None,
+    finetune_options: dict[str, Any] | Finetune | None = None,
     resume: str | os.PathLike[str] | None = None,
     device: str = "auto",
     reuse: bool = True,
     flip_average: bool | None = None,
 ) -> TrainResult:
-    """Train a classifier for the classes in ``data`` and save it to ``out``.
+    """Fit an :class:`~headstart.models.estimator.ImageClassifier` on ``data``, write its run folder, save it.
 
-    The probe: features of every usable photo (cached), a seeded stratified train/validation split that keeps
-    identical files on one side, logistic regression whose regularisation is chosen by cross-validation on the
-    training part, validation metrics and pictures, then (``refit=True``) a final fit on all the photos.
+    The settings are the estimator's hyper-parameters (see there); in addition:
 
     Args:
         data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
-        backbone: timm name; ``weights`` says where its weights come from (see :func:`load_backbone`).
-        method: ``probe`` (logistic regression on cached features), ``finetune`` (the probe's head, then the
-            backbone unfrozen at low depth-wise learning rates; see :mod:`headstart.models.finetune`) or ``scratch``
-            (the same network from random weights, to see what transfer learning gives).
-        finetune_options: fields of :class:`headstart.models.finetune.FinetuneConfig` overriding the size-based defaults.
-        resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
-        device: where fine-tuning runs: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
-        out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
         split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
-        flip_average: each photo's features are the mean over it and its mirror image, in training and in the
-            saved model's predictions: about a point of accuracy on pet photos, but wrong where a mirror image
-            means something else (digits, text). ``None`` (default) lets the probe's cross-validation on the
-            training part choose: averaging only when it scores higher by more than one training photo's worth
-            (otherwise the cheaper single view); both feature sets come from one extraction pass.
-        reuse: read probe fits and run pictures back from the cache's memo when their inputs are unchanged
-            (see :mod:`headstart.models.memo`); ``False`` computes them again (the result is the same).
+        out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
+        finetune_options: the fine-tuning options the user set (a dict of
+            :class:`~headstart.models.finetune_config.Finetune` fields, or a Finetune); the rest follows the
+            data size.
+        resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
+            Fine-tuning checkpoints into the run folder each epoch.
+
+    Returns:
+        :class:`TrainResult`; under torchrun only rank 0 writes files.
 
     Example:
         >>> result = train("photos/", out="pets.safetensors")
-        >>> result.metrics["val_accuracy"]
-        0.92
+        >>> result.metrics["val_accuracy"], result.run_dir
+        (0.92, PosixPath('pets-run'))
     """
-    if method not in METHODS:
-        raise ValueError(f"The 'method' parameter of train must be one of {METHODS}. Got {method!r} instead.")
-    start = time.perf_counter()
+    if not isinstance(method, Finetune):
+        check_choice(method, "method", "train", METHODS)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
     out = Path(out)
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
-    cache = cache if cache is not None else FeatureCache()
+    network = method != "probe"
+    clf = ImageClassifier(
+        backbone=backbone, weights=weights, method=method, finetune=finetune_options or None,
+        val_fraction=val_fraction, seed=seed, refit=refit, flip_average=flip_average, precision=precision,
+        batch_size=batch_size, max_pixels=max_pixels, device=device, reuse=reuse, cache=cache,
+        checkpoint_dir=run if network or resume is not None else None, resume=resume is not None, progress=progress,
+    ).fit(dataset)
+    metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
+    from headstart.features import current
 
-    from headstart.features.distributed import init_from_env, resolve_device
+    if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
+        clf.model_.metadata["data"]["split"] = split
+        write_run_folder(clf, run, out=out, split=split)
+        clf.save(out)  # last: a model file means its run folder is complete
+    return TrainResult(clf.model_, out, run, metrics, clf)
 
-    if method != "probe":
-        device = resolve_device(device)
-    group = init_from_env(device) if method != "probe" else None  # under torchrun: the processes share the extraction
-    feats = extract_features(
-        dataset.paths, backbone, weights=weights, cache=cache, precision=precision, batch_size=batch_size,
-        max_pixels=max_pixels, progress=progress and (group is None or group.is_main),
-        flip_average=True if flip_average is None else flip_average,
-    )
-    if feats.unusable:
-        warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=2)
-    usable = dataset.subset(feats.indices.tolist())
-    if len(set(usable.labels)) < 2:
-        raise DataError(f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es): a classifier needs at least 2 classes.")
-    labels = np.asarray(usable.labels)
-    X = feats.features
 
-    train_part, val_part = train_val_split(usable, val_fraction=val_fraction, seed=seed, groups=feats.hashes)
-    row_of = {s.path: i for i, s in enumerate(usable.samples)}
-    tr = np.array([row_of[s.path] for s in train_part.samples])
-    va = np.array([row_of[s.path] for s in val_part.samples])
+def write_run_folder(
+    clf: ImageClassifier,
+    folder: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    split: str = "all",
+) -> list[Path]:
+    """The run folder of a classifier fitted in this session: what it was asked (``config.json``), how it went
+    (``metrics.json``), its validation photos' ``confusion_matrix.png`` and ``misclassified.png``; for networks
+    the epochs (``metrics.jsonl``, ``curves.png``). Pictures come from the cache's memo when drawn before.
 
-    memo = Memo.beside(cache) if reuse else None
-    probe = fit_probe(X[tr], labels[tr], random_state=seed, memo=memo)
-    flip_cv: dict[str, float] = {}
-    if flip_average is None:  # the data decide: is a photo's mirror image the same class here?
-        single = extract_features(dataset.paths, backbone, weights=weights, cache=cache, precision=precision,
-                                  batch_size=batch_size, max_pixels=max_pixels, flip_average=False)
-        single_probe = fit_probe(single.features[tr], labels[tr], random_state=seed, memo=memo)
-        flip_cv = {"on": float(probe.cv_accuracy_), "off": float(single_probe.cv_accuracy_)}
-        # Only when it helps by more than one photo's worth (a one-photo difference in CV is noise; nan: no).
-        flip_average = bool(probe.cv_accuracy_ - single_probe.cv_accuracy_ > 1.5 / len(tr))
-        if not flip_average:  # (the run's extraction numbers stay those of the pass that computed both)
-            single.n_cached, single.n_computed, single.seconds = feats.n_cached, feats.n_computed, feats.seconds
-            feats, X, probe = single, single.features, single_probe
-    val_metrics = classification_metrics(labels[va], probe.predict_proba(X[va]), [str(c) for c in probe.classes_])
-    if method != "probe":
-        return _train_network(dataset, usable, train_part, val_part, probe, feats, dict(
-            method=method, backbone=backbone, weights=weights, out=out, run=run, split=split, seed=seed,
-            val_fraction=val_fraction, precision=precision, finetune_options=finetune_options, progress=progress,
-            started=start, probe_val_accuracy=val_metrics["accuracy"], resume=resume is not None, device=device,
-            flip_average=flip_average, flip_cv=flip_cv))
-    final = fit_probe(X, labels, random_state=seed, memo=memo) if refit else probe  # C chosen again, by CV on all
+    Returns:
+        The files written.
 
-    spec, trunk = cached_trunk_weights(backbone, weights)
-    spec = spec.with_flip_average(flip_average)
-    metrics = {
-        "val_accuracy": val_metrics["accuracy"],
-        "val_top5_accuracy": val_metrics["top5_accuracy"],
-        "cv_accuracy": float(final.cv_accuracy_),
-        "C": float(final.C_),
-        "temperature": float(final.temperature_),
-        "n_images": len(dataset),
-        "n_usable": len(usable),
-        "n_train": int(len(tr)),
-        "n_val": int(len(va)),
-        "n_classes": len(final.classes_),
-        "skipped": [u.to_dict() for u in feats.unusable],
-        "ignored": [str(p) for p in dataset.ignored],
-        "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-        "refit_on_all": refit,
-        "flip_average": flip_average,
-        "flip_average_cv": flip_cv,
-        "seconds": None,
+    Example:
+        >>> clf = ImageClassifier().fit("photos/")
+        >>> [p.name for p in write_run_folder(clf, "pets-run")]
+        ['config.json', 'confusion_matrix.png', 'misclassified.png', 'metrics.json']
+    """
+    validation = getattr(clf, "validation_", None)
+    if validation is None:
+        fail("clf", "write_run_folder", "an ImageClassifier fitted in this session (a loaded one has no validation "
+             "photos to draw)", clf)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = clf.model_.metadata
+    config = {
+        "data": meta.get("data", {}).get("source"), "backbone": clf.backbone,
+        "weights": None if clf.weights is None else str(clf.weights), "method": meta.get("method"),
+        "out": None if out is None else str(out), "split": split, "val_fraction": clf.val_fraction,
+        "seed": clf.seed, "refit": clf.refit, "precision": clf.precision, "batch_size": clf.batch_size,
+        "max_pixels": clf.max_pixels, "flip_average": clf.report_["flip_average"],
     }
-    model = Classifier(
-        spec,
-        [str(c) for c in final.classes_],
-        final.coef_,
-        final.intercept_,
-        trunk,
-        {
-            "method": method,
-            "metrics": {k: v for k, v in metrics.items() if k not in ("skipped", "ignored")},
-            "data": {"source": str(dataset.root), "kind": dataset.kind, "split": split, "seed": seed,
-                     "val_fraction": val_fraction},
-        },
-    )
-    model.save(out)
+    if clf.finetune_ is not None:
+        config["finetune"] = asdict(clf.finetune_)
+    written = [write_json(folder / "config.json", config)]
 
-    run.mkdir(parents=True, exist_ok=True)
-    config = {"data": str(dataset.root), "backbone": backbone, "weights": None if weights is None else str(weights),
-              "method": method, "out": str(out), "split": split, "val_fraction": val_fraction, "seed": seed,
-              "refit": refit, "precision": precision, "batch_size": batch_size, "max_pixels": max_pixels,
-              "flip_average": flip_average}
-    (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    val_paths = [usable.samples[i].path for i in va]
-    title = f"validation ({len(va)} photos)"
-    memo_pictures(memo, [title, val_metrics, [feats.hashes[i] for i in va]], run,
-                  lambda: write_metric_pictures(val_metrics, val_paths, run, title=title))
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
-    (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics)}, indent=2) + "\n")
-    return TrainResult(model, out, run, metrics)
+    val = classification_metrics(list(validation["labels"]), validation["proba"], list(clf.classes_))
+    title = f"validation ({len(validation['paths'])} photos)"
+    memo = Memo.beside(feature_cache(clf.cache)) if clf.reuse else None
+    written += memo_pictures(memo, [title, val, list(validation["hashes"])], folder,
+                             lambda: write_metric_pictures(val, validation["paths"], folder, title=title))
+    history = clf.report_.get("history")
+    if history is not None:
+        import json
 
+        from headstart.models.finetune import EpochRecord, plot_curves
 
-def _train_network(dataset, usable, train_part, val_part, probe, feats, o: dict[str, Any]) -> TrainResult:
-    """Fine-tune (from the probe's head) or train from scratch; keep the best epoch; save like a probe."""
-    import torch
-
-    from headstart.features.backbones import load_backbone
-    from headstart.features.distributed import current
-    from headstart.models.finetune import FinetuneConfig, build_network, network_to_classifier, run_finetune
-
-    user = dict(o["finetune_options"] or {})
-    config = FinetuneConfig.for_data_size(len(usable), **{"seed": o["seed"], "precision": o["precision"], **user})
-    if o["method"] == "scratch":  # nothing pretrained to protect or keep: every layer, full rate, own BN statistics
-        config = config.replace(**{"unfreeze": "all", "layer_decay": 1.0, "freeze_bn": False, "lr": 1e-3,
-                                   "patience": 0, **user})
-    classes = [str(c) for c in probe.classes_]
-    backbone = load_backbone(o["backbone"], "none" if o["method"] == "scratch" else o["weights"])
-    network = build_network(backbone, len(classes), config.head_dropout)
-    if o["method"] == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
-        with torch.no_grad():
-            network.head.weight.copy_(torch.from_numpy(probe.coef_ * probe.temperature_).float())
-            network.head.bias.copy_(torch.from_numpy(probe.intercept_ * probe.temperature_).float())
-    run = Path(o["run"])
-    if current().is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(
-            {"data": str(dataset.root), "backbone": o["backbone"],
-             "weights": None if o["weights"] is None else str(o["weights"]), "method": o["method"], "out": str(o["out"]),
-             "split": o["split"], "val_fraction": o["val_fraction"], "finetune": asdict(config)}, indent=2) + "\n")
-    result = run_finetune(network, train_part, val_part, classes, backbone.spec.data_config, config, run,
-                          resume=bool(o.get("resume")), progress=o["progress"], device=o["device"])
-    model = network_to_classifier(result.network, backbone.with_flip_average(o["flip_average"]), classes,
-                                  {"method": o["method"]})
-    val_feats = model.features(val_part.paths, precision=config.precision)  # under torchrun: shared out too
-    if not current().is_main:  # the other processes trained their shards; rank 0 scores and writes
-        return TrainResult(model, Path(o["out"]), run, {"best_epoch": result.best_epoch})
-    val_metrics = classification_metrics(val_part.subset(val_feats.indices.tolist()).labels,
-                                         model.predict_proba_features(val_feats.features), classes)
-    metrics = {
-        "val_accuracy": val_metrics["accuracy"], "val_top5_accuracy": val_metrics["top5_accuracy"],
-        "probe_val_accuracy": o["probe_val_accuracy"], "best_epoch": result.best_epoch, "epochs_run": sum(1 for r in result.history if r.epoch > 0),
-        "stopped_early": result.stopped_early, "n_images": len(dataset), "n_usable": len(usable),
-        "n_train": len(train_part), "n_val": len(val_part), "n_classes": len(classes),
-        "skipped": [u.to_dict() for u in feats.unusable],
-        "ignored": [str(p) for p in dataset.ignored], "refit_on_all": False,
-        "flip_average": o["flip_average"], "flip_average_cv": o.get("flip_cv", {}),
-        "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-        "cv_accuracy": float("nan"), "C": float("nan"),
-    }
-    model.metadata.update({"metrics": {k: v for k, v in metrics.items() if k not in ("skipped", "ignored")},
-                           "finetune": asdict(config),
-                           "data": {"source": str(dataset.root), "kind": dataset.kind, "split": o["split"],
-                                    "seed": o["seed"], "val_fraction": o["val_fraction"]}})
-    model.save(o["out"])
-    write_metric_pictures(val_metrics, val_part.subset(val_feats.indices.tolist()).paths, run,
-                          title=f"validation ({len(val_part)} photos)")
-    metrics["seconds"] = round(time.perf_counter() - o["started"], 3)
-    (run / "metrics.json").write_text(json.dumps({**metrics, "validation": public_metrics(val_metrics),
-                                                  "history": [asdict(r) for r in result.history]}, indent=2) + "\n")
-    return TrainResult(model, Path(o["out"]), run, metrics)
+        written.append(write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)))
+        written.append(plot_curves([EpochRecord(**r) for r in history], folder / "curves.png"))
+    written.append(write_json(folder / "metrics.json", clf.report_))
+    return written
 
 
 def find_learning_rate(
@@ -273,33 +187,37 @@ def find_learning_rate(
     """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
 
     Returns:
-        :class:`headstart.models.finetune.LrFindResult` with ``suggestion``.
+        :class:`headstart.models.lr_find.LrFindResult` with ``suggestion``.
+
+    Example:
+        >>> find_learning_rate("photos/", out="lr.png", steps=20).suggestion
+        0.00021
     """
-    import torch
-
-    from headstart.features.backbones import load_backbone
-    from headstart.models.finetune import FinetuneConfig, build_network, lr_range_test, plot_lr_find
-
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    feats = extract_features(dataset.paths, backbone, weights=weights, progress=progress)
-    usable = dataset.subset(feats.indices.tolist())
+    from headstart.models.finetune import build_network, start_from_probe
+    from headstart.models.lr_find import lr_range_test, plot_lr_find
     from headstart.models.probe import LinearProbe
 
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
+    feats = extract_features(dataset.paths, source, progress=progress, flip_average=True)
+    usable = dataset.subset(feats.indices.tolist())
     probe = LinearProbe(calibrate=False).fit(feats.features, np.asarray(usable.labels))
-    config = FinetuneConfig.for_data_size(len(usable), **(finetune_options or {}))
+    config = Finetune.for_data_size(len(usable), **(finetune_options or {}))
     classes = [str(c) for c in probe.classes_]
-    loaded = load_backbone(backbone, weights)
-    network = build_network(loaded, len(classes), config.head_dropout)
-    with torch.no_grad():
-        network.head.weight.copy_(torch.from_numpy(probe.coef_).float())
-        network.head.bias.copy_(torch.from_numpy(probe.intercept_).float())
-    result = lr_range_test(network, usable, classes, loaded.spec.data_config, config, steps=steps, progress=progress)
+    network = build_network(source.load(), len(classes), config.head_dropout)
+    start_from_probe(network, probe.coef_, probe.intercept_)
+    result = lr_range_test(network, usable, classes, source.spec.data_config, config, steps=steps, progress=progress)
     plot_lr_find(result, Path(out))
     return result
 
 
 def parse_settings(items: list[str]) -> dict[str, list[Any]]:
-    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``."""
+    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``.
+
+    Example:
+        >>> parse_settings(["head_dropout=0,0.5"])
+        {'head_dropout': [0, 0.5]}
+    """
     import yaml
 
     out: dict[str, list[Any]] = {}
@@ -331,11 +249,8 @@ def sweep(
     """
     import itertools
 
-    from headstart.models.finetune import FinetuneConfig
-
-    if method not in ("finetune", "scratch"):
-        raise ValueError(f"sweep trains networks: --method finetune or scratch, not {method!r}.")
-    FinetuneConfig().replace(**{k: v[0] for k, v in settings.items()})  # unknown names fail before any training
+    check_choice(method, "method", "sweep", ("finetune", "scratch"))
+    Finetune().replace(**{k: v[0] for k, v in settings.items()})  # unknown names fail before any training
     folder = Path(out_dir)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     keys = list(settings)
@@ -346,16 +261,15 @@ def sweep(
         slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
         result = train(dataset, method=method, backbone=backbone, out=folder / f"{slug}.safetensors",
                        run_dir=folder / slug, finetune_options={**(base_options or {}), **variant}, progress=progress)
-        history = json.loads((result.run_dir / "metrics.json").read_text()).get("history", [])
-        rows.append({"variant": name, **variant, "val_accuracy": result.metrics["val_accuracy"],
-                     "best_epoch": result.metrics["best_epoch"], "epochs_run": result.metrics["epochs_run"],
-                     "seconds": result.metrics["seconds"], "history": history})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+        m = result.metrics
+        rows.append({"variant": name, **variant, "val_accuracy": m["val_accuracy"], "best_epoch": m["best_epoch"],
+                     "epochs_run": m["epochs_run"], "seconds": m["seconds"],
+                     "history": result.estimator.report_.get("history", [])})
+    write_json(folder / "results.json", rows)
     table = ["| variant | validation accuracy | best epoch | epochs | seconds |", "|---|---|---|---|---|"]
     table += [f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
               for r in rows]
-    (folder / "results.md").write_text("\n".join(table) + "\n")
+    write_text_atomic(folder / "results.md", "\n".join(table) + "\n")
     _plot_sweep(rows, folder / "comparison.png")
     return rows
 
