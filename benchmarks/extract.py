@@ -67,7 +67,7 @@ def run_headstart(root: Path, backbone: str, limit: int | None, batch_size: int,
                   flip_average: bool = True) -> dict:
     import numpy as np
 
-    from headstart.features.extract import FeatureCache, default_precision, extract_features
+    from headstart.features import FeatureCache, default_precision, extract_features
 
     files = _files(root, limit)
     start = time.perf_counter()

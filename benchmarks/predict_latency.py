@@ -34,8 +34,8 @@ def main() -> None:
     from PIL import Image
 
     from headstart.models.classifier import Classifier
-    from headstart.features.extract import FeatureCache
-    from headstart.data.images import list_image_files
+    from headstart.features import FeatureCache
+    from headstart.data import list_image_files
     from headstart.workflows.training import train
 
     photos = list_image_files(args.data)[0]

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,12 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Pa
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MB chunks (raises ``OSError`` when it cannot be read)."""
-    digest = hashlib.sha256()
+    return hash_file(path, "sha256")
+
+
+def hash_file(path: str | os.PathLike[str], algorithm: str) -> str:
+    """Hex digest of a file's bytes with any :mod:`hashlib` algorithm (``md5`` only where a publisher gives one)."""
+    digest = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
@@ -135,3 +140,93 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
 def glob_escape(name: str) -> str:
     """``name`` with glob's special characters taken literally."""
     return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    kind: str = "file",
+    what: str = "the output",
+    *,
+    contents: Iterable[str] = (),
+    example: str | None = None,
+) -> Path:
+    """Refuse, before any work starts, an output location that cannot be written; return it as a ``Path``.
+
+    A command that finds out only after minutes of work that it cannot save its result has lost those minutes (and
+    may have written half of its files). So every command checks where it writes first, in this one place:
+
+    - ``kind="file"``: not an existing folder or device, not under a file, in a writable folder;
+    - ``kind="folder"``: not an existing file, not under a file, writable; none of ``contents`` (the names the
+      command writes inside) is an existing folder.
+
+    Writability is asked of the nearest existing folder (the missing ones are created at write time), with
+    ``os.access`` and then by creating and removing an empty probe file there, since ``os.access`` says yes to root
+    on locations that refuse every write (``/proc``, ``/sys``). Nothing else is created.
+
+    Args:
+        what: how the user named the location, e.g. ``"--out"``; the message starts with it.
+        example: a file name to suggest inside a folder given where a file is wanted.
+
+    Raises:
+        OutputError: one line naming the path, what is wrong and what to do.
+
+    Example:
+        >>> check_output("runs/pets.safetensors", "file", "--out")
+        PosixPath('runs/pets.safetensors')
+    """
+    from headstart.errors import OutputError
+
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', not {kind!r}")
+    path = Path(path).expanduser()
+    named = f"{what} {path}" if what else str(path)
+
+    def refuse(problem: str) -> OutputError:
+        return OutputError(f"{named} cannot be written: {problem}.")
+
+    try:
+        exists = path.exists() or path.is_symlink()
+        if kind == "file" and path.is_dir():
+            hint = f", e.g. {path / example}" if example else ""
+            raise refuse(f"it is a folder; give the path of a file to write{hint}")
+        if kind == "file" and exists and not path.is_file():
+            raise refuse("it exists and is not a regular file (a device, pipe or broken link); give a file path")
+        if kind == "folder" and exists and not path.is_dir():
+            raise refuse("it is a file, not a folder; give a folder (created when missing) or move the file away")
+        for name in contents if kind == "folder" and exists else ():
+            if (path / name).is_dir():
+                raise refuse(f"{path / name} is a folder where a file is written; move it away or choose another folder")
+        folder = path if kind == "folder" and exists else path.parent
+        while not folder.exists():  # the nearest existing ancestor is where the missing folders would be created
+            if folder.is_symlink():
+                raise refuse(f"{folder} is a broken link; remove it or choose another location")
+            folder = folder.parent
+        if not folder.is_dir():
+            raise refuse(f"{folder} is a file, not a folder; choose a location inside a folder")
+    except OSError as exc:  # a name too long, a permission denied on the way, a link loop
+        raise refuse(f"{exc.strerror or exc}; choose another location") from None
+    problem = _unwritable(folder)
+    if problem:
+        raise refuse(f"{folder} is {problem}; choose a writable location (or make it writable)")
+    return path
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (None when something can): asked of the file system, not guessed."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "read-only" if _read_only_mount(folder) else "not writable (permissions)"
+    probe = folder / f".headstart-write-check.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        return f"not writable (creating a file there fails: {exc.strerror or exc})"
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return None
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -23,12 +23,17 @@ def require_onnx() -> tuple[Any, Any]:
     return onnx, onnxruntime
 
 
-def session(path: str | os.PathLike[str]) -> Any:
-    """An ONNX Runtime CPU session for ``path`` with every graph optimisation on, built once per path."""
+def session(path: str | os.PathLike[str], *, cached: bool = True) -> Any:
+    """An ONNX Runtime CPU session for ``path`` with every graph optimisation on, built once per version of the file
+    (a file rewritten since is loaded again); ``cached=False`` builds one that is not kept (a temporary file)."""
     _, ort = require_onnx()
-    key = str(path)
-    if key not in _SESSIONS:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        _SESSIONS[key] = ort.InferenceSession(key, options, providers=["CPUExecutionProvider"])
-    return _SESSIONS[key]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not cached:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    st = os.stat(path)
+    version = (st.st_size, st.st_mtime_ns, st.st_ino)
+    known = _SESSIONS.get(str(path))
+    if known is None or known[0] != version:
+        _SESSIONS[str(path)] = (version, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+    return _SESSIONS[str(path)][1]

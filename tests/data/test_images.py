@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 import time
@@ -13,19 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from headstart.errors import UnusableImageError
 from headstart.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
-    ScanReport,
-    UnusableFile,
     check_image,
     is_image_file,
     list_image_files,
     load_image,
-    quarantine,
-    scan,
 )
+from headstart.errors import UnusableImageError
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -314,9 +309,24 @@ def test_unexpected_decoder_error_is_wrapped(tmp_path: Path, monkeypatch: pytest
     assert "decoder exploded" in reason, f"reason {reason!r} should carry the exception text"
 
 
-def test_bad_max_pixels_is_a_value_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="max_pixels"):
-        load_image(tmp_path / "x.jpg", max_pixels=0)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_pixels": 0}, "The 'max_pixels' parameter of load_image must be an int in [1, inf) or None (no limit). "
+                            "Got 0 instead."),
+        ({"max_pixels": 1.5e6}, "The 'max_pixels' parameter of load_image must be an int in [1, inf) or None"),
+        ({"draft_size": (256,)}, "The 'draft_size' parameter of load_image must be None or (width, height) positive "
+                                 "ints. Got (256,) instead."),
+        ({"draft_size": 256}, "The 'draft_size' parameter of load_image must be None"),
+    ],
+)
+def test_bad_parameters_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from headstart._validation import ParameterError
+
+    path = save(Image.new("RGB", (8, 8), RED), tmp_path / "x.png")
+    with pytest.raises(ParameterError) as info:
+        load_image(path, **kwargs)
+    assert str(info.value).startswith(message) and info.value.parameter == next(iter(kwargs))
 
 
 # --- draft decoding and threads -----------------------------------------------------------------------------------
@@ -388,102 +398,21 @@ def test_list_image_files_recursive_sorted_skips_hidden(tmp_path: Path) -> None:
     assert ignored == [tmp_path / "notes.txt"], f"ignored {ignored}"
 
 
-# --- scan and quarantine ------------------------------------------------------------------------------------------
-
-
-def make_dataset(root: Path) -> tuple[set[Path], set[Path]]:
-    """A folder of good and broken files; returns (good, broken)."""
-    (root / "cats").mkdir(parents=True)
-    (root / "dogs").mkdir()
-    good = {
-        save(Image.new("RGB", (20, 20), RED), root / "cats" / "ok.jpg"),
-        save(Image.new("L", (20, 20), 9), root / "cats" / "grey.png"),
-        save(Image.new("RGB", (20, 20), BLUE), root / "dogs" / "png_named.jpg", format="PNG"),
-    }
-    empty, text, half = root / "cats" / "empty.jpg", root / "dogs" / "text.jpg", root / "dogs" / "half.jpg"
-    empty.touch()
-    text.write_text("not an image")
-    data = jpeg_bytes((128, 96))
-    half.write_bytes(data[: len(data) // 2])
-    (root / "README.txt").write_text("about this data")
-    (root / ".DS_Store").write_bytes(b"\0\0")
-    return good, {empty, text, half}
-
-
-def test_scan_names_exactly_the_broken_files(tmp_path: Path) -> None:
-    good, broken = make_dataset(tmp_path / "data")
-    report = scan(tmp_path / "data", workers=4)
-    assert {u.path for u in report.unusable} == broken, f"unusable {sorted(u.path for u in report.unusable)}"
-    assert report.n_files == len(good) + len(broken), f"n_files {report.n_files}, expected {len(good) + len(broken)}"
-    assert report.ignored == [tmp_path / "data" / "README.txt"], f"ignored {report.ignored}"
-    reasons = {u.path.name: u.reason for u in report.unusable}
-    assert reasons["empty.jpg"].startswith("empty file"), f"reasons {reasons}"
-    assert reasons["text.jpg"].startswith("not an image"), f"reasons {reasons}"
-    assert reasons["half.jpg"].startswith("truncated or corrupt"), f"reasons {reasons}"
-
-
-def test_scan_report_to_dict_is_json(tmp_path: Path) -> None:
-    make_dataset(tmp_path / "data")
-    as_dict = json.loads(json.dumps(scan([tmp_path / "data"], progress=True).to_dict()))
-    assert set(as_dict) == {"n_files", "unusable", "ignored"}, f"keys {sorted(as_dict)}"
-    assert all(set(u) == {"path", "reason"} for u in as_dict["unusable"]), f"entries {as_dict['unusable']}"
-    assert as_dict["n_files"] == 6 and len(as_dict["unusable"]) == 3, f"got {as_dict}"
-
-
-def test_scan_files_named_directly_and_missing_path(tmp_path: Path) -> None:
-    good = save(Image.new("RGB", (5, 5)), tmp_path / "a.png")
-    bad = tmp_path / "b.jpg"
-    bad.touch()
-    report = scan([str(good), bad])
-    assert report.n_files == 2 and [u.path for u in report.unusable] == [bad], f"report {report}"
-    from headstart.errors import DataError
-
-    with pytest.raises(DataError, match="nope"):
-        scan(tmp_path / "nope")
-
-
-def test_quarantine_moves_without_deleting_or_overwriting(tmp_path: Path) -> None:
-    root, dest = tmp_path / "data", tmp_path / "quarantine"
-    good, broken = make_dataset(root)
-    clash = dest / "dogs" / "text.jpg"
-    clash.parent.mkdir(parents=True)
-    clash.write_bytes(b"already here")
-    report = scan(root)
-    moved = quarantine(report, dest, root=root)
-
-    assert {old for old, _ in moved} == broken, f"moved {sorted(old for old, _ in moved)}"
-    assert not [old for old, _ in moved if old.exists()], "a source file is still in place"
-    assert not [new for _, new in moved if not new.is_file()], "a moved file is missing at its destination"
-    assert all(p.exists() for p in good), "a good file was touched"
-    assert clash.read_bytes() == b"already here", "the existing file was overwritten"
-    new_for = {old.name: new for old, new in moved}
-    assert new_for["text.jpg"] == dest / "dogs" / "text-1.jpg", f"clash went to {new_for['text.jpg']}"
-    assert new_for["empty.jpg"] == dest / "cats" / "empty.jpg", f"empty.jpg went to {new_for['empty.jpg']}"
-    assert new_for["half.jpg"].read_bytes()[:2] == b"\xff\xd8", "the moved file's content changed"
-
-    log = json.loads((dest / "QUARANTINE.json").read_text())
-    logged = {e["path"]: e["reason"] for e in log["files"]}
-    expected = {str(u.path): u.reason for u in report.unusable}
-    assert logged == expected, f"log {logged}, expected {expected}"
-
-    # A second round appends to the log.
-    again = root / "dogs" / "again.jpg"
-    again.touch()
-    quarantine(ScanReport(1, [UnusableFile(again, "empty file (0 bytes)")], []), dest, root=root)
-    log = json.loads((dest / "QUARANTINE.json").read_text())
-    assert len(log["files"]) == 4, f"log has {len(log['files'])} entries, expected 4 (3 + 1 appended)"
-
-
-def test_quarantine_refuses_files_outside_root(tmp_path: Path) -> None:
-    from headstart.errors import DataError
-
-    outside = tmp_path / "elsewhere.jpg"
-    outside.touch()
-    report = ScanReport(1, [UnusableFile(outside, "empty file (0 bytes)")], [])
-    with pytest.raises(DataError, match="not below the root"):
-        quarantine(report, tmp_path / "q", root=tmp_path / "data")
-    assert outside.exists(), "the file was moved despite the error"
-
-
 def test_default_max_pixels_is_pillows() -> None:
     assert DEFAULT_MAX_PIXELS == 89_478_485, f"DEFAULT_MAX_PIXELS {DEFAULT_MAX_PIXELS}, expected Pillow's 89,478,485"
+
+
+def test_every_public_name_of_the_data_package_is_importable_from_it() -> None:
+    import importlib
+    import subprocess
+    import sys
+
+    import headstart.data as data
+
+    for module, names in data._MODULES.items():
+        assert set(names) == set(importlib.import_module(f"headstart.data.{module}").__all__), module
+        for name in names:
+            assert getattr(data, name) is getattr(importlib.import_module(f"headstart.data.{module}"), name)
+    code = "import sys, headstart.data; print(*(m in sys.modules for m in ('numpy', 'PIL')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"], "importing the package imports none of its modules"

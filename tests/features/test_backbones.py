@@ -1,4 +1,5 @@
-"""Backbones: real offline weights on real photos, weight sources, and the messages when weights can't be had."""
+"""Backbones: real offline weights on real photos, weight sources and checkpoints, the catalogue, and the messages
+when weights can't be had."""
 
 from __future__ import annotations
 
@@ -11,16 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.features.backbones import (
-    BackboneSpec,
-    cached_trunk_weights,
-    list_backbones,
-    load_backbone,
-    map_efficientnet_pytorch_keys,
-    offline_weight_file,
-    resolve_backbone,
-)
 from headstart.errors import BackboneUnavailableError
+from headstart.features.backbones import BackboneSpec, cached_trunk_weights, load_backbone, offline_weight_file, resolve_backbone
+from headstart.features.catalogue import CATALOGUE, list_backbones
+from headstart.features.checkpoints import map_efficientnet_pytorch_keys
 
 
 def _top1(backbone, path: Path) -> tuple[int, float]:
@@ -85,12 +80,17 @@ def test_local_checkpoint_gives_the_same_features(lite0, tmp_path: Path) -> None
     save_file({k: v.contiguous() for k, v in lite0.model.state_dict().items()}, str(st))
     pth = tmp_path / "efficientnet-lite0.pth"  # the package's own file, in efficientnet_pytorch naming
     shutil.copy(offline_weight_file("tf_efficientnet_lite0"), pth)
+    wrapped = tmp_path / "ddp.pth"  # saved from a DataParallel wrapper: every key starts with "module."
+    torch.save({"state_dict": {f"module.{k}": v for k, v in lite0.model.state_dict().items()}}, wrapped)
     x = torch.rand(2, 3, 224, 224)
+    from headstart._io import sha256_file
+
     with torch.no_grad():
         want = lite0.features(x)
-        for path in (st, pth):
+        for path in (st, pth, wrapped):
             backbone = load_backbone("tf_efficientnet_lite0", path)
             assert backbone.spec.source == f"file {path}"
+            assert backbone.spec.weights_id == f"file-sha256:{sha256_file(path)}"
             torch.testing.assert_close(backbone.features(x), want)
 
 
@@ -129,9 +129,11 @@ def test_unknown_backbone_suggests_names() -> None:
         load_backbone("resnet5O")
 
 
-def test_random_init_for_training_from_scratch() -> None:
+def test_random_init_for_training_from_scratch(lite0) -> None:
     backbone = load_backbone("tf_efficientnet_lite0", "none")
-    assert backbone.spec.weights_id == "none"
+    assert backbone.spec.weights_id == "none" and backbone.spec.fingerprint != lite0.spec.fingerprint
+    assert backbone.spec.data_config == lite0.spec.data_config, "the architecture's preprocessing, without weights"
+    assert not torch.equal(backbone.model.conv_stem.weight, lite0.model.conv_stem.weight)
 
 
 def test_list_says_what_is_usable_and_why() -> None:
@@ -139,6 +141,14 @@ def test_list_says_what_is_usable_and_why() -> None:
     assert rows["tf_efficientnet_lite0"].usable and "offline" in rows["tf_efficientnet_lite0"].source
     assert {"vgg16.tv_in1k", "resnet50.a1_in1k", "mobilenetv2_100.ra_in1k"} <= set(rows)
     assert not rows["vgg16.tv_in1k"].usable and "HF_HUB_OFFLINE" in rows["vgg16.tv_in1k"].source
+    assert [r.name for r in list_backbones()] == [name for name, _ in CATALOGUE]
+
+
+def test_without_the_offline_packages_nothing_is_usable_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("headstart.features.backbones.OFFLINE_PACKAGES", {})
+    row = next(r for r in list_backbones() if r.name == "tf_efficientnet_lite0")
+    assert not row.usable and row.source == "hub download needed, but HF_HUB_OFFLINE=1"
+    assert list_backbones(pattern="tf_efficientnet_lite0*")[0].description == ""
 
 
 def test_trunk_weights_are_cached_as_numpy(lite0) -> None:

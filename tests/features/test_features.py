@@ -1,4 +1,4 @@
-"""The feature cache: reuse, resumability, concurrent writers, unusable files, precision."""
+"""Extraction through the feature cache: reuse, resumability, concurrent writers, unusable files, precision."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.features.extract import FeatureCache, extract_features
+from headstart.features.cache import FeatureCache
+from headstart.features.extract import extract_features
 
 
 @pytest.fixture()
@@ -84,15 +85,25 @@ def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[
 
 
 def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list[Path]) -> None:
-    with pytest.raises(ValueError, match="'precision' parameter must be one of"):
+    from headstart._validation import ParameterError
+
+    with pytest.raises(ParameterError, match=r"The 'precision' parameter of extract_features must be one of 'auto', "
+                                             r"'fp32', 'bf16'\. Got 'fp8' instead\.") as info:
         extract_features(photos, lite0, cache=cache, precision="fp8")
+    assert info.value.parameter == "precision"
+    with pytest.raises(ParameterError, match="'engine' parameter of extract_features"):
+        extract_features(photos, lite0, cache=cache, engine="tensorrt")
+    for bad in ({"batch_size": 0}, {"workers": 0}, {"max_pixels": 0}):
+        with pytest.raises(ParameterError, match=f"'{next(iter(bad))}' parameter of extract_features"):
+            extract_features(photos, lite0, cache=cache, **bad)
+    assert cache.count() == 0, "nothing is computed before the parameters are checked"
 
 
 _WORKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from headstart.features.extract import FeatureCache, extract_features
+    from headstart.features import FeatureCache, extract_features
     paths = [Path(p) for p in sys.argv[2:]]
     extract_features(paths, "tf_efficientnet_lite0", cache=FeatureCache(sys.argv[1]), batch_size=2, precision="fp32",
                      flip_average=False)  # one row per photo: what these tests count
@@ -162,7 +173,6 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     import json
     import os
 
-    folder = photos[0].parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "ddp-cache")}
     data = tmp_path / "data"
     (data / "a").mkdir(parents=True)
@@ -179,7 +189,7 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
     shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
     assert shared.count() == 2 * len(photos)  # mirror-averaged and single-view rows, from one pass
-    from headstart.data.datasets import load_dataset
+    from headstart.data import load_dataset
 
     paths = load_dataset(data).paths
     merged = extract_features(paths, "tf_efficientnet_lite0", cache=shared, precision="fp32")
@@ -202,30 +212,6 @@ def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path
         a.merge_from(tmp_path / "junk.sqlite")
 
 
-def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
-    """The device's out-of-memory error (injected: no test machine can be made to run out) halves the batch."""
-    import contextlib
-
-    import torch
-
-    from headstart.features.extract import _embed_fitting_memory
-
-    sizes = []
-
-    def embed(chunk: torch.Tensor) -> np.ndarray:
-        sizes.append(len(chunk))
-        if len(chunk) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return chunk.sum(dim=(1, 2, 3), keepdim=False)[:, None].numpy()
-
-    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
-    out = _embed_fitting_memory(embed, x, contextlib.nullcontext())
-    np.testing.assert_array_equal(out[:, 0], np.arange(8))
-    assert sizes == [8, 4, 2, 2, 4, 2, 2]
-    with pytest.raises(RuntimeError, match="other failure"):
-        _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())
-
-
 def test_a_mirror_averaged_extraction_also_stores_the_single_view_features(sample: Path, cache) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))[:4]
     both = extract_features(photos, cache=cache, precision="fp32")
@@ -243,3 +229,17 @@ def test_a_mirror_averaged_extraction_also_stores_the_single_view_features(sampl
         want = plain.features(x).numpy()
     cosine = (single.features * want).sum(1) / np.linalg.norm(single.features, axis=1) / np.linalg.norm(want, axis=1)
     assert cosine.min() > 0.99, cosine  # single-view features (JPEG draft decoding aside)
+
+
+def test_every_public_name_is_importable_from_the_package_which_costs_nothing_to_import() -> None:
+    import importlib
+
+    import headstart.features as features
+
+    for module, names in features._MODULES.items():
+        assert set(names) == set(importlib.import_module(f"headstart.features.{module}").__all__), module
+        for name in names:
+            assert getattr(features, name) is getattr(importlib.import_module(f"headstart.features.{module}"), name)
+    code = "import sys, headstart.features; print(*(m in sys.modules for m in ('numpy', 'torch', 'timm')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]

@@ -82,10 +82,11 @@ def test_image_grid_single_item_and_empty(tmp_path):
 
 
 def test_image_grid_rejects_bad_layout(tmp_path):
-    with pytest.raises(ValueError, match="columns must be an int of at least 1; got 0"):
+    with pytest.raises(ValueError, match=r"^The 'columns' parameter of plot_image_grid must be an int in \[1, inf\)\. Got 0 "):
         plot_image_grid([], tmp_path / "x.png", columns=0)
-    with pytest.raises(ValueError, match="thumb_size"):
+    with pytest.raises(ValueError, match=r"^The 'thumb_size' parameter of plot_image_grid must be an int in \[16, inf\)"):
         plot_image_grid([], tmp_path / "x.png", thumb_size=2)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_importing_plots_needs_neither_matplotlib_nor_torch():

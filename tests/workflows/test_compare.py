@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from headstart._validation import ParameterError
+from headstart.features.cache import FeatureCache
 from headstart.workflows.compare import compare_backbones
-from headstart.features.extract import FeatureCache
 
 
 def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,7 +19,12 @@ def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tm
     assert sorted(r["backbone"] for r in rows) == names and [r["rank"] for r in rows] == [1, 2]
     assert all(r["num_features"] == 1280 and r["images_per_second"] > 0 and 0.5 < r["cv_accuracy"] <= 1 for r in rows)
     assert rows[0]["cv_accuracy"] >= rows[1]["cv_accuracy"]
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == rows and (tmp_path / "cmp" / "compare.png").is_file()
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text()) == rows
+    from PIL import Image
+
+    with Image.open(tmp_path / "cmp" / "compare.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 500
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.json", "compare.png"], "no temporaries"
     import headstart.features.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("second call: all from the cache"))
@@ -27,6 +33,9 @@ def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tm
         (r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in rows]
 
 
-def test_compare_needs_a_backbone(sample: Path) -> None:
-    with pytest.raises(ValueError, match="at least one backbone"):
-        compare_backbones(sample / "train", [])
+@pytest.mark.parametrize("backbones", [[], "tf_efficientnet_lite0", [""]])
+def test_compare_needs_a_list_of_backbones(sample: Path, tmp_path: Path, backbones) -> None:
+    with pytest.raises(ParameterError, match="The 'backbones' parameter of compare_backbones must be a list naming "
+                                             "at least one backbone") as info:
+        compare_backbones(sample / "train", backbones, out_dir=tmp_path / "cmp")
+    assert info.value.parameter == "backbones" and not (tmp_path / "cmp").exists()

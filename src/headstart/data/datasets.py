@@ -21,11 +21,11 @@ import math
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
+from headstart._validation import check_choice, check_number, fail
 from headstart.errors import DataError
 
 __all__ = ["Sample", "Dataset", "load_dataset", "train_val_split"]
@@ -104,11 +104,7 @@ def load_dataset(source: str | Path, *, split: str = "all") -> Dataset:
     Raises:
         DataError: `source` is missing, empty, has one class only, or has no layout headstart knows.
     """
-    if not isinstance(split, str) or split not in _SPLITS:
-        raise ValueError(
-            f"The 'split' parameter of load_dataset must be a str among {{'all', 'train', 'test'}}. "
-            f"Got {split!r} instead."
-        )
+    check_choice(split, "split", "load_dataset", _SPLITS)
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise DataError(f"{path} does not exist. {_EXPECTED_LAYOUTS}; check the path for typos.")
@@ -172,15 +168,9 @@ def train_val_split(
     Returns:
         ``(train, val)``, each a `Dataset` keeping `dataset`'s sample order and class list.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, Real) or not 0 < val_fraction < 1:
-        raise ValueError(
-            "The 'val_fraction' parameter of train_val_split must be a float in (0, 1). "
-            f"Got {val_fraction!r} instead."
-        )
+    check_number(val_fraction, "val_fraction", "train_val_split", low=0, high=1, low_open=True, high_open=True)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(
-            f"The 'seed' parameter of train_val_split must be an int in [0, 2**32 - 1]. Got {seed!r} instead."
-        )
+        fail("seed", "train_val_split", "an int in [0, 2**32 - 1]", seed)
     n = len(dataset)
     if groups is not None and len(groups) != n:
         raise ValueError(

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import tarfile
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
+from headstart._io import hash_file, write_text_atomic
+from headstart._validation import fail
 from headstart._version import __version__
 from headstart.errors import HeadstartError
 
@@ -104,10 +105,8 @@ def download_dataset(
     """
     key = name.lower().strip() if isinstance(name, str) else name
     if key not in DATASETS:
-        allowed = ", ".join(repr(known) for known in sorted(DATASETS))
-        raise ValueError(
-            f"The 'name' parameter of download_dataset must be a str among {{{allowed}}}. Got {name!r} instead."
-        )
+        fail("name", "download_dataset", "a str among {" + ", ".join(repr(known) for known in sorted(DATASETS)) + "}",
+             name)
     archives = DATASETS[key]
     dest = Path(destination).expanduser().absolute()
     if dest.exists() and not dest.is_dir():
@@ -137,7 +136,7 @@ def download_dataset(
                     f"{file} did not contain {extracted.name}/ as expected. The file is not the official "
                     f"{archive.filename}: delete it and run again."
                 )
-            marker.write_text(f"{archive.url}\n", encoding="utf-8")
+            write_text_atomic(marker, f"{archive.url}\n")
     return dest / _ROOT[key] if _ROOT[key] != "." else dest
 
 
@@ -221,19 +220,11 @@ def _verify(path: Path, archive: Archive, shown: Path) -> None:
     if archive.size is not None and size != archive.size:
         raise HeadstartError(f"{shown} has {size} bytes, expected {archive.size}. {advice}")
     if archive.md5 is not None:
-        actual = _md5(path)
+        actual = hash_file(path, "md5")  # the checksum the publishers give
         if actual != archive.md5.lower():
             raise HeadstartError(
                 f"{shown} has md5 {actual}, expected {archive.md5.lower()}. {advice}"
             )
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unsafe_name(name: str) -> bool:

@@ -5,45 +5,42 @@ Folders of real photos hold surprises: greyscale scans, 16-bit PNGs, CMYK JPEGs 
 fine-tuning, the server) goes through :func:`load_image`, so all of that is handled once, here, and a damaged file
 is reported by name and reason (:class:`~headstart.errors.UnusableImageError`) instead of crashing a long run.
 
+Checking whole folders before a long run (``scan``) and moving the bad files aside (``quarantine``) live in
+:mod:`headstart.data.scanning`.
+
 Example:
-    >>> from headstart.data.images import load_image, scan
+    >>> from headstart.data.images import load_image
     >>> img = load_image("photos/cat/001.jpg", draft_size=(256, 256))  # doctest: +SKIP
-    >>> report = scan("photos", progress=True)  # doctest: +SKIP
-    >>> [u.reason for u in report.unusable]  # doctest: +SKIP
+    >>> img.mode  # doctest: +SKIP
+    'RGB'
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import stat
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from headstart._io import write_json
+from headstart._validation import check_int, fail
 from headstart.errors import DataError, UnusableImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
-    "ScanReport",
-    "UnusableFile",
     "check_image",
+    "check_max_pixels",
+    "decode_image",
+    "decode_threads",
     "is_image_file",
     "list_image_files",
     "load_image",
-    "quarantine",
-    "scan",
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -64,8 +61,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 DEFAULT_MAX_PIXELS: int = 89_478_485
 """Pillow's own default limit (a 3 GiB RGBA image at 4 bytes a pixel / 3); larger images are refused unasked."""
-
-QUARANTINE_LOG = "QUARANTINE.json"
 
 # Pillow checks its global Image.MAX_IMAGE_PIXELS inside Image.open (and, for GIF and TIFF, while decoding) and
 # raises at twice that limit. The caller's ``max_pixels`` must win in both directions, so headstart lifts Pillow's
@@ -93,11 +88,37 @@ def _pillow_limit_lifted() -> Iterator[int | None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _check_max_pixels(max_pixels: int | None, caller: str) -> None:
+def check_max_pixels(max_pixels: int | None, caller: str) -> None:
+    """The pixel limit every decoding function takes: a positive int, or None for no limit.
+
+    Example:
+        >>> check_max_pixels(0, "scan")
+        Traceback (most recent call last):
+        ParameterError: The 'max_pixels' parameter of scan must be an int in [1, inf) or None (no limit). Got 0 instead.
+    """
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
-        raise ValueError(
-            f"The 'max_pixels' parameter of {caller} must be a positive int or None (no limit). Got {max_pixels!r}."
-        )
+        fail("max_pixels", caller, "an int in [1, inf) or None (no limit)", max_pixels)
+
+
+def decode_threads(workers: int | None, caller: str) -> int:
+    """How many threads decode photos: ``workers``, or by default one a CPU core, at most 8 (Pillow releases the GIL
+    while it decodes; past 8 threads the disk, not the processor, sets the pace).
+
+    Example:
+        >>> decode_threads(None, "scan") <= 8
+        True
+    """
+    if workers is None:
+        return min(8, os.cpu_count() or 1)
+    return check_int(workers, "workers", caller, low=1)
+
+
+def _check_decoding(max_pixels: int | None, draft_size: tuple[int, int] | None, caller: str) -> None:
+    check_max_pixels(max_pixels, caller)
+    if draft_size is not None and not (
+        isinstance(draft_size, (tuple, list)) and len(draft_size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in draft_size)
+    ):
+        fail("draft_size", caller, "None or (width, height) positive ints", draft_size)
 
 
 def _bomb_reason(width: int, height: int, max_pixels: int) -> str:
@@ -226,14 +247,7 @@ def load_image(
     Raises:
         UnusableImageError: The file can't be used; ``.reason`` says why and, where there is one, the fix.
     """
-    _check_max_pixels(max_pixels, "load_image")
-    if draft_size is not None and not (
-        len(draft_size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in draft_size)
-    ):
-        raise ValueError(
-            f"The 'draft_size' parameter of load_image must be None or (width, height) positive ints. "
-            f"Got {draft_size!r}."
-        )
+    _check_decoding(max_pixels, draft_size, "load_image")
     path = Path(path)
     problem = _file_problem(path)
     if problem is not None:
@@ -342,212 +356,26 @@ def list_image_files(root: str | Path) -> tuple[list[Path], list[Path]]:
     return sorted(images), sorted(ignored)
 
 
-@dataclass(frozen=True)
-class UnusableFile:
-    """One file that can't be used, and why."""
-
-    path: Path
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        """``{"path": …, "reason": …}``: how every report (scan, train, evaluate, --json) lists a skipped file."""
-        return {"path": str(self.path), "reason": self.reason}
-
-
-@dataclass
-class ScanReport:
-    """What :func:`scan` found: how many images it decoded, which are unusable, which files it ignored."""
-
-    n_files: int
-    unusable: list[UnusableFile] = field(default_factory=list)
-    ignored: list[Path] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form, for ``--json`` output and logs."""
-        return {
-            "n_files": self.n_files,
-            "unusable": [u.to_dict() for u in self.unusable],
-            "ignored": [str(p) for p in self.ignored],
-        }
-
-
-def _collect(paths: Path | str | Sequence[Path | str]) -> tuple[list[Path], list[Path]]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    images: list[Path] = []
-    ignored: list[Path] = []
-    for entry in paths:
-        entry = Path(entry)
-        if entry.is_dir():
-            found, skipped = list_image_files(entry)
-            images.extend(found)
-            ignored.extend(skipped)
-        elif entry.exists() or entry.is_symlink():
-            images.append(entry)  # a file named explicitly is always checked, whatever its extension
-        else:
-            raise DataError(f"{entry}: no such file or folder; check the path (it is relative to {Path.cwd()}).")
-    return list(dict.fromkeys(images)), list(dict.fromkeys(ignored))
-
-
-def scan(
-    paths: Path | str | Sequence[Path | str],
+def decode_image(
+    data: bytes,
     *,
+    name: str = "upload",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    workers: int | None = None,
-    progress: bool = False,
-) -> ScanReport:
-    """Decode every image and report the unusable ones, before a long run trips over them.
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """:func:`load_image` for bytes already in memory (an HTTP upload): the same decoder, checks and reasons.
 
-    Folders are walked with :func:`list_image_files`; files named directly are checked whatever their extension.
-    Decoding runs in threads, because Pillow releases the GIL while it decodes.
+    ``name`` is what errors call the image (the upload's filename). Same ``max_pixels`` and ``draft_size`` as
+    :func:`load_image`, so a photo served over HTTP is decoded exactly as the same file on disk.
 
-    Args:
-        paths: Files and/or folders.
-        max_pixels: As in :func:`load_image`.
-        workers: Decoding threads; default ``min(8, os.cpu_count())``.
-        progress: Show a progress bar on stderr.
-
-    Returns:
-        A :class:`ScanReport`; ``unusable`` is in the same (sorted) order as the files were found.
-
-    Raises:
-        DataError: A path does not exist.
+    Example:
+        >>> decode_image(Path("cat.jpg").read_bytes(), name="cat.jpg").mode  # doctest: +SKIP
+        'RGB'
     """
-    _check_max_pixels(max_pixels, "scan")
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"The 'workers' parameter of scan must be an int >= 1 or None. Got {workers!r}.")
-    files, ignored = _collect(paths)
-    reasons: dict[Path, str] = {}
+    import io
 
-    def run(advance: Any = None) -> None:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-scan") as pool:
-            futures = {pool.submit(check_image, f, max_pixels=max_pixels): f for f in files}
-            for future in as_completed(futures):
-                reason = future.result()
-                if reason is not None:
-                    reasons[futures[future]] = reason
-                if advance is not None:
-                    advance()
+    _check_decoding(max_pixels, draft_size, "decode_image")
+    if not data:
+        raise UnusableImageError(name, "empty file (0 bytes); the copy or upload probably failed")
+    return _decode(Path(name), io.BytesIO(data), max_pixels=max_pixels, draft_size=draft_size)
 
-    if progress and files:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True)) as bar:
-            task = bar.add_task("scan", total=len(files))
-            run(lambda: bar.advance(task))
-    else:
-        run()
-    unusable = [UnusableFile(f, reasons[f]) for f in files if f in reasons]
-    return ScanReport(n_files=len(files), unusable=unusable, ignored=ignored)
-
-
-def _free_name(target: Path) -> Path:
-    """target itself if free, else ``name-1.ext``, ``name-2.ext``, ... so nothing is ever overwritten."""
-    if not target.exists() and not target.is_symlink():
-        return target
-    n = 1
-    while True:
-        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
-        if not candidate.exists() and not candidate.is_symlink():
-            return candidate
-        n += 1
-
-
-def _read_log(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    try:
-        data = json.loads(log.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(
-            f"{log}: cannot read the quarantine log ({exc}); expected JSON written by headstart. "
-            "Move it aside or choose another destination."
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise DataError(
-            f"{log}: expected a JSON object with a 'files' list (written by headstart); "
-            "move it aside or choose another destination."
-        )
-    return data["files"]
-
-
-def _relative_to(path: Path, root: Path) -> Path | None:
-    """path relative to root, trying the paths as given, then with symlinks resolved (e.g. /tmp on macOS)."""
-    candidates = (
-        (Path(os.path.abspath(path)), Path(os.path.abspath(root))),
-        (path.parent.resolve() / path.name, root.resolve()),
-    )
-    for candidate, base in candidates:
-        try:
-            return candidate.relative_to(base)
-        except ValueError:
-            continue
-    return None
-
-
-def quarantine(report: ScanReport, destination: str | Path, *, root: str | Path) -> list[tuple[Path, Path]]:
-    """Move each unusable file out of the data set, so training sees only good photos and nothing is lost.
-
-    Each file goes to ``destination/<its path relative to root>``. Nothing is deleted or overwritten: on a name
-    clash the moved file gets a ``-1``, ``-2``, ... suffix. ``destination/QUARANTINE.json`` records every moved
-    file with its reason (appended to when it already exists), so the move can be reviewed and undone. Files
-    that no longer exist are skipped.
-
-    Args:
-        report: From :func:`scan`.
-        destination: Where to move the files; created if missing. Keep it outside ``root`` (or hidden, e.g.
-            ``root/.quarantine``), otherwise later scans will find the files again.
-        root: The folder the files' relative paths are kept from.
-
-    Returns:
-        ``(old path, new path)`` for each file moved.
-
-    Raises:
-        DataError: A file is not below root, or the existing log is not headstart's (nothing is moved then); or a
-            move failed (the files moved before it are already in the log).
-    """
-    destination = Path(destination)
-    plan: list[tuple[UnusableFile, Path]] = []
-    for item in report.unusable:
-        relative = _relative_to(Path(item.path), Path(root))
-        if relative is None:
-            raise DataError(
-                f"{item.path}: not below the root folder {root}; pass the folder that was scanned as root."
-            )
-        plan.append((item, relative))
-    log = destination / QUARANTINE_LOG
-    entries = _read_log(log)
-
-    moved: list[tuple[Path, Path]] = []
-    try:
-        for item, relative in plan:
-            source = Path(item.path)
-            if not source.exists() and not source.is_symlink():
-                continue
-            target = _free_name(destination / relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.move(os.fspath(source), os.fspath(target))
-            except OSError as exc:
-                raise DataError(
-                    f"{source}: cannot move it to {target} ({exc.strerror or exc}); check the permissions of both "
-                    f"folders. Files moved so far are listed in {log}."
-                ) from exc
-            moved.append((source, target))
-            entries.append(
-                {
-                    "path": str(source),
-                    "quarantined_as": target.relative_to(destination).as_posix(),
-                    "reason": item.reason,
-                    "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-    finally:
-        if moved:
-            destination.mkdir(parents=True, exist_ok=True)
-            write_json(log, {"files": entries})
-    return moved

@@ -1,1 +1,53 @@
-"""features"""
+"""Layer 2, features: pretrained backbones and what they make of photos.
+
+======================  ==============================================================================
+``backbones``           a timm model with its weights and preprocessing (:class:`BackboneSpec` keys the cache)
+``checkpoints``         reading weight files without running code; ``efficientnet_pytorch`` keys → timm
+``catalogue``           what ``headstart backbones`` lists, and whether each is usable offline now
+``cache``               :class:`FeatureCache`: SQLite, keyed by file content × backbone, safe to share
+``extract``             :func:`extract_features`: cached, threaded decoding, batches committed as they finish
+``engines``             one batch → features, in PyTorch (bf16, OOM halving) or ONNX Runtime
+``distributed``         torchrun: each process extracts or trains its share
+``duplicates``          the same photo twice: same bytes, same pixels, or near (features, perceptual hash)
+======================  ==============================================================================
+
+Every public name is importable from here (``from headstart.features import FeatureCache``); the modules load on
+first use, so importing this package costs nothing. Each module's ``__all__`` and ``_MODULES`` below must agree
+(a test checks): add a new public name to both.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_MODULES = {
+    "backbones": ("DEFAULT_BACKBONE", "OFFLINE_PACKAGES", "Backbone", "BackboneSpec", "cached_trunk_weights",
+                  "load_backbone", "offline_choices", "offline_weight_file", "resolve_backbone"),
+    "checkpoints": ("map_efficientnet_pytorch_keys", "read_checkpoint", "strip_wrapper_prefix"),
+    "catalogue": ("CATALOGUE", "BackboneStatus", "hub_weights_cached", "list_backbones"),
+    "cache": ("FeatureCache",),
+    "extract": ("ENGINES", "FLIP_AVERAGE", "PRECISIONS", "Features", "bytes_preprocessor", "decode_size",
+                "default_precision", "describe_unusable", "extract_features", "preprocessor"),
+    "engines": ("ONNX_PRECISION", "Embedder", "make_embedder", "onnx_embedder", "prepare_model"),
+    "distributed": ("ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"),
+    "duplicates": ("COSINE_THRESHOLD", "HAMMING_THRESHOLD", "NEAR_RULES", "DuplicateGroup", "Signatures",
+                   "find_duplicates", "group_keys", "hamming", "image_signatures", "near_duplicate_keys",
+                   "perceptual_hash"),
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use."""
+    if name in _EXPORTS:
+        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

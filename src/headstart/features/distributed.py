@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from headstart._validation import fail
+
+__all__ = ["ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"]
+
 
 @dataclass(frozen=True)
 class ProcessGroup:
@@ -56,7 +60,7 @@ def resolve_device(device: str = "auto") -> str:
             raise ValueError(f"--device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu.")
         torch.cuda.set_device(torch.device(device))
     elif device != "cpu":
-        raise ValueError(f"The 'device' parameter must be auto, cpu, cuda or cuda:N. Got {device!r} instead.")
+        fail("device", "resolve_device", "auto, cpu, cuda or cuda:N", device)
     return device
 
 

@@ -1,16 +1,33 @@
 """Accuracy, top-k, per-class precision/recall and the confusion matrix, as JSON-ready dicts and pictures.
 
 Plain numpy (no scikit-learn import): `evaluate` and cached `train` runs should not pay a second for it.
+:func:`score_photos` is *the* scoring of labelled photos: `evaluate`, the ONNX export's accuracy check and
+`robustness` at eps 0 all give it their way of computing probabilities, so they agree by construction.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from headstart.errors import DataError
+
+if TYPE_CHECKING:
+    from headstart.data.datasets import Dataset
+    from headstart.data.scanning import UnusableFile
+
+__all__ = [
+    "Probabilities", "ScoredPhotos", "classification_metrics", "confusion_matrix", "match_labels", "public_metrics",
+    "score_photos", "write_metric_pictures",
+]
+
+#: ``paths -> (probabilities (n_scored, n_classes), index in paths of each row, the unusable files)``.
+Probabilities = Callable[[list[Path]], "tuple[np.ndarray, np.ndarray, list[UnusableFile]]"]
 
 
 def _normalise(name: str) -> str:
@@ -93,3 +110,62 @@ def write_metric_pictures(metrics: dict[str, Any], paths: Sequence[Path], folder
 def public_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics without the per-sample lists (for printing and model metadata)."""
     return {k: v for k, v in metrics.items() if k not in ("true", "predicted", "confidence")}
+
+
+@dataclass
+class ScoredPhotos:
+    """What :func:`score_photos` measured.
+
+    Attributes:
+        metrics: :func:`classification_metrics` of the scored photos (with the per-photo lists).
+        paths: the scored photos, in the order of the metrics' per-photo lists.
+        skipped: the unusable files, not scored.
+        unknown_labels: labels of the data that are no class of the model, with how many photos carry each (not
+            scored either).
+    """
+
+    metrics: dict[str, Any]
+    paths: list[Path]
+    skipped: list[UnusableFile] = field(default_factory=list)
+    unknown_labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics["accuracy"]
+
+    @property
+    def n_images(self) -> int:
+        return int(self.metrics["n_images"])
+
+
+def score_photos(dataset: Dataset, classes: Sequence[str], probabilities: Probabilities) -> ScoredPhotos:
+    """Score a model's probabilities on labelled photos, its classes matched to the labels by name.
+
+    Photos whose label the model does not know are not scored (counted in ``unknown_labels``), nor are files that
+    ``probabilities`` finds unusable. Anything that computes probabilities (cached PyTorch features, an ONNX file,
+    perturbed photos) is scored the same way here.
+
+    Raises:
+        DataError: no label of the data is a class of the model (the wrong model for this data).
+
+    Example:
+        >>> uniform = lambda paths: (np.full((len(paths), 2), 0.5), np.arange(len(paths)), [])
+        >>> score_photos(load_dataset("photos/"), ["cat", "dog"], uniform).n_images
+        24
+    """
+    classes = list(classes)
+    mapping = match_labels(dataset.labels, classes)
+    if not any(mapping.values()):
+        raise DataError(
+            f"None of the data's labels ({', '.join(sorted(mapping)[:5])}, …) is a class of the model "
+            f"({', '.join(classes[:5])}, …): is this the right model for this data?"
+        )
+    unknown: dict[str, int] = {}
+    for label in dataset.labels:
+        if mapping[label] is None:
+            unknown[label] = unknown.get(label, 0) + 1
+    known = dataset.subset([i for i, s in enumerate(dataset.samples) if mapping[s.label] is not None])
+    proba, indices, skipped = probabilities(known.paths)
+    scored = known.subset(np.asarray(indices, dtype=np.int64).tolist())
+    metrics = classification_metrics([mapping[label] for label in scored.labels], np.asarray(proba), classes)
+    return ScoredPhotos(metrics, scored.paths, list(skipped), unknown)

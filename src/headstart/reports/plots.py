@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart._io import save_figure
+from headstart._validation import check_int
 
 __all__ = ["plot_confusion_matrix", "plot_image_grid"]
 
@@ -118,10 +119,8 @@ def plot_image_grid(
     """
     from matplotlib.figure import Figure
 
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be an int of at least 1; got {columns!r}.")
-    if isinstance(thumb_size, bool) or not isinstance(thumb_size, int) or thumb_size < 16:
-        raise ValueError(f"thumb_size must be an int of at least 16 (pixels); got {thumb_size!r}.")
+    check_int(columns, "columns", "plot_image_grid", low=1)
+    check_int(thumb_size, "thumb_size", "plot_image_grid", low=16)
 
     items = list(items)
     if not items:

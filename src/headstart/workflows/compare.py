@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headstart._io import save_figure, write_json
+from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
-from headstart.features.extract import FeatureCache, extract_features
+from headstart.features.cache import FeatureCache
+from headstart.features.extract import extract_features
 from headstart.models.memo import Memo, fit_probe
+
+__all__ = ["compare_backbones", "plot_comparison"]
 
 
 def compare_backbones(
     data: str | os.PathLike[str] | Dataset,
-    backbones: list[str],
+    backbones: Sequence[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
     cache: FeatureCache | None = None,
@@ -31,8 +36,9 @@ def compare_backbones(
         >>> compare_backbones("photos/", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])[0]["backbone"]
         'tf_efficientnet_lite2'
     """
-    if not backbones:
-        raise ValueError("Name at least one backbone, e.g. --backbones tf_efficientnet_lite0,tf_efficientnet_lite1.")
+    if isinstance(backbones, str) or not backbones or not all(isinstance(b, str) and b for b in backbones):
+        fail("backbones", "compare_backbones", "a list naming at least one backbone (timm names, e.g. "
+             "['tf_efficientnet_lite0', 'tf_efficientnet_lite1'])", backbones)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     cache = cache if cache is not None else FeatureCache()
     rows = []
@@ -54,17 +60,19 @@ def compare_backbones(
         row["rank"] = rank
     if out_dir is not None:
         folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(folder / "compare.json", rows)
         plot_comparison(rows, folder / "compare.png")
     return rows
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against speed, one labelled point per backbone (up and right is better)."""
-    from matplotlib.figure import Figure
+    """Accuracy against speed, one labelled point per backbone (up and right is better).
 
-    from headstart._io import save_figure
+    Example:
+        >>> plot_comparison(compare_backbones("photos/", ["tf_efficientnet_lite0"]), Path("compare.png"))
+        PosixPath('compare.png')
+    """
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()

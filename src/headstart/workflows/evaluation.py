@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from headstart.models.classifier import Classifier
+from headstart._io import write_json
+from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
-from headstart.errors import DataError
-from headstart.features.extract import FeatureCache
 from headstart.data.images import DEFAULT_MAX_PIXELS
-from headstart.reports.metrics import classification_metrics, match_labels, public_metrics, write_metric_pictures
+from headstart.features.cache import FeatureCache
+from headstart.models.classifier import Classifier
+from headstart.reports.metrics import ScoredPhotos, public_metrics, score_photos, write_metric_pictures
 
 
 @dataclass
@@ -28,6 +27,18 @@ class Evaluation:
     unknown_labels: dict[str, int]
     details: dict[str, Any] = field(repr=False, default_factory=dict)
     pictures: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_scores(cls, scored: ScoredPhotos) -> Evaluation:
+        """The report of photos scored by :func:`~headstart.reports.metrics.score_photos`."""
+        return cls(
+            accuracy=scored.metrics["accuracy"],
+            top5_accuracy=scored.metrics["top5_accuracy"],
+            n_images=scored.n_images,
+            skipped=[u.to_dict() for u in scored.skipped],
+            unknown_labels=scored.unknown_labels,
+            details=public_metrics(scored.metrics),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,8 +54,35 @@ class Evaluation:
         }
 
 
+def as_classifier(model: Any, caller: str) -> Classifier:
+    """The :class:`Classifier` in ``model``: a Classifier, a fitted estimator holding one in ``model_``
+    (``ImageClassifier``), or a model file path.
+
+    Raises:
+        NotFittedError: an estimator that is not fitted yet (scikit-learn's error).
+        ParameterError: anything else.
+
+    Example:
+        >>> as_classifier("pets.safetensors", "evaluate").classes[:2]
+        ['Abyssinian', 'Bengal']
+    """
+    if isinstance(model, Classifier):
+        return model
+    fitted = getattr(model, "model_", None)
+    if isinstance(fitted, Classifier):
+        return fitted
+    if isinstance(model, (str, os.PathLike)):
+        return Classifier.load(model)
+    if hasattr(model, "fit"):
+        from sklearn.exceptions import NotFittedError
+
+        raise NotFittedError(f"This {type(model).__name__} instance is not fitted yet: call 'fit' before {caller}.")
+    fail("model", caller, "a Classifier, a fitted ImageClassifier or a model file path", model)
+    raise AssertionError  # (fail raises)
+
+
 def evaluate(
-    model: Classifier | str | os.PathLike[str],
+    model: Any,
     data: str | os.PathLike[str] | Dataset,
     *,
     split: str = "all",
@@ -55,7 +93,8 @@ def evaluate(
     progress: bool = False,
     engine: str = "torch",
 ) -> Evaluation:
-    """Score ``model`` on the labelled photos in ``data``; classes are matched by name.
+    """Score ``model`` (a Classifier, a fitted ImageClassifier or a model file) on the labelled photos in ``data``;
+    classes are matched by name.
 
     Photos whose label the model does not know are not scored; they are counted in ``unknown_labels``.
     Unusable files are skipped and listed in ``skipped``. With ``out_dir``, writes ``evaluation.json``,
@@ -65,39 +104,22 @@ def evaluate(
         >>> evaluate("pets.safetensors", "test_photos/").accuracy
         0.9
     """
-    model = model if isinstance(model, Classifier) else Classifier.load(model)
+    model = as_classifier(model, "evaluate")
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
-    mapping = match_labels(dataset.labels, model.classes)
-    if not any(mapping.values()):
-        raise DataError(
-            f"None of the data's labels ({', '.join(sorted(mapping)[:5])}, …) is a class of the model "
-            f"({', '.join(model.classes[:5])}, …): is this the right model for this data?"
-        )
-    unknown: dict[str, int] = {}
-    for label in dataset.labels:
-        if mapping[label] is None:
-            unknown[label] = unknown.get(label, 0) + 1
-    known = dataset.subset([i for i, s in enumerate(dataset.samples) if mapping[s.label] is not None])
-    feats = model.features(known.paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress,
-                           engine=engine)
-    scored = known.subset(feats.indices.tolist())
-    proba = model.predict_proba_features(feats.features)
-    metrics = classification_metrics([mapping[l] for l in scored.labels], proba, model.classes)
-    evaluation = Evaluation(
-        accuracy=metrics["accuracy"],
-        top5_accuracy=metrics["top5_accuracy"],
-        n_images=metrics["n_images"],
-        skipped=[u.to_dict() for u in feats.unusable],
-        unknown_labels=unknown,
-        details=public_metrics(metrics),
-    )
+
+    def probabilities(paths: list[Path]) -> Any:
+        feats = model.features(paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress,
+                               engine=engine)
+        return model.predict_proba_features(feats.features), feats.indices, feats.unusable
+
+    scored = score_photos(dataset, model.classes, probabilities)
+    evaluation = Evaluation.from_scores(scored)
     if out_dir is not None:
         folder = Path(out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        pictures = write_metric_pictures(metrics, scored.paths, folder, title=f"{metrics['n_images']} photos")
+        pictures = write_metric_pictures(scored.metrics, scored.paths, folder, title=f"{scored.n_images} photos")
         evaluation.pictures = [str(p) for p in pictures]
-        (folder / "evaluation.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        write_json(folder / "evaluation.json", evaluation.to_dict())
     return evaluation
 
 
-__all__ = ["Evaluation", "evaluate", "match_labels"]
+__all__ = ["Evaluation", "as_classifier", "evaluate"]

@@ -1,0 +1,62 @@
+"""Embedding engines and the shared photo preprocessing: one batch in, the backbone's features out."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headstart.features.engines import _embed_fitting_memory, make_embedder
+from headstart.features.extract import extract_features, preprocessor
+
+
+@pytest.fixture(scope="module")
+def batch(sample: Path, lite0) -> tuple[list[Path], torch.Tensor]:
+    photos = sorted((sample / "test").glob("*/*.jpg"))[:3]
+    decode = preprocessor(lite0)
+    return photos, torch.stack([decode(p) for p in photos])
+
+
+def test_the_preprocessor_gives_extractions_pixels(lite0, cache, batch) -> None:
+    """Features of preprocessor(photo) are what extract_features stores: every model run outside the cache (ONNX
+    checks, int8 calibration, the server) sees the same pixels as extraction."""
+    photos, x = batch
+    assert x.shape == (3, *lite0.spec.data_config["input_size"])
+    with torch.no_grad():
+        want = lite0.features(x).numpy()
+    got = extract_features(photos, lite0, cache=cache, precision="fp32").features
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_single_view_features_come_from_the_same_forward_pass(lite0, batch) -> None:
+    _, x = batch
+    flipped = lite0.with_flip_average(True)
+    averaged, single = make_embedder(flipped, precision="fp32", device="cpu", single_view=True)(x)
+    plain, none = make_embedder(lite0, precision="fp32", device="cpu")(x)
+    assert none is None and averaged.shape == single.shape == (3, 1280)
+    np.testing.assert_allclose(single, plain, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        mirrored = lite0.features(x.flip(-1)).numpy()
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)
+    assert np.abs(averaged - plain).max() > 1e-3, "mirror averaging changes the features"
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
+    """The device's out-of-memory error (injected: no test machine can be made to run out) halves the batch."""
+    sizes = []
+
+    def embed(chunk: torch.Tensor) -> np.ndarray:
+        sizes.append(len(chunk))
+        if len(chunk) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return chunk.sum(dim=(1, 2, 3), keepdim=False)[:, None].numpy()
+
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1)
+    out = _embed_fitting_memory(embed, x, contextlib.nullcontext())
+    np.testing.assert_array_equal(out[:, 0], np.arange(8))
+    assert sizes == [8, 4, 2, 2, 4, 2, 2]
+    with pytest.raises(RuntimeError, match="other failure"):
+        _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())
