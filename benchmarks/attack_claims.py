@@ -22,11 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.attacks import attack, robustness, save_attack, save_robustness, transfer
-from headstart.models.classifier import Classifier
+from headstart._io import write_json
+from headstart.attacks.adversarial import attack, transfer
+from headstart.attacks.report import save_attack, save_robustness
+from headstart.attacks.robustness_curve import robustness
 from headstart.data.datasets import load_dataset
-from headstart.workflows.evaluation import evaluate
+from headstart.models.classifier import Classifier
 from headstart.models.target import load_target
+from headstart.workflows.evaluation import evaluate
 from headstart.workflows.training import train
 
 SAMPLE_TEST = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets" / "test"
@@ -93,7 +96,7 @@ def main() -> None:
     report["robustness"] = {"eps_8bit": [e * 255 for e in curve.eps], "accuracy": curve.accuracy,
                             "evaluate_accuracy": evaluate(model, unseen_set).accuracy}
     print(json.dumps(report, indent=2))
-    (args.out / "attack_claims.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "attack_claims.json", report)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import json
 import time
 from pathlib import Path
 
-from headstart.models.target import load_target
+from headstart._io import write_json
 from headstart.inside.class_image import dream
+from headstart.models.target import load_target
 
 
 def row(label: str, r, wall: float) -> dict:
@@ -57,7 +58,7 @@ def main() -> None:
         t0 = time.perf_counter()
         r = dream(args.model, args.breed, args.out / f"lucid-{args.breed}.png")
         rows.append(row(f"lucid {args.breed} ({args.model.name})", r, time.perf_counter() - t0))
-    (args.out / "claims.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.out / "claims.json", rows)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,13 @@ from PIL import Image
 from conftest import shared_data
 from typer.testing import CliRunner
 
-from headstart.attacks import (
-    attack,
-    parse_eps,
-    parse_eps_list,
-    perturb,
-    preprocess,
-    robustness,
-    save_attack,
-    save_robustness,
-    transfer,
-)
+from headstart._validation import ParameterError
+from headstart.attacks.adversarial import attack, transfer
+from headstart.attacks.budget import parse_eps, parse_eps_list
+from headstart.attacks.optimise import perturb
+from headstart.attacks.preprocessing import preprocess
+from headstart.attacks.report import save_attack, save_robustness
+from headstart.attacks.robustness_curve import robustness
 from headstart.errors import HeadstartError, UnusableImageError
 
 SIAMESE_CAT = 284
@@ -74,6 +70,26 @@ def timm_top1(net, path: Path) -> int:
     return int(net.probabilities(transform(Image.open(path).convert("RGB"))[None]).argmax())
 
 
+# ---------------------------------------------------------------------------------------------- the package
+def test_the_package_offers_exactly_the_public_names_of_before() -> None:
+    """The split into modules kept ``headstart.attacks``' public face, and ``headstart``'s lazy exports reach it."""
+    import headstart
+    import headstart.attacks
+    from headstart.attacks import adversarial as attack_module, budget, optimise, report
+    from headstart.attacks import robustness_curve as robustness_module
+
+    assert sorted(headstart.attacks.__all__) == sorted([
+        "AttackResult", "Robustness", "Verdict", "attack", "parse_eps", "parse_eps_list", "perturb", "plot_attack",
+        "preprocess", "robustness", "save_attack", "save_robustness", "transfer", "METHODS", "NORMS"])
+    homes = {"attack": attack_module, "transfer": attack_module, "AttackResult": attack_module,
+             "parse_eps": budget, "METHODS": budget, "perturb": optimise, "save_attack": report,
+             "save_robustness": report, "robustness": robustness_module, "Robustness": robustness_module}
+    for name, module in homes.items():
+        assert getattr(headstart.attacks, name) is getattr(module, name), name
+    for name in ("attack", "transfer", "robustness", "save_attack", "save_robustness", "parse_eps"):
+        assert getattr(headstart, name) is getattr(headstart.attacks, name), name
+
+
 # ---------------------------------------------------------------------------------------------------- budgets
 def test_parse_eps_reads_fractions_and_decimals() -> None:
     assert parse_eps("4/255") == pytest.approx(4 / 255)
@@ -86,8 +102,8 @@ def test_parse_eps_reads_fractions_and_decimals() -> None:
 
 @pytest.mark.parametrize("bad", ["abc", "4/0", "-1/255", "1.5", "nan", "inf", ""])
 def test_parse_eps_rejects_bad_budgets_with_a_clear_message(bad: str) -> None:
-    with pytest.raises(ValueError, match="'eps' parameter"):
-        parse_eps(bad)
+    with pytest.raises(ParameterError, match=f"^The 'eps' parameter of attack must be .* Got {bad!r} instead.$"):
+        parse_eps(bad, caller="attack")
 
 
 # ------------------------------------------------------------------------------- the attacked preprocessing
@@ -137,24 +153,29 @@ def test_untargeted_pgd_at_one_step_of_255(net, dog: Path) -> None:
     assert result.linf_8bit == 1
 
 
-def test_l2_budget_holds_on_the_saved_image(net, dog: Path) -> None:
+def test_l2_budget_holds_on_the_saved_image(net, dog: Path, tmp_path: Path) -> None:
     result = attack(net, dog, target=SIAMESE_CAT, norm="l2", eps=2.0, steps=10)
-    assert result.l2 <= 2.0 + 1e-6
-    assert result.success
+    assert result.success and 0 < result.l2 <= 2.0 + 1e-6
+    png = save_attack(result, tmp_path)["adversarial"]
+    measured = float(np.sqrt((((pixels(png) - pixels(dog)) / 255.0) ** 2).sum()))  # from the file, not the report
+    assert measured == pytest.approx(result.l2) and measured <= 2.0 + 1e-6
+    assert timm_top1(net, png) == SIAMESE_CAT
 
 
-def test_fgsm_takes_one_step_within_the_budget(net, dog: Path) -> None:
+def test_fgsm_takes_one_step_of_exactly_the_budget(net, dog: Path) -> None:
     result = attack(net, dog, method="fgsm", eps="2/255")
-    assert result.steps_used == 1
-    assert result.linf_8bit <= 2
+    assert result.steps_used == 1 and result.step_size == pytest.approx(2 / 255)
+    assert result.linf_8bit == 2  # one signed step of eps moves (almost) every value by exactly 2 steps
+    assert result.success == (result.after.index != result.before.index)
 
 
 def test_lesson_method_is_unbounded(net, dog: Path) -> None:
     result = attack(net, dog, target=SIAMESE_CAT, method="lesson", steps=5)
-    assert result.steps_used == 5
+    assert result.steps_used == 5 and result.step_size == 1.0
     assert result.linf_8bit > 4  # no budget: the lesson's descent moves pixels far more than 4/255
     report = result.to_dict()
-    assert report["clipped_values"] >= 0 and report["eps"] is None
+    # pixels pushed outside 0-255 had to be clipped for the PNG: the lesson's image was not a valid photo
+    assert report["clipped_values"] > 0 and report["eps"] is None and report["eps_8bit"] is None
 
 
 def test_transfer_reports_whether_the_attack_carried_over(net, dog: Path) -> None:
@@ -163,6 +184,9 @@ def test_transfer_reports_whether_the_attack_carried_over(net, dog: Path) -> Non
     assert row["model"] == "tf_efficientnet_lite1"
     assert isinstance(row["carried_over"], bool)
     assert row["carried_over"] == (row["adversarial"]["index"] == SIAMESE_CAT)
+    assert 0 <= row["target_probability"] <= 1
+    if row["carried_over"]:
+        assert row["target_probability"] == pytest.approx(row["adversarial"]["probability"], abs=1e-6)
     assert result.to_dict()["transfer"] == [row]
 
 
@@ -192,15 +216,17 @@ def test_probe_attack_is_checked_through_classifier_predict(probe: Path, sample:
     [
         ({"target": "unicorn"}, HeadstartError, "Unknown class"),
         ({"target": 1000}, HeadstartError, "out of range"),
-        ({"eps": "2"}, ValueError, "in \\[0, 1\\]"),
-        ({"eps": "0.5/255"}, ValueError, "at least 1/255"),
-        ({"method": "cw"}, ValueError, "'method' parameter"),
-        ({"steps": 0}, ValueError, "'steps' parameter"),
+        ({"eps": "2"}, ParameterError, "^The 'eps' parameter of attack must be in \\[0, 1\\]"),
+        ({"eps": "0.5/255"}, ParameterError, "at least 1/255"),
+        ({"method": "cw"}, ParameterError, "^The 'method' parameter of attack must be one of 'pgd', 'fgsm', 'lesson'"),
+        ({"steps": 0}, ParameterError, "^The 'steps' parameter of attack must be an int in \\[1, inf\\). Got 0"),
+        ({"step_size": -1.0}, ParameterError, "'step_size' parameter of attack"),
+        ({"model": []}, ParameterError, "'model' parameter of attack"),
     ],
 )
 def test_bad_parameters_raise_before_anything_runs(net, dog: Path, kwargs, error, words) -> None:
     with pytest.raises(error, match=words):
-        attack(net, dog, **kwargs)
+        attack(kwargs.pop("model", net), dog, **kwargs)
 
 
 def test_a_non_image_file_is_refused(net, tmp_path: Path) -> None:
@@ -214,8 +240,8 @@ def test_a_non_image_file_is_refused(net, tmp_path: Path) -> None:
     "args, words",
     [
         (["--target", "unicorn"], "Unknown class"),
-        (["--eps", "9/4"], "'eps' parameter"),
-        (["--norm", "l1"], "'norm' parameter"),
+        (["--eps", "9/4"], "The '--eps' option must be in [0, 1]"),  # the option's name, not the Python parameter's
+        (["--norm", "l1"], "The '--norm' option must be one of 'linf', 'l2'. Got 'l1' instead."),
         (["--transfer-to", "no_such_net_xyz"], ""),
     ],
 )
@@ -236,7 +262,8 @@ def test_cli_non_image_gives_an_error_and_no_files(tmp_path: Path) -> None:
     fake, out = tmp_path / "x.png", tmp_path / "out"
     fake.write_bytes(b"\x00" * 100)
     result = CliRunner().invoke(app, ["attack", "tf_efficientnet_lite0", str(fake), "--out", str(out)])
-    assert result.exit_code == 1 and "error:" in result.output
+    assert result.exit_code == 2 and "error:" in result.output  # 2: bad input for the whole command
+    assert "x.png" in result.output and "Traceback" not in result.output
     assert not out.exists()
 
 
@@ -265,13 +292,42 @@ def test_robustness_curve_starts_at_evaluate_and_never_rises(probe: Path, sample
     few = data.subset([0, 7, 14, 21])
     report = robustness(probe, few, "0,1/255,2/255", steps=5)
     assert report.eps == pytest.approx([0, 1 / 255, 2 / 255])
-    assert report.accuracy[0] == evaluate(probe, few).accuracy
+    assert report.accuracy[0] == report.clean_accuracy == evaluate(probe, few).accuracy
     assert all(b <= a for a, b in zip(report.accuracy, report.accuracy[1:])), report.accuracy
     # the probe is very confident (cross-entropy gradients underflow) yet fragile: the margin loss still finds it
     assert report.accuracy[-1] == 0.0, report.to_dict()
+    # attack success = the share of the photos attacked at a budget (those still right) that it fooled
+    assert report.attack_success[0] is None
+    for k in range(1, len(report.eps)):
+        before, after = report.accuracy[k - 1], report.accuracy[k]
+        expected = None if before == 0 else pytest.approx(1 - after / before, abs=1e-6)
+        assert report.attack_success[k] == expected, (k, report.to_dict())
     paths = save_robustness(report, tmp_path)
-    assert json.loads(paths["json"].read_text())["curve"][0]["accuracy"] == report.accuracy[0]
+    saved = json.loads(paths["json"].read_text())
+    assert saved == json.loads(json.dumps(report.to_dict()))  # the report, whole
+    assert [p["eps_8bit"] for p in saved["curve"]] == [0, 1, 2] and saved["n_images"] == 4
     assert Image.open(paths["curve"]).format == "PNG"
+
+
+def test_robustness_at_eps_0_scores_like_evaluate_with_unknown_and_wrong_labels(probe: Path, sample: Path,
+                                                                                tmp_path: Path) -> None:
+    """Labels matched loosely (``PUG``), unknown labels (``unicorn``) left out, and a wrong label: eps 0 is
+    exactly ``evaluate``'s accuracy, which is then neither 0 nor 1."""
+    from headstart.workflows.evaluation import evaluate
+
+    first = lambda split, breed: sorted((sample / split / breed).glob("*.jpg"))[0]  # noqa: E731
+    layout = {"PUG": sorted((sample / "test" / "pug").glob("*.jpg"))[:2],
+              "Siamese": [first("test", "Siamese"), first("train", "pug")],  # a pug filed as Siamese: wrong
+              "unicorn": [first("test", "Bengal")]}
+    for label, photos in layout.items():
+        (tmp_path / label).mkdir()
+        for photo in photos:
+            (tmp_path / label / photo.name).write_bytes(photo.read_bytes())
+    expected = evaluate(probe, tmp_path)
+    report = robustness(probe, tmp_path, "0")
+    assert expected.n_images == report.n_images == 4 and expected.unknown_labels == {"unicorn": 1}
+    assert report.accuracy == [report.clean_accuracy] == [expected.accuracy] == [0.75]
+    assert report.attack_success == [None]
 
 
 def test_cli_robustness_json(probe: Path, sample: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the visualisation commands: loading a timm trunk from a name or a model file, colour maps."""
+"""Helpers shared by dream, featuremaps and explain: the network from a name or a model file, layers, outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headstart._console import say
+from headstart._validation import fail
 from headstart.errors import HeadstartError
+from headstart.models.modelfile import looks_like_model_file
 
 
 def load_trunk(model: Any):
@@ -19,11 +22,33 @@ def load_trunk(model: Any):
     if isinstance(model, Classifier):
         return model.backbone
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if path.suffix == ".safetensors" or path.is_file():
-            return Classifier.load(path).backbone
+        if looks_like_model_file(model):
+            return Classifier.load(model).backbone
         return load_backbone(str(model))
     raise TypeError(f"Expected a backbone name, a model file, a Backbone or a Classifier; got {type(model).__name__}.")
+
+
+def load_target_network(model: Any):
+    """A :class:`~headstart.models.target.TargetNetwork` as given, or loaded from a backbone name or a model file."""
+    from headstart.models.target import TargetNetwork, load_target
+
+    return model if isinstance(model, TargetNetwork) else load_target(model)
+
+
+def check_output_file(out: str | os.PathLike[str], name: str, caller: str, *, suffix: str | None = None) -> Path:
+    """The file ``caller`` will write, refused before any work when it is a folder or has the wrong suffix."""
+    path = Path(out)
+    if suffix is not None and path.suffix.lower() != suffix:
+        fail(name, caller, f"a path ending in {suffix} ({caller} writes a {suffix[1:].upper()})", str(path))
+    if path.is_dir():
+        fail(name, caller, f"a file to write, not a folder (e.g. {path / ('out' + (suffix or '.png'))})", str(path))
+    return path
+
+
+def say_if_replacing(path: Path) -> None:
+    """Re-running a command replaces its earlier output, as it should; say so on stderr instead of doing it silently."""
+    if path.is_file():
+        say(f"replacing {path}")
 
 
 def feature_layers(model: Any) -> list[dict[str, Any]]:
@@ -43,4 +68,4 @@ def find_module(model: Any, layer: str):
     raise HeadstartError(f"The network has no layer {layer!r}. Feature stages: {stages} (any name from --list-layers works).")
 
 
-__all__ = ["load_trunk", "feature_layers", "find_module"]
+__all__ = ["load_trunk", "load_target_network", "check_output_file", "say_if_replacing", "feature_layers", "find_module"]

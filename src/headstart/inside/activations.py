@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart.inside._common import feature_layers, find_module, load_trunk
+from headstart._validation import check_int
+from headstart.inside._common import check_output_file, feature_layers, find_module, load_trunk, say_if_replacing
 
 
 @dataclass
@@ -108,8 +109,7 @@ def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels:
 
     from headstart._io import save_figure
 
-    if not isinstance(n_channels, int) or isinstance(n_channels, bool) or n_channels < 1:
-        raise ValueError(f"The 'n_channels' parameter must be an int >= 1. Got {n_channels!r}.")
+    check_int(n_channels, "n_channels", "plot_feature_maps", low=1)
     channels = fm.top_channels(n_channels)
     cols = math.ceil(math.sqrt(len(channels)))
     rows = math.ceil(len(channels) / cols)
@@ -144,9 +144,18 @@ def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels:
 def featuremaps(
     model: Any, image: str | os.PathLike[str], out: str | os.PathLike[str], layer: str | None = None, n_channels: int = 16
 ) -> FeatureMaps:
-    """One call: compute :func:`feature_maps` and write :func:`plot_feature_maps` to ``out``."""
+    """One call: compute :func:`feature_maps` and write :func:`plot_feature_maps` to ``out`` (replacing a file there).
+
+    Example:
+        >>> fm = featuremaps("tf_efficientnet_lite0", "cat.jpg", "cat-features.png", layer="blocks.4")
+        >>> fm.activations.shape
+        (112, 14, 14)
+    """
+    path = check_output_file(out, "out", "featuremaps")
+    check_int(n_channels, "n_channels", "featuremaps", low=1)
     fm = feature_maps(model, image, layer)
-    plot_feature_maps(fm, out, n_channels)
+    say_if_replacing(path)
+    plot_feature_maps(fm, path, n_channels)
     return fm
 
 

@@ -24,23 +24,25 @@ Example:
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from headstart._io import write_bytes_atomic
-
+from headstart._io import write_bytes_atomic, write_json
+from headstart._validation import check_choice, check_int, check_number
 from headstart.inside import objectives as obj
+from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
 from headstart.inside.param import fft_image, pixel_image
 from headstart.inside.render import render
 from headstart.inside.transforms import center_crop, standard_transforms
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("lucid", "lesson")
 DEFAULT_STEPS = {"lucid": 256, "lesson": 300}
@@ -129,7 +131,7 @@ def high_frequency_energy(image: np.ndarray | torch.Tensor) -> float:
     Returns:
         A number in [0, 1]: 0 for a smooth picture, about 0.8 for white noise. The mean (DC) is excluded.
     """
-    if isinstance(image, torch.Tensor):
+    if hasattr(image, "detach"):  # a torch tensor
         a = image.detach().float().cpu().numpy()
         a = a.reshape(a.shape[-3:]).transpose(1, 2, 0)
     else:
@@ -158,17 +160,6 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_out(out: str | os.PathLike[str] | None) -> Path | None:
-    if out is None:
-        return None
-    path = Path(out)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"dream writes a PNG: give an output path ending in .png. Got {str(path)!r}.")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: give the PNG file to write, e.g. {path / 'dream.png'}.")
-    return path
-
-
 def _strip_png(frames: list[tuple[int, np.ndarray]], height: int = 128) -> bytes:
     """The snapshots side by side, each captioned with its step."""
     from PIL import Image, ImageDraw
@@ -189,19 +180,6 @@ def _strip_png(frames: list[tuple[int, np.ndarray]], height: int = 128) -> bytes
     buffer = io.BytesIO()
     strip.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _load(model: Any):
-    from headstart.models.target import TargetNetwork, load_target
-
-    return model if isinstance(model, TargetNetwork) else load_target(model)
-
-
-def _positive(value: Any, name: str, kind: type, allow_zero: bool) -> None:
-    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = "[0, inf)" if allow_zero else "(0, inf)"
-        raise ValueError(f"The '{name}' parameter of dream must be {'a number' if kind is float else 'an int'} in {bound}. Got {value!r}.")
 
 
 def dream(
@@ -236,18 +214,25 @@ def dream(
         A :class:`DreamResult`; ``probability`` is measured on the PNG read back from disk.
 
     Raises:
-        HeadstartError: unknown class or model. ValueError: a bad parameter.
+        HeadstartError: unknown class or model. ParameterError (a ValueError): a bad parameter, or ``out`` is a
+        folder or not a ``.png`` (checked before any work).
+
+    Example:
+        >>> result = dream("tf_efficientnet_lite0", "zebra", "zebra.png", steps=30)
+        >>> result.target, result.probability > 0.5, result.json.name
+        (340, True, 'zebra.json')
     """
-    if method not in METHODS:
-        raise ValueError(f"The 'method' parameter of dream must be one of {', '.join(METHODS)}. Got {method!r}.")
+    import torch
+
+    check_choice(method, "method", "dream", METHODS)
     steps = DEFAULT_STEPS[method] if steps is None else steps
     tv = DEFAULT_TV[method] if tv is None else tv
-    _positive(steps, "steps", int, allow_zero=False)
-    _positive(tv, "tv", float, allow_zero=True)
-    if stop_at is not None and not (isinstance(stop_at, (int, float)) and not isinstance(stop_at, bool) and 0 < stop_at <= 1):
-        raise ValueError(f"The 'stop_at' parameter of dream must be None or a probability in (0, 1]. Got {stop_at!r}.")
-    path = _check_out(out)
-    net = _load(model)
+    check_int(steps, "steps", "dream", low=1)
+    check_number(tv, "tv", "dream", low=0)
+    if stop_at is not None:
+        check_number(stop_at, "stop_at", "dream", low=0, low_open=True, high=1)
+    path = None if out is None else check_output_file(out, "out", "dream", suffix=".png")
+    net = load_target_network(model)
     c = net.class_index(target)
     h, w = canvas_size(net.spec.data_config)
     crop = center_crop(net.input_size)
@@ -298,6 +283,7 @@ def dream(
     array = _to_uint8(final)
     data = _png_bytes(array)
     if path is not None:
+        say_if_replacing(path)
         write_bytes_atomic(path, data)
         probs = probabilities_of_file(net, path)
         measured_on = f"{path.name} read back from disk"
@@ -323,7 +309,7 @@ def dream(
             frames.append((state["step"], array))
             result.strip = write_bytes_atomic(path.with_name(f"{path.stem}-strip.png"), _strip_png(frames))
         result.json = path.with_suffix(".json")
-        write_bytes_atomic(result.json, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        write_json(result.json, result.to_dict())
     return result
 
 

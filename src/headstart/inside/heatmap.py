@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from headstart._validation import check_choice
 from headstart.errors import HeadstartError
+from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
 
 #: ``method`` names → pytorch_grad_cam classes.
 METHODS = {
@@ -105,8 +107,7 @@ def explain_view(net: Any, view: np.ndarray, target: str | int | None = None, me
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    if method not in METHODS:
-        raise ValueError(f"The 'method' parameter of explain must be one of {', '.join(METHODS)}. Got {method!r}.")
+    check_choice(method, "method", "explain", METHODS)
     x = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).unsqueeze(0).float()
     probs = net.probabilities(x)[0]
     c = int(probs.argmax()) if target is None else net.class_index(target)
@@ -164,20 +165,28 @@ def explain(
         layer: the layer whose activations and gradients are used; default: the last feature stage timm reports.
 
     Returns:
-        An :class:`Explanation` (heat map at the photo's aspect, class probability, top 5).
+        An :class:`Explanation` (heat map at the photo's aspect, class probability, top 5); ``out`` is the path
+        written. An existing file there is replaced (a re-run), and a line on stderr says so.
+
+    Raises:
+        ParameterError (a ValueError): a bad ``method``, or ``out`` is a folder or not a ``.png`` (before any work).
+        UnusableImageError: the photo cannot be read. HeadstartError: unknown class, model or layer.
+
+    Example:
+        >>> e = explain("tf_efficientnet_lite0", "cat.jpg", "cat-cam.png", target="Siamese cat")
+        >>> e.out, e.target, e.heatmap.max() <= 1
+        (PosixPath('cat-cam.png'), 284, True)
     """
     from headstart.data.images import load_image
-    from headstart.models.target import TargetNetwork, load_target
 
-    if method not in METHODS:
-        raise ValueError(f"The 'method' parameter of explain must be one of {', '.join(METHODS)}. Got {method!r}.")
-    if out is not None and Path(out).suffix.lower() != ".png":
-        raise ValueError(f"explain writes a PNG: give an output path ending in .png. Got {str(out)!r}.")
+    check_choice(method, "method", "explain", METHODS)
+    path = None if out is None else check_output_file(out, "out", "explain", suffix=".png")
     photo = load_image(image)
-    net = model if isinstance(model, TargetNetwork) else load_target(model)
+    net = load_target_network(model)
     e = explain_view(net, whole_view(photo, net.spec.data_config), target, method, layer)
-    if out is not None:
-        e.out = plot_explanation(e, out)
+    if path is not None:
+        say_if_replacing(path)
+        e.out = plot_explanation(e, path)
     return e
 
 

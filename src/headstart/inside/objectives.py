@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+from headstart._validation import check_int, fail
 
-Accessor = Callable[[str], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Accessor = Callable[[str], "torch.Tensor"]
 
 
 def _number(value: Any) -> bool:
@@ -123,42 +126,37 @@ def wrap_objective(factory: Callable[..., Callable[[Accessor], torch.Tensor]]) -
     return inner
 
 
-def _index(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"The '{name}' parameter must be an int >= 0. Got {value!r}.")
-    return int(value)
-
-
 @wrap_objective
 def class_logit(c: int):
     """The logit of class ``c`` (averaged over the batch)."""
-    c = _index(c, "c")
+    c = check_int(c, "c", "class_logit", low=0)
     return lambda T: T("logits")[:, c].mean()
 
 
 @wrap_objective
 def class_log_prob(c: int):
     """``log p(c)``: minus the cross-entropy to class ``c`` (the lesson's loss, maximised)."""
-    c = _index(c, "c")
-    return lambda T: torch.log_softmax(T("logits"), dim=-1)[:, c].mean()
+    c = check_int(c, "c", "class_log_prob", low=0)
+    return lambda T: T("logits").log_softmax(dim=-1)[:, c].mean()
 
 
 @wrap_objective
 def class_prob(c: int):
     """The softmax probability of class ``c``."""
-    c = _index(c, "c")
-    return lambda T: torch.softmax(T("logits"), dim=-1)[:, c].mean()
+    c = check_int(c, "c", "class_prob", low=0)
+    return lambda T: T("logits").softmax(dim=-1)[:, c].mean()
 
 
 @wrap_objective
 def channel(layer: str, n: int):
     """Mean activation of channel ``n`` of ``layer`` (a module name, e.g. ``"blocks.5"`` or ``"conv_head"``)."""
-    n = _index(n, "n")
+    n = check_int(n, "n", "channel", low=0)
 
     def inner(T: Accessor) -> torch.Tensor:
         act = T(layer)
         if act.dim() < 2 or n >= act.shape[1]:
-            raise ValueError(f"Layer {layer!r} has {act.shape[1] if act.dim() >= 2 else 0} channels; channel {n} asked for.")
+            channels = act.shape[1] if act.dim() >= 2 else 0
+            fail("n", "channel", f"below {channels}, the number of channels of layer {layer!r}", n)
         return act[:, n].mean()
 
     return inner

@@ -12,25 +12,48 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
-ImageF = Callable[[], torch.Tensor]
+from headstart._validation import fail
+
+if TYPE_CHECKING:
+    import torch
+
+ImageF = Callable[[], "torch.Tensor"]
 
 #: Square root of the colour correlation of natural images (Lucid's ImageNet estimate); rows are RGB.
-COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-_COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+_COLOR_CORRELATION = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
+
+
+@functools.cache
+def _color_matrices() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(COLOR_CORRELATION_SVD_SQRT, the same with its largest column norm scaled to 1)``, built on first use."""
+    import torch
+
+    matrix = torch.tensor(_COLOR_CORRELATION)
+    return matrix, matrix / matrix.norm(dim=0).max()
+
+
+def __getattr__(name: str) -> Any:
+    """``COLOR_CORRELATION_SVD_SQRT`` is a torch tensor, made on first access so importing this module needs no torch."""
+    if name == "COLOR_CORRELATION_SVD_SQRT":
+        return _color_matrices()[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_shape(shape: tuple[int, ...], caller: str) -> tuple[int, int, int, int]:
+    shape = tuple(shape)
     if len(shape) != 4 or not all(isinstance(v, int) and v > 0 for v in shape) or shape[1] != 3:
-        raise ValueError(f"The 'shape' parameter of {caller} must be (batch, 3, height, width) positive ints. Got {shape!r}.")
+        fail("shape", caller, "(batch, 3, height, width) positive ints", shape)
     return shape  # type: ignore[return-value]
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
+    import torch
+
     return None if seed is None else torch.Generator().manual_seed(int(seed))
 
 
@@ -40,23 +63,30 @@ def to_valid_rgb(image: torch.Tensor, decorrelate: bool = True) -> torch.Tensor:
     With ``decorrelate`` the three channels are coordinates along the principal colour axes of natural images,
     so one optimisation step changes colours in natural proportions instead of pushing R, G and B independently.
     """
+    import torch
+
     if decorrelate:
-        matrix = _COLOR_CORRELATION_NORMALIZED.to(image.device, image.dtype)
+        matrix = _color_matrices()[1].to(image.device, image.dtype)
         image = torch.einsum("bchw,dc->bdhw", image, matrix)
     return torch.sigmoid(image)
 
 
 def pixel_image(
-    shape: tuple[int, int, int, int], sd: float = 0.5, mean: float = 0.5, seed: int | None = None
+    shape: tuple[int, int, int, int], sd: float = 0.5, mean: float = 0.5, seed: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[list[torch.Tensor], ImageF]:
     """One free parameter per pixel and channel: the lesson's parameterisation, kept to valid pixels.
 
     The default start ``0.5 + 0.5 · N(0, 1)`` is the lesson's N(0, 1) noise in the normalised space of weights with
     mean = std = 0.5 (EfficientNet-Lite). Unlike the lesson, the pixels are clipped to [0, 1] before each use
-    (projected gradient descent), so the image optimised is one a PNG can hold.
+    (projected gradient descent), so the image optimised is one a PNG can hold. ``dtype`` (default float32) is
+    the pixels' type; the start is drawn in float32 either way, so a float64 run starts from the same image.
     """
+    import torch
+
     batch, channels, h, w = _check_shape(shape, "pixel_image")
-    pixels = (mean + sd * torch.randn(batch, channels, h, w, generator=_generator(seed))).requires_grad_(True)
+    noise = torch.randn(batch, channels, h, w, generator=_generator(seed))  # float32: the same start in any dtype
+    pixels = (mean + sd * noise).to(dtype or noise.dtype).requires_grad_(True)
 
     def image_f() -> torch.Tensor:
         with torch.no_grad():
@@ -92,6 +122,8 @@ def fft_image(
         decorrelate: decorrelate colours (see :func:`to_valid_rgb`).
         seed: seed of the starting spectrum.
     """
+    import torch
+
     batch, channels, h, w = _check_shape(shape, "fft_image")
     freqs = _rfft2d_freqs(h, w)
     spectrum = (sd * torch.randn(batch, channels, *freqs.shape, 2, generator=_generator(seed))).requires_grad_(True)
@@ -110,6 +142,8 @@ def image(
     size: int | tuple[int, int], batch: int = 1, fft: bool = True, decorrelate: bool = True, seed: int | None = None
 ) -> tuple[list[torch.Tensor], ImageF]:
     """The default parameterisation by size: :func:`fft_image` (``fft=True``) or a decorrelated sigmoid pixel image."""
+    import torch
+
     h, w = (size, size) if isinstance(size, int) else size
     if fft:
         return fft_image((batch, 3, h, w), decorrelate=decorrelate, seed=seed)

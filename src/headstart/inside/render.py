@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-
+from headstart._validation import check_int
 from headstart.inside.objectives import Objective, as_objective
 from headstart.inside.param import ImageF, fft_image
 from headstart.inside.transforms import Transform, compose, standard_transforms
 
+if TYPE_CHECKING:
+    import torch
+
 ParamF = Callable[[], "tuple[list[torch.Tensor], ImageF]"]
-OptimizerF = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
-Callback = Callable[[int, torch.Tensor, float], Any]
+OptimizerF = Callable[["list[torch.Tensor]"], "torch.optim.Optimizer"]
+Callback = Callable[[int, "torch.Tensor", float], Any]
 
 
 class ModelHook:
@@ -77,6 +79,8 @@ class ModelHook:
 
 
 def _module_and_size(net: Any) -> tuple[torch.nn.Module, tuple[int, int]]:
+    import torch
+
     if isinstance(net, torch.nn.Module):
         return net, (224, 224)
     module = getattr(net, "module", None)
@@ -113,8 +117,9 @@ def render(
         The images (``(batch, 3, H, W)`` tensors in [0, 1], detached) at each threshold reached, then the final
         image. Ctrl-C stops the loop and returns what there is so far.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"The 'steps' parameter of render must be an int >= 0. Got {steps!r}.")
+    import torch
+
+    check_int(steps, "steps", "render", low=0)
     objective = as_objective(objective)
     module, (h, w) = _module_and_size(net)
     params, image_f = (param_f or (lambda: fft_image((1, 3, h, w))))()

@@ -16,31 +16,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+from headstart._validation import check_int, fail
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Transform = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def _choice(values: Sequence[float]) -> float:
+    import torch
+
     return values[int(torch.randint(len(values), (1,)))]
 
 
-def _values(values: Iterable[float], name: str) -> list[float]:
+def _values(values: Iterable[float], name: str, caller: str) -> list[float]:
     out = [float(v) for v in values]
     if not out:
-        raise ValueError(f"The '{name}' parameter must be a non-empty list of numbers. Got {out!r}.")
+        fail(name, caller, "a non-empty list of numbers", out)
     return out
 
 
 def jitter(d: int) -> Transform:
     """Crop ``d`` pixels off in total along each axis at a random offset (a random shift of up to ``d`` pixels)."""
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"The 'd' parameter of jitter must be an int >= 1. Got {d!r}.")
+    check_int(d, "d", "jitter", low=1)
 
     def inner(image: torch.Tensor) -> torch.Tensor:
+        import torch
+
         h, w = image.shape[-2:]
         dy, dx = (int(v) for v in torch.randint(d, (2,)))
         return image[..., dy : dy + h - d, dx : dx + w - d]
@@ -50,10 +55,11 @@ def jitter(d: int) -> Transform:
 
 def pad(w: int, mode: str = "constant", value: float = 0.5) -> Transform:
     """Pad ``w`` pixels on every side (``mode`` as in ``torch.nn.functional.pad``; constant grey by default)."""
-    if not isinstance(w, int) or w < 0:
-        raise ValueError(f"The 'w' parameter of pad must be an int >= 0. Got {w!r}.")
+    check_int(w, "w", "pad", low=0)
 
     def inner(image: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         if mode == "constant":
             return F.pad(image, (w, w, w, w), mode="constant", value=value)
         return F.pad(image, (w, w, w, w), mode=mode)
@@ -63,9 +69,11 @@ def pad(w: int, mode: str = "constant", value: float = 0.5) -> Transform:
 
 def random_scale(scales: Iterable[float]) -> Transform:
     """Resize by a factor drawn from ``scales`` (bilinear)."""
-    choices = _values(scales, "scales")
+    choices = _values(scales, "scales", "random_scale")
 
     def inner(image: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         s = _choice(choices)
         if s == 1.0:
             return image
@@ -78,9 +86,12 @@ def random_scale(scales: Iterable[float]) -> Transform:
 
 def random_rotate(angles: Iterable[float]) -> Transform:
     """Rotate about the centre by an angle in degrees drawn from ``angles`` (bilinear, corners filled by reflection)."""
-    choices = _values(angles, "angles")
+    choices = _values(angles, "angles", "random_rotate")
 
     def inner(image: torch.Tensor) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         angle = _choice(choices)
         if angle == 0:
             return image
@@ -98,6 +109,8 @@ def center_crop(size: int | tuple[int, int]) -> Transform:
     h_out, w_out = (size, size) if isinstance(size, int) else size
 
     def inner(image: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
         h, w = image.shape[-2:]
         if h < h_out or w < w_out:
             py, px = max(0, h_out - h), max(0, w_out - w)
