@@ -228,8 +228,13 @@ def test_dream_bad_input_writes_nothing(net, tmp_path: Path, kwargs, error, word
 # ------------------------------------------------------------------------------------------------- featuremaps
 def test_featuremaps_lists_timm_layers_and_draws(sample: Path, tmp_path: Path, lite0) -> None:
     layers = list_layers(lite0)
-    assert [row["module"] for row in layers][:5] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+    # every stage that works is listed (blocks.3 and blocks.5 keep their input's resolution, so timm's feature_info
+    # leaves them out), with channels and resolution as measured
+    assert [row["module"] for row in layers] == [f"blocks.{i}" for i in range(7)] + ["forward_features"]
+    assert [(r["num_chs"], r["reduction"]) for r in layers[3:6]] == [(80, 16), (112, 16), (192, 32)]
     photo = sample / "test" / "Siamese" / "Siamese_17.jpg"
+    for row in layers[3:6:2]:  # the stages timm does not list draw too
+        assert featuremaps(lite0, photo, tmp_path / f"{row['module']}.png", layer=row["module"]).activations.shape[0] == row["num_chs"]
     fm = featuremaps(lite0, photo, tmp_path / "fm.png", layer="blocks.2", n_channels=4)
     assert fm.activations.shape == (40, 28, 28) and fm.final.shape == (1280, 7, 7)
     assert len(fm.top_channels(4)) == 4 and (tmp_path / "fm.png").read_bytes()[:4] == b"\x89PNG"

@@ -50,10 +50,40 @@ class FeatureMaps:
 
 
 def list_layers(model: Any) -> list[dict[str, Any]]:
-    """The backbone's feature stages as timm reports them (``module``, ``num_chs``, ``reduction``) + the final map."""
+    """Every stage feature maps can show, in the order the network runs them: timm's feature stages plus each block
+    of the stage lists between them (``blocks.3`` and ``blocks.5`` of an EfficientNet keep their resolution, so
+    timm's ``feature_info`` leaves them out), with channels and resolution measured by one forward pass; then the
+    final map (``forward_features``)."""
+    import torch
+
     backbone = load_trunk(model)
-    layers = feature_layers(backbone.model)
-    layers.append({"module": "forward_features", "num_chs": int(backbone.spec.num_features), "reduction": layers[-1]["reduction"] if layers else None})
+    net = backbone.model
+    names = [f["module"] for f in feature_layers(net)]
+    for container in ("blocks", "stages", "layers", "features"):
+        children = getattr(net, container, None)
+        if isinstance(children, torch.nn.Sequential | torch.nn.ModuleList):
+            names += [f"{container}.{i}" for i in range(len(children))]
+    modules = dict(net.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:  # (returning None keeps the output as it is)
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(name, tuple(output.shape))
+        return hook
+
+    hooks = [modules[n].register_forward_hook(record(n)) for n in dict.fromkeys(names) if n in modules]
+    size = backbone.spec.data_config["input_size"]
+    try:
+        with torch.no_grad():
+            net.forward_features(torch.zeros(1, *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    layers = [{"module": n, "num_chs": int(shape[1]), "reduction": int(round(size[1] / shape[2]))}
+              for n, shape in shapes.items() if len(shape) == 4]  # (in the order the forward pass reached them)
+    last = layers[-1]["reduction"] if layers else None
+    layers.append({"module": "forward_features", "num_chs": int(backbone.spec.num_features), "reduction": last})
     return layers
 
 
