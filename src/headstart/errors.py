@@ -32,3 +32,7 @@ class ModelFileError(HeadstartError):
 
 class CacheError(HeadstartError):
     """The feature cache does not match what it is asked for."""
+
+
+class OutputError(HeadstartError):
+    """An output location cannot be written (under a file, read-only, or the wrong kind); found before any work."""

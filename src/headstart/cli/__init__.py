@@ -19,27 +19,63 @@ Optional groups (``serve``, ``audit``) register when their module is present.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
-from headstart.cli._common import app
+try:  # from the first line: a Ctrl-C during start-up ends in exit 130 and one line (see cli/_interrupts.py)
+    from headstart.cli import _interrupts
 
-COMMAND_MODULES = ("data", "training", "models", "attacks", "inside")  # the order of `headstart --help`
-OPTIONAL_MODULES = ("serve", "audit")  # written by other parts of the project; skipped when absent
+    _interrupts.install(command_line=_interrupts.started_as_command())
+    with _interrupts.catching():
+        import importlib
+        import importlib.util
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"headstart.cli.{_name}")
-for _name in OPTIONAL_MODULES:
-    if importlib.util.find_spec(f"headstart.cli.{_name}") is not None:
-        importlib.import_module(f"headstart.cli.{_name}")
+        from headstart.cli._common import app
+
+        COMMAND_MODULES = ("data", "training", "models", "attacks", "inside")  # the order of `headstart --help`
+        OPTIONAL_MODULES = ("serve", "audit")  # written by other parts of the project; skipped when absent
+
+        for _name in COMMAND_MODULES:
+            importlib.import_module(f"headstart.cli.{_name}")
+        for _name in OPTIONAL_MODULES:
+            if importlib.util.find_spec(f"headstart.cli.{_name}") is not None:
+                importlib.import_module(f"headstart.cli.{_name}")
+except BaseException as _exc:  # an interrupt, or an error it became on its way up (Python wraps some in RuntimeError)
+    _handling = sys.modules.get("headstart.cli._interrupts")
+    if _handling is None or not hasattr(_handling, "interrupted_exit"):  # it landed before the first line was done
+        _cause: BaseException | None = _exc
+        while _cause is not None and not isinstance(_cause, KeyboardInterrupt):
+            _cause = _cause.__cause__ or _cause.__context__
+        if _cause is None:
+            raise
+        sys.stderr.write("interrupted: everything finished so far (cached features, saved files) is kept.\n")
+        exec("None")  # noqa: S102 - clears CPython's stray unhandled-KeyboardInterrupt flag (see interrupted_exit)
+        raise SystemExit(130) from None
+    if isinstance(_exc, SystemExit) or not _handling.caused_by_interrupt(_exc, 0):
+        raise
+    _handling.announce()
+    raise _handling.interrupted_exit() from None
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: runs the command and exits with the documented code (130 for Ctrl-C, whenever
+    it lands, with its one line on stderr)."""
+    code: object = 0
+    try:
+        _interrupts.install(command_line=True)  # (done at import already, unless a host program handles SIGINT)
+        with _interrupts.catching():
+            app()  # always ends in SystemExit (Typer turns a Ctrl-C outside a command into a silent exit 130)
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException as exc:  # (a Ctrl-C outside a command, or an error it became on its way up)
+        if not _interrupts.caused_by_interrupt(exc, 0):
+            raise
+        _interrupts.finish_interrupted()
+    if code == _interrupts.EXIT_INTERRUPTED or _interrupts.received():  # (also one Python swallowed before main)
+        _interrupts.finish_interrupted()
+    _interrupts.exiting()
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

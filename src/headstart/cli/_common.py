@@ -28,12 +28,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from headstart._io import check_output
+from headstart.cli import _interrupts as interrupts
 from headstart.errors import HeadstartError
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1  # done, some inputs unusable (listed)
 EXIT_BAD_INPUT = 2  # nothing (or nothing useful) done: bad usage or input for the whole command
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = interrupts.EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="headstart",
@@ -68,6 +70,7 @@ def max_pixels_or_none(value: int) -> int | None:
 def use_cache_dir(cache_dir: Path | None) -> None:
     """Point the library at ``--cache-dir`` (before it is imported, so every layer sees the same folder)."""
     if cache_dir is not None:
+        check_output(cache_dir, "folder", "--cache-dir")
         os.environ["HEADSTART_CACHE_DIR"] = str(cache_dir)
 
 
@@ -76,25 +79,37 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one clear line on stderr and exit 2 (Ctrl-C: 130), never a stack trace."""
+    """Turn library errors into one clear line on stderr and exit 2, never a stack trace; an interrupt (Ctrl-C),
+    however deep it lands and whatever error it turned into on its way up, into exit 130 and its one line."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         warnings.showwarning = _show_warning
+        since = interrupts.received()
         try:
             return fn(*args, **kwargs)
-        except (HeadstartError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except OSError as exc:  # a file the library did not expect to fail (disk full, permissions): still one line
-            where = f"{exc.filename}: " if exc.filename else ""
-            err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except KeyboardInterrupt:
-            err.print("interrupted: everything finished so far (cached features, saved files) is kept.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except typer.Exit:
+            if interrupts.received() > since:
+                _interrupted()
+            raise
+        except BaseException as exc:  # (SystemExit and GeneratorExit pass on unless an interrupt is behind them)
+            if interrupts.caused_by_interrupt(exc, since):
+                _interrupted()
+            if isinstance(exc, (HeadstartError, ValueError)):
+                err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            if isinstance(exc, OSError):  # a file the library did not expect to fail (disk full): still one line
+                where = f"{exc.filename}: " if exc.filename else ""
+                err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            raise
 
     return wrapper
+
+
+def _interrupted() -> None:
+    interrupts.announce(again=True)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 _PARAMETER = re.compile(r"The '(\w+)' parameter of [\w.]+")

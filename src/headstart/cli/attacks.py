@@ -12,6 +12,7 @@ from headstart.cli._common import (
     CacheDirOpt, DataArg, JsonOpt, ModelArg, SplitOpt, app, check_model_file, handles_errors, out, print_json,
     use_cache_dir,
 )
+from headstart._io import check_output
 
 
 @app.command()
@@ -35,6 +36,7 @@ def attack(
     """Perturb a photo within a budget until the model changes its mind; verified on the saved 8-bit PNG."""
     use_cache_dir(cache_dir)
     check_model_file(model)
+    check_output(out_dir, "folder", "--out")
     from headstart.attacks import attack as run_attack, save_attack, transfer
 
     others = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
@@ -79,6 +81,7 @@ def robustness(
     """Accuracy against the attack budget on labelled photos (eps 0 = `evaluate`'s accuracy)."""
     use_cache_dir(cache_dir)
     check_model_file(model)
+    check_output(out_dir, "folder", "--out", contents=("robustness.json", "robustness.png"))
     from headstart.attacks import robustness as measure, save_robustness
 
     report = measure(model, data, eps, method=method, norm=norm, steps=steps, split=split, limit=limit)

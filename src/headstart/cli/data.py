@@ -14,6 +14,7 @@ from headstart.cli._common import (
     BackboneOpt, CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
     err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
 )
+from headstart._io import check_output
 from headstart.errors import HeadstartError
 
 
@@ -53,6 +54,8 @@ def scan(
     for p in data:
         if not p.exists():
             raise HeadstartError(f"{p} does not exist: pass a folder or image files to scan.")
+    if quarantine is not None:
+        check_output(quarantine, "folder", "--quarantine")
     report = scan_files(data, max_pixels=max_pixels_or_none(max_pixels), progress=not as_json)
     moved = []
     if quarantine is not None and report.unusable:
@@ -80,6 +83,7 @@ def download(
     destination: Annotated[Path, typer.Argument(help="Folder to download and extract into.")],
 ) -> None:
     """Download and check an official data set archive, then extract it."""
+    check_output(destination, "folder", "DESTINATION")
     from headstart.data.download import download_dataset
 
     root = download_dataset(dataset, destination)
@@ -99,7 +103,7 @@ def extract(
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     engine: EngineOpt = "torch",
-    flip_average: Annotated[bool, typer.Option(help="Average each photo's features with its mirror image's (what `train` uses by default).")] = True,
+    flip_average: Annotated[bool, typer.Option(help="Also compute each photo's mirror image, for mirror-averaged features (`train` then lets cross-validation decide on them at no cost). Default: each photo once.")] = False,
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     use_cache_dir(cache_dir)

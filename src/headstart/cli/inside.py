@@ -10,6 +10,7 @@ import typer
 from headstart.cli._common import (
     BackboneOpt, JsonOpt, app, check_model_file, err, handles_errors, out, print_json,
 )
+from headstart._io import check_output
 from headstart.errors import HeadstartError
 
 
@@ -33,12 +34,16 @@ def dream(
     as_json: JsonOpt = False,
 ) -> None:
     """Optimise an image until the network sees the class in it; the probability is measured on the saved PNG."""
-    from headstart.inside.class_image import dream as run_dream
-
     if backbone is not None and model is not None:
         raise HeadstartError("Give --backbone or --model, not both.")
     source = model if model is not None else (backbone or "tf_efficientnet_lite0")
     check_model_file(source)
+    check_output(out_path, "file", "--out", example="dream.png")
+    check_output(out_path.with_suffix(".json"), "file", "--out's report")
+    if strip:
+        check_output(out_path.with_name(f"{out_path.stem}-strip.png"), "file", "--strip's picture")
+    from headstart.inside.class_image import dream as run_dream
+
     if not as_json:
         err.print(f"dreaming {target!r} with {source} ({method}); this takes a minute or two on a laptop CPU …")
     result = run_dream(source, target, out_path, method=method, steps=steps, tv=tv, seed=seed, stop_at=stop_at or None,
@@ -79,6 +84,7 @@ def featuremaps(
         return
     if image is None:
         raise HeadstartError("Give the photo to look at (IMAGE), or --list-layers.")
+    check_output(out_path, "file", "--out", example="featuremaps.png")
     fm = fmaps.featuremaps(source, image, out_path, layer=layer, n_channels=channels)
     if as_json:
         print_json({"out": str(out_path), "layer": fm.layer, "shape": list(fm.activations.shape),
@@ -99,10 +105,11 @@ def explain(
     as_json: JsonOpt = False,
 ) -> None:
     """Heat map of where the network looks for the top (or a chosen) class, over the photo."""
+    check_model_file(model)
+    out_path = check_output(out_path or Path(f"{image.stem}-explain.png"), "file", "--out", example=f"{image.stem}-explain.png")
     from headstart.inside.heatmap import explain as run_explain
 
-    check_model_file(model)
-    result = run_explain(model, image, out_path or Path(f"{image.stem}-explain.png"), target=target, method=method, layer=layer)
+    result = run_explain(model, image, out_path, target=target, method=method, layer=layer)
     if as_json:
         print_json(result.to_dict())
         return

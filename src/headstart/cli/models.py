@@ -13,6 +13,7 @@ from headstart.cli._common import (
     CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, SplitOpt, app, check_model_file,
     err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
 )
+from headstart._io import check_output
 
 
 @app.command()
@@ -31,6 +32,8 @@ def evaluate(
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     use_cache_dir(cache_dir)
     check_model_file(model)
+    if out_dir is not None:
+        check_output(out_dir, "folder", "--out-dir", contents=("evaluation.json",))
     from headstart.workflows.evaluation import evaluate as evaluate_model
 
     report = evaluate_model(model, data, split=split, out_dir=out_dir, precision=precision,
@@ -99,10 +102,13 @@ def export(
     if format_ != "onnx":
         raise ValueError(f"The '--format' option must be 'onnx'. Got {format_!r} instead.")
     check_model_file(model)
+    out_path = check_output(out_path or model.with_suffix(".onnx"), "file", "--out", example=model.stem + ".onnx")
+    if int8:  # the int8 copy goes beside it
+        check_output(out_path.with_name(out_path.stem + ".int8.onnx"), "file", "--int8's copy")
     from headstart.models.classifier import Classifier
     from headstart.workflows.export import export_onnx
 
-    report = export_onnx(Classifier.load(model), out_path or model.with_suffix(".onnx"), int8=int8,
+    report = export_onnx(Classifier.load(model), out_path, int8=int8,
                          calibrate=calibrate, check_data=data)
     if as_json:
         print_json(report.to_dict())
@@ -132,6 +138,8 @@ def compare(
 ) -> None:
     """Rank backbones for your data: cross-validated probe accuracy, extraction speed, feature size."""
     use_cache_dir(cache_dir)
+    if out_dir is not None:
+        check_output(out_dir, "folder", "--out", contents=("compare.json", "compare.png"))
     from headstart.workflows.compare import compare_backbones
 
     rows = compare_backbones(data, [b.strip() for b in backbones.split(",") if b.strip()], out_dir=out_dir,
@@ -156,6 +164,7 @@ def demo(
 ) -> None:
     """Train a pet-breed classifier on the bundled sample photos, evaluate it and predict a few (offline)."""
     use_cache_dir(cache_dir)
+    check_output(out_dir, "folder", "--out")
     from headstart.workflows.demo import run_demo
 
     run_demo(out_dir, console=out)

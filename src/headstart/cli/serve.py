@@ -30,7 +30,10 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="One line per request on stderr.")] = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Serve models over HTTP: /v1/predict, /v1/explain, /v1/models, KServe v2, /metrics, /docs, and a page at /."""
+    """Serve models over HTTP: /v1/predict, /v1/explain, /v1/models, KServe v2, /metrics, /docs, and a page at /.
+
+    Ctrl-C or SIGTERM stops it: requests in flight are answered first, then it exits 0.
+    """
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         raise HeadstartError(f"headstart serve needs {', '.join(missing)}: install the serve extra, "

@@ -12,6 +12,7 @@ from headstart.cli._common import (
     BackboneOpt, CacheDirOpt, DataArg, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
     err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
 )
+from headstart._io import check_output
 from headstart.cli._finetune import finetune_flags, flag_of, given
 from headstart.errors import HeadstartError
 from headstart.models.finetune_config import Finetune
@@ -20,6 +21,8 @@ from headstart.models.finetune_config import Finetune
 # train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
 RUN_OPTIONS = ("seed", "precision")
 # what the learning-rate range test reads of the options (it sweeps lr itself and trains no epochs)
+# what train writes in its run folder (a folder of one of these names there is refused before any work)
+RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png")
 LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
                   "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
 
@@ -39,7 +42,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
     refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
     reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
-    flip_average: Annotated[Optional[bool], typer.Option("--flip-average/--no-flip-average", help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: cross-validation on the training part decides).")] = None,
+    flip_average: Annotated[Optional[bool], typer.Option("--flip-average/--no-flip-average", help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: each photo once, unless its mirror view is cached, e.g. by `headstart extract --flip-average`: then cross-validation on the training part decides).")] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
@@ -51,7 +54,13 @@ def train(
 ) -> None:
     """Train a classifier on labelled photos and save it as one model file."""
     use_cache_dir(cache_dir)
+    check_output(out_path, "file", "--out", example="model.safetensors")  # where it writes, before any work
+    from headstart.workflows.training import default_run_dir
     from headstart.workflows.training import train as train_model
+
+    run_folder, named = ((resume, "--resume") if resume is not None else (run_dir, "--run-dir") if run_dir is not None
+                         else (default_run_dir(out_path), "the run folder (--run-dir)"))
+    check_output(run_folder, "folder", named, contents=RUN_FILES)
 
     file_options = _file_options(config)
     flags = given(finetune)
@@ -62,7 +71,8 @@ def train(
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
                          max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, finetune_options=options,
-                         resume=resume, device=device, reuse=reuse, flip_average=flip_average)
+                         resume=resume, device=device, reuse=reuse,
+                         flip_average="cached" if flip_average is None else flip_average)
     m = result.metrics
     from headstart.features.distributed import current
 
@@ -106,6 +116,7 @@ def lr_find(
 ) -> None:
     """Learning-rate range test for fine-tuning: a plot of loss against lr and a suggested value."""
     use_cache_dir(cache_dir)
+    check_output(out_path, "file", "--out", example="lr-find.png")
     from headstart.workflows.training import find_learning_rate
 
     options = Finetune().replace(**given(finetune)).set_fields()
@@ -135,6 +146,7 @@ def sweep(
     The fine-tuning flags set the other options of every variant.
     """
     use_cache_dir(cache_dir)
+    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
     from headstart.workflows.training import parse_settings
     from headstart.workflows.training import sweep as run_sweep
 
