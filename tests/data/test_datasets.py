@@ -88,7 +88,7 @@ def test_loose_photos_next_to_class_folders_are_refused(tmp_path: Path) -> None:
 def test_loose_photos_without_class_folders_are_refused(tmp_path: Path) -> None:
     _jpeg(tmp_path / "data" / "photo1.jpg")
     _jpeg(tmp_path / "data" / "photo2.jpg")
-    with pytest.raises(DataError, match=r"2 photos directly inside it and no class folder.*one subfolder per class"):
+    with pytest.raises(DataError, match=r"2 photos directly inside it .*and no class folder.*one subfolder per class"):
         load_dataset(tmp_path / "data")
 
 
@@ -399,3 +399,109 @@ def test_split_of_loaded_folder(tmp_path: Path) -> None:
     train, val = train_val_split(data, val_fraction=0.2)
     assert sorted(val.labels) == ["cat", "dog"] and len(train) == 8
     assert data.subset([0, 1]).samples == data.samples[:2]
+
+
+# --- labels never come from file names unasked (issue 11) --------------------------------------------------------
+
+
+def _camera_folder(root: Path) -> Path:
+    """What a phone or camera leaves: a flat folder of IMG_nnnn.jpg and DSC_nnnn.jpg."""
+    for i in range(1, 7):
+        _jpeg(root / f"IMG_{i:04d}.jpg")
+        _jpeg(root / f"DSC_{i + 100:04d}.jpg", (10, 20, 30))
+    return root
+
+
+def test_a_flat_folder_of_camera_photos_is_refused_with_how_to_lay_it_out(tmp_path: Path) -> None:
+    """It once trained an 'IMG vs DSC' classifier without a word."""
+    root = _camera_folder(tmp_path / "camera")
+    with pytest.raises(DataError) as info:
+        load_dataset(root)
+    message = str(info.value)
+    for part in ("12 photos directly inside it", "no class folder", "one subfolder per class", "CSV", "path,label",
+                 "labels_from_filenames=True", "--labels-from-filenames", "'DSC'"):
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_names_that_look_like_oxford_ones_are_not_breeds(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    for name in ("cat_1", "cat_2", "dog_1", "dog_2"):
+        _jpeg(root / f"{name}.jpg")
+    with pytest.raises(DataError, match="no class folder"):
+        load_dataset(root)
+    for name in ("Bengal_1", "Bengal_2", "pug_1", "pug_2"):  # breeds of the data set: an Oxford images/ folder
+        _jpeg(tmp_path / "pets" / f"{name}.jpg")
+    data = load_dataset(tmp_path / "pets")
+    assert data.kind == "oxford-pets" and data.classes == ["Bengal", "pug"]
+
+
+def test_labels_from_filenames_when_asked_says_which_it_found(tmp_path: Path) -> None:
+    from headstart.data import LabelsFromFilenamesWarning
+
+    root = _camera_folder(tmp_path / "camera")
+    (root / "notes.txt").write_text("not a photo")
+    with pytest.warns(LabelsFromFilenamesWarning) as caught:
+        data = load_dataset(root, labels_from_filenames=True)
+    assert data.kind == "filenames" and data.classes == ["DSC", "IMG"] and len(data) == 12
+    assert data.ignored == [root / "notes.txt"]
+    message = str(caught[0].message)
+    assert "'DSC' (6 photos, e.g. DSC_0101.jpg), 'IMG' (6 photos, e.g. IMG_0001.jpg)" in message, message
+    assert caught[0].filename == __file__, "the warning should point at the caller of load_dataset"
+
+
+@pytest.mark.parametrize(
+    ("names", "labels"),
+    [(["cat_001", "cat_002", "dog-1", "dog-7"], ["cat", "dog"]),
+     (["owl12", "owl 3", "bird.7", "bird (2)"], ["bird", "owl"]),
+     (["american_bulldog_10", "Abyssinian_3"], ["Abyssinian", "american_bulldog"])],
+)
+def test_labels_from_filenames_reads_the_name_without_its_number(tmp_path: Path, names, labels) -> None:
+    for name in names:
+        _jpeg(tmp_path / "flat" / f"{name}.jpg")
+    with pytest.warns(UserWarning):
+        assert load_dataset(tmp_path / "flat", labels_from_filenames=True).classes == labels
+
+
+def test_labels_from_filenames_refusals(tmp_path: Path) -> None:
+    for name in ("cat_1", "holiday", "2024"):
+        _jpeg(tmp_path / "flat" / f"{name}.jpg")
+    with pytest.raises(DataError, match=r"cannot read a label from 2 file name\(s\) \(2024\.jpg, holiday\.jpg\)"):
+        load_dataset(tmp_path / "flat", labels_from_filenames=True)
+    folders = _folder(tmp_path / "folders", {"cat": 2, "dog": 2})
+    with pytest.raises(DataError, match=r"has folders of photos \(cat, dog\).*only in a flat folder"):
+        load_dataset(folders, labels_from_filenames=True)
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{folders / 'cat' / '0.jpg'},cat\n{folders / 'dog' / '0.jpg'},dog\n")
+    with pytest.raises(DataError, match=r"is a file"):
+        load_dataset(csv, labels_from_filenames=True)
+    with pytest.raises(DataError, match=r"only the class 'cat'"), pytest.warns(UserWarning, match=r"'cat' \(3 photos"):
+        load_dataset(_one_label(tmp_path / "one"), labels_from_filenames=True)
+    oxford = _oxford(tmp_path / "oxford")  # an Oxford root keeps its own labels (they are its file names)
+    assert load_dataset(oxford, labels_from_filenames=True).kind == "oxford-pets"
+
+
+def _one_label(root: Path) -> Path:
+    for i in range(3):
+        _jpeg(root / f"cat_{i}.jpg")
+    return root
+
+
+def test_train_refuses_a_flat_folder_and_the_flag_reaches_the_library(tmp_path: Path) -> None:
+    """``headstart train`` on a flat folder: one line saying how to lay it out, exit 2, before any model is built;
+    ``--labels-from-filenames`` is passed on (here to a folder whose names carry no label: the library's refusal)."""
+    import subprocess
+    import sys
+
+    root = _camera_folder(tmp_path / "camera")
+    env = {**__import__("os").environ, "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "headstart", "train", str(root), "--out", str(tmp_path / "m.safetensors")]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "no class folder" in run.stderr and "--labels-from-filenames" in run.stderr, run
+    assert "Traceback" not in run.stderr and not (tmp_path / "m.safetensors").exists()
+    _jpeg(tmp_path / "unnamed" / "holiday.jpg")
+    _jpeg(tmp_path / "unnamed" / "beach.jpg")
+    for command in (["train", "--out", str(tmp_path / "m.safetensors")], ["extract"]):
+        run = subprocess.run([sys.executable, "-m", "headstart", command[0], str(tmp_path / "unnamed"),
+                              "--labels-from-filenames", *command[1:]], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert run.returncode == 2 and "cannot read a label from 2 file name(s)" in run.stderr, (command, run)

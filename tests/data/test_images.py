@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from headstart.data.images import (
     load_image,
 )
 from headstart.errors import UnusableImageError
+
+pytestmark = pytest.mark.filterwarnings("ignore::headstart.data.images.SmallImageWarning")  # tiny test images
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -416,3 +420,164 @@ def test_every_public_name_of_the_data_package_is_importable_from_it() -> None:
     code = "import sys, headstart.data; print(*(m in sys.modules for m in ('numpy', 'PIL')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"], "importing the package imports none of its modules"
+
+
+# --- the one guard: every format, every frame, every thread -------------------------------------------------------
+
+
+def test_pillows_own_check_still_guards_other_code(tmp_path: Path) -> None:
+    """headstart's limit is installed on its own decoding threads only: plain Pillow in the same process keeps
+    Pillow's check (and its global limit is never changed, not even for a moment)."""
+    path = save(Image.new("1", (3000, 3000)), tmp_path / "big.png")
+    assert_rgb(load_image(path, max_pixels=None), (3000, 3000))
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1_000_000
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(path)  # 9 Mpx is above 2 × 1 Mpx: Pillow refuses, as it would without headstart
+        assert_rgb(load_image(path, max_pixels=10_000_000), (3000, 3000))
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def test_each_thread_decodes_under_its_own_limit(tmp_path: Path) -> None:
+    big = save(Image.new("RGB", (400, 400), RED), tmp_path / "big.png")
+    verdicts: dict[str, object] = {}
+
+    def decode(name: str, limit: int | None) -> None:
+        for _ in range(20):
+            try:
+                verdicts[name] = load_image(big, max_pixels=limit).size
+            except UnusableImageError as exc:
+                verdicts[name] = exc.reason
+
+    threads = [threading.Thread(target=decode, args=(f"{limit}", limit)) for limit in (None, 1000, 10**6, 1000)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert verdicts["None"] == (400, 400) and verdicts["1000000"] == (400, 400), verdicts
+    assert "above the limit of 1,000 pixels" in str(verdicts["1000"]), verdicts
+
+
+def test_a_frame_inside_the_file_is_held_to_the_limit(tmp_path: Path) -> None:
+    """An ICO decodes its embedded PNG while Pillow reads the header: the limit applies there too."""
+    inner = io.BytesIO()
+    Image.new("RGB", (200, 200), RED).save(inner, "PNG")
+    data = inner.getvalue()
+    icon = b"\0\0\1\0\1\0" + bytes([200, 200, 0, 0]) + (1).to_bytes(2, "little") + (32).to_bytes(2, "little")
+    icon += len(data).to_bytes(4, "little") + (22).to_bytes(4, "little") + data
+    path = tmp_path / "icon.jpg"
+    path.write_bytes(icon)
+    assert "200×200" in reason_of(path, max_pixels=30_000)
+    assert_rgb(load_image(path, max_pixels=100_000), (200, 200))
+
+
+def test_formats_headstart_does_not_read_are_named(tmp_path: Path) -> None:
+    path = save(Image.new("RGB", (20, 20), RED), tmp_path / "scan.jpg", format="PCX")
+    reason = reason_of(path)
+    assert reason.startswith("not a photo format headstart reads: it is PCX data") and "convert it" in reason, reason
+
+
+def test_decoding_needing_more_memory_than_the_limit_allows_is_refused(tmp_path: Path) -> None:
+    """Pillow's WebP decoder holds four copies of the canvas: 16 bytes a pixel where the limit allows 8."""
+    path = save(Image.new("RGB", (99, 99), BLUE), tmp_path / "x.webp", lossless=True)
+    reason = reason_of(path, max_pixels=10_000)
+    assert "takes about" in reason and "more than the 0 MB the pixel limit allows (8 bytes for each of 10,000" in reason
+    assert_rgb(load_image(path, max_pixels=20_000), (99, 99))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "size"),
+    [("PNG", "1", (4000, 4000)), ("PNG", "RGBA", (2000, 2000)), ("JPEG", "L", (3000, 3000)), ("GIF", "P", (2000, 2000)),
+     ("TIFF", "RGB", (1000, 1000))],
+)
+def test_the_most_compressed_real_files_are_not_taken_for_forgeries(tmp_path: Path, fmt: str, mode: str, size) -> None:
+    """Files of one flat colour are as compressed as real files get; the bound on pixels per byte (deflate 1032:1,
+    JPEG one bit per block, ...) must let every one of them through."""
+    params = {"quality": 1} if fmt == "JPEG" else {"optimize": True} if fmt == "PNG" else {}
+    if fmt == "TIFF":
+        params = {"compression": "tiff_adobe_deflate"}
+    path = save(Image.new(mode, size, 0), tmp_path / f"flat.{fmt.lower()}", format=fmt, **params)
+    assert check_image(path) is None, check_image(path)
+    pixels_per_byte = size[0] * size[1] / path.stat().st_size
+    assert pixels_per_byte > 10, f"test setup: {pixels_per_byte:.0f} pixels a byte is not much compressed"
+
+
+def test_large_non_jpeg_photos_are_reduced_like_jpeg_drafts(tmp_path: Path) -> None:
+    """PNG, TIFF and WebP photos much larger than needed are box-reduced (integer factor, at most 8) right after
+    decoding, staying at least the draft size upright; rotation still applies."""
+    grad = np.linspace(0, 255, 1000, dtype=np.uint8)[None, :, None].repeat(800, 0).repeat(3, 2)
+    png = save(Image.fromarray(grad), tmp_path / "big.png")
+    assert load_image(png, draft_size=(224, 224)).size == (334, 267)  # factor 3: 800 // 224
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = save(Image.fromarray(grad), tmp_path / "rotated.png", exif=exif)
+    assert load_image(rotated).size == (800, 1000), "test setup: the PNG's EXIF turns it upright"
+    w, h = load_image(rotated, draft_size=(200, 250)).size  # measured upright: factor 4 (stored: factor 3)
+    assert (w, h) == (200, 250), f"draft (200, 250) of the upright 800×1000 gave {(w, h)}, expected factor 4"
+    palette = save(Image.fromarray(grad).convert("P"), tmp_path / "palette.png")
+    out = load_image(palette, draft_size=(224, 224))
+    assert out.size == (334, 267) and out.mode == "RGB"
+
+
+def test_tiny_photos_are_used_with_a_warning_naming_them(tmp_path: Path) -> None:
+    from headstart.data.images import MIN_SIDE, SmallImageWarning
+
+    assert MIN_SIDE == 16
+    tiny = save(Image.new("RGB", (1, 1), RED), tmp_path / "pixel.jpg")
+    thin = save(Image.new("RGB", (200, 15), RED), tmp_path / "strip.png")
+    fine = save(Image.new("RGB", (16, 16), RED), tmp_path / "ok.png")
+    for path, size in ((tiny, (1, 1)), (thin, (200, 15))):
+        with pytest.warns(SmallImageWarning, match=re.escape(f"{path}: only {size[0]}×{size[1]} pixels")):
+            assert load_image(path).size == size
+        with pytest.warns(SmallImageWarning, match=re.escape(str(path))):
+            assert check_image(path) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallImageWarning)
+        load_image(fine)
+
+
+def test_decodes_in_flight_stay_within_the_memory_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a 1 MB budget, six 300×300 RGBA decodes (about 0.4-0.7 MB booked each) on eight threads never book more
+    than the budget together; one larger than the budget runs alone."""
+    from headstart.data import _limits
+    from headstart.data.scanning import scan
+
+    budget = _limits._Budget(1 << 20)
+    monkeypatch.setattr(_limits, "BUDGET", budget)
+    peak = {"in_use": 0, "alone_over": 0}
+    acquire = budget.acquire
+
+    def tracked(nbytes: int) -> None:
+        acquire(nbytes)
+        with budget._cond:
+            peak["in_use"] = max(peak["in_use"], budget.in_use)
+            if budget.in_use > budget.limit:
+                peak["alone_over"] += budget.in_use != nbytes
+
+    monkeypatch.setattr(budget, "acquire", tracked)
+    for i in range(6):
+        save(Image.new("RGBA", (300, 300), (i, 0, 0, 128)), tmp_path / f"{i}.png")
+    save(Image.new("RGBA", (700, 700)), tmp_path / "big.png")  # 1.96 MB booked: more than the budget
+    for _ in range(3):
+        assert scan(tmp_path, workers=8).unusable == []
+        assert [load_image(tmp_path / f"{i}.png").size for i in range(6)] == [(300, 300)] * 6
+    assert 0 < peak["in_use"], "nothing was booked"
+    assert peak["alone_over"] == 0, "a decode over the budget ran beside others"
+    assert budget.in_use == 0, f"{budget.in_use} bytes still booked after every decode ended"
+
+
+@pytest.mark.slow
+def test_a_tiny_photo_is_classified_with_its_warning(tmp_path: Path, sample: Path, lite0, cache) -> None:
+    """Through the real pipeline: extraction decodes on threads; the warning still reaches the caller, naming the
+    file, and the photo is used (its features are computed like any other's)."""
+    from headstart.data.images import SmallImageWarning
+    from headstart.features import extract_features
+
+    tiny = save(Image.new("RGB", (1, 1), RED), tmp_path / "pixel.jpg")
+    photo = next(sample.glob("test/*/*.jpg"))
+    with pytest.warns(SmallImageWarning, match=re.escape(f"{tiny}: only 1×1 pixels")) as caught:
+        feats = extract_features([tiny, photo], lite0, cache=cache, flip_average=False)
+    assert feats.unusable == [] and len(feats.indices) == 2
+    assert all(str(photo) not in str(w.message) for w in caught), "a photo of normal size was warned about"

@@ -14,6 +14,8 @@ from headstart._validation import ParameterError
 from headstart.data.scanning import QUARANTINE_LOG, ScanReport, UnusableFile, quarantine, scan
 from headstart.errors import DataError
 
+pytestmark = pytest.mark.filterwarnings("ignore::headstart.data.images.SmallImageWarning")  # tiny test images
+
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 

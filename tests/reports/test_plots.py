@@ -93,3 +93,77 @@ def test_importing_plots_needs_neither_matplotlib_nor_torch():
     code = "import sys, headstart.reports.plots; print(*(m in sys.modules for m in ('torch', 'timm', 'matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"], out
+
+
+# --- every text fits; counts are whole; accuracies run 0..1 (issue 11) --------------------------------------------
+
+
+def _texts_outside(fig) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """The texts of a rendered figure that reach past its edges (in pixels), with their extents."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    outside = []
+    for text in fig.findobj(lambda artist: type(artist).__name__ == "Text"):
+        if not text.get_visible() or not text.get_text():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            outside.append((text.get_text(), (box.x0, box.y0, box.x1, box.y1)))
+    return outside
+
+
+@pytest.mark.parametrize("n_photos", [1, 2, 7])
+def test_grid_titles_and_captions_fit_inside_the_picture(tmp_path, n_photos):
+    """misclassified.png with one photo clipped its title to 'sclassified, 24 photos'."""
+    from headstart.reports.plots import _image_grid_figure
+
+    photos = sorted(SAMPLE.glob("test/*/*.jpg"))[:n_photos]
+    items = [(p, f"true: american_pit_bull_terrier\npred: staffordshire_bull_terrier 0.51") for p in photos]
+    fig = _image_grid_figure(items, title="Misclassified, validation (24 photos): 1", columns=6, thumb_size=160)
+    assert _texts_outside(fig) == []
+    very_long = "Misclassified, " + "a very long data set name " * 12
+    assert _texts_outside(_image_grid_figure(items, title=very_long, columns=6, thumb_size=96)) == []
+    assert _texts_outside(_image_grid_figure([], title=very_long, columns=6, thumb_size=96)) == []
+
+    path = plot_image_grid(items, tmp_path / "misclassified.png", title="Misclassified, validation (24 photos): 1")
+    pixels = np.asarray(_open_png(path).convert("L"))
+    title_rows = pixels[:30]
+    assert (title_rows < 128).any(), "the title was not drawn"
+    assert title_rows[:, :4].min() > 200 and title_rows[:, -4:].min() > 200, "the title touches the picture's edge"
+
+
+def test_confusion_matrix_counts_have_whole_ticks_and_its_title_fits():
+    from headstart.reports.plots import _confusion_figure
+
+    for matrix in (np.array([[3, 0], [1, 2]]), np.array([[1, 0], [0, 1]]), np.array([[37, 5], [2, 44]])):
+        title = "Confusion matrix, validation (24 photos)"
+        fig = _confusion_figure(matrix, ["cat", "dog"], title=title, normalize=False)
+        colorbar_ax = fig.axes[1]
+        ticks = [t for t in colorbar_ax.get_yticks() if 0 <= t <= matrix.max()]
+        assert ticks and all(float(t).is_integer() for t in ticks), f"{matrix.max()} images: ticks {ticks}"
+        assert _texts_outside(fig) == []
+    fig = _confusion_figure(np.array([[3, 1], [1, 2]]), ["cat", "dog"], title="x " * 80, normalize=True)
+    assert _texts_outside(fig) == []
+    assert tuple(fig.axes[1].get_ylim()) == (0.0, 1.0)
+
+
+def test_count_and_accuracy_axes():
+    """The two helpers every plot of epochs and accuracies uses: whole epochs, accuracy from 0 to 1 exactly."""
+    from matplotlib.figure import Figure
+
+    from headstart.reports import fraction_axis, integer_axis
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2, 3], [0.55, 0.9, 1.0, 1.0], "o-")
+    assert ax.get_ylim()[1] > 1.0, "test setup: matplotlib's own margin goes past 1"
+    integer_axis(ax.xaxis)
+    fraction_axis(ax)
+    assert ax.get_ylim() == (0.0, 1.0)
+    epochs = [t for t in ax.get_xticks() if 0 <= t <= 3]
+    assert epochs and all(float(t).is_integer() for t in epochs), epochs
+    assert not ax.get_lines()[0].get_clip_on(), "a point at 1.0 would be cut in half"

@@ -18,10 +18,10 @@ from importlib import import_module
 from typing import Any
 
 _MODULES = {
-    "images": ("DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "check_image", "check_max_pixels", "decode_image",
-               "decode_threads", "is_image_file", "list_image_files", "load_image"),
+    "images": ("DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "MIN_SIDE", "SmallImageWarning", "check_image",
+               "check_max_pixels", "decode_image", "decode_threads", "is_image_file", "list_image_files", "load_image"),
     "scanning": ("QUARANTINE_LOG", "ScanReport", "UnusableFile", "quarantine", "scan"),
-    "datasets": ("Dataset", "Sample", "load_dataset", "train_val_split"),
+    "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}

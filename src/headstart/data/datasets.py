@@ -17,22 +17,20 @@ Example::
 from __future__ import annotations
 
 import csv
-import math
-import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from headstart._validation import check_choice, check_number, fail
+from headstart._validation import check_choice, fail
+from headstart.data._names import OXFORD_NAME as _OXFORD_NAME
+from headstart.data._names import LabelsFromFilenamesWarning, flat_folder_error, is_oxford_images, labels_from_names
+from headstart.data._split import train_val_split
 from headstart.errors import DataError
 
-__all__ = ["Sample", "Dataset", "load_dataset", "train_val_split"]
+__all__ = ["Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"]
 
 _SPLITS = ("all", "train", "test")
 _OXFORD_SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
-_OXFORD_NAME = re.compile(r"^(?P<label>.+)_\d+$")
 # Folders that tools and operating systems leave behind; never a class.
 _NOT_CLASS_FOLDERS = {"__MACOSX", "__pycache__"}
 _EXPECTED_LAYOUTS = (
@@ -88,8 +86,11 @@ class Dataset:
         )
 
 
-def load_dataset(source: str | Path, *, split: str = "all") -> Dataset:
+def load_dataset(source: str | Path, *, split: str = "all", labels_from_filenames: bool = False) -> Dataset:
     """Recognise the layout of `source` and list its labelled photos.
+
+    Labels come from class folders, a CSV or the Oxford-IIIT Pet names, never from other file names unasked: a
+    flat folder of camera photos (``IMG_0001.jpg``, ``DSC_0006.jpg``) is refused with how to lay it out.
 
     Args:
         source: a CSV file of ``path,label``, an Oxford-IIIT Pet root (or its parent, or its ``images/``
@@ -97,19 +98,33 @@ def load_dataset(source: str | Path, *, split: str = "all") -> Dataset:
             subfolder per class.
         split: ``"all"``, or the official ``"train"`` (trainval.txt) / ``"test"`` part of an Oxford-IIIT
             Pet root; the other layouts have no official split.
+        labels_from_filenames: `source` is a flat folder of ``<label><number>`` photos (``cat_001.jpg``,
+            ``dog-2.png``): each photo's label is its name without the number. A
+            :class:`LabelsFromFilenamesWarning` lists the labels found.
 
     Returns:
         A `Dataset` whose samples are sorted by path; ``ignored`` lists the non-image files found.
 
     Raises:
         DataError: `source` is missing, empty, has one class only, or has no layout headstart knows.
+
+    Example:
+        >>> load_dataset("photos/").classes  # doctest: +SKIP
+        ['cat', 'dog']
+        >>> load_dataset("camera/", labels_from_filenames=True).classes  # doctest: +SKIP
+        ['cat', 'dog']
     """
     check_choice(split, "split", "load_dataset", _SPLITS)
+    if not isinstance(labels_from_filenames, bool):
+        fail("labels_from_filenames", "load_dataset", "a bool", labels_from_filenames)
     path = Path(source).expanduser().absolute()
     if not path.exists():
         raise DataError(f"{path} does not exist. {_EXPECTED_LAYOUTS}; check the path for typos.")
 
-    if path.is_file():
+    if labels_from_filenames and (path.is_file() or _find_oxford_root(path) is None):
+        _require_no_split(split, path, "a flat folder labelled by its file names")
+        dataset = _load_from_filenames(path)
+    elif path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path} is a file but not a .csv. {_EXPECTED_LAYOUTS}.")
         _require_no_split(split, path, "a CSV file")
@@ -138,109 +153,6 @@ def load_dataset(source: str | Path, *, split: str = "all") -> Dataset:
             f"{_EXPECTED_LAYOUTS}; add a folder (or CSV rows) for every other class."
         )
     return dataset
-
-
-def train_val_split(
-    dataset: Dataset,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    groups: Sequence[Hashable] | None = None,
-) -> tuple[Dataset, Dataset]:
-    """Reproducible stratified split; samples sharing a group (e.g. the same file content hash) always land on
-    the same side, so duplicates never leak.
-
-    The split depends only on the samples (sorted by path first), the groups, `val_fraction` and `seed`:
-    never on the order files were listed in, the machine, or the run. It uses numpy's legacy
-    ``RandomState``, whose stream numpy keeps frozen across versions. Every class with at least two samples
-    (or groups) gets at least one validation and one training sample whenever ``ceil(val_fraction * n)``
-    allows it; classes with a single sample or group go to training.
-
-    Args:
-        dataset: the data set to split.
-        val_fraction: share of the samples (of the groups, with `groups`) for validation, in (0, 1); counted
-            over the classes that can be split, i.e. ``ceil(val_fraction * n)`` with n leaving out single-sample
-            classes.
-        seed: any int; the same seed gives the same split.
-        groups: one key per sample (e.g. a hash of the file's content); each group is labelled by the label
-            of its first sample in path order.
-
-    Returns:
-        ``(train, val)``, each a `Dataset` keeping `dataset`'s sample order and class list.
-    """
-    check_number(val_fraction, "val_fraction", "train_val_split", low=0, high=1, low_open=True, high_open=True)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        fail("seed", "train_val_split", "an int in [0, 2**32 - 1]", seed)
-    n = len(dataset)
-    if groups is not None and len(groups) != n:
-        raise ValueError(
-            f"train_val_split got {len(groups)} groups for {n} samples; pass one group key per sample, "
-            "in the data set's order."
-        )
-
-    # Units are what gets split: samples, or groups of samples. Sort them so that listing order is irrelevant.
-    order = sorted(range(n), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].label))
-    members: dict[str, list[int]] = {}
-    if groups is None:
-        unit_keys = [f"{i:012d}" for i in range(n)]  # position in path order
-        for rank, i in enumerate(order):
-            members[unit_keys[rank]] = [i]
-    else:
-        for i in order:
-            members.setdefault(_group_key(groups[i]), []).append(i)
-    units = sorted(members)
-    unit_label = {unit: dataset.samples[members[unit][0]].label for unit in units}
-
-    by_class: dict[str, list[str]] = {}
-    for unit in units:
-        by_class.setdefault(unit_label[unit], []).append(unit)
-    eligible = {label: us for label, us in sorted(by_class.items()) if len(us) >= 2}
-    if not eligible:
-        raise DataError(
-            f"Cannot make a validation set from {dataset.root}: every class has a single "
-            f"{'group' if groups is not None else 'photo'}. Add photos so that classes have at least two."
-        )
-
-    rng = np.random.RandomState(seed)
-    allocation = _allocate(
-        {label: len(us) for label, us in eligible.items()}, val_fraction, rng
-    )
-    val_indices: list[int] = []
-    for label, class_units in eligible.items():
-        picked = rng.permutation(len(class_units))[: allocation[label]]
-        for position in picked:
-            val_indices.extend(members[class_units[position]])
-    val_set = set(val_indices)
-    train_part = dataset.subset([i for i in range(n) if i not in val_set])
-    val_part = dataset.subset(sorted(val_set))
-    return train_part, val_part
-
-
-def _allocate(counts: dict[str, int], val_fraction: float, rng: np.random.RandomState) -> dict[str, int]:
-    """Validation units per class: proportional, at least one per class when possible, one kept for training."""
-    total = sum(counts.values())
-    labels = list(counts)
-    # ceil as in scikit-learn, with a tolerance so that 0.1 * 30 asks for 3, not 4.
-    n_val = math.ceil(val_fraction * total - 1e-9)
-    n_val = max(1, min(n_val, total - len(labels)))
-    allocation = dict.fromkeys(labels, 0)
-    if n_val < len(labels):
-        # Too few validation places for every class: pick the classes at random, one unit each.
-        for position in rng.choice(len(labels), size=n_val, replace=False):
-            allocation[labels[position]] = 1
-        return allocation
-    for label in labels:
-        allocation[label] = 1
-    ideal = {label: n_val * counts[label] / total for label in labels}
-    for _ in range(n_val - len(labels)):
-        open_labels = [label for label in labels if allocation[label] < counts[label] - 1]
-        neediest = max(open_labels, key=lambda label: ideal[label] - allocation[label])
-        allocation[neediest] += 1
-    return allocation
-
-
-def _group_key(group: Hashable) -> str:
-    return f"{type(group).__name__}:{group}"
 
 
 def _require_no_split(split: str, path: Path, layout: str) -> None:
@@ -287,7 +199,7 @@ def _find_petimages_root(path: Path) -> Path | None:
 
 
 def _is_oxford_images_folder(path: Path) -> bool:
-    """A bare Oxford ``images/`` folder: image files named ``<Breed>_<n>`` directly inside, no class folders."""
+    """A bare Oxford ``images/`` folder: files named ``<Breed>_<n>`` (breeds of the data set) directly inside."""
     from headstart.data.images import IMAGE_EXTENSIONS
 
     if _visible_dirs(path):
@@ -297,9 +209,31 @@ def _is_oxford_images_folder(path: Path) -> bool:
         for child in path.iterdir()
         if child.is_file() and not child.name.startswith(".") and child.suffix.lower() in IMAGE_EXTENSIONS
     ]
-    matches = [_OXFORD_NAME.match(stem) for stem in stems]
-    # Two breeds at least, so that a folder of IMG_0001.jpg camera files is not taken for one.
-    return all(matches) and len({match["label"] for match in matches if match}) >= 2
+    return is_oxford_images(stems)
+
+
+def _load_from_filenames(root: Path) -> Dataset:
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    if root.is_file():
+        raise DataError(
+            f"{root} is a file; labels are taken from file names only in a folder of photos (the CSV's own labels "
+            "are used without labels_from_filenames)."
+        )
+    class_dirs = [d for d in _visible_dirs(root) if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.rglob("*"))]
+    if class_dirs:
+        raise DataError(
+            f"{root} has folders of photos ({', '.join(d.name for d in class_dirs[:3])}): labels are taken from file "
+            "names only in a flat folder. Drop labels_from_filenames (--labels-from-filenames) to use the folders "
+            "as classes, or pass the folder that holds the photos themselves."
+        )
+    files = sorted(child for child in root.iterdir() if child.is_file() and not child.name.startswith("."))
+    images = [child for child in files if child.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise DataError(f"{root} holds no photos ({len(files)} other files) to take labels from.")
+    labels = labels_from_names(root, images)
+    samples = [Sample(path, label) for path, label in zip(images, labels)]
+    return _make_dataset(samples, root, "filenames", [child for child in files if child not in set(images)])
 
 
 def _oxford_label(path: Path) -> str:
@@ -401,8 +335,8 @@ def _load_class_folders(root: Path, *, kind: str) -> Dataset:
         ignored.extend(other_files)
     if not samples:
         if loose_images:
-            found = f"{len(loose_images)} photos directly inside it and no class folder"
-        elif class_dirs:
+            raise flat_folder_error(root, loose_images)
+        if class_dirs:
             found = f"{len(class_dirs)} folders but no image file in them"
         else:
             found = f"no photos ({len(loose)} other files)" if loose else "nothing"

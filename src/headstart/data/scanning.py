@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,18 +113,30 @@ def scan(
     check_max_pixels(max_pixels, "scan")
     workers = decode_threads(workers, "scan")
     files, ignored = _collect(paths)
-    reasons: dict[Path, str] = {}
+    reasons: dict[int, str] = {}
     with progress_bar(progress and bool(files), len(files), "checking images") as advance, ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="headstart-scan"
     ) as pool:
-        futures = {pool.submit(check_image, f, max_pixels=max_pixels): f for f in files}
-        for future in as_completed(futures):
-            reason = future.result()
-            if reason is not None:
-                reasons[futures[future]] = reason
-            advance(1)
-    unusable = [UnusableFile(f, reasons[f]) for f in files if f in reasons]
+        # A few tasks a thread in flight, not one future per file: memory stays flat however many files there are.
+        window = 4 * workers
+        pending: dict[Future[str | None], int] = {}
+        for index, file in enumerate(files):
+            pending[pool.submit(check_image, file, max_pixels=max_pixels)] = index
+            if len(pending) >= window:
+                _collect_done(pending, reasons, advance, FIRST_COMPLETED)
+        _collect_done(pending, reasons, advance, ALL_COMPLETED)
+    unusable = [UnusableFile(files[i], reasons[i]) for i in sorted(reasons)]
     return ScanReport(n_files=len(files), unusable=unusable, ignored=ignored)
+
+
+def _collect_done(pending: dict[Future[str | None], int], reasons: dict[int, str], advance: Any, until: str) -> None:
+    done, _ = wait(pending, return_when=until)
+    for future in done:
+        reason = future.result()
+        if reason is not None:
+            reasons[pending[future]] = reason
+        advance(1)
+        del pending[future]
 
 
 def _free_name(target: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 _MODULES = {
     "metrics": ("Probabilities", "ScoredPhotos", "classification_metrics", "confusion_matrix", "match_labels",
                 "public_metrics", "score_photos", "write_metric_pictures"),
-    "plots": ("plot_confusion_matrix", "plot_image_grid"),
+    "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 

@@ -1,0 +1,140 @@
+"""Whether probabilities mean what they say: expected calibration error, log-likelihood, Brier score, and the
+reliability diagram.
+
+A classifier is calibrated when, among the photos it gives a top-1 probability of about 0.8, about 80% are right.
+:func:`calibration_metrics` measures that from predicted probabilities and true labels (plain numpy, no
+scikit-learn); :func:`plot_reliability` draws it. ``evaluate`` reports both, and ``train`` does for its
+validation photos.
+
+- **ECE** (expected calibration error, Guo et al. 2017): the top-1 probabilities are put in 15 equal-width bins
+  over [0, 1]; ECE is the photo-weighted mean of |accuracy - mean confidence| over the bins. 0 is perfect.
+- **NLL**: the mean negative log-probability of the true class (what temperature scaling minimises).
+- **Brier**: the mean squared distance between the probability vector and the one-hot truth, summed over classes
+  (0 is perfect, 2 the worst).
+
+Example:
+    >>> import numpy as np
+    >>> proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> m = calibration_metrics(["cat", "dog", "dog"], proba, ["cat", "dog"])
+    >>> round(m["ece"], 3), round(m["nll"], 3)
+    (0.3, 0.415)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._io import save_figure
+from headstart._validation import check_int
+
+__all__ = ["ECE_BINS", "calibration_metrics", "expected_calibration_error", "plot_reliability"]
+
+#: Equal-width bins of the top-1 probability for ECE and the reliability diagram (the convention of Guo et al.).
+ECE_BINS = 15
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of top-1 ``confidence`` values in [0, 1] against whether each prediction was ``correct``.
+
+    Example:
+        >>> expected_calibration_error(np.array([0.9, 0.9]), np.array([True, False]))
+        0.4
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidence) == 0:
+        return float("nan")
+    index = _bin_index(confidence, bins)
+    count = np.bincount(index, minlength=bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=bins)
+    hit_sum = np.bincount(index, weights=correct, minlength=bins)
+    return float(np.abs(hit_sum - conf_sum).sum() / len(confidence))
+
+
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each confidence: (k/bins, (k+1)/bins], the first bin closed at 0."""
+    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def calibration_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Sequence[str],
+                        bins: int = ECE_BINS) -> dict[str, Any]:
+    """ECE, NLL and Brier score of probabilities ``(n, n_classes)`` (columns in ``classes`` order) against true
+    labels, with the reliability table behind the ECE (per bin: photos, mean confidence, accuracy).
+
+    Returns:
+        ``ece``, ``nll``, ``brier``, ``mean_confidence``, ``accuracy``, ``bins`` (the number of bins) and
+        ``reliability`` (one dict per non-empty bin: ``low``, ``high``, ``count``, ``confidence``, ``accuracy``);
+        numbers are None when there are no photos.
+
+    Example:
+        >>> round(calibration_metrics(["cat"], np.array([[0.7, 0.3]]), ["cat", "dog"])["brier"], 4)
+        0.18
+    """
+    check_int(bins, "bins", "calibration_metrics", low=1)
+    classes = list(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[t] for t in y_true], dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64).reshape(len(y), len(classes))
+    if len(y) == 0:
+        return {"ece": None, "nll": None, "brier": None, "mean_confidence": None, "accuracy": None, "bins": bins,
+                "reliability": []}
+    pred = proba.argmax(axis=1)
+    confidence = proba[np.arange(len(y)), pred]
+    correct = pred == y
+    truth = np.zeros_like(proba)
+    truth[np.arange(len(y)), y] = 1.0
+    picked = np.clip(proba[np.arange(len(y)), y], 1e-12, None)
+    which = _bin_index(confidence, bins)
+    table = []
+    for k in range(bins):
+        inside = which == k
+        if inside.any():
+            table.append({"low": round(k / bins, 4), "high": round((k + 1) / bins, 4), "count": int(inside.sum()),
+                          "confidence": round(float(confidence[inside].mean()), 4),
+                          "accuracy": round(float(correct[inside].mean()), 4)})
+    return {
+        "ece": expected_calibration_error(confidence, correct, bins),
+        "nll": float(-np.log(picked).mean()),
+        "brier": float(((proba - truth) ** 2).sum(axis=1).mean()),
+        "mean_confidence": float(confidence.mean()),
+        "accuracy": float(correct.mean()),
+        "bins": bins,
+        "reliability": table,
+    }
+
+
+def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = "Reliability") -> Path:
+    """The reliability diagram of :func:`calibration_metrics`: accuracy against confidence per bin (bars; the
+    diagonal is perfect calibration) and, below, how many photos fall in each bin.
+
+    Example:
+        >>> plot_reliability(calibration_metrics(labels, proba, classes), "reliability.png")
+        PosixPath('reliability.png')
+    """
+    from matplotlib.figure import Figure
+
+    bins = int(metrics.get("bins") or ECE_BINS)
+    table = metrics.get("reliability") or []
+    fig = Figure(figsize=(5.5, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    width = 1.0 / bins
+    lows = [row["low"] for row in table]
+    top.bar(lows, [row["accuracy"] for row in table], width=width, align="edge", color="tab:blue",
+            edgecolor="white", label="accuracy")
+    top.bar(lows, [row["confidence"] - row["accuracy"] for row in table], bottom=[row["accuracy"] for row in table],
+            width=width, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    ece = metrics.get("ece")
+    said = "no photos" if ece is None else (f"ECE {ece:.3f} ({bins} bins), NLL {metrics['nll']:.3f}, "
+                                             f"Brier {metrics['brier']:.3f}")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\n{said}")
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.bar(lows, [row["count"] for row in table], width=width, align="edge", color="grey")
+    bottom.set(xlabel="top-1 probability (confidence)", ylabel="photos")
+    bottom.grid(alpha=0.3)
+    return save_figure(fig, Path(path))
