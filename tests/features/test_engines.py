@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.features.engines import _embed_fitting_memory, make_embedder
+from headstart.features.engines import _embed_fitting_memory, make_embedder, view_embedder
 from headstart.features.extract import extract_features, preprocessor
 
 
@@ -42,6 +42,22 @@ def test_the_single_view_features_come_from_the_same_forward_pass(lite0, batch) 
         mirrored = lite0.features(x.flip(-1)).numpy()
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)
     assert np.abs(averaged - plain).max() > 1e-3, "mirror averaging changes the features"
+
+
+def test_the_views_asked_for_are_embedded_in_one_pass_each_as_on_its_own(lite0, batch) -> None:
+    """Row r of ``embed(x, wanted)`` is photo ``x[i]`` as it is or mirrored: bit-identical to embedding that view
+    alone (so a view computed by one command equals the same view computed by another), whatever the spec says
+    about averaging."""
+    _, x = batch
+    wanted = [(0, "orig"), (2, "mirror"), (0, "mirror"), (1, "orig")]
+    for backbone in (lite0, lite0.with_flip_average(True)):
+        rows = view_embedder(backbone, precision="fp32", device="cpu")(x, wanted)
+        with torch.no_grad():
+            want = np.stack([lite0.features((x[i] if v == "orig" else x[i].flip(-1))[None]).numpy()[0]
+                             for i, v in wanted])
+        np.testing.assert_array_equal(rows, want)
+    with pytest.raises(ValueError, match="Unknown view.*'upside-down'.*orig, mirror"):
+        view_embedder(lite0, precision="fp32", device="cpu")(x, [(0, "upside-down")])
 
 
 def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:

@@ -88,7 +88,7 @@ def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list
     from headstart._validation import ParameterError
 
     with pytest.raises(ParameterError, match=r"The 'precision' parameter of extract_features must be one of 'auto', "
-                                             r"'fp32', 'bf16'\. Got 'fp8' instead\.") as info:
+                                             r"'fp32', 'bf16'(, 'int8')?\. Got 'fp8' instead\.") as info:
         extract_features(photos, lite0, cache=cache, precision="fp8")
     assert info.value.parameter == "precision"
     with pytest.raises(ParameterError, match="'engine' parameter of extract_features"):
@@ -127,7 +127,7 @@ def test_two_processes_writing_at_once_do_not_corrupt_the_cache(tmp_path: Path, 
         assert p.returncode == 0 and "done" in stdout, stderr[-2000:]
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert con.execute("SELECT COUNT(*) FROM features").fetchone()[0] == len(photos)
+        assert con.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == len(photos)
 
 
 @pytest.mark.slow
@@ -164,7 +164,13 @@ def test_known_unusable_files_do_not_load_the_model_again(cache: FeatureCache, p
     assert [u.reason for u in again.unusable] == [u.reason for u in first.unusable]
     assert (again.n_cached, again.n_computed) == (1, 0)
     # under another pixel limit the file is checked again (a bomb's verdict depends on the limit)
-    assert cache.get_unusable(again.hashes + [first.unusable[0].path.name], None) == {}
+    from headstart.features.extract import decode_size
+    from headstart.features.sharing import decoder_id
+
+    decoder = decoder_id(decode_size(again.spec))
+    bad_sha = cache.file_hashes([broken])[0]
+    assert cache.get_unusable([bad_sha], None, decoder) == {}
+    assert cache.get_unusable([bad_sha], 89_478_485, decoder) == {bad_sha: first.unusable[0].reason}
 
 
 @pytest.mark.slow
@@ -188,7 +194,7 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
     shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
-    assert shared.count() == 2 * len(photos)  # mirror-averaged and single-view rows, from one pass
+    assert shared.count() == len(photos)  # one view each (the default), each computed by one process
     from headstart.data import load_dataset
 
     paths = load_dataset(data).paths
@@ -212,13 +218,14 @@ def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path
         a.merge_from(tmp_path / "junk.sqlite")
 
 
-def test_a_mirror_averaged_extraction_also_stores_the_single_view_features(sample: Path, cache) -> None:
+def test_a_mirror_averaged_extraction_stores_both_views_and_serves_the_one_view_command(sample: Path, cache) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))[:4]
-    both = extract_features(photos, cache=cache, precision="fp32")
-    assert both.spec.flip_average and both.n_computed == 4
-    single = extract_features(photos, cache=cache, precision="fp32", flip_average=False)
-    assert single.n_computed == 0 and single.n_cached == 4
-    assert single.cache_key != both.cache_key
+    both = extract_features(photos, cache=cache, precision="fp32", flip_average=True)
+    assert both.spec.flip_average and both.n_computed == 4 and both.n_views_computed == 8
+    single = extract_features(photos, cache=cache, precision="fp32")  # the default: one view
+    assert not single.spec.flip_average and single.n_computed == 0 and single.n_cached == 4
+    assert single.cache_key == both.cache_key, "one key: the views are stored, not their mean"
+    assert cache.count(view="orig") == cache.count(view="mirror") == 4
     from headstart.features.backbones import load_backbone
 
     plain = load_backbone("tf_efficientnet_lite0")  # a loaded backbone: single view unless asked

@@ -55,11 +55,11 @@ ModelArg = Annotated[Path, typer.Argument(help="A model file written by `headsta
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="timm name, e.g. tf_efficientnet_lite0, resnet50.a1_in1k.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="Where the weights come from: hub, package, none, or a local checkpoint path. Default: the offline package when installed, else the hub.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(help="Cache folder (default $HEADSTART_CACHE_DIR or ~/.cache/headstart).")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32 or bf16.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32, bf16, or int8 (OpenVINO + NNCF).")]
 SplitOpt = Annotated[str, typer.Option(help="all, or train/test for data sets with an official split (Oxford-IIIT Pet).")]
 MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this (decompression bombs); 0 = no limit.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-EngineOpt = Annotated[str, typer.Option(help="torch, or onnxruntime (the backbone exported to ONNX once, cached).")]
+EngineOpt = Annotated[str, typer.Option(help="auto (OpenVINO on a CPU where installed, else torch), openvino, torch, or onnxruntime; converted once, cached.")]
 
 
 def max_pixels_or_none(value: int) -> int | None:

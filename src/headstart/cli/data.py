@@ -102,8 +102,9 @@ def extract(
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
-    engine: EngineOpt = "torch",
+    engine: EngineOpt = "auto",
     flip_average: Annotated[bool, typer.Option(help="Also compute each photo's mirror image, for mirror-averaged features (`train` then lets cross-validation decide on them at no cost). Default: each photo once.")] = False,
+    labels_from_filenames: Annotated[bool, typer.Option("--labels-from-filenames", help="DATA is a flat folder of <label><number> photos (cat_001.jpg): take each label from the file name.")] = False,
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     use_cache_dir(cache_dir)
@@ -112,7 +113,7 @@ def extract(
     from headstart.features.extract import describe_unusable, extract_features
 
     group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
-    dataset = load_dataset(data, split=split)
+    dataset = load_dataset(data, split=split, labels_from_filenames=labels_from_filenames)
     feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
                              max_pixels=max_pixels_or_none(max_pixels), progress=not as_json and group.is_main,
                              engine=engine, flip_average=flip_average)

@@ -27,7 +27,7 @@ def evaluate(
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
-    engine: EngineOpt = "torch",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     use_cache_dir(cache_dir)
@@ -68,7 +68,7 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
-    engine: EngineOpt = "torch",
+    engine: EngineOpt = "auto",
 ) -> None:
     """Top-k labels with probabilities for each image."""
     use_cache_dir(cache_dir)

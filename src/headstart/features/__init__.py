@@ -4,8 +4,9 @@
 ``backbones``           a timm model with its weights and preprocessing (:class:`BackboneSpec` keys the cache)
 ``checkpoints``         reading weight files without running code; ``efficientnet_pytorch`` keys → timm
 ``catalogue``           what ``headstart backbones`` lists, and whether each is usable offline now
-``cache``               :class:`FeatureCache`: SQLite, keyed by file content × backbone, safe to share
+``cache``               :class:`FeatureCache`: SQLite, keyed by file content × backbone × view, claims, shared
 ``extract``             :func:`extract_features`: cached, threaded decoding, batches committed as they finish
+``sharing``             claimed batches (concurrent extractions compute a photo once), verdicts worth caching
 ``engines``             one batch → features, in PyTorch (bf16, OOM halving) or ONNX Runtime
 ``distributed``         torchrun: each process extracts or trains its share
 ``duplicates``          the same photo twice: same bytes, same pixels, or near (features, perceptual hash)
@@ -26,10 +27,12 @@ _MODULES = {
                   "load_backbone", "offline_choices", "offline_weight_file", "resolve_backbone"),
     "checkpoints": ("map_efficientnet_pytorch_keys", "read_checkpoint", "strip_wrapper_prefix"),
     "catalogue": ("CATALOGUE", "BackboneStatus", "hub_weights_cached", "list_backbones"),
-    "cache": ("FeatureCache",),
+    "cache": ("CLAIM_SECONDS", "SCHEMA_VERSION", "Claimed", "FeatureCache"),
     "extract": ("ENGINES", "FLIP_AVERAGE", "PRECISIONS", "Features", "bytes_preprocessor", "decode_size",
                 "default_precision", "describe_unusable", "extract_features", "preprocessor"),
-    "engines": ("ONNX_PRECISION", "Embedder", "make_embedder", "onnx_embedder", "prepare_model"),
+    "sharing": ("claimed_batches", "decoder_id", "is_permanent", "wait_for_others"),
+    "engines": ("ONNX_PRECISION", "VIEWS", "Embedder", "ViewEmbedder", "make_embedder", "onnx_embedder",
+                "prepare_model", "view_embedder"),
     "distributed": ("ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"),
     "duplicates": ("COSINE_THRESHOLD", "HAMMING_THRESHOLD", "NEAR_RULES", "DuplicateGroup", "Signatures",
                    "find_duplicates", "group_keys", "hamming", "image_signatures", "near_duplicate_keys",

@@ -4,6 +4,10 @@
 batch into numpy features. The torch engine runs the backbone in eval mode (channels-last on CPUs, bf16 autocast
 when asked) and halves a batch that runs the device out of memory; the ONNX engine exports the backbone's
 embedding once into the cache folder and runs it through ONNX Runtime in fp32.
+
+Extraction asks for *views*: ``orig`` (the photo) and ``mirror`` (its mirror image), each a single-view embedding
+that the cache stores on its own (:func:`view_embedder`); mirror-averaged features are the mean of the two.
+:func:`make_embedder` is the older form (a backbone's own features, averaged or not) that the server uses.
 """
 
 from __future__ import annotations
@@ -25,7 +29,62 @@ ONNX_PRECISION = "onnx-fp32"
 #: ``batch -> (features, single-view features or None)``: what :func:`make_embedder` returns.
 Embedder = Callable[["torch.Tensor"], "tuple[np.ndarray, np.ndarray | None]"]
 
-__all__ = ["ONNX_PRECISION", "Embedder", "make_embedder", "onnx_embedder", "prepare_model"]
+#: The views a photo's features are computed in: the photo as it is, and its mirror image (left-right flip).
+VIEWS = ("orig", "mirror")
+
+#: ``(batch, views) -> features``: row ``r`` is the single-view embedding of ``batch[r]`` in ``views[r]``.
+ViewEmbedder = Callable[["torch.Tensor", "list[tuple[int, str]]"], np.ndarray]
+
+__all__ = ["ONNX_PRECISION", "VIEWS", "Embedder", "ViewEmbedder", "make_embedder", "onnx_embedder", "prepare_model",
+           "view_embedder"]
+
+
+def view_embedder(backbone: Backbone, *, precision: str, device: str) -> ViewEmbedder:
+    """The function that embeds the views of a stacked CPU batch asked for: ``embed(x, [(i, view), ...])`` gives
+    one row per pair, the single-view features of photo ``x[i]`` as it is (``"orig"``) or mirrored (``"mirror"``).
+
+    Every view asked for runs in one forward pass (a photo and its mirror image side by side, as
+    :meth:`~headstart.features.backbones.Backbone.mirror_views` does), so a command that needs only the mirror
+    views of photos whose own view is cached computes just those.
+
+    Example:
+        >>> embed = view_embedder(load_backbone("tf_efficientnet_lite0"), precision="fp32", device="cpu")
+        >>> embed(torch.zeros(2, 3, 224, 224), [(0, "orig"), (0, "mirror"), (1, "mirror")]).shape
+        (3, 1280)
+    """
+    import torch
+
+    plain = backbone.with_flip_average(False)  # each view on its own; averaging is the cache's business
+    prepare_model(plain.model, device)
+    if precision == ONNX_PRECISION:
+        run = onnx_embedder(plain)
+    else:
+        autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def single(chunk: torch.Tensor) -> np.ndarray:
+            return plain.features(chunk).float().cpu().numpy()
+
+    def embed(x: torch.Tensor, wanted: list[tuple[int, str]]) -> np.ndarray:
+        unknown = {view for _, view in wanted} - set(VIEWS)
+        if unknown:
+            raise ValueError(f"Unknown view(s) {sorted(unknown)}: a view is one of {', '.join(VIEWS)}.")
+        rows = torch.tensor([i for i, _ in wanted], dtype=torch.long)
+        mirror = torch.tensor([view == "mirror" for _, view in wanted])
+        views = x.index_select(0, rows)
+        if bool(mirror.any()):
+            views[mirror] = views[mirror].flip(-1)
+        if precision == ONNX_PRECISION:
+            return run(views.contiguous().numpy())
+        return _embed_fitting_memory(single, _on_device(views, device), autocast)
+
+    return embed
+
+
+def _on_device(x: torch.Tensor, device: str) -> torch.Tensor:
+    import torch
+
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if device == "cpu" else x
 
 
 def make_embedder(backbone: Backbone, *, precision: str, device: str, single_view: bool = False) -> Embedder:
@@ -49,8 +108,7 @@ def make_embedder(backbone: Backbone, *, precision: str, device: str, single_vie
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def on_device(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device)
-        return x.contiguous(memory_format=torch.channels_last) if device == "cpu" else x
+        return _on_device(x, device)
 
     if single_view and backbone.spec.flip_average:
 

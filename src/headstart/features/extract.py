@@ -1,17 +1,20 @@
 """Feature extraction: photos in, one feature vector each out, computed once and then read from the cache.
 
-Only what the cache lacks is computed; the backbone is not even built when nothing is missing. Photos are decoded
-in a thread pool (JPEG draft mode when a photo is much larger than needed) while the engine
-(:mod:`headstart.features.engines`) runs the previous batch, and every batch is committed to the
-:class:`~headstart.features.cache.FeatureCache` as soon as it is computed: an interrupted run loses at most the batch
-in flight. Under torchrun each process computes its share and the shared cache gathers them.
+Only what the cache lacks is computed; the backbone is not even built when nothing is missing (then neither torch
+nor timm is imported). The cache stores single-view vectors: the photo (view ``orig``) and, for mirror-averaged
+features, its mirror image (view ``mirror``), so what one command computed serves every other, and a command that
+needs the mirror view of photos already cached computes only that view. Photos are decoded in a thread pool (JPEG
+draft mode when a photo is much larger than needed) while the engine (:mod:`headstart.features.engines`) runs the
+previous batch, and every batch is committed to the :class:`~headstart.features.cache.FeatureCache` as soon as it is
+computed: an interrupted run loses at most the batches in flight. Each batch's rows are claimed in the cache first,
+so several processes extracting overlapping photos (or torchrun's processes) compute each photo once.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +29,15 @@ from headstart.data.scanning import UnusableFile
 from headstart.errors import UnusableImageError
 from headstart.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
 from headstart.features.cache import FeatureCache
-from headstart.features.engines import ONNX_PRECISION, make_embedder
+from headstart.features.engines import ONNX_PRECISION, VIEWS, view_embedder
+from headstart.features.openvino import OpenVinoSource, resolve_engine
+from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
-ENGINES = ("torch", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # (int8: the OpenVINO engine only)
+ENGINES = ("torch", "onnxruntime", "openvino", "auto")
 
 __all__ = [
     "ENGINES", "FLIP_AVERAGE", "PRECISIONS", "Features", "bytes_preprocessor", "decode_size", "default_precision",
@@ -45,12 +50,16 @@ class Features:
     """Features of the usable images among ``paths``, in order, and why the others were skipped.
 
     Attributes:
-        features: ``(n_usable, num_features)`` float32.
+        features: ``(n_usable, num_features)`` float32 (for mirror-averaged features, the mean of the two views).
         indices: for each row of ``features``, its index in the ``paths`` given.
         hashes: SHA-256 of each usable file, aligned with ``features``.
         unusable: the skipped files with their reasons.
-        n_cached / n_computed: how many unique files came from the cache / were computed now.
+        n_cached / n_computed: how many unique files came from the cache / had a view computed now (under torchrun:
+            by all processes together).
+        n_views_computed: single-view vectors computed now (a photo whose own view was cached and whose mirror
+            view was computed counts one).
         seconds: wall time of the whole call.
+        cache_key: the backbone's key in the cache (one for both views).
     """
 
     features: np.ndarray
@@ -63,11 +72,14 @@ class Features:
     images_per_second: float = 0.0
     spec: BackboneSpec | None = None
     cache_key: str = ""
+    n_views_computed: int = 0
 
 
-#: Whether features of a backbone given by name average each photo with its mirror image, by default. Paired
-#: 10x5-fold CV on Oxford pets (7 photos a breed): +1.2 points of probe accuracy, for twice the compute.
-FLIP_AVERAGE = True
+#: Whether features of a backbone given by name average each photo with its mirror image, by default: no. Each
+#: photo is computed once; mirror averaging (paired 10x5-fold CV on Oxford pets, 7 photos a breed: +1.2 points of
+#: probe accuracy; on the hidden pets photos it did not pay) costs a second view and is asked for
+#: (``flip_average=True``, ``headstart extract --flip-average``), or chosen by ``train`` when it is cheap.
+FLIP_AVERAGE = False
 
 
 def default_precision(device: str = "cpu") -> str:
@@ -99,7 +111,7 @@ def extract_features(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     progress: bool = False,
-    engine: str = "torch",
+    engine: str = "auto",
     flip_average: bool | None = None,
 ) -> Features:
     """Embed each photo with the backbone, reusing cached features and skipping unusable files.
@@ -114,11 +126,12 @@ def extract_features(
         cache: the store; defaults to the one in the cache folder.
         precision: ``auto`` (bf16 on CPUs with native bf16, else fp32), ``fp32`` or ``bf16``.
         workers: decoding threads (default: the number of CPU cores, at most 8).
-        engine: ``torch``, or ``onnxruntime`` (the backbone exported to ONNX once, kept in the cache folder;
+        engine: ``auto`` (OpenVINO on a CPU where it is installed, else torch), ``openvino``, ``torch``, or
+            ``onnxruntime`` (the backbone exported to ONNX once, kept in the cache folder;
             fp32, its features cached under their own key).
-        flip_average: average each photo's features with its mirror image's (see
-            :class:`~headstart.features.backbones.BackboneSpec`); ``None``: on for a backbone given by name
-            (:data:`FLIP_AVERAGE`), as its spec says for a Backbone or a model's backbone.
+        flip_average: average each photo's features with its mirror image's (both views are cached; only the
+            missing ones are computed); ``None``: off for a backbone given by name (:data:`FLIP_AVERAGE`), as its
+            spec says for a Backbone or a model's backbone.
 
     Returns:
         :class:`Features` for the usable files, in the order given.
@@ -142,84 +155,91 @@ def extract_features(
         flip_average = FLIP_AVERAGE
     if flip_average is not None:
         spec = spec.with_flip_average(flip_average)
+    views = VIEWS if spec.flip_average else VIEWS[:1]
+    engine, precision = resolve_engine(engine, precision, device, spec)  # auto -> openvino on CPUs (openvino.py)
     key = cache.register(spec, precision)
 
     hashes = cache.file_hashes(paths)
     unusable: dict[int, str] = {}
+    first: dict[str, int] = {}  # sha -> first index with that content
     for i, (p, h) in enumerate(zip(paths, hashes)):
         if h is None:
             unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
-    from headstart.features.distributed import barrier, current
+        else:
+            first.setdefault(h, i)
+    from headstart.features.distributed import all_reduce_sum, barrier, current
 
-    group = current()  # under torchrun each process computes its share; the shared cache gathers them
-    barrier()  # all processes read the cache in the same state …
-    found = cache.get_many(key, [h for h in hashes if h is not None])
-    known_bad = cache.get_unusable([h for h in hashes if h is not None and h not in found], max_pixels)
-    todo: dict[str, int] = {}  # sha -> first index with that content
-    for i, h in enumerate(hashes):
-        if h is not None and h in known_bad:
-            unusable[i] = known_bad[h]
-        elif h is not None and h not in found and h not in todo:
-            todo[h] = i
+    group = current()  # under torchrun each process starts with its share; claims keep them from doubling up
+    barrier()
+    found = {view: cache.get_many(key, list(first), view=view) for view in views}
+    need = {h: tuple(v for v in views if h not in found[v]) for h in first}
+    need = {h: v for h, v in need.items() if v}
+    decoder = decoder_id(decode_size(spec))
+    known_bad = cache.get_unusable(list(need), max_pixels, decoder) if need else {}
+    todo = {h: v for h, v in need.items() if h not in known_bad}
 
-    n_computed, failed = 0, {}
-    barrier()  # … before any of them writes to it
-    mine = list(todo.items())[group.rank :: group.world_size]
-    if mine:
-        if loaded is None and hasattr(backbone, "load"):
+    failed: dict[str, str] = {}
+    n_computed = n_views = 0
+    if todo:
+        order = list(todo)
+        order = order[group.rank :: group.world_size] + [h for j, h in enumerate(order)
+                                                          if j % group.world_size != group.rank]
+        if engine == "openvino":  # builds the torch backbone only to convert it once (features/openvino.py)
+            loaded = OpenVinoSource(spec, backbone if loaded is None else loaded, weights)  # type: ignore[assignment]
+        elif loaded is None and hasattr(backbone, "load"):
             loaded = backbone.load()  # type: ignore[union-attr]  # a lazy backbone, e.g. from a model file
         elif loaded is None:
             from headstart.features.backbones import load_backbone
 
             loaded = load_backbone(str(backbone), weights, device=device)
-        loaded = loaded.with_flip_average(spec.flip_average)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
-        single_key = None  # flip-averaged runs also keep each photo's single-view features (free: same forward)
-        if spec.flip_average and precision != ONNX_PRECISION:
-            single_key = cache.register(spec.with_flip_average(False), precision)
-        computed, failed = _compute(
-            loaded, [(sha, paths[i]) for sha, i in mine], cache, key,
-            batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels,
-            workers=workers, progress=progress, single_key=single_key,
+        done = _compute(
+            loaded, [(h, paths[first[h]], todo[h]) for h in order], cache, key, decoder=decoder,
+            batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels, workers=workers,
+            progress=progress,
         )
-        found.update(computed)
-        n_computed = len(computed)
-        compute_seconds = time.perf_counter() - compute_start
-        if n_computed >= 16:  # a throughput worth remembering (a single photo measures start-up, not speed)
-            cache.record_speed(key, n_computed / compute_seconds, n_computed)
-        cache.put_unusable(list(failed.items()), max_pixels)
+        for (sha, view), vector in done.vectors.items():
+            found[view][sha] = vector
+        failed = done.failed
+        n_computed, n_views = len({sha for sha, _ in done.vectors}), len(done.vectors)
+        if n_views >= 16:  # a throughput worth remembering (a single photo measures start-up, not speed)
+            cache.record_speed(key, n_views / (time.perf_counter() - compute_start), n_views)
+        # what other processes computed (or refused) while this one waited for their claims
+        for view in views:
+            found[view].update(cache.get_many(key, [h for h in todo if h not in found[view] and h not in failed], view))
+        rest = [h for h in todo if h not in failed and any(h not in found[v] for v in views)]
+        failed.update(cache.get_unusable(rest, max_pixels, decoder) if rest else {})
+        for h in rest:
+            failed.setdefault(h, "not computed: another process claimed it and stopped; run again")
     if group.enabled:
-        barrier()  # every share is in the cache now
-        rest = [h for h in todo if h not in found]
-        found.update(cache.get_many(key, rest))
-        failed = cache.get_unusable([h for h in rest if h not in found], max_pixels)
-        n_computed = sum(1 for h in todo if h in found)  # by all processes together
-    if todo:
-        for i, h in enumerate(hashes):
-            if h is not None and h in failed:
-                unusable[i] = failed[h]
-
-    rows, kept, kept_hashes = [], [], []
+        n_computed, n_views = (int(n) for n in all_reduce_sum([float(n_computed), float(n_views)]))
     for i, h in enumerate(hashes):
-        if i in unusable or h is None:
-            continue
-        rows.append(found[h])
-        kept.append(i)
-        kept_hashes.append(h)
+        if h is not None and i not in unusable and (h in known_bad or h in failed):
+            unusable[i] = known_bad.get(h) or failed[h]
+
+    kept = [i for i, h in enumerate(hashes) if i not in unusable and h is not None]
+    kept_hashes = [hashes[i] for i in kept]
     dim = spec.num_features
-    matrix = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, dim), np.float32)
+    if not kept:
+        matrix = np.zeros((0, dim), np.float32)
+    elif len(views) == 1:
+        matrix = np.stack([found["orig"][h] for h in kept_hashes]).astype(np.float32, copy=False)
+    else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
+        orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
+        matrix = (orig + mirror) / np.float32(2)
     seconds = time.perf_counter() - start
     return Features(
-        features=matrix,
+        features=matrix.astype(np.float32, copy=False),
         indices=np.asarray(kept, dtype=np.int64),
         hashes=kept_hashes,
         unusable=[UnusableFile(paths[i], r) for i, r in sorted(unusable.items())],
-        n_cached=len({h for h in hashes if h is not None}) - len(todo) - len(known_bad),
+        n_cached=len(first) - len(need),
         n_computed=n_computed,
         seconds=seconds,
         images_per_second=n_computed / seconds if n_computed else 0.0,
         spec=spec,
         cache_key=key,
+        n_views_computed=n_views,
     )
 
 
@@ -240,63 +260,103 @@ def preprocessor(backbone: Backbone, *, max_pixels: int | None = DEFAULT_MAX_PIX
     return lambda path: transform(load_image(path, max_pixels=max_pixels, draft_size=draft))
 
 
+@dataclass
+class _Computed:
+    vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (sha, view) -> vector
+    failed: dict[str, str] = field(default_factory=dict)  # sha -> reason (this run's; permanent ones are cached)
+
+
+@dataclass
+class _Failure:
+    reason: str
+    permanent: bool
+
+
 def _compute(
     backbone: Backbone,
-    todo: list[tuple[str, Path]],
+    todo: list[tuple[str, Path, tuple[str, ...]]],
     cache: FeatureCache,
     key: str,
     *,
+    decoder: str,
     batch_size: int,
     precision: str,
     device: str,
     max_pixels: int | None,
     workers: int,
     progress: bool,
-    single_key: str | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Run the model over ``todo`` in batches, committing each batch to the cache as soon as it is done.
+) -> _Computed:
+    """Run the model over the views ``todo`` lacks, in batches, committing each batch to the cache at once.
 
-    With ``single_key`` (a flip-averaged backbone), the single-view features computed on the way are stored
-    under that key too, so comparing with and without mirror averaging costs no second pass.
+    Each batch's rows are claimed before its photos are decoded. Rows another process has claimed are skipped;
+    when everything else is done, this process waits for them (or takes them over, when that process is gone or its
+    lease ran out), so each row is computed once however many processes extract at the same time.
     """
-    import torch
+    if isinstance(backbone, OpenVinoSource):  # uint8 crops in numpy, no torch (features/openvino.py)
+        decode, embed, stack = backbone.parts(precision, max_pixels, decode_size(backbone.spec))
+    else:
+        import torch
 
-    decode = preprocessor(backbone, max_pixels=max_pixels)
-    embed = make_embedder(backbone, precision=precision, device=device, single_view=single_key is not None)
-
-    def load(item: tuple[str, Path]) -> tuple[str, Any]:
-        sha, path = item
-        try:
-            return sha, decode(path)
-        except UnusableImageError as exc:
-            return sha, exc.reason
-        except Exception as exc:  # a transform failing on an odd image must not stop the run
-            return sha, f"cannot preprocess: {type(exc).__name__}: {exc}"
-
-    computed: dict[str, np.ndarray] = {}
-    failed: dict[str, str] = {}
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    if len(batches) == 1 and len(todo) <= 2:
+        decode, stack = preprocessor(backbone, max_pixels=max_pixels), torch.stack
+        embed = view_embedder(backbone, precision=precision, device=device)
+    owner = cache.new_owner()
+    out = _Computed()
+    left = {sha: set(views) for sha, _, views in todo}  # what is still open, for the progress bar
+    if len(todo) <= 2:
         workers = 1  # one or two photos (a `predict` call): decoding in threads costs more than it saves
+
+    def load(item: tuple[str, Path, tuple[str, ...]]) -> tuple[tuple[str, Path, tuple[str, ...]], Any]:
+        sha, path, _ = item
+        try:
+            return item, decode(path)
+        except UnusableImageError as exc:
+            return item, _Failure(exc.reason, is_permanent(exc, path, sha))
+        except Exception as exc:  # a transform failing on an odd image must not stop the run (nor be cached)
+            return item, _Failure(f"cannot preprocess: {type(exc).__name__}: {exc}", False)
+
+    cache.purge_claims()
     with ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool, progress_bar(
         progress, len(todo), f"Extracting {backbone.spec.name}"
     ) as advance:
-        loaded = _prefetched(pool, load, batches) if workers > 1 else ([load(item) for item in b] for b in batches)
-        for batch in loaded:
-            good = [(sha, t) for sha, t in batch if not isinstance(t, str)]
-            failed.update((sha, t) for sha, t in batch if isinstance(t, str))
-            if good:
-                out, singles = embed(torch.stack([t for _, t in good]))
-                if single_key is not None and singles is not None:
-                    cache.put_many(single_key, [(sha, singles[j]) for j, (sha, _) in enumerate(good)])
-                items = [(sha, out[j]) for j, (sha, _) in enumerate(good)]
-                cache.put_many(key, items)
-                computed.update(items)
-            advance(len(batch))
-    return computed, failed
+
+        def settle(pairs: Iterable[tuple[str, str]]) -> None:
+            finished = 0
+            for sha, view in pairs:
+                if sha in left:
+                    left[sha].discard(view)
+                    if not left[sha]:
+                        del left[sha]
+                        finished += 1
+            if finished:
+                advance(finished)
+
+        try:
+            queue = todo
+            while queue:
+                busy: list[tuple[str, Path, tuple[str, ...]]] = []
+                batches = claimed_batches(cache, key, queue, batch_size, owner, decoder, max_pixels, busy, settle)
+                loaded = _prefetched(pool, load, batches) if workers > 1 else ([load(i) for i in b] for b in batches)
+                for batch in loaded:
+                    good = [(item, t) for item, t in batch if not isinstance(t, _Failure)]
+                    vectors: list[tuple[str, str, np.ndarray]] = []
+                    if good:
+                        wanted = [(j, view) for j, ((_, _, views), _) in enumerate(good) for view in views]
+                        rows = embed(stack([t for _, t in good]), wanted)
+                        vectors = [(good[j][0][0], view, rows[r]) for r, (j, view) in enumerate(wanted)]
+                    bad = [(item[0], t) for item, t in batch if isinstance(t, _Failure)]
+                    pairs = [(sha, view) for (sha, _, views), _ in batch for view in views]
+                    cache.commit_batch(key, vectors, owner=owner, released=pairs, max_pixels=max_pixels,
+                                       decoder=decoder, verdicts=[(sha, f.reason) for sha, f in bad if f.permanent])
+                    out.vectors.update(((sha, view), v) for sha, view, v in vectors)
+                    out.failed.update((sha, f.reason) for sha, f in bad)
+                    settle(pairs)
+                queue = wait_for_others(cache, key, [b for b in busy if b[0] not in out.failed], owner)
+        finally:
+            cache.release(owner)
+    return out
 
 
-def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: list[list], depth: int = 2) -> Iterator[list]:
+def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: Iterable[list], depth: int = 2) -> Iterator[list]:
     """Yield each batch's results while the next ``depth`` batches are already decoding in the pool."""
     pending: list[list[Future]] = []
     it = iter(batches)
