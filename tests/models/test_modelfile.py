@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,187 @@ def test_importing_modelfile_does_not_import_torch():
     code = "import sys, headstart.models.modelfile; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"], out
+
+
+# ------------------------------------------------------------------------ hostile bytes: checked before allocating
+OLD = Path(__file__).parent / "data" / "old-format-v1.safetensors"  # a real (small) classifier file
+
+
+def _parts(data: bytes) -> tuple[dict, dict, bytes]:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    return header, json.loads(header.pop("__metadata__")["headstart"]), data[8 + n :]
+
+
+def _assemble(header: dict, document: object, body: bytes, *, text: str | None = None) -> bytes:
+    raw = json.dumps({**header, "__metadata__": {"headstart": json.dumps(document) if text is None else text}}).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+def _peak_bytes(action) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("declared", [15 << 20, 2**40, 2**64 - 1])
+def test_a_huge_declared_header_is_refused_without_allocating_it(tmp_path, declared):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", declared) + b"{}" + b" " * 100)
+    peak = _peak_bytes(lambda: pytest.raises(ModelFileError, read_model_file, path))
+    assert peak < 1 << 20, f"{peak:,} bytes allocated for a file of 110 bytes"
+    _expect_error(path, "is damaged", "header too large" if declared > 16 << 20 else "truncated")
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda e: e.update(data_offsets=[e["data_offsets"][0], 2**40]), "needs"),
+    (lambda e: e.update(shape=[2**20, 2**20]), "needs"),
+    (lambda e: e.update(dtype="BF16"), "has dtype 'BF16'"),
+    (lambda e: e.update(shape=[-1]), "not a list of at most 8 sizes"),
+    (lambda e: e.update(data_offsets=[e["data_offsets"][1], e["data_offsets"][0]]), "data_offsets"),
+], ids=["range-past-the-end", "huge-shape", "unknown-dtype", "negative-size", "reversed-range"])
+def test_tensor_shapes_dtypes_and_byte_ranges_are_checked_against_the_file_before_loading(tmp_path, change, words):
+    header, document, body = _parts(OLD.read_bytes())
+    change(header["head.weight"])
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_assemble(header, document, body))
+    peak = _peak_bytes(lambda: pytest.raises(ModelFileError, read_model_file, path))
+    assert peak < 2 << 20, f"{peak:,} bytes allocated before the file was refused"
+    _expect_error(path, "is damaged", words)
+
+
+def test_overlapping_ranges_and_trailing_bytes_are_refused(tmp_path):
+    header, document, body = _parts(OLD.read_bytes())
+    header["head.bias"]["data_offsets"] = list(header["head.weight"]["data_offsets"])
+    header["head.bias"]["shape"] = list(header["head.weight"]["shape"])
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_assemble(header, document, body))
+    _expect_error(path, "overlap or leave gaps")
+    path.write_bytes(OLD.read_bytes() + b"\x00" * 8)
+    _expect_error(path, "bytes follow the last tensor")
+
+
+@pytest.mark.parametrize("where", ["metadata", "header"])
+def test_json_nested_5000_deep_is_refused_before_parsing(tmp_path, where):
+    header, document, body = _parts(OLD.read_bytes())
+    deep = "[" * 5000 + "]" * 5000
+    path = tmp_path / "m.safetensors"
+    if where == "metadata":
+        path.write_bytes(_assemble(header, document, body, text=json.dumps(document)[:-1] + f', "x": {deep}}}'))
+        _expect_error(path, "damaged headstart metadata", "nested 5,001 deep", "Re-train or re-download")
+    else:
+        raw = json.dumps({**header, "__metadata__": {"headstart": json.dumps(document)}})[:-1] + f', "x": {deep}}}'
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw.encode() + body)
+        _expect_error(path, "is damaged", "nested 5,001 deep")
+    shallow = "[" * 60 + "]" * 60  # (what the limit allows still parses)
+    path.write_bytes(_assemble(header, document, body, text=json.dumps(document)[:-1] + f', "x": {shallow}}}'))
+    assert read_model_metadata(path)["x"] == json.loads(shallow)
+
+
+def test_a_number_python_will_not_parse_is_a_damaged_file(tmp_path):
+    header, document, body = _parts(OLD.read_bytes())
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_assemble(header, document, body, text=json.dumps(document)[:-1] + ', "n": ' + "1" * 5000 + "}"))
+    _expect_error(path, "damaged headstart metadata", "invalid JSON")
+
+
+def test_a_pipe_is_refused_without_waiting_for_it(tmp_path):
+    path = tmp_path / "m.safetensors"
+    os.mkfifo(path)
+    _expect_error(path, "not a regular file")
+
+
+# ------------------------------------------------------------------ a classifier's metadata against its tensors
+def _mutated(tmp_path: Path, edit) -> Path:
+    header, document, body = _parts(OLD.read_bytes())
+    tensors = None
+    result = edit(document)
+    if result is not None:  # an edit of the tensors: {name: array}
+        tensors, _ = read_model_file(OLD)
+        tensors.update(result)
+    path = tmp_path / "bad.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tensors is None:
+        path.write_bytes(_assemble(header, document, body))
+    else:
+        save_model_file(path, tensors, document)
+    return path
+
+
+def _config(d):
+    return d["backbone"]["data_config"]
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda d: d.update(classes=None), "class list is null"),
+    (lambda d: d.update(classes="abcdefghijkl"), 'class list is "abcdefghijkl"'),
+    (lambda d: d.update(classes=d["classes"][:11] + [""]), "non-empty class names"),
+    (lambda d: d.update(classes=d["classes"][:11] + [d["classes"][0]]), "'Abyssinian' more than once"),
+    (lambda d: d.update(classes=d["classes"][:11]), "names 11 classes but its head has 12 rows"),
+    (lambda d: d.update(classes=[]) or {"head.weight": np.zeros((0, 256), np.float32),
+                                        "head.bias": np.zeros(0, np.float32)}, "class list is []"),
+    (lambda d: d.update(classes=d["classes"] + ["extra"]), "names 13 classes but its head has 12 rows"),
+    (lambda d: {"head.weight": np.zeros((12, 256), np.float64)}, "must be float32"),
+    (lambda d: {"head.bias": np.full(12, np.nan, np.float32)}, "'head.bias' holds NaN"),
+    (lambda d: {"backbone.conv_stem.weight": np.full((24, 3, 3, 3), np.inf, np.float32)}, "'backbone.conv_stem.weight' holds NaN or infinite"),
+    (lambda d: _config(d).update(input_size=[3, 2**20, 2**20]), "input size is [3, 1048576, 1048576]"),
+    (lambda d: _config(d).update(input_size=[1, 160, 160]), "[3, height, width]"),
+    (lambda d: _config(d).update(input_size=[3, 4, 160]), "sides from 8 to 1024"),
+    (lambda d: _config(d).update(crop_pct=0), "crop_pct is 0"),
+    (lambda d: _config(d).update(crop_pct=0.01), "resized to at most 2048"),
+    (lambda d: _config(d).update(mean=[0.5, 0.5]), "mean is [0.5, 0.5]"),
+    (lambda d: _config(d).update(std=[0, 1, 1]), "std is [0, 1, 1]"),
+    (lambda d: _config(d).update(interpolation="cubic"), 'interpolation is "cubic"'),
+    (lambda d: _config(d).update(crop_mode="zoom"), 'crop mode is "zoom"'),
+    (lambda d: d["backbone"].update(name="hf-hub:timm/resnet50"), "not a timm architecture name"),
+    (lambda d: d["backbone"].update(num_features=255), "255-d features but its head reads 256-d"),
+    (lambda d: d["backbone"].update(data_config=None), "preprocessing (data_config) is null"),
+    (lambda d: d.pop("backbone") and None, "without a classifier ('backbone' missing)"),
+    (lambda d: d.update(data=["x"]), "'data' entry is"),
+    (lambda d: d.update(method=5), "'method' is 5"),
+], ids=["classes-null", "classes-string", "class-empty", "class-twice", "fewer-classes", "more-classes",
+        "no-classes", "head-float64", "head-nan", "trunk-inf", "input-2^20", "input-channels", "input-tiny", "crop-0", "crop-tiny",
+        "mean-2", "std-0", "interpolation", "crop-mode", "hub-name", "num-features", "no-config", "no-backbone",
+        "data-list", "method-int"])
+def test_a_classifier_whose_metadata_disagrees_with_its_tensors_is_one_model_file_error(tmp_path, edit, words):
+    from headstart.models.classifier import Classifier
+
+    path = _mutated(tmp_path, edit)
+    with pytest.raises(ModelFileError) as error:
+        Classifier.load(path)
+    message = str(error.value)
+    assert str(path) in message and words in message and ("Re-train" in message or "pass a model" in message), message
+
+
+def test_the_trunk_is_checked_against_its_architecture_before_the_network_is_allocated(tmp_path):
+    """A 430 KB file naming a 1.8-billion-parameter network is refused without allocating it (7 GB): in a child
+    whose address space may grow by 1 GB only."""
+    path = _mutated(tmp_path, lambda d: d["backbone"].update(name="vit_gigantic_patch14_clip_224"))
+    unknown = _mutated(tmp_path / "u", lambda d: d["backbone"].update(name="no_such_network"))
+    code = f"""
+import resource, torch, timm
+from headstart.errors import ModelFileError
+from headstart.models.classifier import Classifier
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+for path in ({str(path)!r}, {str(unknown)!r}):
+    model = Classifier.load(path)
+    try:
+        model.backbone
+    except ModelFileError as exc:
+        print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    gigantic, missing = out.stdout.strip().splitlines()
+    assert gigantic.startswith(f"{path}: the backbone weights in this model do not fit vit_gigantic_patch14_clip_224")
+    assert "trunk values" in gigantic and "Re-train or re-download" in gigantic, gigantic
+    assert missing.startswith(f"{unknown}: ") and "cannot build it" in missing and "no_such_network" in missing, missing

@@ -7,7 +7,11 @@ Layout:
       ``format_version``, ``headstart_version``, ``created`` and whatever the caller passes (backbone arch name,
       weight source, preprocessing config, class names, metrics, method, ...).
 
-Reading never executes code: safetensors files hold only raw arrays and a JSON header.
+Reading never executes code: safetensors files hold only raw arrays and a JSON header. It never trusts the file
+either: the header's declared length, JSON size and nesting, every tensor's dtype, shape and byte range are checked
+against the file before anything is allocated (:func:`read_model_file`), and a classifier's metadata against its
+tensors before it is used (:func:`validate_classifier`, :func:`trunk_network`). A damaged or hostile file ends in
+one :class:`~headstart.errors.ModelFileError` that names it, says what is wrong and what to do.
 
 Example:
     >>> save_model_file("pets.safetensors", {"head.weight": w, "head.bias": b}, {"class_names": ["cat", "dog"]})
@@ -19,28 +23,53 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import struct
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _serialise
 
 from headstart._io import write_bytes_atomic
 from headstart._version import __version__
 from headstart.errors import ModelFileError
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEY", "looks_like_model_file", "read_model_file", "read_model_metadata", "save_model_file"]
+if TYPE_CHECKING:
+    import torch
+
+    from headstart.features import BackboneSpec
+
+__all__ = [
+    "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_INPUT_SIDE", "MAX_JSON_DEPTH", "METADATA_KEY", "looks_like_model_file",
+    "read_model_file", "read_model_metadata", "save_model_file", "trunk_network", "validate_classifier",
+]
 
 #: Version of the file layout; readers refuse files with a larger number.
 FORMAT_VERSION = 1
 #: The key of safetensors' ``__metadata__`` that holds headstart's JSON document.
 METADATA_KEY = "headstart"
+#: The largest JSON header a model file may declare (a real one is 10-50 KB; 16 MB holds 100,000 class names).
+MAX_HEADER_BYTES = 16 << 20
+#: The deepest nesting of ``[`` and ``{`` the header or the metadata may have (real files: 5), checked before parsing.
+MAX_JSON_DEPTH = 64
+#: Input sides a model's preprocessing may ask for (timm's largest pretrained input is 800 px).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 1024
+#: Photos are resized to ``side / crop_pct`` before the crop; no more than this.
+MAX_RESIZE_SIDE = 2048
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; zip (torch.save since 1.6)
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_ARCH_NAME = re.compile(r"[A-Za-z0-9_\-]{1,160}(\.[A-Za-z0-9_\-]{1,80})?")  # timm names; no hub prefix, no path
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
+_CROP_MODES = ("center", "squash", "border")
+_Entry = tuple  # (numpy dtype, shape, begin, end) of one tensor in the file
 
 
 def looks_like_model_file(name: str | os.PathLike[str]) -> bool:
@@ -92,7 +121,11 @@ def save_model_file(path: str | Path, tensors: Mapping[str, np.ndarray], metadat
 
 
 def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a headstart model file; never executes code.
+    """Read a headstart model file; never executes code, and allocates nothing the file does not hold.
+
+    The safetensors header is read by hand: its declared length must fit the file and :data:`MAX_HEADER_BYTES`,
+    its JSON nesting :data:`MAX_JSON_DEPTH` (checked before parsing), and every tensor's dtype, shape and byte
+    range must agree with each other and with the file's size before a byte of tensor data is read.
 
     Args:
         path: The ``.safetensors`` model file.
@@ -103,22 +136,25 @@ def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dic
 
     Raises:
         ModelFileError: The file is missing, damaged, not a headstart model, or from a newer headstart.
+
+    Example:
+        >>> tensors, metadata = read_model_file("pets.safetensors")
+        >>> tensors["head.weight"].shape, metadata["format_version"]
+        ((12, 1280), 1)
     """
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"no model file at {path}: train one with `headstart train DATA --out {path}`.")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a model file; pass the .safetensors file inside it.")
+    if not path.is_file():  # a device or a pipe: reading it could block or never end
+        raise ModelFileError(f"{path} is not a regular file (a device or a pipe); pass a .safetensors model file.")
     try:
-        with safe_open(str(path), framework="numpy") as handle:
-            header = handle.metadata() or {}
+        with open(path, "rb") as handle:
+            entries, header, start = _read_header(path, handle, os.fstat(handle.fileno()).st_size)
             document = _decode_document(path, header)
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()} if load_tensors else {}
-    except SafetensorError as error:
-        raise ModelFileError(
-            f"{path} is not a headstart model file or is damaged ({_why_unreadable(path, error)}). "
-            "Re-train or re-download it."
-        ) from error
+            tensors = {name: _read_tensor(path, handle, start, *entry) for name, entry in entries.items()} \
+                if load_tensors else {}
     except OSError as error:
         raise ModelFileError(f"cannot read the model file {path} ({error.strerror or error}).") from error
     return tensors, document
@@ -129,7 +165,123 @@ def read_model_metadata(path: str | Path) -> dict[str, Any]:
     return read_model_file(path, load_tensors=False)[1]
 
 
-# ------------------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------------ reading bytes
+def _damaged(path: Path, reason: str) -> ModelFileError:
+    return ModelFileError(f"{path} is not a headstart model file or is damaged ({reason}). Re-train or re-download it.")
+
+
+def _read_header(path: Path, handle: IO[bytes], size: int) -> tuple[dict[str, _Entry], dict[str, str], int]:
+    """``(tensors, metadata, data start)``: name -> (dtype, shape, begin, end), the header's ``__metadata__``, and
+    where the tensor data starts; everything checked against the file's ``size``."""
+    start = handle.read(8)
+    if not start:
+        raise _damaged(path, "the file is empty")
+    if start.startswith(_PICKLE_MAGIC):
+        raise _damaged(path, "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it "
+                             "can run code")
+    if len(start) < 8:
+        raise _damaged(path, f"it has only {size} bytes, fewer than a safetensors header's length field: the file "
+                             "looks truncated")
+    (length,) = struct.unpack("<Q", start)
+    if length > MAX_HEADER_BYTES:
+        raise _damaged(path, f"header too large: it declares {length:,} bytes of header, a model file has at most "
+                             f"{MAX_HEADER_BYTES:,}")
+    if 8 + length > size:
+        raise _damaged(path, f"its header declares {length:,} bytes but only {size - 8:,} follow: the file looks "
+                             "truncated")
+    raw = handle.read(length)
+    if len(raw) != length:
+        raise _damaged(path, "the file changed while it was read")
+    try:
+        header = _parse_json(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise _damaged(path, f"invalid JSON header: {error}") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _damaged(path, "its __metadata__ is not a table of texts")
+    entries, spans = {}, []
+    for name, entry in header.items():
+        entries[name] = _tensor_entry(path, name, entry)
+        spans.append((entries[name][2], entries[name][3], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise _damaged(path, f"tensor {name!r} starts at byte {begin:,} of the data, not at {end:,}: its byte "
+                                 "ranges overlap or leave gaps")
+        end = stop
+    held = size - 8 - length
+    if end > held:
+        raise _damaged(path, f"its tensors need {end:,} bytes of data but the file holds {held:,}: the file looks "
+                             "truncated")
+    if end < held:
+        raise _damaged(path, f"{held - end:,} bytes follow the last tensor: the file is damaged or two files were "
+                             "joined")
+    return entries, metadata, 8 + length
+
+
+def _tensor_entry(path: Path, name: str, entry: Any) -> _Entry:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _damaged(path, f"tensor {name!r} is not described by dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPES:
+        raise _damaged(path, f"tensor {name!r} has dtype {str(dtype)[:20]!r}; headstart reads {', '.join(_DTYPES)}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _damaged(path, f"tensor {name!r} has shape {str(shape)[:60]}, not a list of at most 8 sizes >= 0")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets) \
+            or not 0 <= offsets[0] <= offsets[1]:
+        raise _damaged(path, f"tensor {name!r} has data_offsets {str(offsets)[:60]}, not [begin, end] with "
+                             "0 <= begin <= end")
+    numpy_dtype = np.dtype(_DTYPES[dtype])
+    needed = math.prod(shape) * numpy_dtype.itemsize
+    if offsets[1] - offsets[0] != needed:
+        raise _damaged(path, f"tensor {name!r} of shape {shape} ({dtype}) needs {needed:,} bytes but its byte range "
+                             f"holds {offsets[1] - offsets[0]:,}")
+    return numpy_dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def _read_tensor(path: Path, handle: IO[bytes], start: int, dtype: np.dtype, shape: tuple[int, ...], begin: int,
+                 end: int) -> np.ndarray:
+    buffer = bytearray(end - begin)  # (the header was checked against the file size: this many bytes are there)
+    handle.seek(start + begin)
+    if handle.readinto(buffer) != len(buffer):
+        raise _damaged(path, "the file changed while it was read")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_depth(data: bytes) -> int:
+    """How deep ``[``/``{`` nest in the JSON ``data`` (brackets inside strings skipped), found without parsing it:
+    linear numpy passes over the bytes (a quote is a string's edge unless an odd run of backslashes precedes it)."""
+    codes = np.frombuffer(data, dtype=np.uint8)
+    if not codes.size:
+        return 0
+    index = np.arange(codes.size, dtype=np.int32)
+    last_plain = np.maximum.accumulate(np.where(codes == 92, -1, index))  # the last byte <= i that is not "\\"
+    del index
+    quotes = np.flatnonzero(codes == 34)
+    escapes = quotes - 1 - np.where(quotes > 0, last_plain[np.maximum(quotes - 1, 0)], -1)
+    del last_plain
+    edges = np.zeros(codes.size, dtype=np.int8)
+    edges[quotes[escapes % 2 == 0]] = 1
+    outside = (np.cumsum(edges, dtype=np.int32) & 1) == 0
+    del edges
+    steps = ((codes == 91) | (codes == 123)).astype(np.int8) - ((codes == 93) | (codes == 125))
+    return int(np.cumsum(np.where(outside, steps, 0), dtype=np.int32).max(initial=0))
+
+
+def _parse_json(data: bytes) -> Any:
+    """``json.loads`` once the nesting is known to be shallow (deep nesting is a RecursionError, or worse)."""
+    depth = _json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested {depth:,} deep, more than the {MAX_JSON_DEPTH} a model file may have")
+    return json.loads(data.decode("utf-8", "surrogatepass"))  # (64 levels: far from a RecursionError)
+
+
 def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
     if METADATA_KEY not in header:
         raise ModelFileError(
@@ -137,13 +289,13 @@ def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
             "if it holds backbone weights, pass it with --weights."
         )
     try:
-        document = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as error:
+        document = _parse_json(header[METADATA_KEY].encode("utf-8", "surrogatepass"))
+    except ValueError as error:  # (JSONDecodeError, numbers of more than 4,300 digits, nesting)
         raise ModelFileError(
-            f"{path} has damaged headstart metadata (invalid JSON: {error}). Re-train or re-download it."
-        ) from error
+            f"{path} has damaged headstart metadata (invalid JSON: {str(error)[:200]}). Re-train or re-download it."
+        ) from None
     version = document.get("format_version") if isinstance(document, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not _is_int(version) or version < 1:
         raise ModelFileError(
             f"{path} has damaged headstart metadata (no valid format_version). Re-train or re-download it."
         )
@@ -155,23 +307,168 @@ def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
     return document
 
 
-def _why_unreadable(path: Path, error: Exception) -> str:
-    """A short reason, in words, why safetensors could not parse the file."""
+# ------------------------------------------------------------------------------------- a classifier's metadata
+def validate_classifier(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
+                        document: Mapping[str, Any]) -> None:
+    """Check a classifier's metadata against its tensors before anything uses them: one place, every rule.
+
+    - ``classes``: a list of unique, non-empty strings, one per row of ``head.weight``;
+    - ``head.weight`` ``(n_classes, num_features)`` and ``head.bias`` ``(n_classes,)``: float32, finite;
+    - ``backbone``: a timm architecture name (no hub prefix, no path), ``num_features`` the head's width, and a
+      preprocessing a photo can go through in bounded memory: ``input_size`` ``[3, H, W]`` with H, W in
+      [:data:`MIN_INPUT_SIDE`, :data:`MAX_INPUT_SIDE`], ``crop_pct`` in (0, 1] resizing to at most
+      :data:`MAX_RESIZE_SIDE`, ``mean``/``std`` three finite numbers (std > 0), a known interpolation and crop mode;
+    - every floating trunk tensor finite; the optional ``data``/``metrics``/``estimator``/``finetune`` tables are
+      tables and ``method`` is text (what the code reads from them).
+
+    That the trunk fits the architecture is checked when the network is built (:func:`trunk_network`).
+
+    Raises:
+        ModelFileError: naming the file, what is wrong, and to re-train or re-download it.
+
+    Example:
+        >>> tensors, document = read_model_file("pets.safetensors")
+        >>> validate_classifier("pets.safetensors", tensors, document)   # silent when the file is sound
+    """
+
+    def bad(problem: str) -> ModelFileError:
+        return ModelFileError(f"{path} is a damaged headstart model: {problem}. Re-train or re-download it.")
+
+    backbone, classes = document.get("backbone"), document.get("classes")
+    missing = [k for k in ("backbone", "classes") if k not in document] + \
+        [k for k in ("head.weight", "head.bias") if k not in tensors]
+    if missing:
+        raise ModelFileError(f"{path} is a headstart file without a classifier ({', '.join(map(repr, missing))} "
+                             "missing); pass a model written by `headstart train` or ImageClassifier.save.")
+    weight, bias = tensors["head.weight"], tensors["head.bias"]
+    if weight.dtype != np.float32 or weight.ndim != 2 or bias.dtype != np.float32 or bias.shape != (len(weight),):
+        raise bad(f"the head must be float32 head.weight (n_classes, num_features) and head.bias (n_classes,); "
+                  f"it is {weight.dtype} {weight.shape} and {bias.dtype} {bias.shape}")
+    if not isinstance(classes, list) or not classes or \
+            not all(isinstance(c, str) and c.strip() and len(c) <= 1000 for c in classes):
+        raise bad(f"its class list is {_brief(classes)}; it must be a list of non-empty class names (text)")
+    if len(set(classes)) != len(classes):
+        twice = sorted(c for c, n in Counter(classes).items() if n > 1)[:5]
+        raise bad(f"its class list names {', '.join(map(repr, twice))} more than once; class names must be unique")
+    if len(classes) != len(weight):
+        raise bad(f"it names {len(classes)} classes but its head has {len(weight)} rows; they must match")
+    _check_backbone(backbone, weight.shape[1], bad)
+    for name, array in tensors.items():
+        if array.dtype.kind == "f" and (name.startswith(("head.", "backbone.")) and not np.isfinite(array).all()):
+            raise bad(f"tensor {name!r} holds NaN or infinite values")
+    for key in ("data", "metrics", "estimator", "finetune"):
+        if document.get(key) is not None and not isinstance(document[key], dict):
+            raise bad(f"its {key!r} entry is {_brief(document[key])}, not a table")
+    if not isinstance((document.get("data") or {}).get("source", ""), (str, type(None))):
+        raise bad("its training data's 'source' is not a path")
+    if document.get("method") is not None and not isinstance(document["method"], str):
+        raise bad(f"its 'method' is {_brief(document['method'])}, not text")
+
+
+def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
+    """The ``backbone`` table of a model file (a :class:`~headstart.features.BackboneSpec` as a dict)."""
+    if not isinstance(backbone, dict):
+        raise bad(f"its backbone is {_brief(backbone)}, not a table")
+    name = backbone.get("name")
+    if not isinstance(name, str) or not _ARCH_NAME.fullmatch(name):
+        raise bad(f"its backbone name {_brief(name)} is not a timm architecture name (letters, digits, _ and -, "
+                  "an optional .tag; no hub prefix or path)")
+    for key in ("source", "weights_id"):
+        if not isinstance(backbone.get(key), str):
+            raise bad(f"its backbone's {key!r} is {_brief(backbone.get(key))}, not text")
+    if backbone.get("num_features") != width or not _is_int(backbone.get("num_features")):
+        raise bad(f"its backbone gives {_brief(backbone.get('num_features'))}-d features but its head reads "
+                  f"{width}-d ones; they must match")
+    if not (_is_int(backbone.get("num_classes", 0)) and backbone.get("num_classes", 0) >= 0):
+        raise bad(f"its backbone's num_classes is {_brief(backbone.get('num_classes'))}, not a count")
+    labels = backbone.get("label_names") or []
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise bad(f"its backbone's label_names are {_brief(labels)}, not a list of names")
+    if not isinstance(backbone.get("flip_average", False), bool):
+        raise bad(f"its backbone's flip_average is {_brief(backbone.get('flip_average'))}, not true or false")
+    config = backbone.get("data_config")
+    if not isinstance(config, dict):
+        raise bad(f"its preprocessing (data_config) is {_brief(config)}, not a table")
+    config = {k: v for k, v in config.items() if v is not None}  # (None: timm's default, as BackboneSpec reads it)
+    size = config.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) for v in size) and size[0] == 3
+            and all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in size[1:])):
+        raise bad(f"its input size is {_brief(size)}; it must be [3, height, width] with sides from "
+                  f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels")
+    crop = config.get("crop_pct", 0.875)
+    if not (_is_number(crop) and 0 < crop <= 1 and max(size[1:]) / crop <= MAX_RESIZE_SIDE):
+        raise bad(f"its crop_pct is {_brief(crop)}; it must be in (0, 1], and photos resized to at most "
+                  f"{MAX_RESIZE_SIDE} px before the crop (side / crop_pct)")
+    for key, low in (("mean", -1e3), ("std", 1e-3)):
+        values = config.get(key, [0.5, 0.5, 0.5])
+        if not (isinstance(values, list) and len(values) == 3
+                and all(_is_number(v) and low <= v <= 1e3 for v in values)):
+            raise bad(f"its preprocessing {key} is {_brief(values)}; it must be 3 finite numbers"
+                      + (" from 0.001 to 1000" if key == "std" else ""))
+    if config.get("interpolation", "bilinear") not in _INTERPOLATIONS:
+        raise bad(f"its interpolation is {_brief(config.get('interpolation'))}, not one of "
+                  f"{', '.join(_INTERPOLATIONS)}")
+    if config.get("crop_mode", "center") not in _CROP_MODES:
+        raise bad(f"its crop mode is {_brief(config.get('crop_mode'))}, not one of {', '.join(_CROP_MODES)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _brief(value: Any) -> str:
+    """A value as the message shows it: JSON, cut to 60 characters."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)  # (values of a parsed JSON document)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def trunk_network(spec: BackboneSpec, trunk: Mapping[str, np.ndarray],
+                  path: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+    """The timm trunk (no classifier) with a model file's weights, checked against the architecture, in eval mode.
+
+    The architecture is first built on the meta device (no memory), so a small file that names a huge network is
+    refused before the network's weights are allocated; then the real network loads the weights ``strict``.
+
+    Raises:
+        ModelFileError: the architecture is unknown to this timm, or the weights do not fit it (names ``path``).
+
+    Example:
+        >>> tensors, document = read_model_file("pets.safetensors")
+        >>> trunk = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        >>> trunk_network(BackboneSpec.from_dict(document["backbone"]), trunk).num_features
+        1280
+    """
+    import timm
+    import torch
+
+    where = f"{path}: " if path else ""
+
+    def refuse(problem: str) -> ModelFileError:
+        return ModelFileError(f"{where}the backbone weights in this model do not fit {spec.name}: {problem}. "
+                              "Re-train or re-download the model.")
+
     try:
-        with open(path, "rb") as handle:
-            start = handle.read(4)
-    except OSError:
-        start = b""
-    if not start:
-        return "the file is empty"
-    if start.startswith(_PICKLE_MAGIC):
-        return "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it can run code"
-    reason = str(error).removeprefix("Error while deserializing header: ")
-    if "not fully covered" in reason or "invalid header length" in reason:
-        return f"{reason}: the file looks truncated"
-    return reason
+        with torch.device("meta"):
+            skeleton = timm.create_model(spec.name, pretrained=False, num_classes=0)
+    except Exception as exc:  # unknown name or tag, an architecture this timm cannot build
+        raise refuse(f"this timm {timm.__version__} cannot build it ({type(exc).__name__}: {str(exc)[:200]})") from None
+    wanted = sum(t.numel() for t in skeleton.state_dict().values())
+    held = sum(int(np.prod(v.shape)) for v in trunk.values())
+    if wanted > 2 * held + 1_000_000:  # (the exact check is load_state_dict's; this one keeps memory bounded)
+        raise refuse(f"the file holds {held:,} trunk values, the architecture needs {wanted:,}")
+    if int(skeleton.num_features) != spec.num_features:
+        raise refuse(f"it gives {skeleton.num_features}-d features, the file says {spec.num_features}")
+    del skeleton
+    try:
+        model = timm.create_model(spec.name, pretrained=False, num_classes=0)
+        model.load_state_dict({k: torch.from_numpy(v if v.flags.writeable else np.array(v)) for k, v in trunk.items()},
+                              strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise refuse(str(exc)[:300]) from None
+    return model.eval()
 
 
+# ------------------------------------------------------------------------------------------------------ writing
 def _to_json(document: Mapping[str, Any]) -> str:
     """JSON text of the metadata, or a ValueError naming the first key whose value cannot be written."""
     for key, value in document.items():
@@ -196,4 +493,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} {value!r:.60} is not JSON-serialisable")
-
