@@ -118,3 +118,33 @@ def test_the_audit_command(faults, tmp_path):
     bad = CliRunner().invoke(app, ["audit", str(faults.data), "--quarantine", str(tmp_path / "q"),
                                    "--quarantine-what", "everything"])
     assert bad.exit_code == 2 and "--quarantine-what" in bad.output
+
+
+def test_train_reads_a_reviewed_relabel_csv(report, faults, tmp_path):
+    """`headstart audit --relabel-csv` → review → `headstart train --relabel-csv`: the model learns the fixed labels."""
+    from headstart.cli import app
+    from headstart.workflows.training import train
+
+    relabels = write_relabel_csv(report, tmp_path / "relabel.csv")
+    rows = list(csv.reader(relabels.open()))
+    moved = [r for r in rows[1:] if Path(r[0]) in faults.wrong_labels]
+    assert moved, "the audit found none of the moved photos"
+    reviewed = tmp_path / "reviewed.csv"
+    with reviewed.open("w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0], *moved])
+    out = tmp_path / "fixed.safetensors"
+    result = CliRunner().invoke(app, ["train", str(faults.data), "--out", str(out), "--relabel-csv", str(reviewed),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "fixed-run" / "config.json").read_text())
+    assert run["method"] == "probe"
+    # The same photos, relabelled in memory, give the model trained by the CLI: same classes, same head.
+    from headstart.models.classifier import Classifier
+
+    expected = train(apply_relabels(load_dataset(faults.data), reviewed), out=tmp_path / "api.safetensors")
+    cli_model, api_model = Classifier.load(out), expected.model
+    assert cli_model.classes == api_model.classes
+    assert (cli_model.head_weight == api_model.head_weight).all()
+    # and they differ from a model trained on the labels as they were
+    plain = train(load_dataset(faults.data), out=tmp_path / "plain.safetensors").model
+    assert not (plain.head_weight.shape == cli_model.head_weight.shape and (plain.head_weight == cli_model.head_weight).all())

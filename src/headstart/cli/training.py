@@ -50,6 +50,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
     device: Annotated[str, typer.Option(help="[finetune] auto (the GPU when there is one), cpu, cuda or cuda:N.", rich_help_panel="Fine-tuning")] = "auto",
+    relabel_csv: Annotated[Optional[Path], typer.Option("--relabel-csv", help="Apply the reviewed relabels of `headstart audit --relabel-csv FILE` (path,given,suggested) to DATA's labels before training; the photos are not touched.")] = None,
     labels_from_filenames: Annotated[bool, typer.Option("--labels-from-filenames", help="DATA is a flat folder of <label><number> photos (cat_001.jpg, dog-2.png): take each label from the file name; the labels found are printed.")] = False,
     **finetune: Any,
 ) -> None:
@@ -69,10 +70,14 @@ def train(
     if method == "probe" and options:
         named = [flag_of(k, v) for k, v in flags.items()] + [f"{k} (in {config})" for k in file_options if k not in flags]
         raise ValueError(f"{', '.join(named)} only apply to --method finetune or scratch.")
-    if labels_from_filenames:  # (the library warns with the labels found; the warning is printed on stderr)
+    if labels_from_filenames or relabel_csv is not None:  # (the library warns with the labels found, on stderr)
         from headstart.data.datasets import load_dataset
 
-        data = load_dataset(data, split=split, labels_from_filenames=True)
+        data = load_dataset(data, split=split, labels_from_filenames=labels_from_filenames)
+        if relabel_csv is not None:
+            from headstart.audit import apply_relabels
+
+            data = apply_relabels(data, relabel_csv)
     result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
                          split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
                          max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, finetune_options=options,
