@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,serve]'
 	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks==3.5.1'  # see pyproject.toml: its pins break hub
 	touch $(STAMP)
 

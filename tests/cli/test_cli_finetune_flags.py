@@ -84,7 +84,7 @@ def twelve(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # A value unlike its default for every field: the run below shows each one reached the training.
 NOT_DEFAULT = {
-    "epochs": 1, "batch_size": 8, "lr": 3e-4, "layer_decay": 0.9, "unfreeze": "2", "optimizer": "sgd",
+    "epochs": 1, "batch_size": 8, "lr": 3e-4, "lr_search": True, "layer_decay": 0.9, "unfreeze": "2", "optimizer": "sgd",
     "momentum": 0.8, "weight_decay": 0.01, "schedule": "onecycle", "warmup_epochs": 0.5, "label_smoothing": 0.05,
     "augment": "none", "head_dropout": 0.3, "clip_grad": 0.5, "patience": 0, "freeze_bn": False, "ema": True,
     "ema_decay": 0.99, "precision": "fp32", "workers": 1, "seed": 3,

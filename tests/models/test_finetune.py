@@ -25,6 +25,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FAST = dict(epochs=2, batch_size=4, augment="light", patience=0)
 
 
+def trainable_parameters(unfreeze: str) -> set[str]:
+    """Names (inside the trunk) of the parameters fine-tuning trains for ``unfreeze``: timm's last K coarse groups."""
+    from timm.models import group_parameters
+
+    from headstart.features import load_backbone
+
+    trunk = load_backbone("tf_efficientnet_lite0").model
+    groups = group_parameters(trunk, trunk.group_matcher(coarse=True))
+    names = list(groups)
+    return {p for g in (names if unfreeze == "all" else names[-int(unfreeze):]) for p in groups[g]}
+
+
 def trunk_arrays(state: dict, prefix: str = "trunk.") -> dict:
     """numpy copies of a network state dict's trunk tensors, by their name inside the trunk."""
     return {k[len(prefix):]: v.detach().float().numpy() for k, v in state.items() if k.startswith(prefix)}
@@ -48,26 +60,54 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     assert json.loads((run / "metrics.json").read_text())["history"] == lines
 
     model = Classifier.load(result.model_path)
-    assert model.metadata["method"] == "finetune" and model.spec.weights_id.startswith("trunk-sha256:")
+    assert model.metadata["method"] == "finetune"
+    # a changed trunk has its own identity (its features never mix with the pretrained one's in the cache); when
+    # validation keeps epoch 0, the probe (on the pretrained trunk) is the model
+    assert model.spec.weights_id.startswith("trunk-sha256:") == (result.metrics["best_epoch"] > 0)
     assert result.metrics["best_epoch"] in (0, 1, 2) and result.metrics["probe_val_accuracy"] is not None
     assert result.metrics["val_accuracy"] >= lines[0]["val_accuracy"], "the best epoch is never worse than the start"
     pred = model.predict([sorted((tiny / "pug").glob("*.jpg"))[0]], top_k=1).predictions[0]
     assert pred.labels[0] in {"Persian", "pug", "samoyed"}
 
-    # The weights really trained: after the last epoch every unfrozen convolution moved away from the pretrained
-    # weights, the frozen BatchNorm statistics did not, and the head left the probe's starting point.
+    # The weights really trained: after the last epoch every convolution of the unfrozen stages moved away from
+    # the pretrained weights, those of the frozen stages did not, nor did any BatchNorm statistics.
     _, pretrained = cached_trunk_weights("tf_efficientnet_lite0")
     last = torch.load(run / "checkpoint.pt", weights_only=True)["network"]
     trained = trunk_arrays(last)
     convolutions = [k for k in pretrained if k.endswith(".weight") and pretrained[k].ndim == 4]
-    assert len(convolutions) > 30
+    unfrozen = trainable_parameters(config["finetune"]["unfreeze"])
+    assert len(convolutions) > 30 and any(k in unfrozen for k in convolutions)
     moved = [k for k in convolutions if not np.array_equal(trained[k], pretrained[k])]
-    assert moved == convolutions, f"{len(convolutions) - len(moved)} convolutions did not change"
+    assert moved == [k for k in convolutions if k in unfrozen], "exactly the unfrozen convolutions changed"
     statistics = [k for k in pretrained if k.endswith("running_mean")]
     for k in statistics:
         np.testing.assert_array_equal(trained[k], pretrained[k], err_msg=k)
     saved_trunk_is_pretrained = all(np.array_equal(model.trunk[k], pretrained[k]) for k in convolutions)
-    assert saved_trunk_is_pretrained == (result.metrics["best_epoch"] == 0), "the model file holds the best epoch"
+    assert saved_trunk_is_pretrained == (result.metrics["best_epoch"] == 0), "epoch 0 kept: the probe is the model"
+    refit = result.metrics["refit"]
+    assert result.metrics["refit_on_all"] and refit["photos"] == 15 and refit["epochs"] == result.metrics["best_epoch"]
+    assert config["refit"]["on_all_photos"] and "15 photos" in config["refit"]["what"]
+    assert all(r["seconds"] > 0 for r in lines[1:]), "each epoch reports its seconds"
+
+
+def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tiny: Path, tmp_path: Path) -> None:
+    from headstart.data import load_dataset
+    from headstart.features import load_backbone
+    from headstart.models.finetune import build_network
+    from headstart.models.finetune_config import Finetune
+    from headstart.models.finetune_loop import run_finetune
+
+    data = load_dataset(tiny)
+    backbone = load_backbone("tf_efficientnet_lite0")
+    config = Finetune.for_data_size(15, epochs=4, batch_size=4, unfreeze="2", patience=0)
+    result = run_finetune(build_network(backbone, 3, 0.2), data, None, data.classes, backbone.spec.data_config,
+                          config, tmp_path, stop_after=2, name="refit-")
+    assert [r.epoch for r in result.history] == [1, 2] and all(r.val_accuracy is None for r in result.history)
+    assert result.history[-1].lr > 0.3 * config.lr, "stopped half way through the 4-epoch schedule, not at its end"
+    assert len((tmp_path / "refit-metrics.jsonl").read_text().splitlines()) == 2
+    frozen = result.frozen
+    assert frozen["cached"] and frozen["up_to"] == "blocks.6" and frozen["views"] == 2
+    assert frozen["photo_views"] <= 2 * 15, "each photo's views through the frozen stages once (or fewer: shared)"
 
 
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
@@ -92,7 +132,10 @@ def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_pat
     weights = [k for k in initial if k.endswith(".weight") and initial[k].ndim == 4]
     assert all(not np.array_equal(trained[k], initial[k]) for k in weights), "every layer trains from scratch"
     assert all(not np.allclose(result.model.trunk[k], pretrained[k]) for k in weights), "nothing pretrained in it"
-    best = initial if result.metrics["best_epoch"] == 0 else trained
+    # the saved network is the refit on all photos (its own checkpoint), or the random start when epoch 0 won
+    refit = result.run_dir / "refit-checkpoint.pt"
+    assert refit.is_file() == (result.metrics["best_epoch"] > 0)
+    best = initial if result.metrics["best_epoch"] == 0 else trunk_arrays(torch.load(refit, weights_only=True)["network"])
     for k in weights:
         np.testing.assert_allclose(result.model.trunk[k], best[k], err_msg=k)
 
@@ -170,6 +213,14 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path)
     result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune_options={"batch_size": 4})
     assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
     assert result.lrs == sorted(result.lrs) and (tmp_path / "lr.png").stat().st_size > 1000
+    assert result.stopped in ("done", "loss diverged") and result.steps == 8 and result.seconds_per_step > 0
+    assert result.why == "all 8 steps" if result.stopped == "done" else result.why.startswith(
+        f"stopped at step {len(result.lrs)} of 8: the loss exceeded 4x its minimum")
+    assert result.to_dict()["frozen_stages"]["cached"] == (result.to_dict()["frozen_stages"].get("up_to") is not None)
+    short = find_learning_rate(tiny, out=tmp_path / "lr2.png", steps=8, budget_s=1e-9,
+                               finetune_options={"batch_size": 4})
+    assert short.stopped == "time budget" and len(short.lrs) == 1
+    assert short.why.startswith("stopped at step 1 of 8: its time budget ran out")
 
 
 def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:

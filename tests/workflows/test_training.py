@@ -118,6 +118,11 @@ def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
 
     assert_png(trained.run_dir / "confusion_matrix.png")
     assert_png(trained.run_dir / "misclassified.png")
+    assert_png(trained.run_dir / "reliability.png")
+    assert 0 <= metrics["val_ece"] <= 1 and metrics["calibration"]["bins"] == 15 and metrics["val_nll"] > 0
+    assert metrics["refit_on_all"] and config["refit"] == {
+        "on_all_photos": True, "photos": 60,
+        "what": "the probe, fitted again on all 60 photos (C and the temperature from its cross-validation)"}
     newest = max(p.stat().st_mtime_ns for p in trained.run_dir.iterdir())
     assert trained.model_path.stat().st_mtime_ns >= newest, "the model file is written last"
     assert not [p for p in trained.model_path.parent.iterdir() if p.name.endswith(".tmp")], "no temporaries left"
@@ -134,9 +139,14 @@ def test_held_out_photos_are_mostly_right(baseline) -> None:
 def test_evaluate_writes_its_report_and_pictures(trained, sample: Path, tmp_path: Path, baseline) -> None:
     report = evaluate(trained.model_path, sample / "test", out_dir=tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["accuracy"] == baseline.accuracy
-    assert sorted(Path(p).name for p in report.pictures) == ["confusion_matrix.png", "misclassified.png"]
+    assert sorted(Path(p).name for p in report.pictures) == ["confusion_matrix.png", "misclassified.png",
+                                                             "reliability.png"]
     for picture in report.pictures:
         assert_png(Path(picture))
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert 0 <= saved["ece"] <= 1 and saved["nll"] > 0 and 0 <= saved["brier"] <= 2
+    assert saved["calibration"]["bins"] == 15 and sum(b["count"] for b in saved["calibration"]["reliability"]) == 24
+    assert report.calibration["accuracy"] == pytest.approx(report.accuracy)
 
 
 def test_refitting_on_the_same_photos_computes_nothing_and_gives_the_same_head(trained, sample: Path) -> None:
@@ -236,7 +246,8 @@ def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_p
     assert m["n_usable"] == 60 + 2  # the PNG named .jpg and the CMYK JPEG are photos like the others
     written = write_run_folder(clf, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == m["skipped"]
-    assert sorted(p.name for p in written) == ["config.json", "confusion_matrix.png", "metrics.json", "misclassified.png"]
+    assert sorted(p.name for p in written) == ["config.json", "confusion_matrix.png", "metrics.json", "misclassified.png",
+                                               "reliability.png"]
 
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedFilesWarning)]
     assert len(messages) == 1
@@ -383,7 +394,7 @@ def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(
             draw.polygon(head, fill=colour)
             draw.rectangle(shaft, fill=colour)
             img.save(tmp_path / "data" / direction / f"{i}.png")
-    clf = ImageClassifier(cache=tmp_path / "c.sqlite").fit(tmp_path / "data")
+    clf = ImageClassifier(cache=tmp_path / "c.sqlite", flip_average="auto").fit(tmp_path / "data")  # CV decides
     cv = clf.report_["flip_average_cv"]
     assert clf.report_["flip_average"] is False, cv
     assert cv["off"] > cv["on"] + 0.1, cv

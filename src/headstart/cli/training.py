@@ -22,7 +22,8 @@ from headstart.models.finetune_config import Finetune
 RUN_OPTIONS = ("seed", "precision")
 # what the learning-rate range test reads of the options (it sweeps lr itself and trains no epochs)
 # what train writes in its run folder (a folder of one of these names there is refused before any work)
-RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png")
+RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png",
+             "reliability.png", "backbone_selection.json")
 LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
                   "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
 
@@ -106,8 +107,19 @@ def train(
         cv = m["flip_average_cv"]
         out.print(f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
                   f"{cv['off']:.3f} without)")
-    out.print(f"model: {result.model_path}" + (" (refit on all photos)" if m["refit_on_all"] else ""))
-    out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, metrics.json, config.json)")
+    if m.get("backbone_selection"):
+        sel = m["backbone_selection"]
+        scores = ", ".join(f"{r['backbone']} {r['cv_accuracy']:.3f}" if r.get("cv_accuracy") is not None
+                           else f"{r['backbone']} ({r.get('skipped')})" for r in sel["candidates"])
+        out.print(f"backbone: {sel['chosen']} (auto; probe CV accuracy on {sel['n_photos']} photos: {scores})")
+    if m.get("val_ece") is not None:
+        out.print(f"calibration on validation: ECE {m['val_ece']:.3f} (15 bins), NLL {m['val_nll']:.3f}, "
+                  f"Brier {m['val_brier']:.3f}; temperature {m.get('temperature', 1.0):.3g}")
+    from headstart.workflows.training import refit_summary
+
+    out.print(f"model: {result.model_path} ({refit_summary(m, method)['what']})")
+    out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, reliability.png, metrics.json, "
+              "config.json)")
     finish(len(m["skipped"]))
 
 
@@ -119,7 +131,7 @@ def lr_find(
     backbone: BackboneOpt = "tf_efficientnet_lite0",
     weights: WeightsOpt = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path("lr-find.png"),
-    steps: Annotated[int, typer.Option(help="Batches to raise the learning rate over.")] = 60,
+    steps: Annotated[Optional[int], typer.Option(help="Batches to raise the learning rate over (default 40; it stops early, and says why, when the loss diverges or after 45 s).")] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     **finetune: Any,
@@ -136,6 +148,7 @@ def lr_find(
         print_json({**result.to_dict(), "plot": str(out_path)})
         return
     out.print(f"suggested learning rate: {result.suggestion:.2g} (use it as --lr); plot: {out_path}")
+    out.print(f"{result.why}; {result.seconds:.1f} s ({result.seconds_per_step:.2f} s a step)")
 
 
 @app.command()

@@ -21,7 +21,7 @@ from headstart._validation import check_int
 from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, list_image_files
 from headstart.errors import ModelFileError
 from headstart.features import Backbone, BackboneSpec
-from headstart.models.modelfile import read_model_file, save_model_file
+from headstart.models.modelfile import read_model_file, save_model_file, trunk_network, validate_classifier
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +108,7 @@ class Classifier:
     def load(cls, path: str | os.PathLike[str]) -> Classifier:
         """Read a model file written by :meth:`save` (no network, no code execution)."""
         tensors, meta = read_model_file(path)
+        validate_classifier(path, tensors, meta)  # (every malformed file ends here, as one ModelFileError)
         try:
             spec = BackboneSpec.from_dict(meta["backbone"])
             classes = meta["classes"]
@@ -125,18 +126,8 @@ class Classifier:
     def backbone(self) -> Backbone:
         """The trunk as a timm model (built on first use from the weights in the file)."""
         if self._backbone is None:
-            import timm
-            import torch
-
-            model = timm.create_model(self.spec.name, pretrained=False, num_classes=0)
-            state = {k: torch.from_numpy(np.array(v)) for k, v in self.trunk.items()}
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ModelFileError(
-                    f"The backbone weights in this model do not fit {self.spec.name}: {str(exc)[:300]}"
-                ) from exc
-            self._backbone = Backbone(model.eval(), self.spec)
+            model = trunk_network(self.spec, self.trunk, self.metadata.get("path"))  # (checked: ModelFileError)
+            self._backbone = Backbone(model, self.spec)
         return self._backbone
 
     def torch_module(self):
@@ -176,7 +167,7 @@ class Classifier:
         batch_size: int = 32,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: bool = False,
-        engine: str = "torch",
+        engine: str = "auto",
     ) -> Features:
         """Features of ``paths`` from this model's backbone (cached under its fingerprint)."""
         from headstart.features.extract import extract_features
@@ -199,7 +190,7 @@ class Classifier:
         cache: FeatureCache | None = None,
         precision: str = "auto",
         progress: bool = False,
-        engine: str = "torch",
+        engine: str = "auto",
     ) -> Predictions:
         """Top-k labels with probabilities for images or folders of images.
 

@@ -42,11 +42,16 @@ from headstart.models.finetune_config import Finetune
 from headstart.models.inputs import ResolvedBackbone, as_dataset, feature_cache, photo_paths
 from headstart.models.memo import Memo, fit_probe
 from headstart.models.protocol import ClassifierProtocol
+from headstart.models.selection import parse_auto, select_backbone
 from headstart.reports import classification_metrics, public_metrics
+from headstart.reports.calibration import calibration_metrics
 
 __all__ = ["METHODS", "ImageClassifier", "SkippedFilesWarning", "load"]
 
 METHODS = ("probe", "finetune", "scratch")
+#: ``flip_average`` besides True/False/None: ``"auto"`` (= None: cross-validation chooses, computing the mirror
+#: views), ``"cached"`` (the default: one view, unless the mirror views are cached; then cross-validation chooses).
+FLIP_CHOICES = ("auto", "cached")
 _CALLER = "ImageClassifier"
 
 
@@ -61,13 +66,18 @@ class ImageClassifier(ClassifierProtocol):
     ``fit`` extracts the features of every usable photo (cached, so a re-run computes nothing), splits off a
     seeded, stratified validation part that keeps identical files on one side, fits the probe (its
     regularisation chosen by cross-validation on the training part), lets that cross-validation decide whether
-    to average each photo with its mirror image, scores the validation part, and then (``refit=True``) fits the
-    probe again on all photos. Fine-tuning starts from the probe's head (LP-FT) and keeps its best epoch on the
-    validation part.
+    to average each photo with its mirror image (when asked, or when the mirror views are cached), scores the
+    validation part, and then (``refit=True``) fits the probe again on all photos. Fine-tuning starts from the
+    probe's head (LP-FT); validation chooses how many epochs, then the same schedule runs on all photos.
+    Probabilities are temperature-calibrated on held-out predictions (out-of-fold for the probe, the validation
+    part for networks), the temperature folded into the saved head.
 
     Args:
         backbone: a timm name; ``weights`` says where its weights come from (None: the offline package when
-            installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path).
+            installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"``: the
+            one of tf_efficientnet_lite0/1/2 whose probe cross-validates best on the training part (a dearer one
+            only when it gains more than 1.5 photos' worth; :mod:`headstart.models.selection`);
+            ``"auto:resnet50,lite1"``: among those.
         method: ``"probe"``, ``"finetune"``, ``"scratch"`` (the same network from random weights, to see what
             transfer learning gives), or a :class:`~headstart.models.finetune_config.Finetune` (fine-tune with
             those options).
@@ -75,9 +85,13 @@ class ImageClassifier(ClassifierProtocol):
             out are chosen by the number of photos.
         val_fraction: share of the photos held out for validation, in (0, 1).
         seed: seed of the split, the cross-validation folds and the training.
-        refit: fit the saved probe on all photos after validating (fine-tuned networks keep their best epoch).
-        flip_average: average each photo's features with its mirror image's, in training and in predictions;
-            None lets the probe's cross-validation choose (only when it gains more than one photo's worth).
+        refit: after validating, fit the saved model on all photos: the probe again; a network for as many
+            epochs of the same schedule as validation chose (:mod:`headstart.models.network_fit`).
+        flip_average: average each photo's features with its mirror image's, in training and in predictions:
+            True, False, or ``None``/``"auto"`` to let the probe's cross-validation choose (only when it gains more
+            than one photo's worth; the mirror views are computed for it). The default, ``"cached"``, computes each
+            photo once: the photo alone, unless the mirror views are already in the cache (``headstart extract
+            --flip-average``), and then cross-validation chooses at no cost.
         precision: ``auto`` (bf16 on CPUs with native bf16), ``fp32`` or ``bf16``.
         batch_size: photos per batch of feature extraction.
         max_pixels: photos larger than this are unusable (decompression-bomb guard); None: no limit.
@@ -96,10 +110,13 @@ class ImageClassifier(ClassifierProtocol):
             ``evaluate``, ``export_onnx`` and the attacks take.
         spec_: the backbone the model reads features from (weights, preprocessing, mirror averaging).
         unusable_: the photos ``fit`` skipped (each with the reason), also named by a :class:`SkippedFilesWarning`.
-        report_: validation metrics and how the fit went: ``val_accuracy``, ``val_top5_accuracy``,
-            ``cv_accuracy``, ``C``, ``flip_average`` and ``flip_average_cv``, ``n_train``/``n_val``, ``features``
-            (cached/computed), ``seconds``, ``validation`` (per class, confusion matrix); for networks also
-            ``best_epoch``, ``epochs_run``, ``probe_val_accuracy`` and ``history``.
+        report_: validation metrics and how the fit went: ``val_accuracy``, ``val_top5_accuracy``, ``val_ece``
+            (15 bins), ``val_nll``, ``val_brier`` and ``calibration`` (with the reliability table),
+            ``cv_accuracy``, ``C``, ``temperature``, ``flip_average`` and ``flip_average_cv``, ``backbone`` (and
+            ``backbone_selection`` for ``auto``), ``n_train``/``n_val``, ``features`` (cached/computed),
+            ``refit_on_all``, ``seconds``, ``validation`` (per class, confusion matrix); for networks also
+            ``best_epoch``, ``epochs_run``, ``probe_val_accuracy``, ``history``, ``refit`` (photos, epochs,
+            seconds, its epochs) and ``frozen_stages`` (how the frozen stages ran).
         validation_: the held-out photos: ``paths``, ``labels``, ``hashes`` and the fitted model's ``proba``
             (for a refit probe: the probe that had not seen them). None after :func:`load`.
         finetune_: the resolved fine-tuning options (None for the probe).
@@ -128,7 +145,7 @@ class ImageClassifier(ClassifierProtocol):
         val_fraction: float = 0.2,
         seed: int = 0,
         refit: bool = True,
-        flip_average: bool | None = None,
+        flip_average: bool | str | None = "cached",
         precision: str = "auto",
         batch_size: int = 32,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -171,7 +188,10 @@ class ImageClassifier(ClassifierProtocol):
                 fail("finetune", _CALLER, "None for method='probe' (fine-tuning options need method='finetune' "
                      "or 'scratch')", self.finetune)
         if not isinstance(self.backbone, str) or not self.backbone:
-            fail("backbone", _CALLER, "a timm model name (str)", self.backbone)
+            fail("backbone", _CALLER, "a timm model name (str), 'auto' or 'auto:NAME,NAME,…'", self.backbone)
+        if parse_auto(self.backbone) is not None and self.weights is not None:
+            fail("weights", _CALLER, "None when backbone is 'auto' (each candidate uses its own offline or hub "
+                 "weights; to fine-tune from a file, name its backbone)", self.weights)
         check_number(self.val_fraction, "val_fraction", _CALLER, low=0, high=1, low_open=True, high_open=True)
         check_int(self.seed, "seed", _CALLER, low=0, high=2**32 - 1)
         check_int(self.batch_size, "batch_size", _CALLER, low=1)
@@ -181,8 +201,9 @@ class ImageClassifier(ClassifierProtocol):
         for name in ("refit", "reuse", "resume", "progress"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 fail(name, _CALLER, "a bool", getattr(self, name))
-        if self.flip_average is not None and not isinstance(self.flip_average, (bool, np.bool_)):
-            fail("flip_average", _CALLER, "a bool or None", self.flip_average)
+        if not (self.flip_average is None or isinstance(self.flip_average, (bool, np.bool_))
+                or (isinstance(self.flip_average, str) and self.flip_average in FLIP_CHOICES)):
+            fail("flip_average", _CALLER, "a bool, None, 'auto' or 'cached'", self.flip_average)
         device = self.device
         if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or
                                                (device.startswith("cuda:") and device[5:].isdigit())):
@@ -218,36 +239,42 @@ class ImageClassifier(ClassifierProtocol):
 
             device = resolve_device(self.device)
             init_from_env(device)  # under torchrun: the processes share the extraction and the training
-        backbone = ResolvedBackbone(self.backbone, self.weights)
         cache = feature_cache(self.cache)
         memo = Memo.beside(cache) if self.reuse else None
+        backbone, selection = self._backbone(dataset, cache, memo)
         s = self._split_and_probe(dataset, backbone, cache, memo)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
-
+        validation = {"paths": [s.usable.paths[i] for i in s.va], "labels": s.labels[s.va],
+                      "hashes": [s.feats.hashes[i] for i in s.va], "proba": probe_proba}
+        refit = fit_probe(s.X, s.labels, random_state=self.seed, memo=memo) if self.refit else None
         if method == "probe":
-            final = fit_probe(s.X, s.labels, random_state=self.seed, memo=memo) if self.refit else s.probe
+            final = refit if refit is not None else s.probe
             model = Classifier(backbone.spec.with_flip_average(s.flip), [str(c) for c in final.classes_],
                                final.coef_, final.intercept_, backbone.trunk())
-            validation = {"paths": [s.usable.paths[i] for i in s.va], "labels": s.labels[s.va],
-                          "hashes": [s.feats.hashes[i] for i in s.va], "proba": probe_proba}
             specific = {"cv_accuracy": float(final.cv_accuracy_), "C": float(final.C_),
-                        "temperature": float(final.temperature_)}
+                        "temperature": float(final.temperature_), "refit_on_all": refit is not None}
             config, history = None, None
         else:
+            from headstart.models.network_fit import fit_network
+
             config = Finetune.for_data_size(len(s.usable), method=method,
                                             **{"seed": self.seed, "precision": self.precision, **options})
-            model, result = self._fit_network(method, backbone, s.probe, s.train_part, s.val_part, config, s.flip,
-                                              device)
-            val_feats = model.features(s.val_part.paths, cache=cache, precision=config.precision,
-                                       batch_size=self.batch_size, max_pixels=self.max_pixels)  # (torchrun: shared)
-            scored = s.val_part.subset(val_feats.indices.tolist())
-            validation = {"paths": scored.paths, "labels": np.asarray(scored.labels), "hashes": val_feats.hashes,
-                          "proba": model.predict_proba_features(val_feats.features)}
-            history = [asdict(r) for r in result.history]
+            fit = fit_network(method, backbone, s.probe, refit, s.train_part, s.val_part, s.usable,
+                              dict(zip(map(str, s.usable.paths), s.feats.hashes)), config, flip=s.flip,
+                              features=(s.X, s.labels), memo=memo, device=device,
+                              checkpoint_dir=self.checkpoint_dir, resume=bool(self.resume), progress=self.progress,
+                              lr_search=bool(config.lr_search))
+            model, config, history = fit.model, fit.config, fit.history
+            if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
+                validation["proba"] = fit.val_proba
             specific = {"probe_val_accuracy": float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])),
-                        "best_epoch": result.best_epoch, "epochs_run": sum(1 for r in result.history if r.epoch > 0),
-                        "stopped_early": result.stopped_early, "cv_accuracy": float("nan"), "C": float("nan")}
+                        "best_epoch": fit.best_epoch, "epochs_run": sum(1 for r in history if r["epoch"] > 0),
+                        "stopped_early": fit.stopped_early, "cv_accuracy": float("nan"), "C": float("nan"),
+                        "temperature": fit.temperature, "refit_on_all": fit.refit is not None,
+                        "refit": fit.refit, "frozen_stages": fit.frozen,
+                        **({"lr_search": fit.lr_search} if fit.lr_search is not None else {})}
         val = classification_metrics(validation["labels"], validation["proba"], model.classes)
+        calibration = calibration_metrics(validation["labels"], validation["proba"], model.classes)
         feats = s.feats
         report: dict[str, Any] = {
             "val_accuracy": val["accuracy"], "val_top5_accuracy": val["top5_accuracy"], **specific,
@@ -255,15 +282,18 @@ class ImageClassifier(ClassifierProtocol):
             "n_classes": len(model.classes), "skipped": [u.to_dict() for u in feats.unusable],
             "ignored": [str(p) for p in dataset.ignored],
             "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-            "refit_on_all": bool(self.refit) if method == "probe" else False,
+            "backbone": backbone.name, **({"backbone_selection": selection.to_dict()} if selection else {}),
             "flip_average": s.flip, "flip_average_cv": s.flip_cv,
+            "val_ece": calibration["ece"], "val_nll": calibration["nll"], "val_brier": calibration["brier"],
+            "calibration": calibration,
             "seconds": round(time.perf_counter() - started, 3),
             "validation": public_metrics(val),
             **({"history": history} if history is not None else {}),
         }
         model.metadata.update({
             "method": method,
-            "metrics": {k: v for k, v in report.items() if k not in ("skipped", "ignored", "validation", "history")},
+            "metrics": {k: v for k, v in report.items()
+                        if k not in ("skipped", "ignored", "validation", "history", "calibration")},
             "data": {"source": str(dataset.root), "kind": dataset.kind, "seed": self.seed,
                      "val_fraction": self.val_fraction},
             **({"finetune": asdict(config)} if config is not None else {}),
@@ -279,8 +309,16 @@ class ImageClassifier(ClassifierProtocol):
         from headstart.features import current
 
         extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
+        mode = "auto" if self.flip_average is None else self.flip_average
         feats = extract_features(dataset.paths, backbone, progress=self.progress and current().is_main,
-                                 flip_average=True if self.flip_average is None else bool(self.flip_average), **extract)
+                                 flip_average=mode == "auto" or (not isinstance(mode, str) and bool(mode)), **extract)
+        if isinstance(mode, str) and mode == "cached":  # one view, unless the mirror views cost nothing now
+            mode = "auto" if feats.hashes and cache.has_views(feats.cache_key, feats.hashes, "mirror") else False
+            if mode == "auto":
+                one_view = feats
+                feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
+                feats.n_cached, feats.n_computed, feats.seconds = (one_view.n_cached, one_view.n_computed,
+                                                                   one_view.seconds)
         if feats.unusable:
             warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=3)
         usable = dataset.subset(feats.indices.tolist())
@@ -295,7 +333,7 @@ class ImageClassifier(ClassifierProtocol):
         va = np.array([row_of[s.path] for s in val_part.samples], dtype=np.int64)
 
         probe = fit_probe(feats.features[tr], labels[tr], random_state=self.seed, memo=memo)
-        flip, flip_cv = self.flip_average, {}
+        flip, flip_cv = (None if isinstance(mode, str) else bool(mode)), {}
         if flip is None:  # the data decide: is a photo's mirror image the same class here?
             single = extract_features(dataset.paths, backbone, flip_average=False, **extract)
             single_probe = fit_probe(single.features[tr], labels[tr], random_state=self.seed, memo=memo)
@@ -308,26 +346,23 @@ class ImageClassifier(ClassifierProtocol):
         return SimpleNamespace(feats=feats, X=feats.features, usable=usable, labels=labels, train_part=train_part,
                                val_part=val_part, tr=tr, va=va, probe=probe, flip=bool(flip), flip_cv=flip_cv)
 
-    def _fit_network(self, method: str, backbone: ResolvedBackbone, probe: Any, train_part: Dataset,
-                     val_part: Dataset, config: Finetune, flip: bool, device: str) -> tuple[Classifier, Any]:
-        """Fine-tune (from the probe's head) or train from scratch on the training part; keep the best epoch."""
-        import torch
+    def _backbone(self, dataset: Dataset, cache: FeatureCache, memo: Memo | None) -> tuple[ResolvedBackbone, Any]:
+        """The backbone to fit on: the one named, or for ``auto`` the one the probe's CV on the training part
+        chooses among the candidates (:mod:`headstart.models.selection`; the first candidate's features of all
+        photos tell which photos are usable and how they split)."""
+        candidates = parse_auto(self.backbone)
+        if candidates is None:
+            return ResolvedBackbone(self.backbone, self.weights), None
+        from headstart.features import current
 
-        from headstart.features import load_backbone
-        from headstart.models.finetune import build_network, run_finetune, start_from_probe
-
-        classes = [str(c) for c in probe.classes_]
-        if method == "scratch":
-            torch.manual_seed(config.seed)  # the random initialisation is reproducible too
-            loaded = load_backbone(self.backbone, "none")
-        else:
-            loaded = backbone.load()
-        network = build_network(loaded, len(classes), config.head_dropout)
-        if method == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
-            start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
-        result = run_finetune(network, train_part, val_part, classes, loaded.spec.data_config, config,
-                              self.checkpoint_dir, resume=bool(self.resume), progress=self.progress, device=device)
-        return Classifier.from_network(result.network, loaded.spec.with_flip_average(flip), classes), result
+        extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
+        first = extract_features(dataset.paths, ResolvedBackbone(candidates[0], self.weights), flip_average=True,
+                                 progress=self.progress and current().is_main, **extract)
+        usable = dataset.subset(first.indices.tolist())
+        train_part, _ = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=first.hashes)
+        selection = select_backbone(train_part.paths, train_part.labels, candidates, memo=memo, seed=self.seed,
+                                    weights=self.weights, progress=self.progress and current().is_main, **extract)
+        return ResolvedBackbone(selection.chosen, self.weights), selection
 
     def _set_fitted(self, model: Classifier, report: dict[str, Any], unusable: list, finetune: Finetune | None,
                     validation: dict[str, Any] | None) -> None:

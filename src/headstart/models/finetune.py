@@ -4,26 +4,25 @@ Phase 1 is the probe on cached features (exact and fast), so fine-tuning never s
 would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
 layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
 gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy and stops
-early when validation stops improving. Given a run folder, it writes ``metrics.jsonl`` and ``curves.png`` each
-epoch and a checkpoint, so ``resume=True`` continues a killed run; without one it writes nothing.
+early when validation stops improving; then (by default) the same schedule runs again on all photos for that
+many epochs (:mod:`headstart.models.network_fit`).
 
-Every choice is a field of :class:`~headstart.models.finetune_config.Finetune`; fields left out are chosen by the
-number of photos (:meth:`Finetune.for_data_size`). The network is :func:`headstart.models.classifier.trunk_and_head`,
-the same one a model file is rebuilt into. The learning-rate range test lives in :mod:`headstart.models.lr_find`.
+This module holds the pieces: the network, which parameters train, the optimiser and its schedule, the photos
+and their augmentation, the records and the curves. The loop is :func:`headstart.models.finetune_loop.run_finetune`
+(frozen stages computed once: :mod:`headstart.models.frozen`); the learning-rate range test is
+:mod:`headstart.models.lr_find`. Every choice is a field of :class:`~headstart.models.finetune_config.Finetune`;
+fields left out are chosen by the number of photos (:meth:`Finetune.for_data_size`). The network is
+:func:`headstart.models.classifier.trunk_and_head`, the same one a model file is rebuilt into.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headstart._console import progress as progress_bar
-from headstart._console import say
-from headstart._io import atomic_path, save_figure, write_text_atomic
+from headstart._io import save_figure
 from headstart.models.classifier import set_head, trunk_and_head
 from headstart.models.finetune_config import Finetune, FinetuneConfig, load_config_file
 
@@ -33,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EpochRecord", "Finetune", "FinetuneConfig", "FinetuneResult", "PhotoDataset", "build_network", "freeze_batchnorm",
-    "load_config_file", "lr_factor", "make_optimizer", "photo_transform", "plot_curves", "run_finetune",
-    "start_from_probe", "trainable_groups",
+    "load_config_file", "lr_factor", "make_optimizer", "photo_transform", "plot_curves", "start_from_probe",
+    "trainable_groups",
 ]
 
 
@@ -149,25 +148,31 @@ def photo_transform(data_config: dict[str, Any], augment: str, training: bool):
 # ------------------------------------------------------------------------------------------------------ the loop
 @dataclass
 class EpochRecord:
-    """One line of metrics.jsonl; epoch 0 is the starting point, before any training step (no train metrics)."""
+    """One line of metrics.jsonl; epoch 0 is the starting point, before any training step (no train metrics);
+    ``seconds`` is the epoch's wall time (training and validation)."""
 
     epoch: int
     train_loss: float | None
     train_accuracy: float | None
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # (None in the refit on all photos: nothing is held out)
+    val_accuracy: float | None
     lr: float
     seconds: float
 
 
 @dataclass
 class FinetuneResult:
-    """The trained network (its best epoch's weights), every epoch's record, and how it ended."""
+    """The trained network (its best epoch's weights), every epoch's record, and how it ended; the validation
+    logits of the best epoch (``(n_val, n_classes)``, what the temperature is fit on) with their class indices, and
+    how the frozen stages were run (``frozen``: computed once or every epoch)."""
 
     network: Any
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    val_logits: Any = None
+    val_labels: Any = None
+    frozen: dict[str, Any] = field(default_factory=dict)
 
 
 def freeze_batchnorm(network) -> None:
@@ -179,188 +184,19 @@ def freeze_batchnorm(network) -> None:
             module.eval()
 
 
-def _evaluate(network, loader, device: str, autocast) -> tuple[float, float]:
-    import torch
-
-    network.eval()
-    total, correct, loss_sum = 0, 0, 0.0
-    with torch.inference_mode(), autocast():
-        for x, y in loader:
-            logits = network(x.to(device)).float()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
-            correct += int((logits.argmax(1).cpu() == y).sum())
-            total += len(y)
-    return loss_sum / max(1, total), correct / max(1, total)
-
-
-def run_finetune(
-    network,
-    train_data: Dataset,
-    val_data: Dataset,
-    classes: list[str],
-    data_config: dict[str, Any],
-    config: Finetune,
-    run_dir: str | Path | None = None,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    device: str = "cpu",
-) -> FinetuneResult:
-    """Train ``network`` (trunk + head) on ``train_data``, validating each epoch on ``val_data``.
-
-    ``config`` must be resolved (:meth:`Finetune.for_data_size`). With ``run_dir``, each epoch appends to
-    ``metrics.jsonl``, redraws ``curves.png`` and replaces ``checkpoint.pt`` (weights, optimiser, random state),
-    from which ``resume=True`` continues; without it nothing is written. Under torchrun only rank 0 writes.
-    """
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from headstart.features import all_reduce_sum, current, default_precision
-
-    if resume and run_dir is None:
-        raise ValueError("resume=True continues from the checkpoint in a run folder; pass run_dir (the folder).")
-    group = current()
-    run = Path(run_dir) if run_dir is not None else None
-    writes = run is not None and group.is_main
-    torch.manual_seed(config.seed)
-    precision = default_precision(device) if config.precision == "auto" else config.precision
-    autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
-                                      enabled=precision == "bf16")
-    generator = torch.Generator().manual_seed(config.seed)
-    photos = PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True))
-    sampler = DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed) if group.enabled else None
-    train_loader = DataLoader(photos, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                              drop_last=len(train_data) > config.batch_size * group.world_size,
-                              generator=generator, num_workers=config.workers)
-    val_loader = DataLoader(PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
-                            batch_size=config.batch_size, num_workers=config.workers)
-    network = network.to(device)
-    if device == "cpu":
-        network = network.to(memory_format=torch.channels_last)
-    trainable_groups(network, config.unfreeze)
-    optimizer = make_optimizer(network, config)
-    forward = network
-    if group.enabled:  # gradients averaged over processes; every process keeps identical weights
-        forward = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    ema = None
-    if config.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(network, decay=config.ema_decay)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-
-    history: list[EpochRecord] = []
-    best_acc, best_epoch, best_state, start_epoch = -1.0, 0, None, 0
-    checkpoint = run / "checkpoint.pt" if run is not None else None
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)  # tensors and plain types only
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        start_epoch = int(state["epoch"]) + 1
-        best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
-        history = [EpochRecord(**r) for r in json.loads(state["history"])]
-        torch.set_rng_state(state["rng"].cpu())
-        generator.set_state(state["loader_rng"].cpu())
-
-    def record_epoch(record: EpochRecord) -> None:  # (a resumed run rewrites the lines its checkpoint knows)
-        history.append(record)
-        if writes:
-            write_text_atomic(run / "metrics.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in history))
-
-    if start_epoch == 0:  # epoch 0 = the starting point (for LP-FT: the probe); fine-tuning must beat it to count
-        judged = ema.module if ema is not None else network
-        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)
-        best_acc, best_epoch = val_acc, 0
-        best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        record_epoch(EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0))
-        if progress and group.is_main:
-            say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
-    step = start_epoch * steps_per_epoch
-    stopped_early = False
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        network.train()
-        if config.freeze_bn:
-            freeze_batchnorm(network)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        seen, correct, loss_sum = 0, 0, 0.0
-        with progress_bar(progress and group.is_main, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}") as advance:
-            for x, y in train_loader:
-                factor = lr_factor(step, total_steps, warmup, config.schedule)
-                for g in optimizer.param_groups:
-                    g["lr"] = config.lr * g.get("lr_scale", 1.0) * factor
-                x = x.to(device)
-                if device == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    logits = forward(x)
-                    loss = loss_fn(logits.float(), y.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(network, step=step)
-                seen += len(y)
-                correct += int((logits.detach().argmax(1).cpu() == y).sum())
-                loss_sum += float(loss.detach()) * len(y)
-                step += 1
-                advance(1)
-        seen, correct, loss_sum = all_reduce_sum([seen, correct, loss_sum])
-        judged = ema.module if ema is not None else network
-        val_loss, val_acc = _evaluate(judged, val_loader, device, autocast)  # every process: the whole set
-        record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
-                             optimizer.param_groups[-1]["lr"], time.perf_counter() - started)
-        record_epoch(record)
-        if progress and group.is_main:
-            say(f"epoch {record.epoch}/{config.epochs}: train loss {record.train_loss:.3f} accuracy "
-                f"{record.train_accuracy:.3f} | validation loss {val_loss:.3f} accuracy {val_acc:.3f} | "
-                f"lr {record.lr:.2g} | {record.seconds:.0f} s" + ("  (best so far)" if val_acc > best_acc else ""))
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        if writes:  # only rank 0 writes files
-            state = {
-                "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
-                "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
-                "loader_rng": generator.get_state(),
-            }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            with atomic_path(checkpoint) as temporary:
-                torch.save(state, temporary)
-            plot_curves(history, run / "curves.png")
-        if config.patience and epoch + 1 - best_epoch >= config.patience:
-            stopped_early = True
-            break
-    final = ema.module if ema is not None else network
-    if best_state is not None:
-        final.load_state_dict(best_state)
-    return FinetuneResult(final, history, best_epoch, stopped_early)
-
-
 def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     """Train/validation accuracy and loss per epoch, side by side."""
     from matplotlib.figure import Figure
 
-    epochs = [r.epoch for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     acc, loss = fig.subplots(1, 2)
     trained = [r for r in history if r.train_loss is not None]
+    judged = [r for r in history if r.val_loss is not None]
     acc.plot([r.epoch for r in trained], [r.train_accuracy for r in trained], "o-", label="train")
-    acc.plot(epochs, [r.val_accuracy for r in history], "o-", label="validation")
+    acc.plot([r.epoch for r in judged], [r.val_accuracy for r in judged], "o-", label="validation")
     acc.set(xlabel="epoch (0 = before fine-tuning)", ylabel="accuracy", title="Accuracy")
     loss.plot([r.epoch for r in trained], [r.train_loss for r in trained], "o-", label="train")
-    loss.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
+    loss.plot([r.epoch for r in judged], [r.val_loss for r in judged], "o-", label="validation")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     for ax in (acc, loss):
         ax.grid(alpha=0.3)

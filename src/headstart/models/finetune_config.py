@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": (8, 6, 4),
     "batch_size": 32,
     "lr": (1e-4, 5e-4, 1e-3),
+    "lr_search": False,
     "layer_decay": 0.75,
     "unfreeze": "all",
     "optimizer": "adamw",
@@ -89,6 +90,9 @@ class Finetune:
     epochs: int | None = _option("Passes over the training photos", "epochs")
     batch_size: int | None = _option("Photos per step", "batch_size")
     lr: float | None = _option("Peak learning rate of the head; the backbone's layers get lr × layer_decay^depth", "lr")
+    lr_search: bool | None = _option("Also try lr ×⅓ and ×3 on the validation part and keep the best (one more "
+                                     "validation run each; the refit on all photos uses the chosen lr)", "lr_search",
+                                     flag="--lr-search/--no-lr-search")
     layer_decay: float | None = _option("Learning-rate factor per layer of depth (discriminative rates)", "layer_decay")
     unfreeze: str | None = _option("'all' or K: train only the last K stages of the backbone", "unfreeze")
     optimizer: str | None = _option("adamw or sgd", "optimizer")
@@ -183,7 +187,7 @@ class Finetune:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTATIONS),
                               ("precision", PRECISIONS)):
             given(name, check_choice, allowed=allowed)
-        for name in ("freeze_bn", "ema"):
+        for name in ("freeze_bn", "ema", "lr_search"):
             if values[name] is not None and not isinstance(values[name], bool):
                 fail(name, caller, "a bool", values[name])
         unfreeze = values["unfreeze"]

@@ -166,8 +166,10 @@ class ProbeFit:
                    float(meta["cv_accuracy"]), float(meta["temperature"]), int(meta["n_splits"]))
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo | None = None) -> ProbeFit:
-    """A :class:`headstart.models.probe.LinearProbe` (default settings) fitted on ``X``, ``y``; from ``memo`` when it has it.
+def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo | None = None,
+              Cs: tuple[float, ...] | None = None) -> ProbeFit:
+    """A :class:`headstart.models.probe.LinearProbe` (default settings; ``Cs`` given: that grid, e.g. one value,
+    no cross-validation) fitted on ``X``, ``y``; from ``memo`` when it has it.
 
     Labels must be strings or integers (what data sets give); the fit is returned as a :class:`ProbeFit` either way,
     so a fresh fit and a remembered one predict bit for bit the same.
@@ -176,7 +178,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo
     key = None
     if memo is not None and y.dtype.kind in "Uiu":
         key = Memo.key("probe-fit", source_digest("headstart.models.probe"), source_digest("headstart.models.memo"),
-                       versions("scikit-learn", "scipy", "numpy"), {"random_state": random_state},
+                       source_digest("headstart.models.temperature"),
+                       versions("scikit-learn", "scipy", "numpy"),
+                       {"random_state": random_state, **({"Cs": [float(c) for c in Cs]} if Cs is not None else {})},
                        np.asarray(X), y)
         data = memo.read(key, ".safetensors")
         if data is not None:
@@ -188,7 +192,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo
                 pass
     from headstart.models.probe import LinearProbe
 
-    fit = ProbeFit.of(LinearProbe(random_state=random_state).fit(X, y))
+    options = {"Cs": tuple(float(c) for c in Cs)} if Cs is not None else {}
+    fit = ProbeFit.of(LinearProbe(random_state=random_state, **options).fit(X, y))
     if key is not None:
         memo.write(key, ".safetensors", fit.to_bytes())
     return fit

@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from headstart._math import log_softmax, softmax
 from headstart._validation import fail as parameter_error
+from headstart.models.temperature import fit_temperature
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -78,7 +79,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         max_iter: Most lbfgs iterations per fit.
         random_state: Seed of the fold shuffling; the same seed gives the same probe.
         calibrate: Rescale the logits by the temperature that minimises the out-of-fold log-loss at ``C_``
-            (temperature scaling): predictions are unchanged, probabilities mean what they say.
+            (temperature scaling): predictions are unchanged, probabilities mean what they say. On tiny data the
+            temperature is bounded so that the mean out-of-fold top-1 probability stays at most (right + 1/2) /
+            (n + 1) (:func:`~headstart.models.temperature.fit_temperature`): 10 of 10 right is not certainty.
 
     Attributes:
         classes_: Class labels, shape ``(n_classes,)``.
@@ -92,7 +95,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Cs_: The ``Cs`` grid, sorted ascending, shape ``(n_Cs,)``.
         n_splits_: Number of folds actually used (0 when cross-validation was skipped).
         n_iter_: lbfgs iterations of the final fit on all the data.
-        temperature_: The logit divisor from calibration (1.0 without cross-validation or calibration).
+        temperature_: The logit divisor from calibration (1.0 without cross-validation or calibration): the
+            out-of-fold temperature times ``logit_scale_ratio_``.
+        logit_scale_ratio_: How much larger the final fit's weights are than the folds' (their norms' ratio,
+            within 0.5..2): the final fit saw more photos, so the same temperature would make it overconfident.
 
     Example:
         >>> probe = LinearProbe().fit(train_features, train_labels)
@@ -146,14 +152,19 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings(record=True) as caught:
             # One BLAS thread: numpy's and scipy's OpenBLAS pools spinning against each other make lbfgs ~10x slower.
             warnings.simplefilter("always", ConvergenceWarning)
-            temperature = 1.0
+            temperature, fold_norm = 1.0, 0.0
             if n_splits >= 2:
-                accuracies, best, temperature = self._cross_validate(X_scaled, y_index, Cs, n_splits)
+                accuracies, best, temperature, fold_norm = self._cross_validate(X_scaled, y_index, Cs, n_splits)
                 C, cv_accuracy = float(Cs[best]), float(accuracies[best])
             else:  # a single given C, or a class too small to cross-validate: the middle of the grid
                 C, cv_accuracy, n_splits = float(Cs[len(Cs) // 2]), float("nan"), 0
                 accuracies = np.full(len(Cs), np.nan)
-            weight, bias, n_iter = _fit_logistic(X_scaled, y_index, C, self.max_iter, len(classes))
+            weight, bias, n_iter, norm = _fit_logistic(X_scaled, y_index, C, self.max_iter, len(classes))
+            # The fit on all the data has larger weights than the folds' at the same C (about n / n_fold times
+            # under strong regularisation): its temperature is the folds' times that ratio, or every
+            # probability of a small data set's final fit ends up at 1.000.
+            ratio = float(np.clip(norm / fold_norm, 0.5, 2.0)) if fold_norm > 0 and norm > 0 else 1.0
+            temperature *= ratio
             if self.calibrate:  # strong regularisation flattens probabilities; one scalar restores their meaning
                 weight, bias = weight / temperature, bias / temperature
         self._warn_convergence(caught)
@@ -170,13 +181,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.n_splits_ = n_splits
         self.n_iter_ = n_iter
         self.temperature_ = temperature if self.calibrate else 1.0
+        self.logit_scale_ratio_ = ratio
         return self
 
     def _cross_validate(
         self, X: np.ndarray, y: np.ndarray, Cs: np.ndarray, n_splits: int
-    ) -> tuple[np.ndarray, int, float]:
-        """Mean fold accuracy for each C (walking up the grid with warm starts), the index of the best C, and the
-        temperature that calibrates its out-of-fold probabilities."""
+    ) -> tuple[np.ndarray, int, float, float]:
+        """Mean fold accuracy for each C (walking up the grid with warm starts), the index of the best C, the
+        temperature that calibrates its out-of-fold probabilities and the folds' mean weight norm there."""
         folds = []
         n_classes = int(y.max()) + 1
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
@@ -188,8 +200,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         losses = np.full(len(Cs), np.nan)
         best = 0
         out_of_fold: dict[int, np.ndarray] = {}
+        norms: dict[int, float] = {}
         for i, C in enumerate(Cs):
-            fold_accuracy, fold_loss = [], []
+            fold_accuracy, fold_loss, fold_norm = [], [], []
             log_proba = np.zeros((len(y), n_classes))
             for train, test, basis, model in folds:
                 X_train, X_test = X[train], X[test]
@@ -201,13 +214,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 picked = proba[np.arange(len(test)), np.searchsorted(model.classes_, y[test])]
                 fold_accuracy.append(np.mean(model.classes_[proba.argmax(axis=1)] == y[test]))
                 fold_loss.append(-np.mean(np.log(np.clip(picked, 1e-15, None))))
+                fold_norm.append(float(np.linalg.norm(model.coef_)))  # (the basis is orthonormal: same norm)
             accuracies[i], losses[i] = np.mean(fold_accuracy), np.mean(fold_loss)
-            out_of_fold[i] = log_proba
+            out_of_fold[i], norms[i] = log_proba, float(np.mean(fold_norm))
             if (accuracies[i], -losses[i]) > (accuracies[best], -losses[best]):
                 best = i
             elif i - best >= _PATIENCE:  # (a plateau of equal accuracy still counts as progress while log-loss falls)
                 break
-        return accuracies, best, _temperature(out_of_fold[best], y)
+        return accuracies, best, _temperature(out_of_fold[best], y), norms[best]
 
     def _warn_convergence(self, caught: list[warnings.WarningMessage]) -> None:
         """Re-emit the inner solver's warnings: ConvergenceWarnings as one ProbeWarning, others unchanged."""
@@ -285,13 +299,9 @@ def _logistic(max_iter: int) -> LogisticRegression:
 
 
 def _temperature(log_proba: np.ndarray, y: np.ndarray) -> float:
-    """The T minimising the log-loss of ``softmax(log_proba / T)`` (Guo et al. 2017, temperature scaling)."""
-    from scipy.optimize import minimize_scalar
-
-    def loss(log_t: float) -> float:
-        return float(-np.mean(log_softmax(log_proba / np.exp(log_t), axis=1)[np.arange(len(y)), y]))
-
-    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
+    """Temperature scaling of the out-of-fold predictions, guarded against degenerate fits on tiny data (the mean
+    top-1 probability stays within what the held-out predictions showed: :mod:`headstart.models.temperature`)."""
+    return fit_temperature(log_proba, y)
 
 
 def _worth_reducing(n_samples: int, n_features: int, n_classes: int) -> bool:
@@ -317,7 +327,8 @@ def _row_space_basis(X: np.ndarray) -> np.ndarray:
 def _fit_logistic(
     X: np.ndarray, y: np.ndarray, C: float, max_iter: int, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Fit at one C on all the data; return weights ``(n_classes, n_features)``, biases and the iteration count."""
+    """Fit at one C on all the data; return weights ``(n_classes, n_features)``, biases, the iteration count and
+    the norm of the solver's weights (comparable with the cross-validation folds')."""
     basis = _row_space_basis(X) if _worth_reducing(len(X), X.shape[1], n_classes) else None
     model = _logistic(max_iter).set_params(C=C, warm_start=False)
     model.fit(X if basis is None else X @ basis.T, y)
@@ -327,4 +338,4 @@ def _fit_logistic(
     if n_classes == 2:  # one logit w.x + b -> two with the same softmax: [-(w.x + b)/2, (w.x + b)/2]
         weight = np.vstack([-weight / 2, weight / 2])
         bias = np.array([-bias[0] / 2, bias[0] / 2])
-    return weight, bias, int(model.n_iter_.max())
+    return weight, bias, int(model.n_iter_.max()), float(np.linalg.norm(model.coef_))

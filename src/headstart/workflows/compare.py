@@ -7,14 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from headstart._io import save_figure, write_json
 from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
 from headstart.features.cache import FeatureCache
-from headstart.features.extract import extract_features
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.selection import score_backbones
 
 __all__ = ["compare_backbones", "plot_comparison"]
 
@@ -41,20 +39,8 @@ def compare_backbones(
              "['tf_efficientnet_lite0', 'tf_efficientnet_lite1'])", backbones)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     cache = cache if cache is not None else FeatureCache()
-    rows = []
-    for name in backbones:
-        feats = extract_features(dataset.paths, name, cache=cache, progress=progress)
-        labels = np.asarray(dataset.subset(feats.indices.tolist()).labels)
-        probe = fit_probe(feats.features, labels, memo=Memo.beside(cache))
-        rows.append({
-            "backbone": name,
-            "cv_accuracy": round(float(probe.cv_accuracy_), 4),
-            "folds": int(probe.n_splits_),
-            "images_per_second": None if (speed := cache.speed(feats.cache_key)) is None else round(speed, 1),
-            "num_features": int(feats.features.shape[1]),
-            "n_images": int(len(labels)),
-            "weights": feats.spec.source if feats.spec else "",
-        })
+    rows = score_backbones(dataset.paths, dataset.labels, backbones, cache=cache, memo=Memo.beside(cache),
+                           progress=progress)  # (the scoring `--backbone auto` uses too)
     rows.sort(key=lambda r: (-r["cv_accuracy"], -(r["images_per_second"] or 0.0)))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank

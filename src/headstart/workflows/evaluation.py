@@ -1,4 +1,5 @@
-"""Evaluate a trained model on labelled photos: accuracy, top-5, per-class precision/recall, confusion matrix."""
+"""Evaluate a trained model on labelled photos: accuracy, top-5, per-class precision/recall, confusion matrix, and
+calibration (ECE over 15 bins, NLL, Brier score, the reliability diagram)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Evaluation:
     unknown_labels: dict[str, int]
     details: dict[str, Any] = field(repr=False, default_factory=dict)
     pictures: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] = field(repr=False, default_factory=dict)  # ECE (15 bins), NLL, Brier, reliability
 
     @classmethod
     def from_scores(cls, scored: ScoredPhotos) -> Evaluation:
@@ -51,6 +53,8 @@ class Evaluation:
             "confusion_matrix": self.details.get("confusion_matrix", []),
             "classes": self.details.get("classes", []),
             "pictures": self.pictures,
+            "ece": self.calibration.get("ece"), "nll": self.calibration.get("nll"),
+            "brier": self.calibration.get("brier"), "calibration": self.calibration,
         }
 
 
@@ -91,14 +95,14 @@ def evaluate(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     cache: FeatureCache | None = None,
     progress: bool = False,
-    engine: str = "torch",
+    engine: str = "auto",
 ) -> Evaluation:
     """Score ``model`` (a Classifier, a fitted ImageClassifier or a model file) on the labelled photos in ``data``;
     classes are matched by name.
 
     Photos whose label the model does not know are not scored; they are counted in ``unknown_labels``.
     Unusable files are skipped and listed in ``skipped``. With ``out_dir``, writes ``evaluation.json``,
-    ``confusion_matrix.png`` and ``misclassified.png`` there.
+    ``confusion_matrix.png``, ``misclassified.png`` and ``reliability.png`` there.
 
     Example:
         >>> evaluate("pets.safetensors", "test_photos/").accuracy
@@ -107,16 +111,24 @@ def evaluate(
     model = as_classifier(model, "evaluate")
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
 
+    kept: list[Any] = []  # (the probabilities, for calibration)
+
     def probabilities(paths: list[Path]) -> Any:
         feats = model.features(paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress,
                                engine=engine)
-        return model.predict_proba_features(feats.features), feats.indices, feats.unusable
+        kept.append(model.predict_proba_features(feats.features))
+        return kept[-1], feats.indices, feats.unusable
 
     scored = score_photos(dataset, model.classes, probabilities)
     evaluation = Evaluation.from_scores(scored)
+    from headstart.reports.calibration import calibration_metrics, plot_reliability
+
+    evaluation.calibration = calibration_metrics(scored.metrics["true"], kept[-1], model.classes)
     if out_dir is not None:
         folder = Path(out_dir)
         pictures = write_metric_pictures(scored.metrics, scored.paths, folder, title=f"{scored.n_images} photos")
+        pictures.append(plot_reliability(evaluation.calibration, folder / "reliability.png",
+                                         title=f"Reliability, {scored.n_images} photos"))
         evaluation.pictures = [str(p) for p in pictures]
         write_json(folder / "evaluation.json", evaluation.to_dict())
     return evaluation

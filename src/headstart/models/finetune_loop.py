@@ -1,0 +1,374 @@
+"""The fine-tuning loop: epochs of AdamW/SGD over the trainable part, validated each epoch (or, for the refit on
+all photos, a fixed number of epochs of the schedule validation chose).
+
+Where the frozen stages are known (:func:`~headstart.models.frozen.split_network`), each photo's augmented views
+go through them once (:class:`~headstart.models.frozen.ActivationBank`) and the epochs train only the tail; else
+(an unknown architecture, ``unfreeze="all"``, torchrun) every epoch decodes, augments and runs the whole network.
+Both paths share the optimiser, schedule, EMA, checkpoints and records. Each epoch reports its seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart._console import progress as progress_bar
+from headstart._console import say
+from headstart._io import atomic_path, sha256_file, write_text_atomic
+from headstart.models.finetune import (
+    EpochRecord, Finetune, FinetuneResult, PhotoDataset, freeze_batchnorm, lr_factor, make_optimizer, photo_transform,
+    plot_curves, trainable_groups,
+)
+from headstart.models.frozen import ActivationBank, split_network
+
+if TYPE_CHECKING:
+    from headstart.data import Dataset
+
+__all__ = ["run_finetune"]
+
+
+def run_finetune(
+    network,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    classes: list[str],
+    data_config: dict[str, Any],
+    config: Finetune,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    device: str = "cpu",
+    flip_average: bool = False,
+    spec: Any = None,
+    hashes: dict[str, str] | None = None,
+    stop_after: int | None = None,
+    name: str = "",
+) -> FinetuneResult:
+    """Train ``network`` (trunk + head) on ``train_data``; with ``val_data``, validate each epoch and keep the best.
+
+    ``config`` must be resolved (:meth:`Finetune.for_data_size`). Validation scores what a saved model computes:
+    the head over the mean features of each photo and its mirror image when ``flip_average``. Without
+    ``val_data`` (the refit on all photos) it runs ``stop_after`` epochs of the ``config.epochs`` schedule and
+    keeps the last. ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
+    activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
+
+    With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, redraws ``{name}curves.png`` and replaces
+    ``{name}checkpoint.pt``, from which ``resume=True`` continues; without it nothing is written. Under torchrun
+    only rank 0 writes.
+    """
+    import torch
+
+    from headstart.features import all_reduce_sum, current, default_precision
+
+    if resume and run_dir is None:
+        raise ValueError("resume=True continues from the checkpoint in a run folder; pass run_dir (the folder).")
+    group = current()
+    run = Path(run_dir) if run_dir is not None else None
+    writes = run is not None and group.is_main
+    epochs = config.epochs if stop_after is None else min(int(stop_after), config.epochs)
+    torch.manual_seed(config.seed)
+    precision = default_precision(device) if config.precision == "auto" else config.precision
+    autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=precision == "bf16")
+    generator = torch.Generator().manual_seed(config.seed)
+    network = network.to(device)
+    if device == "cpu":
+        network = network.to(memory_format=torch.channels_last)
+    trainable_groups(network, config.unfreeze)
+    split = None if group.enabled else split_network(network, config.unfreeze)
+    data = None
+    if split is not None:
+        data = _Cached.build(split, train_data, val_data, classes, data_config, config, spec, hashes, precision,
+                             device, generator, epochs, progress and group.is_main)
+    if data is None:
+        data = _Streaming(network, train_data, val_data, classes, data_config, config, group, device, generator)
+    optimizer = make_optimizer(network, config)
+    forward = data.module
+    if group.enabled:  # gradients averaged over processes; every process keeps identical weights
+        forward = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+    ema = None
+    if config.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(network, decay=config.ema_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps_per_epoch = data.steps_per_epoch
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    validating = val_data is not None
+
+    def judged_logits():
+        judged = ema.module if ema is not None else network
+        return data.validation_logits(judged, autocast, flip_average, config.unfreeze)
+
+    history: list[EpochRecord] = []
+    best_acc, best_epoch, best_state, best_logits, start_epoch = -1.0, 0, None, None, 0
+    checkpoint = run / f"{name}checkpoint.pt" if run is not None else None
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)  # tensors and plain types only
+        # (a refit continues only the same schedule, not past the epochs it must stop after)
+        if validating or (int(state.get("schedule_epochs", -1)) == config.epochs and int(state["epoch"]) < epochs):
+            network.load_state_dict(state["network"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None and "ema" in state:
+                ema.load_state_dict(state["ema"])
+            start_epoch = min(int(state["epoch"]) + 1, epochs)
+            best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
+            best_logits = state["best_logits"].numpy() if state.get("best_logits") is not None else None
+            history = [EpochRecord(**r) for r in json.loads(state["history"])]
+            torch.set_rng_state(state["rng"].cpu())
+            generator.set_state(state["loader_rng"].cpu())
+
+    def record_epoch(record: EpochRecord) -> None:  # (a resumed run rewrites the lines its checkpoint knows)
+        history.append(record)
+        if writes:
+            write_text_atomic(run / f"{name}metrics.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in history))
+
+    if start_epoch == 0 and validating:  # epoch 0 = the starting point (LP-FT: the probe); fine-tuning must beat it
+        logits, y = judged_logits()
+        val_loss, val_acc = _scores(logits, y)
+        best_acc, best_epoch, best_logits = val_acc, 0, logits
+        judged = ema.module if ema is not None else network
+        best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        record_epoch(EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0))
+        if progress and group.is_main:
+            say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
+    step = start_epoch * steps_per_epoch
+    stopped_early = False
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        network.train()
+        if config.freeze_bn:
+            freeze_batchnorm(network)
+        if split is not None:
+            split.freeze()
+        data.set_epoch(epoch)
+        seen, correct, loss_sum = 0, 0, 0.0
+        with progress_bar(progress and group.is_main, steps_per_epoch, f"{name}epoch {epoch + 1}/{epochs}") as advance:
+            for x, y in data.batches(epoch):
+                factor = lr_factor(step, total_steps, warmup, config.schedule)
+                for g in optimizer.param_groups:
+                    g["lr"] = config.lr * g.get("lr_scale", 1.0) * factor
+                x = x.to(device)
+                if device == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    logits = forward(x)
+                    loss = loss_fn(logits.float(), y.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(network, step=step)
+                seen += len(y)
+                correct += int((logits.detach().argmax(1).cpu() == y).sum())
+                loss_sum += float(loss.detach()) * len(y)
+                step += 1
+                advance(1)
+        seen, correct, loss_sum = all_reduce_sum([seen, correct, loss_sum])
+        val_loss = val_acc = None
+        if validating:
+            logits, y = judged_logits()  # every process: the whole set
+            val_loss, val_acc = _scores(logits, y)
+        record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
+                             optimizer.param_groups[-1]["lr"], round(time.perf_counter() - started, 3))
+        record_epoch(record)
+        improved = validating and better(logits, y, val_acc, best_logits, best_acc)
+        if progress and group.is_main:
+            said = (f" | validation loss {val_loss:.3f} accuracy {val_acc:.3f}" if validating else "")
+            say(f"{name}epoch {record.epoch}/{epochs}: train loss {record.train_loss:.3f} accuracy "
+                f"{record.train_accuracy:.3f}{said} | lr {record.lr:.2g} | {record.seconds:.1f} s"
+                + ("  (best so far)" if improved else ""))
+        if improved:
+            best_acc, best_epoch, best_logits = val_acc, epoch + 1, logits
+            judged = ema.module if ema is not None else network
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        if writes:  # only rank 0 writes files
+            state = {
+                "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
+                "best_logits": None if best_logits is None else torch.from_numpy(best_logits),
+                "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
+                "loader_rng": generator.get_state(), "schedule_epochs": config.epochs,
+            }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            with atomic_path(checkpoint) as temporary:
+                torch.save(state, temporary)
+            plot_curves(history, run / f"{name}curves.png")
+        if validating and config.patience and epoch + 1 - best_epoch >= config.patience:
+            stopped_early = True
+            break
+    final = ema.module if ema is not None else network
+    if validating and best_state is not None:
+        final.load_state_dict(best_state)
+    result = FinetuneResult(final, history, best_epoch if validating else epochs, stopped_early)
+    result.val_logits = best_logits
+    result.val_labels = data.val_labels
+    result.frozen = data.describe()
+    return result
+
+
+def better(logits, y, accuracy: float, best_logits, best_accuracy: float) -> bool:
+    """Whether an epoch beats the best so far on validation: higher accuracy, or the same accuracy and a lower
+    log-loss once each is temperature-scaled (raw losses would favour whichever is sharper, not better)."""
+    if accuracy != best_accuracy or best_logits is None:
+        return accuracy > best_accuracy
+    return calibrated_loss(logits, y) < calibrated_loss(best_logits, y) - 1e-4
+
+
+def calibrated_loss(logits, y) -> float:
+    """The validation log-loss at the temperature that minimises it."""
+    from headstart.models.temperature import fit_temperature
+
+    t = fit_temperature(logits, y, guard=False)
+    return _scores(np.asarray(logits, dtype=np.float64) / t, y)[0]
+
+
+def _scores(logits, y) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of validation logits ``(n, n_classes)`` against class indices."""
+    import torch
+
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    t = torch.from_numpy(np.ascontiguousarray(logits))
+    loss = float(torch.nn.functional.cross_entropy(t, torch.from_numpy(y)))
+    return loss, float((logits.argmax(axis=1) == y).mean())
+
+
+def _labels(dataset: Dataset | None, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[s.label] for s in dataset.samples] if dataset is not None else [], dtype=np.int64)
+
+
+class _Streaming:
+    """Every epoch decodes, augments and runs the whole network (the frozen stages too)."""
+
+    def __init__(self, network, train_data, val_data, classes, data_config, config, group, device, generator) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        photos = PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True))
+        self.sampler = (DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed)
+                        if group.enabled else None)
+        self.loader = DataLoader(photos, batch_size=config.batch_size, shuffle=self.sampler is None,
+                                 sampler=self.sampler, drop_last=len(train_data) > config.batch_size * group.world_size,
+                                 generator=generator, num_workers=config.workers)
+        self.val_loader = None
+        if val_data is not None:
+            self.val_loader = DataLoader(PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
+                                         batch_size=config.batch_size, num_workers=config.workers)
+        self.module, self.device = network, device
+        self.steps_per_epoch = len(self.loader)
+        self.val_labels = _labels(val_data, classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def batches(self, epoch: int):
+        return iter(self.loader)
+
+    def validation_logits(self, judged, autocast, flip_average: bool, unfreeze: str):
+        import torch
+
+        judged.eval()
+        out = []
+        with torch.inference_mode(), autocast():
+            for x, _ in self.val_loader:
+                x = x.to(self.device)
+                features = judged.features(x).float()
+                if flip_average:
+                    features = (features + judged.features(x.flip(-1)).float()) / 2
+                out.append(judged.head(features).float().cpu().numpy())
+        n = len(judged.head.bias)
+        return (np.concatenate(out) if out else np.zeros((0, n), np.float32)), self.val_labels
+
+    def describe(self) -> dict[str, Any]:
+        return {"cached": False}
+
+
+class _Cached:
+    """The frozen stages' activations from the bank; the epochs run only the tail (see :mod:`frozen`)."""
+
+    @classmethod
+    def build(cls, split, train_data, val_data, classes, data_config, config, spec, hashes, precision, device,
+              generator, epochs, progress) -> _Cached | None:
+        started = time.perf_counter()
+        bank = (ActivationBank.shared(split, spec, augment=config.augment, seed=config.seed, precision=precision,
+                                      device=device, batch_size=config.batch_size) if spec is not None else
+                ActivationBank(split, data_config, config.augment, config.seed, precision, device, config.batch_size))
+        hashes = dict(hashes or {})
+        train = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in train_data.samples]
+        val = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in val_data.samples] if val_data else []
+        computed, seconds = bank.computed, bank.seconds
+        bank.training_views(train[:1], 0)  # one activation tells its size
+        views = bank.views_that_fit(len(train), max(1, epochs))
+        if views == 0:
+            return None
+        self = cls()
+        self.split, self.bank, self.train, self.val, self.views = split, bank, train, val, views
+        self.module, self.generator, self.batch_size = split.tail, generator, config.batch_size
+        self.train_labels = _labels(train_data, classes)
+        self.val_labels = _labels(val_data, classes)
+        self.drop_last = len(train) > config.batch_size
+        self.steps_per_epoch = (len(train) // config.batch_size if self.drop_last
+                                else math.ceil(len(train) / config.batch_size))
+        with progress_bar(progress, views + bool(val), "frozen stages, once") as advance:
+            for view in range(views if epochs else 0):
+                bank.training_views(train, view)
+                advance(1)
+            if val:
+                bank.plain_views(val)
+                advance(1)
+        self.computed, self.seconds = bank.computed - computed, bank.seconds - seconds
+        self.total_seconds = time.perf_counter() - started
+        if progress:
+            say(f"frozen stages (up to {split.where}) run once: {self.computed} photo views in "
+                f"{self.seconds:.1f} s ({views} augmented view(s) a photo; the epochs train {split.where} onwards)")
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def batches(self, epoch: int):
+        import torch
+
+        acts = self.bank.training_views(self.train, epoch % self.views)
+        labels = torch.from_numpy(self.train_labels)
+        order = torch.randperm(len(self.train), generator=self.generator)
+        end = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        for start in range(0, end, self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            yield acts[chosen], labels[chosen]
+
+    def validation_logits(self, judged, autocast, flip_average: bool, unfreeze: str):
+        import torch
+
+        tail = self.module if judged is self.split.network else split_network(judged, unfreeze).tail
+        tail.eval()
+        acts = self.bank.plain_views(self.val)
+        out = []
+        with torch.inference_mode(), autocast():
+            for start in range(0, len(self.val), self.batch_size):
+                a = acts[start:start + self.batch_size]
+                views = a.shape[1] if flip_average else 1
+                both = a[:, :views].transpose(0, 1).reshape(-1, *a.shape[2:])
+                features = tail.features(both.contiguous(memory_format=torch.channels_last)).float()
+                features = features.reshape(views, len(a), -1).mean(0)
+                out.append(tail.head(features).float().cpu().numpy())
+        n = len(tail.head.bias)
+        return (np.concatenate(out) if out else np.zeros((0, n), np.float32)), self.val_labels
+
+    def describe(self) -> dict[str, Any]:
+        return {"cached": True, "up_to": self.split.where, "views": self.views, "photo_views": self.computed,
+                "seconds": round(self.seconds, 3), "megabytes": round(self.bank.nbytes() / 2**20, 1)}

@@ -1,0 +1,260 @@
+"""Frozen stages computed once: when fine-tuning trains only the last stages of a backbone, the stages before them
+give the same activations every epoch, so they run once per photo and view, and the epochs train only the rest.
+
+A backbone whose stages are known (timm's EfficientNet family, ResNets) splits into a frozen *prefix* (stem and
+early stages, in eval mode: frozen means frozen, BatchNorm statistics included) and a trainable *tail* (the last
+stages, the pooling, dropout and the linear head). :class:`ActivationBank` keeps the prefix's output for each photo
+(by content hash) and view: ``views`` augmented copies (the training augmentation, seeded by photo and view, so
+the same photo gets the same views in every fit) and the plain preprocessing with its mirror image (for
+validation). The bank lives in memory for the process: the validation run, the refit on all photos and the
+learning-rate range test share it, and so do the folds of a cross-validation. Epoch ``e`` trains on view
+``e mod views``.
+
+Example:
+    >>> split = split_network(network, "2")       # the last 2 of timm's coarse parameter groups train
+    >>> bank = ActivationBank.shared(split, spec, augment="light", seed=0, precision="bf16")
+    >>> acts = bank.training_views(photos, view=0)   # (n_photos, C, H, W): the input of split.tail
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BANK_BYTES", "ActivationBank", "Split", "clear_banks", "split_network"]
+
+#: Most bytes of prefix activations kept in memory per bank; beyond, fewer augmented views are kept per photo
+#: (epochs reuse them), and when not even one fits, every epoch runs the whole network.
+BANK_BYTES = 3 * 2**30
+_BANKS: OrderedDict[tuple, ActivationBank] = OrderedDict()
+_MAX_BANKS = 2
+
+
+@dataclass
+class Split:
+    """A :func:`~headstart.models.classifier.trunk_and_head` network cut where its trainable part begins.
+
+    Attributes:
+        network: the whole network (its tail modules are the network's own: training the tail trains it).
+        prefix: frozen stages, ``images -> activations``.
+        tail: ``activations -> logits`` (trainable stages, pooling, dropout, head); ``tail.features`` stops before
+            the dropout and the head.
+        where: the cut, in words (``blocks.6``).
+        frozen: the prefix's modules (kept in eval mode: their BatchNorm statistics do not move either).
+    """
+
+    network: Any
+    prefix: Any
+    tail: Any
+    where: str
+    frozen: list
+
+    def freeze(self) -> None:
+        """Put the frozen stages in eval mode (call after ``network.train()``)."""
+        for module in self.frozen:
+            module.eval()
+
+
+def split_network(network: Any, unfreeze: str) -> Split | None:
+    """Cut ``network`` before the first of the last ``unfreeze`` coarse parameter groups (timm's, as
+    :func:`~headstart.models.finetune.trainable_groups` freezes them), or None when everything trains or the
+    architecture's stages are not known here (then every epoch runs the whole network).
+
+    Example:
+        >>> split_network(build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2), "2").where
+        'blocks.6'
+    """
+    import torch
+
+    if unfreeze == "all":
+        return None
+    k = int(unfreeze)
+    trunk = network.trunk
+    if all(hasattr(trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):  # EfficientNet family
+        stages = list(trunk.blocks)
+        n_groups = len(stages) + 2  # stem, each stage, the head convolution
+        if k >= n_groups - 1 or type(trunk).forward_features.__qualname__ != "EfficientNet.forward_features":
+            return None
+        first = len(stages) - (k - 1)  # k=1: only conv_head/bn2 train
+
+        def stem(x):
+            return trunk.bn1(trunk.conv_stem(x))
+
+        stem_modules = [trunk.conv_stem, trunk.bn1]
+
+        rest = stages[first:] + [trunk.conv_head, trunk.bn2]
+        where = f"blocks.{first}" if first < len(stages) else "conv_head"
+    elif all(hasattr(trunk, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer4")):  # ResNet family
+        stages = [trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4]
+        if k >= len(stages) + 1 or type(trunk).forward_features.__qualname__ != "ResNet.forward_features":
+            return None
+        first = len(stages) - k
+
+        def stem(x):
+            return trunk.maxpool(trunk.act1(trunk.bn1(trunk.conv1(x))))
+
+        stem_modules = [trunk.conv1, trunk.bn1]
+
+        rest = stages[first:]
+        where = f"layer{first + 1}"
+    else:
+        return None
+    frozen = stages[:first]
+
+    def prefix(x):
+        x = stem(x)
+        for stage in frozen:
+            x = stage(x)
+        return x
+
+    class Tail(torch.nn.Module):
+        """The trainable stages, pooling, dropout and head, from the frozen prefix's activations."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stages = torch.nn.ModuleList(rest)
+            self.dropout = network.dropout
+            self.head = network.head
+
+        def features(self, x):
+            for stage in self.stages:
+                x = stage(x)
+            return trunk.forward_head(x, pre_logits=True)
+
+        def forward(self, x):
+            return self.head(self.dropout(self.features(x)))
+
+    return Split(network, prefix, Tail(), where, stem_modules + list(frozen))
+
+
+def _view_seed(seed: int, sha: str, view: int) -> int:
+    """The random seed of one augmented view of one photo: the same in every fit with the same seed."""
+    return (int(sha[:15], 16) * 1_000_003 + view * 7919 + seed) % (2**63 - 1)
+
+
+class ActivationBank:
+    """The frozen prefix's activations of photos, by content hash and view, computed on first use (see the
+    module's docstring). Use :meth:`shared` to get the bank of the process for a backbone and settings."""
+
+    def __init__(self, split: Split, data_config: dict[str, Any], augment: str, seed: int, precision: str,
+                 device: str = "cpu", batch_size: int = 32) -> None:
+        from headstart.models.finetune import photo_transform
+
+        self.split = split
+        self.augment_transform = photo_transform(data_config, augment, True)
+        self.plain_transform = photo_transform(data_config, "none", False)
+        self.seed, self.precision, self.device, self.batch_size = seed, precision, device, batch_size
+        self.train: dict[tuple[str, int], Any] = {}  # (sha, view) -> activation
+        self.plain: dict[str, Any] = {}  # sha -> (2, C, H, W): the plain view and its mirror image
+        self.seconds = 0.0
+        self.computed = 0
+        self.bytes_per_view = 0
+
+    @classmethod
+    def shared(cls, split: Split, spec: Any, *, augment: str, seed: int, precision: str, device: str = "cpu",
+               batch_size: int = 32) -> ActivationBank:
+        """The process's bank for this backbone (its exact weights), cut, augmentation, seed and precision; a new
+        one (replacing the least recently used beyond two) when there is none yet. The prefix of ``split`` must
+        hold ``spec``'s pretrained weights."""
+        key = (spec.fingerprint, split.where, augment, seed, precision, device, repr(sorted(spec.data_config.items())))
+        bank = _BANKS.get(key)
+        if bank is None:
+            bank = cls(split, spec.data_config, augment, seed, precision, device, batch_size)
+            _BANKS[key] = bank
+            while len(_BANKS) > _MAX_BANKS:
+                _BANKS.popitem(last=False)
+        else:
+            bank.split = split  # (the same frozen weights; the tail to train is this fit's)
+        _BANKS.move_to_end(key)
+        return bank
+
+    def views_that_fit(self, n_photos: int, wanted: int) -> int:
+        """How many augmented views a photo can keep within :data:`BANK_BYTES` (0: not even one)."""
+        if not self.bytes_per_view:
+            return wanted
+        return max(0, min(wanted, BANK_BYTES // max(1, n_photos * self.bytes_per_view)))
+
+    def training_views(self, photos: Sequence[tuple[str, Any]], view: int):
+        """Activations ``(n, C, H, W)`` of augmented view ``view`` of each ``(sha, path)`` photo."""
+        import torch
+
+        missing = [(sha, path) for sha, path in photos if (sha, view) not in self.train]
+        if missing:
+            def augmented(sha, image):
+                state, torch_state = random.getstate(), torch.get_rng_state()
+                random.seed(_view_seed(self.seed, sha, view))
+                torch.manual_seed(_view_seed(self.seed, sha, view))
+                try:
+                    return self.augment_transform(image)
+                finally:
+                    random.setstate(state)
+                    torch.set_rng_state(torch_state)
+
+            for sha, act in self._run(missing, augmented, mirror=False):
+                self.train[(sha, view)] = act[0]
+        return torch.stack([self.train[(sha, view)] for sha, _ in photos])
+
+    def plain_views(self, photos: Sequence[tuple[str, Any]]):
+        """Activations ``(n, 2, C, H, W)`` of each photo's plain preprocessing and its mirror image."""
+        import torch
+
+        missing = [(sha, path) for sha, path in photos if sha not in self.plain]
+        for sha, act in self._run(missing, lambda sha, image: self.plain_transform(image), mirror=True):
+            self.plain[sha] = act
+        return torch.stack([self.plain[sha] for sha, _ in photos])
+
+    def _run(self, photos: list[tuple[str, Any]], transform, *, mirror: bool):
+        """Yield ``(sha, activations (views, C, H, W))`` for photos, batched through the frozen prefix (in eval
+        mode whatever the network's mode)."""
+        import torch
+
+        store = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        modes = [m.training for m in self.split.frozen]
+        self.split.freeze()
+        try:
+            yield from self._batches(photos, transform, mirror, store)
+        finally:
+            for module, mode in zip(self.split.frozen, modes):
+                module.train(mode)
+
+    def _batches(self, photos, transform, mirror: bool, store):
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from headstart.data import load_image
+
+        views = 2 if mirror else 1
+        with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL; the seeded transforms run in order
+            for start in range(0, len(photos), self.batch_size):
+                began = time.perf_counter()
+                batch = photos[start:start + self.batch_size]
+                images = pool.map(load_image, [path for _, path in batch])
+                x = torch.stack([transform(sha, image) for (sha, _), image in zip(batch, images)]).to(self.device)
+                if mirror:
+                    x = torch.cat([x, x.flip(-1)])
+                if self.device == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), torch.autocast(device_type=self.device.split(":")[0],
+                                                            dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    acts = self.split.prefix(x).to(store)
+                # (cloned outside inference mode: a plain tensor that training may use as its input)
+                acts = acts.reshape(views, len(batch), *acts.shape[1:]).transpose(0, 1).clone()
+                self.bytes_per_view = acts[0, 0].numel() * acts.element_size()
+                self.seconds += time.perf_counter() - began
+                self.computed += len(batch) * views
+                yield from ((sha, acts[i]) for i, (sha, _) in enumerate(batch))
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return int(sum(a.numel() * a.element_size() for a in self.train.values()) +
+                   sum(a.numel() * a.element_size() for a in self.plain.values()))
+
+
+def clear_banks() -> None:
+    """Forget every bank of the process (frees their memory)."""
+    _BANKS.clear()

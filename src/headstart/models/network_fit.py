@@ -1,0 +1,199 @@
+"""Fine-tuning (or training from scratch) as the estimator runs it: validation chooses the schedule, then the
+saved network learns from all the photos.
+
+1. **Validation run**: from the probe's head (LP-FT), train on the training part and score the validation part
+   each epoch; the best epoch (0 = the probe alone) is how long to train. With ``lr_search``, the same for lr ×⅓,
+   ×1 and ×3, and the best lr is kept too.
+2. **Calibration**: the temperature that makes the best epoch's validation probabilities honest
+   (:func:`~headstart.models.temperature.fit_temperature`, guarded on tiny data) is folded into the saved head.
+3. **Refit** (the default, as for the probe): the same trunk start, a head from the probe refit on all photos,
+   and the same schedule on all photos, stopped after the best epoch. The validation figures are those of step 1
+   (the refit has seen every photo); the temperature carries over.
+
+The frozen stages' activations are shared by all these runs (:mod:`headstart.models.frozen`), so the refit
+costs only its epochs of the trainable tail.
+
+Example:
+    >>> fit = fit_network("finetune", backbone, probe, probe_all, train_part, val_part, usable, hashes, config,
+    ...                   flip=True, device="cpu")
+    >>> fit.best_epoch, fit.refit["epochs"], round(fit.temperature, 2)
+    (5, 5, 0.81)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart._console import say
+from headstart._math import softmax
+from headstart.models.classifier import Classifier
+from headstart.models.temperature import fit_temperature
+
+if TYPE_CHECKING:
+    from headstart.data import Dataset
+    from headstart.models.finetune_config import Finetune
+
+__all__ = ["LR_SEARCH_FACTORS", "NetworkFit", "fit_network"]
+
+#: The learning rates ``lr_search`` tries, as factors of the configured one.
+LR_SEARCH_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+@dataclass
+class NetworkFit:
+    """What :func:`fit_network` made.
+
+    Attributes:
+        model: the network to save (refit on all photos unless ``refit=False``), its head calibrated.
+        val_proba: the validation photos' calibrated probabilities from the validation run (which had not seen
+            them; each half calibrated by a temperature fit on the other half), rows in the order of
+            ``val_part``, or None when the probe won (its own held-out probabilities stand); ``val_labels`` their
+            class indices.
+        history: the validation run's epochs (dicts of :class:`~headstart.models.finetune.EpochRecord`).
+        best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe it started from).
+        temperature: the logit divisor folded into the saved head.
+        refit: ``photos``, ``epochs``, ``seconds`` and ``history`` of the refit on all photos, or None.
+        lr_search: per tried lr, its best validation accuracy and epoch (None without a search).
+        config: the options that ran (``lr`` the chosen one).
+        frozen: how the frozen stages ran (computed once: how many photo views, seconds, megabytes).
+    """
+
+    model: Classifier
+    val_proba: np.ndarray | None
+    val_labels: np.ndarray
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+    temperature: float
+    refit: dict[str, Any] | None
+    lr_search: list[dict[str, Any]] | None
+    config: Finetune
+    frozen: dict[str, Any]
+
+
+def fit_network(
+    method: str,
+    backbone: Any,
+    probe: Any,
+    probe_all: Any | None,
+    train_part: Dataset,
+    val_part: Dataset,
+    everything: Dataset,
+    hashes: dict[str, str],
+    config: Finetune,
+    *,
+    flip: bool,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
+    memo: Any = None,
+    device: str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    lr_search: bool = False,
+) -> NetworkFit:
+    """Validation run(s), temperature, refit (see the module's docstring). ``backbone`` is an
+    :class:`~headstart.models.inputs.ResolvedBackbone`; ``probe`` the probe fitted on ``train_part`` (the head
+    fine-tuning starts from), ``probe_all`` the one refit on ``everything`` (None: no refit; it is the saved
+    model when validation keeps epoch 0). ``features`` (of ``everything``, with labels) give the refit's
+    starting head: a probe at the validation run's C, so both runs start at the same logit scale and the
+    temperature carries over; ``memo`` remembers that fit."""
+    import torch
+
+    from headstart.features import current, load_backbone
+    from headstart.models.finetune import build_network, start_from_probe
+    from headstart.models.finetune_loop import run_finetune
+
+    classes = [str(c) for c in probe.classes_]
+    if method == "scratch":
+        torch.manual_seed(config.seed)  # the random initialisation is reproducible too
+        loaded = load_backbone(backbone.name, "none")
+    else:
+        loaded = backbone.load()
+    network = build_network(loaded, len(classes), config.head_dropout)
+    start = {k: v.detach().clone() for k, v in network.trunk.state_dict().items()}  # pretrained (or the random init)
+    spec = loaded.spec if method == "finetune" else None  # (a random trunk's activations are not worth sharing)
+
+    def begin(head_probe: Any) -> Any:
+        network.trunk.load_state_dict(start)
+        if method == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
+            start_from_probe(network, head_probe.coef_, head_probe.intercept_, head_probe.temperature_)
+        else:
+            torch.manual_seed(config.seed)
+            network.head.reset_parameters()
+        return network
+
+    common = dict(flip_average=flip, spec=spec, hashes=hashes, device=device, progress=progress)
+    tried = None
+    if lr_search:
+        tried, best = [], None
+        for factor in LR_SEARCH_FACTORS:
+            candidate = replace(config, lr=config.lr * factor)
+            if progress and current().is_main:
+                say(f"lr search: validation run at lr {candidate.lr:.2g}")
+            result = run_finetune(begin(probe), train_part, val_part, classes, loaded.spec.data_config, candidate,
+                                  None, **common)
+            score = _best_scores(result)
+            tried.append({"lr": candidate.lr, "val_accuracy": score[0], "best_epoch": result.best_epoch})
+            if best is None or score > best[0]:
+                best = (score, candidate, {k: v.detach().clone() for k, v in result.network.state_dict().items()},
+                        result)
+        _, config, state, result = best
+        network.load_state_dict(state)
+    else:
+        result = run_finetune(begin(probe), train_part, val_part, classes, loaded.spec.data_config, config,
+                              checkpoint_dir, resume=resume, **common)
+    temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
+    val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
+    history = [asdict(r) for r in result.history]
+    best_epoch, frozen = result.best_epoch, dict(result.frozen)
+
+    final, refit = result.network, None  # (with EMA, the network is its average's copy)
+    if probe_all is not None:
+        began = time.perf_counter()
+        refit_history: list[dict[str, Any]] = []
+        if best_epoch > 0:
+            from headstart.models.memo import fit_probe
+
+            same_c = (fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))
+                      if features is not None and method == "finetune" else probe_all)
+            begin(same_c)
+            if progress and current().is_main:
+                say(f"refit on all {len(everything)} photos: {best_epoch} epoch(s) of the same schedule")
+            done = run_finetune(network, everything, None, classes, loaded.spec.data_config, config, checkpoint_dir,
+                                resume=resume, stop_after=best_epoch, name="refit-", **common)
+            refit_history, final = [asdict(r) for r in done.history], done.network
+        refit = {"photos": len(everything), "epochs": best_epoch, "seconds": round(time.perf_counter() - began, 3),
+                 "history": refit_history}
+    if method == "finetune" and best_epoch == 0:  # the probe alone won: it is the model (its own calibration)
+        head = probe_all if probe_all is not None else probe
+        model = Classifier(backbone.spec.with_flip_average(flip), classes, head.coef_, head.intercept_,
+                           backbone.trunk())
+        temperature, val_proba = float(head.temperature_), None  # (the estimator has the probe's own)
+    else:
+        model = Classifier.from_network(final, loaded.spec.with_flip_average(flip), classes)
+        model.head_weight /= np.float32(temperature)
+        model.head_bias /= np.float32(temperature)
+    return NetworkFit(model, val_proba, np.asarray(result.val_labels), history, best_epoch, result.stopped_early,
+                      float(temperature), refit, tried, config, frozen)
+
+
+def _cross_fitted(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Validation probabilities with a temperature each half did not see (fit on the other half): the report's
+    calibration figures are then held-out ones, not those of a temperature fit on the very photos scored."""
+    proba = np.zeros_like(logits)
+    halves = [np.arange(len(y))[0::2], np.arange(len(y))[1::2]]
+    for mine, other in (halves, halves[::-1]):
+        t = fit_temperature(logits[other], y[other]) if len(other) else 1.0
+        proba[mine] = softmax(logits[mine] / t, axis=1)
+    return proba
+
+
+def _best_scores(result: Any) -> tuple[float, float]:
+    """(best validation accuracy, minus its loss): what the lr search maximises."""
+    record = next(r for r in result.history if r.epoch == result.best_epoch)
+    return float(record.val_accuracy), -float(record.val_loss)

@@ -1,0 +1,192 @@
+"""Which backbone suits these photos: the linear probe's cross-validated accuracy per candidate, and ``auto``.
+
+:func:`score_backbones` is the scoring core of ``headstart compare`` and of ``--backbone auto``: features from
+(and into) the cache, one probe fit per candidate (memoised), a row each with the CV accuracy, speed and
+feature size. :func:`select_backbone` applies the rule ``auto`` uses: the candidates are taken cheapest first
+(fastest extraction measured here, else the order given) and a dearer one is chosen only when its CV accuracy
+beats the best so far by more than 1.5 photos' worth (``1.5 / n``): a one-photo difference is noise, and a
+dearer backbone costs every prediction. Candidates are scored on at most :data:`AUTO_MAX_PHOTOS` photos (a
+stratified sample of the training part) and within a time budget: once it is spent, the rest are skipped (the
+table says so).
+
+``auto`` means the three offline backbones (tf_efficientnet_lite0/1/2); ``auto:NAME,NAME`` any timm names
+(``lite0``..``lite2`` for short). The concatenated features of several backbones were measured too
+(docs/TRAINING.md): they scored no better than the best single backbone on the data here, and a model on them
+needs several trunks in one model file, which every consumer of a model (export, attacks, heat maps, serve)
+would have to learn; so they are not a candidate.
+
+Example:
+    >>> sel = select_backbone(paths, labels, parse_auto("auto"), cache=FeatureCache())
+    >>> sel.chosen, [(r["backbone"], r["cv_accuracy"]) for r in sel.rows]
+    ('tf_efficientnet_lite1', [('tf_efficientnet_lite0', 0.85), ('tf_efficientnet_lite1', 0.87), ...])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._console import say
+from headstart._validation import fail
+from headstart.models.memo import Memo, fit_probe
+
+__all__ = ["AUTO_BUDGET_S", "AUTO_MAX_PHOTOS", "OFFLINE_CANDIDATES", "Selection", "parse_auto", "score_backbones",
+           "select_backbone"]
+
+OFFLINE_CANDIDATES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+#: Seconds ``auto`` may spend extracting and scoring candidates (the first is always scored).
+AUTO_BUDGET_S = 900.0
+#: Most photos ``auto`` scores candidates on (a stratified sample beyond).
+AUTO_MAX_PHOTOS = 1000
+
+
+@dataclass
+class Selection:
+    """The choice of ``auto``: the chosen backbone, every candidate's row (in the order considered), the rule,
+    and what it cost."""
+
+    chosen: str
+    rows: list[dict[str, Any]]
+    n_photos: int
+    seconds: float
+    rule: str = field(default="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "rule": self.rule, "n_photos": self.n_photos,
+                "seconds": round(self.seconds, 3), "candidates": self.rows}
+
+
+def parse_auto(backbone: str) -> list[str] | None:
+    """The candidates ``backbone`` names when it is ``auto`` or ``auto:NAME,NAME,…``; None for a plain name.
+
+    Example:
+        >>> parse_auto("auto:resnet50,lite1")
+        ['resnet50', 'tf_efficientnet_lite1']
+        >>> parse_auto("tf_efficientnet_lite0") is None
+        True
+    """
+    if not isinstance(backbone, str) or not (backbone == "auto" or backbone.startswith("auto:")):
+        return None
+    if backbone == "auto":
+        return list(OFFLINE_CANDIDATES)
+    names = [n.strip() for n in backbone[5:].split(",") if n.strip()]
+    if not names:
+        fail("backbone", "ImageClassifier", "'auto', 'auto:NAME,NAME,…' (timm names) or a timm name", backbone)
+    short = {name.removeprefix("tf_efficientnet_"): name for name in OFFLINE_CANDIDATES}
+    return list(dict.fromkeys(short.get(n, n) for n in names))
+
+
+def score_backbones(
+    paths: Sequence[Path],
+    labels: Sequence[str],
+    backbones: Sequence[str],
+    *,
+    cache: Any,
+    memo: Memo | None = None,
+    seed: int = 0,
+    precision: str = "auto",
+    batch_size: int = 32,
+    max_pixels: int | None = None,
+    weights: Any = None,
+    budget_s: float | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per backbone, in the order given: the probe's CV accuracy on mirror-averaged features of
+    ``paths``, its folds, extraction speed (images/s on this machine), feature size, photos scored, where the
+    weights come from and the seconds it took. Once ``budget_s`` is spent, the remaining rows say
+    ``"skipped": "time budget"`` and have no accuracy.
+
+    Example:
+        >>> score_backbones(paths, labels, ["tf_efficientnet_lite0"], cache=FeatureCache())[0]["cv_accuracy"]
+        0.8456
+    """
+    from headstart.features import extract_features
+
+    labels = np.asarray(labels)
+    started = time.perf_counter()
+    rows = []
+    for name in backbones:
+        if budget_s is not None and rows and time.perf_counter() - started > budget_s:
+            rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
+            continue
+        began = time.perf_counter()
+        feats = extract_features(paths, name, weights=weights, cache=cache, precision=precision,
+                                 batch_size=batch_size, max_pixels=max_pixels, flip_average=True, progress=progress)
+        y = labels[feats.indices]
+        probe = fit_probe(feats.features, y, random_state=seed, memo=memo)
+        speed = cache.speed(feats.cache_key)
+        rows.append({
+            "backbone": name,
+            "cv_accuracy": round(float(probe.cv_accuracy_), 4),
+            "folds": int(probe.n_splits_),
+            "images_per_second": None if speed is None else round(speed, 1),
+            "num_features": int(feats.features.shape[1]),
+            "n_images": int(len(y)),
+            "weights": feats.spec.source if feats.spec else "",
+            "seconds": round(time.perf_counter() - began, 3),
+            "computed": int(feats.n_computed),
+        })
+        if progress:
+            say(f"{name}: probe CV accuracy {probe.cv_accuracy_:.3f} on {len(y)} photos "
+                f"({time.perf_counter() - began:.1f} s)")
+    return rows
+
+
+def select_backbone(
+    paths: Sequence[Path],
+    labels: Sequence[str],
+    candidates: Sequence[str],
+    *,
+    cache: Any,
+    memo: Memo | None = None,
+    seed: int = 0,
+    max_photos: int = AUTO_MAX_PHOTOS,
+    budget_s: float = AUTO_BUDGET_S,
+    **extract: Any,
+) -> Selection:
+    """Score ``candidates`` on (a stratified sample of at most ``max_photos`` of) the photos and choose one by the
+    rule of the module's docstring. ``extract`` goes to :func:`score_backbones` (precision, batch_size,
+    max_pixels, weights, progress).
+
+    Example:
+        >>> select_backbone(paths, labels, ["tf_efficientnet_lite0", "tf_efficientnet_lite1"], cache=cache).chosen
+        'tf_efficientnet_lite1'
+    """
+    if not candidates:
+        fail("candidates", "select_backbone", "at least one backbone name", candidates)
+    started = time.perf_counter()
+    paths, labels = list(paths), np.asarray(labels)
+    if len(paths) > max_photos:
+        keep = _stratified_sample(labels, max_photos, seed)
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    rows = score_backbones(paths, labels, candidates, cache=cache, memo=memo, seed=seed, budget_s=budget_s, **extract)
+    scored = [r for r in rows if r.get("cv_accuracy") is not None and np.isfinite(r["cv_accuracy"])]
+    if not scored:  # (no CV possible: a class with one photo) the first candidate, as a fixed choice would be
+        scored = rows[:1]
+    order = sorted(scored, key=lambda r: -(r.get("images_per_second") or 0.0)) if all(
+        r.get("images_per_second") for r in scored) else scored
+    margin = 1.5 / max(1, len(labels))
+    best = order[0]
+    for row in order[1:]:
+        if (row["cv_accuracy"] or 0.0) - (best["cv_accuracy"] or 0.0) > margin:
+            best = row
+    for row in rows:
+        row["chosen"] = row is best
+    rule = (f"cheapest first; a dearer backbone only when its probe CV accuracy is higher by more than 1.5 photos' "
+            f"worth ({margin:.4f} on {len(labels)} photos)")
+    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
+
+
+def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` photos with every class in proportion (each at least once), seeded."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = np.maximum(1, np.floor(counts * n / len(labels))).astype(int)
+    chosen = [rng.choice(np.flatnonzero(labels == c), min(k, cnt), replace=False)
+              for c, k, cnt in zip(classes, share, counts)]
+    return np.sort(np.concatenate(chosen))

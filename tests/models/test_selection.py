@@ -1,0 +1,78 @@
+"""``backbone="auto"``: candidates scored by the probe's cross-validation on the training part (the scoring
+``compare`` uses), the rule that picks one, and the choice recorded in the report, the run folder and the model
+file. Real weights (two offline backbones), real photos (3 breeds × 5)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart._validation import ParameterError
+from headstart.models.selection import OFFLINE_CANDIDATES, parse_auto, select_backbone
+
+PAIR = "auto:lite0,tf_efficientnet_lite1"
+
+
+@pytest.fixture(scope="module")
+def fifteen(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fifteen")
+    for breed in ("Persian", "pug", "samoyed"):
+        shutil.copytree(sample / "train" / breed, root / breed)
+    return root
+
+
+def test_auto_names_its_candidates() -> None:
+    assert parse_auto("auto") == list(OFFLINE_CANDIDATES)
+    assert parse_auto("auto:resnet50, lite1,lite1") == ["resnet50", "tf_efficientnet_lite1"]
+    assert parse_auto("tf_efficientnet_lite0") is None and parse_auto("automobile_net") is None
+    with pytest.raises(ParameterError, match="'backbone' parameter"):
+        parse_auto("auto:")
+
+
+def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_than_noise(fifteen: Path, cache) -> None:
+    from headstart.data import load_dataset
+
+    data = load_dataset(fifteen)
+    sel = select_backbone(data.paths, data.labels, parse_auto(PAIR), cache=cache)
+    assert [r["backbone"] for r in sel.rows] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
+    assert all(r["n_images"] == 15 and r["folds"] == 5 and 0 < r["cv_accuracy"] <= 1 for r in sel.rows)
+    assert sum(r["chosen"] for r in sel.rows) == 1 and sel.n_photos == 15
+    first, second = sel.rows
+    expected = second if second["cv_accuracy"] - first["cv_accuracy"] > 1.5 / 15 else first
+    if all(r["images_per_second"] for r in sel.rows) and second["images_per_second"] > first["images_per_second"]:
+        expected = first if first["cv_accuracy"] - second["cv_accuracy"] > 1.5 / 15 else second
+    assert sel.chosen == expected["backbone"]
+    again = select_backbone(data.paths, data.labels, parse_auto(PAIR), cache=cache, budget_s=0)
+    assert again.rows[1] == {"backbone": "tf_efficientnet_lite1", "cv_accuracy": None, "skipped": "time budget",
+                             "chosen": False}, "a spent budget skips the rest and says so"
+
+
+def test_auto_is_recorded_in_the_report_run_folder_and_model_file(fifteen: Path, tmp_path: Path) -> None:
+    from headstart.models.classifier import Classifier
+    from headstart.workflows.training import train
+
+    result = train(fifteen, backbone=PAIR, out=tmp_path / "auto.safetensors", cache=tmp_path / "cache")
+    clf = result.estimator
+    chosen = clf.report_["backbone_selection"]["chosen"]
+    assert clf.spec_.name == chosen == clf.report_["backbone"] and clf.backbone == PAIR, "params stay as given"
+    table = json.loads((result.run_dir / "backbone_selection.json").read_text())
+    assert [r["backbone"] for r in table["candidates"]] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
+    assert table["n_photos"] == clf.report_["n_train"], "scored on the training part only"
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["backbone"] == PAIR and config["backbone_chosen"] == chosen
+    saved = Classifier.load(result.model_path)
+    assert saved.spec.name == chosen and saved.metadata["metrics"]["backbone_selection"]["chosen"] == chosen
+    assert saved.metadata["estimator"]["backbone"] == PAIR
+    proba = clf.predict_proba(sorted(fifteen.rglob("*.jpg"))[:2])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+
+
+def test_auto_refuses_a_weights_file(tmp_path: Path) -> None:
+    import headstart as hs
+
+    with pytest.raises(ParameterError, match="'weights' parameter"):
+        hs.ImageClassifier(backbone="auto", weights=tmp_path / "w.safetensors").fit((["a.jpg"], ["x"]))

@@ -1,0 +1,44 @@
+"""Calibration numbers by hand: ECE over 15 bins, NLL, Brier, the reliability table, and its picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.reports.calibration import calibration_metrics, expected_calibration_error, plot_reliability
+
+
+def test_numbers_worked_out_by_hand() -> None:
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.95, 0.05]])
+    m = calibration_metrics(["cat", "dog", "dog", "cat"], proba, ["cat", "dog"])
+    # one photo a bin: 0.6 in (0.5333, 0.6], 0.8 in (0.7333, 0.8], 0.9 in (0.8667, 0.9333], 0.95 in (0.9333, 1]
+    assert m["ece"] == pytest.approx((0.1 + 0.2 + 0.6 + 0.05) / 4)
+    assert m["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.95])))
+    assert m["brier"] == pytest.approx(np.mean([2 * 0.1**2, 2 * 0.2**2, 2 * 0.6**2, 2 * 0.05**2]))
+    assert m["accuracy"] == 0.75 and m["mean_confidence"] == pytest.approx(0.8125) and m["bins"] == 15
+    assert [row["count"] for row in m["reliability"]] == [1, 1, 1, 1]
+    assert [row["accuracy"] for row in m["reliability"]] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_a_calibrated_predictor_scores_near_zero_and_an_overconfident_one_does_not() -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 20_000)
+    assert expected_calibration_error(confidence, rng.random(20_000) < confidence) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 700) == pytest.approx(0.29)
+    assert np.isnan(expected_calibration_error(np.array([]), np.array([], dtype=bool)))
+
+
+def test_no_photos_gives_no_numbers() -> None:
+    m = calibration_metrics([], np.zeros((0, 2)), ["cat", "dog"])
+    assert m["ece"] is None and m["reliability"] == []
+
+
+def test_the_reliability_diagram_is_a_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet(np.ones(3) * 0.3, 200)
+    labels = [["a", "b", "c"][i] for i in rng.integers(0, 3, 200)]
+    path = plot_reliability(calibration_metrics(labels, proba, ["a", "b", "c"]), tmp_path / "r.png", title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert [p.name for p in tmp_path.iterdir()] == ["r.png"], "no temporaries left"

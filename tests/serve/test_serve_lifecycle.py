@@ -1,0 +1,113 @@
+"""Starting and stopping `headstart serve`: clear errors before binding, clean exits on Ctrl-C and SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from servetools import photos, served_models, server  # noqa: F401  (the fixtures)
+from servetools import start_server, stop_server, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "headstart", "serve", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_missing_model_file_is_one_line(tmp_path: Path) -> None:
+    r = run(str(tmp_path / "nothing.safetensors"), "--port", "0")
+    assert r.returncode == 2 and "no such model file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_busy_port_is_one_line(server) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    r = run(str(server.models["pets"]), "--port", port)
+    assert r.returncode == 2 and f"Port {port} on 127.0.0.1 is in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_options_name_the_option(server) -> None:
+    r = run(str(server.models["pets"]), "--max-batch-size", "0")
+    assert r.returncode == 2 and "The '--max-batch-size' option must be an int" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_while_loading_stops_cleanly(served_models, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    process, _ = start_server([str(served_models["pets"])], log)
+    assert stop_server(process) == 0
+    text = log.read_text()
+    assert "stopped" in text and "Traceback" not in text, text
+
+
+def wait_until_received(url: str, n: int, seconds: float = 120) -> None:
+    """Until the server has ``n`` /v1/predict requests in flight or answered (by its own /metrics)."""
+    import re
+
+    from headstart.serve.client import Client
+
+    client = Client(url, timeout=30)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = client.get("/metrics").body.decode()
+        in_flight = int(re.search(r"^headstart_requests_in_flight (\d+)", text, re.M).group(1)) - 1  # (this one)
+        done = sum(int(x) for x in re.findall(r'^headstart_requests_total\{route="/v1/predict",status="\d+"\} (\d+)',
+                                                text, re.M))
+        if in_flight + done >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the server did not receive {n} requests within {seconds} s")
+
+
+def test_sigterm_finishes_requests_in_flight(served_models, photos, tmp_path: Path) -> None:
+    from headstart.serve.client import Client
+
+    log = tmp_path / "serve.log"
+    process, url = start_server([str(served_models["pets"])], log, "--max-batch-size", "4")
+    try:
+        wait_ready(url, process, log)
+        statuses: list[int] = []
+
+        def ask(i: int) -> None:
+            statuses.append(Client(url, timeout=120).post_files("/v1/predict", [photos[i]]).status)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        wait_until_received(url, 8)  # every request is in (decoding, queued or in a batch) or answered
+        process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert statuses == [200] * 8, (statuses, text)
+    assert "stopped" in text and "Traceback" not in text, text
+
+
+def test_a_model_that_does_not_load_stops_the_server(served_models, tmp_path: Path) -> None:
+    """A model file whose weights do not fit its architecture: the server says so and exits 2, no traceback."""
+    from dataclasses import replace
+
+    from headstart.models.classifier import Classifier
+
+    good = Classifier.load(served_models["pets"])
+    broken = Classifier(replace(good.spec, name="tf_efficientnet_lite1"), good.classes, good.head_weight,
+                        good.head_bias, good.trunk, good.metadata)
+    path = broken.save(tmp_path / "broken.safetensors")
+    log = tmp_path / "serve.log"
+    process, _ = start_server([str(path)], log)
+    try:
+        assert process.wait(180) == 2
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "could not load the models" in text and "tf_efficientnet_lite1" in text and "Traceback" not in text, text
