@@ -387,3 +387,24 @@ for path in ({str(path)!r}, {str(unknown)!r}):
     assert gigantic.startswith(f"{path}: the backbone weights in this model do not fit vit_gigantic_patch14_clip_224")
     assert "trunk values" in gigantic and "Re-train or re-download" in gigantic, gigantic
     assert missing.startswith(f"{unknown}: ") and "cannot build it" in missing and "no_such_network" in missing, missing
+
+
+def test_a_header_length_whose_low_byte_is_a_pickle_opcode_still_reads(tmp_path):
+    """A header length of 0x..80 starts the file with b"\\x80", like a pickle: about 1 model file in 32 (lengths are
+    multiples of 8) was refused as "a pickle" until the check asked whether the file also reads as safetensors."""
+    import struct
+
+    import numpy as np
+
+    from headstart.models.modelfile import read_model_file, save_model_file
+
+    for pad in range(512):  # metadata of growing size until the header's length ends in 0x80
+        path = save_model_file(tmp_path / "m.safetensors", {"head.weight": np.zeros((2, 3), np.float32)},
+                               {"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length ending in 0x80 within 512 sizes")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] & 0xFF == 0x80
+    tensors, meta = read_model_file(path)
+    assert tensors["head.weight"].shape == (2, 3) and meta["note"].startswith("x")

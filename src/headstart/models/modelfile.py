@@ -176,9 +176,13 @@ def _read_header(path: Path, handle: IO[bytes], size: int) -> tuple[dict[str, _E
     start = handle.read(8)
     if not start:
         raise _damaged(path, "the file is empty")
-    if start.startswith(_PICKLE_MAGIC):
+    # The first 8 bytes are the header's length, little-endian: its low byte can be 0x80 like a pickle's first byte,
+    # so a file is called a pickle only when it does not also read as a safetensors file (a length that fits, '{').
+    fits = len(start) == 8 and 8 + struct.unpack("<Q", start)[0] <= size
+    if start.startswith(_PICKLE_MAGIC) and not (fits and handle.read(1) == b"{"):
         raise _damaged(path, "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it "
                              "can run code")
+    handle.seek(8 if len(start) == 8 else len(start))
     if len(start) < 8:
         raise _damaged(path, f"it has only {size} bytes, fewer than a safetensors header's length field: the file "
                              "looks truncated")
