@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headstart"
 
 #: Rank of each top-level part of the package. Same rank = siblings that must not import each other.
 LAYERS = {
-    "_version": 0, "errors": 0, "_io": 0, "_console": 0, "_validation": 0, "_onnx": 0, "_math": 0,
+    "_version": 0, "errors": 0, "_lazy": 0, "_io": 0, "_console": 0, "_validation": 0, "_onnx": 0, "_math": 0,
     "data": 1,
     "features": 2,
     "reports": 3,

@@ -14,8 +14,7 @@ checks): add a new public name to both.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from headstart._lazy import lazy_exports
 
 _MODULES = {
     "images": ("DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "MIN_SIDE", "SmallImageWarning", "check_image",
@@ -24,19 +23,4 @@ _MODULES = {
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
 }
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use."""
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

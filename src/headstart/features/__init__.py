@@ -19,8 +19,7 @@ first use, so importing this package costs nothing. Each module's ``__all__`` an
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from headstart._lazy import lazy_exports
 
 _MODULES = {
     "backbones": ("DEFAULT_BACKBONE", "OFFLINE_PACKAGES", "Backbone", "BackboneSpec", "cached_trunk_weights",
@@ -38,19 +37,4 @@ _MODULES = {
                    "find_duplicates", "group_keys", "hamming", "image_signatures", "near_duplicate_keys",
                    "perceptual_hash"),
 }
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use."""
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

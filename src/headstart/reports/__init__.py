@@ -11,27 +11,11 @@ Every public name is importable from here; the modules load on first use. Each m
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from headstart._lazy import lazy_exports
 
 _MODULES = {
     "metrics": ("Probabilities", "ScoredPhotos", "classification_metrics", "confusion_matrix", "match_labels",
                 "public_metrics", "score_photos", "write_metric_pictures"),
     "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use."""
-    if name in _EXPORTS:
-        value = getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)
