@@ -84,7 +84,7 @@ def twelve(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # A value unlike its default for every field: the run below shows each one reached the training.
 NOT_DEFAULT = {
-    "epochs": 1, "batch_size": 8, "lr": 3e-4, "lr_search": True, "layer_decay": 0.9, "unfreeze": "2", "optimizer": "sgd",
+    "epochs": 1, "batch_size": 8, "lr": 3e-4, "lr_search": True, "layer_decay": 0.9, "unfreeze": "3", "optimizer": "sgd",
     "momentum": 0.8, "weight_decay": 0.01, "schedule": "onecycle", "warmup_epochs": 0.5, "label_smoothing": 0.05,
     "augment": "none", "head_dropout": 0.3, "clip_grad": 0.5, "patience": 0, "freeze_bn": False, "ema": True,
     "ema_decay": 0.99, "precision": "fp32", "workers": 1, "seed": 3,
@@ -101,7 +101,6 @@ def _flags(values: dict[str, object]) -> list[str]:
     return args
 
 
-@pytest.mark.xfail(reason="issue 12 in progress: with the refit/lr changes (commit 91920d8) config.json records lr 1e-4 where --lr 0.0003 was given; find which layer drops the flag", strict=False)
 def test_every_flag_and_the_config_file_reach_the_training_that_runs(twelve: Path, tmp_path: Path) -> None:
     """One real 1-epoch run: every field set away from its default, by a flag or by --config (flags win)."""
     assert set(NOT_DEFAULT) == set(FIELDS), "give every field a value here"

@@ -138,7 +138,8 @@ def test_killed_train_and_export_runs_leave_the_old_files_or_whole_new_ones_and_
         (old_data / photo.parent.name).mkdir(parents=True, exist_ok=True)
         (old_data / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
     n_new = len(list(new_data.glob("*/*.jpg")))
-    train = lambda data, *more: _cli("train", data, "--out", model, "--json", *more, env=env)  # noqa: E731
+    train = lambda data, *more: _cli("train", data, "--out", model, "--json", "--backbone", "tf_efficientnet_lite0",  # noqa: E731
+                                     *more, env=env)
 
     _finish(train(old_data))
     old_model = model.read_bytes()

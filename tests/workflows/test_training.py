@@ -102,7 +102,7 @@ def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
     assert trained.run_dir == trained.model_path.with_name("pets-run")
 
     config = json.loads((trained.run_dir / "config.json").read_text())
-    assert config["backbone"] == "tf_efficientnet_lite0"
+    assert config["backbone"] == "auto" and config["backbone_chosen"] == "tf_efficientnet_lite0"
     assert config["method"] == "probe"
     assert Path(config["out"]) == trained.model_path
 
@@ -246,8 +246,8 @@ def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_p
     assert m["n_usable"] == 60 + 2  # the PNG named .jpg and the CMYK JPEG are photos like the others
     written = write_run_folder(clf, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == m["skipped"]
-    assert sorted(p.name for p in written) == ["config.json", "confusion_matrix.png", "metrics.json", "misclassified.png",
-                                               "reliability.png"]
+    assert sorted(p.name for p in written) == ["backbone_selection.json", "config.json", "confusion_matrix.png",
+                                               "metrics.json", "misclassified.png", "reliability.png"]
 
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedFilesWarning)]
     assert len(messages) == 1
@@ -394,7 +394,8 @@ def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(
             draw.polygon(head, fill=colour)
             draw.rectangle(shaft, fill=colour)
             img.save(tmp_path / "data" / direction / f"{i}.png")
-    clf = ImageClassifier(cache=tmp_path / "c.sqlite", flip_average="auto").fit(tmp_path / "data")  # CV decides
+    clf = ImageClassifier(backbone="tf_efficientnet_lite0", cache=tmp_path / "c.sqlite",  # CV decides the mirror
+                          flip_average="auto").fit(tmp_path / "data")
     cv = clf.report_["flip_average_cv"]
     assert clf.report_["flip_average"] is False, cv
     assert cv["off"] > cv["on"] + 2 / 40, cv  # by more than two of the 40 photos (torch: 0.77 vs 0.59; OpenVINO 0.71 vs 0.62)

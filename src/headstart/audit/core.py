@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -42,9 +41,9 @@ from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
 from headstart.features.backbones import DEFAULT_BACKBONE
 from headstart.features.cache import FeatureCache
-from headstart.features.duplicates import NEAR_RULES, Signatures, find_duplicates, image_signatures
+from headstart.features.duplicates import NEAR_RULES, find_duplicates
 from headstart.features.extract import extract_features
-from headstart.models.memo import Memo, fit_probe, source_digest, versions
+from headstart.models.memo import Memo, fit_probe, memo_signatures
 
 __all__ = ["SCHEMA", "AuditReport", "audit"]
 
@@ -152,41 +151,6 @@ class _Jobs:
         return list(self.pool.map(one, jobs))
 
 
-def _signatures(paths: list[Path], hashes: list[str], memo: Memo | None, max_pixels: int | None,
-                progress: bool) -> Signatures:
-    """Pixel hashes and pHashes, decoded once per distinct file content and remembered in the memo."""
-    unique = list(dict.fromkeys(hashes))
-    key = None
-    if memo is not None:
-        key = Memo.key("audit-signatures", source_digest("headstart.features.duplicates"),
-                       source_digest("headstart.data.images"), versions("pillow", "numpy"), max_pixels, unique)
-        data = memo.read(key, ".json")
-        if data is not None:
-            try:
-                stored = json.loads(data)
-                by_hash = {h: (p, None if a is None else int(a, 16), None if b is None else int(b, 16))
-                           for h, p, a, b in stored}
-                return _aligned(hashes, by_hash)
-            except (ValueError, TypeError, KeyError):
-                pass  # a damaged entry is a miss
-    first = {}
-    for path, h in zip(paths, hashes):
-        first.setdefault(h, path)
-    computed = image_signatures([first[h] for h in unique], max_pixels=max_pixels, progress=progress)
-    by_hash = {h: (computed.pixel_hashes[k], computed.phashes[k], computed.mirror_phashes[k])
-               for k, h in enumerate(unique)}
-    if key is not None:
-        rows = [[h, p, None if a is None else f"{a:016x}", None if b is None else f"{b:016x}"]
-                for h, (p, a, b) in by_hash.items()]
-        memo.write(key, ".json", json.dumps(rows).encode())
-    return _aligned(hashes, by_hash)
-
-
-def _aligned(hashes: list[str], by_hash: dict[str, tuple[Any, Any, Any]]) -> Signatures:
-    rows = [by_hash[h] for h in hashes]
-    return Signatures([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
-
-
 @dataclass
 class _CrossValidation:
     proba: np.ndarray
@@ -272,7 +236,7 @@ def audit(
     labels = [listed_labels[i] for i in rows]
     notes: list[str] = []
 
-    signatures = _signatures(usable_paths, feats.hashes, memo, max_pixels, progress)
+    signatures = memo_signatures(usable_paths, feats.hashes, memo, max_pixels=max_pixels, progress=progress)
     groups = find_duplicates(file_hashes=feats.hashes, pixel_hashes=signatures.pixel_hashes,
                              features=feats.features, phashes=signatures.phashes,
                              mirror_phashes=signatures.mirror_phashes)

@@ -24,6 +24,8 @@ RUN_OPTIONS = ("seed", "precision")
 # what train writes in its run folder (a folder of one of these names there is refused before any work)
 RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png",
              "reliability.png", "backbone_selection.json")
+# train's and lr-find's backbone: "auto" (the default) lets the probe's cross-validation choose
+AutoBackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="auto (the default: whichever of tf_efficientnet_lite0/1/2 the probe's cross-validation on the training photos prefers; a dearer one only when it gains more than 1.5 photos' worth), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.")]
 LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
                   "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
 
@@ -34,7 +36,7 @@ LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_dec
 def train(
     data: DataArg,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
-    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
     method: Annotated[str, typer.Option(help="probe (logistic regression on cached features), finetune (probe head, then the backbone unfrozen) or scratch (random weights).")] = "probe",
     run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
@@ -128,7 +130,7 @@ def train(
 @finetune_flags(only=LR_FIND_FIELDS)
 def lr_find(
     data: DataArg,
-    backbone: BackboneOpt = "tf_efficientnet_lite0",
+    backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path("lr-find.png"),
     steps: Annotated[Optional[int], typer.Option(help="Batches to raise the learning rate over (default 40; it stops early, and says why, when the loss diverges or after 45 s).")] = None,

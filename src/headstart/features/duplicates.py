@@ -62,6 +62,8 @@ __all__ = [
 NEAR_RULES: tuple[tuple[int, float], ...] = ((8, 0.70), (16, 0.80), (24, 0.92))
 #: Without perceptual hashes, the feature similarity from which two photos are one.
 COSINE_THRESHOLD = 0.92
+#: See :func:`near_duplicate_keys`.
+MAX_GROUP_SHARE = 0.02
 #: Without features, the pHash distance up to which two photos are one.
 HAMMING_THRESHOLD = 8
 
@@ -355,7 +357,8 @@ def group_keys(n: int, groups: Sequence[DuplicateGroup], base: Sequence[str] | N
 
 
 def near_duplicate_keys(
-    hashes: Sequence[str], features: np.ndarray | None = None, signatures: Signatures | None = None
+    hashes: Sequence[str], features: np.ndarray | None = None, signatures: Signatures | None = None,
+    max_group_share: float = MAX_GROUP_SHARE,
 ) -> list[str]:
     """One split key per photo that identical files and near duplicates share: ``train_val_split(groups=...)``.
 
@@ -364,6 +367,10 @@ def near_duplicate_keys(
         features: the photos' features, aligned with ``hashes``; mirror-averaged ones also join mirrored copies.
         signatures: :func:`image_signatures` of the photos (costs a decode of each), for resized copies of small
             photos that the features alone see as different.
+        max_group_share: a near group larger than this share of the photos (and than 10) is not kept together:
+            copies come in twos and threes, and a component that large is a run of similar photos (a burst, one
+            studio's backdrop) chained together, which on one side would unbalance the split more than it protects.
+            Identical files always share a key.
 
     Example:
         >>> keys = near_duplicate_keys(feats.hashes, feats.features)                    # doctest: +SKIP
@@ -375,4 +382,6 @@ def near_duplicate_keys(
         phashes=signatures.phashes if signatures is not None else None,
         mirror_phashes=signatures.mirror_phashes if signatures is not None else None,
     )
-    return group_keys(len(hashes), groups, base=list(hashes))
+    limit = max(10, int(max_group_share * len(hashes)))
+    kept = [g for g in groups if g.kind == "exact" or len(g.members) <= limit]
+    return group_keys(len(hashes), kept, base=list(hashes))

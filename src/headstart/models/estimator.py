@@ -36,13 +36,13 @@ import numpy as np
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, train_val_split
 from headstart.errors import DataError
-from headstart.features import DEFAULT_BACKBONE, PRECISIONS, FeatureCache, describe_unusable, extract_features
+from headstart.features import PRECISIONS, FeatureCache, describe_unusable, extract_features
 from headstart.models.classifier import Classifier
 from headstart.models.finetune_config import Finetune
-from headstart.models.inputs import ResolvedBackbone, as_dataset, feature_cache, photo_paths
+from headstart.models.inputs import ResolvedBackbone, as_dataset, feature_cache, photo_paths, split_keys
 from headstart.models.memo import Memo, fit_probe
 from headstart.models.protocol import ClassifierProtocol
-from headstart.models.selection import parse_auto, select_backbone
+from headstart.models.selection import parse_auto, select_for_fit
 from headstart.reports import classification_metrics, public_metrics
 from headstart.reports.calibration import calibration_metrics
 
@@ -74,9 +74,9 @@ class ImageClassifier(ClassifierProtocol):
 
     Args:
         backbone: a timm name; ``weights`` says where its weights come from (None: the offline package when
-            installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"``: the
-            one of tf_efficientnet_lite0/1/2 whose probe cross-validates best on the training part (a dearer one
-            only when it gains more than 1.5 photos' worth; :mod:`headstart.models.selection`);
+            installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"`` (the
+            default): the one of tf_efficientnet_lite0/1/2 whose probe cross-validates best on the training part
+            (a dearer one only when it gains more than 1.5 photos' worth; :mod:`headstart.models.selection`);
             ``"auto:resnet50,lite1"``: among those.
         method: ``"probe"``, ``"finetune"``, ``"scratch"`` (the same network from random weights, to see what
             transfer learning gives), or a :class:`~headstart.models.finetune_config.Finetune` (fine-tune with
@@ -138,7 +138,7 @@ class ImageClassifier(ClassifierProtocol):
     def __init__(
         self,
         *,
-        backbone: str = DEFAULT_BACKBONE,
+        backbone: str = "auto",
         weights: str | os.PathLike[str] | None = None,
         method: str | Finetune = "probe",
         finetune: Finetune | Mapping[str, Any] | None = None,
@@ -242,7 +242,9 @@ class ImageClassifier(ClassifierProtocol):
         cache = feature_cache(self.cache)
         memo = Memo.beside(cache) if self.reuse else None
         backbone, selection = self._backbone(dataset, cache, memo)
-        s = self._split_and_probe(dataset, backbone, cache, memo)
+        s = self._split_and_probe(dataset, backbone, cache, memo, selection.split_keys if selection else None)
+        if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
+            s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (the work was done there)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
         validation = {"paths": [s.usable.paths[i] for i in s.va], "labels": s.labels[s.va],
                       "hashes": [s.feats.hashes[i] for i in s.va], "proba": probe_proba}
@@ -264,15 +266,10 @@ class ImageClassifier(ClassifierProtocol):
                               features=(s.X, s.labels), memo=memo, device=device,
                               checkpoint_dir=self.checkpoint_dir, resume=bool(self.resume), progress=self.progress,
                               lr_search=bool(config.lr_search))
-            model, config, history = fit.model, fit.config, fit.history
+            model, history = fit.model, fit.history  # (config stays what was asked; the report has the lr used)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
-            specific = {"probe_val_accuracy": float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])),
-                        "best_epoch": fit.best_epoch, "epochs_run": sum(1 for r in history if r["epoch"] > 0),
-                        "stopped_early": fit.stopped_early, "cv_accuracy": float("nan"), "C": float("nan"),
-                        "temperature": fit.temperature, "refit_on_all": fit.refit is not None,
-                        "refit": fit.refit, "frozen_stages": fit.frozen,
-                        **({"lr_search": fit.lr_search} if fit.lr_search is not None else {})}
+            specific = fit.report(float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])))
         val = classification_metrics(validation["labels"], validation["proba"], model.classes)
         calibration = calibration_metrics(validation["labels"], validation["proba"], model.classes)
         feats = s.feats
@@ -303,9 +300,10 @@ class ImageClassifier(ClassifierProtocol):
         return self
 
     def _split_and_probe(self, dataset: Dataset, backbone: ResolvedBackbone, cache: FeatureCache,
-                         memo: Memo | None) -> SimpleNamespace:
-        """Features of the usable photos, the train/validation split, the probe on the training part, and the
-        choice of mirror averaging (by that probe's cross-validation, unless ``flip_average`` says)."""
+                         memo: Memo | None, keys: dict[str, str] | None = None) -> SimpleNamespace:
+        """Features of the usable photos, the train/validation split (near duplicates on one side: ``keys``, the
+        split keys ``auto`` chose on, else :func:`split_keys`), the probe on the training part, and the choice of
+        mirror averaging (by that probe's cross-validation, unless ``flip_average`` says)."""
         from headstart.features import current
 
         extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
@@ -326,8 +324,10 @@ class ImageClassifier(ClassifierProtocol):
             raise DataError(f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es) in "
                             f"{dataset.root}: a classifier needs at least 2 classes.")
         labels = np.asarray(usable.labels)
-        train_part, val_part = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed,
-                                               groups=feats.hashes)
+        groups = ([keys[str(p)] for p in usable.paths] if keys is not None else
+                  split_keys(usable.paths, feats.hashes, feats.features, memo=memo, max_pixels=self.max_pixels,
+                             progress=self.progress and current().is_main))
+        train_part, val_part = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=groups)
         row_of = {s.path: i for i, s in enumerate(usable.samples)}
         tr = np.array([row_of[s.path] for s in train_part.samples], dtype=np.int64)
         va = np.array([row_of[s.path] for s in val_part.samples], dtype=np.int64)
@@ -347,21 +347,15 @@ class ImageClassifier(ClassifierProtocol):
                                val_part=val_part, tr=tr, va=va, probe=probe, flip=bool(flip), flip_cv=flip_cv)
 
     def _backbone(self, dataset: Dataset, cache: FeatureCache, memo: Memo | None) -> tuple[ResolvedBackbone, Any]:
-        """The backbone to fit on: the one named, or for ``auto`` the one the probe's CV on the training part
-        chooses among the candidates (:mod:`headstart.models.selection`; the first candidate's features of all
-        photos tell which photos are usable and how they split)."""
-        candidates = parse_auto(self.backbone)
-        if candidates is None:
-            return ResolvedBackbone(self.backbone, self.weights), None
+        """The backbone named, or for ``auto`` the one chosen on the training part (:func:`select_for_fit`)."""
         from headstart.features import current
 
-        extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
-        first = extract_features(dataset.paths, ResolvedBackbone(candidates[0], self.weights), flip_average=True,
-                                 progress=self.progress and current().is_main, **extract)
-        usable = dataset.subset(first.indices.tolist())
-        train_part, _ = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=first.hashes)
-        selection = select_backbone(train_part.paths, train_part.labels, candidates, memo=memo, seed=self.seed,
-                                    weights=self.weights, progress=self.progress and current().is_main, **extract)
+        if parse_auto(self.backbone) is None:
+            return ResolvedBackbone(self.backbone, self.weights), None
+        selection = select_for_fit(dataset, parse_auto(self.backbone), cache=cache, memo=memo, seed=self.seed,
+                                   val_fraction=self.val_fraction, precision=self.precision,
+                                   batch_size=self.batch_size, max_pixels=self.max_pixels,
+                                   progress=self.progress and current().is_main)
         return ResolvedBackbone(selection.chosen, self.weights), selection
 
     def _set_fitted(self, model: Classifier, report: dict[str, Any], unusable: list, finetune: Finetune | None,

@@ -22,14 +22,15 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
 
 SIZE_LIMITS = (1_000, 20_000)  # photos: "small" below the first, "medium" below the second, "large" from there
-# The default of every field: one value, or (small, medium, large) by the number of usable photos.
+# The default of every field: one value, or (small, medium, large) by the number of usable photos. The measurements
+# that chose them (repeated cross-validation on Oxford pets and cats-vs-dogs, and subsamples) are in docs/TRAINING.md.
 DEFAULTS: dict[str, Any] = {
     "epochs": (8, 6, 4),
     "batch_size": 32,
     "lr": (1e-4, 5e-4, 1e-3),
     "lr_search": False,
     "layer_decay": 0.75,
-    "unfreeze": "all",
+    "unfreeze": ("2", "3", "all"),  # the last stage and the head convolution under 1,000 photos: docs/TRAINING.md
     "optimizer": "adamw",
     "momentum": 0.9,
     "weight_decay": 0.05,
@@ -94,7 +95,9 @@ class Finetune:
                                      "validation run each; the refit on all photos uses the chosen lr)", "lr_search",
                                      flag="--lr-search/--no-lr-search")
     layer_decay: float | None = _option("Learning-rate factor per layer of depth (discriminative rates)", "layer_decay")
-    unfreeze: str | None = _option("'all' or K: train only the last K stages of the backbone", "unfreeze")
+    unfreeze: str | None = _option("'all' or K: train only the last K of timm's coarse parameter groups (for "
+                                   "EfficientNets the head convolution and the last K-1 stages); the frozen stages "
+                                   "run once per photo and view, not every epoch", "unfreeze")
     optimizer: str | None = _option("adamw or sgd", "optimizer")
     momentum: float | None = _option("Momentum of SGD (Nesterov)", "momentum")
     weight_decay: float | None = _option("Weight decay", "weight_decay")

@@ -15,7 +15,7 @@ from headstart.data import Dataset, Sample, load_dataset
 from headstart.features import FeatureCache
 from headstart.models.classifier import expand_paths
 
-__all__ = ["ResolvedBackbone", "as_dataset", "feature_cache", "photo_paths"]
+__all__ = ["ResolvedBackbone", "as_dataset", "feature_cache", "photo_paths", "split_keys"]
 
 
 class ResolvedBackbone:
@@ -114,3 +114,22 @@ def photo_paths(X: Any) -> list[Path]:
 
 def _is_sequence(value: Any) -> bool:
     return not isinstance(value, (str, bytes, os.PathLike)) and hasattr(value, "__len__") and hasattr(value, "__iter__")
+
+
+
+def split_keys(paths: Sequence[str | os.PathLike[str]], hashes: Sequence[str], features: np.ndarray, *,
+               memo: Any = None, max_pixels: int | None = None, progress: bool = False) -> list[str]:
+    """The train/validation split key of each photo: identical files and near duplicates (resized, re-encoded,
+    slightly cropped or mirrored copies, found as ``headstart audit`` finds them: features and perceptual hashes)
+    share one, so that no copy of a validation photo is trained on. The hashes cost a decode of each photo, once
+    (remembered in ``memo``, a :class:`~headstart.models.memo.Memo`).
+
+    Example:
+        >>> keys = split_keys(usable.paths, feats.hashes, feats.features)              # doctest: +SKIP
+        >>> train, val = train_val_split(usable, groups=keys)                          # doctest: +SKIP
+    """
+    from headstart.features import near_duplicate_keys
+    from headstart.models.memo import memo_signatures
+
+    signatures = memo_signatures(paths, hashes, memo, max_pixels=max_pixels, progress=progress)
+    return near_duplicate_keys(hashes, features, signatures)

@@ -30,7 +30,7 @@ import numpy as np
 from headstart._io import write_bytes_atomic
 from headstart._math import softmax
 
-__all__ = ["MAX_BYTES", "Memo", "ProbeFit", "fit_probe", "memo_pictures"]
+__all__ = ["MAX_BYTES", "Memo", "ProbeFit", "fit_probe", "memo_pictures", "memo_signatures"]
 
 #: The memo folder is pruned (least recently used first) to stay under this many bytes.
 MAX_BYTES = 512 * 2**20
@@ -231,3 +231,43 @@ def memo_pictures(memo: Memo | None, key_parts: Sequence[Any], folder: Path,
     except OSError:
         pass
     return written
+
+
+# ---------------------------------------------------------------------------------------------- photo signatures
+def memo_signatures(paths: Sequence[str | os.PathLike[str]], hashes: Sequence[str], memo: Memo | None, *,
+                    max_pixels: int | None, progress: bool = False) -> Any:
+    """:func:`headstart.features.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
+    file content and remembered in the memo for this set of contents (``train``'s split and ``audit`` share it).
+
+    Example:
+        >>> sigs = memo_signatures(usable.paths, feats.hashes, Memo.beside(cache), max_pixels=None)  # doctest: +SKIP
+    """
+    from headstart.features import Signatures, image_signatures
+
+    def aligned(by_hash: dict[str, tuple[Any, Any, Any]]) -> Any:
+        rows = [by_hash[h] for h in hashes]
+        return Signatures([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+    unique = list(dict.fromkeys(hashes))
+    key = None
+    if memo is not None:
+        key = Memo.key("signatures", source_digest("headstart.features.duplicates"),
+                       source_digest("headstart.data.images"), versions("pillow", "numpy"), max_pixels, unique)
+        data = memo.read(key, ".json")
+        if data is not None:
+            try:
+                return aligned({h: (p, None if a is None else int(a, 16), None if b is None else int(b, 16))
+                                for h, p, a, b in json.loads(data)})
+            except (ValueError, TypeError, KeyError):
+                pass  # a damaged entry is a miss
+    first: dict[str, Any] = {}
+    for path, h in zip(paths, hashes):
+        first.setdefault(h, path)
+    computed = image_signatures([first[h] for h in unique], max_pixels=max_pixels, progress=progress)
+    by_hash = {h: (computed.pixel_hashes[k], computed.phashes[k], computed.mirror_phashes[k])
+               for k, h in enumerate(unique)}
+    if key is not None:
+        rows = [[h, p, None if a is None else f"{a:016x}", None if b is None else f"{b:016x}"]
+                for h, (p, a, b) in by_hash.items()]
+        memo.write(key, ".json", json.dumps(rows).encode())
+    return aligned(by_hash)

@@ -75,6 +75,15 @@ class NetworkFit:
     config: Finetune
     frozen: dict[str, Any]
 
+    def report(self, probe_val_accuracy: float) -> dict[str, Any]:
+        """The estimator's ``report_`` entries of a network (beside the probe's validation accuracy)."""
+        return {"probe_val_accuracy": probe_val_accuracy, "best_epoch": self.best_epoch,
+                "epochs_run": sum(1 for r in self.history if r["epoch"] > 0), "stopped_early": self.stopped_early,
+                "cv_accuracy": float("nan"), "C": float("nan"), "temperature": self.temperature,
+                "refit_on_all": self.refit is not None, "refit": self.refit, "frozen_stages": self.frozen,
+                "lr": self.config.lr,
+                **({"lr_search": self.lr_search} if self.lr_search is not None else {})}
+
 
 def fit_network(
     method: str,

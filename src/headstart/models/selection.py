@@ -2,10 +2,11 @@
 
 :func:`score_backbones` is the scoring core of ``headstart compare`` and of ``--backbone auto``: features from
 (and into) the cache, one probe fit per candidate (memoised), a row each with the CV accuracy, speed and
-feature size. :func:`select_backbone` applies the rule ``auto`` uses: the candidates are taken cheapest first
-(fastest extraction measured here, else the order given) and a dearer one is chosen only when its CV accuracy
-beats the best so far by more than 1.5 photos' worth (``1.5 / n``): a one-photo difference is noise, and a
-dearer backbone costs every prediction. Candidates are scored on at most :data:`AUTO_MAX_PHOTOS` photos (a
+feature size. :func:`select_backbone` applies the rule ``auto`` uses: the candidates are taken in the order given,
+cheapest first (speeds measured on a shared machine swing too much to order them by), and a later one is chosen
+only when its CV accuracy beats the best so far by more than 1.5 photos' worth (``1.5 / n``): a one-photo
+difference is noise, and a dearer backbone costs every prediction. A candidate that could not win (the best so
+far is within the margin of 100%) is not even extracted. Candidates are scored on at most :data:`AUTO_MAX_PHOTOS` photos (a
 stratified sample of the training part) and within a time budget: once it is spent, the rest are skipped (the
 table says so).
 
@@ -36,7 +37,7 @@ from headstart._validation import fail
 from headstart.models.memo import Memo, fit_probe
 
 __all__ = ["AUTO_BUDGET_S", "AUTO_MAX_PHOTOS", "OFFLINE_CANDIDATES", "Selection", "parse_auto", "score_backbones",
-           "select_backbone"]
+           "select_backbone", "select_for_fit"]
 
 OFFLINE_CANDIDATES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 #: Seconds ``auto`` may spend extracting and scoring candidates (the first is always scored).
@@ -55,6 +56,12 @@ class Selection:
     n_photos: int
     seconds: float
     rule: str = field(default="")
+    #: the split key of each usable photo's path that the training part was taken by (``select_for_fit``), so that
+    #: the fit splits the same way whichever backbone is chosen
+    split_keys: dict[str, str] | None = field(default=None, repr=False)
+    #: (cached, computed, seconds) of the first candidate's extraction of all photos, which ``select_for_fit`` ran:
+    #: the work the fit's own extraction then finds cached, for its report when that candidate is chosen
+    first_extraction: tuple[int, int, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "rule": self.rule, "n_photos": self.n_photos,
@@ -164,22 +171,61 @@ def select_backbone(
     if len(paths) > max_photos:
         keep = _stratified_sample(labels, max_photos, seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
-    rows = score_backbones(paths, labels, candidates, cache=cache, memo=memo, seed=seed, budget_s=budget_s, **extract)
-    scored = [r for r in rows if r.get("cv_accuracy") is not None and np.isfinite(r["cv_accuracy"])]
-    if not scored:  # (no CV possible: a class with one photo) the first candidate, as a fixed choice would be
-        scored = rows[:1]
-    order = sorted(scored, key=lambda r: -(r.get("images_per_second") or 0.0)) if all(
-        r.get("images_per_second") for r in scored) else scored
     margin = 1.5 / max(1, len(labels))
-    best = order[0]
-    for row in order[1:]:
-        if (row["cv_accuracy"] or 0.0) - (best["cv_accuracy"] or 0.0) > margin:
+    rows: list[dict[str, Any]] = []
+    best = None
+    for name in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
+        spent = time.perf_counter() - started
+        if best is not None and (best["cv_accuracy"] or 0.0) + margin >= 1.0:
+            rows.append({"backbone": name, "cv_accuracy": None, "skipped": "could not gain more than the margin"})
+            continue
+        left = None if budget_s is None else budget_s - spent
+        if best is not None and left is not None and left <= 0:
+            rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
+            continue
+        row = score_backbones(paths, labels, [name], cache=cache, memo=memo, seed=seed, **extract)[0]
+        rows.append(row)
+        if row["cv_accuracy"] is None or not np.isfinite(row["cv_accuracy"]):
+            continue  # (no CV possible, e.g. a class with one photo)
+        if best is None or row["cv_accuracy"] - best["cv_accuracy"] > margin:
             best = row
+    best = best or rows[0]  # (nothing cross-validated: the first candidate, as a fixed choice would be)
     for row in rows:
         row["chosen"] = row is best
-    rule = (f"cheapest first; a dearer backbone only when its probe CV accuracy is higher by more than 1.5 photos' "
-            f"worth ({margin:.4f} on {len(labels)} photos)")
+    rule = (f"in the order given (cheapest first); a later backbone only when its probe CV accuracy is higher than "
+            f"the best before it by more than 1.5 photos' worth ({margin:.4f} on {len(labels)} photos)")
     return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
+
+
+def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo: Memo | None, seed: int,
+                   val_fraction: float, progress: bool = False, **extract: Any) -> Selection:
+    """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
+    features of all photos tell which are usable and how they split (the split ``fit`` then makes too), and
+    the candidates are scored on the training part only, so the validation figures stay held out.
+
+    Example:
+        >>> select_for_fit(load_dataset("photos/"), parse_auto("auto"), cache=FeatureCache(), memo=None, seed=0,
+        ...                val_fraction=0.2).chosen
+        'tf_efficientnet_lite1'
+    """
+    from headstart.data import train_val_split
+    from headstart.features import extract_features
+    from headstart.models.inputs import split_keys
+
+    first = extract_features(dataset.paths, candidates[0], cache=cache, flip_average=True, progress=progress,
+                             **extract)
+    usable = dataset.subset(first.indices.tolist())
+    if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
+        return Selection(candidates[0], [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True,
+                                          "skipped": "fewer than 2 classes"}], len(usable), 0.0)
+    keys = split_keys(usable.paths, first.hashes, first.features, memo=memo, max_pixels=extract.get("max_pixels"),
+                      progress=progress)
+    train_part, _ = train_val_split(usable, val_fraction=val_fraction, seed=seed, groups=keys)
+    selection = select_backbone(train_part.paths, train_part.labels, candidates, cache=cache, memo=memo, seed=seed,
+                                progress=progress, **extract)
+    selection.split_keys = dict(zip(map(str, usable.paths), keys))
+    selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
+    return selection
 
 
 def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

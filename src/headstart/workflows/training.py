@@ -56,7 +56,7 @@ def default_run_dir(model_path: str | os.PathLike[str]) -> Path:
 def train(
     data: str | os.PathLike[str] | Dataset,
     *,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = "auto",
     weights: str | os.PathLike[str] | None = None,
     method: str | Finetune = "probe",
     out: str | os.PathLike[str] = "model.safetensors",
@@ -224,7 +224,7 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
 def find_learning_rate(
     data: str | os.PathLike[str] | Dataset,
     *,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = "auto",
     weights: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] = "lr-find.png",
     steps: int | None = None,
@@ -250,13 +250,13 @@ def find_learning_rate(
     """
     from headstart.models.finetune import build_network, start_from_probe
     from headstart.models.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
-    from headstart.models.selection import parse_auto
+    from headstart.models.selection import parse_auto, select_for_fit
 
-    if parse_auto(backbone) is not None:
-        fail("backbone", "find_learning_rate", "a backbone name (the range test runs one network; `headstart "
-             "train --backbone auto` reports the one it chose)", backbone)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     store = feature_cache(cache)
+    if parse_auto(backbone) is not None:  # the backbone `train` would choose (from the cache when it chose before)
+        backbone = select_for_fit(dataset, parse_auto(backbone), cache=store, memo=Memo.beside(store), seed=0,
+                                  val_fraction=0.2, progress=progress).chosen
     source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
     feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
     usable = dataset.subset(feats.indices.tolist())
