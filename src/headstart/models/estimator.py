@@ -352,8 +352,10 @@ class ImageClassifier(ClassifierProtocol):
 
         if parse_auto(self.backbone) is None:
             return ResolvedBackbone(self.backbone, self.weights), None
+        mode = "auto" if self.flip_average is None else self.flip_average  # (as _split_and_probe reads it)
+        mirror = mode == "auto" or (not isinstance(mode, str) and bool(mode))
         selection = select_for_fit(dataset, parse_auto(self.backbone), cache=cache, memo=memo, seed=self.seed,
-                                   val_fraction=self.val_fraction, precision=self.precision,
+                                   val_fraction=self.val_fraction, flip_average=mirror, precision=self.precision,
                                    batch_size=self.batch_size, max_pixels=self.max_pixels,
                                    progress=self.progress and current().is_main)
         return ResolvedBackbone(selection.chosen, self.weights), selection

@@ -102,10 +102,11 @@ def score_backbones(
     weights: Any = None,
     budget_s: float | None = None,
     progress: bool = False,
+    flip_average: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per backbone, in the order given: the probe's CV accuracy on mirror-averaged features of
-    ``paths``, its folds, extraction speed (images/s on this machine), feature size, photos scored, where the
-    weights come from and the seconds it took. Once ``budget_s`` is spent, the remaining rows say
+    """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
+    (mirror-averaged unless ``flip_average`` is False), its folds, extraction speed (images/s on this machine),
+    feature size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the remaining rows say
     ``"skipped": "time budget"`` and have no accuracy.
 
     Example:
@@ -123,7 +124,8 @@ def score_backbones(
             continue
         began = time.perf_counter()
         feats = extract_features(paths, name, weights=weights, cache=cache, precision=precision,
-                                 batch_size=batch_size, max_pixels=max_pixels, flip_average=True, progress=progress)
+                                 batch_size=batch_size, max_pixels=max_pixels, flip_average=flip_average,
+                                 progress=progress)
         y = labels[feats.indices]
         probe = fit_probe(feats.features, y, random_state=seed, memo=memo)
         speed = cache.speed(feats.cache_key)
@@ -198,10 +200,12 @@ def select_backbone(
 
 
 def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo: Memo | None, seed: int,
-                   val_fraction: float, progress: bool = False, **extract: Any) -> Selection:
+                   val_fraction: float, progress: bool = False, flip_average: bool = False,
+                   **extract: Any) -> Selection:
     """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
     features of all photos tell which are usable and how they split (the split ``fit`` then makes too), and
-    the candidates are scored on the training part only, so the validation figures stay held out.
+    the candidates are scored on the training part only, so the validation figures stay held out. One view of
+    each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV).
 
     Example:
         >>> select_for_fit(load_dataset("photos/"), parse_auto("auto"), cache=FeatureCache(), memo=None, seed=0,
@@ -212,8 +216,8 @@ def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo:
     from headstart.features import extract_features
     from headstart.models.inputs import split_keys
 
-    first = extract_features(dataset.paths, candidates[0], cache=cache, flip_average=True, progress=progress,
-                             **extract)
+    first = extract_features(dataset.paths, candidates[0], cache=cache, flip_average=flip_average,
+                             progress=progress, **extract)
     usable = dataset.subset(first.indices.tolist())
     if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
         return Selection(candidates[0], [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True,
@@ -222,7 +226,7 @@ def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo:
                       progress=progress)
     train_part, _ = train_val_split(usable, val_fraction=val_fraction, seed=seed, groups=keys)
     selection = select_backbone(train_part.paths, train_part.labels, candidates, cache=cache, memo=memo, seed=seed,
-                                progress=progress, **extract)
+                                progress=progress, flip_average=flip_average, **extract)
     selection.split_keys = dict(zip(map(str, usable.paths), keys))
     selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
     return selection
