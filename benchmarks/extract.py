@@ -38,7 +38,7 @@ END_TO_END = {"plain": None, "torch": ("torch", "auto"), "openvino-fp32": ("open
 #: Model-only variants: name -> (engine, precision).
 MODEL_ONLY = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnxruntime-fp32": ("onnx", "fp32"),
               "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
-              "openvino-int8": ("openvino", "openvino-int8")}
+              "openvino-int8": ("openvino", "openvino-int8-2")}  # (openvino.INT8_PRECISION)
 
 
 def _files(root: Path, limit: int | None) -> list[Path]:
@@ -242,8 +242,8 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
         f"--repeats {args.repeats}` — backbone `{args.backbone}` ({gflop:.2f} GFLOP a photo), batch "
         f"{args.batch_size}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, OpenVINO {openvino.__version__.split('-')[0]}. Load average before / after: "
-        f"{load_before[0]:.1f} / {load_after[0]:.1f}" + (" — **a busy machine: re-run on a quiet one**." if
-                                                          max(load_before[0], load_after[0]) > 1.5 else "."),
+        f"{load_before[0]:.1f} / {load_after[0]:.1f} (after: this run's own)" + (
+            " — **a busy machine: re-run on a quiet one**." if load_before[0] > 0.75 * (os.cpu_count() or 1) else "."),
         "",
         f"Roofline: measured matmul peak {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} bf16 → "
         f"{peak['fp32'] / gflop:.0f} img/s fp32, {peak['bf16'] / gflop:.0f} bf16 at most.",

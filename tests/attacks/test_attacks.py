@@ -393,7 +393,7 @@ def test_targeted_pgd_on_unseen_pets_with_a_pets_dev_probe(sample: Path, tmp_pat
     held = {p.name for p in (sample / "test").rglob("*.jpg")}
     unseen = [i for i, s in enumerate(data.samples) if s.path.name in held]
     model = train(data.subset([i for i in range(len(data)) if i not in set(unseen)]),
-                  out=tmp_path / "pets-dev.safetensors").model_path
+                  backbone="tf_efficientnet_lite0", out=tmp_path / "pets-dev.safetensors").model_path
     photos = [data.samples[i].path for i in unseen[::4]]
     pngs = []
     for photo in photos:

@@ -233,7 +233,8 @@ def test_int8_export_stays_under_2_gb_and_keeps_the_features(model_path: Path, s
     """`headstart export --int8` of the default backbone's model, in a child whose peak resident memory is measured:
     under 2 GB (ONNX Runtime's calibrator kept every intermediate output of every photo: 5.4 GB for 60 photos, about
     75 MB a photo, so these 24 would have taken 2.9 GB), and its features within cosine 0.98 of fp32 on the 24
-    held-out photos (quantising the padding arithmetic too made it 0.96, 0.89 at worst)."""
+    held-out photos, every one within 0.97 (quantising the padding arithmetic too made it 0.96, 0.89 at worst; on 287
+    photos unlike the calibration ones, 200 full-size cats and dogs and 87 pets: mean 0.9945, min 0.9705)."""
     import os
     import shutil
     import subprocess
@@ -261,6 +262,6 @@ def test_int8_export_stays_under_2_gb_and_keeps_the_features(model_path: Path, s
     images = np.stack([decode(p).numpy() for p in sorted((sample / "test").glob("*/*.jpg"))])
     fp32, int8 = run_onnx(out, images)[0], run_onnx(tmp_path / "pets.int8.onnx", images)[0]
     cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
-    assert cosine.mean() >= 0.98 and cosine.min() >= 0.95, (cosine.mean(), cosine.min())
+    assert cosine.mean() >= 0.98 and cosine.min() >= 0.97, (cosine.mean(), cosine.min())  # (measured 0.9952, 0.9895)
     print(f"\nexport --int8: peak RSS {peak / 2**20:.0f} MB; int8 features: cosine to fp32 {cosine.mean():.4f} "
           f"(min {cosine.min():.4f}) on {len(cosine)} photos")
