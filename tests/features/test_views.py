@@ -44,7 +44,8 @@ def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror
     assert default.report_["features"]["computed"] == 60 and cache.count(view="mirror") == 0
     assert not default.model_.spec.flip_average
 
-    mirrors = extract_features(load_dataset(data).paths, cache=cache, flip_average=True)  # `extract --flip-average`
+    mirrors = extract_features(load_dataset(data).paths, default.spec_.name, cache=cache,  # `extract --flip-average`
+                               flip_average=True)
     assert mirrors.n_views_computed == 60, "the photos' own views were cached by train"
     decided = ImageClassifier(cache=cache).fit(data)  # now mirror averaging costs nothing: CV decides
     assert set(decided.report_["flip_average_cv"]) == {"on", "off"}

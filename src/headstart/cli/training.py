@@ -25,7 +25,7 @@ RUN_OPTIONS = ("seed", "precision")
 RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png",
              "reliability.png", "backbone_selection.json")
 # train's and lr-find's backbone: "auto" (the default) lets the probe's cross-validation choose
-AutoBackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="auto (the default: whichever of tf_efficientnet_lite0/1/2 the probe's cross-validation on the training photos prefers; a dearer one only when it gains more than 1.5 photos' worth), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.")]
+AutoBackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="auto (the default: tf_efficientnet_lite1, unless the probe's cross-validation on the training photos prefers lite2 or lite0 by more than 1.5 photos' worth; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.")]
 LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
                   "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
 
