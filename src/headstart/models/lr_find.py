@@ -25,7 +25,7 @@ from headstart.models.finetune import (
 if TYPE_CHECKING:
     from headstart.data import Dataset
 
-__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_STEPS", "LrFindResult", "lr_range_test", "plot_lr_find"]
+__all__ = ["DEFAULT_BUDGET_S", "DEFAULT_STEPS", "LrFindResult", "lr_range_test", "plot_lr_find", "suggest_lr"]
 
 
 #: Batches of the range test by default: enough points for a curve; with the frozen stages computed once, about
@@ -185,13 +185,32 @@ def lr_range_test(
                 break
     per_step = (time.perf_counter() - stepped) / max(1, len(lrs))
     network.load_state_dict(saved)
-    if len(losses) < 3:
-        suggestion = lrs[0]
-    else:
-        slopes = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
-        last = int(np.argmin(losses))  # the steepest fall before the minimum
-        suggestion = float(lrs[int(np.argmin(slopes[: max(2, last + 1)]))])
+    suggestion = suggest_lr(lrs, losses)
     return LrFindResult(lrs, losses, suggestion, steps, stopped, time.perf_counter() - began, per_step, frozen)
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> float:
+    """The lr to use from a range test's curve. Where the loss falls clearly (by more than 5% of its start), the
+    steepest fall before the minimum (the classic rule). Where it does not, as when fine-tuning starts from the
+    probe's head (LP-FT: the loss is already low and stays flat until the rate is too high), the steepest-fall rule
+    only picks noise, often the very first lr (1e-7); then a tenth of the lr at which the loss starts to rise
+    (first above 1.1x its minimum, after it).
+
+    Example:
+        >>> lrs = [10.0 ** e for e in range(-7, 0)]
+        >>> suggest_lr(lrs, [0.80, 0.79, 0.80, 0.79, 0.80, 1.2, 3.0])   # flat, then up at 1e-2
+        0.001
+    """
+    if len(losses) < 3:
+        return float(lrs[0])
+    curve = np.asarray(losses, dtype=np.float64)
+    last = int(np.argmin(curve))
+    if curve[0] - curve[last] > 0.05 * curve[0]:
+        slopes = np.gradient(curve, np.log(np.asarray(lrs)))
+        return float(lrs[int(np.argmin(slopes[: max(2, last + 1)]))])
+    rising = np.flatnonzero(curve[last:] > 1.1 * curve[last])
+    edge = lrs[last + int(rising[0])] if rising.size else lrs[-1]
+    return float(edge) / 10
 
 
 def _photo_loader(train_data: Dataset, classes: list[str], data_config: dict[str, Any], config: Finetune):
