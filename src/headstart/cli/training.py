@@ -120,8 +120,7 @@ def train(
     from headstart.workflows.training import refit_summary
 
     out.print(f"model: {result.model_path} ({refit_summary(m, method)['what']})")
-    out.print(f"run folder: {result.run_dir} (confusion_matrix.png, misclassified.png, reliability.png, metrics.json, "
-              "config.json)")
+    out.print(f"run folder: {result.run_dir} ({', '.join(p.name for p in result.files)})")
     finish(len(m["skipped"]))
 
 

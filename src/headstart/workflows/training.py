@@ -10,7 +10,7 @@ is complete.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     estimator: ImageClassifier | None = None
+    files: list[Path] = field(default_factory=list)  # what the run folder got (empty on other torchrun ranks)
 
 
 def default_run_dir(model_path: str | os.PathLike[str]) -> Path:
@@ -113,11 +114,12 @@ def train(
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
     from headstart.features import current
 
+    files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
         clf.model_.metadata["data"]["split"] = split
-        write_run_folder(clf, run, out=out, split=split)
+        files = write_run_folder(clf, run, out=out, split=split)
         clf.save(out)  # last: a model file means its run folder is complete
-    return TrainResult(clf.model_, out, run, metrics, clf)
+    return TrainResult(clf.model_, out, run, metrics, clf, files)
 
 
 def write_run_folder(
