@@ -49,7 +49,7 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     from headstart.features import cached_trunk_weights
     from headstart.models.classifier import Classifier
 
-    result = train(tiny, method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
+    result = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
     run = result.run_dir
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [0, 1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[1])
@@ -111,8 +111,8 @@ def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tin
 
 
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
-    first = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
-    resumed = train(tiny, method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
+    first = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
+    resumed = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
     epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2], "epochs 0-1 kept from the first run, only epoch 2 trained again"
     assert resumed.metrics["epochs_run"] == 2
@@ -124,7 +124,7 @@ def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_pat
 
     from headstart.features import cached_trunk_weights, load_backbone
 
-    result = train(tiny, method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
+    result = train(tiny, backbone="tf_efficientnet_lite0", method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
     torch.manual_seed(0)  # scratch seeds its random initialisation: the same seed, the same starting weights
     initial = {k: v.numpy() for k, v in load_backbone("tf_efficientnet_lite0", "none").state_dict_without_head().items()}
     _, pretrained = cached_trunk_weights("tf_efficientnet_lite0")
@@ -302,7 +302,7 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
 
 
 def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, tmp_path: Path) -> None:
-    result = train(tiny, method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
+    result = train(tiny, backbone="tf_efficientnet_lite0", method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
     saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
     assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)
 

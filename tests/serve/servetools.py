@@ -110,7 +110,8 @@ def served_models(sample_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     from headstart.workflows.training import train
 
     if "models" not in _SHARED:
-        flip = train(SAMPLE / "train", out=tmp_path_factory.mktemp("serve-models") / "flip.safetensors",
+        flip = train(SAMPLE / "train", backbone="tf_efficientnet_lite0",  # (as the session model: its features cached)
+                     out=tmp_path_factory.mktemp("serve-models") / "flip.safetensors",
                      flip_average=True).model_path
         _SHARED["models"] = {"pets": sample_model, "flip": flip}
     return dict(_SHARED["models"])  # type: ignore[arg-type]

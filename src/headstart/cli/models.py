@@ -133,6 +133,7 @@ def compare(
     data: DataArg,
     backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    flip_average: Annotated[bool, typer.Option("--flip-average/--no-flip-average", help="Score mirror-averaged features (each photo and its mirror image: twice the extraction).")] = False,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -143,7 +144,7 @@ def compare(
     from headstart.workflows.compare import compare_backbones
 
     rows = compare_backbones(data, [b.strip() for b in backbones.split(",") if b.strip()], out_dir=out_dir,
-                             progress=not as_json)
+                             flip_average=flip_average, progress=not as_json)
     if as_json:
         print_json(rows)
         return

@@ -107,10 +107,10 @@ def score_backbones(
     weights: Any = None,
     budget_s: float | None = None,
     progress: bool = False,
-    flip_average: bool = True,
+    flip_average: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
-    (mirror-averaged unless ``flip_average`` is False), its folds, extraction speed (images/s on this machine),
+    (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine),
     feature size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the remaining rows say
     ``"skipped": "time budget"`` and have no accuracy.
 

@@ -23,9 +23,13 @@ def compare_backbones(
     *,
     out_dir: str | os.PathLike[str] | None = None,
     cache: FeatureCache | None = None,
+    flip_average: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """For each backbone: the linear probe's cross-validated accuracy on ``data``, img/s and feature size.
+
+    One view of each photo, as ``train`` computes by default; ``flip_average=True`` scores mirror-averaged
+    features (each photo and its mirror image: twice the extraction).
 
     Features and probe fits come from (and go into) the cache, so a second call recomputes nothing. Rows are ranked by
     accuracy, then speed. With ``out_dir``: ``compare.json`` and ``compare.png``.
@@ -40,7 +44,7 @@ def compare_backbones(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     cache = cache if cache is not None else FeatureCache()
     rows = score_backbones(dataset.paths, dataset.labels, backbones, cache=cache, memo=Memo.beside(cache),
-                           progress=progress)  # (the scoring `--backbone auto` uses too)
+                           flip_average=bool(flip_average), progress=progress)  # (the scoring `--backbone auto` uses too)
     rows.sort(key=lambda r: (-r["cv_accuracy"], -(r["images_per_second"] or 0.0)))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
