@@ -38,7 +38,7 @@ END_TO_END = {"plain": None, "torch": ("torch", "auto"), "openvino-fp32": ("open
 #: Model-only variants: name -> (engine, precision).
 MODEL_ONLY = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnxruntime-fp32": ("onnx", "fp32"),
               "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
-              "openvino-int8": ("openvino", "openvino-int8-2")}  # (openvino.INT8_PRECISION)
+              "openvino-int8": ("openvino", "openvino-int8-3")}  # (openvino.INT8_PRECISION)
 
 
 def _files(root: Path, limit: int | None) -> list[Path]:
