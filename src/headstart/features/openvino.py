@@ -1,9 +1,10 @@
 """The OpenVINO engine: the backbone's embedding converted once, run on the CPU at its fastest faithful precision.
 
 Measured on 2 cores (tf_efficientnet_lite0, batch 32, model only): torch fp32 21 img/s, torch bf16 + channels-last
-76, OpenVINO fp32 154, OpenVINO bf16 290 (features at cosine >= 0.998 to torch fp32), OpenVINO int8 (NNCF) 461
-(>= 0.98 on photos unlike its calibration ones; :func:`_quantised`). docs/BENCHMARKS.md has the current figures. So ``engine="auto"`` is OpenVINO on a CPU where it is installed, and ``precision="auto"`` bf16 where the
-CPU computes bf16 natively (AVX512-BF16 / AMX), fp32 elsewhere.
+76, OpenVINO fp32 154, OpenVINO bf16 290 (features at cosine >= 0.998 to torch fp32), OpenVINO int8 (NNCF) 461 (>=
+0.98 on photos unlike its calibration ones; :func:`_quantised`). docs/BENCHMARKS.md has the current figures. So
+``engine="auto"`` is OpenVINO on a CPU where it is installed, and ``precision="auto"`` bf16 where the CPU computes
+bf16 natively (AVX512-BF16 / AMX), fp32 elsewhere.
 
 What is converted, and where: the pooled single-view embedding (``forward_head(forward_features(x),
 pre_logits=True)``, :meth:`Backbone.features`) with a uint8 ``NHWC`` input and the ``/255``, mean/std normalisation

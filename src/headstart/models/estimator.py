@@ -244,7 +244,7 @@ class ImageClassifier(ClassifierProtocol):
         backbone, selection = self._backbone(dataset, cache, memo)
         s = self._split_and_probe(dataset, backbone, cache, memo, selection.split_keys if selection else None)
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
-            s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (the work was done there)
+            s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
         validation = {"paths": [s.usable.paths[i] for i in s.va], "labels": s.labels[s.va],
                       "hashes": [s.feats.hashes[i] for i in s.va], "proba": probe_proba}
@@ -355,7 +355,8 @@ class ImageClassifier(ClassifierProtocol):
         mode = "auto" if self.flip_average is None else self.flip_average  # (as _split_and_probe reads it)
         mirror = mode == "auto" or (not isinstance(mode, str) and bool(mode))
         selection = select_for_fit(dataset, parse_auto(self.backbone), cache=cache, memo=memo, seed=self.seed,
-                                   val_fraction=self.val_fraction, flip_average=mirror, precision=self.precision,
+                                   val_fraction=self.val_fraction, flip_average=mirror, weights=self.weights,
+                                   precision=self.precision,
                                    batch_size=self.batch_size, max_pixels=self.max_pixels,
                                    progress=self.progress and current().is_main)
         return ResolvedBackbone(selection.chosen, self.weights), selection

@@ -15,10 +15,10 @@ CV here (docs/TRAINING.md) put lite1's probe ahead of lite0's on both data sets 
 folds: 0.870 against 0.843; cats/dogs: 0.9925 against 0.9920), and starting from lite1 chose as well as or better
 than starting from the cheapest (pets-dev 0.870 against 0.863, cats/dogs 5 a class 0.981 against 0.976).
 ``--backbone tf_efficientnet_lite0`` when the fastest predictions matter more (about 1.5x fewer FLOPs).
-``auto:NAME,NAME`` any timm names, in that order (``lite0``..``lite2`` for short). The concatenated features of several backbones were measured too
-(docs/TRAINING.md): they scored no better than the best single backbone on the data here, and a model on them
-needs several trunks in one model file, which every consumer of a model (export, attacks, heat maps, serve)
-would have to learn; so they are not a candidate.
+``auto:NAME,NAME`` any timm names, in that order (``lite0``..``lite2`` for short). The concatenated features of
+several backbones were measured too (docs/TRAINING.md): they scored no better than the best single backbone on the
+data here, and a model on them needs several trunks in one model file, which every consumer of a model (export,
+attacks, heat maps, serve) would have to learn; so they are not a candidate.
 
 Example:
     >>> sel = select_backbone(paths, labels, parse_auto("auto"), cache=FeatureCache())
@@ -110,9 +110,9 @@ def score_backbones(
     flip_average: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
-    (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine),
-    feature size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the remaining rows say
-    ``"skipped": "time budget"`` and have no accuracy.
+    (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine), feature
+    size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the
+    remaining rows say ``"skipped": "time budget"`` and have no accuracy.
 
     Example:
         >>> score_backbones(paths, labels, ["tf_efficientnet_lite0"], cache=FeatureCache())[0]["cv_accuracy"]
@@ -199,8 +199,9 @@ def select_backbone(
     best = best or rows[0]  # (nothing cross-validated: the first candidate, as a fixed choice would be)
     for row in rows:
         row["chosen"] = row is best
-    rule = (f"in the order given (the one expected to do best first); a later backbone only when its probe CV accuracy is higher than "
-            f"the best before it by more than 1.5 photos' worth ({margin:.4f} on {len(labels)} photos)")
+    rule = (f"in the order given (the one expected to do best first); a later backbone only when its probe CV "
+            f"accuracy is higher than the best before it by more than 1.5 photos' worth ({margin:.4f} on "
+            f"{len(labels)} photos)")
     return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
 
 

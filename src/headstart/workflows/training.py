@@ -258,7 +258,7 @@ def find_learning_rate(
     store = feature_cache(cache)
     if parse_auto(backbone) is not None:  # the backbone `train` would choose (from the cache when it chose before)
         backbone = select_for_fit(dataset, parse_auto(backbone), cache=store, memo=Memo.beside(store), seed=0,
-                                  val_fraction=0.2, progress=progress).chosen
+                                  val_fraction=0.2, weights=weights, progress=progress).chosen
     source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
     feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
     usable = dataset.subset(feats.indices.tolist())
