@@ -38,7 +38,7 @@ END_TO_END = {"plain": None, "torch": ("torch", "auto"), "openvino-fp32": ("open
 #: Model-only variants: name -> (engine, precision).
 MODEL_ONLY = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnxruntime-fp32": ("onnx", "fp32"),
               "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
-              "openvino-int8": ("openvino", "openvino-int8-3")}  # (openvino.INT8_PRECISION)
+              "openvino-int8": ("openvino", "int8")}
 
 
 def _files(root: Path, limit: int | None) -> list[Path]:
@@ -98,8 +98,9 @@ def run_model_only(args: argparse.Namespace, engine: str, precision: str) -> dic
     backbone = load_backbone(args.backbone)
     files = _files(args.data, None)[: args.model_photos]
     if engine == "openvino":
-        from headstart.features.openvino import openvino_embedder
+        from headstart.features.openvino import INT8_PRECISION, openvino_embedder
 
+        precision = INT8_PRECISION if precision == "int8" else precision  # (the int8 model's own name)
         crops = np.stack([uint8_preprocessor(backbone.spec, draft=decode_size(backbone.spec))(p) for p in files])
         embed = openvino_embedder(backbone.spec, precision, lambda: backbone)
         run = lambda batch: embed(batch, [(i, "orig") for i in range(len(batch))])  # noqa: E731

@@ -146,6 +146,23 @@ class Backbone:
         original, mirrored = both.reshape(2, -1, both.shape[-1]).unbind(0)  # (no Python ints: ONNX stays dynamic)
         return original, mirrored
 
+    def embedding_module(self) -> torch.nn.Module:
+        """A ``torch.nn.Module`` whose ``forward`` is :meth:`features`: what the engines export (ONNX) or convert
+        (OpenVINO), sharing this backbone's weights."""
+        import torch
+
+        backbone = self
+
+        class Embedding(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = backbone.model
+
+            def forward(self, image: torch.Tensor) -> torch.Tensor:
+                return backbone.features(image)
+
+        return Embedding()
+
     def with_flip_average(self, on: bool) -> Backbone:
         """The same network whose ``features`` average over the mirror image (or not)."""
         return self if self.spec.flip_average == on else Backbone(self.model, self.spec.with_flip_average(on))

@@ -184,17 +184,8 @@ def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     require_onnx()
     path = cache_dir() / "backbones" / f"{backbone.spec.fingerprint}.features.onnx"
     if not path.is_file():
-
-        class Embedding(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = backbone.model
-
-            def forward(self, image: torch.Tensor) -> torch.Tensor:
-                return backbone.features(image)
-
         size = backbone.spec.data_config["input_size"]
-        model = Embedding().eval().to(memory_format=torch.contiguous_format)
+        model = backbone.embedding_module().eval().to(memory_format=torch.contiguous_format)
         with atomic_path(path) as tmp:
             torch.onnx.export(model, (torch.zeros(1, *size),), str(tmp), input_names=["image"],
                               output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},

@@ -211,18 +211,9 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
     import torch
 
     spec = backbone.spec
-    plain = backbone.with_flip_average(False)
-
-    class Embedding(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = plain.model
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return plain.features(image)
-
     size = int(spec.data_config["input_size"][-1])
-    module = Embedding().eval().float().to(memory_format=torch.contiguous_format)
+    module = backbone.with_flip_average(False).embedding_module().eval().float().to(
+        memory_format=torch.contiguous_format)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (torch.jit.trace's deprecation notes: nothing a user can act on)
         model = openvino.convert_model(module, example_input=torch.zeros(1, 3, size, size))

@@ -307,9 +307,9 @@ class ImageClassifier(ClassifierProtocol):
         from headstart.features import current
 
         extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
-        mode = "auto" if self.flip_average is None else self.flip_average
+        mode, mirror = self._flip_mode()
         feats = extract_features(dataset.paths, backbone, progress=self.progress and current().is_main,
-                                 flip_average=mode == "auto" or (not isinstance(mode, str) and bool(mode)), **extract)
+                                 flip_average=mirror, **extract)
         if isinstance(mode, str) and mode == "cached":  # one view, unless the mirror views cost nothing now
             mode = "auto" if feats.hashes and cache.has_views(feats.cache_key, feats.hashes, "mirror") else False
             if mode == "auto":
@@ -346,14 +346,19 @@ class ImageClassifier(ClassifierProtocol):
         return SimpleNamespace(feats=feats, X=feats.features, usable=usable, labels=labels, train_part=train_part,
                                val_part=val_part, tr=tr, va=va, probe=probe, flip=bool(flip), flip_cv=flip_cv)
 
+    def _flip_mode(self) -> tuple[bool | str, bool]:
+        """``flip_average`` as the fit reads it (None is ``"auto"``), and whether the mirror views are computed
+        from the start (``"auto"`` and True: yes; ``"cached"``: only if already cached; False: no)."""
+        mode = "auto" if self.flip_average is None else self.flip_average
+        return mode, mode == "auto" or (not isinstance(mode, str) and bool(mode))
+
     def _backbone(self, dataset: Dataset, cache: FeatureCache, memo: Memo | None) -> tuple[ResolvedBackbone, Any]:
         """The backbone named, or for ``auto`` the one chosen on the training part (:func:`select_for_fit`)."""
         from headstart.features import current
 
         if parse_auto(self.backbone) is None:
             return ResolvedBackbone(self.backbone, self.weights), None
-        mode = "auto" if self.flip_average is None else self.flip_average  # (as _split_and_probe reads it)
-        mirror = mode == "auto" or (not isinstance(mode, str) and bool(mode))
+        _, mirror = self._flip_mode()
         selection = select_for_fit(dataset, parse_auto(self.backbone), cache=cache, memo=memo, seed=self.seed,
                                    val_fraction=self.val_fraction, flip_average=mirror, weights=self.weights,
                                    precision=self.precision,
