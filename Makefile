@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.headstart-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/headstart demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check --quiet . || { echo "ruff format: run \`$(BIN)/ruff format .\` and commit" >&2; exit 1; }
+	$(BIN)/ruff check --quiet .
 
 clean:
 	rm -rf $(VENV) headstart-demo

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import write_section
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AUDIT_DOC = Path(__file__).resolve().parents[1] / "docs" / "AUDIT.md"
@@ -52,8 +52,10 @@ def _baselines(faults, cache) -> dict[str, float]:
     given = proba[np.arange(len(labels)), np.searchsorted(fit.classes_, labels)]
     by_loss = [paths[i] for i in np.argsort(given, kind="stable")]
     by_doubt = [paths[i] for i in np.argsort(proba.max(axis=1), kind="stable")]
-    return {"labels_at_20": len(set(by_loss[:20]) & set(faults.wrong_labels)) / len(faults.wrong_labels),
-            "outliers_at_10": len(set(by_doubt[:10]) & set(faults.outliers)) / len(faults.outliers)}
+    return {
+        "labels_at_20": len(set(by_loss[:20]) & set(faults.wrong_labels)) / len(faults.wrong_labels),
+        "outliers_at_10": len(set(by_doubt[:10]) & set(faults.outliers)) / len(faults.outliers),
+    }
 
 
 def _score(report, faults) -> dict[str, float]:
@@ -69,8 +71,14 @@ def _score(report, faults) -> dict[str, float]:
         "labels_found": len(wrong & set(issues)) / k,
         "labels_precision_at_k": len(wrong & set(issues[:k])) / k,
         "label_list": len(issues),
-        "suggested_right": np.mean([next(r["suggested"] for r in report.label_issues if Path(r["path"]) == p) == t
-                                    for p, (t, _) in faults.wrong_labels.items() if p in set(issues)] or [0.0]),
+        "suggested_right": np.mean(
+            [
+                next(r["suggested"] for r in report.label_issues if Path(r["path"]) == p) == t
+                for p, (t, _) in faults.wrong_labels.items()
+                if p in set(issues)
+            ]
+            or [0.0]
+        ),
         "pairs_found": np.mean([any(p <= g for g in groups) for p in pairs]),
         "false_groups": sum(not any(p <= g for p in pairs) for g in groups),
         "outliers_at_10": len(injected & set(outliers[:10])) / len(injected),
@@ -94,17 +102,29 @@ def _run(data: Path, seeds: int, test_per_class: int) -> list[dict[str, float]]:
             start = time.perf_counter()
             report = audit(faults.data, test=faults.test, cache=cache, seed=0, reuse=False)
             seconds = time.perf_counter() - start
-            row = {**_score(report, faults), "seconds": seconds, "n": report.n_usable,
-                   **{f"baseline_{k}": v for k, v in _baselines(faults, cache).items()}}
+            row = {
+                **_score(report, faults),
+                "seconds": seconds,
+                "n": report.n_usable,
+                **{f"baseline_{k}": v for k, v in _baselines(faults, cache).items()},
+            }
             kinds = {}
             for copy, (original, kind) in faults.copies.items():
-                kinds[kind] = kinds.get(kind, 0) + any({str(copy), str(original)} <= set(g["paths"])
-                                                       for g in report.duplicates)
-            row["missed_copies"] = ",".join(f"{k}" for k, v in sorted(kinds.items())
-                                            if v < sum(kk == k for _, kk in faults.copies.values())) or "-"
+                kinds[kind] = kinds.get(kind, 0) + any(
+                    {str(copy), str(original)} <= set(g["paths"]) for g in report.duplicates
+                )
+            row["missed_copies"] = (
+                ",".join(
+                    f"{k}" for k, v in sorted(kinds.items()) if v < sum(kk == k for _, kk in faults.copies.values())
+                )
+                or "-"
+            )
             rows.append(row)
-            print(f"{data.name} seed {seed}: " + ", ".join(
-                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+            print(
+                f"{data.name} seed {seed}: "
+                + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                flush=True,
+            )
     return rows
 
 
@@ -116,8 +136,12 @@ def _timing(data: Path) -> str:
     for reuse in (True, False):
         start = time.perf_counter()
         report = audit(data, reuse=reuse)
-        lines.append(f"{time.perf_counter() - start:.1f} s ({'memo on' if reuse else '--no-reuse: probe fitted and pixels hashed again'})")
-    return f"{report.n_usable} photos of `{data.name}`, {len(report.classes)} classes, features cached: " + "; ".join(lines)
+        lines.append(
+            f"{time.perf_counter() - start:.1f} s ({'memo on' if reuse else '--no-reuse: probe fitted and pixels hashed again'})"
+        )
+    return f"{report.n_usable} photos of `{data.name}`, {len(report.classes)} classes, features cached: " + "; ".join(
+        lines
+    )
 
 
 def main() -> None:
@@ -129,9 +153,21 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HEADSTART_CACHE_DIR", str(Path(tempfile.gettempdir()) / "headstart-audit-bench-cache"))
     datasets = args.data or [SHARED / "pets-dev", SHARED / "catsdogs-dev", SHARED / "catsdogs-fullres"]
-    cells = ["labels_at_20", "baseline_labels_at_20", "labels_found", "labels_precision_at_k", "suggested_right",
-             "pairs_found", "false_groups", "outliers_at_10", "baseline_outliers_at_10", "outliers_found",
-             "outlier_precision", "outliers_in_label_issues", "seconds"]
+    cells = [
+        "labels_at_20",
+        "baseline_labels_at_20",
+        "labels_found",
+        "labels_precision_at_k",
+        "suggested_right",
+        "pairs_found",
+        "false_groups",
+        "outliers_at_10",
+        "baseline_outliers_at_10",
+        "outliers_found",
+        "outlier_precision",
+        "outliers_in_label_issues",
+        "seconds",
+    ]
     table = ["| data set (photos) | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
     for data in datasets:
         if not data.is_dir():
@@ -141,10 +177,16 @@ def main() -> None:
         rows = _run(data, args.seeds, per_class)
         means = [np.mean([r[c] for r in rows]) for c in cells]
         mins = [np.min([r[c] for r in rows]) for c in cells]
-        table.append(f"| {data.name} ({rows[0]['n']}) | " + " | ".join(
-            f"{m:.2f} (min {lo:.2f})" if c not in ("false_groups", "outliers_in_label_issues", "seconds") else
-            (f"{m:.1f} s" if c == "seconds" else f"{m:.1f} (max {np.max([r[c] for r in rows]):.0f})")
-            for c, m, lo in zip(cells, means, mins)) + " |")
+        table.append(
+            f"| {data.name} ({rows[0]['n']}) | "
+            + " | ".join(
+                f"{m:.2f} (min {lo:.2f})"
+                if c not in ("false_groups", "outliers_in_label_issues", "seconds")
+                else (f"{m:.1f} s" if c == "seconds" else f"{m:.1f} (max {np.max([r[c] for r in rows]):.0f})")
+                for c, m, lo in zip(cells, means, mins)
+            )
+            + " |"
+        )
         missed = sorted({r["missed_copies"] for r in rows} - {"-"})
         if missed:
             table.append(f"| {data.name}: copies missed in some seed: {', '.join(missed)} |" + " |" * (len(cells) - 1))
@@ -157,8 +199,7 @@ def main() -> None:
         "copies of test photos among the training photos (kinds in turn: resize, reencode, crop, mirror, all four), "
         f"{FAULTS['n_outliers']} images of other domains (charts, screenshot, table, sign, pattern, portrait); "
         "test set: 1 photo a class held out of pets-dev, 25 a class of the Dogs vs. Cats folders. Mean (and worst "
-        "seed) of:\n\n"
-        + "\n".join(table) + "\n\n"
+        "seed) of:\n\n" + "\n".join(table) + "\n\n"
         f"Speed: {timing}. Machine: {platform.machine()}, {os.cpu_count()} CPU(s), `OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}`, load average {os.getloadavg()[0]:.1f} at the end (other "
         "jobs on the machine slow every figure above).\n"

@@ -10,7 +10,6 @@ network trained from scratch. Validation accuracy on a seeded 20% split; writes 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings

@@ -24,9 +24,18 @@ from headstart.models.target import load_target
 
 
 def row(label: str, r, wall: float) -> dict:
-    d = {"run": label, "target": r.target_name, "method": r.method, "probability_png": r.probability,
-         "start_probability": r.start_probability, "steps": r.steps, "seconds_total": round(wall, 1),
-         "seconds_optimisation": r.seconds, "high_frequency_energy": r.high_frequency_energy, "png": str(r.png)}
+    d = {
+        "run": label,
+        "target": r.target_name,
+        "method": r.method,
+        "probability_png": r.probability,
+        "start_probability": r.start_probability,
+        "steps": r.steps,
+        "seconds_total": round(wall, 1),
+        "seconds_optimisation": r.seconds,
+        "high_frequency_energy": r.high_frequency_energy,
+        "png": str(r.png),
+    }
     print(json.dumps(d), flush=True)
     return d
 
@@ -51,9 +60,12 @@ def main() -> None:
             r = dream(net, 284, args.out / f"lesson-284-tv{tv:g}.png", method="lesson", tv=tv)
             rows.append(row(f"lesson 284 tv={tv:g}", r, time.perf_counter() - t0))
         a, b = rows[-2], rows[-1]
-        print(f"lesson loop, {a['steps']} steps: without TV p={a['probability_png']:.4f}, HF energy "
-              f"{a['high_frequency_energy']:.3f}; with TV (100) p={b['probability_png']:.4f}, HF energy "
-              f"{b['high_frequency_energy']:.3f}", flush=True)
+        print(
+            f"lesson loop, {a['steps']} steps: without TV p={a['probability_png']:.4f}, HF energy "
+            f"{a['high_frequency_energy']:.3f}; with TV (100) p={b['probability_png']:.4f}, HF energy "
+            f"{b['high_frequency_energy']:.3f}",
+            flush=True,
+        )
     if args.model is not None:
         t0 = time.perf_counter()
         r = dream(args.model, args.breed, args.out / f"lucid-{args.breed}.png")

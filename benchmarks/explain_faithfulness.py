@@ -21,8 +21,8 @@ import torch
 from PIL import Image, ImageFilter
 
 from headstart.data.images import list_image_files, load_image
-from headstart.models.target import load_target
 from headstart.inside.heatmap import explain_view, whole_view
+from headstart.models.target import load_target
 
 
 def top_mask(score: np.ndarray, fraction: float) -> np.ndarray:
@@ -40,7 +40,9 @@ def probability(net, view: np.ndarray, c: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-dev")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-dev"
+    )
     parser.add_argument("--model", default="tf_efficientnet_lite0", help="backbone name or headstart model file")
     parser.add_argument("--n", type=int, default=30)
     parser.add_argument("--fraction", type=float, default=0.2)
@@ -59,11 +61,16 @@ def main() -> None:
         view = whole_view(load_image(path), net.spec.data_config)
         e = explain_view(net, view, method=args.method)
         c, p = e.target, e.probability
-        blurred = np.asarray(
-            Image.fromarray((view * 255).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(8)), np.float32
-        ) / 255
+        blurred = (
+            np.asarray(
+                Image.fromarray((view * 255).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(8)), np.float32
+            )
+            / 255
+        )
         h, w = e.heatmap.shape
-        coarse = np.asarray(Image.fromarray(rng.random((7, 7)).astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+        coarse = np.asarray(
+            Image.fromarray(rng.random((7, 7)).astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR)
+        )
         masks = {
             "heat map top 20%": top_mask(e.heatmap + 1e-6 * rng.random(e.heatmap.shape), args.fraction),
             "random pixels": top_mask(rng.random((h, w)), args.fraction),
@@ -72,8 +79,19 @@ def main() -> None:
         for name, mask in masks.items():
             drops[name].append(p - probability(net, np.where(mask[..., None], blurred, view), c))
     summary = {name: round(float(np.mean(v)), 4) for name, v in drops.items()}
-    print(json.dumps({"photos": len(files), "data": str(args.data), "model": args.model, "method": args.method,
-                      "fraction": args.fraction, "mean_probability_drop": summary}, indent=2))
+    print(
+        json.dumps(
+            {
+                "photos": len(files),
+                "data": str(args.data),
+                "model": args.model,
+                "method": args.method,
+                "fraction": args.fraction,
+                "mean_probability_drop": summary,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,22 @@ from _report import write_section  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs-fullres"
 #: End-to-end variants: name -> (engine, precision) for extract_features; "plain" is the tutorial pipeline.
-END_TO_END = {"plain": None, "torch": ("torch", "auto"), "openvino-fp32": ("openvino", "fp32"),
-              "openvino-bf16": ("openvino", "bf16"), "openvino-int8": ("openvino", "int8")}
+END_TO_END = {
+    "plain": None,
+    "torch": ("torch", "auto"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+}
 #: Model-only variants: name -> (engine, precision).
-MODEL_ONLY = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnxruntime-fp32": ("onnx", "fp32"),
-              "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
-              "openvino-int8": ("openvino", "int8")}
+MODEL_ONLY = {
+    "torch-fp32": ("torch", "fp32"),
+    "torch-bf16": ("torch", "bf16"),
+    "onnxruntime-fp32": ("onnx", "fp32"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+}
 
 
 def _files(root: Path, limit: int | None) -> list[Path]:
@@ -56,7 +66,9 @@ def run_plain(args: argparse.Namespace) -> dict:
     from headstart.features.backbones import load_backbone
 
     start = time.perf_counter()
-    model = load_backbone(args.backbone).model.eval()  # same weights; a tutorial calls timm.create_model(pretrained=True)
+    model = load_backbone(
+        args.backbone
+    ).model.eval()  # same weights; a tutorial calls timm.create_model(pretrained=True)
     transform = create_transform(**resolve_model_data_config(model), is_training=False)
     dataset = ImageFolder(str(args.data), transform=transform)
     if args.limit:
@@ -79,12 +91,23 @@ def run_headstart(args: argparse.Namespace, engine: str, precision: str) -> dict
 
     files = _files(args.data, args.limit)  # (ImageFolder's order: sorted class folders, sorted files)
     with tempfile.TemporaryDirectory() as tmp:  # cold feature cache every repetition
-        feats = extract_features(files, args.backbone, cache=FeatureCache(Path(tmp) / "f.sqlite"),
-                                 batch_size=args.batch_size, engine=engine, precision=precision)
+        feats = extract_features(
+            files,
+            args.backbone,
+            cache=FeatureCache(Path(tmp) / "f.sqlite"),
+            batch_size=args.batch_size,
+            engine=engine,
+            precision=precision,
+        )
     seconds = time.perf_counter() - start
     np.save(args.features_out, feats.features)
-    return {"n": len(files), "seconds": seconds, "key": feats.cache_key,
-            "torch_imported": "torch" in sys.modules, "steady_seconds": feats.seconds}
+    return {
+        "n": len(files),
+        "seconds": seconds,
+        "key": feats.cache_key,
+        "torch_imported": "torch" in sys.modules,
+        "steady_seconds": feats.seconds,
+    }
 
 
 def run_model_only(args: argparse.Namespace, engine: str, precision: str) -> dict:
@@ -162,9 +185,24 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _spawn(child: str, args: argparse.Namespace, features_out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", child, "--data", str(args.data), "--backbone", args.backbone,
-           "--batch-size", str(args.batch_size), "--features-out", str(features_out),
-           "--model-photos", str(args.model_photos), "--model-rounds", str(args.model_rounds)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        child,
+        "--data",
+        str(args.data),
+        "--backbone",
+        args.backbone,
+        "--batch-size",
+        str(args.batch_size),
+        "--features-out",
+        str(features_out),
+        "--model-photos",
+        str(args.model_photos),
+        "--model-rounds",
+        str(args.model_rounds),
+    ]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     start = time.perf_counter()
@@ -219,9 +257,12 @@ def main() -> None:
                 res = _spawn(f"e2e:{variant}", args, tmp / f"{variant}.npy")
                 res["img_s"], res["steady_img_s"] = res["n"] / res["process_seconds"], res["n"] / res["steady_seconds"]
                 runs[variant].append(res)
-                print(f"[{r + 1}/{args.repeats}] {variant:14s} {res['img_s']:6.1f} img/s whole process, "
-                      f"{res['steady_img_s']:6.1f} after start-up ({res['n']} photos, peak RSS "
-                      f"{res['peak_rss_mb']:.0f} MB)", flush=True)
+                print(
+                    f"[{r + 1}/{args.repeats}] {variant:14s} {res['img_s']:6.1f} img/s whole process, "
+                    f"{res['steady_img_s']:6.1f} after start-up ({res['n']} photos, peak RSS "
+                    f"{res['peak_rss_mb']:.0f} MB)",
+                    flush=True,
+                )
         plain_features = np.load(tmp / "plain.npy")
         cosines = {v: _cosine(np.load(tmp / f"{v}.npy"), plain_features) for v in runs}
     _write_report(args, roof, model, runs, cosines, load_before, os.getloadavg())
@@ -243,8 +284,8 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
         f"--repeats {args.repeats}` — backbone `{args.backbone}` ({gflop:.2f} GFLOP a photo), batch "
         f"{args.batch_size}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, OpenVINO {openvino.__version__.split('-')[0]}. Load average before / after: "
-        f"{load_before[0]:.1f} / {load_after[0]:.1f} (after: this run's own)" + (
-            " — **a busy machine: re-run on a quiet one**." if load_before[0] > 0.75 * (os.cpu_count() or 1) else "."),
+        f"{load_before[0]:.1f} / {load_after[0]:.1f} (after: this run's own)"
+        + (" — **a busy machine: re-run on a quiet one**." if load_before[0] > 0.75 * (os.cpu_count() or 1) else "."),
         "",
         f"Roofline: measured matmul peak {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} bf16 → "
         f"{peak['fp32'] / gflop:.0f} img/s fp32, {peak['bf16'] / gflop:.0f} bf16 at most.",
@@ -256,8 +297,10 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
     ]
     for variant, res in model.items():
         roof_of = peak["bf16"] if "bf16" in variant or "int8" in variant else peak["fp32"]
-        lines.append(f"| {variant} | {res['img_s']:.1f} | {100 * res['img_s'] * gflop / roof_of:.0f} % | "
-                     f"{res['min_cosine']:.4f} | {res['peak_rss_mb']:.0f} MB |")
+        lines.append(
+            f"| {variant} | {res['img_s']:.1f} | {100 * res['img_s'] * gflop / roof_of:.0f} % | "
+            f"{res['min_cosine']:.4f} | {res['peak_rss_mb']:.0f} MB |"
+        )
     lines += [
         "",
         f"End to end, {n} photos, whole processes (start-up included; the converted model cached, the feature cache "
@@ -267,15 +310,20 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
         "imports torch | peak RSS |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"plain": "plain: `ImageFolder` + `DataLoader` + timm, fp32", "torch": "headstart `--engine torch`",
-             "openvino-fp32": "headstart `--engine openvino --precision fp32`",
-             "openvino-bf16": "headstart `--engine openvino --precision bf16` (the default here: `auto`)",
-             "openvino-int8": "headstart `--engine openvino --precision int8`"}
+    names = {
+        "plain": "plain: `ImageFolder` + `DataLoader` + timm, fp32",
+        "torch": "headstart `--engine torch`",
+        "openvino-fp32": "headstart `--engine openvino --precision fp32`",
+        "openvino-bf16": "headstart `--engine openvino --precision bf16` (the default here: `auto`)",
+        "openvino-int8": "headstart `--engine openvino --precision int8`",
+    }
     for variant, rs in runs.items():
         torch_used = "yes" if variant == "plain" else ("yes" if rs[0]["torch_imported"] else "no")
-        lines.append(f"| {names[variant]} | {med[variant]:.1f} | {steady[variant]:.1f} | "
-                     f"{med[variant] / med['plain']:.2f}× | {cosines[variant].min():.4f} | {torch_used} | "
-                     f"{max(r['peak_rss_mb'] for r in rs):.0f} MB |")
+        lines.append(
+            f"| {names[variant]} | {med[variant]:.1f} | {steady[variant]:.1f} | "
+            f"{med[variant] / med['plain']:.2f}× | {cosines[variant].min():.4f} | {torch_used} | "
+            f"{max(r['peak_rss_mb'] for r in rs):.0f} MB |"
+        )
     print("\n".join(lines))
     print(f"wrote {write_section('extract', chr(10).join(lines), args.report)}")
 

@@ -25,12 +25,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import write_section
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: name -> (engine, precision)
-ENGINES = {"torch": ("torch", "auto"), "openvino-fp32": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
-           "openvino-int8": ("openvino", "int8")}
+ENGINES = {
+    "torch": ("torch", "auto"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+}
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -61,8 +65,9 @@ def main() -> None:
     load_before = os.getloadavg()
     photos = list_image_files(args.data)[0]
     rng = np.random.default_rng(0)
-    picks = [photos[i] for i in rng.choice(len(photos), size=min((len(ENGINES) + 1) * args.n, len(photos)),
-                                           replace=False)]
+    picks = [
+        photos[i] for i in rng.choice(len(photos), size=min((len(ENGINES) + 1) * args.n, len(photos)), replace=False)
+    ]
     sets = [picks[i * args.n : (i + 1) * args.n] for i in range(len(ENGINES) + 1)]
     sample = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets" / "train"
     rows: list[tuple[str, float, float, str]] = []
@@ -71,7 +76,7 @@ def main() -> None:
         model_path = train(sample, out=tmp / "m.safetensors", cache=FeatureCache(tmp / "c")).model_path
         model = Classifier.load(model_path)
         backbone = model.backbone
-        net, transform = backbone.model.eval(), backbone.transform()
+        _net, transform = backbone.model.eval(), backbone.transform()
         head_w, head_b = torch.from_numpy(model.head_weight), torch.from_numpy(model.head_bias)
 
         def plain(path: Path) -> None:
@@ -124,16 +129,23 @@ def main() -> None:
         print(f"`headstart predict MODEL photo.jpg`, {kind}: {seconds:.2f} s (median of {args.commands})")
     ratio = rows[0][1] / rows[3][1]
     busy = load_before[0] > 0.75 * (os.cpu_count() or 1)  # (the load after is this run's own)
-    lines = ["## Predicting one photo", "",
-             f"`python benchmarks/predict_latency.py --data {args.data.name} --n {args.n}` — model loaded once, one "
-             f"photo per call, every photo new to the cache; {os.cpu_count()} CPU cores. Load average before / after: "
-             f"{load_before[0]:.1f} / {load_after[0]:.1f}" + (" — **a busy machine: re-run on a quiet one**." if busy
-                                                              else "."),
-             "", "| pipeline | p50 | p99 | model only, p50 |", "|---|---|---|---|",
-             *[f"| {n} | {p50:.1f} ms | {p99:.1f} ms | {alone or '–'} |" for n, p50, p99, alone in rows], "",
-             f"p50 ratio (plain / headstart default, OpenVINO bf16): {ratio:.2f}×.", "",
-             "The whole command, `headstart predict MODEL photo.jpg`, warm (converted model cached), median of "
-             f"{args.commands}: " + "; ".join(f"{k} {v:.2f} s" for k, v in command_s.items()) + "."]
+    lines = [
+        "## Predicting one photo",
+        "",
+        f"`python benchmarks/predict_latency.py --data {args.data.name} --n {args.n}` — model loaded once, one "
+        f"photo per call, every photo new to the cache; {os.cpu_count()} CPU cores. Load average before / after: "
+        f"{load_before[0]:.1f} / {load_after[0]:.1f}"
+        + (" — **a busy machine: re-run on a quiet one**." if busy else "."),
+        "",
+        "| pipeline | p50 | p99 | model only, p50 |",
+        "|---|---|---|---|",
+        *[f"| {n} | {p50:.1f} ms | {p99:.1f} ms | {alone or '–'} |" for n, p50, p99, alone in rows],
+        "",
+        f"p50 ratio (plain / headstart default, OpenVINO bf16): {ratio:.2f}×.",
+        "",
+        "The whole command, `headstart predict MODEL photo.jpg`, warm (converted model cached), median of "
+        f"{args.commands}: " + "; ".join(f"{k} {v:.2f} s" for k, v in command_s.items()) + ".",
+    ]
     print(f"wrote {write_section('predict-latency', chr(10).join(lines), args.report)}")
 
 

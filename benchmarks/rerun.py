@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import write_section
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -29,8 +29,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _train(data: Path, out: Path, cache: Path, *flags: str) -> float:
     env = {**__import__("os").environ, "HEADSTART_CACHE_DIR": str(cache)}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out", str(out), "--json", *flags],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "headstart", "train", str(data), "--out", str(out), "--json", *flags],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -55,8 +59,10 @@ def main() -> None:
             same = all(a.keys() == o.keys() and all(np.array_equal(a[k], o[k]) for k in a) for o in (b, c))
         n = sum(1 for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         rows.append((data.name, n, cold, warm, cold / warm, refit, cold / refit, same))
-        print(f"{data.name}: first run {cold:.1f} s, re-run {warm:.2f} s ({cold / warm:.1f}x), "
-              f"re-run --no-reuse {refit:.1f} s ({cold / refit:.1f}x), identical models: {same}")
+        print(
+            f"{data.name}: first run {cold:.1f} s, re-run {warm:.2f} s ({cold / warm:.1f}x), "
+            f"re-run --no-reuse {refit:.1f} s ({cold / refit:.1f}x), identical models: {same}"
+        )
     lines = [
         "## Re-running `train` on the same photos",
         "",
@@ -66,8 +72,10 @@ def main() -> None:
         "",
         "| data | photos | first run | re-run | ratio | re-run `--no-reuse` | ratio | identical model file tensors |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {d} | {n} | {c:.1f} s | {w:.2f} s | {r:.1f}× | {f:.1f} s | {rf:.1f}× | {s} |"
-          for d, n, c, w, r, f, rf, s in rows],
+        *[
+            f"| {d} | {n} | {c:.1f} s | {w:.2f} s | {r:.1f}× | {f:.1f} s | {rf:.1f}× | {s} |"
+            for d, n, c, w, r, f, rf, s in rows
+        ],
     ]
     print(f"wrote {write_section('rerun', chr(10).join(lines))}")
 

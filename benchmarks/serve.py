@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import write_section
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets"
 CONCURRENCY = (1, 4, 16)
@@ -39,8 +39,11 @@ def start(model: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, s
     from headstart.serve.client import Client
 
     handle = log.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "headstart", "serve", str(model), "--port", "0", *extra],
-                               stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "headstart", "serve", str(model), "--port", "0", *extra],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
     handle.close()
     url = None
     deadline = time.monotonic() + 600
@@ -81,13 +84,16 @@ def main() -> None:
             from headstart.features.extract import FeatureCache
             from headstart.workflows.training import train
 
-            model = train(SAMPLE / "train", out=Path(tmp) / "pets.safetensors",
-                          cache=FeatureCache(Path(tmp) / "features.sqlite")).model_path
+            model = train(
+                SAMPLE / "train", out=Path(tmp) / "pets.safetensors", cache=FeatureCache(Path(tmp) / "features.sqlite")
+            ).model_path
         from headstart.models.classifier import Classifier
 
         spec = Classifier.load(model).spec
-        servers = {setting: start(model, [*extra, "--engine", args.engine], Path(tmp) / f"serve-{setting}.log")
-                   for setting, extra in SETTINGS.items()}
+        servers = {
+            setting: start(model, [*extra, "--engine", args.engine], Path(tmp) / f"serve-{setting}.log")
+            for setting, extra in SETTINGS.items()
+        }
         engine = re.search(r"loaded \S+ \(.*?, (\S+) (\S+), batches", (Path(tmp) / "serve-on.log").read_text())
         try:
             for _, url in servers.values():
@@ -101,12 +107,17 @@ def main() -> None:
                         results[setting].append(load(url, photos, requests=args.requests // args.rounds, concurrency=c))
                 for setting, runs in results.items():
                     latencies = [ms for r in runs for ms in r.latencies_ms]
-                    s = {"requests_per_second": float(np.median([r.requests_per_second for r in runs])),
-                         "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-                         "errors": sum(len(r.errors) for r in runs)}
+                    s = {
+                        "requests_per_second": float(np.median([r.requests_per_second for r in runs])),
+                        "p50_ms": float(np.percentile(latencies, 50)),
+                        "p99_ms": float(np.percentile(latencies, 99)),
+                        "errors": sum(len(r.errors) for r in runs),
+                    }
                     rows.append((setting, c, s))
-                    print(f"batching {setting:3s}  concurrency {c:2d}: {s['requests_per_second']:6.1f} req/s  "
-                          f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}")
+                    print(
+                        f"batching {setting:3s}  concurrency {c:2d}: {s['requests_per_second']:6.1f} req/s  "
+                        f"p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  errors {s['errors']}"
+                    )
         finally:
             for process, _ in servers.values():
                 process.send_signal(signal.SIGINT)
@@ -115,10 +126,14 @@ def main() -> None:
     on_vs_off = rps[("on", 16)] / rps[("off", 16)]
     scaling = rps[("on", 16)] / rps[("on", 1)]
     errors = sum(r["errors"] for _, _, r in rows)
-    print(f"at concurrency 16: batching on / off = {on_vs_off:.2f}x; on at 16 / on at 1 = {scaling:.2f}x; errors {errors}")
+    print(
+        f"at concurrency 16: batching on / off = {on_vs_off:.2f}x; on at 16 / on at 1 = {scaling:.2f}x; errors {errors}"
+    )
     load_after = os.getloadavg()[0]
-    machine = (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, load average "
-               f"{load_before:.1f} before and {load_after:.1f} after the run")
+    machine = (
+        f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, load average "
+        f"{load_before:.1f} before and {load_after:.1f} after the run"
+    )
     print(machine)
     ran = f"engine {engine.group(1)} {engine.group(2)}" if engine else f"engine {args.engine}"
     slower = on_vs_off < 1
@@ -133,17 +148,26 @@ def main() -> None:
         "",
         "| batching | concurrency | requests/s | p50 | p99 | errors |",
         "|---|---|---|---|---|---|",
-        *[f"| {s} | {c} | {r['requests_per_second']:.1f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['errors']} |"
-          for s, c, r in sorted(rows, key=lambda row: (list(SETTINGS).index(row[0]), row[1]))],
+        *[
+            f"| {s} | {c} | {r['requests_per_second']:.1f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['errors']} |"
+            for s, c, r in sorted(rows, key=lambda row: (list(SETTINGS).index(row[0]), row[1]))
+        ],
         "",
         f"**At concurrency 16, batching on serves {on_vs_off:.2f}× the requests/s of batching off, and "
         f"{scaling:.2f}× its own one-at-a-time rate.** The client threads share the server's cores."
-        + (" Grouping pays where a batch costs less per photo than one photo alone; this engine's one-photo pass "
-           "is already as cheap per photo, so batching only adds the wait: `headstart serve` serves it with "
-           "`--max-batch-size 1` unless told otherwise."
-           if slower else "")
-        + (" The machine was busy with other work (load average above its core count): the ratios, measured in "
-           "alternating rounds, say more than the absolute numbers." if max(load_before, load_after) > (os.cpu_count() or 1) else ""),
+        + (
+            " Grouping pays where a batch costs less per photo than one photo alone; this engine's one-photo pass "
+            "is already as cheap per photo, so batching only adds the wait: `headstart serve` serves it with "
+            "`--max-batch-size 1` unless told otherwise."
+            if slower
+            else ""
+        )
+        + (
+            " The machine was busy with other work (load average above its core count): the ratios, measured in "
+            "alternating rounds, say more than the absolute numbers."
+            if max(load_before, load_after) > (os.cpu_count() or 1)
+            else ""
+        ),
     ]
     section = "serve" if args.engine == "auto" else f"serve-{args.engine}"
     print(f"wrote {write_section(section, chr(10).join(lines))}")

@@ -42,8 +42,9 @@ def splits(labels: np.ndarray, folds: int, reps: int, per_class: int):
     if per_class:
         for rep in range(reps):
             rng = np.random.default_rng(100 + rep)
-            train = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-                                    for c in np.unique(labels)])
+            train = np.concatenate(
+                [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
+            )
             yield rep, rep, train, np.setdiff1d(np.arange(len(labels)), train)
         return
     for rep in range(reps):
@@ -61,8 +62,10 @@ def run_probe(args, dataset, labels, out) -> None:
     from headstart.reports.calibration import calibration_metrics
 
     cache = feature_cache(args.cache or None)
-    feats = {b.removeprefix("tf_efficientnet_"): extract_features(dataset.paths, b, cache=cache, flip_average=True)
-             for b in BACKBONES}
+    feats = {
+        b.removeprefix("tf_efficientnet_"): extract_features(dataset.paths, b, cache=cache, flip_average=True)
+        for b in BACKBONES
+    }
     X = {k: f.features for k, f in feats.items()}
     X["lite0+1+2"] = np.hstack([X["lite0"], X["lite1"], X["lite2"]])
     X["lite1+2"] = np.hstack([X["lite1"], X["lite2"]])
@@ -78,14 +81,28 @@ def run_probe(args, dataset, labels, out) -> None:
         for name, features in X.items():
             probe = LinearProbe(random_state=0).fit(features[train], labels[train])
             logits = features[test] @ probe.coef_.T + probe.intercept_
-            row = {"data": args.data, "protocol": args.protocol, "fold": fold, "rep": rep, "variant": name,
-                   "n_train": int(len(train)), "cv": float(probe.cv_accuracy_), "C": float(probe.C_)}
+            row = {
+                "data": args.data,
+                "protocol": args.protocol,
+                "fold": fold,
+                "rep": rep,
+                "variant": name,
+                "n_train": len(train),
+                "cv": float(probe.cv_accuracy_),
+                "C": float(probe.C_),
+            }
             for tag, guard in (("unguarded", False), ("guarded", True)):
                 t = fit_temperature(captured["oof"], captured["y"], guard=guard) * probe.logit_scale_ratio_
                 proba = softmax(logits / t, axis=1)
                 m = calibration_metrics(list(labels[test]), proba, list(probe.classes_))
-                row.update({f"T_{tag}": t, f"ece_{tag}": m["ece"], f"nll_{tag}": m["nll"],
-                            f"conf_{tag}": proba.max(1).round(5).tolist()})
+                row.update(
+                    {
+                        f"T_{tag}": t,
+                        f"ece_{tag}": m["ece"],
+                        f"nll_{tag}": m["nll"],
+                        f"conf_{tag}": proba.max(1).round(5).tolist(),
+                    }
+                )
             row["correct"] = (probe.classes_[logits.argmax(1)] == labels[test]).tolist()
             row["acc"] = float(np.mean(row["correct"]))
             row["conf"], row["ece"] = row["conf_guarded"], row["ece_guarded"]
@@ -110,26 +127,50 @@ def run_train(args, dataset, labels, out) -> None:
     for fold, rep, train, test in splits(labels, args.folds, args.reps, args.per_class):
         for name, options in variants.items():
             started = time.perf_counter()
-            clf = hs.ImageClassifier(backbone=args.backbone, method="probe" if options is None else "finetune",
-                                     finetune=options or None, cache=cache)
+            clf = hs.ImageClassifier(
+                backbone=args.backbone,
+                method="probe" if options is None else "finetune",
+                finetune=options or None,
+                cache=cache,
+            )
             clf.fit((list(paths[train]), list(labels[train])))
             fit_seconds = time.perf_counter() - started
             proba = clf.predict_proba(list(paths[test]))
             m = calibration_metrics(list(labels[test]), proba, list(clf.classes_))
             r = clf.report_
-            row = {"data": args.data, "protocol": args.protocol, "fold": fold, "rep": rep, "variant": name,
-                   "backbone": r.get("backbone"), "n_train": int(len(train)), "acc": m["accuracy"], "ece": m["ece"],
-                   "nll": m["nll"], "brier": m["brier"], "conf": proba.max(1).round(5).tolist(),
-                   "correct": (clf.classes_[proba.argmax(1)] == labels[test]).tolist(),
-                   "val_accuracy": r["val_accuracy"], "temperature": r.get("temperature"),
-                   "best_epoch": r.get("best_epoch"), "mix": r.get("mix"), "flip_average": r.get("flip_average"),
-                   "refit": {k: v for k, v in (r.get("refit") or {}).items() if k != "history"},
-                   "frozen_stages": r.get("frozen_stages"), "fit_seconds": round(fit_seconds, 1),
-                   "epoch_seconds": [h["seconds"] for h in r.get("history") or []][1:]}
+            row = {
+                "data": args.data,
+                "protocol": args.protocol,
+                "fold": fold,
+                "rep": rep,
+                "variant": name,
+                "backbone": r.get("backbone"),
+                "n_train": len(train),
+                "acc": m["accuracy"],
+                "ece": m["ece"],
+                "nll": m["nll"],
+                "brier": m["brier"],
+                "conf": proba.max(1).round(5).tolist(),
+                "correct": (clf.classes_[proba.argmax(1)] == labels[test]).tolist(),
+                "val_accuracy": r["val_accuracy"],
+                "temperature": r.get("temperature"),
+                "best_epoch": r.get("best_epoch"),
+                "mix": r.get("mix"),
+                "flip_average": r.get("flip_average"),
+                "refit": {k: v for k, v in (r.get("refit") or {}).items() if k != "history"},
+                "frozen_stages": r.get("frozen_stages"),
+                "fit_seconds": round(fit_seconds, 1),
+                "epoch_seconds": [h["seconds"] for h in r.get("history") or []][1:],
+            }
             out.write(json.dumps(row) + "\n")
             out.flush()
-            print(fold, name, r.get("backbone"), f"acc {m['accuracy']:.4f} ece {m['ece']:.3f} "
-                  f"best epoch {row['best_epoch']} fit {fit_seconds:.0f} s", flush=True)
+            print(
+                fold,
+                name,
+                r.get("backbone"),
+                f"acc {m['accuracy']:.4f} ece {m['ece']:.3f} best epoch {row['best_epoch']} fit {fit_seconds:.0f} s",
+                flush=True,
+            )
 
 
 def summary(path: Path) -> None:
@@ -152,8 +193,10 @@ def summary(path: Path) -> None:
             conf.append(c.mean())
         acc = np.array([r["acc"] for r in rs])
         fit = np.mean([r.get("fit_seconds", 0.0) for r in rs])
-        print(f"| {data} | {protocol} | {variant} | {len(rs)} | {acc.mean():.4f} ± {acc.std() / np.sqrt(len(acc)):.4f} "
-              f"| {np.mean(pooled):.4f} | {np.mean(floor):.4f} | {np.mean(conf):.4f} | {fit:.0f} |")
+        print(
+            f"| {data} | {protocol} | {variant} | {len(rs)} | {acc.mean():.4f} ± {acc.std() / np.sqrt(len(acc)):.4f} "
+            f"| {np.mean(pooled):.4f} | {np.mean(floor):.4f} | {np.mean(conf):.4f} | {fit:.0f} |"
+        )
 
 
 def main() -> None:

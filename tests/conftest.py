@@ -59,5 +59,8 @@ def sample_model(tmp_path_factory) -> Path:
     """
     from headstart.workflows.training import train
 
-    return train(SAMPLE / "train", backbone="tf_efficientnet_lite0",
-                 out=tmp_path_factory.mktemp("sample-model") / "pets.safetensors").model_path
+    return train(
+        SAMPLE / "train",
+        backbone="tf_efficientnet_lite0",
+        out=tmp_path_factory.mktemp("sample-model") / "pets.safetensors",
+    ).model_path

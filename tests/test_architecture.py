@@ -16,15 +16,25 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "headstart"
 
 #: Rank of each top-level part of the package. Same rank = siblings that must not import each other.
 LAYERS = {
-    "_version": 0, "errors": 0, "_lazy": 0, "_io": 0, "_console": 0, "_validation": 0, "_onnx": 0, "_math": 0,
+    "_version": 0,
+    "errors": 0,
+    "_lazy": 0,
+    "_io": 0,
+    "_console": 0,
+    "_validation": 0,
+    "_onnx": 0,
+    "_math": 0,
     "data": 1,
     "features": 2,
     "reports": 3,
     "models": 4,
-    "inside": 5, "attacks": 5,
-    "workflows": 6, "audit": 6,
+    "inside": 5,
+    "attacks": 5,
+    "workflows": 6,
+    "audit": 6,
     "serve": 7,
-    "cli": 8, "__main__": 9,
+    "cli": 8,
+    "__main__": 9,
     "__init__": 9,  # the public face: lazily re-exports everything
 }
 MAX_LINES = 500
@@ -97,16 +107,20 @@ def test_data_flows_one_way():
             a, b = _part(module), _part(target)
             sibling = LAYERS[b] == LAYERS[a] and LAYERS[a] != 0  # the private machinery may use each other
             if a != b and (LAYERS[b] > LAYERS[a] or sibling) and module != "headstart":
-                upward.append(f"{MODULES[module].relative_to(SRC.parent)}:{line} ({a}, layer {LAYERS[a]}) imports "
-                              f"{target} ({b}, layer {LAYERS[b]})")
+                upward.append(
+                    f"{MODULES[module].relative_to(SRC.parent)}:{line} ({a}, layer {LAYERS[a]}) imports "
+                    f"{target} ({b}, layer {LAYERS[b]})"
+                )
     assert not upward, "imports from the same or a higher layer:\n" + "\n".join(sorted(upward))
 
 
 def test_no_import_circle():
     edges = {m: {t for t, _ in ts} for m, ts in _edges().items()}
     # A package's __init__ re-exporting its own modules is not a dependency of those modules on the package.
-    edges = {m: {t for t in ts if not (m.startswith(t + ".") and MODULES[t].name == "__init__.py")}
-             for m, ts in edges.items()}
+    edges = {
+        m: {t for t in ts if not (m.startswith(t + ".") and MODULES[t].name == "__init__.py")}
+        for m, ts in edges.items()
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles = []
@@ -118,7 +132,7 @@ def test_no_import_circle():
             if nxt not in MODULES:
                 continue
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -134,10 +148,15 @@ def test_no_private_name_is_borrowed_from_another_package():
     borrowed = []
     for module, path in MODULES.items():
         for target, names, line in _imports(path, module):
-            if not target.startswith("headstart.") or _part(target) == _part(module) or _part(target) in LAYERS and LAYERS[_part(target)] == 0:
+            if (
+                not target.startswith("headstart.")
+                or _part(target) == _part(module)
+                or (_part(target) in LAYERS and LAYERS[_part(target)] == 0)
+            ):
                 continue
             private = [n for n in names if n.startswith("_")] + [
-                p for p in target.split(".")[2:] if p.startswith("_") and p != "__init__"]
+                p for p in target.split(".")[2:] if p.startswith("_") and p != "__init__"
+            ]
             if private:
                 borrowed.append(f"{path.relative_to(SRC.parent)}:{line}: {target} {private}")
     assert not borrowed, "private names imported from another package:\n" + "\n".join(borrowed)
@@ -146,7 +165,9 @@ def test_no_private_name_is_borrowed_from_another_package():
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
 def test_no_source_file_over_500_lines(path: Path):
     lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, f"{path.relative_to(SRC.parent)} has {lines} lines (at most {MAX_LINES}): split it by concern"
+    assert lines <= MAX_LINES, (
+        f"{path.relative_to(SRC.parent)} has {lines} lines (at most {MAX_LINES}): split it by concern"
+    )
 
 
 def test_the_rules_catch_what_they_should(tmp_path):

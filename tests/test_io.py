@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from headstart._io import (
-    atomic_path, check_output, remove_stale_temporaries, save_figure, write_bytes_atomic, write_json,
+    atomic_path,
+    check_output,
+    remove_stale_temporaries,
+    save_figure,
+    write_bytes_atomic,
+    write_json,
     write_text_atomic,
 )
 from headstart.errors import HeadstartError, OutputError
@@ -134,19 +139,22 @@ def test_a_folder_without_write_permission(tmp_path: Path) -> None:
         if os.access({str(locked)!r}, os.W_OK):
             print("permission bits are ignored here")
         try:
-            check_output({str(locked / 'm.safetensors')!r}, "file", "--out")
+            check_output({str(locked / "m.safetensors")!r}, "file", "--out")
         except OutputError as exc:
             print(exc)
         else:
             print("accepted")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          preexec_fn=honour_permission_bits)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=honour_permission_bits
+    )
     if done.returncode == 97 or "ignored here" in done.stdout:
         pytest.skip("cannot make a folder read-only to this process (root without CAP_SETPCAP)")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == (f"--out {locked / 'm.safetensors'} cannot be written: {locked} is not writable "
-                                   "(permissions); choose a writable location (or make it writable).")
+    assert done.stdout.strip() == (
+        f"--out {locked / 'm.safetensors'} cannot be written: {locked} is not writable "
+        "(permissions); choose a writable location (or make it writable)."
+    )
 
 
 # ------------------------------------------------------------------------------- atomic writes and temporaries

@@ -37,16 +37,36 @@ _MODULES = {
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
     # data and features
-    "headstart.data": ("load_image", "scan", "quarantine", "load_dataset", "train_val_split", "Dataset",
-                       "download_dataset"),
-    "headstart.features": ("load_backbone", "resolve_backbone", "list_backbones", "Backbone", "BackboneSpec",
-                           "DEFAULT_BACKBONE", "FeatureCache", "extract_features"),
+    "headstart.data": (
+        "load_image",
+        "scan",
+        "quarantine",
+        "load_dataset",
+        "train_val_split",
+        "Dataset",
+        "download_dataset",
+    ),
+    "headstart.features": (
+        "load_backbone",
+        "resolve_backbone",
+        "list_backbones",
+        "Backbone",
+        "BackboneSpec",
+        "DEFAULT_BACKBONE",
+        "FeatureCache",
+        "extract_features",
+    ),
     # looking inside and fooling
     "headstart.inside": ("dream", "explain", "featuremaps", "feature_maps", "list_layers"),
     "headstart.attacks": ("attack", "transfer", "robustness", "save_attack", "save_robustness", "parse_eps"),
     # errors
-    "headstart.errors": ("HeadstartError", "BackboneUnavailableError", "DataError", "UnusableImageError",
-                         "ModelFileError"),
+    "headstart.errors": (
+        "HeadstartError",
+        "BackboneUnavailableError",
+        "DataError",
+        "UnusableImageError",
+        "ModelFileError",
+    ),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 

@@ -195,7 +195,9 @@ def check_output(
             raise refuse("it is a file, not a folder; give a folder (created when missing) or move the file away")
         for name in contents if kind == "folder" and exists else ():
             if (path / name).is_dir():
-                raise refuse(f"{path / name} is a folder where a file is written; move it away or choose another folder")
+                raise refuse(
+                    f"{path / name} is a folder where a file is written; move it away or choose another folder"
+                )
         folder = path if kind == "folder" and exists else path.parent
         while not folder.exists():  # the nearest existing ancestor is where the missing folders would be created
             if folder.is_symlink():

@@ -7,8 +7,9 @@ from importlib import import_module
 from typing import Any
 
 
-def lazy_exports(package: str, namespace: dict[str, Any], modules: Mapping[str, Sequence[str]]
-                 ) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, namespace: dict[str, Any], modules: Mapping[str, Sequence[str]]
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
     """``(__all__, __getattr__, __dir__)`` for ``package``: each name in ``modules[m]`` imports ``package.m`` on
     first use and is then kept in the package's ``namespace``."""
     exports = {name: module for module, names in modules.items() for name in names}

@@ -44,14 +44,21 @@ def check_int(value: Any, name: str, caller: str, *, low: int | None = None, hig
 
 
 def check_number(
-    value: Any, name: str, caller: str, *, low: float | None = None, high: float | None = None,
-    low_open: bool = False, high_open: bool = False,
+    value: Any,
+    name: str,
+    caller: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
     """A finite real number (not a bool) in the interval; ``low_open``/``high_open`` exclude the ends."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (low is None or (value > low if low_open else value >= low)) and (
-            high is None or (value < high if high_open else value <= high))
+            high is None or (value < high if high_open else value <= high)
+        )
     if not ok:
         fail(name, caller, f"a float in {_interval(low, high, low_open, high_open)}", value)
     return float(value)

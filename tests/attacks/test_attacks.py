@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import shared_data
+from PIL import Image
 from typer.testing import CliRunner
 
 from headstart._validation import ParameterError
@@ -75,15 +75,41 @@ def test_the_package_offers_exactly_the_public_names_of_before() -> None:
     """The split into modules kept ``headstart.attacks``' public face, and ``headstart``'s lazy exports reach it."""
     import headstart
     import headstart.attacks
-    from headstart.attacks import adversarial as attack_module, budget, optimise, report
+    from headstart.attacks import adversarial as attack_module
+    from headstart.attacks import budget, optimise, report
     from headstart.attacks import robustness_curve as robustness_module
 
-    assert sorted(headstart.attacks.__all__) == sorted([
-        "AttackResult", "Robustness", "Verdict", "attack", "parse_eps", "parse_eps_list", "perturb", "plot_attack",
-        "preprocess", "robustness", "save_attack", "save_robustness", "transfer", "METHODS", "NORMS"])
-    homes = {"attack": attack_module, "transfer": attack_module, "AttackResult": attack_module,
-             "parse_eps": budget, "METHODS": budget, "perturb": optimise, "save_attack": report,
-             "save_robustness": report, "robustness": robustness_module, "Robustness": robustness_module}
+    assert sorted(headstart.attacks.__all__) == sorted(
+        [
+            "AttackResult",
+            "Robustness",
+            "Verdict",
+            "attack",
+            "parse_eps",
+            "parse_eps_list",
+            "perturb",
+            "plot_attack",
+            "preprocess",
+            "robustness",
+            "save_attack",
+            "save_robustness",
+            "transfer",
+            "METHODS",
+            "NORMS",
+        ]
+    )
+    homes = {
+        "attack": attack_module,
+        "transfer": attack_module,
+        "AttackResult": attack_module,
+        "parse_eps": budget,
+        "METHODS": budget,
+        "perturb": optimise,
+        "save_attack": report,
+        "save_robustness": report,
+        "robustness": robustness_module,
+        "Robustness": robustness_module,
+    }
     for name, module in homes.items():
         assert getattr(headstart.attacks, name) is getattr(module, name), name
     for name in ("attack", "transfer", "robustness", "save_attack", "save_robustness", "parse_eps"):
@@ -271,8 +297,22 @@ def test_cli_non_image_gives_an_error_and_no_files(tmp_path: Path) -> None:
 def test_cli_attack_json_with_transfer(dog: Path, tmp_path: Path) -> None:
     from headstart.cli import app
 
-    argv = ["attack", "tf_efficientnet_lite0", str(dog), "--target", "284", "--eps", "4/255", "--steps", "20",
-            "--transfer-to", "tf_efficientnet_lite1", "--out", str(tmp_path), "--json"]
+    argv = [
+        "attack",
+        "tf_efficientnet_lite0",
+        str(dog),
+        "--target",
+        "284",
+        "--eps",
+        "4/255",
+        "--steps",
+        "20",
+        "--transfer-to",
+        "tf_efficientnet_lite1",
+        "--out",
+        str(tmp_path),
+        "--json",
+    ]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -309,16 +349,19 @@ def test_robustness_curve_starts_at_evaluate_and_never_rises(probe: Path, sample
     assert Image.open(paths["curve"]).format == "PNG"
 
 
-def test_robustness_at_eps_0_scores_like_evaluate_with_unknown_and_wrong_labels(probe: Path, sample: Path,
-                                                                                tmp_path: Path) -> None:
+def test_robustness_at_eps_0_scores_like_evaluate_with_unknown_and_wrong_labels(
+    probe: Path, sample: Path, tmp_path: Path
+) -> None:
     """Labels matched loosely (``PUG``), unknown labels (``unicorn``) left out, and a wrong label: eps 0 is
     exactly ``evaluate``'s accuracy, which is then neither 0 nor 1."""
     from headstart.workflows.evaluation import evaluate
 
     first = lambda split, breed: sorted((sample / split / breed).glob("*.jpg"))[0]  # noqa: E731
-    layout = {"PUG": sorted((sample / "test" / "pug").glob("*.jpg"))[:2],
-              "Siamese": [first("test", "Siamese"), first("train", "pug")],  # a pug filed as Siamese: wrong
-              "unicorn": [first("test", "Bengal")]}
+    layout = {
+        "PUG": sorted((sample / "test" / "pug").glob("*.jpg"))[:2],
+        "Siamese": [first("test", "Siamese"), first("train", "pug")],  # a pug filed as Siamese: wrong
+        "unicorn": [first("test", "Bengal")],
+    }
     for label, photos in layout.items():
         (tmp_path / label).mkdir()
         for photo in photos:
@@ -338,7 +381,18 @@ def test_cli_robustness_json(probe: Path, sample: Path, tmp_path: Path) -> None:
         (folder / breed).mkdir(parents=True)
         src = sorted((sample / "test" / breed).glob("*.jpg"))[0]
         (folder / breed / src.name).write_bytes(src.read_bytes())
-    argv = ["robustness", str(probe), str(folder), "--eps", "0,1/255", "--steps", "3", "--out", str(tmp_path / "r"), "--json"]
+    argv = [
+        "robustness",
+        str(probe),
+        str(folder),
+        "--eps",
+        "0,1/255",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    ]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -355,15 +409,29 @@ def test_pgd_agrees_with_torchattacks(net, sample: Path) -> None:
 
     pre = preprocess(net.spec.data_config)
     photos = sorted((sample / "test").rglob("*.jpg"))[::3]
-    crops = torch.cat([pre(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255)
-                       for p in photos])
+    crops = torch.cat(
+        [
+            pre(torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)[None].float() / 255)
+            for p in photos
+        ]
+    )
     targets = torch.full((len(crops),), SIAMESE_CAT)
     eps, alpha, steps = 1 / 255, 0.5 / 255, 3
 
     def ours(random_start: bool, seed: int = 0) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed) if random_start else None
-        delta, used = perturb(lambda x: [net.module(x)], crops, [targets], targeted=True, eps=eps, steps=steps,
-                              step_size=alpha, generator=generator, margin=None, quantise=False)
+        delta, used = perturb(
+            lambda x: [net.module(x)],
+            crops,
+            [targets],
+            targeted=True,
+            eps=eps,
+            steps=steps,
+            step_size=alpha,
+            generator=generator,
+            margin=None,
+            quantise=False,
+        )
         assert used == steps
         return crops + delta
 
@@ -385,15 +453,18 @@ def test_pgd_agrees_with_torchattacks(net, sample: Path) -> None:
 def test_targeted_pgd_on_unseen_pets_with_a_pets_dev_probe(sample: Path, tmp_path: Path) -> None:
     """The issue's measured claim, small: a 37-breed probe on pets-dev (the bundled test photos held out) is
     pushed to a fixed other breed at 4/255 in at most 50 steps; every saved PNG fools it and stays within 4."""
-    from headstart.models.classifier import Classifier
     from headstart.data.datasets import load_dataset
+    from headstart.models.classifier import Classifier
     from headstart.workflows.training import train
 
     data = load_dataset(shared_data("pets-dev"))
     held = {p.name for p in (sample / "test").rglob("*.jpg")}
     unseen = [i for i, s in enumerate(data.samples) if s.path.name in held]
-    model = train(data.subset([i for i in range(len(data)) if i not in set(unseen)]),
-                  backbone="tf_efficientnet_lite0", out=tmp_path / "pets-dev.safetensors").model_path
+    model = train(
+        data.subset([i for i in range(len(data)) if i not in set(unseen)]),
+        backbone="tf_efficientnet_lite0",
+        out=tmp_path / "pets-dev.safetensors",
+    ).model_path
     photos = [data.samples[i].path for i in unseen[::4]]
     pngs = []
     for photo in photos:

@@ -20,8 +20,16 @@ COPY_KINDS = ("resize", "reencode", "crop", "mirror", "all")
 
 @pytest.fixture(scope="module")
 def faults(sample, tmp_path_factory):
-    return inject_faults(sample / "train", tmp_path_factory.mktemp("faulty"), test=sample / "test",
-                         n_wrong_labels=4, n_copies=5, n_outliers=3, copy_kinds=COPY_KINDS, seed=0)
+    return inject_faults(
+        sample / "train",
+        tmp_path_factory.mktemp("faulty"),
+        test=sample / "test",
+        n_wrong_labels=4,
+        n_copies=5,
+        n_outliers=3,
+        copy_kinds=COPY_KINDS,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +80,17 @@ def test_the_json_schema(report, saved, faults):
     data = json.loads(saved["json"].read_text())
     assert data == json.loads(json.dumps(report.to_dict()))
     assert data["schema"] == SCHEMA
-    for key, kind in {"n_images": int, "duplicates": list, "label_issues": list, "outliers": list, "classes": list,
-                      "learning_curve": list, "summary": dict, "extrapolation": dict, "settings": dict}.items():
+    for key, kind in {
+        "n_images": int,
+        "duplicates": list,
+        "label_issues": list,
+        "outliers": list,
+        "classes": list,
+        "learning_curve": list,
+        "summary": dict,
+        "extrapolation": dict,
+        "settings": dict,
+    }.items():
         assert isinstance(data[key], kind), key
     assert data["n_images"] == 60 + 4 * 0 + 5 + 3  # the moved photos stay in DATA
     assert data["n_test_images"] == 24

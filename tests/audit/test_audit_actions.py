@@ -12,7 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart.audit.actions import (
-    RelabelWarning, apply_relabels, quarantine_findings, quarantine_plan, write_relabel_csv,
+    RelabelWarning,
+    apply_relabels,
+    quarantine_findings,
+    quarantine_plan,
+    write_relabel_csv,
 )
 from headstart.audit.core import audit
 from headstart.audit.faults import inject_faults
@@ -22,8 +26,16 @@ from headstart.errors import DataError
 
 @pytest.fixture(scope="module")
 def faults(sample, tmp_path_factory):
-    return inject_faults(sample / "train", tmp_path_factory.mktemp("faulty"), test=sample / "test",
-                         n_wrong_labels=3, n_copies=3, n_outliers=2, copy_kinds=("resize", "mirror", "crop"), seed=1)
+    return inject_faults(
+        sample / "train",
+        tmp_path_factory.mktemp("faulty"),
+        test=sample / "test",
+        n_wrong_labels=3,
+        n_copies=3,
+        n_outliers=2,
+        copy_kinds=("resize", "mirror", "crop"),
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +54,7 @@ def test_relabel_csv_round_trip_fixes_the_wrong_labels(report, faults, tmp_path)
     assert len(rows) - 1 == len(report.label_issues)
     # A reviewer keeps only the rows about the photos that really were moved (and drops one by emptying it).
     kept = [r for r in rows[1:] if Path(r[0]) in faults.wrong_labels]
-    declined = kept[-1][:2] + ["", kept[-1][3]]
+    declined = [*kept[-1][:2], "", kept[-1][3]]
     reviewed = tmp_path / "reviewed.csv"
     with reviewed.open("w", newline="") as handle:
         csv.writer(handle).writerows([rows[0], *kept[:-1], declined])
@@ -78,8 +90,9 @@ def test_quarantine_moves_copies_and_outliers_logs_why_and_deletes_nothing(repor
     data, test = tmp_path / "data", tmp_path / "test"
     shutil.copytree(faults.data, data)
     shutil.copytree(faults.test, test)
-    moved_report = json.loads(json.dumps(report.to_dict())
-                              .replace(str(faults.data), str(data)).replace(str(faults.test), str(test)))
+    moved_report = json.loads(
+        json.dumps(report.to_dict()).replace(str(faults.data), str(data)).replace(str(faults.test), str(test))
+    )
     before = _files(data, test)
     destination = tmp_path / "quarantine"
     plan = quarantine_plan(moved_report)
@@ -105,8 +118,21 @@ def test_the_audit_command(faults, tmp_path):
 
     out = tmp_path / "report"
     relabel = tmp_path / "relabel.csv"
-    result = CliRunner().invoke(app, ["audit", str(faults.data), "--test", str(faults.test), "--out", str(out),
-                                      "--relabel-csv", str(relabel), "--json", "--no-thumbnails"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            str(faults.data),
+            "--test",
+            str(faults.test),
+            "--out",
+            str(out),
+            "--relabel-csv",
+            str(relabel),
+            "--json",
+            "--no-thumbnails",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["summary"]["leaks"] == len(faults.copies)
@@ -115,8 +141,9 @@ def test_the_audit_command(faults, tmp_path):
     human = CliRunner().invoke(app, ["audit", str(faults.data), "--test", str(faults.test), "--out", str(out)])
     assert human.exit_code == 0, human.output
     assert "crossing DATA/TEST" in human.stdout and "learning curve:" in human.stdout
-    bad = CliRunner().invoke(app, ["audit", str(faults.data), "--quarantine", str(tmp_path / "q"),
-                                   "--quarantine-what", "everything"])
+    bad = CliRunner().invoke(
+        app, ["audit", str(faults.data), "--quarantine", str(tmp_path / "q"), "--quarantine-what", "everything"]
+    )
     assert bad.exit_code == 2 and "--quarantine-what" in bad.output
 
 
@@ -133,8 +160,9 @@ def test_train_reads_a_reviewed_relabel_csv(report, faults, tmp_path):
     with reviewed.open("w", newline="") as handle:
         csv.writer(handle).writerows([rows[0], *moved])
     out = tmp_path / "fixed.safetensors"
-    result = CliRunner().invoke(app, ["train", str(faults.data), "--out", str(out), "--relabel-csv", str(reviewed),
-                                      "--json"])
+    result = CliRunner().invoke(
+        app, ["train", str(faults.data), "--out", str(out), "--relabel-csv", str(reviewed), "--json"]
+    )
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "fixed-run" / "config.json").read_text())
     assert run["method"] == "probe"
@@ -147,4 +175,6 @@ def test_train_reads_a_reviewed_relabel_csv(report, faults, tmp_path):
     assert (cli_model.head_weight == api_model.head_weight).all()
     # and they differ from a model trained on the labels as they were
     plain = train(load_dataset(faults.data), out=tmp_path / "plain.safetensors").model
-    assert not (plain.head_weight.shape == cli_model.head_weight.shape and (plain.head_weight == cli_model.head_weight).all())
+    assert not (
+        plain.head_weight.shape == cli_model.head_weight.shape and (plain.head_weight == cli_model.head_weight).all()
+    )

@@ -12,14 +12,16 @@ from headstart.audit.outliers import OUTLIER_Z, outlier_scores, robust_z
 
 
 def test_confident_learning_thresholds_joint_and_ranking():
-    proba = np.array([
-        [0.9, 0.1, 0.0],
-        [0.7, 0.3, 0.0],
-        [0.2, 0.8, 0.0],
-        [0.95, 0.05, 0.0],  # labelled 1, confidently 0
-        [0.1, 0.1, 0.8],
-        [0.4, 0.1, 0.5],  # labelled 2, p(0)=0.4 < t_0: misclassified? no, 2 is likeliest: not an issue
-    ])
+    proba = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.7, 0.3, 0.0],
+            [0.2, 0.8, 0.0],
+            [0.95, 0.05, 0.0],  # labelled 1, confidently 0
+            [0.1, 0.1, 0.8],
+            [0.4, 0.1, 0.5],  # labelled 2, p(0)=0.4 < t_0: misclassified? no, 2 is likeliest: not an issue
+        ]
+    )
     y = np.array([0, 0, 1, 1, 2, 2])
     cl = confident_learning(proba, y)
     np.testing.assert_allclose(cl.thresholds, [0.8, (0.8 + 0.05) / 2, (0.8 + 0.5) / 2])
@@ -66,7 +68,7 @@ def test_outliers_are_found_even_when_they_resemble_each_other():
 
 def test_power_law_recovers_a_known_law_and_never_promises_a_loss():
     n = np.array([2.0, 4.0, 8.0, 16.0])
-    a, b = fit_power_law(n, 0.6 * n ** -0.5, floor=1e-3)
+    a, b = fit_power_law(n, 0.6 * n**-0.5, floor=1e-3)
     assert a == pytest.approx(0.6) and b == pytest.approx(0.5)
     a, b = fit_power_law(n, np.array([0.1, 0.2, 0.3, 0.4]), floor=1e-3)  # error grows with data: noise, b = 0
     assert b == 0.0

@@ -9,7 +9,12 @@ from PIL import Image, ImageOps
 
 from headstart.audit.faults import altered_copy
 from headstart.features.duplicates import (
-    DuplicateGroup, find_duplicates, group_keys, hamming, image_signatures, perceptual_hash,
+    DuplicateGroup,
+    find_duplicates,
+    group_keys,
+    hamming,
+    image_signatures,
+    perceptual_hash,
 )
 
 
@@ -34,7 +39,7 @@ def test_phash_survives_resizing_reencoding_and_mirroring_but_tells_photos_apart
         assert hamming(h, as_mirror) <= 2, original.name  # the mirror hash of the mirror image is the photo's hash
         assert hamming(h, direct) > 8
     hashes = [perceptual_hash(Image.open(p).convert("RGB"))[0] for p in photos]
-    distances = [hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]]
+    distances = [hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :]]
     assert min(distances) > 8, "two different photos of the sample hash alike"
 
 
@@ -52,8 +57,12 @@ def test_exact_duplicates_by_bytes_and_by_pixels(photos, tmp_path):
     import hashlib
 
     file_hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-    groups = find_duplicates(file_hashes=file_hashes, pixel_hashes=sigs.pixel_hashes, phashes=sigs.phashes,
-                             mirror_phashes=sigs.mirror_phashes)
+    groups = find_duplicates(
+        file_hashes=file_hashes,
+        pixel_hashes=sigs.pixel_hashes,
+        phashes=sigs.phashes,
+        mirror_phashes=sigs.mirror_phashes,
+    )
     assert len(groups) == 1
     group = groups[0]
     assert (group.kind, group.members, group.similarity) == ("exact", [0, 1, 2], 1.0)
@@ -106,9 +115,10 @@ def test_near_duplicate_keys_keep_a_resized_copy_on_the_side_of_its_original(pho
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     keys = near_duplicate_keys(hashes, signatures=image_signatures(paths))
     assert keys[-1] == keys[0] and len(set(keys)) == len(photos)
-    dataset = Dataset([Sample(p, p.parent.name) for p in paths], sorted({p.parent.name for p in paths}), tmp_path,
-                      "folder")
+    dataset = Dataset(
+        [Sample(p, p.parent.name) for p in paths], sorted({p.parent.name for p in paths}), tmp_path, "folder"
+    )
     for seed in range(5):
-        train, val = train_val_split(dataset, val_fraction=0.3, seed=seed, groups=keys)
+        train, _val = train_val_split(dataset, val_fraction=0.3, seed=seed, groups=keys)
         sides = [copy in train.paths, photos[0] in train.paths]
         assert sides[0] == sides[1]

@@ -214,14 +214,20 @@ def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> N
 def test_unknown_method(sample: Path, tmp_path: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--method", "nope"),
-        "'--method' option", "'nope'", "probe", exit_code=2,
+        "'--method' option",
+        "'nope'",
+        "probe",
+        exit_code=2,
     )
 
 
 def test_unknown_precision(sample: Path, tmp_path: Path, model: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--precision", "fp8"),
-        "'--precision' option", "'fp8'", "bf16", exit_code=2,
+        "'--precision' option",
+        "'fp8'",
+        "bf16",
+        exit_code=2,
     )
     assert_clean_error(run("evaluate", model, sample / "test", "--precision", "fp8"), "'fp8'", exit_code=2)
 
@@ -232,8 +238,16 @@ def test_hub_weights_offline_say_what_works_offline(sample: Path, tmp_path: Path
     if _hub_cached("resnet18.a1_in1k"):
         pytest.skip("resnet18.a1_in1k is already in this machine's Hugging Face cache")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    result = run("train", sample / "train", "--out", tmp_path / "m.safetensors",
-                 "--backbone", "resnet18.a1_in1k", "--weights", "hub")
+    result = run(
+        "train",
+        sample / "train",
+        "--out",
+        tmp_path / "m.safetensors",
+        "--backbone",
+        "resnet18.a1_in1k",
+        "--weights",
+        "hub",
+    )
     assert_clean_error(result, "resnet18.a1_in1k", "Offline choices", "tf_efficientnet_lite0", exit_code=2)
 
 
@@ -258,7 +272,8 @@ def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
     out = tmp_path / "again.safetensors"
     script = tmp_path / "rerun.py"
     flags = [] if reuse else ["--no-reuse"]
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         from headstart.cli import main
 
@@ -271,7 +286,8 @@ def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
         print("EXIT", code, file=sys.stderr)
         for name in ("torch", "sklearn", "matplotlib"):
             print("IMPORTED", name, name in sys.modules, file=sys.stderr)
-    """))
+    """)
+    )
     env = {**os.environ}  # the same HEADSTART_CACHE_DIR as the module's model, which cached these features
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert "EXIT 0" in done.stderr, done.stderr

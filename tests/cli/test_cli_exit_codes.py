@@ -139,9 +139,12 @@ def onnx_file(tmp_path: Path) -> Path:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
     path = tmp_path / "pets.onnx"
     onnx.save(helper.make_model(graph), str(path))
     return path
@@ -160,7 +163,9 @@ def test_130_when_interrupted(sample: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
         [sys.executable, "-m", "headstart", "extract", str(sample / "train"), "--cache-dir", str(cache)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.monotonic() + 120
@@ -168,6 +173,6 @@ def test_130_when_interrupted(sample: Path, tmp_path: Path) -> None:
         time.sleep(0.02)  # the command is running once it has opened its cache
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr

@@ -34,11 +34,14 @@ def run(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command, names", [
-    ("train", [n for n in FIELDS if n not in RUN_OPTIONS]),
-    ("sweep", FIELDS),
-    ("lr-find", list(LR_FIND_FIELDS)),
-])
+@pytest.mark.parametrize(
+    "command, names",
+    [
+        ("train", [n for n in FIELDS if n not in RUN_OPTIONS]),
+        ("sweep", FIELDS),
+        ("lr-find", list(LR_FIND_FIELDS)),
+    ],
+)
 def test_every_field_is_a_flag_with_the_fields_help(command: str, names: list[str]) -> None:
     options = options_of(command)
     helps = help_texts()
@@ -84,10 +87,28 @@ def twelve(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # A value unlike its default for every field: the run below shows each one reached the training.
 NOT_DEFAULT = {
-    "epochs": 1, "batch_size": 8, "lr": 3e-4, "lr_search": True, "layer_decay": 0.9, "unfreeze": "3", "optimizer": "sgd",
-    "momentum": 0.8, "weight_decay": 0.01, "schedule": "onecycle", "warmup_epochs": 0.5, "label_smoothing": 0.05,
-    "augment": "none", "head_dropout": 0.3, "clip_grad": 0.5, "patience": 0, "freeze_bn": False, "ema": True,
-    "ema_decay": 0.99, "precision": "fp32", "workers": 1, "seed": 3,
+    "epochs": 1,
+    "batch_size": 8,
+    "lr": 3e-4,
+    "lr_search": True,
+    "layer_decay": 0.9,
+    "unfreeze": "3",
+    "optimizer": "sgd",
+    "momentum": 0.8,
+    "weight_decay": 0.01,
+    "schedule": "onecycle",
+    "warmup_epochs": 0.5,
+    "label_smoothing": 0.05,
+    "augment": "none",
+    "head_dropout": 0.3,
+    "clip_grad": 0.5,
+    "patience": 0,
+    "freeze_bn": False,
+    "ema": True,
+    "ema_decay": 0.99,
+    "precision": "fp32",
+    "workers": 1,
+    "seed": 3,
 }
 
 
@@ -112,8 +133,9 @@ def test_every_flag_and_the_config_file_reach_the_training_that_runs(twelve: Pat
     flags = {k: v for k, v in NOT_DEFAULT.items() if k not in ("head_dropout", "seed", "precision")}
     own = ["--seed", str(NOT_DEFAULT["seed"]), "--precision", NOT_DEFAULT["precision"]]  # train's own options
     out = tmp_path / "ft.safetensors"
-    result = run("train", twelve, "--method", "finetune", "--out", out, "--config", config, "--json", *own,
-                 *_flags(flags))
+    result = run(
+        "train", twelve, "--method", "finetune", "--out", out, "--config", config, "--json", *own, *_flags(flags)
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "ft-run" / "config.json").read_text())["finetune"]
     assert saved == NOT_DEFAULT
@@ -127,7 +149,8 @@ def test_a_bad_flag_value_names_the_flag_before_any_work(twelve: Path, tmp_path:
     result = run("train", twelve, "--method", "finetune", "--warmup-epochs", "-1", "--out", out)
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: The '--warmup-epochs' option must be a float in [0, inf). Got -1.0 instead.")
+        "error: The '--warmup-epochs' option must be a float in [0, inf). Got -1.0 instead."
+    )
     assert not out.exists() and not (tmp_path / "never-run").exists()
 
 

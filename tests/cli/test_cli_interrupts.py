@@ -26,20 +26,27 @@ from headstart.cli._common import handles_errors
 from headstart.errors import HeadstartError
 
 MESSAGE = _interrupts.MESSAGE
-PROGRESS = re.compile(r"\d+/\d+\s+(-:--:--|\d+:\d\d:\d\d)\s*$")  # a progress bar's line: "checking images ━━ 3/24 0:00:01"
+PROGRESS = re.compile(
+    r"\d+/\d+\s+(-:--:--|\d+:\d\d:\d\d)\s*$"
+)  # a progress bar's line: "checking images ━━ 3/24 0:00:01"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def what_it_said(stderr: str) -> list[str]:
     """stderr without the import-time report and the progress bar."""
-    return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith("import time:") and not PROGRESS.search(line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith("import time:") and not PROGRESS.search(line)
+    ]
 
 
 def assert_interrupted(returncode: int, stderr: str) -> None:
     said = what_it_said(stderr)
     assert returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "KeyboardInterrupt" not in stderr, (
+        stderr[-3000:]
+    )
     assert said == [MESSAGE], said
 
 
@@ -58,9 +65,21 @@ MOMENTS = {
 @pytest.mark.parametrize("module", MOMENTS, ids=[f"{m} ({w})" for m, w in MOMENTS.items()])
 def test_ctrl_c_during_start_up(module: str, sample: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "headstart", "extract", str(sample / "test"),
-         "--cache-dir", str(tmp_path / "cache")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "headstart",
+            "extract",
+            str(sample / "test"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     seen = []
     for line in proc.stderr:
@@ -86,7 +105,7 @@ def test_ctrl_c_after_any_import_of_start_up(sample: Path, tmp_path: Path) -> No
     command = [sys.executable, "-X", "importtime", "-m", "headstart", "scan", str(sample / "test")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
     names = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
-    names = names[names.index("headstart.cli._interrupts"):]
+    names = names[names.index("headstart.cli._interrupts") :]
     for index in sorted(random.Random(11).sample(range(len(names)), 12)):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         seen, count = [], 0
@@ -107,14 +126,16 @@ def test_the_exit_code_survives_cpythons_stray_keyboard_interrupt_flag(tmp_path:
     at exit (status -2), whatever SystemExit said, unless the flag is cleared."""
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "__init__.py").write_text("")
-    (tmp_path / "probe" / "__main__.py").write_text(textwrap.dedent("""
+    (tmp_path / "probe" / "__main__.py").write_text(
+        textwrap.dedent("""
         from headstart.cli import _interrupts
         try:
             exec("raise KeyboardInterrupt")  # what an interrupt inside a dataclass's generated method looks like
         except KeyboardInterrupt:
             pass
         raise _interrupts.interrupted_exit()
-    """))
+    """)
+    )
     done = subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr
 
@@ -122,8 +143,21 @@ def test_the_exit_code_survives_cpythons_stray_keyboard_interrupt_flag(tmp_path:
 def test_ctrl_c_while_extracting_keeps_what_was_committed(sample: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "headstart", "extract", str(sample / "train"), "--batch-size", "4", "--cache-dir", str(cache)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        [
+            sys.executable,
+            "-m",
+            "headstart",
+            "extract",
+            str(sample / "train"),
+            "--batch-size",
+            "4",
+            "--cache-dir",
+            str(cache),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     deadline = time.monotonic() + 120
     while not (cache / "features.sqlite").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -157,8 +191,9 @@ SWALLOWED = textwrap.dedent("""
 
 def test_an_interrupt_python_swallows_is_delivered_again(sample: Path) -> None:
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", SWALLOWED, *[str(sample)] * 20], capture_output=True, text=True,
-                          timeout=120, env=ENV)
+    done = subprocess.run(
+        [sys.executable, "-c", SWALLOWED, *[str(sample)] * 20], capture_output=True, text=True, timeout=120, env=ENV
+    )
     assert "image files" not in done.stdout, "the scan ran on past the interrupt"
     assert_interrupted(done.returncode, done.stderr)
     assert time.monotonic() - start < 30
@@ -187,8 +222,9 @@ QUEUED = textwrap.dedent("""
 
 
 def test_an_interrupt_ends_the_process_even_when_unwinding_would_wait(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", QUEUED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", QUEUED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     assert proc.stdout.readline().strip() == "started"
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
@@ -210,7 +246,7 @@ def test_an_error_an_interrupt_turned_into_is_still_an_interrupt() -> None:
         except KeyboardInterrupt as exc:  # a library that wraps whatever stopped it
             if kind == "headstart":
                 raise HeadstartError("extraction stopped") from exc
-            raise RuntimeError("DataLoader worker exited unexpectedly")
+            raise RuntimeError("DataLoader worker exited unexpectedly") from exc
 
     for kind in ("headstart", "runtime"):
         result = CliRunner().invoke(app, [kind])

@@ -46,32 +46,117 @@ UNDER_A_FILE = "{p}/a-file is a file, not a folder"
 IS_A_FOLDER = "it is a folder; give the path of a file to write"
 IS_A_FILE = "it is a file, not a folder"
 CASES = {
-    "train --out under a file": ("train {p}/photos --out {p}/a-file/m.safetensors", "--out", "{p}/a-file/m.safetensors", UNDER_A_FILE),
-    "train --out a folder": ("train {p}/photos --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER + ", e.g. {p}/a-folder/model.safetensors"),
-    "train --run-dir a file": ("train {p}/photos --out {p}/m.safetensors --run-dir {p}/a-file", "--run-dir", "{p}/a-file", IS_A_FILE),
-    "train's default run folder a file": ("train {p}/photos --out {p}/a.safetensors", "the run folder (--run-dir)", "{p}/a-run", IS_A_FILE),
-    "train --resume a file": ("train {p}/photos --method finetune --out {p}/m.safetensors --resume {p}/a-file", "--resume", "{p}/a-file", IS_A_FILE),
+    "train --out under a file": (
+        "train {p}/photos --out {p}/a-file/m.safetensors",
+        "--out",
+        "{p}/a-file/m.safetensors",
+        UNDER_A_FILE,
+    ),
+    "train --out a folder": (
+        "train {p}/photos --out {p}/a-folder",
+        "--out",
+        "{p}/a-folder",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/model.safetensors",
+    ),
+    "train --run-dir a file": (
+        "train {p}/photos --out {p}/m.safetensors --run-dir {p}/a-file",
+        "--run-dir",
+        "{p}/a-file",
+        IS_A_FILE,
+    ),
+    "train's default run folder a file": (
+        "train {p}/photos --out {p}/a.safetensors",
+        "the run folder (--run-dir)",
+        "{p}/a-run",
+        IS_A_FILE,
+    ),
+    "train --resume a file": (
+        "train {p}/photos --method finetune --out {p}/m.safetensors --resume {p}/a-file",
+        "--resume",
+        "{p}/a-file",
+        IS_A_FILE,
+    ),
     "lr-find --out a folder": ("lr-find {p}/photos --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER),
     "sweep --out a file": ("sweep {p}/photos --set lr=0.1,0.01 --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
-    "evaluate --out-dir a file": ("evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file", "--out-dir", "{p}/a-file", IS_A_FILE),
-    "evaluate --out-dir under a file": ("evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file/eval", "--out-dir", "{p}/a-file/eval", UNDER_A_FILE),
-    "export --out a folder": ("export {p}/pets.safetensors --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER + ", e.g. {p}/a-folder/pets.onnx"),
+    "evaluate --out-dir a file": (
+        "evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file",
+        "--out-dir",
+        "{p}/a-file",
+        IS_A_FILE,
+    ),
+    "evaluate --out-dir under a file": (
+        "evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file/eval",
+        "--out-dir",
+        "{p}/a-file/eval",
+        UNDER_A_FILE,
+    ),
+    "export --out a folder": (
+        "export {p}/pets.safetensors --out {p}/a-folder",
+        "--out",
+        "{p}/a-folder",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/pets.onnx",
+    ),
     "export's default --out a folder": ("export {p}/pets.safetensors", "--out", "{p}/pets.onnx", IS_A_FOLDER),
-    "export --int8 copy a folder": ("export {p}/pets.safetensors --out {p}/x.onnx --int8", "--int8's copy", "{p}/x.int8.onnx", IS_A_FOLDER),
-    "attack --out a file": ("attack tf_efficientnet_lite0 {p}/cat.jpg --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
-    "robustness --out under a file": ("robustness {p}/pets.safetensors {p}/photos --out {p}/a-file/r", "--out", "{p}/a-file/r", UNDER_A_FILE),
-    "dream --out a folder": ("dream --target 1 --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER + ", e.g. {p}/a-folder/dream.png"),
+    "export --int8 copy a folder": (
+        "export {p}/pets.safetensors --out {p}/x.onnx --int8",
+        "--int8's copy",
+        "{p}/x.int8.onnx",
+        IS_A_FOLDER,
+    ),
+    "attack --out a file": (
+        "attack tf_efficientnet_lite0 {p}/cat.jpg --out {p}/a-file",
+        "--out",
+        "{p}/a-file",
+        IS_A_FILE,
+    ),
+    "robustness --out under a file": (
+        "robustness {p}/pets.safetensors {p}/photos --out {p}/a-file/r",
+        "--out",
+        "{p}/a-file/r",
+        UNDER_A_FILE,
+    ),
+    "dream --out a folder": (
+        "dream --target 1 --out {p}/a-folder",
+        "--out",
+        "{p}/a-folder",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/dream.png",
+    ),
     "dream's report a folder": ("dream --target 1 --out {p}/d.png", "--out's report", "{p}/d.json", IS_A_FOLDER),
-    "featuremaps --out under a file": ("featuremaps {p}/cat.jpg --out {p}/a-file/f.png", "--out", "{p}/a-file/f.png", UNDER_A_FILE),
-    "explain --out a folder": ("explain tf_efficientnet_lite0 {p}/cat.jpg --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER + ", e.g. {p}/a-folder/cat-explain.png"),
+    "featuremaps --out under a file": (
+        "featuremaps {p}/cat.jpg --out {p}/a-file/f.png",
+        "--out",
+        "{p}/a-file/f.png",
+        UNDER_A_FILE,
+    ),
+    "explain --out a folder": (
+        "explain tf_efficientnet_lite0 {p}/cat.jpg --out {p}/a-folder",
+        "--out",
+        "{p}/a-folder",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/cat-explain.png",
+    ),
     "compare --out a file": ("compare {p}/photos --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
     "demo --out a file": ("demo --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
     "download into a file": ("download pets {p}/a-file", "DESTINATION", "{p}/a-file", IS_A_FILE),
     "extract --cache-dir a file": ("extract {p}/photos --cache-dir {p}/a-file", "--cache-dir", "{p}/a-file", IS_A_FILE),
-    "predict --cache-dir under a file": ("predict {p}/pets.safetensors {p}/cat.jpg --cache-dir {p}/a-file/c", "--cache-dir", "{p}/a-file/c", UNDER_A_FILE),
+    "predict --cache-dir under a file": (
+        "predict {p}/pets.safetensors {p}/cat.jpg --cache-dir {p}/a-file/c",
+        "--cache-dir",
+        "{p}/a-file/c",
+        UNDER_A_FILE,
+    ),
     "audit --out a file": ("audit {p}/photos --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
-    "audit --quarantine a file": ("audit {p}/photos --out {p}/audit --quarantine {p}/a-file", "--quarantine", "{p}/a-file", IS_A_FILE),
-    "audit --relabel-csv a folder": ("audit {p}/photos --out {p}/audit --relabel-csv {p}/a-folder", "--relabel-csv", "{p}/a-folder", IS_A_FOLDER),
+    "audit --quarantine a file": (
+        "audit {p}/photos --out {p}/audit --quarantine {p}/a-file",
+        "--quarantine",
+        "{p}/a-file",
+        IS_A_FILE,
+    ),
+    "audit --relabel-csv a folder": (
+        "audit {p}/photos --out {p}/audit --relabel-csv {p}/a-folder",
+        "--relabel-csv",
+        "{p}/a-folder",
+        IS_A_FOLDER,
+    ),
 }
 OPTIONAL_COMMANDS = {"audit": "headstart.cli.audit"}  # command groups other parts of the project add
 
@@ -118,12 +203,13 @@ def test_a_run_folder_holding_a_folder_where_a_file_goes(place: Path) -> None:
 
 @pytest.mark.parametrize("location", [Path("/sys"), Path("/proc/sys")], ids=str)
 def test_a_read_only_location(location: Path, place: Path) -> None:
-    if not location.is_dir() or os.access(location, os.W_OK) and _takes_files(location):
+    if not location.is_dir() or (os.access(location, os.W_OK) and _takes_files(location)):
         pytest.skip(f"{location} is not a read-only location here")
     result = run("train", place / "photos", "--out", location / "headstart" / "m.safetensors")
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: --out {location / 'headstart' / 'm.safetensors'} cannot be written: "
-                                    f"{location} is not writable")
+    assert result.stderr.startswith(
+        f"error: --out {location / 'headstart' / 'm.safetensors'} cannot be written: {location} is not writable"
+    )
 
 
 def _takes_files(folder: Path) -> bool:
@@ -154,9 +240,21 @@ def test_a_folder_without_write_permission_before_any_import_of_torch(sample: Pa
     locked.mkdir()
     locked.chmod(0o555)
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "headstart", "train", str(sample / "train"),
-         "--out", str(locked / "pets.safetensors")],
-        capture_output=True, text=True, timeout=120, preexec_fn=honour_permission_bits,
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "headstart",
+            "train",
+            str(sample / "train"),
+            "--out",
+            str(locked / "pets.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=honour_permission_bits,
         env={**os.environ, "HEADSTART_CACHE_DIR": str(tmp_path / "cache")},
     )
     if done.returncode == 97:
@@ -164,8 +262,10 @@ def test_a_folder_without_write_permission_before_any_import_of_torch(sample: Pa
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
     said = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
     assert done.returncode == 2, done.stderr[-2000:]
-    assert said == [f"error: --out {locked / 'pets.safetensors'} cannot be written: {locked} is not writable "
-                    "(permissions); choose a writable location (or make it writable)."]
+    assert said == [
+        f"error: --out {locked / 'pets.safetensors'} cannot be written: {locked} is not writable "
+        "(permissions); choose a writable location (or make it writable)."
+    ]
     assert "torch" not in imported and "headstart.features.extract" not in imported
     assert list(tmp_path.iterdir()) == [locked] and list(locked.iterdir()) == []
 
@@ -175,7 +275,7 @@ def test_export_refuses_before_loading_the_model(tmp_path: Path) -> None:
         import sys
         from typer.testing import CliRunner
         from headstart.cli import app
-        result = CliRunner().invoke(app, ["export", {str(tmp_path / 'pets.safetensors')!r}, "--out", {str(tmp_path)!r}])
+        result = CliRunner().invoke(app, ["export", {str(tmp_path / "pets.safetensors")!r}, "--out", {str(tmp_path)!r}])
         print(result.exit_code, "torch" in sys.modules, "onnx" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -360,13 +360,13 @@ def test_split_group_across_labels_follows_its_first_sample() -> None:
     data = _synthetic({"a": 4, "b": 4})
     groups = [str(i) for i in range(len(data))]
     groups[-1] = groups[0]  # the same photo filed under a and under b
-    train, val = train_val_split(data, val_fraction=0.5, seed=0, groups=groups)
+    train, _val = train_val_split(data, val_fraction=0.5, seed=0, groups=groups)
     assert (data.paths[0] in train.paths) == (data.paths[-1] in train.paths)
 
 
 def test_split_too_small_for_every_class_in_val() -> None:
     data = _synthetic({c: 2 for c in "abcdefghij"})
-    train, val = train_val_split(data, val_fraction=0.1, seed=0)
+    _train, val = train_val_split(data, val_fraction=0.1, seed=0)
     assert len(val) == 2  # ceil(0.1 * 20): fewer places than classes, so two classes are picked at random
     assert len(set(val.labels)) == 2
 
@@ -418,8 +418,16 @@ def test_a_flat_folder_of_camera_photos_is_refused_with_how_to_lay_it_out(tmp_pa
     with pytest.raises(DataError) as info:
         load_dataset(root)
     message = str(info.value)
-    for part in ("12 photos directly inside it", "no class folder", "one subfolder per class", "CSV", "path,label",
-                 "labels_from_filenames=True", "--labels-from-filenames", "'DSC'"):
+    for part in (
+        "12 photos directly inside it",
+        "no class folder",
+        "one subfolder per class",
+        "CSV",
+        "path,label",
+        "labels_from_filenames=True",
+        "--labels-from-filenames",
+        "'DSC'",
+    ):
         assert part in message, f"{part!r} missing from: {message}"
 
 
@@ -451,9 +459,11 @@ def test_labels_from_filenames_when_asked_says_which_it_found(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("names", "labels"),
-    [(["cat_001", "cat_002", "dog-1", "dog-7"], ["cat", "dog"]),
-     (["owl12", "owl 3", "bird.7", "bird (2)"], ["bird", "owl"]),
-     (["american_bulldog_10", "Abyssinian_3"], ["Abyssinian", "american_bulldog"])],
+    [
+        (["cat_001", "cat_002", "dog-1", "dog-7"], ["cat", "dog"]),
+        (["owl12", "owl 3", "bird.7", "bird (2)"], ["bird", "owl"]),
+        (["american_bulldog_10", "Abyssinian_3"], ["Abyssinian", "american_bulldog"]),
+    ],
 )
 def test_labels_from_filenames_reads_the_name_without_its_number(tmp_path: Path, names, labels) -> None:
     for name in names:
@@ -501,7 +511,19 @@ def test_train_refuses_a_flat_folder_and_the_flag_reaches_the_library(tmp_path: 
     _jpeg(tmp_path / "unnamed" / "holiday.jpg")
     _jpeg(tmp_path / "unnamed" / "beach.jpg")
     for command in (["train", "--out", str(tmp_path / "m.safetensors")], ["extract"]):
-        run = subprocess.run([sys.executable, "-m", "headstart", command[0], str(tmp_path / "unnamed"),
-                              "--labels-from-filenames", *command[1:]], capture_output=True, text=True, env=env,
-                             timeout=120)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "headstart",
+                command[0],
+                str(tmp_path / "unnamed"),
+                "--labels-from-filenames",
+                *command[1:],
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert run.returncode == 2 and "cannot read a label from 2 file name(s)" in run.stderr, (command, run)

@@ -51,8 +51,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png(w: int, h: int, *, depth: int = 8, colour: int = 6, extra: bytes = b"") -> bytes:
     """A PNG whose IHDR says w×h and whose IDAT holds 64 zero bytes: 69 bytes in all."""
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + extra
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def ico(inner: bytes, w: int = 0, h: int = 0) -> bytes:
@@ -76,9 +81,17 @@ def tiff(w: int, h: int, *, bits: int = 8, samples: int = 3, compression: int = 
     """A little-endian TIFF of one strip holding ``data`` (samples 1, 3 or 4)."""
     bits_at = 8 + 2 + 12 * (10 if samples == 4 else 9) + 4  # where the BitsPerSample values go (3-4 samples)
     bits_data = struct.pack(f"<{samples}H", *[bits] * samples) if samples > 1 else b""
-    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, samples, bits if samples == 1 else bits_at),
-               (259, 3, 1, compression), (262, 3, 1, 2 if samples > 1 else 1), (273, 4, 1, bits_at + len(bits_data)),
-               (277, 3, 1, samples), (278, 4, 1, h), (279, 4, 1, len(data))]
+    entries = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, samples, bits if samples == 1 else bits_at),
+        (259, 3, 1, compression),
+        (262, 3, 1, 2 if samples > 1 else 1),
+        (273, 4, 1, bits_at + len(bits_data)),
+        (277, 3, 1, samples),
+        (278, 4, 1, h),
+        (279, 4, 1, len(data)),
+    ]
     entries += [(338, 3, 1, 2)] if samples == 4 else []
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
@@ -133,9 +146,16 @@ def apng(frame: tuple[int, int]) -> bytes:
     """A 1×1 APNG of two frames of size ``frame``."""
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)
     fctl = [_chunk(b"fcTL", struct.pack(">IIIIIHHBB", i, *frame, 0, 0, 1, 10, 0, 0)) for i in (0, 1)]
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"acTL", struct.pack(">II", 2, 0)) + fctl[0]
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 5)) + fctl[1]
-            + _chunk(b"fdAT", struct.pack(">I", 2) + zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"acTL", struct.pack(">II", 2, 0))
+        + fctl[0]
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 5))
+        + fctl[1]
+        + _chunk(b"fdAT", struct.pack(">I", 2) + zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def icns(inner: bytes) -> bytes:
@@ -189,7 +209,9 @@ def hostile() -> dict[str, tuple[bytes, str]]:
         "tiff_65535": (tiff(huge, huge), BOMB),
         "tiff_under_limit_raw": (tiff(UNDER, UNDER), CANNOT_HOLD),
         "tiff_under_limit_rgba16_deflate": (
-            tiff(UNDER, UNDER, bits=16, samples=4, compression=8, data=zlib.compress(b"\0" * 100)), CANNOT_HOLD),
+            tiff(UNDER, UNDER, bits=16, samples=4, compression=8, data=zlib.compress(b"\0" * 100)),
+            CANNOT_HOLD,
+        ),
         "tiff_under_limit_lzw": (tiff(UNDER, UNDER, compression=5), CANNOT_HOLD),
         "tiff_second_page_65535": (second_frame_huge("TIFF"), "ok"),
         "mpo_second_frame_65500": (second_frame_huge("MPO"), "ok"),
@@ -204,7 +226,8 @@ def hostile() -> dict[str, tuple[bytes, str]]:
         "jpeg_100_scans": (jpeg_scans(100), "ok"),
         "jpeg_70_scans_89_mpx": (
             _padded(jpeg_sof(UNDER, UNDER, progressive=True)[:-2] + b"\xff\xda" * 70 + b"\xff\xd9"),
-            r"more than 64 scans \(the most allowed at 9459×9459\)"),
+            r"more than 64 scans \(the most allowed at 9459×9459\)",
+        ),
         "bmp_under_limit": (bmp(UNDER, UNDER), CANNOT_HOLD),
         "icns_png_65535": (icns(png(huge, huge)), r"not a photo format headstart reads: it is ICNS data"),
         "one_byte": (b"\xff", r"^not an image"),
@@ -232,7 +255,7 @@ def seeds() -> dict[str, bytes]:
     cat, dog = _photo("Abyssinian/Abyssinian_12.jpg"), _photo("beagle/beagle_10.jpg", 80)
     rgba = cat.convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(cat.size))
-    grey16 = Image.fromarray((np.asarray(cat.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(cat.convert("L"), dtype=np.uint16) * 257)
     exif = Image.Exif()
     exif[0x0112] = 6
     out: dict[str, bytes] = {}
@@ -277,8 +300,26 @@ def seeds() -> dict[str, bytes]:
 
 # --- the mutator --------------------------------------------------------------------------------------------------
 
-_INTERESTING = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x3FFF, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 9459, 16383, 65500,
-                0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
+_INTERESTING = (
+    0,
+    1,
+    2,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x3FFF,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x10000,
+    9459,
+    16383,
+    65500,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+)
 
 
 def mutate(data: bytes, rng: random.Random, others: list[bytes]) -> bytes:
@@ -375,7 +416,7 @@ def worker(job_path: str) -> None:
                 result.update(outcome="ok" if ok else "error", detail=f"{img.mode} {img.size}")
         except UnusableImageError as exc:
             result.update(outcome="unusable", detail=exc.reason)
-        except BaseException:  # noqa: BLE001 - the contract: nothing else may escape
+        except BaseException:
             result.update(outcome="error", detail=traceback.format_exc(limit=8))
         result["seconds"] = round(time.perf_counter() - started, 4)
         print(json.dumps(result), flush=True)
@@ -391,8 +432,15 @@ def run_workers(jobs: list[dict], tmp_path: Path, timeout: float) -> list[tuple[
         scratch.mkdir(exist_ok=True)
         path = tmp_path / f"job{i}.json"
         path.write_text(json.dumps({"cap": CAP, "scratch": str(scratch), **job}))
-        procs.append(subprocess.Popen([sys.executable, "-c", BOOT, str(path)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", BOOT, str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     results = []
     for proc in procs:
         try:
@@ -401,8 +449,10 @@ def run_workers(jobs: list[dict], tmp_path: Path, timeout: float) -> list[tuple[
             proc.kill()
             stdout, stderr = proc.communicate()
             done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-            pytest.fail(f"a worker hung (> {timeout} s) after {len(done)} cases; the last finished: "
-                        f"{done[-1] if done else None}")
+            pytest.fail(
+                f"a worker hung (> {timeout} s) after {len(done)} cases; the last finished: "
+                f"{done[-1] if done else None}"
+            )
         assert proc.returncode == 0, f"worker died (exit {proc.returncode}): {stderr[-3000:]}"
         lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         results.append((lines[:-1], lines[-1]))
@@ -469,8 +519,10 @@ def test_hostile_headers_are_refused_before_allocating(tmp_path: Path) -> None:
     assert not slow, f"slow verdicts (a refusal should not decode): {slow}"
     grown = (memory["peak_rss"] - memory["base_rss"]) / 2**20
     assert grown < 150, f"peak RSS grew {grown:.0f} MB above the baseline: something was allocated"
-    print(f"{len(expected)} hostile files × 3 calls + a scan: peak {memory['peak_rss'] / 2**20:.0f} MB "
-          f"({grown:.0f} MB above the baseline), slowest {max(r['seconds'] for r in results):.2f} s")
+    print(
+        f"{len(expected)} hostile files × 3 calls + a scan: peak {memory['peak_rss'] / 2**20:.0f} MB "
+        f"({grown:.0f} MB above the baseline), slowest {max(r['seconds'] for r in results):.2f} s"
+    )
 
 
 def test_with_no_pixel_limit_memory_failures_are_still_headstart_errors(tmp_path: Path) -> None:
@@ -502,7 +554,8 @@ def test_mutation_fuzzing_of_every_format(seed_files: dict[str, str], tmp_path: 
 
     assert len(results) == len(cases)
     assert not _escaped(results), "escaped the contract:\n" + "\n".join(
-        f"{r['id']} ({r['call']}): {r['detail']}" for r in _escaped(results)[:5])
+        f"{r['id']} ({r['call']}): {r['detail']}" for r in _escaped(results)[:5]
+    )
     unmutated = [r for r in results if r["id"].endswith("/-1")]
     assert all(r["outcome"] == "ok" for r in unmutated), [r for r in unmutated if r["outcome"] != "ok"]
     usable = sum(r["outcome"] == "ok" for r in results) / len(results)
@@ -512,6 +565,8 @@ def test_mutation_fuzzing_of_every_format(seed_files: dict[str, str], tmp_path: 
     for _, memory in outcomes:
         assert memory["peak_rss"] < 1 << 30, f"a worker peaked at {memory['peak_rss'] / 2**20:.0f} MB"
     reasons = sorted({re.sub(r"\(.*", "", r["detail"]).strip() for r in results if r["outcome"] == "unusable"})
-    print(f"{len(results)} cases over {len(seed_files)} seeds: {usable:.0%} decode, {len(reasons)} kinds of reason; "
-          f"slowest {slowest['seconds']:.2f} s ({slowest['id']}); peaks "
-          + ", ".join(f"{m['peak_rss'] / 2**20:.0f} MB" for _, m in outcomes))
+    print(
+        f"{len(results)} cases over {len(seed_files)} seeds: {usable:.0%} decode, {len(reasons)} kinds of reason; "
+        f"slowest {slowest['seconds']:.2f} s ({slowest['id']}); peaks "
+        + ", ".join(f"{m['peak_rss'] / 2**20:.0f} MB" for _, m in outcomes)
+    )

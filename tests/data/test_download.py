@@ -249,13 +249,12 @@ def test_progress_bar_goes_to_stderr(mirror: Path, tmp_path: Path, capsys: pytes
     assert "kagglecatsanddogs_5340.zip" in captured.err
 
 
-
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Serves files and honours ``Range: bytes=N-`` (the standard handler ignores it), logging every request."""
 
     requests: list[str | None] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.requests.append(self.headers.get("Range"))
         data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
         start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0

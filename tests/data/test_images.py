@@ -231,7 +231,7 @@ def test_decompression_bomb_refused_before_decoding(tmp_path: Path, monkeypatch:
     path = save(Image.new("1", (12000, 12000)), tmp_path / "bomb.png")
     assert path.stat().st_size < 100_000, "test setup: the bomb should be a small file"
 
-    def no_decoding(self):  # noqa: ANN001
+    def no_decoding(self):
         raise AssertionError("load_image decoded an image it should have refused from the header")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
@@ -253,9 +253,7 @@ def test_bomb_limit_is_the_callers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".png", ".gif", ".tif"])
-def test_pillow_global_limit_does_not_interfere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
-) -> None:
+def test_pillow_global_limit_does_not_interfere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
     """Pillow raises at 2× its global limit (here 2,000 pixels) in open() and, for GIF/TIFF, while decoding."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     path = save(Image.new("RGB", (100, 100), RED), tmp_path / f"img{suffix}")
@@ -293,7 +291,7 @@ def test_permission_denied_on_open(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path = tmp_path / "locked.jpg"
     path.write_bytes(jpeg_bytes())
 
-    def denied(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def denied(file, mode="r", *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
     monkeypatch.setattr(images, "open", denied, raising=False)
@@ -305,7 +303,7 @@ def test_unexpected_decoder_error_is_wrapped(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "x.jpg"
     path.write_bytes(jpeg_bytes())
 
-    def broken_load(self):  # noqa: ANN001
+    def broken_load(self):
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
@@ -316,11 +314,16 @@ def test_unexpected_decoder_error_is_wrapped(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_pixels": 0}, "The 'max_pixels' parameter of load_image must be an int in [1, inf) or None (no limit). "
-                            "Got 0 instead."),
+        (
+            {"max_pixels": 0},
+            "The 'max_pixels' parameter of load_image must be an int in [1, inf) or None (no limit). Got 0 instead.",
+        ),
         ({"max_pixels": 1.5e6}, "The 'max_pixels' parameter of load_image must be an int in [1, inf) or None"),
-        ({"draft_size": (256,)}, "The 'draft_size' parameter of load_image must be None or (width, height) positive "
-                                 "ints. Got (256,) instead."),
+        (
+            {"draft_size": (256,)},
+            "The 'draft_size' parameter of load_image must be None or (width, height) positive "
+            "ints. Got (256,) instead.",
+        ),
         ({"draft_size": 256}, "The 'draft_size' parameter of load_image must be None"),
     ],
 )
@@ -367,7 +370,7 @@ def test_load_image_from_many_threads(tmp_path: Path, monkeypatch: pytest.Monkey
         try:
             for _ in range(5):
                 results[path] = load_image(path, max_pixels=None).size
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(p,)) for p in paths]
@@ -489,8 +492,13 @@ def test_decoding_needing_more_memory_than_the_limit_allows_is_refused(tmp_path:
 
 @pytest.mark.parametrize(
     ("fmt", "mode", "size"),
-    [("PNG", "1", (4000, 4000)), ("PNG", "RGBA", (2000, 2000)), ("JPEG", "L", (3000, 3000)), ("GIF", "P", (2000, 2000)),
-     ("TIFF", "RGB", (1000, 1000))],
+    [
+        ("PNG", "1", (4000, 4000)),
+        ("PNG", "RGBA", (2000, 2000)),
+        ("JPEG", "L", (3000, 3000)),
+        ("GIF", "P", (2000, 2000)),
+        ("TIFF", "RGB", (1000, 1000)),
+    ],
 )
 def test_the_most_compressed_real_files_are_not_taken_for_forgeries(tmp_path: Path, fmt: str, mode: str, size) -> None:
     """Files of one flat colour are as compressed as real files get; the bound on pixels per byte (deflate 1032:1,

@@ -34,8 +34,13 @@ print(json.dumps({"n": report.n_files, "unusable": [u.path.name for u in report.
 
 def _scan(folder: Path, workers: int = 8, timeout: float = 120) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", SCAN, str(folder), str(workers)], capture_output=True, text=True,
-                         env=env, timeout=timeout)
+    run = subprocess.run(
+        [sys.executable, "-c", SCAN, str(folder), str(workers)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
 
@@ -75,9 +80,13 @@ def test_scanning_20000_files_keeps_memory_flat(tmp_path: Path) -> None:
     ]
     assert many["peak_mb"] < 200, f"scan of 20,000 files peaked at {many['peak_mb']:.0f} MB"
     grown = many["peak_mb"] - few["peak_mb"]
-    assert grown < 25, f"peak grew {grown:.0f} MB from 5,000 to 20,000 files ({few['peak_mb']:.0f} → {many['peak_mb']:.0f})"
-    print(f"5,000 files: {few['peak_mb']:.0f} MB, {few['seconds']:.1f} s; "
-          f"20,000 files: {many['peak_mb']:.0f} MB, {many['seconds']:.1f} s")
+    assert grown < 25, (
+        f"peak grew {grown:.0f} MB from 5,000 to 20,000 files ({few['peak_mb']:.0f} → {many['peak_mb']:.0f})"
+    )
+    print(
+        f"5,000 files: {few['peak_mb']:.0f} MB, {few['seconds']:.1f} s; "
+        f"20,000 files: {many['peak_mb']:.0f} MB, {many['seconds']:.1f} s"
+    )
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from headstart.errors import BackboneUnavailableError
-from headstart.features.backbones import BackboneSpec, cached_trunk_weights, load_backbone, offline_weight_file, resolve_backbone
+from headstart.features.backbones import (
+    BackboneSpec,
+    cached_trunk_weights,
+    load_backbone,
+    offline_weight_file,
+    resolve_backbone,
+)
 from headstart.features.catalogue import CATALOGUE, list_backbones
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys
 
@@ -32,7 +38,9 @@ def _top1(backbone, path: Path) -> tuple[int, float]:
 def test_offline_lite0_recognises_real_photos(lite0, sample: Path, photo: str, imagenet_class: int) -> None:
     path = sorted((sample / "test" / photo).glob("*.jpg"))[0]
     cls, prob = _top1(lite0, path)
-    assert cls == imagenet_class and prob > 0.8, f"{path.name}: got class {cls} at {prob:.2f}, expected {imagenet_class}"
+    assert cls == imagenet_class and prob > 0.8, (
+        f"{path.name}: got class {cls} at {prob:.2f}, expected {imagenet_class}"
+    )
 
 
 def test_spec_carries_the_weights_preprocessing(lite0) -> None:
@@ -47,7 +55,9 @@ def test_spec_carries_the_weights_preprocessing(lite0) -> None:
 def test_fingerprint_changes_with_weights_or_preprocessing(lite0) -> None:
     spec = lite0.spec
     other_weights = BackboneSpec(**{**spec.to_dict(), "weights_id": "hub:x", "label_names": ()})
-    other_crop = BackboneSpec(**{**spec.to_dict(), "data_config": {**spec.data_config, "crop_pct": 1.0}, "label_names": ()})
+    other_crop = BackboneSpec(
+        **{**spec.to_dict(), "data_config": {**spec.data_config, "crop_pct": 1.0}, "label_names": ()}
+    )
     assert len({spec.fingerprint, other_weights.fingerprint, other_crop.fingerprint}) == 3
 
 

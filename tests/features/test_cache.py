@@ -80,7 +80,7 @@ def test_a_permanent_verdict_is_kept_under_the_decoder_that_gave_it(lite0, cache
     broken.write_bytes(photos[0].read_bytes()[:3000])
     feats = extract_features([broken, photos[1]], lite0, cache=cache, precision="fp32", engine="torch")
     assert [u.path for u in feats.unusable] == [broken] and "truncated" in feats.unusable[0].reason
-    (sha, limit, decoder, reason), = _verdicts(cache)
+    ((sha, limit, decoder, reason),) = _verdicts(cache)
     assert decoder == decoder_id(decode_size(lite0.spec)) and "Pillow" in decoder and "draft 256x256" in decoder
     assert limit == 89_478_485 and reason == feats.unusable[0].reason and sha == cache.file_hashes([broken])[0]
     assert cache.get_unusable([sha], limit, decoder) == {sha: reason}
@@ -133,18 +133,27 @@ def _old_cache(path: Path, lite0, photos: list[Path], tmp_path: Path) -> dict:
     shas = fresh.file_hashes(photos)
     con = sqlite3.connect(path)
     con.executescript(_OLD_SCHEMA)
-    con.executemany("INSERT INTO backbones VALUES (?, ?, ?)", [
-        (single_key, 1280, json.dumps({**lite0.spec.to_dict(), "precision": "fp32"})),
-        (flip_key, 1280, json.dumps({**flip_spec.to_dict(), "precision": "fp32"}))])
-    con.executemany("INSERT INTO features VALUES (?, ?, ?)",
-                    [(single_key, h, v.tobytes()) for h, v in zip(one.hashes, one.features)]
-                    + [(flip_key, h, v.tobytes()) for h, v in zip(both.hashes, both.features)])
+    con.executemany(
+        "INSERT INTO backbones VALUES (?, ?, ?)",
+        [
+            (single_key, 1280, json.dumps({**lite0.spec.to_dict(), "precision": "fp32"})),
+            (flip_key, 1280, json.dumps({**flip_spec.to_dict(), "precision": "fp32"})),
+        ],
+    )
+    con.executemany(
+        "INSERT INTO features VALUES (?, ?, ?)",
+        [(single_key, h, v.tobytes()) for h, v in zip(one.hashes, one.features)]
+        + [(flip_key, h, v.tobytes()) for h, v in zip(both.hashes, both.features)],
+    )
     con.executemany("INSERT INTO speed VALUES (?, ?, ?)", [(single_key, 30.0, 100), (flip_key, 15.0, 100)])
-    con.executemany("INSERT INTO unusable VALUES (?, ?, ?)", [
-        (shas[3], 89_478_485, "cannot preprocess: MemoryError: "),  # a good photo, poisoned by a bad model
-        ("a" * 64, 89_478_485, "not enough memory to decode this 30000×30000 image"),
-        ("b" * 64, 89_478_485, "not an image: Pillow cannot identify the format (it is text starting 'hello')"),
-    ])
+    con.executemany(
+        "INSERT INTO unusable VALUES (?, ?, ?)",
+        [
+            (shas[3], 89_478_485, "cannot preprocess: MemoryError: "),  # a good photo, poisoned by a bad model
+            ("a" * 64, 89_478_485, "not enough memory to decode this 30000×30000 image"),
+            ("b" * 64, 89_478_485, "not an image: Pillow cannot identify the format (it is text starting 'hello')"),
+        ],
+    )
     con.commit()
     con.close()
     return {"single": one, "single_key": single_key, "flip_key": flip_key, "shas": shas}
@@ -163,8 +172,9 @@ def test_an_old_cache_file_is_migrated_in_place(lite0, photos, tmp_path: Path) -
         speeds = [k for (k,) in con.execute("SELECT fingerprint FROM speed")]
     assert keys == speeds == [old["single_key"]], "mirror-averaged keys are gone"
     assert cache.count() == cache.count(view="orig") == 3, "single-view vectors kept as view 'orig'"
-    assert [(r[2], r[3][:13]) for r in _verdicts(cache)] == [(LEGACY_DECODER, "not an image:")], \
+    assert [(r[2], r[3][:13]) for r in _verdicts(cache)] == [(LEGACY_DECODER, "not an image:")], (
         "failures of the moment dropped; the permanent verdict kept under its (unknown, untrusted) decoder"
+    )
     same = extract_features(photos[:3], lite0, cache=cache, precision="fp32", engine="torch")
     assert same.n_computed == 0
     np.testing.assert_array_equal(same.features, old["single"].features)
@@ -197,13 +207,23 @@ def test_a_cache_from_a_newer_headstart_is_refused_with_advice(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------------- claims
-def _claim_row(cache: FeatureCache, key: str, sha: str, *, pid: int, expires_in: float = 60.0,
-               owner: str = "another", host: str | None = None) -> None:
+def _claim_row(
+    cache: FeatureCache,
+    key: str,
+    sha: str,
+    *,
+    pid: int,
+    expires_in: float = 60.0,
+    owner: str = "another",
+    host: str | None = None,
+) -> None:
     from headstart.features.cache import _HOST
 
     with sqlite3.connect(cache.path) as con:
-        con.execute("INSERT OR REPLACE INTO claims VALUES (?, 'orig', ?, ?, ?, ?, ?)",
-                    (key, sha, owner, host or _HOST, pid, time.time() + expires_in))
+        con.execute(
+            "INSERT OR REPLACE INTO claims VALUES (?, 'orig', ?, ?, ?, ?, ?)",
+            (key, sha, owner, host or _HOST, pid, time.time() + expires_in),
+        )
 
 
 def test_claims_of_live_processes_hold_and_the_others_are_taken_over(cache) -> None:
@@ -225,8 +245,13 @@ def test_claims_of_live_processes_hold_and_the_others_are_taken_over(cache) -> N
         _claim_row(cache, key, "expired", pid=sleeper.pid, expires_in=-1)
         _claim_row(cache, key, "elsewhere", pid=1, host="another-machine")
         cache.put_many(key, [("stored", np.ones(4, np.float32))])
-        got = cache.claim(key, [(s, "orig") for s in ("live", "dead", "zombie", "expired", "elsewhere", "stored",
-                                                      "free")], owner=me, max_pixels=None, decoder="d")
+        got = cache.claim(
+            key,
+            [(s, "orig") for s in ("live", "dead", "zombie", "expired", "elsewhere", "stored", "free")],
+            owner=me,
+            max_pixels=None,
+            decoder="d",
+        )
         assert sorted(s for s, _ in got.mine) == ["dead", "expired", "free", "zombie"]
         assert sorted(s for s, _ in got.busy) == ["elsewhere", "live"] and got.stored == [("stored", "orig")]
         assert cache.busy(key, got.busy + got.mine, owner=me) == set(got.busy)

@@ -47,8 +47,9 @@ def _alone(photos: list[Path], backbone, cache: FeatureCache, **options) -> obje
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return extract_features(photos, backbone, cache=cache, batch_size=3, precision="fp32", engine="torch",
-                                **options)
+        return extract_features(
+            photos, backbone, cache=cache, batch_size=3, precision="fp32", engine="torch", **options
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -60,13 +61,20 @@ def _run_together(tmp_path: Path, db: Path, jobs: list[tuple[str, list[Path]]]) 
     for n, (views, paths) in enumerate(jobs):
         out = tmp_path / f"worker{n}.json"
         outs.append(out)
-        procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(db), str(go), str(out), views,
-                                       *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(db), str(go), str(out), views, *map(str, paths)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     deadline = time.monotonic() + 240
     while not all(Path(f"{o}.ready").exists() for o in outs):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+            p.communicate()[1][-2000:] for p in procs if p.poll() is not None
+        ]
         time.sleep(0.02)
     go.write_text("")  # all three start extracting at the same moment
     reports = []
@@ -84,9 +92,11 @@ def _run_together(tmp_path: Path, db: Path, jobs: list[tuple[str, list[Path]]]) 
 def test_three_extractors_on_overlapping_halves_compute_each_photo_once(sample: Path, tmp_path: Path, lite0) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))
     half = len(photos) // 2
-    jobs = [("one", photos[:half]),                          # the first half
-            ("one", photos[half // 2 : half // 2 + half]),   # the middle half
-            ("one", photos[half:] + photos[: half // 2])]    # the second half, then the first quarter
+    jobs = [
+        ("one", photos[:half]),  # the first half
+        ("one", photos[half // 2 : half // 2 + half]),  # the middle half
+        ("one", photos[half:] + photos[: half // 2]),
+    ]  # the second half, then the first quarter
     reference = _alone(photos, lite0, FeatureCache(tmp_path / "alone.sqlite"))
     distinct = len(set(reference.hashes))
     db = tmp_path / "shared.sqlite"

@@ -36,8 +36,9 @@ def _committed(db: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_during_extract_loses_nothing_committed(sample: Path, tmp_path: Path, lite0,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigkill_at_random_moments_during_extract_loses_nothing_committed(
+    sample: Path, tmp_path: Path, lite0, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = sample / "test"
     paths = load_dataset(data).paths
     started = time.monotonic()
@@ -47,11 +48,33 @@ def test_sigkill_at_random_moments_during_extract_loses_nothing_committed(sample
         target = rng.randint(0, len(paths) - 1)  # committed vectors to wait for; 0: kill during start-up
         delay = rng.uniform(0.5, 4.0) if target == 0 else rng.uniform(0.0, 0.3)
         cache = tmp_path / f"cache-{seed}"
-        proc = subprocess.Popen([sys.executable, "-m", "headstart", "extract", str(data), "--batch-size", "2",
-                                 "--engine", "torch", "--cache-dir", str(cache), "--json"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        runs[seed] = {"proc": proc, "cache": cache, "target": target, "delay": delay, "since": time.monotonic(),
-                      "kill_at": None}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "headstart",
+                "extract",
+                str(data),
+                "--batch-size",
+                "2",
+                "--engine",
+                "torch",
+                "--cache-dir",
+                str(cache),
+                "--json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        runs[seed] = {
+            "proc": proc,
+            "cache": cache,
+            "target": target,
+            "delay": delay,
+            "since": time.monotonic(),
+            "kill_at": None,
+        }
     deadline = time.monotonic() + 240
     while any(r["proc"].poll() is None for r in runs.values()):
         assert time.monotonic() < deadline, "the extractions neither finished nor were killed"
@@ -80,8 +103,9 @@ def test_sigkill_at_random_moments_during_extract_loses_nothing_committed(sample
         cache = FeatureCache(db)
         rerun = extract_features(paths, lite0, cache=cache, batch_size=2, engine="torch")
         assert rerun.unusable == [], seed
-        assert (rerun.n_cached, rerun.n_computed) == (kept, len(paths) - kept), \
+        assert (rerun.n_cached, rerun.n_computed) == (kept, len(paths) - kept), (
             f"seed {seed} (killed: {killed}, at {kept} committed): the rerun computes exactly what was missing"
+        )
         with contextlib.closing(sqlite3.connect(db)) as con:
             assert con.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0, "the killed run's claims are gone"
         cache.close()

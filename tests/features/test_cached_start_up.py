@@ -28,19 +28,27 @@ main()
 def _headstart(*args: str) -> tuple[list[str], float, subprocess.CompletedProcess]:
     """Run the CLI in a fresh process; the heavy modules it imported and its wall time."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     seconds = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stderr.splitlines()[::-1] if x.startswith("MODULES "))
-    return json.loads(line[len("MODULES "):]), seconds, proc
+    return json.loads(line[len("MODULES ") :]), seconds, proc
 
 
 @pytest.fixture()
 def new_photos(sample: Path, tmp_path: Path) -> Path:
     """Two labelled photos no other test has cached (rotated copies: new bytes, same classes)."""
     root = tmp_path / "photos"
-    for src in (sorted((sample / "test" / "Bengal").glob("*.jpg"))[0], sorted((sample / "test" / "pug").glob("*.jpg"))[0]):
+    for src in (
+        sorted((sample / "test" / "Bengal").glob("*.jpg"))[0],
+        sorted((sample / "test" / "pug").glob("*.jpg"))[0],
+    ):
         (root / src.parent.name).mkdir(parents=True)
         with Image.open(src) as img:
             img.rotate(3, expand=True).convert("RGB").save(root / src.parent.name / (src.stem + ".png"))
@@ -58,8 +66,10 @@ def test_cached_commands_import_no_torch(sample_model: Path, new_photos: Path) -
         assert modules == [], f"a cached predict imported {modules}"
         assert "pug" in proc.stdout
         timings.append(seconds)
-    print(f"\ncached `headstart predict MODEL photo`: median {statistics.median(timings):.2f} s "
-          f"(min {min(timings):.2f}, max {max(timings):.2f}) over {len(timings)} runs")
+    print(
+        f"\ncached `headstart predict MODEL photo`: median {statistics.median(timings):.2f} s "
+        f"(min {min(timings):.2f}, max {max(timings):.2f}) over {len(timings)} runs"
+    )
 
     _headstart("extract", str(new_photos))
     modules, _, proc = _headstart("extract", str(new_photos), "--json")

@@ -53,8 +53,9 @@ def test_the_views_asked_for_are_embedded_in_one_pass_each_as_on_its_own(lite0, 
     for backbone in (lite0, lite0.with_flip_average(True)):
         rows = view_embedder(backbone, precision="fp32", device="cpu")(x, wanted)
         with torch.no_grad():
-            want = np.stack([lite0.features((x[i] if v == "orig" else x[i].flip(-1))[None]).numpy()[0]
-                             for i, v in wanted])
+            want = np.stack(
+                [lite0.features((x[i] if v == "orig" else x[i].flip(-1))[None]).numpy()[0] for i, v in wanted]
+            )
         np.testing.assert_array_equal(rows, want)
     with pytest.raises(ValueError, match="Unknown view.*'upside-down'.*orig, mirror"):
         view_embedder(lite0, precision="fp32", device="cpu")(x, [(0, "upside-down")])
@@ -75,4 +76,6 @@ def test_a_batch_that_does_not_fit_in_memory_is_split() -> None:
     np.testing.assert_array_equal(out[:, 0], np.arange(8))
     assert sizes == [8, 4, 2, 2, 4, 2, 2]
     with pytest.raises(RuntimeError, match="other failure"):
-        _embed_fitting_memory(lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext())
+        _embed_fitting_memory(
+            lambda c: (_ for _ in ()).throw(RuntimeError("other failure")), x, contextlib.nullcontext()
+        )

@@ -30,7 +30,9 @@ def photos(sample: Path, tmp_path: Path) -> list[Path]:
     return out
 
 
-def test_second_run_computes_nothing_and_gives_the_same_features(lite0, cache: FeatureCache, photos: list[Path]) -> None:
+def test_second_run_computes_nothing_and_gives_the_same_features(
+    lite0, cache: FeatureCache, photos: list[Path]
+) -> None:
     first = extract_features(photos, lite0, cache=cache, batch_size=5)
     second = extract_features(photos, lite0, cache=cache)
     assert (first.n_computed, first.n_cached) == (12, 0)
@@ -39,7 +41,9 @@ def test_second_run_computes_nothing_and_gives_the_same_features(lite0, cache: F
     assert first.features.shape == (12, 1280) and first.features.dtype == np.float32
 
 
-def test_adding_photos_computes_only_the_new_ones(lite0, cache: FeatureCache, photos: list[Path], sample: Path, tmp_path: Path) -> None:
+def test_adding_photos_computes_only_the_new_ones(
+    lite0, cache: FeatureCache, photos: list[Path], sample: Path, tmp_path: Path
+) -> None:
     extract_features(photos[:8], lite0, cache=cache)
     more = extract_features(photos, lite0, cache=cache)
     assert (more.n_computed, more.n_cached) == (4, 8)
@@ -87,8 +91,11 @@ def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[
 def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     from headstart._validation import ParameterError
 
-    with pytest.raises(ParameterError, match=r"The 'precision' parameter of extract_features must be one of 'auto', "
-                                             r"'fp32', 'bf16'(, 'int8')?\. Got 'fp8' instead\.") as info:
+    with pytest.raises(
+        ParameterError,
+        match=r"The 'precision' parameter of extract_features must be one of 'auto', "
+        r"'fp32', 'bf16'(, 'int8')?\. Got 'fp8' instead\.",
+    ) as info:
         extract_features(photos, lite0, cache=cache, precision="fp8")
     assert info.value.parameter == "precision"
     with pytest.raises(ParameterError, match="'engine' parameter of extract_features"):
@@ -113,8 +120,12 @@ _WORKER = textwrap.dedent(
 
 
 def _spawn(db: Path, paths: list[Path]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _WORKER, str(db), *map(str, paths)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(db), *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -148,18 +159,23 @@ def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: l
     assert kept >= 2, "the first batch was committed before the kill"
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rest = extract_features(photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32",
-                            flip_average=False)
+    rest = extract_features(
+        photos, "tf_efficientnet_lite0", cache=cache, batch_size=2, precision="fp32", flip_average=False
+    )
     assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
 
 
-def test_known_unusable_files_do_not_load_the_model_again(cache: FeatureCache, photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_unusable_files_do_not_load_the_model_again(
+    cache: FeatureCache, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     broken = photos[0].with_name("broken.jpg")
     broken.write_text("not a photo")
     first = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
     import headstart.features.backbones as backbones
 
-    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("everything was known: no model needed"))
+    monkeypatch.setattr(
+        backbones, "load_backbone", lambda *a, **k: pytest.fail("everything was known: no model needed")
+    )
     again = extract_features([photos[0], broken], "tf_efficientnet_lite0", cache=cache)
     assert [u.reason for u in again.unusable] == [u.reason for u in first.unusable]
     assert (again.n_cached, again.n_computed) == (1, 0)
@@ -186,12 +202,30 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     for i, p in enumerate(photos):
         shutil.copy(p, data / ("a" if i % 2 else "b") / p.name)
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
-         "extract", str(data), "--precision", "fp32", "--batch-size", "2", "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "headstart",
+            "extract",
+            str(data),
+            "--precision",
+            "fp32",
+            "--batch-size",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert report["n_computed"] == len(photos) and report["n_usable"] == len(photos)
     shared = FeatureCache(tmp_path / "ddp-cache" / "features.sqlite")
     assert shared.count() == len(photos)  # one view each (the default), each computed by one process

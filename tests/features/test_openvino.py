@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from headstart._validation import ParameterError  # noqa: E402
-from headstart.features import FeatureCache  # noqa: E402
-from headstart.features.extract import decode_size, extract_features, preprocessor  # noqa: E402
-from headstart.features.openvino import INT8_PRECISION, converted_path, resolve_engine  # noqa: E402
-from headstart.features.preprocess import uint8_preprocessor  # noqa: E402
+from headstart._validation import ParameterError
+from headstart.features import FeatureCache
+from headstart.features.extract import decode_size, extract_features, preprocessor
+from headstart.features.openvino import INT8_PRECISION, converted_path, resolve_engine
+from headstart.features.preprocess import uint8_preprocessor
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,12 @@ def reference(photos, lite0) -> np.ndarray:
 
     decode = preprocessor(lite0)
     with torch.inference_mode():
-        return np.concatenate([lite0.features(torch.stack([decode(p) for p in photos[i : i + 16]])).numpy()
-                               for i in range(0, len(photos), 16)])
+        return np.concatenate(
+            [
+                lite0.features(torch.stack([decode(p) for p in photos[i : i + 16]])).numpy()
+                for i in range(0, len(photos), 16)
+            ]
+        )
 
 
 def test_the_numpy_crop_is_timms_transform(photos, lite0) -> None:
@@ -55,10 +59,12 @@ def test_the_numpy_crop_is_timms_transform(photos, lite0) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_features_are_within_cosine_099_of_torch_fp32_for_every_photo(photos, lite0, reference, tmp_path,
-                                                                      precision) -> None:
-    feats = extract_features(photos, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino",
-                             precision=precision)
+def test_features_are_within_cosine_099_of_torch_fp32_for_every_photo(
+    photos, lite0, reference, tmp_path, precision
+) -> None:
+    feats = extract_features(
+        photos, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino", precision=precision
+    )
     assert feats.n_computed == len(photos) and feats.cache_key.endswith(f"-{precision}")
     cosine = _cosines(feats.features, reference)
     assert cosine.min() >= (0.9999 if precision == "fp32" else 0.99), (precision, cosine.min())
@@ -72,8 +78,9 @@ def test_mirror_views_match_torch(photos, lite0, tmp_path) -> None:
     decode = preprocessor(lite0)
     with torch.inference_mode():
         want = lite0.with_flip_average(True).features(torch.stack([decode(p) for p in few])).numpy()
-    got = extract_features(few, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino",
-                           precision="fp32", flip_average=True).features
+    got = extract_features(
+        few, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino", precision="fp32", flip_average=True
+    ).features
     assert _cosines(got, want).min() >= 0.9999
 
 
@@ -98,8 +105,9 @@ def test_the_probe_scores_the_same_on_openvino_features(sample, lite0, tmp_path)
 def test_a_cached_model_runs_without_torch_or_timm(photos, lite0, tmp_path) -> None:
     """Once the converted model is cached, extraction in a fresh process imports neither torch nor timm, and gives
     the features this process gives."""
-    here = extract_features(photos[:5], lite0, cache=FeatureCache(tmp_path / "a.sqlite"), engine="openvino",
-                            precision="bf16").features
+    here = extract_features(
+        photos[:5], lite0, cache=FeatureCache(tmp_path / "a.sqlite"), engine="openvino", precision="bf16"
+    ).features
     script = f"""
 import json, sys
 from headstart.features import FeatureCache, extract_features
@@ -108,8 +116,9 @@ feats = extract_features({[str(p) for p in photos[:5]]!r}, "tf_efficientnet_lite
 print(json.dumps({{"computed": feats.n_computed, "features": feats.features.tolist(),
                   "loaded": sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules)}}))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(),
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy(), timeout=300
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [] and result["computed"] == 5
@@ -128,8 +137,9 @@ def test_auto_is_openvino_on_cpus_and_torch_on_cuda(lite0) -> None:
 
 def test_int8_features_stay_within_cosine_097_of_fp32(photos, lite0, reference, tmp_path) -> None:
     pytest.importorskip("nncf")
-    feats = extract_features(photos, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino",
-                             precision="int8")
+    feats = extract_features(
+        photos, lite0, cache=FeatureCache(tmp_path / "f.sqlite"), engine="openvino", precision="int8"
+    )
     assert feats.cache_key.endswith(INT8_PRECISION)  # (beyond fp32's tolerance: never mixed with its features)
     assert _cosines(feats.features, reference).min() >= 0.97
 
@@ -141,8 +151,9 @@ def test_a_damaged_converted_model_is_converted_again(photos, lite0, tmp_path) -
     path = converted_path(lite0.spec, "fp32")
     path.write_text("<net>half a file")
     engine._compiled.cache_clear()  # (as a new process finds it)
-    feats = extract_features(photos[:2], lite0, cache=FeatureCache(tmp_path / "b.sqlite"), engine="openvino",
-                             precision="fp32")
+    feats = extract_features(
+        photos[:2], lite0, cache=FeatureCache(tmp_path / "b.sqlite"), engine="openvino", precision="fp32"
+    )
     assert feats.n_computed == 2 and "half a file" not in path.read_text()
 
 
@@ -152,8 +163,9 @@ def test_compiled_models_are_cached_and_a_damaged_blob_is_compiled_again(photos,
     from headstart._io import cache_dir
     from headstart.features import openvino as engine
 
-    first = extract_features(photos[:2], lite0, cache=FeatureCache(tmp_path / "a.sqlite"), engine="openvino",
-                             precision="fp32")
+    first = extract_features(
+        photos[:2], lite0, cache=FeatureCache(tmp_path / "a.sqlite"), engine="openvino", precision="fp32"
+    )
     blobs = list((cache_dir() / "backbones" / "openvino-compiled").glob("*.blob"))
     assert blobs, "the compiled model was cached"
     for blob in blobs:
@@ -161,8 +173,9 @@ def test_compiled_models_are_cached_and_a_damaged_blob_is_compiled_again(photos,
             f.truncate(blob.stat().st_size // 3)
     engine._compiled.cache_clear()  # (as a new process finds it)
     engine._core.cache_clear()
-    again = extract_features(photos[:2], lite0, cache=FeatureCache(tmp_path / "b.sqlite"), engine="openvino",
-                             precision="fp32")
+    again = extract_features(
+        photos[:2], lite0, cache=FeatureCache(tmp_path / "b.sqlite"), engine="openvino", precision="fp32"
+    )
     assert again.n_computed == 2 and _cosines(again.features, first.features).min() > 0.9999
 
 
@@ -171,13 +184,20 @@ def test_predicting_a_new_photo_imports_no_torch(sample_model: Path, sample: Pat
     the model converted it): OpenVINO computes the features, neither torch nor timm is imported."""
     photo = tmp_path / "pug.jpg"
     photo.write_bytes(sorted((sample / "test" / "pug").glob("*.jpg"))[0].read_bytes() + b"\0")  # new bytes
-    script = ("import atexit, json, sys\n"
-              "atexit.register(lambda: print('MODULES', json.dumps(sorted(m for m in ('torch', 'timm', 'openvino') "
-              "if m in sys.modules))))\n"
-              f"sys.argv = ['headstart', 'predict', {str(sample_model)!r}, {str(photo)!r}, '--top-k', '1']\n"
-              "from headstart.cli import main\nmain()\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    script = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print('MODULES', json.dumps(sorted(m for m in ('torch', 'timm', 'openvino') "
+        "if m in sys.modules))))\n"
+        f"sys.argv = ['headstart', 'predict', {str(sample_model)!r}, {str(photo)!r}, '--top-k', '1']\n"
+        "from headstart.cli import main\nmain()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    modules = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("MODULES "))[len("MODULES "):])
+    modules = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("MODULES "))[len("MODULES ") :])
     assert modules == ["openvino"] and "pug" in out.stdout, (modules, out.stdout)

@@ -27,13 +27,15 @@ def test_a_command_that_needs_the_mirror_view_computes_only_that(lite0, cache, s
         averaged = lite0.with_flip_average(True).features(x).numpy()  # the network's own averaging, one pass
     np.testing.assert_array_equal(both.features, averaged)
     np.testing.assert_array_equal(again.features, averaged)
-    np.testing.assert_array_equal(one.features, extract_features(photos, lite0, cache=cache, precision="fp32",
-                                                                 engine="torch").features)
+    np.testing.assert_array_equal(
+        one.features, extract_features(photos, lite0, cache=cache, precision="fp32", engine="torch").features
+    )
 
 
 @pytest.mark.slow
 def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror_views_are_cached(
-        sample: Path, tmp_path: Path) -> None:
+    sample: Path, tmp_path: Path
+) -> None:
     from headstart.data import load_dataset
     from headstart.models.estimator import ImageClassifier
 
@@ -44,8 +46,12 @@ def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror
     assert default.report_["features"]["computed"] == 60 and cache.count(view="mirror") == 0
     assert not default.model_.spec.flip_average
 
-    mirrors = extract_features(load_dataset(data).paths, default.spec_.name, cache=cache,  # `extract --flip-average`
-                               flip_average=True)
+    mirrors = extract_features(
+        load_dataset(data).paths,
+        default.spec_.name,
+        cache=cache,  # `extract --flip-average`
+        flip_average=True,
+    )
     assert mirrors.n_views_computed == 60, "the photos' own views were cached by train"
     decided = ImageClassifier(cache=cache).fit(data)  # now mirror averaging costs nothing: CV decides
     assert set(decided.report_["flip_average_cv"]) == {"on", "off"}
@@ -53,6 +59,7 @@ def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror
     for asked in (None, "auto"):  # asked for: CV decides whatever it costs (here: nothing left to compute)
         clf = ImageClassifier(cache=cache, flip_average=asked).fit(data)
         assert clf.report_["flip_average_cv"] == decided.report_["flip_average_cv"]
-    with pytest.raises(ValueError, match="'flip_average' parameter of ImageClassifier must be a bool, None, 'auto' "
-                                         "or 'cached'"):
+    with pytest.raises(
+        ValueError, match="'flip_average' parameter of ImageClassifier must be a bool, None, 'auto' or 'cached'"
+    ):
         ImageClassifier(cache=cache, flip_average="sometimes").fit(data)

@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 from headstart._validation import ParameterError
 from headstart.cli import app
 from headstart.errors import HeadstartError
-from headstart.models.target import load_target
 from headstart.inside import objectives as obj
 from headstart.inside import param, render
 from headstart.inside import transforms as tr
+from headstart.inside.activations import feature_maps, featuremaps, list_layers
 from headstart.inside.class_image import canvas_size, dream, high_frequency_energy, probabilities_of_file
 from headstart.inside.heatmap import explain
-from headstart.inside.activations import feature_maps, featuremaps, list_layers
+from headstart.models.target import load_target
 
 runner = CliRunner()
 
@@ -62,15 +62,19 @@ def test_objective_algebra_values_and_names() -> None:
 @pytest.mark.parametrize("bad", ["text", [1], None])
 def test_objective_algebra_refuses_other_types(bad) -> None:
     with pytest.raises(TypeError, match=f"got {type(bad).__name__}"):
-        obj.class_logit(0) * bad  # noqa: B018
+        obj.class_logit(0) * bad
     with pytest.raises(TypeError, match=f"got {type(bad).__name__}"):
-        obj.class_logit(0) + bad  # noqa: B018
+        obj.class_logit(0) + bad
 
 
 def test_objective_arguments_are_checked() -> None:
-    with pytest.raises(ParameterError, match=r"^The 'c' parameter of class_logit must be an int in \[0, inf\). Got -1 instead.$"):
+    with pytest.raises(
+        ParameterError, match=r"^The 'c' parameter of class_logit must be an int in \[0, inf\). Got -1 instead.$"
+    ):
         obj.class_logit(-1)
-    with pytest.raises(ParameterError, match="'n' parameter of channel must be below 4, the number of channels of layer 'x'"):
+    with pytest.raises(
+        ParameterError, match="'n' parameter of channel must be below 4, the number of channels of layer 'x'"
+    ):
         obj.channel("x", 4)(_fake_T({"x": torch.zeros(1, 4, 2, 2)}))
     with pytest.raises(TypeError, match="'layer:channel'"):
         obj.as_objective("blocks.5")
@@ -78,17 +82,24 @@ def test_objective_arguments_are_checked() -> None:
 
 def test_importing_the_package_costs_no_torch() -> None:
     """``headstart dream --help`` and friends must stay fast: torch loads when a function first needs it."""
-    code = ("import sys, headstart.inside, headstart.inside.class_image, headstart.inside.heatmap; "
-            "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, headstart.inside, headstart.inside.class_image, headstart.inside.heatmap; "
+        "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------------- params and transforms
-@pytest.mark.parametrize("make", [lambda: param.fft_image((2, 3, 40, 56), seed=1),
-                                  lambda: param.fft_image((1, 3, 33, 33), decorrelate=False),
-                                  lambda: param.pixel_image((1, 3, 32, 48), seed=1),
-                                  lambda: param.image(30, fft=False)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: param.fft_image((2, 3, 40, 56), seed=1),
+        lambda: param.fft_image((1, 3, 33, 33), decorrelate=False),
+        lambda: param.pixel_image((1, 3, 32, 48), seed=1),
+        lambda: param.image(30, fft=False),
+    ],
+)
 def test_parameterisations_give_valid_images_with_gradients(make) -> None:
     params, image_f = make()
     image = image_f()
@@ -109,12 +120,19 @@ def test_seeds_repeat() -> None:
 def test_transforms_keep_channels_and_range() -> None:
     x = torch.rand(2, 3, 64, 64)
     torch.manual_seed(0)
-    for t in [*tr.standard_transforms(), tr.compose(tr.standard_transforms()), tr.center_crop(48), tr.pad(3, mode="reflect")]:
+    for t in [
+        *tr.standard_transforms(),
+        tr.compose(tr.standard_transforms()),
+        tr.center_crop(48),
+        tr.pad(3, mode="reflect"),
+    ]:
         y = t(x)
         assert y.shape[:2] == (2, 3) and y.min() >= -1e-5 and y.max() <= 1 + 1e-5
     assert tr.jitter(8)(x).shape[-2:] == (56, 56) and tr.center_crop(80)(x).shape[-2:] == (80, 80)
     assert torch.equal(tr.random_rotate([0])(x), x)
-    with pytest.raises(ParameterError, match=r"^The 'd' parameter of jitter must be an int in \[1, inf\). Got 0 instead.$"):
+    with pytest.raises(
+        ParameterError, match=r"^The 'd' parameter of jitter must be an int in \[1, inf\). Got 0 instead.$"
+    ):
         tr.jitter(0)
     with pytest.raises(ParameterError, match="'scales' parameter of random_scale must be a non-empty list"):
         tr.random_scale([])
@@ -126,16 +144,28 @@ def test_render_increases_the_objective(net) -> None:
     seen: list[float] = []
     objective = obj.class_logit(340) - 0.1 * obj.total_variation()
     torch.manual_seed(0)
-    images = render(net, objective, param_f=lambda: param.fft_image((1, 3, 128, 128), seed=0), steps=8,
-                    thresholds=(4,), callback=lambda step, image, value: seen.append(value))
+    images = render(
+        net,
+        objective,
+        param_f=lambda: param.fft_image((1, 3, 128, 128), seed=0),
+        steps=8,
+        thresholds=(4,),
+        callback=lambda step, image, value: seen.append(value),
+    )
     assert len(seen) == 8 and seen[-1] > seen[0]
     assert len(images) == 2 and images[-1].shape == (1, 3, 128, 128)
 
 
 def test_render_channel_objective_reads_any_layer_and_stops_on_request(net) -> None:
     seen: list[float] = []
-    render(net, "blocks.4:3", param_f=lambda: param.fft_image((1, 3, 96, 96), seed=0), transforms=[], steps=6,
-           callback=lambda step, image, value: seen.append(value) or step == 4)
+    render(
+        net,
+        "blocks.4:3",
+        param_f=lambda: param.fft_image((1, 3, 96, 96), seed=0),
+        transforms=[],
+        steps=6,
+        callback=lambda step, image, value: seen.append(value) or step == 4,
+    )
     assert len(seen) == 4 and seen[-1] > seen[0]
     with pytest.raises(ValueError, match="no layer 'nope'"):
         render(net, obj.channel("nope", 0), steps=1)
@@ -193,9 +223,14 @@ def test_total_variation_lowers_high_frequency_energy(net, one_torch_thread) -> 
 
     def energy(tv: float) -> float:
         torch.manual_seed(0)
-        image = render(module, obj.class_log_prob(284) - tv * obj.total_variation(),
-                       param_f=lambda: param.pixel_image((1, 3, 96, 96), seed=0, dtype=torch.float64),
-                       optimizer=lambda p: torch.optim.SGD(p, lr=2.5), transforms=[], steps=10)[-1]
+        image = render(
+            module,
+            obj.class_log_prob(284) - tv * obj.total_variation(),
+            param_f=lambda: param.pixel_image((1, 3, 96, 96), seed=0, dtype=torch.float64),
+            optimizer=lambda p: torch.optim.SGD(p, lr=2.5),
+            transforms=[],
+            steps=10,
+        )[-1]
         assert image.dtype == torch.float64
         return high_frequency_energy(image)
 
@@ -206,15 +241,26 @@ def test_total_variation_lowers_high_frequency_energy(net, one_torch_thread) -> 
     assert 0.7 < high_frequency_energy(noise) < 0.9  # white noise: about 0.8 of its power above half Nyquist
 
 
-@pytest.mark.parametrize(("kwargs", "error", "words"), [
-    ({"target": "unicornx"}, HeadstartError, "Unknown class"),
-    ({"target": 1, "method": "deepdream"}, ParameterError, "^The 'method' parameter of dream must be one of 'lucid', 'lesson'"),
-    ({"target": 1, "steps": 0}, ParameterError, r"^The 'steps' parameter of dream must be an int in \[1, inf\)"),
-    ({"target": 1, "tv": -1.0}, ParameterError, r"^The 'tv' parameter of dream must be a float in \[0, inf\)"),
-    ({"target": 1, "stop_at": 1.5}, ParameterError, r"^The 'stop_at' parameter of dream must be a float in \(0, 1\]"),
-    ({"target": 1, "out_name": "x.jpg"}, ParameterError, "'out' parameter of dream must be a path ending in .png"),
-    ({"target": 1, "out_name": "folder.png"}, ParameterError, "must be a file to write, not a folder"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"target": "unicornx"}, HeadstartError, "Unknown class"),
+        (
+            {"target": 1, "method": "deepdream"},
+            ParameterError,
+            "^The 'method' parameter of dream must be one of 'lucid', 'lesson'",
+        ),
+        ({"target": 1, "steps": 0}, ParameterError, r"^The 'steps' parameter of dream must be an int in \[1, inf\)"),
+        ({"target": 1, "tv": -1.0}, ParameterError, r"^The 'tv' parameter of dream must be a float in \[0, inf\)"),
+        (
+            {"target": 1, "stop_at": 1.5},
+            ParameterError,
+            r"^The 'stop_at' parameter of dream must be a float in \(0, 1\]",
+        ),
+        ({"target": 1, "out_name": "x.jpg"}, ParameterError, "'out' parameter of dream must be a path ending in .png"),
+        ({"target": 1, "out_name": "folder.png"}, ParameterError, "must be a file to write, not a folder"),
+    ],
+)
 def test_dream_bad_input_writes_nothing(net, tmp_path: Path, kwargs, error, words) -> None:
     out = tmp_path / kwargs.pop("out_name", "x.png")
     if out.name == "folder.png":
@@ -234,7 +280,10 @@ def test_featuremaps_lists_timm_layers_and_draws(sample: Path, tmp_path: Path, l
     assert [(r["num_chs"], r["reduction"]) for r in layers[3:6]] == [(80, 16), (112, 16), (192, 32)]
     photo = sample / "test" / "Siamese" / "Siamese_17.jpg"
     for row in layers[3:6:2]:  # the stages timm does not list draw too
-        assert featuremaps(lite0, photo, tmp_path / f"{row['module']}.png", layer=row["module"]).activations.shape[0] == row["num_chs"]
+        assert (
+            featuremaps(lite0, photo, tmp_path / f"{row['module']}.png", layer=row["module"]).activations.shape[0]
+            == row["num_chs"]
+        )
     fm = featuremaps(lite0, photo, tmp_path / "fm.png", layer="blocks.2", n_channels=4)
     assert fm.activations.shape == (40, 28, 28) and fm.final.shape == (1280, 7, 7)
     assert len(fm.top_channels(4)) == 4 and (tmp_path / "fm.png").read_bytes()[:4] == b"\x89PNG"
@@ -279,7 +328,9 @@ def test_explain_replaces_an_earlier_output_and_says_so(net, sample: Path, tmp_p
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def test_cli_dream_json(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["dream", "--target", "espresso", "--steps", "3", "--out", str(tmp_path / "e.png"), "--json"])
+    result = runner.invoke(
+        app, ["dream", "--target", "espresso", "--steps", "3", "--out", str(tmp_path / "e.png"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["target"] == 967 and report["steps"] == 3 and Path(report["png"]).is_file()
@@ -291,7 +342,10 @@ def test_cli_featuremaps_and_explain(sample: Path, tmp_path: Path) -> None:
     photo = sample / "test" / "pug" / "pug_17.jpg"
     made = runner.invoke(app, ["featuremaps", str(photo), "--layer", "blocks.1", "--out", str(tmp_path / "f.png")])
     assert made.exit_code == 0 and (tmp_path / "f.png").is_file(), made.output
-    cam = runner.invoke(app, ["explain", "tf_efficientnet_lite0", str(photo), "--class", "pug", "--out", str(tmp_path / "c.png"), "--json"])
+    cam = runner.invoke(
+        app,
+        ["explain", "tf_efficientnet_lite0", str(photo), "--class", "pug", "--out", str(tmp_path / "c.png"), "--json"],
+    )
     assert cam.exit_code == 0, cam.output
     assert json.loads(cam.stdout)["target_name"].startswith("pug") and (tmp_path / "c.png").is_file()
 
@@ -325,8 +379,12 @@ def test_explain_is_faithful_on_sample_photos(net, sample: Path) -> None:
     for photo in sorted((sample / "test").glob("*/*.jpg"))[::4][:6]:
         view = whole_view(load_image(photo), net.spec.data_config)
         e = explain_view(net, view)
-        blurred = np.asarray(Image.fromarray((view * 255).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(8)),
-                             np.float32) / 255
+        blurred = (
+            np.asarray(
+                Image.fromarray((view * 255).round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(8)), np.float32
+            )
+            / 255
+        )
         for name, score in (("heat", e.heatmap), ("random", rng.random(e.heatmap.shape))):
             mask = score >= np.quantile(score, 0.8)
             x = torch.from_numpy(np.where(mask[..., None], blurred, view).transpose(2, 0, 1).copy()).unsqueeze(0)

@@ -74,7 +74,12 @@ def test_the_snippet_fits_predicts_scores_saves_and_loads(fitted, sample: Path, 
     score = clf.score(sample / "test")
     assert score == np.mean(predicted == labels)
     assert score >= 0.75, score
-    assert clf.score(test, labels) == score == clf.score((test, list(labels))) == clf.score(hs.load_dataset(sample / "test"))
+    assert (
+        clf.score(test, labels)
+        == score
+        == clf.score((test, list(labels)))
+        == clf.score(hs.load_dataset(sample / "test"))
+    )
     assert contents(workdir) == [], "predicting writes nothing either"
 
     path = clf.save("pets.safetensors")
@@ -114,8 +119,11 @@ def test_clone_get_params_set_params_and_not_fitted(fitted, sample: Path) -> Non
     check_is_fitted(fitted)
     with pytest.raises(NotFittedError, match="not fitted yet"):
         check_is_fitted(copy)
-    for call in (lambda: copy.predict([sample / "test"]), lambda: copy.predict_proba([sample / "test"]),
-                 lambda: copy.save("never.safetensors")):
+    for call in (
+        lambda: copy.predict([sample / "test"]),
+        lambda: copy.predict_proba([sample / "test"]),
+        lambda: copy.save("never.safetensors"),
+    ):
         with pytest.raises(NotFittedError, match="This ImageClassifier instance is not fitted yet"):
             call()
     assert copy.set_params(seed=3, refit=False) is copy and copy.get_params()["seed"] == 3
@@ -131,11 +139,17 @@ def test_clone_get_params_set_params_and_not_fitted(fitted, sample: Path) -> Non
 def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
     clf = hs.ImageClassifier(method="nope", val_fraction=2.0)  # the constructor only stores them
     assert clf.method == "nope"
-    with pytest.raises(ParameterError, match=r"The 'method' parameter of ImageClassifier must be one of 'probe', "
-                                             r"'finetune', 'scratch' or a Finetune\. Got 'nope' instead\."):
+    with pytest.raises(
+        ParameterError,
+        match=r"The 'method' parameter of ImageClassifier must be one of 'probe', "
+        r"'finetune', 'scratch' or a Finetune\. Got 'nope' instead\.",
+    ):
         clf.fit(three_breeds)
-    with pytest.raises(ParameterError, match=r"The 'val_fraction' parameter of ImageClassifier must be a float in "
-                                             r"\(0, 1\)\. Got 2\.0 instead\."):
+    with pytest.raises(
+        ParameterError,
+        match=r"The 'val_fraction' parameter of ImageClassifier must be a float in "
+        r"\(0, 1\)\. Got 2\.0 instead\.",
+    ):
         clf.set_params(method="probe").fit(three_breeds)
     with pytest.raises(ParameterError, match="'finetune' parameter"):
         hs.ImageClassifier(finetune={"epochs": 2}).fit(three_breeds)  # options for a probe: a mistake
@@ -222,7 +236,10 @@ def test_a_finetune_as_the_method_fine_tunes_and_writes_nothing(three_breeds, tm
     saved = ft.save(tmp_path / "ft.safetensors")
     again = hs.load(saved)
     assert again.get_params()["method"] == "finetune" and again.get_params()["finetune"] == {
-        "epochs": 1, "batch_size": 4, "patience": 0}
+        "epochs": 1,
+        "batch_size": 4,
+        "patience": 0,
+    }
     np.testing.assert_allclose(again.predict_proba(paths[:3]), proba, rtol=1e-4, atol=1e-5)
 
 
@@ -243,4 +260,6 @@ def test_copies_of_sample_folders_are_data_sets_too(sample: Path, tmp_path: Path
         warnings.simplefilter("error")
         by_folder = fitted.predict(folder)
     np.testing.assert_array_equal(by_folder, fitted.predict(photos(folder)))
-    np.testing.assert_array_equal(fitted.predict(hs.load_dataset(folder)), fitted.predict(hs.load_dataset(folder).paths))
+    np.testing.assert_array_equal(
+        fitted.predict(hs.load_dataset(folder)), fitted.predict(hs.load_dataset(folder).paths)
+    )

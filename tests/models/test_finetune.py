@@ -34,12 +34,12 @@ def trainable_parameters(unfreeze: str) -> set[str]:
     trunk = load_backbone("tf_efficientnet_lite0").model
     groups = group_parameters(trunk, trunk.group_matcher(coarse=True))
     names = list(groups)
-    return {p for g in (names if unfreeze == "all" else names[-int(unfreeze):]) for p in groups[g]}
+    return {p for g in (names if unfreeze == "all" else names[-int(unfreeze) :]) for p in groups[g]}
 
 
 def trunk_arrays(state: dict, prefix: str = "trunk.") -> dict:
     """numpy copies of a network state dict's trunk tensors, by their name inside the trunk."""
-    return {k[len(prefix):]: v.detach().float().numpy() for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v.detach().float().numpy() for k, v in state.items() if k.startswith(prefix)}
 
 
 def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_path: Path) -> None:
@@ -49,7 +49,13 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     from headstart.features import cached_trunk_weights
     from headstart.models.classifier import Classifier
 
-    result = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "ft.safetensors", finetune_options=FAST)
+    result = train(
+        tiny,
+        backbone="tf_efficientnet_lite0",
+        method="finetune",
+        out=tmp_path / "ft.safetensors",
+        finetune_options=FAST,
+    )
     run = result.run_dir
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [0, 1, 2] and {"train_loss", "val_accuracy", "lr"} <= set(lines[1])
@@ -100,8 +106,17 @@ def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tin
     data = load_dataset(tiny)
     backbone = load_backbone("tf_efficientnet_lite0")
     config = Finetune.for_data_size(15, epochs=4, batch_size=4, unfreeze="2", patience=0)
-    result = run_finetune(build_network(backbone, 3, 0.2), data, None, data.classes, backbone.spec.data_config,
-                          config, tmp_path, stop_after=2, name="refit-")
+    result = run_finetune(
+        build_network(backbone, 3, 0.2),
+        data,
+        None,
+        data.classes,
+        backbone.spec.data_config,
+        config,
+        tmp_path,
+        stop_after=2,
+        name="refit-",
+    )
     assert [r.epoch for r in result.history] == [1, 2] and all(r.val_accuracy is None for r in result.history)
     assert result.history[-1].lr > 0.3 * config.lr, "stopped half way through the 4-epoch schedule, not at its end"
     assert len((tmp_path / "refit-metrics.jsonl").read_text().splitlines()) == 2
@@ -111,8 +126,21 @@ def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tin
 
 
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
-    first = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "a.safetensors", finetune_options={**FAST, "epochs": 1})
-    resumed = train(tiny, backbone="tf_efficientnet_lite0", method="finetune", out=tmp_path / "a.safetensors", finetune_options=FAST, resume=first.run_dir)
+    first = train(
+        tiny,
+        backbone="tf_efficientnet_lite0",
+        method="finetune",
+        out=tmp_path / "a.safetensors",
+        finetune_options={**FAST, "epochs": 1},
+    )
+    resumed = train(
+        tiny,
+        backbone="tf_efficientnet_lite0",
+        method="finetune",
+        out=tmp_path / "a.safetensors",
+        finetune_options=FAST,
+        resume=first.run_dir,
+    )
     epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2], "epochs 0-1 kept from the first run, only epoch 2 trained again"
     assert resumed.metrics["epochs_run"] == 2
@@ -124,9 +152,17 @@ def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_pat
 
     from headstart.features import cached_trunk_weights, load_backbone
 
-    result = train(tiny, backbone="tf_efficientnet_lite0", method="scratch", out=tmp_path / "s.safetensors", finetune_options={**FAST, "epochs": 1})
+    result = train(
+        tiny,
+        backbone="tf_efficientnet_lite0",
+        method="scratch",
+        out=tmp_path / "s.safetensors",
+        finetune_options={**FAST, "epochs": 1},
+    )
     torch.manual_seed(0)  # scratch seeds its random initialisation: the same seed, the same starting weights
-    initial = {k: v.numpy() for k, v in load_backbone("tf_efficientnet_lite0", "none").state_dict_without_head().items()}
+    initial = {
+        k: v.numpy() for k, v in load_backbone("tf_efficientnet_lite0", "none").state_dict_without_head().items()
+    }
     _, pretrained = cached_trunk_weights("tf_efficientnet_lite0")
     trained = trunk_arrays(torch.load(result.run_dir / "checkpoint.pt", weights_only=True)["network"])
     weights = [k for k in initial if k.endswith(".weight") and initial[k].ndim == 4]
@@ -135,7 +171,9 @@ def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_pat
     # the saved network is the refit on all photos (its own checkpoint), or the random start when epoch 0 won
     refit = result.run_dir / "refit-checkpoint.pt"
     assert refit.is_file() == (result.metrics["best_epoch"] > 0)
-    best = initial if result.metrics["best_epoch"] == 0 else trunk_arrays(torch.load(refit, weights_only=True)["network"])
+    best = (
+        initial if result.metrics["best_epoch"] == 0 else trunk_arrays(torch.load(refit, weights_only=True)["network"])
+    )
     for k in weights:
         np.testing.assert_allclose(result.model.trunk[k], best[k], err_msg=k)
 
@@ -192,13 +230,36 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "ddp.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "headstart",
-         "train", str(tiny), "--method", "finetune", "--epochs", "2", "--batch-size", "4", "--patience", "0",
-         "--out", str(out), "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "headstart",
+            "train",
+            str(tiny),
+            "--method",
+            "finetune",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--patience",
+            "0",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])  # rank 0 alone prints
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])  # rank 0 alone prints
     assert report["epochs_run"] == 2 and proc.stdout.count('"model"') == 1
     lines = (tmp_path / "ddp-run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3, "epoch 0 and one line per epoch, written once (rank 0), not once per process"
@@ -214,11 +275,15 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path)
     assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
     assert result.lrs == sorted(result.lrs) and (tmp_path / "lr.png").stat().st_size > 1000
     assert result.stopped in ("done", "loss diverged") and result.steps == 8 and result.seconds_per_step > 0
-    assert result.why == "all 8 steps" if result.stopped == "done" else result.why.startswith(
-        f"stopped at step {len(result.lrs)} of 8: the loss exceeded 4x its minimum")
+    assert (
+        result.why == "all 8 steps"
+        if result.stopped == "done"
+        else result.why.startswith(f"stopped at step {len(result.lrs)} of 8: the loss exceeded 4x its minimum")
+    )
     assert result.to_dict()["frozen_stages"]["cached"] == (result.to_dict()["frozen_stages"].get("up_to") is not None)
-    short = find_learning_rate(tiny, out=tmp_path / "lr2.png", steps=8, budget_s=1e-9,
-                               finetune_options={"batch_size": 4})
+    short = find_learning_rate(
+        tiny, out=tmp_path / "lr2.png", steps=8, budget_s=1e-9, finetune_options={"batch_size": 4}
+    )
     assert short.stopped == "time budget" and len(short.lrs) == 1
     assert short.why.startswith("stopped at step 1 of 8: its time budget ran out")
 
@@ -230,7 +295,9 @@ def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Pat
     assert settings == {"head_dropout": [0, 0.5]}
     rows = sweep(tiny, settings, out_dir=tmp_path / "sw", base_options={"epochs": 1, "batch_size": 4, "patience": 0})
     assert [r["head_dropout"] for r in rows] == [0, 0.5]
-    assert (tmp_path / "sw" / "comparison.png").is_file() and "head_dropout=0.5" in (tmp_path / "sw" / "results.md").read_text()
+    assert (tmp_path / "sw" / "comparison.png").is_file() and "head_dropout=0.5" in (
+        tmp_path / "sw" / "results.md"
+    ).read_text()
     with pytest.raises(ValueError, match="Unknown fine-tuning option"):
         sweep(tiny, {"dropout": [0.1]}, out_dir=tmp_path / "bad")
     with pytest.raises(ValueError, match="--set needs NAME=V1,V2"):
@@ -262,8 +329,23 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path:
 
     env = {**os.environ, "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
     out, run = tmp_path / "k.safetensors", tmp_path / "k-run"
-    cmd = [sys.executable, "-m", "headstart", "train", str(tiny), "--method", "finetune", "--epochs", "3",
-           "--batch-size", "4", "--patience", "0", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "headstart",
+        "train",
+        str(tiny),
+        "--method",
+        "finetune",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--patience",
+        "0",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -302,7 +384,13 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
 
 
 def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, tmp_path: Path) -> None:
-    result = train(tiny, backbone="tf_efficientnet_lite0", method="scratch", out=tmp_path / "s2.safetensors", finetune_options={"epochs": 1, "batch_size": 4})
+    result = train(
+        tiny,
+        backbone="tf_efficientnet_lite0",
+        method="scratch",
+        out=tmp_path / "s2.safetensors",
+        finetune_options={"epochs": 1, "batch_size": 4},
+    )
     saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
     assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)
 
@@ -313,7 +401,13 @@ def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -
 
     from headstart.models.finetune import photo_transform
 
-    config = {"input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
-              "crop_pct": 0.875, "crop_mode": "center"}
+    config = {
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+    }
     photo = Image.open(sorted((sample / "test" / "pug").glob("*.jpg"))[0]).convert("RGB")
     assert tuple(photo_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)

@@ -33,7 +33,9 @@ def test_prefix_then_tail_is_the_whole_network(network, sample: Path, unfreeze: 
     network.eval()
     with torch.no_grad():
         torch.testing.assert_close(split.tail(split.prefix(x)), network(x), rtol=1e-4, atol=1e-4)
-    assert {id(p) for p in split.tail.parameters()} <= {id(p) for p in network.parameters()}, "the tail is the network's"
+    assert {id(p) for p in split.tail.parameters()} <= {id(p) for p in network.parameters()}, (
+        "the tail is the network's"
+    )
 
 
 def test_nothing_to_cut_when_everything_trains(network) -> None:

@@ -26,8 +26,14 @@ def entries(memo: Memo) -> list[str]:
 
 def test_key_tells_apart_dtype_shape_and_order_of_parts() -> None:
     a = np.arange(6, dtype=np.float32)
-    keys = {Memo.key(a), Memo.key(a.reshape(2, 3)), Memo.key(a.astype(np.float64)), Memo.key(a, "x"),
-            Memo.key("x", a), Memo.key(a.tobytes())}
+    keys = {
+        Memo.key(a),
+        Memo.key(a.reshape(2, 3)),
+        Memo.key(a.astype(np.float64)),
+        Memo.key(a, "x"),
+        Memo.key("x", a),
+        Memo.key(a.tobytes()),
+    }
     assert len(keys) == 6
     assert Memo.key({"a": 1, "b": 2}) == Memo.key({"b": 2, "a": 1})
     assert Memo.key("ab", "c") != Memo.key("a", "bc")
@@ -47,7 +53,11 @@ def test_a_fit_is_remembered_and_predicts_like_the_probe(tmp_path: Path, data) -
     for name in ("coef_", "intercept_", "classes_"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     assert (again.C_, again.cv_accuracy_, again.temperature_, again.n_splits_) == (
-        first.C_, first.cv_accuracy_, first.temperature_, first.n_splits_)
+        first.C_,
+        first.cv_accuracy_,
+        first.temperature_,
+        first.n_splits_,
+    )
     np.testing.assert_array_equal(first.predict_proba(X), again.predict_proba(X))
 
 

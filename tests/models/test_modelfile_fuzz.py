@@ -35,9 +35,40 @@ PEAK_RSS_LIMIT = 3 << 30  # predict with a hostile model file stays under 3 GB r
 CASE_SECONDS = 30  # one case that takes longer is a hang
 
 # ----------------------------------------------------------------------------------------------- the mutations
-_HOSTILE = [None, True, False, 0, -1, 1, 7, 2**31, 2**63, 2**64, -(2**63), 1e308, -1e308, 0.5, -0.0, 1e-300,
-            "", " ", "x", "abcdefghijkl", "a" * 100_000, "../../etc/passwd", "hf-hub:timm/resnet50", [], [None],
-            ["a", "a"], [1, 2, 3], [3, 2**20, 2**20], {}, {"a": 1}, list(range(10_000)), [[[]]]]
+_HOSTILE = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    7,
+    2**31,
+    2**63,
+    2**64,
+    -(2**63),
+    1e308,
+    -1e308,
+    0.5,
+    -0.0,
+    1e-300,
+    "",
+    " ",
+    "x",
+    "abcdefghijkl",
+    "a" * 100_000,
+    "../../etc/passwd",
+    "hf-hub:timm/resnet50",
+    [],
+    [None],
+    ["a", "a"],
+    [1, 2, 3],
+    [3, 2**20, 2**20],
+    {},
+    {"a": 1},
+    list(range(10_000)),
+    [[[]]],
+]
 _SPECIAL_FLOATS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" * 5000, "-" + "9" * 4400, "1e-400"]
 
 
@@ -49,9 +80,13 @@ def _parts(data: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes]:
     return header, document, data[8 + n :]
 
 
-def _assemble(header: dict[str, Any], document: Any, body: bytes, *, meta: Any = None, text: str | None = None) -> bytes:
+def _assemble(
+    header: dict[str, Any], document: Any, body: bytes, *, meta: Any = None, text: str | None = None
+) -> bytes:
     full = dict(header)
-    full["__metadata__"] = meta if meta is not None else {"headstart": text if text is not None else json.dumps(document)}
+    full["__metadata__"] = (
+        meta if meta is not None else {"headstart": text if text is not None else json.dumps(document)}
+    )
     raw = json.dumps(full).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + body
@@ -87,11 +122,32 @@ def _nested(depth: int) -> str:
 
 
 _TARGETS = {  # key path -> values to try; valid ones among them must load and predict
-    ("classes",): [None, "abcdefghijkl", [], ["a"] * 12, [""] + ["c%d" % i for i in range(11)], list(range(12)),
-                   ["c%d" % i for i in range(11)], ["c%d" % i for i in range(13)], ["ünï %d 猫" % i for i in range(12)],
-                   [["x"]] * 12, ["  "] + ["c%d" % i for i in range(11)]],
-    ("backbone", "name"): ["tf_efficientnet_lite0", "resnet50", "no_such_net", "resnet50.bogus", "hf-hub:x/y",
-                           "/etc/passwd", "", None, 5, "vit_gigantic_patch14_clip_224", "test_efficientnet"],
+    ("classes",): [
+        None,
+        "abcdefghijkl",
+        [],
+        ["a"] * 12,
+        [""] + ["c%d" % i for i in range(11)],
+        list(range(12)),
+        ["c%d" % i for i in range(11)],
+        ["c%d" % i for i in range(13)],
+        ["ünï %d 猫" % i for i in range(12)],
+        [["x"]] * 12,
+        ["  "] + ["c%d" % i for i in range(11)],
+    ],
+    ("backbone", "name"): [
+        "tf_efficientnet_lite0",
+        "resnet50",
+        "no_such_net",
+        "resnet50.bogus",
+        "hf-hub:x/y",
+        "/etc/passwd",
+        "",
+        None,
+        5,
+        "vit_gigantic_patch14_clip_224",
+        "test_efficientnet",
+    ],
     ("backbone", "num_features"): [0, -1, 255, 257, 2**40, "256", None, 256.0, True],
     ("backbone", "num_classes"): [-1, None, "x", 0, 10**30],
     ("backbone", "flip_average"): [True, False, "yes", None, 1],
@@ -99,14 +155,37 @@ _TARGETS = {  # key path -> values to try; valid ones among them must load and p
     ("backbone", "source"): [None, 5, "", "x" * 10_000],
     ("backbone", "weights_id"): [None, 5, "other"],
     ("backbone", "data_config"): [None, [], {}, "x"],
-    ("backbone", "data_config", "input_size"): [[3, 2**20, 2**20], [3, 1024, 1024], [3, 8, 8], [3, 7, 160], [1, 160, 160],
-                                               [3, 160], [3, 64, 96], [3, 160, 160, 1], [3, -160, 160], None, "160",
-                                               [3, 160.5, 160], [3, True, 160], [3, 1025, 160], [3, 2**64, 2**64]],
+    ("backbone", "data_config", "input_size"): [
+        [3, 2**20, 2**20],
+        [3, 1024, 1024],
+        [3, 8, 8],
+        [3, 7, 160],
+        [1, 160, 160],
+        [3, 160],
+        [3, 64, 96],
+        [3, 160, 160, 1],
+        [3, -160, 160],
+        None,
+        "160",
+        [3, 160.5, 160],
+        [3, True, 160],
+        [3, 1025, 160],
+        [3, 2**64, 2**64],
+    ],
     ("backbone", "data_config", "crop_pct"): [0, -1, 0.5, 1.0, 1.01, 1e-300, 0.001, "0.9", None, 0.0625],
     ("backbone", "data_config", "mean"): [[0, 0, 0], [1, 2], [0.5] * 4, None, ["a", "b", "c"], [1e300, 0, 0]],
     ("backbone", "data_config", "std"): [[0, 1, 1], [-1, 1, 1], [1, 1, 1], [1e-300, 1, 1], [1e-3, 1, 1], None, [2]],
-    ("backbone", "data_config", "interpolation"): ["nearest", "bilinear", "box", "hamming", "lanczos", "random",
-                                                  "cubic", None, 3],
+    ("backbone", "data_config", "interpolation"): [
+        "nearest",
+        "bilinear",
+        "box",
+        "hamming",
+        "lanczos",
+        "random",
+        "cubic",
+        None,
+        3,
+    ],
     ("backbone", "data_config", "crop_mode"): ["squash", "border", "center", "zoom", None, 1],
     ("format_version",): [0, 2, -1, "1", None, 1.0, True, 2**64],
     ("data",): [None, [], "x", {"source": 5}, {"source": None}],
@@ -151,7 +230,9 @@ def _m_data_bytes(base: bytes, rng: random.Random) -> bytes:
 
 def _m_truncate(base: bytes, rng: random.Random) -> bytes:
     n = _header_len(base)
-    cut = rng.choice([rng.randrange(0, 9), rng.randrange(8, n), rng.randrange(n, len(base)), len(base) - rng.randint(1, 8)])
+    cut = rng.choice(
+        [rng.randrange(0, 9), rng.randrange(8, n), rng.randrange(n, len(base)), len(base) - rng.randint(1, 8)]
+    )
     return base[:cut]
 
 
@@ -161,8 +242,23 @@ def _m_append(base: bytes, rng: random.Random) -> bytes:
 
 def _m_length_field(base: bytes, rng: random.Random) -> bytes:
     n = _header_len(base) - 8
-    value = rng.choice([0, 1, 2, n - 1, n + 1, n + 8, len(base), len(base) - 8, 15 << 20, 2**31, 2**63, 2**64 - 1,
-                        rng.randrange(2**64)])
+    value = rng.choice(
+        [
+            0,
+            1,
+            2,
+            n - 1,
+            n + 1,
+            n + 8,
+            len(base),
+            len(base) - 8,
+            15 << 20,
+            2**31,
+            2**63,
+            2**64 - 1,
+            rng.randrange(2**64),
+        ]
+    )
     return struct.pack("<Q", value) + base[8:]
 
 
@@ -199,12 +295,37 @@ def _m_tensor_entry(base: bytes, rng: random.Random) -> bytes:
         entry["dtype"] = rng.choice(["F16", "F64", "I8", "U8", "BOOL", "BF16", "F8_E4M3", "X", 5, None])
     elif what == "shape":
         shape = list(entry["shape"])
-        entry["shape"] = rng.choice([shape[::-1], shape + [1], shape[:-1], [0], [], [2**40, 2**40], [-1], "x",
-                                     [d * 2 for d in shape], [1] * 9, [True]])
+        entry["shape"] = rng.choice(
+            [
+                shape[::-1],
+                [*shape, 1],
+                shape[:-1],
+                [0],
+                [],
+                [2**40, 2**40],
+                [-1],
+                "x",
+                [d * 2 for d in shape],
+                [1] * 9,
+                [True],
+            ]
+        )
     elif what == "offsets":
         begin, end = entry["data_offsets"]
-        entry["data_offsets"] = rng.choice([[begin, end + 4], [begin + 4, end], [begin, 2**63], [-4, end], [end, begin],
-                                            [0, end - begin], [begin], "x", [begin, end, 0], [begin + 0.5, end]])
+        entry["data_offsets"] = rng.choice(
+            [
+                [begin, end + 4],
+                [begin + 4, end],
+                [begin, 2**63],
+                [-4, end],
+                [end, begin],
+                [0, end - begin],
+                [begin],
+                "x",
+                [begin, end, 0],
+                [begin + 0.5, end],
+            ]
+        )
     elif what == "remove":
         del header[name]
     elif what == "rename":
@@ -224,7 +345,9 @@ def _m_nesting(base: bytes, rng: random.Random) -> bytes:
     if where == "document":
         return _assemble(header, document, body, text=text[:-1] + ', "deep": ' + _nested(depth) + "}")
     if where == "classes":
-        return _assemble(header, document, body, text=text.replace('"classes": [', '"classes": [' + _nested(depth) + ", ", 1))
+        return _assemble(
+            header, document, body, text=text.replace('"classes": [', '"classes": [' + _nested(depth) + ", ", 1)
+        )
     raw = json.dumps({**header, "__metadata__": {"headstart": text}})
     raw = raw[:-1] + ', "deep": ' + _nested(depth) + "}"
     raw_bytes = raw.encode() + b" " * (-len(raw) % 8)
@@ -233,11 +356,18 @@ def _m_nesting(base: bytes, rng: random.Random) -> bytes:
 
 def _m_huge_numbers(base: bytes, rng: random.Random) -> bytes:
     header, document, body = _parts(base)
-    path = rng.choice([p for p in _paths(document) if isinstance(_get(document, p), (int, float)) and
-                       not isinstance(_get(document, p), bool)])
+    path = rng.choice(
+        [
+            p
+            for p in _paths(document)
+            if isinstance(_get(document, p), (int, float)) and not isinstance(_get(document, p), bool)
+        ]
+    )
     marker = "__HUGE__"
     _set(document, path, marker)
-    return _assemble(header, document, body, text=json.dumps(document).replace(f'"{marker}"', rng.choice(_SPECIAL_FLOATS)))
+    return _assemble(
+        header, document, body, text=json.dumps(document).replace(f'"{marker}"', rng.choice(_SPECIAL_FLOATS))
+    )
 
 
 def _get(document: Any, path: tuple) -> Any:
@@ -248,8 +378,20 @@ def _get(document: Any, path: tuple) -> Any:
 
 def _m_metadata_table(base: bytes, rng: random.Random) -> bytes:
     header, document, body = _parts(base)
-    meta = rng.choice([{}, {"headstart": 5}, {"headstart": None}, {"headstart": "[]"}, {"headstart": "null"},
-                       {"headstart": '"text"'}, {"format": "pt"}, [], "x", {"headstart": json.dumps(document), "a": 1}])
+    meta = rng.choice(
+        [
+            {},
+            {"headstart": 5},
+            {"headstart": None},
+            {"headstart": "[]"},
+            {"headstart": "null"},
+            {"headstart": '"text"'},
+            {"format": "pt"},
+            [],
+            "x",
+            {"headstart": json.dumps(document), "a": 1},
+        ]
+    )
     return _assemble(header, document, body, meta=meta if meta else {"other": "x"})
 
 
@@ -257,7 +399,9 @@ def _m_head_values(base: bytes, rng: random.Random) -> bytes:
     import numpy as np
 
     header, document, body = _parts(base)
-    name = rng.choice(["head.weight", "head.bias", rng.choice(sorted(k for k in header if header[k]["dtype"] == "F32"))])
+    name = rng.choice(
+        ["head.weight", "head.bias", rng.choice(sorted(k for k in header if header[k]["dtype"] == "F32"))]
+    )
     begin, end = header[name]["data_offsets"]
     values = np.frombuffer(body[begin:end], dtype="<f4").copy()
     values[rng.randrange(len(values))] = rng.choice([math.nan, math.inf, -math.inf, 3e38, 0.0, -1e-45])
@@ -303,11 +447,23 @@ def _m_valid(base: bytes, rng: random.Random) -> bytes:
 
 
 KINDS_FN = {
-    "bytes": _m_bytes, "header-bytes": _m_header_bytes, "data-bytes": _m_data_bytes, "truncate": _m_truncate,
-    "append": _m_append, "length-field": _m_length_field, "doc-field": _m_doc_field, "doc-targeted": _m_doc_targeted,
-    "doc-targeted-2": _m_doc_targeted, "doc-remove": _m_doc_remove, "tensor-entry": _m_tensor_entry,
-    "nesting": _m_nesting, "huge-numbers": _m_huge_numbers, "metadata-table": _m_metadata_table,
-    "head-values": _m_head_values, "json-text": _m_json_text, "valid": _m_valid,
+    "bytes": _m_bytes,
+    "header-bytes": _m_header_bytes,
+    "data-bytes": _m_data_bytes,
+    "truncate": _m_truncate,
+    "append": _m_append,
+    "length-field": _m_length_field,
+    "doc-field": _m_doc_field,
+    "doc-targeted": _m_doc_targeted,
+    "doc-targeted-2": _m_doc_targeted,
+    "doc-remove": _m_doc_remove,
+    "tensor-entry": _m_tensor_entry,
+    "nesting": _m_nesting,
+    "huge-numbers": _m_huge_numbers,
+    "metadata-table": _m_metadata_table,
+    "head-values": _m_head_values,
+    "json-text": _m_json_text,
+    "valid": _m_valid,
 }
 KINDS = list(KINDS_FN)
 
@@ -338,17 +494,19 @@ def run_case(number: int, folder: Path, photo: Path) -> dict[str, Any]:
         predictions = model.predict([photo], top_k=3, cache=FeatureCache(cache_file), engine="torch")
         (first,) = predictions.to_list()
         assert [p["label"] for p in first["predictions"]][:1] and all(
-            label in model.classes for label in (p["label"] for p in first["predictions"])), first
+            label in model.classes for label in (p["label"] for p in first["predictions"])
+        ), first
         result["outcome"] = "predicted"
     except ModelFileError as exc:
         result.update(outcome="ModelFileError", message=str(exc)[:400], names_file=str(path) in str(exc))
     except HeadstartError as exc:
         result.update(outcome=type(exc).__name__, message=str(exc)[:400], names_file=str(path) in str(exc))
-    except BaseException as exc:  # noqa: BLE001 - what the test is looking for
+    except BaseException as exc:
         import traceback
 
-        result.update(outcome="ESCAPED " + type(exc).__name__, message=str(exc)[:400],
-                      traceback=traceback.format_exc()[-1500:])
+        result.update(
+            outcome="ESCAPED " + type(exc).__name__, message=str(exc)[:400], traceback=traceback.format_exc()[-1500:]
+        )
     result["seconds"] = round(time.perf_counter() - start, 3)
     for leftover in (path, cache_file, Path(f"{cache_file}-wal"), Path(f"{cache_file}-shm")):
         leftover.unlink(missing_ok=True)
@@ -360,8 +518,8 @@ def worker(cases: list[int], folder: Path, progress: Path) -> None:
     import resource
     import signal
 
-    import torch  # noqa: F401 - imported before the cap: its libraries are not what is measured
     import timm  # noqa: F401
+    import torch
 
     from headstart.models.classifier import Classifier  # noqa: F401
 
@@ -389,13 +547,20 @@ def worker(cases: list[int], folder: Path, progress: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------ the test
 def _run_workers(cases: list[int], tmp_path: Path) -> list[dict[str, Any]]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "HEADSTART_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",
+        "HEADSTART_CACHE_DIR": str(tmp_path / "cache"),
+    }
     chunks = [cases[i::WORKERS] for i in range(WORKERS)]
     processes = []
     for i, chunk in enumerate(chunks):
         progress = tmp_path / f"worker-{i}.jsonl"
         command = [sys.executable, __file__, "--worker", json.dumps(chunk), str(tmp_path / f"w{i}"), str(progress)]
-        processes.append((subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), progress))
+        processes.append(
+            (subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), progress)
+        )
     records = []
     for process, progress in processes:
         try:
@@ -408,7 +573,8 @@ def _run_workers(cases: list[int], tmp_path: Path) -> list[dict[str, Any]]:
         started = [r["started"] for r in lines if "started" in r and r["started"] not in done]
         assert process.returncode == 0 and not started, (
             f"worker ended with {process.returncode} during case {started} "
-            f"(rebuild it: python {__file__} --case {started[0] if started else '?'}):\n{output[-3000:]}")
+            f"(rebuild it: python {__file__} --case {started[0] if started else '?'}):\n{output[-3000:]}"
+        )
         records += [r for r in lines if "case" in r]
     return records
 
@@ -420,8 +586,9 @@ def test_hundreds_of_mutated_model_files_end_in_headstarts_own_errors_or_a_predi
     assert sorted(r["case"] for r in records) == list(range(N_CASES))
 
     escaped = [r for r in records if r["outcome"].startswith("ESCAPED")]
-    assert not escaped, "\n\n".join(f"case {r['case']} ({r['kind']}): {r['outcome']}: {r['message']}\n"
-                                    f"{r.get('traceback', '')}" for r in escaped[:5])
+    assert not escaped, "\n\n".join(
+        f"case {r['case']} ({r['kind']}): {r['outcome']}: {r['message']}\n{r.get('traceback', '')}" for r in escaped[:5]
+    )
     unnamed = [r for r in records if r["outcome"] == "ModelFileError" and not r["names_file"]]
     assert not unnamed, [(r["case"], r["message"]) for r in unnamed[:5]]
     valid = [r for r in records if r["kind"] == "valid"]
@@ -432,9 +599,11 @@ def test_hundreds_of_mutated_model_files_end_in_headstarts_own_errors_or_a_predi
     peak = max(r["peak_rss"] for r in records)
     slowest = max(records, key=lambda r: r["seconds"])
     assert peak < PEAK_RSS_LIMIT, f"peak resident memory {peak / 2**30:.2f} GB"
-    print(f"\n{N_CASES} mutated model files in {seconds:.0f} s: {predicted} loaded and predicted, {refused} refused "
-          f"({sum(r['outcome'] == 'ModelFileError' for r in records)} ModelFileError); peak RSS {peak / 2**20:.0f} MB; "
-          f"slowest case {slowest['case']} ({slowest['kind']}) {slowest['seconds']} s")
+    print(
+        f"\n{N_CASES} mutated model files in {seconds:.0f} s: {predicted} loaded and predicted, {refused} refused "
+        f"({sum(r['outcome'] == 'ModelFileError' for r in records)} ModelFileError); peak RSS {peak / 2**20:.0f} MB; "
+        f"slowest case {slowest['case']} ({slowest['kind']}) {slowest['seconds']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def _assert_same(got: list[dict], expected: dict) -> None:
     assert [g["path"] for g in got] == [e["path"] for e in expected["predictions"]]
     for g, e in zip(got, expected["predictions"]):
         assert [p["label"] for p in g["predictions"]] == [p["label"] for p in e["predictions"]], g["path"]
-        np.testing.assert_allclose([p["probability"] for p in g["predictions"]],
-                                   [p["probability"] for p in e["predictions"]], atol=1e-4)
+        np.testing.assert_allclose(
+            [p["probability"] for p in g["predictions"]], [p["probability"] for p in e["predictions"]], atol=1e-4
+        )
 
 
 def test_an_old_model_file_loads_as_a_classifier_and_predicts_as_before(sample, expected):

@@ -146,7 +146,7 @@ def test_bad_parameters_are_rejected_at_fit(params, message):
 
 
 def test_one_class_and_unfitted_errors():
-    X, y = _blobs(4, 2, 3)
+    X, _y = _blobs(4, 2, 3)
     with pytest.raises(ValueError, match="at least 2 classes"):
         LinearProbe().fit(X, np.zeros(len(X)))
     with pytest.raises(NotFittedError):
@@ -201,7 +201,9 @@ def test_calibration_rescales_probabilities_but_not_predictions() -> None:
     raw = LinearProbe(random_state=0, calibrate=False).fit(X, y)
     np.testing.assert_array_equal(calibrated.predict(X), raw.predict(X))
     assert calibrated.temperature_ != 1.0 and raw.temperature_ == 1.0
-    np.testing.assert_allclose(calibrated.decision_function(X) * calibrated.temperature_, raw.decision_function(X), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        calibrated.decision_function(X) * calibrated.temperature_, raw.decision_function(X), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_features_multiplied_by_a_constant_give_the_same_probe() -> None:

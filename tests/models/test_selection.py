@@ -33,7 +33,9 @@ def test_auto_names_its_candidates() -> None:
         parse_auto("auto:")
 
 
-def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_than_noise(fifteen: Path, cache) -> None:
+def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_than_noise(
+    fifteen: Path, cache
+) -> None:
     from headstart.data import load_dataset
 
     data = load_dataset(fifteen)
@@ -46,8 +48,12 @@ def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_
     expected = second if second["cv_accuracy"] - first["cv_accuracy"] > 1.5 / 15 else first
     assert sel.chosen == expected["backbone"] and "1.5 photos' worth (0.1000 on 15 photos)" in sel.rule
     again = select_backbone(data.paths, labels, parse_auto(PAIR), cache=cache, budget_s=0)
-    assert again.rows[1] == {"backbone": "tf_efficientnet_lite1", "cv_accuracy": None, "skipped": "time budget",
-                             "chosen": False}, "a spent budget skips the rest and says so"
+    assert again.rows[1] == {
+        "backbone": "tf_efficientnet_lite1",
+        "cv_accuracy": None,
+        "skipped": "time budget",
+        "chosen": False,
+    }, "a spent budget skips the rest and says so"
 
 
 def test_a_candidate_that_cannot_win_is_not_even_extracted(fifteen: Path, cache) -> None:

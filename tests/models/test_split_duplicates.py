@@ -44,8 +44,9 @@ def test_near_duplicates_land_on_one_side_of_the_split(sample: Path, tmp_path: P
     # The same split by file content alone (identical files only) puts some of these pairs on both sides.
     data = load_dataset(tmp_path / "photos")
     feats = extract_features(data.paths, "tf_efficientnet_lite0", cache=cache)
-    _, val = train_val_split(data.subset(feats.indices.tolist()), val_fraction=clf.val_fraction, seed=clf.seed,
-                             groups=feats.hashes)
+    _, val = train_val_split(
+        data.subset(feats.indices.tolist()), val_fraction=clf.val_fraction, seed=clf.seed, groups=feats.hashes
+    )
     names = {p.name for p in val.paths}
     assert any((a.name in names) != (b.name in names) for a, b in pairs), "the grouping above did something"
 

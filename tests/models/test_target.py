@@ -28,7 +28,10 @@ def test_normalisation_is_inside_the_network(imagenet_net, sample: Path) -> None
     assert p.argmax().item() == 284 and p.max().item() > 0.9
 
 
-@pytest.mark.parametrize(("name", "index"), [("Siamese cat", 284), ("siamese", 284), ("zebra", 340), ("espresso", 967), ("967", 967), (340, 340)])
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("Siamese cat", 284), ("siamese", 284), ("zebra", 340), ("espresso", 967), ("967", 967), (340, 340)],
+)
 def test_classes_by_name_or_index(imagenet_net, name, index) -> None:
     assert imagenet_net.class_index(name) == index
 
@@ -44,6 +47,8 @@ def test_a_trained_model_is_a_target_too(sample: Path, tmp_path: Path) -> None:
 
     result = train(sample / "train", out=tmp_path / "m.safetensors")
     net = load_target(result.model_path)
-    assert net.class_names == result.model.classes and net.class_index("saint bernard") == net.class_names.index("saint_bernard")
+    assert net.class_names == result.model.classes and net.class_index("saint bernard") == net.class_names.index(
+        "saint_bernard"
+    )
     p = net.probabilities(_pixels(sample / "test" / "pug" / "pug_17.jpg"))
     assert net.class_names[p.argmax().item()] == "pug"

@@ -18,6 +18,7 @@ def test_the_log_loss_alone_would_make_every_probability_one_on_perfect_held_out
     logits = rng.normal(size=(40, 4))
     logits[np.arange(40), y] += 6.0  # every held-out prediction right
     assert (logits.argmax(1) == y).all()
+
     def mean_confidence(t: float) -> float:
         return float(softmax(logits / t, axis=1).max(1).mean())
 

@@ -35,16 +35,25 @@ def test_metrics_match_scikit_learn(n_classes: int) -> None:
     assert m["top5_accuracy"] == pytest.approx(expected_topk)
     assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
     for i, name in enumerate(classes):
-        assert m["per_class"][name] == {"precision": round(float(precision[i]), 4),
-                                        "recall": round(float(recall[i]), 4), "support": int(support[i])}
+        assert m["per_class"][name] == {
+            "precision": round(float(precision[i]), 4),
+            "recall": round(float(recall[i]), 4),
+            "support": int(support[i]),
+        }
     assert m["n_images"] == 200 and m["predicted"] == [classes[i] for i in pred]
 
 
 def test_labels_match_classes_by_name_ignoring_case_spaces_and_separators() -> None:
-    mapping = match_labels(["Basset Hound", "basset_hound", "Bengal", "beagle", "cheetah"],
-                           ["basset_hound", "Bengal", "Beagle"])
-    assert mapping == {"Basset Hound": "basset_hound", "basset_hound": "basset_hound", "Bengal": "Bengal",
-                       "beagle": "Beagle", "cheetah": None}
+    mapping = match_labels(
+        ["Basset Hound", "basset_hound", "Bengal", "beagle", "cheetah"], ["basset_hound", "Bengal", "Beagle"]
+    )
+    assert mapping == {
+        "Basset Hound": "basset_hound",
+        "basset_hound": "basset_hound",
+        "Bengal": "Bengal",
+        "beagle": "Beagle",
+        "cheetah": None,
+    }
 
 
 def _data(labels: list[str]) -> Dataset:
@@ -64,8 +73,15 @@ def test_score_photos_scores_only_known_usable_photos_and_says_what_it_left_out(
         return proba, np.asarray(kept), [UnusableFile(paths[1], "empty file")]
 
     scored = score_photos(data, ["cat", "dog"], probabilities)
-    assert asked == [[Path("/photos/0.jpg"), Path("/photos/1.jpg"), Path("/photos/2.jpg"), Path("/photos/4.jpg"),
-                      Path("/photos/6.jpg")]], "photos of unknown labels are not even computed"
+    assert asked == [
+        [
+            Path("/photos/0.jpg"),
+            Path("/photos/1.jpg"),
+            Path("/photos/2.jpg"),
+            Path("/photos/4.jpg"),
+            Path("/photos/6.jpg"),
+        ]
+    ], "photos of unknown labels are not even computed"
     assert scored.unknown_labels == {"fox": 2}
     assert [u.path for u in scored.skipped] == [Path("/photos/1.jpg")]
     assert scored.paths == [Path("/photos/0.jpg"), Path("/photos/2.jpg"), Path("/photos/4.jpg"), Path("/photos/6.jpg")]
@@ -75,7 +91,9 @@ def test_score_photos_scores_only_known_usable_photos_and_says_what_it_left_out(
 
 
 def test_score_photos_refuses_data_the_model_knows_nothing_of() -> None:
-    with pytest.raises(DataError, match=r"None of the data's labels \(fox, …\) is a class of the model \(cat, dog, …\)"):
+    with pytest.raises(
+        DataError, match=r"None of the data's labels \(fox, …\) is a class of the model \(cat, dog, …\)"
+    ):
         score_photos(_data(["fox", "fox"]), ["cat", "dog"], lambda paths: pytest.fail("nothing to compute"))
 
 

@@ -82,9 +82,13 @@ def test_image_grid_single_item_and_empty(tmp_path):
 
 
 def test_image_grid_rejects_bad_layout(tmp_path):
-    with pytest.raises(ValueError, match=r"^The 'columns' parameter of plot_image_grid must be an int in \[1, inf\)\. Got 0 "):
+    with pytest.raises(
+        ValueError, match=r"^The 'columns' parameter of plot_image_grid must be an int in \[1, inf\)\. Got 0 "
+    ):
         plot_image_grid([], tmp_path / "x.png", columns=0)
-    with pytest.raises(ValueError, match=r"^The 'thumb_size' parameter of plot_image_grid must be an int in \[16, inf\)"):
+    with pytest.raises(
+        ValueError, match=r"^The 'thumb_size' parameter of plot_image_grid must be an int in \[16, inf\)"
+    ):
         plot_image_grid([], tmp_path / "x.png", thumb_size=2)
     assert not (tmp_path / "x.png").exists()
 
@@ -122,7 +126,7 @@ def test_grid_titles_and_captions_fit_inside_the_picture(tmp_path, n_photos):
     from headstart.reports.plots import _image_grid_figure
 
     photos = sorted(SAMPLE.glob("test/*/*.jpg"))[:n_photos]
-    items = [(p, f"true: american_pit_bull_terrier\npred: staffordshire_bull_terrier 0.51") for p in photos]
+    items = [(p, "true: american_pit_bull_terrier\npred: staffordshire_bull_terrier 0.51") for p in photos]
     fig = _image_grid_figure(items, title="Misclassified, validation (24 photos): 1", columns=6, thumb_size=160)
     assert _texts_outside(fig) == []
     very_long = "Misclassified, " + "a very long data set name " * 12

@@ -53,11 +53,17 @@ def headstart_command() -> list[str]:
     return [sys.executable, "-m", "headstart"]
 
 
-def start_server(models: list[str], log: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    models: list[str], log: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start `headstart serve MODELS --port 0 EXTRA`; return the process and its URL once it listens."""
     handle = log.open("wb")
-    process = subprocess.Popen([*headstart_command(), "serve", *models, "--port", "0", *extra],
-                               stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        [*headstart_command(), "serve", *models, "--port", "0", *extra],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     handle.close()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -110,9 +116,12 @@ def served_models(sample_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     from headstart.workflows.training import train
 
     if "models" not in _SHARED:
-        flip = train(SAMPLE / "train", backbone="tf_efficientnet_lite0",  # (as the session model: its features cached)
-                     out=tmp_path_factory.mktemp("serve-models") / "flip.safetensors",
-                     flip_average=True).model_path
+        flip = train(
+            SAMPLE / "train",
+            backbone="tf_efficientnet_lite0",  # (as the session model: its features cached)
+            out=tmp_path_factory.mktemp("serve-models") / "flip.safetensors",
+            flip_average=True,
+        ).model_path
         _SHARED["models"] = {"pets": sample_model, "flip": flip}
     return dict(_SHARED["models"])  # type: ignore[arg-type]
 
@@ -123,9 +132,17 @@ def server(served_models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     if "server" not in _SHARED:
         log = tmp_path_factory.mktemp("serve-log") / "serve.log"
         args = [f"{name}={path}" for name, path in served_models.items()]
-        process, url = start_server(args, log, "--max-files", str(MAX_FILES), "--max-upload-mb", "20",
-                                    "--max-batch-size", "16",
-                                    env={"HEADSTART_API_KEY": API_KEY, "OMP_NUM_THREADS": "2"})
+        process, url = start_server(
+            args,
+            log,
+            "--max-files",
+            str(MAX_FILES),
+            "--max-upload-mb",
+            "20",
+            "--max-batch-size",
+            "16",
+            env={"HEADSTART_API_KEY": API_KEY, "OMP_NUM_THREADS": "2"},
+        )
         _SHARED["server"] = Server(url, process, log, dict(served_models))
         try:
             wait_ready(url, process, log)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from servetools import photos, served_models, server  # noqa: F401  (the fixtures; tests/serve/servetools.py)
 
 from headstart.serve.client import Client, multipart
@@ -89,16 +88,31 @@ def assert_same_predictions(served: list[dict], want, what: str, atol: float = 1
 def test_served_equals_cli_predict_json(server, photos, tmp_path: Path) -> None:
     """`headstart predict --json` in its own process and the server agree to the printed digits."""
     chosen = sorted((SAMPLE / "test").rglob("*.jpg"))[:3]
-    run = subprocess.run([sys.executable, "-m", "headstart", "predict", str(server.models["pets"]), *map(str, chosen),
-                          "--json", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "headstart",
+            "predict",
+            str(server.models["pets"]),
+            *map(str, chosen),
+            "--json",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     cli = {Path(row["path"]).name: row["predictions"] for row in json.loads(run.stdout)}
     client = server.client()
     for path in chosen:
         (result,) = client.predict([(path.name, path.read_bytes())], model="pets")["results"]
         assert [p["label"] for p in result["predictions"]] == [p["label"] for p in cli[path.name]]
-        np.testing.assert_allclose([p["probability"] for p in result["predictions"]],
-                                   [p["probability"] for p in cli[path.name]], atol=2e-6)
+        np.testing.assert_allclose(
+            [p["probability"] for p in result["predictions"]], [p["probability"] for p in cli[path.name]], atol=2e-6
+        )
 
 
 # ------------------------------------------------------------------------------------------------ request shapes
@@ -113,14 +127,20 @@ def test_several_files_in_one_request_keep_their_order(server, photos) -> None:
 def test_raw_body_upload(server, photos) -> None:
     name, data = photos[0]
     client = server.client()
-    r = client.request("POST", "/v1/predict", data, {"Content-Type": "image/jpeg", "X-Filename": name},
-                       {"model": "pets", "top_k": 3})
+    r = client.request(
+        "POST", "/v1/predict", data, {"Content-Type": "image/jpeg", "X-Filename": name}, {"model": "pets", "top_k": 3}
+    )
     assert r.status == 200, r.body
     raw = r.json()["results"][0]
     assert raw["filename"] == name and len(raw["predictions"]) == 3
     # curl --data-binary sends a form's content type: still the image
-    r = client.request("POST", "/v1/predict", data, {"Content-Type": "application/x-www-form-urlencoded"},
-                       {"model": "pets", "top_k": 3})
+    r = client.request(
+        "POST",
+        "/v1/predict",
+        data,
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"model": "pets", "top_k": 3},
+    )
     assert r.status == 200 and r.json()["results"][0]["predictions"] == raw["predictions"]
     assert client.predict([photos[0]], model="pets", top_k=3)["results"][0]["predictions"] == raw["predictions"]
 
@@ -148,24 +168,35 @@ def test_bad_uploads_get_json_4xx_and_the_server_keeps_serving(server, photos) -
         assert body["filename"] == filename
         assert_alive(server)
     # one bad photo among good ones: the request is refused, naming the bad one
-    assert_refused(client.post_files("/v1/predict", [photos[0], ("x.txt", b"text")], model="pets"), 400,
-                   "not_an_image", "x.txt")
+    assert_refused(
+        client.post_files("/v1/predict", [photos[0], ("x.txt", b"text")], model="pets"), 400, "not_an_image", "x.txt"
+    )
     assert client.predict(photos[:1], model="pets")["results"][0]["predictions"]
 
 
 def test_oversized_bodies_get_413(server, photos) -> None:
     big = bytes(40 * 1024 * 1024)
     client = server.client()
-    body = assert_refused(client.post_files("/v1/predict", [("huge.jpg", big)], model="pets"), 413, "too_large",
-                          "20 MB", "--max-upload-mb")
+    body = assert_refused(
+        client.post_files("/v1/predict", [("huge.jpg", big)], model="pets"),
+        413,
+        "too_large",
+        "20 MB",
+        "--max-upload-mb",
+    )
     assert body["limit_bytes"] == 20 * 1024 * 1024
     assert_refused(client.request("POST", "/v1/predict", big, {"Content-Type": "image/jpeg"}), 413, "too_large")
     # no Content-Length: a chunked body is cut off as it crosses the limit
     host, port = server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
     chunks = (bytes(1024 * 1024) for _ in range(40))
-    conn.request("POST", "/v1/predict?model=pets", body=chunks, encode_chunked=True,
-                 headers={"Content-Type": "image/jpeg", "X-API-Key": server.api_key})
+    conn.request(
+        "POST",
+        "/v1/predict?model=pets",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Content-Type": "image/jpeg", "X-API-Key": server.api_key},
+    )
     r = conn.getresponse()
     assert r.status == 413 and json.loads(r.read())["code"] == "too_large"
     conn.close()
@@ -190,15 +221,18 @@ def test_models_are_named(server, photos) -> None:
 
 def test_bad_parameters_and_routes(server, photos) -> None:
     client = server.client()
-    assert_refused(client.post_files("/v1/predict", photos[:1], model="pets", top_k=0), 422, "invalid_parameter", "top_k")
+    assert_refused(
+        client.post_files("/v1/predict", photos[:1], model="pets", top_k=0), 422, "invalid_parameter", "top_k"
+    )
     assert_refused(client.post_files("/v1/predict", photos[:1], model="pets", top_k="many"), 422, "invalid_parameter")
     assert_refused(client.get("/v1/nothing"), 404, "not_found")
     assert_refused(client.get("/v1/predict"), 405, "method_not_allowed")
     body, content_type = multipart([("a.jpg", photos[0][1])], field_name="photo")  # any field name is a file
     assert client.request("POST", "/v1/predict", body, {"Content-Type": content_type}, {"model": "pets"}).status == 200
     broken = b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\nabc"
-    r = client.request("POST", "/v1/predict", broken, {"Content-Type": "multipart/form-data; boundary=x"},
-                       {"model": "pets"})
+    r = client.request(
+        "POST", "/v1/predict", broken, {"Content-Type": "multipart/form-data; boundary=x"}, {"model": "pets"}
+    )
     assert 400 <= r.status < 500 and "detail" in r.json()
     assert_alive(server)
 
@@ -257,7 +291,15 @@ def test_docs_work_offline(server) -> None:
     assets = re.findall(r'(?:src|href)="(/[^"]+)"', html)
     assert assets and all(client.get(a).status == 200 for a in assets), assets
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/predict", "/v1/explain", "/v1/models", "/healthz", "/readyz", "/metrics", "/v2/models/{name}/infer"):
+    for path in (
+        "/v1/predict",
+        "/v1/explain",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2/models/{name}/infer",
+    ):
         assert path in schema["paths"], path
     assert "multipart/form-data" in schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
 
@@ -275,20 +317,31 @@ def test_explain_returns_a_png_overlay(server, photos) -> None:
     assert r.headers["x-explained-label"] == top
     other = client.post_files("/v1/explain", [(name, data)], model="pets", target="pug")
     assert other.status == 200 and other.headers["x-explained-label"] == "pug" and other.body != r.body
-    assert_refused(client.post_files("/v1/explain", [(name, data)], model="pets", target="unicorn"), 400, "bad_target",
-                   "unicorn")
+    assert_refused(
+        client.post_files("/v1/explain", [(name, data)], model="pets", target="unicorn"), 400, "bad_target", "unicorn"
+    )
     assert_refused(client.post_files("/v1/explain", photos[:2], model="pets"), 400, "one_image")
     assert_refused(client.post_files("/v1/explain", [("n.txt", b"text")], model="pets"), 400, "not_an_image")
 
 
 # --------------------------------------------------------------------------------------------- KServe v2 routes
 def v2_infer(client: Client, model: str, images: list[bytes], **parameters) -> dict:
-    request = {"id": "r1", "inputs": [{"name": "image", "shape": [len(images)], "datatype": "BYTES",
-                                       "data": [base64.b64encode(i).decode() for i in images]}]}
+    request = {
+        "id": "r1",
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(i).decode() for i in images],
+            }
+        ],
+    }
     if parameters:
         request["parameters"] = parameters
-    r = client.request("POST", f"/v2/models/{model}/infer", json.dumps(request).encode(),
-                       {"Content-Type": "application/json"})
+    r = client.request(
+        "POST", f"/v2/models/{model}/infer", json.dumps(request).encode(), {"Content-Type": "application/json"}
+    )
     assert r.status == 200, r.body[:500]
     return r.json()
 
@@ -315,12 +368,22 @@ def test_open_inference_protocol_binary_extension(server, photos) -> None:
     """What tritonclient sends: a JSON header, then the BYTES tensor as <uint32 length><bytes> elements."""
     images = [data for _, data in photos[:2]]
     raw = b"".join(struct.pack("<I", len(i)) + i for i in images)
-    head = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                                   "parameters": {"binary_data_size": len(raw)}}],
-                       "outputs": [{"name": "labels"}], "parameters": {"top_k": 1}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "labels"}],
+            "parameters": {"top_k": 1},
+        }
+    ).encode()
     client = server.client()
-    r = client.request("POST", "/v2/models/flip/infer", head + raw, {
-        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))})
+    r = client.request(
+        "POST",
+        "/v2/models/flip/infer",
+        head + raw,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))},
+    )
     assert r.status == 200, r.body[:300]
     (labels,) = r.json()["outputs"]
     v1 = client.predict(photos[:2], model="flip", top_k=1)["results"]
@@ -337,13 +400,19 @@ def test_open_inference_protocol_errors(server, photos) -> None:
     refused(client.get("/v2/models/cats"), 404, "cats")
     bad = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%% not base64"]}]}
     refused(client.request("POST", "/v2/models/pets/infer", json.dumps(bad).encode()), 400, "base64")
-    text = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(b"plain text").decode()]}]}
+    text = {
+        "inputs": [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(b"plain text").decode()]}
+        ]
+    }
     refused(client.request("POST", "/v2/models/pets/infer", json.dumps(text).encode()), 400, "not an image")
     fp32 = {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     refused(client.request("POST", "/v2/models/pets/infer", json.dumps(fp32).encode()), 400, "BYTES")
     refused(client.request("POST", "/v2/models/pets/infer", b"{not json"), 400, "JSON")
-    shape = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                         "data": [base64.b64encode(photos[0][1]).decode()]}]}
+    shape = {
+        "inputs": [
+            {"name": "image", "shape": [2], "datatype": "BYTES", "data": [base64.b64encode(photos[0][1]).decode()]}
+        ]
+    }
     refused(client.request("POST", "/v2/models/pets/infer", json.dumps(shape).encode()), 400, "shape")
     assert_alive(server)

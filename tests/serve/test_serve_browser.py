@@ -19,8 +19,13 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Pyt
 from servetools import photos, served_models, server  # noqa: F401  (the fixtures; tests/serve/servetools.py)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--no-first-run"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TIMEOUT_MS = 120_000  # two shared cores: a first Grad-CAM can take a while
 
 
@@ -59,8 +64,9 @@ class Page:
 
     def close(self) -> None:
         assert not self.script_errors, self.script_errors
-        assert all(u.startswith(self.url) or u.startswith(("blob:", "data:")) for u in self.requests), \
-            [u for u in self.requests if not u.startswith(self.url)]
+        assert all(u.startswith(self.url) or u.startswith(("blob:", "data:")) for u in self.requests), [
+            u for u in self.requests if not u.startswith(self.url)
+        ]
         self.context.close()
 
 
@@ -93,8 +99,11 @@ def test_page_has_a_file_input_and_the_model_card(page, server) -> None:
 def test_chosen_photos_get_their_top5_and_bad_files_an_error(page, server, photos) -> None:
     page.ready()
     p = page.page
-    chosen = files(photos, 3) + [{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo"},
-                                 {"name": "empty.jpg", "mimeType": "image/jpeg", "buffer": b""}]
+    chosen = [
+        *files(photos, 3),
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo"},
+        {"name": "empty.jpg", "mimeType": "image/jpeg", "buffer": b""},
+    ]
     p.set_input_files("#file", chosen)
     page.wait_results(5)
     cards = p.locator(".photo")
@@ -117,14 +126,17 @@ def test_dropped_photos_are_classified(page, server, photos) -> None:
     page.ready()
     p = page.page
     payload = [{"name": n, "b64": base64.b64encode(d).decode()} for n, d in photos[3:5]]
-    transfer = p.evaluate_handle("""files => {
+    transfer = p.evaluate_handle(
+        """files => {
         const dt = new DataTransfer();
         for (const f of files) {
             const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
             dt.items.add(new File([bytes], f.name, {type: "image/jpeg"}));
         }
         return dt;
-    }""", payload)
+    }""",
+        payload,
+    )
     p.dispatch_event("#drop", "dragenter", {"dataTransfer": transfer})
     assert "over" in p.get_attribute("#drop", "class")
     p.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
@@ -132,8 +144,9 @@ def test_dropped_photos_are_classified(page, server, photos) -> None:
     assert p.locator(".photo").count() == 2  # once each, though the drop bubbles to the document
     assert p.locator(".photo .name").all_inner_texts() == [x["name"] for x in payload]
     expected = server.client().predict(photos[3:5], model="pets")["results"]
-    assert p.locator(".photo .bars li:first-child .label").all_inner_texts() == \
-        [r["predictions"][0]["label"] for r in expected]
+    assert p.locator(".photo .bars li:first-child .label").all_inner_texts() == [
+        r["predictions"][0]["label"] for r in expected
+    ]
 
 
 def test_gradcam_toggle_shows_the_overlay(page, server, photos) -> None:
@@ -144,8 +157,10 @@ def test_gradcam_toggle_shows_the_overlay(page, server, photos) -> None:
     page.wait_results(1)
     card = p.locator(".photo").first
     card.locator(".cam").check()
-    p.wait_for_function("(() => { const o = document.querySelector('.photo .overlay'); "
-                        "return !o.hidden && o.complete && o.naturalWidth > 0; })()")
+    p.wait_for_function(
+        "(() => { const o = document.querySelector('.photo .overlay'); "
+        "return !o.hidden && o.complete && o.naturalWidth > 0; })()"
+    )
     assert card.locator(".thumb").is_hidden()
     assert card.locator(".cam-note").inner_text() == "for " + card.locator(".bars .label").first.inner_text()
     assert any("/v1/explain?model=flip" in u for u in page.requests)

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from servetools import photos, served_models, server  # noqa: F401  (the fixtures)
-from servetools import start_server, stop_server, wait_ready
+from servetools import photos, served_models, server, start_server, stop_server, wait_ready  # noqa: F401  (the fixtures)
 
 pytestmark = pytest.mark.slow
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "headstart", "serve", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "headstart", "serve", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_missing_model_file_is_one_line(tmp_path: Path) -> None:
@@ -34,7 +34,9 @@ def test_busy_port_is_one_line(server) -> None:
 
 def test_bad_options_name_the_option(server) -> None:
     r = run(str(server.models["pets"]), "--max-batch-size", "0")
-    assert r.returncode == 2 and "The '--max-batch-size' option must be an int" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2 and "The '--max-batch-size' option must be an int" in r.stderr and "Traceback" not in r.stderr
+    )
 
 
 def test_ctrl_c_while_loading_stops_cleanly(served_models, tmp_path: Path) -> None:
@@ -56,8 +58,10 @@ def wait_until_received(url: str, n: int, seconds: float = 120) -> None:
     while time.monotonic() < deadline:
         text = client.get("/metrics").body.decode()
         in_flight = int(re.search(r"^headstart_requests_in_flight (\d+)", text, re.M).group(1)) - 1  # (this one)
-        done = sum(int(x) for x in re.findall(r'^headstart_requests_total\{route="/v1/predict",status="\d+"\} (\d+)',
-                                                text, re.M))
+        done = sum(
+            int(x)
+            for x in re.findall(r'^headstart_requests_total\{route="/v1/predict",status="\d+"\} (\d+)', text, re.M)
+        )
         if in_flight + done >= n:
             return
         time.sleep(0.02)
@@ -99,8 +103,14 @@ def test_a_model_that_does_not_load_stops_the_server(served_models, tmp_path: Pa
     from headstart.models.classifier import Classifier
 
     good = Classifier.load(served_models["pets"])
-    broken = Classifier(replace(good.spec, name="tf_efficientnet_lite1"), good.classes, good.head_weight,
-                        good.head_bias, good.trunk, good.metadata)
+    broken = Classifier(
+        replace(good.spec, name="tf_efficientnet_lite1"),
+        good.classes,
+        good.head_weight,
+        good.head_bias,
+        good.trunk,
+        good.metadata,
+    )
     path = broken.save(tmp_path / "broken.safetensors")
     log = tmp_path / "serve.log"
     process, _ = start_server([str(path)], log)

@@ -7,7 +7,6 @@ import os
 import re
 
 import pytest
-
 from servetools import photos, served_models, server  # noqa: F401  (the fixtures; tests/serve/servetools.py)
 
 from headstart.serve.client import load
@@ -25,8 +24,15 @@ def batches(server, model: str) -> tuple[int, int]:
 
 def test_load_at_concurrency_16_has_no_errors(server, photos, record_property) -> None:
     before = batches(server, "pets")
-    result = load(server.url, photos, requests=REQUESTS, concurrency=16, api_key=server.api_key,
-                  query={"model": "pets"}, timeout=60)
+    result = load(
+        server.url,
+        photos,
+        requests=REQUESTS,
+        concurrency=16,
+        api_key=server.api_key,
+        query={"model": "pets"},
+        timeout=60,
+    )
     summary = result.summary()
     print(f"\nload: {summary}")
     record_property("load", summary)  # (p50/p99 in the JUnit report too)
@@ -35,5 +41,7 @@ def test_load_at_concurrency_16_has_no_errors(server, photos, record_property) -
     after = batches(server, "pets")
     n_batches, n_images = after[0] - before[0], after[1] - before[1]
     assert n_images == REQUESTS
-    assert n_images / n_batches > 2, f"concurrent requests should share forward passes: {n_images} images in {n_batches} batches"
+    assert n_images / n_batches > 2, (
+        f"concurrent requests should share forward passes: {n_images} images in {n_batches} batches"
+    )
     assert server.client(key=None).get("/healthz").status == 200

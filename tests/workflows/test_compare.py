@@ -12,7 +12,9 @@ from headstart.features.cache import FeatureCache
 from headstart.workflows.compare import compare_backbones
 
 
-def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_ranks_backbones_and_is_instant_the_second_time(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = FeatureCache(tmp_path / "f.sqlite")
     names = ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
     rows = compare_backbones(sample / "train", names, out_dir=tmp_path / "cmp", cache=cache)
@@ -30,12 +32,15 @@ def test_compare_ranks_backbones_and_is_instant_the_second_time(sample: Path, tm
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("second call: all from the cache"))
     again = compare_backbones(sample / "train", names, cache=cache)
     assert [(r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in again] == [
-        (r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in rows]
+        (r["backbone"], r["cv_accuracy"], r["images_per_second"]) for r in rows
+    ]
 
 
 @pytest.mark.parametrize("backbones", [[], "tf_efficientnet_lite0", [""]])
 def test_compare_needs_a_list_of_backbones(sample: Path, tmp_path: Path, backbones) -> None:
-    with pytest.raises(ParameterError, match="The 'backbones' parameter of compare_backbones must be a list naming "
-                                             "at least one backbone") as info:
+    with pytest.raises(
+        ParameterError,
+        match="The 'backbones' parameter of compare_backbones must be a list naming at least one backbone",
+    ) as info:
         compare_backbones(sample / "train", backbones, out_dir=tmp_path / "cmp")
     assert info.value.parameter == "backbones" and not (tmp_path / "cmp").exists()

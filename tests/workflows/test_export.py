@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from headstart._validation import ParameterError  # noqa: E402
-from headstart.features.cache import FeatureCache  # noqa: E402
-from headstart.models.classifier import Classifier  # noqa: E402
-from headstart.workflows.evaluation import evaluate  # noqa: E402
-from headstart.workflows.export import (  # noqa: E402
+from headstart._validation import ParameterError
+from headstart.features.cache import FeatureCache
+from headstart.models.classifier import Classifier
+from headstart.workflows.evaluation import evaluate
+from headstart.workflows.export import (
     export_onnx,
     onnx_accuracy,
     onnx_scores,
@@ -56,14 +56,19 @@ def test_export_matches_pytorch_within_1e_4(model_path: Path, sample: Path, tmp_
     report = export_onnx(model_path, tmp_path / "pets.onnx", check_images=photos)
     assert report.max_abs_diff_probabilities <= 1e-4 and report.max_abs_diff_features <= 1e-3
     assert report.n_checked == 6 and report.to_dict() == {
-        "path": str(tmp_path / "pets.onnx"), "max_abs_diff_probabilities": report.max_abs_diff_probabilities,
-        "max_abs_diff_features": report.max_abs_diff_features, "n_checked": 6, "quantized": None,
+        "path": str(tmp_path / "pets.onnx"),
+        "max_abs_diff_probabilities": report.max_abs_diff_probabilities,
+        "max_abs_diff_features": report.max_abs_diff_features,
+        "n_checked": 6,
+        "quantized": None,
     }, "without int8 or check data: the numerical check only"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets.onnx"], "no temporary file left beside it"
     model = Classifier.load(model_path)
     import torch
 
-    batch = torch.stack([model.backbone.transform()(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in photos])
+    batch = torch.stack(
+        [model.backbone.transform()(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in photos]
+    )
     features, probabilities = run_onnx(tmp_path / "pets.onnx", batch.numpy())
     want = model.predict_proba_features(features)
     np.testing.assert_allclose(probabilities, want, atol=1e-5)
@@ -77,8 +82,9 @@ def test_the_report_holds_what_the_cli_prints_int8_included(model_path: Path, sa
     """One call: the fp32 file, the int8 copy calibrated on the training photos, both timed, three accuracies."""
     cache = FeatureCache(tmp_path / "cache" / "f.sqlite")
     model = Classifier.load(model_path)
-    report = export_onnx(model, tmp_path / "pets.onnx", int8=True, check_data=sample / "test",
-                         max_calibration_photos=12, cache=cache)
+    report = export_onnx(
+        model, tmp_path / "pets.onnx", int8=True, check_data=sample / "test", max_calibration_photos=12, cache=cache
+    )
     result = report.to_dict()
     assert list(result) == CHECK_KEYS + INT8_KEYS + ACCURACY_KEYS + ["accuracy_int8"]
     assert json.loads(json.dumps(result)) == result, "JSON as it is"
@@ -131,7 +137,9 @@ def test_int8_without_its_training_photos_says_what_to_pass_before_any_work(mode
     tensors, metadata = read_model_file(model_path)
     moved = tmp_path / "moved.safetensors"
     save_model_file(moved, tensors, {**metadata, "data": {**metadata["data"], "source": str(tmp_path / "gone")}})
-    with pytest.raises(ParameterError, match=r"training photos are not at .*gone: pass calibrate=DATA \(--calibrate") as info:
+    with pytest.raises(
+        ParameterError, match=r"training photos are not at .*gone: pass calibrate=DATA \(--calibrate"
+    ) as info:
         export_onnx(moved, tmp_path / "m.onnx", int8=True)
     assert info.value.parameter == "calibrate"
     assert not (tmp_path / "m.onnx").exists(), "nothing exported before the calibration photos are known"
@@ -146,19 +154,32 @@ def test_int8_without_its_training_photos_says_what_to_pass_before_any_work(mode
 def test_cli_int8_calibrates_on_the_photos_given_or_says_what_to_pass(
     model_path: Path, sample: Path, tmp_path: Path
 ) -> None:
+    import shutil
+
     from typer.testing import CliRunner
 
     from headstart.cli import app
-
-    import shutil
 
     few = tmp_path / "few"  # a few calibration photos keep this test quick; the default (the training photos) is
     few.mkdir()  # test_the_report_holds_what_the_cli_prints_int8_included's
     for photo in sorted((sample / "train").glob("*/*.jpg"))[::10]:
         shutil.copy(photo, few / photo.name)
     out = tmp_path / "cli.onnx"
-    result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(out), "--int8", "--calibrate", str(few),
-                                      "--data", str(sample / "test"), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(model_path),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibrate",
+            str(few),
+            "--data",
+            str(sample / "test"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert list(report) == CHECK_KEYS + INT8_KEYS + ACCURACY_KEYS + ["accuracy_int8"]
@@ -174,8 +195,9 @@ def test_cli_int8_calibrates_on_the_photos_given_or_says_what_to_pass(
     assert result.exit_code != 0 and "--calibrate" in result.output + (result.stderr or "")
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(tmp_path / "e.onnx"), "--int8",
-                                      "--calibrate", str(empty)])
+    result = CliRunner().invoke(
+        app, ["export", str(model_path), "--out", str(tmp_path / "e.onnx"), "--int8", "--calibrate", str(empty)]
+    )
     assert result.exit_code != 0 and "calibration photos" in result.output + (result.stderr or "")
 
 
@@ -214,11 +236,15 @@ def test_a_file_rewritten_in_place_is_not_run_from_a_stale_session(tmp_path: Pat
     from onnx import TensorProto, helper
 
     def write(op: str) -> None:
-        graph = helper.make_graph([helper.make_node(op, ["image"], ["features"]),
-                                   helper.make_node("Identity", ["features"], ["probabilities"])], op,
-                                  [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 2])],
-                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 2])
-                                   for n in ("features", "probabilities")])
+        graph = helper.make_graph(
+            [
+                helper.make_node(op, ["image"], ["features"]),
+                helper.make_node("Identity", ["features"], ["probabilities"]),
+            ],
+            op,
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 2])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 2]) for n in ("features", "probabilities")],
+        )
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(out))
 
     out = tmp_path / "tiny.onnx"
@@ -245,11 +271,32 @@ def test_int8_export_stays_under_2_gb_and_keeps_the_features(model_path: Path, s
     for photo in sorted((sample / "train").glob("*/*.jpg"))[::5][:24]:
         shutil.copy(photo, photos / photo.name)
     out = tmp_path / "pets.onnx"
-    wrapper = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); sys.exit(code)")
-    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "headstart", "export", str(model_path),
-                           "--out", str(out), "--int8", "--calibrate", str(photos), "--json"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    wrapper = (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            wrapper,
+            sys.executable,
+            "-m",
+            "headstart",
+            "export",
+            str(model_path),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibrate",
+            str(photos),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     peak = int(done.stderr.strip().splitlines()[-1])
     report = json.loads(done.stdout)
@@ -263,5 +310,7 @@ def test_int8_export_stays_under_2_gb_and_keeps_the_features(model_path: Path, s
     fp32, int8 = run_onnx(out, images)[0], run_onnx(tmp_path / "pets.int8.onnx", images)[0]
     cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
     assert cosine.mean() >= 0.98 and cosine.min() >= 0.97, (cosine.mean(), cosine.min())  # (measured 0.9952, 0.9895)
-    print(f"\nexport --int8: peak RSS {peak / 2**20:.0f} MB; int8 features: cosine to fp32 {cosine.mean():.4f} "
-          f"(min {cosine.min():.4f}) on {len(cosine)} photos")
+    print(
+        f"\nexport --int8: peak RSS {peak / 2**20:.0f} MB; int8 features: cosine to fp32 {cosine.mean():.4f} "
+        f"(min {cosine.min():.4f}) on {len(cosine)} photos"
+    )

@@ -27,8 +27,13 @@ RUN_FILES = ("config.json", "confusion_matrix.png", "metrics.json", "misclassifi
 
 
 def _cli(*args: object, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "headstart", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "headstart", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _finish(process: subprocess.Popen, timeout: float = 240) -> str:
@@ -82,9 +87,12 @@ def _tiny_onnx(path: Path) -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probabilities"])], "old",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 2])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probabilities"])],
+        "old",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.metadata_props.add(key="headstart", value="{}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +101,7 @@ def _tiny_onnx(path: Path) -> bytes:
 
 
 def _model_state(model: Path, run: Path, old: bytes, new_source: Path, since: float) -> str:
-    """"old" or "new"; fails unless the model file is the old one or a complete new one whose run folder was all
+    """ "old" or "new"; fails unless the model file is the old one or a complete new one whose run folder was all
     written by the same run (after ``since``, the run's start, and before the model file)."""
     from headstart.models.modelfile import read_model_metadata
 
@@ -138,8 +146,19 @@ def test_killed_train_and_export_runs_leave_the_old_files_or_whole_new_ones_and_
         (old_data / photo.parent.name).mkdir(parents=True, exist_ok=True)
         (old_data / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
     n_new = len(list(new_data.glob("*/*.jpg")))
-    train = lambda data, *more: _cli("train", data, "--out", model, "--json", "--backbone", "tf_efficientnet_lite0",  # noqa: E731
-                                     *more, env=env)
+
+    def train(data, *more):
+        return _cli(
+            "train",
+            data,
+            "--out",
+            model,
+            "--json",
+            "--backbone",
+            "tf_efficientnet_lite0",
+            *more,
+            env=env,
+        )
 
     _finish(train(old_data))
     old_model = model.read_bytes()
@@ -156,8 +175,9 @@ def test_killed_train_and_export_runs_leave_the_old_files_or_whole_new_ones_and_
     kills, rng = [], random.Random(0)
     since = time.time_ns()
     drawn = lambda: (run / "config.json").exists() and (run / "config.json").stat().st_mtime_ns >= since  # noqa: E731
-    kills.append(("run folder", _kill_when(train(old_data, "--seed", 1), drawn, rng.uniform(0, 0.3)),
-                  state(since, old_data)))
+    kills.append(
+        ("run folder", _kill_when(train(old_data, "--seed", 1), drawn, rng.uniform(0, 0.3)), state(since, old_data))
+    )
     since = time.time_ns()
     saving = lambda: any(TEMPORARY.match(p.name) for p in out.iterdir())  # noqa: E731
     killed = _kill_when(train(old_data, "--seed", 2), saving, rng.uniform(0, 0.01))
@@ -178,7 +198,9 @@ def test_killed_train_and_export_runs_leave_the_old_files_or_whole_new_ones_and_
     export = lambda: _cli("export", model, "--out", onnx_file, "--json", env=env)  # noqa: E731
     kills.append(("export start", _kill_after(export(), rng.uniform(0.5, 4.0)), _onnx_state(onnx_file, old_onnx)))
     writing = lambda: any(TEMPORARY.match(p.name) and "onnx" in p.name for p in out.iterdir())  # noqa: E731
-    kills.append(("export writing", _kill_when(export(), writing, rng.uniform(0, 1.5)), _onnx_state(onnx_file, old_onnx)))
+    kills.append(
+        ("export writing", _kill_when(export(), writing, rng.uniform(0, 1.5)), _onnx_state(onnx_file, old_onnx))
+    )
     if kills[-1][2] == "new":
         onnx_file.write_bytes(old_onnx)
     _finish(export())
@@ -186,5 +208,7 @@ def test_killed_train_and_export_runs_leave_the_old_files_or_whole_new_ones_and_
 
     left = _temporaries(out, cache)
     assert not left, f"temporaries left after the runs that finished: {left}; kills: {kills}"
-    print(f"\nkills (during, killed, file left): {kills}; {committed} of {n_new} photos committed before the rerun, "
-          f"which computed {features['computed']}")
+    print(
+        f"\nkills (during, killed, file left): {kills}; {committed} of {n_new} photos committed before the rerun, "
+        f"which computed {features['computed']}"
+    )

@@ -14,16 +14,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from PIL import Image, ImageDraw
 
-from conftest import shared_data
-from headstart.models.classifier import Classifier
-from headstart.errors import DataError
-from headstart.workflows.evaluation import evaluate
-from headstart.features import FeatureCache, extract_features
-from headstart.data import scan
 from headstart._validation import ParameterError
+from headstart.data import scan
+from headstart.errors import DataError
+from headstart.features import FeatureCache, extract_features
+from headstart.models.classifier import Classifier
 from headstart.models.estimator import ImageClassifier, load
+from headstart.workflows.evaluation import evaluate
 from headstart.workflows.training import SkippedFilesWarning, default_run_dir, write_run_folder
 
 BOMB_LIMIT = 50_000_000  # the 12000×12000 PNG below has 144,000,000 pixels
@@ -50,7 +50,9 @@ def trained(sample_model: Path):
     """The session's probe on sample/train (60 photos, 12 breeds), as ``train`` left it: model file and run folder."""
     run_dir = default_run_dir(sample_model)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return SimpleNamespace(model_path=sample_model, run_dir=run_dir, metrics=metrics, model=Classifier.load(sample_model))
+    return SimpleNamespace(
+        model_path=sample_model, run_dir=run_dir, metrics=metrics, model=Classifier.load(sample_model)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +123,10 @@ def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
     assert_png(trained.run_dir / "reliability.png")
     assert 0 <= metrics["val_ece"] <= 1 and metrics["calibration"]["bins"] == 15 and metrics["val_nll"] > 0
     assert metrics["refit_on_all"] and config["refit"] == {
-        "on_all_photos": True, "photos": 60,
-        "what": "the probe, fitted again on all 60 photos (C and the temperature from its cross-validation)"}
+        "on_all_photos": True,
+        "photos": 60,
+        "what": "the probe, fitted again on all 60 photos (C and the temperature from its cross-validation)",
+    }
     newest = max(p.stat().st_mtime_ns for p in trained.run_dir.iterdir())
     assert trained.model_path.stat().st_mtime_ns >= newest, "the model file is written last"
     assert not [p for p in trained.model_path.parent.iterdir() if p.name.endswith(".tmp")], "no temporaries left"
@@ -139,8 +143,11 @@ def test_held_out_photos_are_mostly_right(baseline) -> None:
 def test_evaluate_writes_its_report_and_pictures(trained, sample: Path, tmp_path: Path, baseline) -> None:
     report = evaluate(trained.model_path, sample / "test", out_dir=tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["accuracy"] == baseline.accuracy
-    assert sorted(Path(p).name for p in report.pictures) == ["confusion_matrix.png", "misclassified.png",
-                                                             "reliability.png"]
+    assert sorted(Path(p).name for p in report.pictures) == [
+        "confusion_matrix.png",
+        "misclassified.png",
+        "reliability.png",
+    ]
     for picture in report.pictures:
         assert_png(Path(picture))
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
@@ -215,7 +222,7 @@ def test_model_file_predicts_the_same_without_cache_package_or_network(
 
 # --------------------------------------------------------------------------------------------------- broken files
 def test_scan_names_exactly_the_unusable_files(broken) -> None:
-    for folder, unusable, usable in broken.values():
+    for folder, unusable, _usable in broken.values():
         report = scan(folder, max_pixels=BOMB_LIMIT)
         assert {u.path.resolve() for u in report.unusable} == {p.resolve() for p in unusable}
         assert report.n_files == len(photos(folder)) + 1  # the .jpg files plus bomb.png
@@ -246,8 +253,14 @@ def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_p
     assert m["n_usable"] == 60 + 2  # the PNG named .jpg and the CMYK JPEG are photos like the others
     written = write_run_folder(clf, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == m["skipped"]
-    assert sorted(p.name for p in written) == ["backbone_selection.json", "config.json", "confusion_matrix.png",
-                                               "metrics.json", "misclassified.png", "reliability.png"]
+    assert sorted(p.name for p in written) == [
+        "backbone_selection.json",
+        "config.json",
+        "confusion_matrix.png",
+        "metrics.json",
+        "misclassified.png",
+        "reliability.png",
+    ]
 
     messages = [str(w.message) for w in caught if issubclass(w.category, SkippedFilesWarning)]
     assert len(messages) == 1
@@ -258,7 +271,7 @@ def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_p
 
 
 def test_evaluate_skips_unusable_files_and_counts_only_usable_ones(trained, broken) -> None:
-    folder, unusable, usable = broken["test"]
+    folder, unusable, _usable = broken["test"]
     report = evaluate(trained.model_path, folder, max_pixels=BOMB_LIMIT)
     assert {Path(s["path"]).resolve() for s in report.skipped} == {p.resolve() for p in unusable}
     assert_reasons_make_sense(reasons_by_name(report.skipped))
@@ -268,7 +281,9 @@ def test_evaluate_skips_unusable_files_and_counts_only_usable_ones(trained, brok
 
 
 # --------------------------------------------------------------------------------------------- class names
-def test_evaluate_matches_classes_by_name_and_leaves_unknown_ones_out(trained, sample: Path, tmp_path: Path, baseline) -> None:
+def test_evaluate_matches_classes_by_name_and_leaves_unknown_ones_out(
+    trained, sample: Path, tmp_path: Path, baseline
+) -> None:
     data = tmp_path / "renamed"
     shutil.copytree(sample / "test", data)
     (data / "saint_bernard").rename(data / "Saint Bernard")
@@ -368,6 +383,7 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: P
     cache = FeatureCache(tmp_path / "c.sqlite")
     model = ImageClassifier(flip_average=True, cache=cache).fit(sample / "train").model_
     assert model.spec.flip_average
+
     def cosine(m: Classifier) -> float:  # (not exactly 1: an odd crop margin shifts the mirrored crop by a pixel)
         a, b = m.features([original_copy, mirrored], cache=cache, precision="fp32").features
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
@@ -394,11 +410,16 @@ def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(
             draw.polygon(head, fill=colour)
             draw.rectangle(shaft, fill=colour)
             img.save(tmp_path / "data" / direction / f"{i}.png")
-    clf = ImageClassifier(backbone="tf_efficientnet_lite0", cache=tmp_path / "c.sqlite",  # CV decides the mirror
-                          flip_average="auto").fit(tmp_path / "data")
+    clf = ImageClassifier(
+        backbone="tf_efficientnet_lite0",
+        cache=tmp_path / "c.sqlite",  # CV decides the mirror
+        flip_average="auto",
+    ).fit(tmp_path / "data")
     cv = clf.report_["flip_average_cv"]
     assert clf.report_["flip_average"] is False, cv
-    assert cv["off"] > cv["on"] + 2 / 40, cv  # by more than two of the 40 photos (torch: 0.77 vs 0.59; OpenVINO 0.71 vs 0.62)
+    assert cv["off"] > cv["on"] + 2 / 40, (
+        cv
+    )  # by more than two of the 40 photos (torch: 0.77 vs 0.59; OpenVINO 0.71 vs 0.62)
     assert not clf.spec_.flip_average and not clf.model_.spec.flip_average
     assert clf.report_["features"]["computed"] == 40  # one pass gave both feature sets
     written = {p.name for p in tmp_path.iterdir()} - {"data"}

@@ -36,6 +36,19 @@ from headstart.attacks.report import plot_attack, save_attack, save_robustness
 from headstart.attacks.robustness_curve import Robustness, robustness
 
 __all__ = [
-    "AttackResult", "Robustness", "Verdict", "attack", "parse_eps", "parse_eps_list", "perturb", "plot_attack",
-    "preprocess", "robustness", "save_attack", "save_robustness", "transfer", "METHODS", "NORMS",
+    "METHODS",
+    "NORMS",
+    "AttackResult",
+    "Robustness",
+    "Verdict",
+    "attack",
+    "parse_eps",
+    "parse_eps_list",
+    "perturb",
+    "plot_attack",
+    "preprocess",
+    "robustness",
+    "save_attack",
+    "save_robustness",
+    "transfer",
 ]

@@ -65,7 +65,9 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "index": self.index, "label": self.label, "probability": round(self.probability, 6),
+            "index": self.index,
+            "label": self.label,
+            "probability": round(self.probability, 6),
             "top5": [{"label": l, "probability": round(p, 6)} for l, p in self.top5],
         }
 
@@ -93,8 +95,13 @@ class Victim:
         order = np.argsort(-probabilities, kind="stable")[:5]
         top = int(order[0])
         names = self.net.class_names
-        return Verdict(top, names[top], float(probabilities[top]),
-                       [(names[j], float(probabilities[j])) for j in order], probabilities)
+        return Verdict(
+            top,
+            names[top],
+            float(probabilities[top]),
+            [(names[j], float(probabilities[j])) for j in order],
+            probabilities,
+        )
 
     def verdicts(self, paths: Sequence[Path]) -> list[Verdict]:
         """Classify image files the ordinary way (see the class docstring)."""
@@ -191,15 +198,25 @@ def find_adversarial(
     margin = None if method == "lesson" else SURVIVAL_MARGIN
     with tempfile.TemporaryDirectory(prefix="headstart-attack-") as tmp:
         while True:
-            delta, n = perturb(forwards, x, labels, eps=optimiser_eps(eps, norm), steps=steps - used, margin=margin,
-                               delta=delta, generator=generator, quantise=method != "lesson", **optimise)
+            delta, n = perturb(
+                forwards,
+                x,
+                labels,
+                eps=optimiser_eps(eps, norm),
+                steps=steps - used,
+                margin=margin,
+                delta=delta,
+                generator=generator,
+                quantise=method != "lesson",
+                **optimise,
+            )
             used += n
             adversarial, clipped = quantise(photo, delta, norm, eps, method)
             png = png_bytes(adversarial)
             path = write_bytes_atomic(Path(tmp) / f"check-{used}.png", png)
             after = [m.verdicts([path])[0] for m in members]
             success = [succeeded(b, a, t) for b, a, t in zip(before, after, targets or [None] * len(members))]
-            if method == "lesson" or all(success) or used >= steps or method == "fgsm" or n == 0 and margin > 64:
+            if method == "lesson" or all(success) or used >= steps or method == "fgsm" or (n == 0 and margin > 64):
                 break
             margin *= 2  # reached the margin on the differentiable path, but not on the file: push further
         read_back = np.asarray(load_image(path), dtype=np.uint8)
@@ -250,20 +267,31 @@ class AttackResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "image": str(self.image), "model": self.model, "method": self.method, "norm": self.norm,
+            "image": str(self.image),
+            "model": self.model,
+            "method": self.method,
+            "norm": self.norm,
             "eps": None if self.method == "lesson" else self.eps,  # the lesson's descent has no budget
             "eps_8bit": None if self.method == "lesson" else round(self.eps_8bit, 4),
-            "steps": self.steps, "steps_used": self.steps_used,
+            "steps": self.steps,
+            "steps_used": self.steps_used,
             "step_size": self.step_size,
             "target": None if self.target is None else {"index": self.target, "label": self.target_label},
             "original": self.before.to_dict() if self.before else None,
             "adversarial": self.after.to_dict() if self.after else None,
-            "target_probability": (None if self.target is None or self.after is None
-                                   else round(float(self.after.probabilities[self.target]), 6)),
-            "success": self.success, "linf_8bit": self.linf_8bit, "l2": round(self.l2, 6),
-            "psnr": None if self.psnr is None else round(self.psnr, 3), "clipped_values": self.clipped_values,
+            "target_probability": (
+                None
+                if self.target is None or self.after is None
+                else round(float(self.after.probabilities[self.target]), 6)
+            ),
+            "success": self.success,
+            "linf_8bit": self.linf_8bit,
+            "l2": round(self.l2, 6),
+            "psnr": None if self.psnr is None else round(self.psnr, 3),
+            "clipped_values": self.clipped_values,
             "ensemble": self.members if len(self.members) > 1 else [],
-            "transfer": self.transfer, "files": self.files,
+            "transfer": self.transfer,
+            "files": self.files,
             "measured_on": "the saved 8-bit PNG read back from disk, classified by the ordinary prediction path",
         }
 
@@ -323,19 +351,36 @@ def attack(
     members = victims(model)
     targets = None if target is None else [v.net.class_index(target) for v in members]
     before = [v.verdicts([Path(image)])[0] for v in members]
-    found = find_adversarial(members, photo, before, targets, method=method, norm=norm, eps=eps, steps=steps,
-                             step_size=step_size, seed=seed)
-    rows = [{"model": v.name, "original": b.to_dict(), "adversarial": a.to_dict(), "success": s}
-            for v, b, a, s in zip(members, before, found.after, found.success)]
+    found = find_adversarial(
+        members, photo, before, targets, method=method, norm=norm, eps=eps, steps=steps, step_size=step_size, seed=seed
+    )
+    rows = [
+        {"model": v.name, "original": b.to_dict(), "adversarial": a.to_dict(), "success": s}
+        for v, b, a, s in zip(members, before, found.after, found.success)
+    ]
     linf, l2, psnr = perturbation_size(photo, found.image)
     primary = members[0]
     return AttackResult(
-        image=Path(image), model=primary.name, method=method, norm=norm, eps=eps, steps=steps,
-        steps_used=found.steps_used, step_size=step_size_used(method, norm, eps, step_size),
+        image=Path(image),
+        model=primary.name,
+        method=method,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        steps_used=found.steps_used,
+        step_size=step_size_used(method, norm, eps, step_size),
         target=None if targets is None else targets[0],
         target_label=None if targets is None else primary.net.class_names[targets[0]],
-        original=photo, adversarial=found.image, png=found.png, before=before[0], after=found.after[0],
-        success=found.success[0], linf_8bit=linf, l2=l2, psnr=psnr, clipped_values=found.clipped_values,
+        original=photo,
+        adversarial=found.image,
+        png=found.png,
+        before=before[0],
+        after=found.after[0],
+        success=found.success[0],
+        linf_8bit=linf,
+        l2=l2,
+        psnr=psnr,
+        clipped_values=found.clipped_values,
         members=rows,
     )
 
@@ -370,14 +415,30 @@ def transfer(result: AttackResult, models: Sequence[ModelLike]) -> list[dict[str
                 carried = None
             else:
                 carried = succeeded(before, after, target)
-            found.append({"model": victim.name, "original": before.to_dict(), "adversarial": after.to_dict(),
-                          "target_probability": None if target is None else round(float(after.probabilities[target]), 6),
-                          "carried_over": carried})
+            found.append(
+                {
+                    "model": victim.name,
+                    "original": before.to_dict(),
+                    "adversarial": after.to_dict(),
+                    "target_probability": None if target is None else round(float(after.probabilities[target]), 6),
+                    "carried_over": carried,
+                }
+            )
     result.transfer.extend(found)
     return found
 
 
 __all__ = [
-    "ModelLike", "Verdict", "Victim", "victims", "succeeded", "png_bytes", "Adversarial", "find_adversarial",
-    "AttackResult", "check_attack_settings", "attack", "transfer",
+    "Adversarial",
+    "AttackResult",
+    "ModelLike",
+    "Verdict",
+    "Victim",
+    "attack",
+    "check_attack_settings",
+    "find_adversarial",
+    "png_bytes",
+    "succeeded",
+    "transfer",
+    "victims",
 ]

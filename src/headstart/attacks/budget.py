@@ -72,8 +72,12 @@ def parse_eps_list(
 def check_8bit_budget(eps: float, norm: str, method: str, caller: str) -> None:
     """An 8-bit PNG cannot move a pixel by less than one step: refuse L∞ budgets that would silently be zero."""
     if norm == "linf" and method != "lesson" and 0 < eps < 1 / 255 - 1e-9:
-        fail("eps", caller, f"0 or at least 1/255 for norm linf: the saved 8-bit image cannot change a pixel by "
-                            f"{eps * 255:.3g}/255", eps)
+        fail(
+            "eps",
+            caller,
+            f"0 or at least 1/255 for norm linf: the saved 8-bit image cannot change a pixel by {eps * 255:.3g}/255",
+            eps,
+        )
 
 
 def optimiser_eps(eps: float, norm: str) -> float:
@@ -126,6 +130,13 @@ def perturbation_size(original: np.ndarray, adversarial: np.ndarray) -> tuple[in
 
 
 __all__ = [
-    "METHODS", "NORMS", "parse_eps", "parse_eps_list", "check_8bit_budget", "optimiser_eps", "step_size_used",
-    "quantise", "perturbation_size",
+    "METHODS",
+    "NORMS",
+    "check_8bit_budget",
+    "optimiser_eps",
+    "parse_eps",
+    "parse_eps_list",
+    "perturbation_size",
+    "quantise",
+    "step_size_used",
 ]

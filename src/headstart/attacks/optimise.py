@@ -127,8 +127,17 @@ def perturb(
     return delta.detach(), used
 
 
-def _step(images: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor, *, method: str,
-          norm: str, eps: float, step: float) -> torch.Tensor:
+def _step(
+    images: torch.Tensor,
+    delta: torch.Tensor,
+    grad: torch.Tensor,
+    active: torch.Tensor,
+    *,
+    method: str,
+    norm: str,
+    eps: float,
+    step: float,
+) -> torch.Tensor:
     """One descent step on the still-active images, projected onto the budget and valid pixels (not the lesson's)."""
     if method == "lesson":
         update = step * grad
@@ -147,4 +156,4 @@ def _step(images: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, active:
     return (images + delta).clamp(0, 1) - images
 
 
-__all__ = ["SURVIVAL_MARGIN", "LOSSES", "goal_margin", "perturb"]
+__all__ = ["LOSSES", "SURVIVAL_MARGIN", "goal_margin", "perturb"]

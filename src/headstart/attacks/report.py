@@ -49,7 +49,9 @@ def plot_attack(result: AttackResult, path: str | os.PathLike[str]) -> Path:
         f"perturbation ×{gain:.0f}\nL∞ {result.linf_8bit}/255, L2 {result.l2:.2f}, "
         + (f"PSNR {result.psnr:.1f} dB" if result.psnr else "no change"),
         f"adversarial ({'success' if result.success else 'failed'})\n"
-        f"{_short(result.after.label)} {result.after.probability:.2f}" if result.after else "adversarial",
+        f"{_short(result.after.label)} {result.after.probability:.2f}"
+        if result.after
+        else "adversarial",
     ]
     for i, (picture, title) in enumerate(zip([result.original, picture_of_change, result.adversarial], titles)):
         ax = fig.add_subplot(grid[0, i])
@@ -62,7 +64,9 @@ def plot_attack(result: AttackResult, path: str | os.PathLike[str]) -> Path:
         ax = fig.add_subplot(grid[1, [0, 2][i]])
         labels = [_short(l) for l, _ in verdict.top5][::-1]
         values = [p for _, p in verdict.top5][::-1]
-        colours = ["tab:red" if result.target_label and l == _short(result.target_label) else "tab:blue" for l in labels]
+        colours = [
+            "tab:red" if result.target_label and l == _short(result.target_label) else "tab:blue" for l in labels
+        ]
         bars = ax.barh(labels, values, color=colours)
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
         ax.set_xlim(0, 1)
@@ -118,8 +122,11 @@ def save_robustness(report: Robustness, out_dir: str | os.PathLike[str]) -> dict
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{Path(report.model).name}: {report.method.upper()} {report.steps} "
-                 f"step{'s' * (report.steps != 1)}, {report.n_images} photos", fontsize=10)
+    ax.set_title(
+        f"{Path(report.model).name}: {report.method.upper()} {report.steps} "
+        f"step{'s' * (report.steps != 1)}, {report.n_images} photos",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_figure(fig, paths["curve"])
     write_json(paths["json"], report.to_dict())

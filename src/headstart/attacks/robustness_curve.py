@@ -47,15 +47,25 @@ class Robustness:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "method": self.method, "norm": self.norm, "steps": self.steps,
-            "n_images": self.n_images, "clean_accuracy": self.clean_accuracy,
-            "curve": [{"eps": e, "eps_8bit": round(e * 255, 4) if self.norm == "linf" else None, "accuracy": a,
-                       "attack_success": s}
-                      for e, a, s in zip(self.eps, self.accuracy, self.attack_success)],
+            "model": self.model,
+            "method": self.method,
+            "norm": self.norm,
+            "steps": self.steps,
+            "n_images": self.n_images,
+            "clean_accuracy": self.clean_accuracy,
+            "curve": [
+                {
+                    "eps": e,
+                    "eps_8bit": round(e * 255, 4) if self.norm == "linf" else None,
+                    "accuracy": a,
+                    "attack_success": s,
+                }
+                for e, a, s in zip(self.eps, self.accuracy, self.attack_success)
+            ],
             "skipped": self.skipped,
             "note": "accuracy at eps = photos still classified correctly from the saved 8-bit PNG; a photo fooled at "
-                    "a smaller budget counts as fooled at every larger one (that image is inside the larger budget); "
-                    "eps 0 is `evaluate`'s accuracy.",
+            "a smaller budget counts as fooled at every larger one (that image is inside the larger budget); "
+            "eps 0 is `evaluate`'s accuracy.",
         }
 
 
@@ -122,15 +132,32 @@ def robustness(
         attacked = np.flatnonzero(proba.argmax(1) == truth) if e > 0 else np.array([], dtype=np.int64)
         for i in attacked:
             photo = np.array(load_image(scored.paths[i]), dtype=np.uint8)
-            found = find_adversarial([victim], photo, [victim.verdict(proba[i].copy())], None, method=method, norm=norm,
-                                     eps=e, steps=steps, seed=0)
+            found = find_adversarial(
+                [victim],
+                photo,
+                [victim.verdict(proba[i].copy())],
+                None,
+                method=method,
+                norm=norm,
+                eps=e,
+                steps=steps,
+                seed=0,
+            )
             proba[i] = found.after[0].probabilities
-        success.append(round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6)
-                       if len(attacked) else None)
+        success.append(
+            round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6) if len(attacked) else None
+        )
         accuracy.append(_accuracy(y_true, proba, classifier.classes))
     return Robustness(
-        model=str(model), method=method, norm=norm, steps=1 if method == "fgsm" else steps, eps=budgets,
-        accuracy=accuracy, n_images=len(truth), clean_accuracy=clean, attack_success=success,
+        model=str(model),
+        method=method,
+        norm=norm,
+        steps=1 if method == "fgsm" else steps,
+        eps=budgets,
+        accuracy=accuracy,
+        n_images=len(truth),
+        clean_accuracy=clean,
+        attack_success=success,
         skipped=[u.to_dict() for u in feats.unusable],
     )
 

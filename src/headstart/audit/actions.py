@@ -31,8 +31,15 @@ from headstart.data.datasets import Dataset, Sample
 from headstart.data.scanning import ScanReport, UnusableFile, quarantine
 from headstart.errors import DataError
 
-__all__ = ["KINDS", "RELABEL_COLUMNS", "RelabelWarning", "apply_relabels", "quarantine_findings", "quarantine_plan",
-           "write_relabel_csv"]
+__all__ = [
+    "KINDS",
+    "RELABEL_COLUMNS",
+    "RelabelWarning",
+    "apply_relabels",
+    "quarantine_findings",
+    "quarantine_plan",
+    "write_relabel_csv",
+]
 
 #: What :func:`quarantine_findings` can move.
 KINDS = ("duplicates", "outliers", "label_issues")
@@ -65,15 +72,15 @@ def quarantine_plan(report: Any, include: Iterable[str] = ("duplicates", "outlie
                 if split != "data" or path == group["keep"]:
                     continue
                 what = "leak: copy of the test photo" if group["crosses_split"] else f"{group['kind']} duplicate of"
-                reasons.setdefault(path, []).append(
-                    f"{what} {group['keep']} (similarity {group['similarity']:.3f})")
+                reasons.setdefault(path, []).append(f"{what} {group['keep']} (similarity {group['similarity']:.3f})")
     if "outliers" in include:
         for row in data["outliers"]:
             reasons.setdefault(row["path"], []).append(f"outlier: unlike the other photos (score {row['score']:.2f})")
     if "label_issues" in include:
         for row in data["label_issues"]:
             reasons.setdefault(row["path"], []).append(
-                f"likely wrong label: given {row['given']}, suggested {row['suggested']} (score {row['score']:.3f})")
+                f"likely wrong label: given {row['given']}, suggested {row['suggested']} (score {row['score']:.3f})"
+            )
     return [UnusableFile(Path(path), "; ".join(why)) for path, why in reasons.items()]
 
 
@@ -132,8 +139,10 @@ def _read_relabels(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             fields = [f.strip().lower() for f in reader.fieldnames or []]
-            rows = [(n + 2, {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}) for n, row in
-                    enumerate(reader)]
+            rows = [
+                (n + 2, {k.strip().lower(): (v or "").strip() for k, v in row.items() if k})
+                for n, row in enumerate(reader)
+            ]
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read the relabel CSV ({exc.strerror or exc}).") from exc
     if "path" not in fields or "suggested" not in fields:
@@ -203,5 +212,10 @@ def apply_relabels(dataset: Dataset, csv_path: str | os.PathLike[str]) -> Datase
     if skipped:
         shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warnings.warn(f"{csv_path}: {applied} relabel(s) applied; {shown}", RelabelWarning, stacklevel=2)
-    return Dataset(samples=samples, classes=sorted({s.label for s in samples}), root=dataset.root, kind=dataset.kind,
-                   ignored=list(dataset.ignored))
+    return Dataset(
+        samples=samples,
+        classes=sorted({s.label for s in samples}),
+        root=dataset.root,
+        kind=dataset.kind,
+        ignored=list(dataset.ignored),
+    )

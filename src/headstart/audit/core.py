@@ -86,8 +86,11 @@ class AuditReport:
             "outliers": len(self.outliers),
             "unusable": len(self.unusable),
             "n_classes": len(self.classes),
-            "photos_per_class": {"min": min(counts, default=0), "max": max(counts, default=0),
-                                 "imbalance": round(max(counts) / min(counts), 2) if counts else None},
+            "photos_per_class": {
+                "min": min(counts, default=0),
+                "max": max(counts, default=0),
+                "imbalance": round(max(counts) / min(counts), 2) if counts else None,
+            },
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,8 +134,9 @@ class AuditReport:
             from headstart.audit.curve import plot_learning_curve
 
             written["learning_curve"] = plot_learning_curve(self.learning_curve, folder / "learning_curve.png")
-        written["html"] = write_html(self, folder / "audit.html", curve_png=written.get("learning_curve"),
-                                     thumbnails=thumbnails)
+        written["html"] = write_html(
+            self, folder / "audit.html", curve_png=written.get("learning_curve"), thumbnails=thumbnails
+        )
         return written
 
 
@@ -166,8 +170,9 @@ class _CrossValidation:
         return float(np.mean(self.proba.argmax(axis=1) == self.y))
 
 
-def _cross_validate(X: np.ndarray, y: np.ndarray, classes: list[str], *, seed: int, memo: Memo | None,
-                    progress: bool) -> _CrossValidation:
+def _cross_validate(
+    X: np.ndarray, y: np.ndarray, classes: list[str], *, seed: int, memo: Memo | None, progress: bool
+) -> _CrossValidation:
     """The probe's C and temperature (one cross-validated fit, from the memo when it has it), then the out-of-fold
     probabilities, confident learning and the learning curve on one set of folds."""
     from threadpoolctl import threadpool_limits
@@ -176,16 +181,21 @@ def _cross_validate(X: np.ndarray, y: np.ndarray, classes: list[str], *, seed: i
     counts = np.bincount(y)
     folds = fold_splits(y, int(min(MAX_FOLDS, counts[counts > 0].min())), seed)
     # One BLAS thread per fit, two fits at a time (the warning machinery is put back by run_quietly).
-    with threadpool_limits(limits=1, user_api="blas"), \
-            progress_bar(progress, len(folds) * len(FRACTIONS), "Cross-validating probes") as advance, \
-            ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        progress_bar(progress, len(folds) * len(FRACTIONS), "Cross-validating probes") as advance,
+        ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool,
+    ):
         run = _Jobs(pool, advance)
-        proba = out_of_fold_probabilities(X, y, len(classes), folds, C=fit.C_, temperature=fit.temperature_,
-                                          seed=seed, run=run)
-        curve = learning_curve(X, y, len(classes), folds, C=fit.C_, temperature=fit.temperature_, seed=seed,
-                               full=proba, run=run)
-    return _CrossValidation(proba, y, confident_learning(proba, y), curve, float(fit.C_), float(fit.temperature_),
-                            len(folds))
+        proba = out_of_fold_probabilities(
+            X, y, len(classes), folds, C=fit.C_, temperature=fit.temperature_, seed=seed, run=run
+        )
+        curve = learning_curve(
+            X, y, len(classes), folds, C=fit.C_, temperature=fit.temperature_, seed=seed, full=proba, run=run
+        )
+    return _CrossValidation(
+        proba, y, confident_learning(proba, y), curve, float(fit.C_), float(fit.temperature_), len(folds)
+    )
 
 
 def audit(
@@ -228,8 +238,9 @@ def audit(
     paths = dataset.paths + (test_set.paths if test_set is not None else [])
     listed_labels = dataset.labels + (test_set.labels if test_set is not None else [])
     n_data = len(dataset)
-    feats = extract_features(paths, backbone, weights=weights, cache=cache, max_pixels=max_pixels,
-                             progress=progress, flip_average=True)
+    feats = extract_features(
+        paths, backbone, weights=weights, cache=cache, max_pixels=max_pixels, progress=progress, flip_average=True
+    )
     rows = feats.indices.tolist()
     usable_paths = [paths[i] for i in rows]
     splits = ["data" if i < n_data else "test" for i in rows]
@@ -237,9 +248,13 @@ def audit(
     notes: list[str] = []
 
     signatures = memo_signatures(usable_paths, feats.hashes, memo, max_pixels=max_pixels, progress=progress)
-    groups = find_duplicates(file_hashes=feats.hashes, pixel_hashes=signatures.pixel_hashes,
-                             features=feats.features, phashes=signatures.phashes,
-                             mirror_phashes=signatures.mirror_phashes)
+    groups = find_duplicates(
+        file_hashes=feats.hashes,
+        pixel_hashes=signatures.pixel_hashes,
+        features=feats.features,
+        phashes=signatures.phashes,
+        mirror_phashes=signatures.mirror_phashes,
+    )
     duplicates = duplicate_rows(groups, usable_paths, splits, labels)
 
     data_rows = np.array([k for k, s in enumerate(splits) if s == "data"], dtype=np.int64)
@@ -260,8 +275,10 @@ def audit(
     checked = counts[y_all] >= 2
     few = [c for c, n in zip(classes, counts) if n < 2]
     if few:
-        notes.append(f"{len(few)} class(es) have fewer than 2 usable photos and were not cross-validated: "
-                     f"{', '.join(few[:10])}{', ...' if len(few) > 10 else ''}. Add photos to check their labels.")
+        notes.append(
+            f"{len(few)} class(es) have fewer than 2 usable photos and were not cross-validated: "
+            f"{', '.join(few[:10])}{', ...' if len(few) > 10 else ''}. Add photos to check their labels."
+        )
     cv = None
     if len(set(y_all[checked].tolist())) >= 2:
         cv_rows = np.flatnonzero(checked)
@@ -275,23 +292,49 @@ def audit(
         issues, proba_all = [], None
     outliers = outlier_rows(scores, similarity, proba_all, d_labels, classes, d_paths, OUTLIER_Z)
     proba, y, noise = (cv.proba, cv.y, cv.cl.noise_rate) if cv else (None, None, None)
-    class_table = class_rows(classes, dataset.labels, d_labels, proba, y, noise, issues, outliers,
-                             [d_paths[i] for i in np.flatnonzero(checked)])
+    class_table = class_rows(
+        classes,
+        dataset.labels,
+        d_labels,
+        proba,
+        y,
+        noise,
+        issues,
+        outliers,
+        [d_paths[i] for i in np.flatnonzero(checked)],
+    )
 
     n_test_usable = len(splits) - len(data_rows)
     settings = {
-        "seed": seed, "flip_average": True, "neighbours": NEIGHBOURS, "outlier_z": OUTLIER_Z,
-        "near_rules": [list(r) for r in NEAR_RULES], "fractions": list(FRACTIONS),
+        "seed": seed,
+        "flip_average": True,
+        "neighbours": NEIGHBOURS,
+        "outlier_z": OUTLIER_Z,
+        "near_rules": [list(r) for r in NEAR_RULES],
+        "fractions": list(FRACTIONS),
         "folds": cv.n_folds if cv else 0,
-        "C": cv.C if cv else None, "temperature": cv.temperature if cv else None,
+        "C": cv.C if cv else None,
+        "temperature": cv.temperature if cv else None,
         "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
     }
     return AuditReport(
-        data=str(dataset.root), test=None if test_set is None else str(test_set.root), backbone=backbone,
-        n_images=n_data, n_usable=len(data_rows), n_test_images=len(paths) - n_data, n_test_usable=n_test_usable,
-        cv_accuracy=cv.accuracy if cv else None, duplicates=duplicates, label_issues=issues, outliers=outliers,
-        classes=class_table, confused_pairs=confused_pairs(cv.proba, cv.y, classes) if cv else [],
-        learning_curve=cv.curve if cv else None, unusable=[u.to_dict() for u in feats.unusable],
-        ignored=[str(p) for p in dataset.ignored], notes=notes, settings=settings,
+        data=str(dataset.root),
+        test=None if test_set is None else str(test_set.root),
+        backbone=backbone,
+        n_images=n_data,
+        n_usable=len(data_rows),
+        n_test_images=len(paths) - n_data,
+        n_test_usable=n_test_usable,
+        cv_accuracy=cv.accuracy if cv else None,
+        duplicates=duplicates,
+        label_issues=issues,
+        outliers=outliers,
+        classes=class_table,
+        confused_pairs=confused_pairs(cv.proba, cv.y, classes) if cv else [],
+        learning_curve=cv.curve if cv else None,
+        unusable=[u.to_dict() for u in feats.unusable],
+        ignored=[str(p) for p in dataset.ignored],
+        notes=notes,
+        settings=settings,
         seconds=time.perf_counter() - start,
     )

@@ -61,16 +61,22 @@ class LearningCurve:
         doubling = self.projections[1]
         now = self.accuracy_at(self.photos_per_class)
         if doubling["gain_points"] < 0.5:
-            return (f"more photos are unlikely to help much: about {doubling['more_per_class']:.0f} more a class would "
-                    f"gain under half a point (now about {100 * now:.1f}%)")
-        return (f"about {doubling['more_per_class']:.0f} more photos a class would gain about "
-                f"{doubling['gain_points']:.1f} points ({100 * now:.1f}% -> {100 * doubling['accuracy']:.1f}%)")
+            return (
+                f"more photos are unlikely to help much: about {doubling['more_per_class']:.0f} more a class would "
+                f"gain under half a point (now about {100 * now:.1f}%)"
+            )
+        return (
+            f"about {doubling['more_per_class']:.0f} more photos a class would gain about "
+            f"{doubling['gain_points']:.1f} points ({100 * now:.1f}% -> {100 * doubling['accuracy']:.1f}%)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "points": self.points,
             "photos_per_class": self.photos_per_class,
-            "law": None if self.a is None else {"formula": "error = a * photos_per_class ** -b", "a": self.a, "b": self.b},
+            "law": None
+            if self.a is None
+            else {"formula": "error = a * photos_per_class ** -b", "a": self.a, "b": self.b},
             "projections": self.projections,
             "headline": self.headline,
         }
@@ -102,9 +108,17 @@ def _subsample(train: np.ndarray, y: np.ndarray, fraction: float, rng: np.random
 
 
 def learning_curve(
-    X: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]], *, C: float,
-    temperature: float, seed: int, full: np.ndarray,
-    run: Callable[[list[Callable[[], Any]]], list[Any]] | None = None, fractions: tuple[float, ...] = FRACTIONS,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    C: float,
+    temperature: float,
+    seed: int,
+    full: np.ndarray,
+    run: Callable[[list[Callable[[], Any]]], list[Any]] | None = None,
+    fractions: tuple[float, ...] = FRACTIONS,
 ) -> LearningCurve:
     """Measure the curve on the given folds (``full``: the out-of-fold probabilities, the point at f = 1).
 
@@ -121,8 +135,12 @@ def learning_curve(
             continue
         for k, (train, test) in enumerate(folds):
             subset = _subsample(train, y, fraction, rng)
-            jobs.append(lambda s=subset, t=test: (len(s), fit_fold(X, y, n_classes, s, t, C=C,
-                                                                     temperature=temperature, seed=seed)))
+            jobs.append(
+                lambda s=subset, t=test: (
+                    len(s),
+                    fit_fold(X, y, n_classes, s, t, C=C, temperature=temperature, seed=seed),
+                )
+            )
             keys.append((fraction, k))
     results = run_quietly(jobs, run)
     per_fraction: dict[float, list[tuple[float, float]]] = {}
@@ -130,27 +148,43 @@ def learning_curve(
         test = folds[k][1]
         per_fraction.setdefault(fraction, []).append((n_train, float(np.mean(proba.argmax(axis=1) == y[test]))))
     if 1.0 in fractions:
-        per_fraction[1.0] = [(len(train), float(np.mean(full[test].argmax(axis=1) == y[test]))) for train, test in folds]
+        per_fraction[1.0] = [
+            (len(train), float(np.mean(full[test].argmax(axis=1) == y[test]))) for train, test in folds
+        ]
 
     present = max(1, len(np.unique(y)))
     points = []
     for fraction in sorted(per_fraction):
         sizes, accuracies = zip(*per_fraction[fraction])
-        points.append({"fraction": fraction, "photos_per_class": round(float(np.mean(sizes)) / present, 3),
-                       "accuracy": round(float(np.mean(accuracies)), 4),
-                       "accuracy_std": round(float(np.std(accuracies)), 4)})
+        points.append(
+            {
+                "fraction": fraction,
+                "photos_per_class": round(float(np.mean(sizes)) / present, 3),
+                "accuracy": round(float(np.mean(accuracies)), 4),
+                "accuracy_std": round(float(np.std(accuracies)), 4),
+            }
+        )
     now = len(y) / present
     curve = LearningCurve(points, round(float(now), 3))
-    law = fit_power_law(np.array([p["photos_per_class"] for p in points]),
-                        1.0 - np.array([p["accuracy"] for p in points]), floor=0.5 / len(y))
+    law = fit_power_law(
+        np.array([p["photos_per_class"] for p in points]),
+        1.0 - np.array([p["accuracy"] for p in points]),
+        floor=0.5 / len(y),
+    )
     if law is not None:
         curve.a, curve.b = law
         base = curve.accuracy_at(now)
         for factor in (0.5, 1.0, 2.0):
             more = max(1.0, round(factor * now))
             accuracy = curve.accuracy_at(now + more)
-            curve.projections.append({"more_per_class": float(more), "photos_per_class": round(now + more, 3),
-                                      "accuracy": round(accuracy, 4), "gain_points": round(100.0 * (accuracy - base), 2)})
+            curve.projections.append(
+                {
+                    "more_per_class": float(more),
+                    "photos_per_class": round(now + more, 3),
+                    "accuracy": round(accuracy, 4),
+                    "gain_points": round(100.0 * (accuracy - base), 2),
+                }
+            )
     return curve
 
 
@@ -170,11 +204,22 @@ def plot_learning_curve(curve: LearningCurve, path: str | os.PathLike[str], *, t
     if curve.a is not None:
         measured = np.linspace(max(n.min(), 0.5), curve.photos_per_class, 100)
         ahead = np.linspace(curve.photos_per_class, 4 * curve.photos_per_class, 100)
-        ax.plot(measured, [100 * curve.accuracy_at(v) for v in measured], color="C1", label=f"error = {curve.a:.2f} n^-{curve.b:.2f}")
+        ax.plot(
+            measured,
+            [100 * curve.accuracy_at(v) for v in measured],
+            color="C1",
+            label=f"error = {curve.a:.2f} n^-{curve.b:.2f}",
+        )
         ax.plot(ahead, [100 * curve.accuracy_at(v) for v in ahead], color="C1", linestyle="--", label="extrapolated")
         ax.axvline(curve.photos_per_class, color="0.6", linewidth=1)
-        ax.annotate("all photos now", (curve.photos_per_class, ax.get_ylim()[0]), xytext=(4, 4),
-                    textcoords="offset points", fontsize=8, color="0.4")
+        ax.annotate(
+            "all photos now",
+            (curve.photos_per_class, ax.get_ylim()[0]),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.4",
+        )
     ax.set_xlabel("photos per class (training)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)

@@ -22,7 +22,7 @@ import numpy as np
 from headstart._io import atomic_path, write_bytes_atomic
 from headstart.data.datasets import load_dataset
 
-__all__ = ["COPY_KINDS", "OUTLIER_KINDS", "InjectedFaults", "inject_faults", "make_outlier", "altered_copy"]
+__all__ = ["COPY_KINDS", "OUTLIER_KINDS", "InjectedFaults", "altered_copy", "inject_faults", "make_outlier"]
 
 COPY_KINDS = ("resize", "reencode", "crop", "mirror", "all")
 OUTLIER_KINDS = ("line_chart", "bar_chart", "screenshot", "sign", "pattern", "portrait", "scatter_chart", "table")
@@ -46,7 +46,9 @@ class InjectedFaults:
     outliers: dict[Path, str] = field(default_factory=dict)
 
 
-def altered_copy(source: str | os.PathLike[str], target: str | os.PathLike[str], kind: str, rng: np.random.Generator) -> None:
+def altered_copy(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], kind: str, rng: np.random.Generator
+) -> None:
     """Save ``source`` altered as ``kind`` (one of :data:`COPY_KINDS`) to ``target`` as a JPEG.
 
     resize: 55-80% of the size; reencode: JPEG quality 60-80; crop: 3-7% off the sides; mirror: left-right;
@@ -62,8 +64,9 @@ def altered_copy(source: str | os.PathLike[str], target: str | os.PathLike[str],
         image = image.crop((int(w * left), int(h * top), int(w * (1 - right)), int(h * (1 - bottom))))
     if kind in ("resize", "all"):
         scale = rng.uniform(0.55, 0.8)
-        image = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))),
-                             Image.Resampling.LANCZOS)
+        image = image.resize(
+            (max(16, int(image.width * scale)), max(16, int(image.height * scale))), Image.Resampling.LANCZOS
+        )
     if kind in ("mirror", "all"):
         image = ImageOps.mirror(image)
     quality = int(rng.integers(60, 81)) if kind in ("reencode", "all") else 90
@@ -104,8 +107,9 @@ def _scatter_chart(ax, rng):
     ax.set_title("survey results")
 
 
-def _text_image(lines: list[str], size: tuple[int, int], background: str, ink: str, font_size: int,
-                bar: str | None = None):
+def _text_image(
+    lines: list[str], size: tuple[int, int], background: str, ink: str, font_size: int, bar: str | None = None
+):
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.new("RGB", size, background)
@@ -120,9 +124,23 @@ def _text_image(lines: list[str], size: tuple[int, int], background: str, ink: s
     return image
 
 
-_WORDS = ("import numpy as np", "def main():", "    return 0", "Settings", "File  Edit  View  Help", "Loading...",
-          "ERROR 404 page not found", "Total: 1,204", "Username", "Password", "Click here to continue",
-          "for i in range(10):", "print(result)", "Terms and conditions apply", "Inbox (3)")
+_WORDS = (
+    "import numpy as np",
+    "def main():",
+    "    return 0",
+    "Settings",
+    "File  Edit  View  Help",
+    "Loading...",
+    "ERROR 404 page not found",
+    "Total: 1,204",
+    "Username",
+    "Password",
+    "Click here to continue",
+    "for i in range(10):",
+    "print(result)",
+    "Terms and conditions apply",
+    "Inbox (3)",
+)
 
 
 def make_outlier(kind: str, rng: np.random.Generator):
@@ -140,7 +158,7 @@ def make_outlier(kind: str, rng: np.random.Generator):
         return _text_image(lines, (480, 320), "white", "black", 15, bar="#3c6eb4")
     if kind == "table":
         lines = ["  ".join(f"{v:8.2f}" for v in rng.uniform(0, 1000, 5)) for _ in range(12)]
-        return _text_image(["  id      price     qty     tax    total"] + lines, (460, 300), "#fafafa", "#222", 13)
+        return _text_image(["  id      price     qty     tax    total", *lines], (460, 300), "#fafafa", "#222", 13)
     if kind == "sign":
         colour = tuple(int(c) for c in rng.integers(0, 200, 3))
         words = [str(w) for w in rng.choice(["LOBBY", "EXIT", "OPEN", "WELCOME", "SALE", "PARKING"], 2, replace=False)]
@@ -155,8 +173,11 @@ def make_outlier(kind: str, rng: np.random.Generator):
         draw = ImageDraw.Draw(image)
         for _ in range(6):
             x0, y0 = rng.integers(0, size - 60, 2)
-            draw.rectangle((int(x0), int(y0), int(x0) + 50, int(y0) + 50),
-                           outline=tuple(int(c) for c in rng.integers(0, 255, 3)), width=4)
+            draw.rectangle(
+                (int(x0), int(y0), int(x0) + 50, int(y0) + 50),
+                outline=tuple(int(c) for c in rng.integers(0, 255, 3)),
+                width=4,
+            )
         return image
     if kind == "portrait":
         from matplotlib import cbook
@@ -212,7 +233,10 @@ def inject_faults(
         train_samples = [s for i, s in enumerate(dataset.samples) if i not in chosen]
         test_samples = [dataset.samples[i] for i in sorted(chosen)]
     names = iter(rng.permutation(100_000 if len(train_samples) + len(test_samples) < 90_000 else 10**7))
-    name = lambda: f"img_{next(names):05d}.jpg"
+
+    def name():
+        return f"img_{next(names):05d}.jpg"
+
     faults = InjectedFaults(data_dir, test_dir)
     classes = sorted({s.label for s in train_samples})
 

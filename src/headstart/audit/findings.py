@@ -39,18 +39,20 @@ def duplicate_rows(
             keep = members[member_splits.index("test")]
         else:
             keep = max(members, key=lambda i: (_size(paths[i]), -i))
-        rows.append({
-            "kind": group.kind,
-            "paths": [str(paths[i]) for i in members],
-            "splits": member_splits,
-            "labels": [labels[i] for i in members],
-            "similarity": _round(group.similarity),
-            "hamming": group.hamming,
-            "crosses_split": crosses,
-            "labels_differ": len({labels[i] for i in members}) > 1,
-            "evidence": list(group.evidence),
-            "keep": str(paths[keep]),
-        })
+        rows.append(
+            {
+                "kind": group.kind,
+                "paths": [str(paths[i]) for i in members],
+                "splits": member_splits,
+                "labels": [labels[i] for i in members],
+                "similarity": _round(group.similarity),
+                "hamming": group.hamming,
+                "crosses_split": crosses,
+                "labels_differ": len({labels[i] for i in members}) > 1,
+                "evidence": list(group.evidence),
+                "keep": str(paths[keep]),
+            }
+        )
     rows.sort(key=lambda r: (not r["crosses_split"], r["kind"] != "exact", -r["similarity"], r["paths"]))
     return rows
 
@@ -63,7 +65,11 @@ def _size(path: Path) -> int:
 
 
 def label_issue_rows(
-    cl: ConfidentLearning, proba: np.ndarray, y: np.ndarray, classes: Sequence[str], paths: Sequence[Path],
+    cl: ConfidentLearning,
+    proba: np.ndarray,
+    y: np.ndarray,
+    classes: Sequence[str],
+    paths: Sequence[Path],
     exclude: set[int],
 ) -> list[dict[str, Any]]:
     """Photos whose given label the out-of-fold probabilities contradict (outliers left out), most doubtful first.
@@ -78,22 +84,29 @@ def label_issue_rows(
         if i in exclude:
             continue
         suggested = int(cl.suggested[i])
-        rows.append({
-            "path": str(paths[i]),
-            "given": classes[int(y[i])],
-            "suggested": classes[suggested],
-            "score": _round(scores[i]),
-            "given_probability": _round(proba[i, int(y[i])]),
-            "suggested_probability": _round(proba[i, suggested]),
-            "margin": _round(cl.margin[i]),
-            "confident": i in confident,
-        })
+        rows.append(
+            {
+                "path": str(paths[i]),
+                "given": classes[int(y[i])],
+                "suggested": classes[suggested],
+                "score": _round(scores[i]),
+                "given_probability": _round(proba[i, int(y[i])]),
+                "suggested_probability": _round(proba[i, suggested]),
+                "margin": _round(cl.margin[i]),
+                "confident": i in confident,
+            }
+        )
     return rows
 
 
 def outlier_rows(
-    scores: np.ndarray, similarity: np.ndarray, proba: np.ndarray | None, labels: Sequence[str],
-    classes: Sequence[str], paths: Sequence[Path], threshold: float,
+    scores: np.ndarray,
+    similarity: np.ndarray,
+    proba: np.ndarray | None,
+    labels: Sequence[str],
+    classes: Sequence[str],
+    paths: Sequence[Path],
+    threshold: float,
 ) -> list[dict[str, Any]]:
     """Photos whose outlier score reaches ``threshold``, highest first."""
     order = np.argsort(-scores, kind="stable")
@@ -101,8 +114,12 @@ def outlier_rows(
     for i in order.tolist():
         if scores[i] < threshold:
             break
-        row = {"path": str(paths[i]), "label": labels[i], "score": _round(scores[i], 3),
-               "neighbour_similarity": _round(similarity[i])}
+        row = {
+            "path": str(paths[i]),
+            "label": labels[i],
+            "score": _round(scores[i], 3),
+            "neighbour_similarity": _round(similarity[i]),
+        }
         if proba is not None and not np.isnan(proba[i]).any():
             row["max_probability"] = _round(proba[i].max())
             row["likeliest_class"] = classes[int(proba[i].argmax())]
@@ -119,13 +136,22 @@ def confused_pairs(proba: np.ndarray, y: np.ndarray, classes: Sequence[str], lim
     counts = matrix.sum(axis=1)
     cells = [(int(matrix[i, j]), i, j) for i in range(m) for j in range(m) if i != j and matrix[i, j] > 0]
     cells.sort(key=lambda c: (-c[0], -c[0] / max(counts[c[1]], 1), c[1], c[2]))
-    return [{"true": classes[i], "predicted": classes[j], "count": n, "rate": _round(n / max(counts[i], 1))}
-            for n, i, j in cells[:limit]]
+    return [
+        {"true": classes[i], "predicted": classes[j], "count": n, "rate": _round(n / max(counts[i], 1))}
+        for n, i, j in cells[:limit]
+    ]
 
 
 def class_rows(
-    classes: Sequence[str], listed: Sequence[str], usable_labels: Sequence[str], proba: np.ndarray | None, y: np.ndarray | None, noise_rate: np.ndarray | None,
-    issues: Sequence[dict[str, Any]], outliers: Sequence[dict[str, Any]], paths: Sequence[Path] | None = None,
+    classes: Sequence[str],
+    listed: Sequence[str],
+    usable_labels: Sequence[str],
+    proba: np.ndarray | None,
+    y: np.ndarray | None,
+    noise_rate: np.ndarray | None,
+    issues: Sequence[dict[str, Any]],
+    outliers: Sequence[dict[str, Any]],
+    paths: Sequence[Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Per class: photos listed and usable, cross-validated recall and precision, estimated label noise, findings.
 
@@ -152,10 +178,18 @@ def class_rows(
     predicted = proba.argmax(axis=1) if proba is not None else None
     rows = []
     for j, name in enumerate(classes):
-        row: dict[str, Any] = {"name": name, "n_images": listed_counts[name], "n_usable": usable_counts[name],
-                               "cv_accuracy": None, "precision": None, "estimated_label_noise": None,
-                               "n_label_issues": issue_counts[name], "n_outliers": outlier_counts[name],
-                               "most_confused_with": None, "example": None}
+        row: dict[str, Any] = {
+            "name": name,
+            "n_images": listed_counts[name],
+            "n_usable": usable_counts[name],
+            "cv_accuracy": None,
+            "precision": None,
+            "estimated_label_noise": None,
+            "n_label_issues": issue_counts[name],
+            "n_outliers": outlier_counts[name],
+            "most_confused_with": None,
+            "example": None,
+        }
         if predicted is not None and y is not None and np.any(y == j):
             mine = y == j
             if paths is not None:
@@ -169,7 +203,6 @@ def class_rows(
             wrong = predicted[mine][predicted[mine] != j]
             if len(wrong):
                 values, counts = np.unique(wrong, return_counts=True)
-                row["most_confused_with"] = {"class": classes[int(values[counts.argmax()])],
-                                             "count": int(counts.max())}
+                row["most_confused_with"] = {"class": classes[int(values[counts.argmax()])], "count": int(counts.max())}
         rows.append(row)
     return rows

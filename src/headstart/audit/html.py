@@ -79,8 +79,11 @@ class _Page:
         if path not in self._uris:
             self._uris[path] = thumbnail_data_uri(path) if self.thumbnails else None
         uri = self._uris[path]
-        picture = (f'<img loading="lazy" src="{uri}" alt="">' if uri else
-                   f'<div class="ph">{"no preview" if self.thumbnails else ""}</div>')
+        picture = (
+            f'<img loading="lazy" src="{uri}" alt="">'
+            if uri
+            else f'<div class="ph">{"no preview" if self.thumbnails else ""}</div>'
+        )
         title = html.escape(path, quote=True)
         return f'<div class="item" title="{title}">{picture}{caption}<br>{html.escape(self.short(path))}</div>'
 
@@ -107,24 +110,31 @@ def _duplicates(page: _Page, rows: list[dict[str, Any]]) -> str:
             badges.append(_badge(f"pHash {row['hamming']} bits"))
         if row.get("labels_differ"):
             badges.append(_badge("labels differ", "red"))
-        items = [page.image(p, f"<b>{html.escape(s)}</b> · {html.escape(label)}"
-                            f"{' · kept' if p == row.get('keep') else ''}")
-                 for p, s, label in zip(row["paths"], row["splits"], row["labels"])]
-        out.append(f'<div class="card{" leak" if row["crosses_split"] else ""}"><div class="info">'
-                   f'{"".join(badges)}</div>{"".join(items)}</div>')
+        items = [
+            page.image(p, f"<b>{html.escape(s)}</b> · {html.escape(label)}{' · kept' if p == row.get('keep') else ''}")
+            for p, s, label in zip(row["paths"], row["splits"], row["labels"])
+        ]
+        out.append(
+            f'<div class="card{" leak" if row["crosses_split"] else ""}"><div class="info">'
+            f"{''.join(badges)}</div>{''.join(items)}</div>"
+        )
     out.append("</div>" + _more(len(rows)))
     return "".join(out)
 
 
 def _label_issues(page: _Page, rows: list[dict[str, Any]], examples: dict[str, str]) -> str:
-    out = [f'<h2 id="labels">Likely wrong labels: {len(rows)}</h2>',
-           '<p class="note">Confident learning on the probe\'s out-of-fold probabilities; score = 1 − p(given). '
-           '"confident": the suggested class reaches its own threshold (the mean self-confidence of its photos).'
-           '</p><div class="cards">']
+    out = [
+        f'<h2 id="labels">Likely wrong labels: {len(rows)}</h2>',
+        '<p class="note">Confident learning on the probe\'s out-of-fold probabilities; score = 1 − p(given). '
+        '"confident": the suggested class reaches its own threshold (the mean self-confidence of its photos).'
+        '</p><div class="cards">',
+    ]
     for row in rows[:MAX_ITEMS]:
-        caption = (f"<b>{html.escape(row['given'])}</b> → <b>{html.escape(row['suggested'])}</b><br>"
-                   f"score {row['score']:.3f} · p {row['given_probability']:.2f} → {row['suggested_probability']:.2f}"
-                   f"{' · confident' if row.get('confident') else ''}")
+        caption = (
+            f"<b>{html.escape(row['given'])}</b> → <b>{html.escape(row['suggested'])}</b><br>"
+            f"score {row['score']:.3f} · p {row['given_probability']:.2f} → {row['suggested_probability']:.2f}"
+            f"{' · confident' if row.get('confident') else ''}"
+        )
         example = examples.get(row["suggested"])
         beside = page.image(example, f"a typical <b>{html.escape(row['suggested'])}</b>") if example else ""
         out.append(f'<div class="card">{page.image(row["path"], caption)}{beside}</div>')
@@ -133,9 +143,11 @@ def _label_issues(page: _Page, rows: list[dict[str, Any]], examples: dict[str, s
 
 
 def _outliers(page: _Page, rows: list[dict[str, Any]]) -> str:
-    out = [f'<h2 id="outliers">Outliers: {len(rows)}</h2>',
-           '<p class="note">Photos unlike the rest: score = how many typical deviations less similar to their 20 '
-           'nearest photos than the median photo is.</p><div class="cards">']
+    out = [
+        f'<h2 id="outliers">Outliers: {len(rows)}</h2>',
+        '<p class="note">Photos unlike the rest: score = how many typical deviations less similar to their 20 '
+        'nearest photos than the median photo is.</p><div class="cards">',
+    ]
     for row in rows[:MAX_ITEMS]:
         caption = f"in <b>{html.escape(row['label'])}</b><br>score {row['score']:.2f}"
         if "likeliest_class" in row:
@@ -152,8 +164,10 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 
 def _classes(report: Any) -> str:
-    out = ['<h2 id="classes">Classes</h2><table><tr><th>class</th><th>photos</th><th>usable</th><th>CV accuracy</th>'
-           '<th>precision</th><th>est. label noise</th><th>label issues</th><th>outliers</th><th>most confused with</th></tr>']
+    out = [
+        '<h2 id="classes">Classes</h2><table><tr><th>class</th><th>photos</th><th>usable</th><th>CV accuracy</th>'
+        "<th>precision</th><th>est. label noise</th><th>label issues</th><th>outliers</th><th>most confused with</th></tr>"
+    ]
     for row in sorted(report.classes, key=lambda r: (r["cv_accuracy"] is None, r["cv_accuracy"] or 0, r["name"])):
         confused = row["most_confused_with"]
         out.append(
@@ -161,14 +175,19 @@ def _classes(report: Any) -> str:
             f"<td>{_fmt(row['cv_accuracy'], True)}</td><td>{_fmt(row['precision'], True)}</td>"
             f"<td>{_fmt(row['estimated_label_noise'], True)}</td><td>{row['n_label_issues']}</td>"
             f"<td>{row['n_outliers']}</td>"
-            f"<td>{'' if confused is None else html.escape(confused['class']) + ' (' + str(confused['count']) + ')'}</td></tr>")
+            f"<td>{'' if confused is None else html.escape(confused['class']) + ' (' + str(confused['count']) + ')'}</td></tr>"
+        )
     out.append("</table>")
     if report.confused_pairs:
-        out.append('<h2 id="confused">Most confused pairs</h2><table><tr><th>true</th><th>predicted</th>'
-                   '<th>photos</th><th>share of the class</th></tr>')
+        out.append(
+            '<h2 id="confused">Most confused pairs</h2><table><tr><th>true</th><th>predicted</th>'
+            "<th>photos</th><th>share of the class</th></tr>"
+        )
         for pair in report.confused_pairs:
-            out.append(f"<tr><td>{html.escape(pair['true'])}</td><td>{html.escape(pair['predicted'])}</td>"
-                       f"<td>{pair['count']}</td><td>{100 * pair['rate']:.0f}%</td></tr>")
+            out.append(
+                f"<tr><td>{html.escape(pair['true'])}</td><td>{html.escape(pair['predicted'])}</td>"
+                f"<td>{pair['count']}</td><td>{100 * pair['rate']:.0f}%</td></tr>"
+            )
         out.append("</table>")
     return "".join(out)
 
@@ -180,18 +199,25 @@ def _curve(report: Any, curve_png: Path | None) -> str:
     out = [f'<h2 id="curve">How many photos would help</h2><p><b>{html.escape(curve.headline)}</b></p>']
     if curve_png is not None and Path(curve_png).is_file():
         encoded = base64.b64encode(Path(curve_png).read_bytes()).decode("ascii")
-        out.append(f'<img alt="learning curve" style="max-width:640px;width:100%" src="data:image/png;base64,{encoded}">')
-    out.append('<table><tr><th>fraction</th><th>photos per class</th><th>CV accuracy</th><th>sd (folds)</th></tr>')
+        out.append(
+            f'<img alt="learning curve" style="max-width:640px;width:100%" src="data:image/png;base64,{encoded}">'
+        )
+    out.append("<table><tr><th>fraction</th><th>photos per class</th><th>CV accuracy</th><th>sd (folds)</th></tr>")
     for p in curve.points:
-        out.append(f"<tr><td>{p['fraction']:.2f}</td><td>{p['photos_per_class']:.1f}</td>"
-                   f"<td>{100 * p['accuracy']:.1f}%</td><td>{100 * p['accuracy_std']:.1f}</td></tr>")
-    out.append('</table><p class="note">The law has no irreducible-error term: read projected gains as an upper '
-               'bound, trustworthy for the next doubling.</p>')
+        out.append(
+            f"<tr><td>{p['fraction']:.2f}</td><td>{p['photos_per_class']:.1f}</td>"
+            f"<td>{100 * p['accuracy']:.1f}%</td><td>{100 * p['accuracy_std']:.1f}</td></tr>"
+        )
+    out.append(
+        '</table><p class="note">The law has no irreducible-error term: read projected gains as an upper '
+        "bound, trustworthy for the next doubling.</p>"
+    )
     return "".join(out)
 
 
-def write_html(report: Any, path: str | os.PathLike[str], *, curve_png: Path | None = None,
-               thumbnails: bool = True) -> Path:
+def write_html(
+    report: Any, path: str | os.PathLike[str], *, curve_png: Path | None = None, thumbnails: bool = True
+) -> Path:
     """Write the report as one HTML file (atomically) and return its path.
 
     Args:
@@ -203,30 +229,41 @@ def write_html(report: Any, path: str | os.PathLike[str], *, curve_png: Path | N
     page = _Page(roots, thumbnails)
     summary = report.summary()
     accuracy = "–" if report.cv_accuracy is None else f"{100 * report.cv_accuracy:.1f}%"
-    cells = [("leaks (DATA/TEST)", summary["leaks"], summary["leaks"] > 0),
-             ("duplicate groups", summary["duplicate_groups"], summary["duplicate_groups"] > 0),
-             ("likely wrong labels", summary["label_issues"], summary["label_issues"] > 0),
-             ("outliers", summary["outliers"], summary["outliers"] > 0),
-             ("unusable files", summary["unusable"], summary["unusable"] > 0),
-             ("photos per class", f"{summary['photos_per_class']['min']}–{summary['photos_per_class']['max']}", False)]
+    cells = [
+        ("leaks (DATA/TEST)", summary["leaks"], summary["leaks"] > 0),
+        ("duplicate groups", summary["duplicate_groups"], summary["duplicate_groups"] > 0),
+        ("likely wrong labels", summary["label_issues"], summary["label_issues"] > 0),
+        ("outliers", summary["outliers"], summary["outliers"] > 0),
+        ("unusable files", summary["unusable"], summary["unusable"] > 0),
+        ("photos per class", f"{summary['photos_per_class']['min']}–{summary['photos_per_class']['max']}", False),
+    ]
     parts = [
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         f"<title>headstart audit: {html.escape(report.data)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Audit of {html.escape(report.data)}</h1>",
         f'<p class="meta">{report.n_usable} usable of {report.n_images} photos in {len(report.classes)} classes'
         f"{f', test: {html.escape(report.test)} ({report.n_test_usable} photos)' if report.test else ''}"
         f" · cross-validated accuracy {accuracy} · {html.escape(report.backbone)} · {report.seconds:.1f} s</p>",
-        '<ul class="summary">' + "".join(f'<li class="{"bad" if bad else ""}"><b>{html.escape(str(v))}</b>'
-                                         f"{html.escape(k)}</li>" for k, v, bad in cells) + "</ul>",
+        '<ul class="summary">'
+        + "".join(
+            f'<li class="{"bad" if bad else ""}"><b>{html.escape(str(v))}</b>{html.escape(k)}</li>'
+            for k, v, bad in cells
+        )
+        + "</ul>",
         '<nav><a href="#duplicates">duplicates</a><a href="#labels">labels</a><a href="#outliers">outliers</a>'
         '<a href="#classes">classes</a><a href="#curve">learning curve</a></nav>',
         "".join(f'<p class="note">{html.escape(n)}</p>' for n in report.notes),
         _duplicates(page, report.duplicates),
         _label_issues(page, report.label_issues, {c["name"]: c["example"] for c in report.classes if c.get("example")}),
-        _outliers(page, report.outliers), _classes(report), _curve(report, curve_png),
+        _outliers(page, report.outliers),
+        _classes(report),
+        _curve(report, curve_png),
     ]
     if report.unusable:
-        parts.append(f'<h2 id="unusable">Unusable files: {len(report.unusable)}</h2><ul>' + "".join(
-            f"<li>{html.escape(u['path'])}: {html.escape(u['reason'])}</li>" for u in report.unusable) + "</ul>")
+        parts.append(
+            f'<h2 id="unusable">Unusable files: {len(report.unusable)}</h2><ul>'
+            + "".join(f"<li>{html.escape(u['path'])}: {html.escape(u['reason'])}</li>" for u in report.unusable)
+            + "</ul>"
+        )
     parts.append("</body></html>\n")
     return write_text_atomic(path, "".join(parts))

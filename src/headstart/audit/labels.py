@@ -33,8 +33,15 @@ import numpy as np
 
 from headstart._math import softmax
 
-__all__ = ["ConfidentLearning", "confident_learning", "fit_fold", "fold_splits", "label_issue_score",
-           "out_of_fold_probabilities", "run_quietly"]
+__all__ = [
+    "ConfidentLearning",
+    "confident_learning",
+    "fit_fold",
+    "fold_splits",
+    "label_issue_score",
+    "out_of_fold_probabilities",
+    "run_quietly",
+]
 
 
 def fold_splits(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -48,8 +55,15 @@ def fold_splits(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarra
 
 
 def fit_fold(
-    X: np.ndarray, y: np.ndarray, n_classes: int, train: np.ndarray, test: np.ndarray, *, C: float,
-    temperature: float, seed: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    C: float,
+    temperature: float,
+    seed: int,
 ) -> np.ndarray:
     """Probabilities of the ``test`` rows from a probe fitted on the ``train`` rows at a fixed ``C``.
 
@@ -69,15 +83,24 @@ def fit_fold(
 
 
 def out_of_fold_probabilities(
-    X: np.ndarray, y: np.ndarray, n_classes: int, folds: list[tuple[np.ndarray, np.ndarray]], *, C: float,
-    temperature: float, seed: int, run: Callable[[list[Callable[[], np.ndarray]]], list[np.ndarray]] | None = None,
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    C: float,
+    temperature: float,
+    seed: int,
+    run: Callable[[list[Callable[[], np.ndarray]]], list[np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Each photo's class probabilities from the probe fitted on the folds that left it out, ``(n, n_classes)``.
 
     ``run`` executes a list of zero-argument jobs and returns their results (e.g. in threads); default: in order.
     """
-    jobs = [lambda tr=train, te=test: fit_fold(X, y, n_classes, tr, te, C=C, temperature=temperature, seed=seed)
-            for train, test in folds]
+    jobs = [
+        lambda tr=train, te=test: fit_fold(X, y, n_classes, tr, te, C=C, temperature=temperature, seed=seed)
+        for train, test in folds
+    ]
     results = run_quietly(jobs, run)
     proba = np.zeros((len(y), n_classes))
     for (_, test), fold_proba in zip(folds, results):
@@ -165,7 +188,10 @@ def confident_learning(proba: np.ndarray, y: np.ndarray) -> ConfidentLearning:
     margin = self_confidence - others[np.arange(n), best_other]
     contradicted = has_confident & (confident != y)
     suggested = np.where(contradicted, confident, best_other)
-    ranked = lambda rows: rows[np.lexsort((rows, margin[rows], self_confidence[rows]))]
+
+    def ranked(rows):
+        return rows[np.lexsort((rows, margin[rows], self_confidence[rows]))]
+
     flagged = ranked(np.flatnonzero(contradicted))
     candidates = ranked(np.flatnonzero(contradicted | (margin < 0)))
     return ConfidentLearning(thresholds, joint, noise_rate, flagged, candidates, suggested, margin, self_confidence)

@@ -38,8 +38,12 @@ OUTLIER_Z = 2.5
 
 
 def neighbour_similarity(
-    features: np.ndarray, *, k: int = NEIGHBOURS, same_group: Sequence[int] | None = None,
-    excluded: np.ndarray | None = None, block: int = 2048,
+    features: np.ndarray,
+    *,
+    k: int = NEIGHBOURS,
+    same_group: Sequence[int] | None = None,
+    excluded: np.ndarray | None = None,
+    block: int = 2048,
 ) -> np.ndarray:
     """Mean cosine similarity of each photo to its ``k`` nearest other photos, shape ``(n,)``.
 
@@ -81,8 +85,12 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 
 def outlier_scores(
-    features: np.ndarray, *, k: int = NEIGHBOURS, same_group: Sequence[int] | None = None,
-    threshold: float = OUTLIER_Z, max_rounds: int = 5,
+    features: np.ndarray,
+    *,
+    k: int = NEIGHBOURS,
+    same_group: Sequence[int] | None = None,
+    threshold: float = OUTLIER_Z,
+    max_rounds: int = 5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The outlier score of each photo (the modified z-score of its low neighbour similarity) and that similarity.
 

@@ -48,7 +48,7 @@ except BaseException as _exc:  # an interrupt, or an error it became on its way 
         if _cause is None:
             raise
         sys.stderr.write("interrupted: everything finished so far (cached features, saved files) is kept.\n")
-        exec("None")  # noqa: S102 - clears CPython's stray unhandled-KeyboardInterrupt flag (see interrupted_exit)
+        exec("None")
         raise SystemExit(130) from None
     if isinstance(_exc, SystemExit) or not _handling.caused_by_interrupt(_exc, 0):
         raise

@@ -21,8 +21,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -50,16 +51,38 @@ out = Console(soft_wrap=True, markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 # ------------------------------------------------------------------------------------------ shared option types
-DataArg = Annotated[str, typer.Argument(help="Folder of class subfolders, Oxford-IIIT Pet root, PetImages folder or CSV of path,label.")]
+DataArg = Annotated[
+    str, typer.Argument(help="Folder of class subfolders, Oxford-IIIT Pet root, PetImages folder or CSV of path,label.")
+]
 ModelArg = Annotated[Path, typer.Argument(help="A model file written by `headstart train`.")]
-BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="timm name, e.g. tf_efficientnet_lite0, resnet50.a1_in1k.")]
-WeightsOpt = Annotated[Optional[str], typer.Option(help="Where the weights come from: hub, package, none, or a local checkpoint path. Default: the offline package when installed, else the hub.")]
-CacheDirOpt = Annotated[Optional[Path], typer.Option(help="Cache folder (default $HEADSTART_CACHE_DIR or ~/.cache/headstart).")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32, bf16, or int8 (OpenVINO + NNCF).")]
-SplitOpt = Annotated[str, typer.Option(help="all, or train/test for data sets with an official split (Oxford-IIIT Pet).")]
-MaxPixelsOpt = Annotated[int, typer.Option(help="Refuse images with more pixels than this (decompression bombs); 0 = no limit.")]
+BackboneOpt = Annotated[
+    str, typer.Option("--backbone", "-b", help="timm name, e.g. tf_efficientnet_lite0, resnet50.a1_in1k.")
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the weights come from: hub, package, none, or a local checkpoint path. Default: the offline package when installed, else the hub."
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None, typer.Option(help="Cache folder (default $HEADSTART_CACHE_DIR or ~/.cache/headstart).")
+]
+PrecisionOpt = Annotated[
+    str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32, bf16, or int8 (OpenVINO + NNCF).")
+]
+SplitOpt = Annotated[
+    str, typer.Option(help="all, or train/test for data sets with an official split (Oxford-IIIT Pet).")
+]
+MaxPixelsOpt = Annotated[
+    int, typer.Option(help="Refuse images with more pixels than this (decompression bombs); 0 = no limit.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-EngineOpt = Annotated[str, typer.Option(help="auto (OpenVINO on a CPU where installed, else torch), openvino, torch, or onnxruntime; converted once, cached.")]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (OpenVINO on a CPU where installed, else torch), openvino, torch, or onnxruntime; converted once, cached."
+    ),
+]
 
 
 def max_pixels_or_none(value: int) -> int | None:
@@ -100,7 +123,9 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise typer.Exit(EXIT_BAD_INPUT) from None
             if isinstance(exc, OSError):  # a file the library did not expect to fail (disk full): still one line
                 where = f"{exc.filename}: " if exc.filename else ""
-                err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False)
+                err.print(
+                    f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False
+                )
                 raise typer.Exit(EXIT_BAD_INPUT) from None
             raise
 
@@ -181,7 +206,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print headstart's version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print headstart's version and exit."),
+    ] = False,
 ) -> None:
     """Turn a folder of photos into an image classifier by reusing ImageNet-pretrained networks."""
 

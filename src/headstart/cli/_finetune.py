@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -35,8 +35,9 @@ def _declaration(field: dataclasses.Field, kind: type) -> str:
 
 def _parameter(field: dataclasses.Field, kind: type) -> inspect.Parameter:
     option = typer.Option(_declaration(field, kind), help=field.metadata["help"], rich_help_panel=PANEL)
-    return inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                             annotation=Annotated[Optional[kind], option])
+    return inspect.Parameter(
+        field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[kind | None, option]
+    )
 
 
 def finetune_flags(
@@ -52,15 +53,19 @@ def finetune_flags(
         ... def train(data: str, **options: Any) -> None: ...
     """
     types = field_types()
-    chosen = [f for f in dataclasses.fields(Finetune)
-              if (only is None or f.name in set(only)) and f.name not in set(exclude)]
+    chosen = [
+        f for f in dataclasses.fields(Finetune) if (only is None or f.name in set(only)) and f.name not in set(exclude)
+    ]
     unknown = set(only or ()) - set(types)
     if unknown:  # a programming error, caught by the CLI's import in every test run
         raise TypeError(f"not fields of Finetune: {sorted(unknown)}")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        params = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
-                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        params = [
+            p
+            for p in inspect.signature(fn, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         at = next((i for i, p in enumerate(params) if p.name == before), len(params))
         clash = {p.name for p in params} & {f.name for f in chosen}
         if clash:

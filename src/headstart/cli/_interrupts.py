@@ -89,7 +89,7 @@ def interrupted_exit() -> SystemExit:
     when it was caught later: ``run_eval_code_obj`` sets a global "unhandled KeyboardInterrupt" flag that
     ``Py_RunMain`` checks at exit. Running one more string through ``exec`` clears the flag.
     """
-    exec("None")  # noqa: S102 - a constant: clears CPython's stray unhandled-KeyboardInterrupt flag
+    exec("None")
     return SystemExit(EXIT_INTERRUPTED)
 
 
@@ -174,7 +174,7 @@ def announce(*, again: bool = False) -> None:
     try:
         sys.stderr.write(MESSAGE + "\n")
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 - a closed stderr must not stop the exit
+    except Exception:
         pass
 
 
@@ -182,7 +182,7 @@ def _exit_now(signum: int = 0, frame: Any = None) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 - a closed pipe must not stop the exit
+        except Exception:
             pass
     os._exit(EXIT_INTERRUPTED)
 

@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from headstart._io import check_output
 from headstart.cli._common import (
-    CacheDirOpt, DataArg, JsonOpt, ModelArg, SplitOpt, app, check_model_file, handles_errors, out, print_json,
+    CacheDirOpt,
+    DataArg,
+    JsonOpt,
+    ModelArg,
+    SplitOpt,
+    app,
+    check_model_file,
+    handles_errors,
+    out,
+    print_json,
     use_cache_dir,
 )
-from headstart._io import check_output
 
 
 @app.command()
 @handles_errors
 def attack(
-    model: Annotated[str, typer.Argument(help="A model file written by `headstart train`, or a backbone name (its ImageNet head).")],
+    model: Annotated[
+        str, typer.Argument(help="A model file written by `headstart train`, or a backbone name (its ImageNet head).")
+    ],
     image: Annotated[Path, typer.Argument(help="The photo to perturb (at its own size).")],
-    target: Annotated[Optional[str], typer.Option(help="Class name or index to reach, e.g. 284 or 'Siamese cat'; default: untargeted.")] = None,
-    method: Annotated[str, typer.Option(help="pgd, fgsm, or lesson (the lesson's unbounded descent, for comparison).")] = "pgd",
+    target: Annotated[
+        str | None,
+        typer.Option(help="Class name or index to reach, e.g. 284 or 'Siamese cat'; default: untargeted."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="pgd, fgsm, or lesson (the lesson's unbounded descent, for comparison).")
+    ] = "pgd",
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
     eps: Annotated[str, typer.Option(help="Budget in 0–1 pixel units: 4/255 or 0.0157.")] = "4/255",
-    steps: Annotated[int, typer.Option(help="Most gradient steps (PGD stops early once the goal holds with a margin).")] = 50,
-    step_size: Annotated[Optional[float], typer.Option(help="Step size (default eps/4; lesson: 1).")] = None,
+    steps: Annotated[
+        int, typer.Option(help="Most gradient steps (PGD stops early once the goal holds with a margin).")
+    ] = 50,
+    step_size: Annotated[float | None, typer.Option(help="Step size (default eps/4; lesson: 1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of PGD's random start.")] = 0,
-    ensemble: Annotated[Optional[str], typer.Option(help="Attack these models too, all at once: NAME[,NAME].")] = None,
-    transfer_to: Annotated[Optional[str], typer.Option("--transfer-to", help="Then classify the result with these models: NAME[,NAME].")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the adversarial PNG, perturbation, figure and JSON.")] = Path("attacks"),
+    ensemble: Annotated[str | None, typer.Option(help="Attack these models too, all at once: NAME[,NAME].")] = None,
+    transfer_to: Annotated[
+        str | None, typer.Option("--transfer-to", help="Then classify the result with these models: NAME[,NAME].")
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the adversarial PNG, perturbation, figure and JSON.")
+    ] = Path("attacks"),
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -37,11 +59,21 @@ def attack(
     use_cache_dir(cache_dir)
     check_model_file(model)
     check_output(out_dir, "folder", "--out")
-    from headstart.attacks import attack as run_attack, save_attack, transfer
+    from headstart.attacks import attack as run_attack
+    from headstart.attacks import save_attack, transfer
 
     others = [m.strip() for m in (ensemble or "").split(",") if m.strip()]
-    result = run_attack([model, *others], image, target=target, method=method, norm=norm, eps=eps, steps=steps,
-                        step_size=step_size, seed=seed)
+    result = run_attack(
+        [model, *others],
+        image,
+        target=target,
+        method=method,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        step_size=step_size,
+        seed=seed,
+    )
     if transfer_to:
         transfer(result, [m.strip() for m in transfer_to.split(",") if m.strip()])
     save_attack(result, out_dir)
@@ -56,10 +88,16 @@ def attack(
         highlight=False,
     )
     for m in result.members[1:]:
-        out.print(f"  ensemble {m['model']}: {m['adversarial']['label']} ({'fooled' if m['success'] else 'not fooled'})", highlight=False)
+        out.print(
+            f"  ensemble {m['model']}: {m['adversarial']['label']} ({'fooled' if m['success'] else 'not fooled'})",
+            highlight=False,
+        )
     for t in result.transfer:
         carried = {True: "carried over", False: "did not carry over", None: "no such class"}[t["carried_over"]]
-        out.print(f"  transfer {t['model']}: {t['original']['label']} → {t['adversarial']['label']}: {carried}", highlight=False)
+        out.print(
+            f"  transfer {t['model']}: {t['original']['label']} → {t['adversarial']['label']}: {carried}",
+            highlight=False,
+        )
     out.print("files: " + ", ".join(result.files.values()), highlight=False)
 
 
@@ -68,13 +106,17 @@ def attack(
 def robustness(
     model: ModelArg,
     data: DataArg,
-    eps: Annotated[str, typer.Option(help="Budgets in 0–1 pixel units, comma-separated.")] = "0,1/255,2/255,4/255,8/255",
+    eps: Annotated[
+        str, typer.Option(help="Budgets in 0–1 pixel units, comma-separated.")
+    ] = "0,1/255,2/255,4/255,8/255",
     method: Annotated[str, typer.Option(help="pgd, fgsm or lesson.")] = "pgd",
     norm: Annotated[str, typer.Option(help="linf or l2.")] = "linf",
     steps: Annotated[int, typer.Option(help="Most PGD steps per photo and budget.")] = 20,
     split: SplitOpt = "all",
-    limit: Annotated[Optional[int], typer.Option(help="Attack at most this many photos (evenly spread).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for robustness.json and robustness.png.")] = Path("robustness"),
+    limit: Annotated[int | None, typer.Option(help="Attack at most this many photos (evenly spread).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for robustness.json and robustness.png.")] = Path(
+        "robustness"
+    ),
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,7 +124,8 @@ def robustness(
     use_cache_dir(cache_dir)
     check_model_file(model)
     check_output(out_dir, "folder", "--out", contents=("robustness.json", "robustness.png"))
-    from headstart.attacks import robustness as measure, save_robustness
+    from headstart.attacks import robustness as measure
+    from headstart.attacks import save_robustness
 
     report = measure(model, data, eps, method=method, norm=norm, steps=steps, split=split, limit=limit)
     paths = save_robustness(report, out_dir)
@@ -94,5 +137,8 @@ def robustness(
     for e, acc in zip(report.eps, report.accuracy):
         table.add_row(f"{e:.5g}", *([f"{e * 255:.3g}"] if linf else []), f"{acc:.3f}")
     out.print(table)
-    out.print(f"{report.n_images} photos, {report.method} {report.norm} {report.steps} step{'s' * (report.steps != 1)}; files: "
-              + ", ".join(str(p) for p in paths.values()), highlight=False)
+    out.print(
+        f"{report.n_images} photos, {report.method} {report.norm} {report.steps} step{'s' * (report.steps != 1)}; files: "
+        + ", ".join(str(p) for p in paths.values()),
+        highlight=False,
+    )

@@ -9,14 +9,25 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from headstart._io import check_output
 from headstart.cli._common import (
-    BackboneOpt, CacheDirOpt, DataArg, JsonOpt, MaxPixelsOpt, WeightsOpt, app, err, handles_errors,
-    max_pixels_or_none, out, print_json, use_cache_dir,
+    BackboneOpt,
+    CacheDirOpt,
+    DataArg,
+    JsonOpt,
+    MaxPixelsOpt,
+    WeightsOpt,
+    app,
+    err,
+    handles_errors,
+    max_pixels_or_none,
+    out,
+    print_json,
+    use_cache_dir,
 )
 
 _SHOWN = 5
@@ -26,16 +37,34 @@ _SHOWN = 5
 @handles_errors
 def audit(
     data: DataArg,
-    test: Annotated[Optional[str], typer.Option(help="Test photos (same layouts as DATA), searched for copies of DATA photos: leaks.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.html (self-contained), audit.json and learning_curve.png.")] = Path("audit"),
-    quarantine: Annotated[Optional[Path], typer.Option(help="Move the flagged DATA files into this folder, with a log (never deletes).")] = None,
-    quarantine_what: Annotated[str, typer.Option(help="What --quarantine moves: a comma list of duplicates, outliers, label_issues.")] = "duplicates,outliers",
-    relabel_csv: Annotated[Optional[Path], typer.Option(help="Write the suggested relabels (path,given,suggested,score) here, to review and apply.")] = None,
+    test: Annotated[
+        str | None,
+        typer.Option(help="Test photos (same layouts as DATA), searched for copies of DATA photos: leaks."),
+    ] = None,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for audit.html (self-contained), audit.json and learning_curve.png."),
+    ] = Path("audit"),
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Move the flagged DATA files into this folder, with a log (never deletes).")
+    ] = None,
+    quarantine_what: Annotated[
+        str, typer.Option(help="What --quarantine moves: a comma list of duplicates, outliers, label_issues.")
+    ] = "duplicates,outliers",
+    relabel_csv: Annotated[
+        Path | None,
+        typer.Option(help="Write the suggested relabels (path,given,suggested,score) here, to review and apply."),
+    ] = None,
     backbone: BackboneOpt = "tf_efficientnet_lite0",
     weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the folds, subsamples and probes.")] = 0,
-    thumbnails: Annotated[bool, typer.Option(help="Embed thumbnails in audit.html (--no-thumbnails: a much smaller page).")] = True,
-    reuse: Annotated[bool, typer.Option(help="Read the probe fit and pixel hashes back from the cache when their inputs are unchanged.")] = True,
+    thumbnails: Annotated[
+        bool, typer.Option(help="Embed thumbnails in audit.html (--no-thumbnails: a much smaller page).")
+    ] = True,
+    reuse: Annotated[
+        bool,
+        typer.Option(help="Read the probe fit and pixel hashes back from the cache when their inputs are unchanged."),
+    ] = True,
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
@@ -53,9 +82,19 @@ def audit(
     kinds = [k.strip() for k in quarantine_what.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        raise ValueError(f"The '--quarantine-what' option must list some of {', '.join(KINDS)}. Got {quarantine_what!r} instead.")
-    report = run_audit(data, test=test, backbone=backbone, weights=weights, seed=seed, progress=not as_json,
-                       reuse=reuse, max_pixels=max_pixels_or_none(max_pixels))
+        raise ValueError(
+            f"The '--quarantine-what' option must list some of {', '.join(KINDS)}. Got {quarantine_what!r} instead."
+        )
+    report = run_audit(
+        data,
+        test=test,
+        backbone=backbone,
+        weights=weights,
+        seed=seed,
+        progress=not as_json,
+        reuse=reuse,
+        max_pixels=max_pixels_or_none(max_pixels),
+    )
     written = report.save(out_dir, thumbnails=thumbnails)
     result = report.to_dict()
     if relabel_csv is not None:
@@ -72,8 +111,10 @@ def audit(
     _print_summary(result)
     out.print(f"report: {written['html']} (and {written['json'].name} beside it)")
     if relabel_csv is not None:
-        out.print(f"suggested relabels: {relabel_csv} ({len(result['label_issues'])} rows; review them, then train "
-                  "on the data set with them applied)")
+        out.print(
+            f"suggested relabels: {relabel_csv} ({len(result['label_issues'])} rows; review them, then train "
+            "on the data set with them applied)"
+        )
     if quarantine is not None:
         out.print(f"quarantined {len(moved)} file(s) into {quarantine} (log: {quarantine / 'QUARANTINE.json'})")
 
@@ -82,8 +123,10 @@ def _print_summary(result: dict) -> None:
     s = result["summary"]
     accuracy = "–" if result["cv_accuracy"] is None else f"{100 * result['cv_accuracy']:.1f}%"
     balance = s["photos_per_class"]
-    out.print(f"{result['n_usable']} usable photos of {result['n_images']} in {s['n_classes']} classes "
-              f"({balance['min']}–{balance['max']} a class); cross-validated accuracy {accuracy}; {result['seconds']:.1f} s")
+    out.print(
+        f"{result['n_usable']} usable photos of {result['n_images']} in {s['n_classes']} classes "
+        f"({balance['min']}–{balance['max']} a class); cross-validated accuracy {accuracy}; {result['seconds']:.1f} s"
+    )
     out.print(f"duplicates: {s['duplicate_groups']} group(s), {s['leaks']} crossing DATA/TEST")
     for group in result["duplicates"][:_SHOWN]:
         tag = "LEAK " if group["crosses_split"] else ""

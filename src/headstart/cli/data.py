@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from headstart.cli._common import (
-    BackboneOpt, CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
-    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
-)
 from headstart._io import check_output
+from headstart.cli._common import (
+    BackboneOpt,
+    CacheDirOpt,
+    DataArg,
+    EngineOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    PrecisionOpt,
+    SplitOpt,
+    WeightsOpt,
+    app,
+    err,
+    finish,
+    handles_errors,
+    max_pixels_or_none,
+    out,
+    print_json,
+    use_cache_dir,
+)
 from headstart.errors import HeadstartError
 
 
@@ -22,7 +37,7 @@ from headstart.errors import HeadstartError
 @handles_errors
 def backbones(
     all_: Annotated[bool, typer.Option("--all", help="Every pretrained timm model, not just the catalogue.")] = False,
-    pattern: Annotated[Optional[str], typer.Option(help="Wildcard filter over timm names, e.g. 'resnet*'.")] = None,
+    pattern: Annotated[str | None, typer.Option(help="Wildcard filter over timm names, e.g. 'resnet*'.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List backbones: which are usable right now, and why not the others."""
@@ -30,7 +45,9 @@ def backbones(
 
     rows = list_backbones(include_all=all_, pattern=pattern)
     if as_json:
-        print_json([{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows])
+        print_json(
+            [{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows]
+        )
         return
     table = Table("backbone", "usable", "weights", "about")
     table.columns[0].no_wrap = True
@@ -43,7 +60,9 @@ def backbones(
 @handles_errors
 def scan(
     data: Annotated[list[Path], typer.Argument(help="Folders or files to check.")],
-    quarantine: Annotated[Optional[Path], typer.Option(help="Move unusable files into this folder (never deletes).")] = None,
+    quarantine: Annotated[
+        Path | None, typer.Option(help="Move unusable files into this folder (never deletes).")
+    ] = None,
     max_pixels: MaxPixelsOpt = 89_478_485,
     as_json: JsonOpt = False,
 ) -> None:
@@ -68,7 +87,9 @@ def scan(
         print_json(result)
         finish(len(report.unusable))
         return
-    out.print(f"{report.n_files} image files, {len(report.unusable)} unusable, {len(report.ignored)} other files ignored")
+    out.print(
+        f"{report.n_files} image files, {len(report.unusable)} unusable, {len(report.ignored)} other files ignored"
+    )
     for u in report.unusable:
         out.print(f"  {u.path}: {u.reason}", highlight=False)
     for a, b in moved:
@@ -103,8 +124,19 @@ def extract(
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     engine: EngineOpt = "auto",
-    flip_average: Annotated[bool, typer.Option(help="Also compute each photo's mirror image, for mirror-averaged features (`train` then lets cross-validation decide on them at no cost). Default: each photo once.")] = False,
-    labels_from_filenames: Annotated[bool, typer.Option("--labels-from-filenames", help="DATA is a flat folder of <label><number> photos (cat_001.jpg): take each label from the file name.")] = False,
+    flip_average: Annotated[
+        bool,
+        typer.Option(
+            help="Also compute each photo's mirror image, for mirror-averaged features (`train` then lets cross-validation decide on them at no cost). Default: each photo once."
+        ),
+    ] = False,
+    labels_from_filenames: Annotated[
+        bool,
+        typer.Option(
+            "--labels-from-filenames",
+            help="DATA is a flat folder of <label><number> photos (cat_001.jpg): take each label from the file name.",
+        ),
+    ] = False,
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     use_cache_dir(cache_dir)
@@ -114,15 +146,27 @@ def extract(
 
     group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
     dataset = load_dataset(data, split=split, labels_from_filenames=labels_from_filenames)
-    feats = extract_features(dataset.paths, backbone, weights=weights, batch_size=batch_size, precision=precision,
-                             max_pixels=max_pixels_or_none(max_pixels), progress=not as_json and group.is_main,
-                             engine=engine, flip_average=flip_average)
+    feats = extract_features(
+        dataset.paths,
+        backbone,
+        weights=weights,
+        batch_size=batch_size,
+        precision=precision,
+        max_pixels=max_pixels_or_none(max_pixels),
+        progress=not as_json and group.is_main,
+        engine=engine,
+        flip_average=flip_average,
+    )
     if not group.is_main:
         return
     summary = {
-        "n_images": len(dataset), "n_usable": int(len(feats.indices)), "n_cached": feats.n_cached,
-        "n_computed": feats.n_computed, "seconds": round(feats.seconds, 3),
-        "images_per_second": round(feats.images_per_second, 1), "num_features": int(feats.features.shape[1]),
+        "n_images": len(dataset),
+        "n_usable": len(feats.indices),
+        "n_cached": feats.n_cached,
+        "n_computed": feats.n_computed,
+        "seconds": round(feats.seconds, 3),
+        "images_per_second": round(feats.images_per_second, 1),
+        "num_features": int(feats.features.shape[1]),
         "backbone": feats.spec.name if feats.spec else backbone,
         "skipped": [u.to_dict() for u in feats.unusable],
     }

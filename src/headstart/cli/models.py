@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from headstart.cli._common import (
-    CacheDirOpt, DataArg, EngineOpt, JsonOpt, MaxPixelsOpt, ModelArg, PrecisionOpt, SplitOpt, app, check_model_file,
-    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
-)
 from headstart._io import check_output
+from headstart.cli._common import (
+    CacheDirOpt,
+    DataArg,
+    EngineOpt,
+    JsonOpt,
+    MaxPixelsOpt,
+    ModelArg,
+    PrecisionOpt,
+    SplitOpt,
+    app,
+    check_model_file,
+    err,
+    finish,
+    handles_errors,
+    max_pixels_or_none,
+    out,
+    print_json,
+    use_cache_dir,
+)
 
 
 @app.command()
@@ -22,7 +37,7 @@ def evaluate(
     model: ModelArg,
     data: DataArg,
     split: SplitOpt = "all",
-    out_dir: Annotated[Optional[Path], typer.Option(help="Write evaluation.json and the pictures here.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Write evaluation.json and the pictures here.")] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
@@ -36,8 +51,16 @@ def evaluate(
         check_output(out_dir, "folder", "--out-dir", contents=("evaluation.json",))
     from headstart.workflows.evaluation import evaluate as evaluate_model
 
-    report = evaluate_model(model, data, split=split, out_dir=out_dir, precision=precision,
-                            max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, engine=engine)
+    report = evaluate_model(
+        model,
+        data,
+        split=split,
+        out_dir=out_dir,
+        precision=precision,
+        max_pixels=max_pixels_or_none(max_pixels),
+        progress=not as_json,
+        engine=engine,
+    )
     if report.skipped:
         err.print(f"skipped {len(report.skipped)} unusable file(s):")
         for s in report.skipped:
@@ -92,10 +115,22 @@ def predict(
 def export(
     model: ModelArg,
     format_: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 copy (weights and activations; calibrated on --calibrate photos).")] = False,
-    calibrate: Annotated[Optional[str], typer.Option(help="[--int8] Photos like those the model will see, to calibrate activation ranges (default: its training photos, when still there).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Labelled photos to measure the accuracy of the export(s) on.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write an int8 copy (weights and activations; calibrated on --calibrate photos)."
+        ),
+    ] = False,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(
+            help="[--int8] Photos like those the model will see, to calibrate activation ranges (default: its training photos, when still there)."
+        ),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Labelled photos to measure the accuracy of the export(s) on.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Export a model to ONNX, checked numerically against PyTorch; optionally int8 with its accuracy and speed."""
@@ -108,20 +143,26 @@ def export(
     from headstart.models.classifier import Classifier
     from headstart.workflows.export import export_onnx
 
-    report = export_onnx(Classifier.load(model), out_path, int8=int8,
-                         calibrate=calibrate, check_data=data)
+    report = export_onnx(Classifier.load(model), out_path, int8=int8, calibrate=calibrate, check_data=data)
     if as_json:
         print_json(report.to_dict())
         return
-    out.print(f"wrote {report.path}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
-              f"on {report.n_checked} images (features {report.max_abs_diff_features:.2g})", highlight=False)
+    out.print(
+        f"wrote {report.path}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
+        f"on {report.n_checked} images (features {report.max_abs_diff_features:.2g})",
+        highlight=False,
+    )
     if report.quantized is not None:
-        out.print(f"wrote {report.quantized} (int8, calibrated on {report.calibration}): {report.ms_per_photo_int8:.1f} "
-                  f"ms a photo against {report.ms_per_photo_onnx:.1f} ms (ONNX Runtime, one photo, this machine)",
-                  highlight=False)
+        out.print(
+            f"wrote {report.quantized} (int8, calibrated on {report.calibration}): {report.ms_per_photo_int8:.1f} "
+            f"ms a photo against {report.ms_per_photo_onnx:.1f} ms (ONNX Runtime, one photo, this machine)",
+            highlight=False,
+        )
     if report.n_images is not None:
-        line = (f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
-                f"ONNX {report.accuracy_onnx:.3f}")
+        line = (
+            f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
+            f"ONNX {report.accuracy_onnx:.3f}"
+        )
         if report.accuracy_int8 is not None:
             line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_onnx:+.3f})"
         out.print(line)
@@ -131,9 +172,17 @@ def export(
 @handles_errors
 def compare(
     data: DataArg,
-    backbones: Annotated[str, typer.Option(help="Comma-separated timm names.")] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
-    flip_average: Annotated[bool, typer.Option("--flip-average/--no-flip-average", help="Score mirror-averaged features (each photo and its mirror image: twice the extraction).")] = False,
+    backbones: Annotated[
+        str, typer.Option(help="Comma-separated timm names.")
+    ] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    flip_average: Annotated[
+        bool,
+        typer.Option(
+            "--flip-average/--no-flip-average",
+            help="Score mirror-averaged features (each photo and its mirror image: twice the extraction).",
+        ),
+    ] = False,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -143,8 +192,13 @@ def compare(
         check_output(out_dir, "folder", "--out", contents=("compare.json", "compare.png"))
     from headstart.workflows.compare import compare_backbones
 
-    rows = compare_backbones(data, [b.strip() for b in backbones.split(",") if b.strip()], out_dir=out_dir,
-                             flip_average=flip_average, progress=not as_json)
+    rows = compare_backbones(
+        data,
+        [b.strip() for b in backbones.split(",") if b.strip()],
+        out_dir=out_dir,
+        flip_average=flip_average,
+        progress=not as_json,
+    )
     if as_json:
         print_json(rows)
         return
@@ -160,7 +214,9 @@ def compare(
 @app.command()
 @handles_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path("headstart-demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path(
+        "headstart-demo"
+    ),
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Train a pet-breed classifier on the bundled sample photos, evaluate it and predict a few (offline)."""

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from headstart.cli._common import CacheDirOpt, EngineOpt, MaxPixelsOpt, PrecisionOpt, app, handles_errors, max_pixels_or_none, use_cache_dir
+from headstart.cli._common import (
+    CacheDirOpt,
+    EngineOpt,
+    MaxPixelsOpt,
+    PrecisionOpt,
+    app,
+    handles_errors,
+    max_pixels_or_none,
+    use_cache_dir,
+)
 from headstart.errors import HeadstartError
 
 _NEEDS = ("fastapi", "uvicorn", "multipart")
@@ -16,14 +25,39 @@ _NEEDS = ("fastapi", "uvicorn", "multipart")
 @app.command()
 @handles_errors
 def serve(
-    models: Annotated[list[str], typer.Argument(help="Model files written by `headstart train`, as PATH or NAME=PATH (the name clients use; default: the file name).")],
-    host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets others in (set --api-key).")] = "127.0.0.1",
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model files written by `headstart train`, as PATH or NAME=PATH (the name clients use; default: the file name)."
+        ),
+    ],
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets others in (set --api-key)."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 = any free port; the one chosen is printed).")] = 8000,
-    max_batch_size: Annotated[Optional[int], typer.Option(help="Most images per forward pass when requests arrive together (1 = no batching). Default: 16, or 1 for the OpenVINO engine, whose one-photo pass is as cheap per photo as a batch.", show_default=False)] = None,
-    max_wait_ms: Annotated[float, typer.Option(help="How long the first image of a batch waits for others, in ms.")] = 5.0,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Most images per forward pass when requests arrive together (1 = no batching). Default: 16, or 1 for the OpenVINO engine, whose one-photo pass is as cheap per photo as a batch.",
+            show_default=False,
+        ),
+    ] = None,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long the first image of a batch waits for others, in ms.")
+    ] = 5.0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MB; bigger ones get 413.")] = 20.0,
     max_files: Annotated[int, typer.Option(help="Most images in one request; more get 413.")] = 16,
-    api_key: Annotated[Optional[str], typer.Option(envvar="HEADSTART_API_KEY", show_envvar=True, help="Require this key on every API route (header X-API-Key or Authorization: Bearer).")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEADSTART_API_KEY",
+            show_envvar=True,
+            help="Require this key on every API route (header X-API-Key or Authorization: Bearer).",
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     engine: EngineOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
@@ -36,16 +70,25 @@ def serve(
     """
     missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
-        raise HeadstartError(f"headstart serve needs {', '.join(missing)}: install the serve extra, "
-                             "pip install 'headstart[serve]'.")
+        raise HeadstartError(
+            f"headstart serve needs {', '.join(missing)}: install the serve extra, pip install 'headstart[serve]'."
+        )
     use_cache_dir(cache_dir)
     from headstart.serve import ServeConfig, open_models
     from headstart.serve import serve as run_server
 
     config = ServeConfig(
-        host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb,
-        max_files=max_files, api_key=api_key, precision=precision, engine=engine,
-        max_pixels=max_pixels_or_none(max_pixels), access_log=access_log,
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_upload_mb=max_upload_mb,
+        max_files=max_files,
+        api_key=api_key,
+        precision=precision,
+        engine=engine,
+        max_pixels=max_pixels_or_none(max_pixels),
+        access_log=access_log,
     )
     status = run_server(open_models(models, config), config)
     if status:

@@ -3,31 +3,73 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from headstart.cli._common import (
-    BackboneOpt, CacheDirOpt, DataArg, JsonOpt, MaxPixelsOpt, PrecisionOpt, SplitOpt, WeightsOpt, app,
-    err, finish, handles_errors, max_pixels_or_none, out, print_json, use_cache_dir,
-)
 from headstart._io import check_output
+from headstart.cli._common import (
+    BackboneOpt,
+    CacheDirOpt,
+    DataArg,
+    JsonOpt,
+    MaxPixelsOpt,
+    PrecisionOpt,
+    SplitOpt,
+    WeightsOpt,
+    app,
+    err,
+    finish,
+    handles_errors,
+    max_pixels_or_none,
+    out,
+    print_json,
+    use_cache_dir,
+)
 from headstart.cli._finetune import finetune_flags, flag_of, given
 from headstart.errors import HeadstartError
 from headstart.models.finetune_config import Finetune
-
 
 # train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
 RUN_OPTIONS = ("seed", "precision")
 # what the learning-rate range test reads of the options (it sweeps lr itself and trains no epochs)
 # what train writes in its run folder (a folder of one of these names there is refused before any work)
-RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "curves.png", "confusion_matrix.png", "misclassified.png",
-             "reliability.png", "backbone_selection.json")
+RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "metrics.jsonl",
+    "curves.png",
+    "confusion_matrix.png",
+    "misclassified.png",
+    "reliability.png",
+    "backbone_selection.json",
+)
 # train's and lr-find's backbone: "auto" (the default) lets the probe's cross-validation choose
-AutoBackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="auto (the default: tf_efficientnet_lite1, unless the probe's cross-validation on the training photos prefers lite2 or lite0 by more than 1.5 photos' worth; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.")]
-LR_FIND_FIELDS = ("batch_size", "unfreeze", "optimizer", "momentum", "weight_decay", "layer_decay", "label_smoothing",
-                  "augment", "head_dropout", "clip_grad", "freeze_bn", "precision", "workers", "seed")
+AutoBackboneOpt = Annotated[
+    str,
+    typer.Option(
+        "--backbone",
+        "-b",
+        help="auto (the default: tf_efficientnet_lite1, unless the probe's cross-validation on the training photos prefers lite2 or lite0 by more than 1.5 photos' worth; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
+    ),
+]
+LR_FIND_FIELDS = (
+    "batch_size",
+    "unfreeze",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "layer_decay",
+    "label_smoothing",
+    "augment",
+    "head_dropout",
+    "clip_grad",
+    "freeze_bn",
+    "precision",
+    "workers",
+    "seed",
+)
 
 
 @app.command()
@@ -38,23 +80,64 @@ def train(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
     backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
-    method: Annotated[str, typer.Option(help="probe (logistic regression on cached features), finetune (probe head, then the backbone unfrozen) or scratch (random weights).")] = "probe",
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="probe (logistic regression on cached features), finetune (probe head, then the backbone unfrozen) or scratch (random weights)."
+        ),
+    ] = "probe",
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default: <out stem>-run beside the model).")] = None,
     split: SplitOpt = "all",
     val_fraction: Annotated[float, typer.Option(help="Share of photos held out for validation.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split and the training.")] = 0,
     refit: Annotated[bool, typer.Option(help="After validating, refit on all photos for the saved model.")] = True,
-    reuse: Annotated[bool, typer.Option(help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result).")] = True,
-    flip_average: Annotated[Optional[bool], typer.Option("--flip-average/--no-flip-average", help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: each photo once, unless its mirror view is cached, e.g. by `headstart extract --flip-average`: then cross-validation on the training part decides).")] = None,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Read probe fits and run pictures back from the cache when their inputs are unchanged (--no-reuse computes them again; same result)."
+        ),
+    ] = True,
+    flip_average: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip-average/--no-flip-average",
+            help="Average each photo's features with its mirror image's, in training and in the model's predictions (default: each photo once, unless its mirror view is cached, e.g. by `headstart extract --flip-average`: then cross-validation on the training part decides).",
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
-    config: Annotated[Optional[Path], typer.Option(help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning")] = None,
-    device: Annotated[str, typer.Option(help="[finetune] auto (the GPU when there is one), cpu, cuda or cuda:N.", rich_help_panel="Fine-tuning")] = "auto",
-    relabel_csv: Annotated[Optional[Path], typer.Option("--relabel-csv", help="Apply the reviewed relabels of `headstart audit --relabel-csv FILE` (path,given,suggested) to DATA's labels before training; the photos are not touched.")] = None,
-    labels_from_filenames: Annotated[bool, typer.Option("--labels-from-filenames", help="DATA is a flat folder of <label><number> photos (cat_001.jpg, dog-2.png): take each label from the file name; the labels found are printed.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="[finetune] YAML/TOML file of fine-tuning options (flags win).", rich_help_panel="Fine-tuning"
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning"),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="[finetune] auto (the GPU when there is one), cpu, cuda or cuda:N.", rich_help_panel="Fine-tuning"
+        ),
+    ] = "auto",
+    relabel_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--relabel-csv",
+            help="Apply the reviewed relabels of `headstart audit --relabel-csv FILE` (path,given,suggested) to DATA's labels before training; the photos are not touched.",
+        ),
+    ] = None,
+    labels_from_filenames: Annotated[
+        bool,
+        typer.Option(
+            "--labels-from-filenames",
+            help="DATA is a flat folder of <label><number> photos (cat_001.jpg, dog-2.png): take each label from the file name; the labels found are printed.",
+        ),
+    ] = False,
     **finetune: Any,
 ) -> None:
     """Train a classifier on labelled photos and save it as one model file."""
@@ -63,15 +146,22 @@ def train(
     from headstart.workflows.training import default_run_dir
     from headstart.workflows.training import train as train_model
 
-    run_folder, named = ((resume, "--resume") if resume is not None else (run_dir, "--run-dir") if run_dir is not None
-                         else (default_run_dir(out_path), "the run folder (--run-dir)"))
+    run_folder, named = (
+        (resume, "--resume")
+        if resume is not None
+        else (run_dir, "--run-dir")
+        if run_dir is not None
+        else (default_run_dir(out_path), "the run folder (--run-dir)")
+    )
     check_output(run_folder, "folder", named, contents=RUN_FILES)
 
     file_options = _file_options(config)
     flags = given(finetune)
     options = Finetune().replace(**file_options).replace(**flags).set_fields()  # checked before any work
     if method == "probe" and options:
-        named = [flag_of(k, v) for k, v in flags.items()] + [f"{k} (in {config})" for k in file_options if k not in flags]
+        named = [flag_of(k, v) for k, v in flags.items()] + [
+            f"{k} (in {config})" for k in file_options if k not in flags
+        ]
         raise ValueError(f"{', '.join(named)} only apply to --method finetune or scratch.")
     if labels_from_filenames or relabel_csv is not None:  # (the library warns with the labels found, on stderr)
         from headstart.data.datasets import load_dataset
@@ -81,11 +171,26 @@ def train(
             from headstart.audit import apply_relabels
 
             data = apply_relabels(data, relabel_csv)
-    result = train_model(data, backbone=backbone, weights=weights, method=method, out=out_path, run_dir=run_dir,
-                         split=split, val_fraction=val_fraction, seed=seed, refit=refit, precision=precision,
-                         max_pixels=max_pixels_or_none(max_pixels), progress=not as_json, finetune_options=options,
-                         resume=resume, device=device, reuse=reuse,
-                         flip_average="cached" if flip_average is None else flip_average)
+    result = train_model(
+        data,
+        backbone=backbone,
+        weights=weights,
+        method=method,
+        out=out_path,
+        run_dir=run_dir,
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+        refit=refit,
+        precision=precision,
+        max_pixels=max_pixels_or_none(max_pixels),
+        progress=not as_json,
+        finetune_options=options,
+        resume=resume,
+        device=device,
+        reuse=reuse,
+        flip_average="cached" if flip_average is None else flip_average,
+    )
     m = result.metrics
     from headstart.features.distributed import current
 
@@ -97,8 +202,11 @@ def train(
         return
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
-    detail = (f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}" if method == "probe" else
-              f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}")
+    detail = (
+        f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
+        if method == "probe"
+        else f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}"
+    )
     out.print(
         f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
         f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
@@ -107,16 +215,24 @@ def train(
         err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
     if m.get("flip_average_cv"):
         cv = m["flip_average_cv"]
-        out.print(f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
-                  f"{cv['off']:.3f} without)")
+        out.print(
+            f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
+            f"{cv['off']:.3f} without)"
+        )
     if m.get("backbone_selection"):
         sel = m["backbone_selection"]
-        scores = ", ".join(f"{r['backbone']} {r['cv_accuracy']:.3f}" if r.get("cv_accuracy") is not None
-                           else f"{r['backbone']} ({r.get('skipped')})" for r in sel["candidates"])
+        scores = ", ".join(
+            f"{r['backbone']} {r['cv_accuracy']:.3f}"
+            if r.get("cv_accuracy") is not None
+            else f"{r['backbone']} ({r.get('skipped')})"
+            for r in sel["candidates"]
+        )
         out.print(f"backbone: {sel['chosen']} (auto; probe CV accuracy on {sel['n_photos']} photos: {scores})")
     if m.get("val_ece") is not None:
-        out.print(f"calibration on validation: ECE {m['val_ece']:.3f} (15 bins), NLL {m['val_nll']:.3f}, "
-                  f"Brier {m['val_brier']:.3f}; temperature {m.get('temperature', 1.0):.3g}")
+        out.print(
+            f"calibration on validation: ECE {m['val_ece']:.3f} (15 bins), NLL {m['val_nll']:.3f}, "
+            f"Brier {m['val_brier']:.3f}; temperature {m.get('temperature', 1.0):.3g}"
+        )
     from headstart.workflows.training import refit_summary
 
     out.print(f"model: {result.model_path} ({refit_summary(m, method)['what']})")
@@ -132,7 +248,12 @@ def lr_find(
     backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path("lr-find.png"),
-    steps: Annotated[Optional[int], typer.Option(help="Batches to raise the learning rate over (default 40; it stops early, and says why, when the loss diverges or after 45 s).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Batches to raise the learning rate over (default 40; it stops early, and says why, when the loss diverges or after 45 s)."
+        ),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     **finetune: Any,
@@ -143,8 +264,15 @@ def lr_find(
     from headstart.workflows.training import find_learning_rate
 
     options = Finetune().replace(**given(finetune)).set_fields()
-    result = find_learning_rate(data, backbone=backbone, weights=weights, out=out_path, steps=steps,
-                                finetune_options=options, progress=not as_json)
+    result = find_learning_rate(
+        data,
+        backbone=backbone,
+        weights=weights,
+        out=out_path,
+        steps=steps,
+        finetune_options=options,
+        progress=not as_json,
+    )
     if as_json:
         print_json({**result.to_dict(), "plot": str(out_path)})
         return
@@ -157,7 +285,9 @@ def lr_find(
 @finetune_flags(before="cache_dir")
 def sweep(
     data: DataArg,
-    settings: Annotated[list[str], typer.Option("--set", help="NAME=V1,V2,… for any fine-tuning option; several --set make a grid.")],
+    settings: Annotated[
+        list[str], typer.Option("--set", help="NAME=V1,V2,… for any fine-tuning option; several --set make a grid.")
+    ],
     method: Annotated[str, typer.Option(help="finetune or scratch.")] = "finetune",
     backbone: BackboneOpt = "tf_efficientnet_lite0",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the variants, table and plot.")] = Path("sweep"),
@@ -175,8 +305,15 @@ def sweep(
     from headstart.workflows.training import sweep as run_sweep
 
     base = Finetune().replace(**given(finetune)).set_fields()
-    rows = run_sweep(data, parse_settings(settings), method=method, out_dir=out_dir, backbone=backbone,
-                     base_options=base, progress=not as_json)
+    rows = run_sweep(
+        data,
+        parse_settings(settings),
+        method=method,
+        out_dir=out_dir,
+        backbone=backbone,
+        base_options=base,
+        progress=not as_json,
+    )
     if as_json:
         print_json([{k: v for k, v in r.items() if k != "history"} for r in rows])
         return

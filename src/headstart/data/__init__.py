@@ -17,8 +17,20 @@ from __future__ import annotations
 from headstart._lazy import lazy_exports
 
 _MODULES = {
-    "images": ("DEFAULT_MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "MIN_SIDE", "SmallImageWarning", "check_image",
-               "check_max_pixels", "decode_image", "decode_threads", "is_image_file", "list_image_files", "load_image"),
+    "images": (
+        "DEFAULT_MAX_PIXELS",
+        "FORMATS",
+        "IMAGE_EXTENSIONS",
+        "MIN_SIDE",
+        "SmallImageWarning",
+        "check_image",
+        "check_max_pixels",
+        "decode_image",
+        "decode_threads",
+        "is_image_file",
+        "list_image_files",
+        "load_image",
+    ),
     "scanning": ("QUARANTINE_LOG", "ScanReport", "UnusableFile", "quarantine", "scan"),
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),

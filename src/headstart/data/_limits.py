@@ -51,14 +51,14 @@ def jpeg_scans_allowed(pixels: int) -> int:
 # and is refused before anything is allocated. Counted at one bit a pixel, the least any of these formats stores.
 _DEFLATE = 8 * 1032  # deflate expands at most 1032:1 (a 258-byte match costs at least 2 bits)
 _PIXELS_PER_BYTE = {
-    "raw": 8,          # uncompressed: BMP, PPM, TGA, uncompressed TIFF
-    "zip": _DEFLATE,   # PNG
+    "raw": 8,  # uncompressed: BMP, PPM, TGA, uncompressed TIFF
+    "zip": _DEFLATE,  # PNG
     "tiff_deflate": _DEFLATE,
     "tiff_adobe_deflate": _DEFLATE,
     "tiff_lzw": 8 * 4096,  # LZW: a 12-bit code stands for at most 4,096 bytes
-    "packbits": 8 * 64,    # 2 bytes repeat one byte at most 128 times
-    "gif": 4096,           # GIF LZW: a 12-bit code stands for at most 4,096 pixels (2,731 a byte)
-    "jpeg": 8192,          # at least one bit per 8×8 block of the smallest component (16× subsampled at most)
+    "packbits": 8 * 64,  # 2 bytes repeat one byte at most 128 times
+    "gif": 4096,  # GIF LZW: a 12-bit code stands for at most 4,096 pixels (2,731 a byte)
+    "jpeg": 8192,  # at least one bit per 8×8 block of the smallest component (16× subsampled at most)
 }
 
 

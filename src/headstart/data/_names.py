@@ -69,7 +69,9 @@ def labels_from_names(root: Path, images: Sequence[Path]) -> list[str]:
     found = ", ".join(f"{label!r} ({n} photos, e.g. {first[label]})" for label, n in sorted(counts.items()))
     warnings.warn(
         f"{root}: labels taken from the file names, as asked: {found}. Check these are the classes you mean "
-        "(camera prefixes such as IMG or DSC are not).", LabelsFromFilenamesWarning, stacklevel=4,
+        "(camera prefixes such as IMG or DSC are not).",
+        LabelsFromFilenamesWarning,
+        stacklevel=4,
     )
     return [str(label) for label in labels]
 
@@ -80,7 +82,9 @@ def flat_folder_error(root: Path, loose_images: Sequence[Path]) -> DataError:
     example = next((path for path in loose_images if label_of(path.stem) is not None), None)
     from_names = (
         f"; to take each label from its file name ({example.name} → {label_of(example.stem)!r}), pass "
-        "labels_from_filenames=True (`--labels-from-filenames`)" if example is not None else ""
+        "labels_from_filenames=True (`--labels-from-filenames`)"
+        if example is not None
+        else ""
     )
     return DataError(
         f"{root} has {len(loose_images)} photos directly inside it ({shown}) and no class folder, so nothing says "

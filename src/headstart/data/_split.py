@@ -76,9 +76,7 @@ def train_val_split(
         )
 
     rng = np.random.RandomState(seed)
-    allocation = _allocate(
-        {label: len(us) for label, us in eligible.items()}, val_fraction, rng
-    )
+    allocation = _allocate({label: len(us) for label, us in eligible.items()}, val_fraction, rng)
     val_indices: list[int] = []
     for label, class_units in eligible.items():
         picked = rng.permutation(len(class_units))[: allocation[label]]

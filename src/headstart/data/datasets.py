@@ -306,9 +306,7 @@ def _load_oxford(root: Path, split: str) -> Dataset:
                 )
             samples.append(Sample(by_stem.get(name, images / f"{name}.jpg"), match["label"]))
     if not samples:
-        raise DataError(
-            f"{list_file} lists no images; restore it from annotations.tar.gz, or use split='all'."
-        )
+        raise DataError(f"{list_file} lists no images; restore it from annotations.tar.gz, or use split='all'.")
     # Non-image files of images/ (e.g. .mat) are reported whatever the split.
     return _make_dataset(samples, root, "oxford-pets", list(ignored))
 
@@ -341,8 +339,7 @@ def _load_class_folders(root: Path, *, kind: str) -> Dataset:
         else:
             found = f"no photos ({len(loose)} other files)" if loose else "nothing"
         raise DataError(
-            f"{root} has {found}. {_EXPECTED_LAYOUTS}: move each photo into DATA/<class>/, "
-            "one folder per class."
+            f"{root} has {found}. {_EXPECTED_LAYOUTS}: move each photo into DATA/<class>/, one folder per class."
         )
     return _make_dataset(samples, root, kind, ignored)
 

@@ -24,17 +24,18 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable
+from typing import Any
 
 from headstart._io import hash_file, write_text_atomic
 from headstart._validation import fail
 from headstart._version import __version__
 from headstart.errors import HeadstartError
 
-__all__ = ["Archive", "DATASETS", "BASE_URL_ENV", "download_dataset"]
+__all__ = ["BASE_URL_ENV", "DATASETS", "Archive", "download_dataset"]
 
 BASE_URL_ENV = "HEADSTART_DOWNLOAD_BASE_URL"
 _TIMEOUT_S = 30
@@ -60,9 +61,7 @@ DATASETS: dict[str, list[Archive]] = {
     # Checksums as torchvision's OxfordIIITPet has them; sizes as the server reports them.
     "pets": [
         Archive(_PETS_URL + "images.tar.gz", "images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c", 791_918_971),
-        Archive(
-            _PETS_URL + "annotations.tar.gz", "annotations.tar.gz", "95a8c909bbe2e81eed6a22bccdf3f68f", 19_173_078
-        ),
+        Archive(_PETS_URL + "annotations.tar.gz", "annotations.tar.gz", "95a8c909bbe2e81eed6a22bccdf3f68f", 19_173_078),
     ],
     # Microsoft publishes no checksum for this zip, so md5 is None: only its size and the CRC of every
     # member (zipfile's testzip) are checked.
@@ -81,9 +80,7 @@ _EXTRACTS_TO = {
 _ROOT = {"pets": ".", "catsdogs": "PetImages"}
 
 
-def download_dataset(
-    name: str, destination: str | Path, *, base_url: str | None = None, progress: bool = True
-) -> Path:
+def download_dataset(name: str, destination: str | Path, *, base_url: str | None = None, progress: bool = True) -> Path:
     """Fetch the official archives (resuming/ skipping what is already there and checks), verify, extract;
     return the data set root to pass to load_dataset.
 
@@ -105,8 +102,12 @@ def download_dataset(
     """
     key = name.lower().strip() if isinstance(name, str) else name
     if key not in DATASETS:
-        fail("name", "download_dataset", "a str among {" + ", ".join(repr(known) for known in sorted(DATASETS)) + "}",
-             name)
+        fail(
+            "name",
+            "download_dataset",
+            "a str among {" + ", ".join(repr(known) for known in sorted(DATASETS)) + "}",
+            name,
+        )
     archives = DATASETS[key]
     dest = Path(destination).expanduser().absolute()
     if dest.exists() and not dest.is_dir():
@@ -169,7 +170,9 @@ def _download(url: str, file: Path, archive: Archive, bar: _Progress | None, fil
         if error.code == 416 and offset:  # the .part is not a prefix the server knows: start afresh
             part.unlink()
             return _download(url, file, archive, bar, filenames)
-        raise HeadstartError(f"Could not download {url}: HTTP {error.code} {error.reason}. {_offline_hint(filenames)}")
+        raise HeadstartError(
+            f"Could not download {url}: HTTP {error.code} {error.reason}. {_offline_hint(filenames)}"
+        ) from error
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         raise HeadstartError(f"Could not download {url}: {reason}. {_offline_hint(filenames)}") from None
@@ -222,9 +225,7 @@ def _verify(path: Path, archive: Archive, shown: Path) -> None:
     if archive.md5 is not None:
         actual = hash_file(path, "md5")  # the checksum the publishers give
         if actual != archive.md5.lower():
-            raise HeadstartError(
-                f"{shown} has md5 {actual}, expected {archive.md5.lower()}. {advice}"
-            )
+            raise HeadstartError(f"{shown} has md5 {actual}, expected {archive.md5.lower()}. {advice}")
 
 
 def _unsafe_name(name: str) -> bool:
@@ -262,9 +263,7 @@ def _extract(file: Path, dest: Path, archive: Archive) -> None:
     except (tarfile.ReadError, tarfile.CompressionError, zipfile.BadZipFile, EOFError) as error:
         raise HeadstartError(f"{damaged} ({error})") from None
     except _FilterError as error:  # anything the standard "data" filter refuses (links, devices, ...)
-        raise HeadstartError(
-            unsafe.format(member=error.tarinfo.name, file=file, dest=dest) + f" ({error})"
-        ) from None
+        raise HeadstartError(unsafe.format(member=error.tarinfo.name, file=file, dest=dest) + f" ({error})") from None
 
 
 def _tar_filter(file: Path, dest: Path, unsafe: str) -> Callable[[tarfile.TarInfo, str], Any]:
@@ -272,7 +271,7 @@ def _tar_filter(file: Path, dest: Path, unsafe: str) -> Callable[[tarfile.TarInf
     data_filter = getattr(tarfile, "data_filter", None)
 
     def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        if _unsafe_name(member.name) or (member.issym() or member.islnk()) and _unsafe_name(member.linkname):
+        if _unsafe_name(member.name) or ((member.issym() or member.islnk()) and _unsafe_name(member.linkname)):
             raise HeadstartError(unsafe.format(member=member.name, file=file, dest=dest))
         if data_filter is not None:
             return data_filter(member, path)

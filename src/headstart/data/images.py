@@ -34,7 +34,13 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from headstart._validation import check_int, fail
 from headstart.data._convert import HIGH_DEPTH_MODES, reduced, to_8bit, to_rgb
 from headstart.data._limits import (
-    BYTES_PER_PIXEL_ALLOWED, ImageTooLarge, count_jpeg_scans, decode_cost, decoding, implausible, jpeg_scans_allowed,
+    BYTES_PER_PIXEL_ALLOWED,
+    ImageTooLarge,
+    count_jpeg_scans,
+    decode_cost,
+    decoding,
+    implausible,
+    jpeg_scans_allowed,
 )
 from headstart.errors import DataError, UnusableImageError
 
@@ -93,14 +99,24 @@ class SmallImageWarning(UserWarning):
 _ORIENTATION_TAG = ExifTags.Base.Orientation
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the stored image by 90 degrees
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }  # what ImageOps.exif_transpose does for each EXIF orientation
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\x00\x00\x01\x00", "ICO"),
 )
 
 
@@ -132,7 +148,9 @@ def decode_threads(workers: int | None, caller: str) -> int:
 def _check_decoding(max_pixels: int | None, draft_size: tuple[int, int] | None, caller: str) -> None:
     check_max_pixels(max_pixels, caller)
     if draft_size is not None and not (
-        isinstance(draft_size, (tuple, list)) and len(draft_size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in draft_size)
+        isinstance(draft_size, (tuple, list))
+        and len(draft_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in draft_size)
     ):
         fail("draft_size", caller, "None or (width, height) positive ints", draft_size)
 
@@ -331,8 +349,15 @@ def _foreign_format(head: bytes) -> str | None:
 
 
 def _decoded(
-    path: Path, img: Image.Image, fp: Any, nbytes: int, guard: Any, *, max_pixels: int | None,
-    draft_size: tuple[int, int] | None, convert: bool,
+    path: Path,
+    img: Image.Image,
+    fp: Any,
+    nbytes: int,
+    guard: Any,
+    *,
+    max_pixels: int | None,
+    draft_size: tuple[int, int] | None,
+    convert: bool,
 ) -> Image.Image | None:
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:  # (the guard has refused it already; kept explicit)
@@ -345,8 +370,9 @@ def _decoded(
         allowed = jpeg_scans_allowed(width * height)
         if count_jpeg_scans(fp, allowed) > allowed:
             raise UnusableImageError(
-                path, f"progressive JPEG of more than {allowed} scans (the most allowed at {width}×{height}), each "
-                "decoding the whole image again (possible decompression bomb; photos have about ten)"
+                path,
+                f"progressive JPEG of more than {allowed} scans (the most allowed at {width}×{height}), each "
+                "decoding the whole image again (possible decompression bomb; photos have about ten)",
             )
     orientation = _orientation(img)
     if is_jpeg and draft_size is not None:
@@ -358,8 +384,12 @@ def _decoded(
         img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
     factor = _reduce_factor(img, draft_size, orientation)
     full_convert = convert and factor == 1
-    cost = decode_cost(img, full_size=(width, height), convert=full_convert,
-                       rotated=convert and factor == 1 and orientation in _TRANSPOSE)
+    cost = decode_cost(
+        img,
+        full_size=(width, height),
+        convert=full_convert,
+        rotated=convert and factor == 1 and orientation in _TRANSPOSE,
+    )
     if factor > 1 and img.mode in HIGH_DEPTH_MODES:
         cost += width * height  # the 8-bit copy it is reduced from
     if max_pixels is not None and cost > BYTES_PER_PIXEL_ALLOWED * max_pixels:
@@ -376,7 +406,9 @@ def _decoded(
     if min(width, height) < MIN_SIDE:
         warnings.warn(
             f"{path}: only {width}×{height} pixels (under {MIN_SIDE} on a side); it is used, but it is probably a "
-            "thumbnail, an icon or a placeholder rather than a photo: check it", SmallImageWarning, stacklevel=2,
+            "thumbnail, an icon or a placeholder rather than a photo: check it",
+            SmallImageWarning,
+            stacklevel=2,
         )
     try:
         if not convert:  # a corner shows the mode converts; the whole image need not be, to know it is usable
@@ -485,4 +517,3 @@ def decode_image(
     if not data:
         raise UnusableImageError(name, "empty file (0 bytes); the copy or upload probably failed")
     return _decode(Path(name), io.BytesIO(data), len(data), max_pixels=max_pixels, draft_size=draft_size, convert=True)
-

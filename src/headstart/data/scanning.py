@@ -114,9 +114,10 @@ def scan(
     workers = decode_threads(workers, "scan")
     files, ignored = _collect(paths)
     reasons: dict[int, str] = {}
-    with progress_bar(progress and bool(files), len(files), "checking images") as advance, ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="headstart-scan"
-    ) as pool:
+    with (
+        progress_bar(progress and bool(files), len(files), "checking images") as advance,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-scan") as pool,
+    ):
         # A few tasks a thread in flight, not one future per file: memory stays flat however many files there are.
         window = 4 * workers
         pending: dict[Future[str | None], int] = {}
@@ -214,9 +215,7 @@ def quarantine(report: ScanReport, destination: str | Path, *, root: str | Path)
     for item in report.unusable:
         relative = _relative_to(Path(item.path), Path(root))
         if relative is None:
-            raise DataError(
-                f"{item.path}: not below the root folder {root}; pass the folder that was scanned as root."
-            )
+            raise DataError(f"{item.path}: not below the root folder {root}; pass the folder that was scanned as root.")
         plan.append((item, relative))
     log = destination / QUARANTINE_LOG
     entries = _read_log(log)

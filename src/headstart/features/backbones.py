@@ -34,8 +34,15 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "DEFAULT_BACKBONE", "OFFLINE_PACKAGES", "Backbone", "BackboneSpec", "cached_trunk_weights", "load_backbone",
-    "offline_choices", "offline_weight_file", "resolve_backbone",
+    "DEFAULT_BACKBONE",
+    "OFFLINE_PACKAGES",
+    "Backbone",
+    "BackboneSpec",
+    "cached_trunk_weights",
+    "load_backbone",
+    "offline_choices",
+    "offline_weight_file",
+    "resolve_backbone",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -114,7 +121,9 @@ def _canonical(data_config: dict[str, Any]) -> dict[str, Any]:
     for key in _DATA_CONFIG_KEYS:
         if key in data_config and data_config[key] is not None:
             value = data_config[key]
-            out[key] = [float(v) if isinstance(v, float) else v for v in value] if isinstance(value, (list, tuple)) else value
+            out[key] = (
+                [float(v) if isinstance(v, float) else v for v in value] if isinstance(value, (list, tuple)) else value
+            )
     return out
 
 
@@ -392,7 +401,8 @@ def _from_file(name: str, path: Path):
     except RuntimeError as exc:
         first = str(exc).splitlines()[:3]
         raise BackboneUnavailableError(
-            f"{path} does not hold weights for {name!r}: " + " ".join(first)[:400]
+            f"{path} does not hold weights for {name!r}: "
+            + " ".join(first)[:400]
             + " Check the architecture name (--backbone) matches the checkpoint."
         ) from exc
     digest = sha256_file(path)

@@ -56,8 +56,16 @@ CLAIM_SECONDS = 120.0
 LEGACY_DECODER = "legacy (headstart cache version 1)"
 
 #: What a version-1 verdict says when it was a failure of the moment, not a fact about the file's bytes.
-_LEGACY_TRANSIENT = ("cannot preprocess:", "not enough memory", "MemoryError", "RecursionError", "cannot read the file",
-                     "file not found", "permission denied", "[Errno")
+_LEGACY_TRANSIENT = (
+    "cannot preprocess:",
+    "not enough memory",
+    "MemoryError",
+    "RecursionError",
+    "cannot read the file",
+    "file not found",
+    "permission denied",
+    "[Errno",
+)
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS vectors (
@@ -141,8 +149,9 @@ class FeatureCache:
             for statement in _TABLES:
                 db.execute(statement)
             if legacy:
-                flip_keys = _import_v1(db, "main", features="features_v1" in legacy, unusable="unusable_v1" in legacy,
-                                       suffix="_v1")
+                flip_keys = _import_v1(
+                    db, "main", features="features_v1" in legacy, unusable="unusable_v1" in legacy, suffix="_v1"
+                )
                 db.executemany("DELETE FROM backbones WHERE fingerprint=?", [(k,) for k in flip_keys])
                 db.execute("DELETE FROM speed WHERE fingerprint NOT IN (SELECT fingerprint FROM backbones)")
                 for table in legacy:
@@ -226,8 +235,16 @@ class FeatureCache:
                 _put_verdicts(db, items, max_pixels, decoder)
 
     # -- claims: concurrent extractions compute each row once
-    def claim(self, key: str, pairs: Sequence[Pair], *, owner: str, max_pixels: int | None, decoder: str,
-              seconds: float = CLAIM_SECONDS) -> Claimed:
+    def claim(
+        self,
+        key: str,
+        pairs: Sequence[Pair],
+        *,
+        owner: str,
+        max_pixels: int | None,
+        decoder: str,
+        seconds: float = CLAIM_SECONDS,
+    ) -> Claimed:
         """Claim the ``(sha256, view)`` rows not stored, not refused and not claimed by another live process, in
         one transaction that sees every batch other processes committed before it.
 
@@ -239,14 +256,31 @@ class FeatureCache:
         hashes = [sha for sha, _ in pairs]
         now = time.time()
         with self._connect() as db:
-            stored = {(sha, view) for view, sha in _rows_in(
-                db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key)}
-            out.refused = dict(_rows_in(
-                db, "SELECT sha256, reason FROM unusable WHERE max_pixels=? AND decoder=? AND sha256 IN ({marks})",
-                hashes, _pixel_limit(max_pixels), decoder))
-            held = {(sha, view): (who, host, pid, expires) for view, sha, who, host, pid, expires in _rows_in(
-                db, "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-                "({marks})", hashes, key)}
+            stored = {
+                (sha, view)
+                for view, sha in _rows_in(
+                    db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
+                )
+            }
+            out.refused = dict(
+                _rows_in(
+                    db,
+                    "SELECT sha256, reason FROM unusable WHERE max_pixels=? AND decoder=? AND sha256 IN ({marks})",
+                    hashes,
+                    _pixel_limit(max_pixels),
+                    decoder,
+                )
+            )
+            held = {
+                (sha, view): (who, host, pid, expires)
+                for view, sha, who, host, pid, expires in _rows_in(
+                    db,
+                    "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
+                    "({marks})",
+                    hashes,
+                    key,
+                )
+            }
             for pair in dict.fromkeys(pairs):
                 claim = held.get(pair)
                 if pair in stored:
@@ -257,8 +291,10 @@ class FeatureCache:
                     out.busy.append(pair)
                 else:
                     out.mine.append(pair)
-            db.executemany("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(key, view, sha, owner, _HOST, os.getpid(), now + seconds) for sha, view in out.mine])
+            db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, view, sha, owner, _HOST, os.getpid(), now + seconds) for sha, view in out.mine],
+            )
         return out
 
     def busy(self, key: str, pairs: Sequence[Pair], *, owner: str) -> set[Pair]:
@@ -269,24 +305,49 @@ class FeatureCache:
         now = time.time()
         hashes = [sha for sha, _ in pairs]
         db = self._connection()
-        stored = {(sha, view) for view, sha in _rows_in(
-            db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key)}
-        held = {(sha, view) for view, sha, who, host, pid, expires in _rows_in(
-            db, "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-            "({marks})", hashes, key) if who != owner and _live(host, pid, expires, now)}
+        stored = {
+            (sha, view)
+            for view, sha in _rows_in(
+                db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
+            )
+        }
+        held = {
+            (sha, view)
+            for view, sha, who, host, pid, expires in _rows_in(
+                db,
+                "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
+                "({marks})",
+                hashes,
+                key,
+            )
+            if who != owner and _live(host, pid, expires, now)
+        }
         return {pair for pair in pairs if pair in held and pair not in stored}
 
-    def commit_batch(self, key: str, vectors: Sequence[tuple[str, str, np.ndarray]], *, owner: str,
-                     verdicts: Sequence[tuple[str, str]] = (), released: Sequence[Pair] = (),
-                     max_pixels: int | None = None, decoder: str = "", seconds: float = CLAIM_SECONDS) -> None:
+    def commit_batch(
+        self,
+        key: str,
+        vectors: Sequence[tuple[str, str, np.ndarray]],
+        *,
+        owner: str,
+        verdicts: Sequence[tuple[str, str]] = (),
+        released: Sequence[Pair] = (),
+        max_pixels: int | None = None,
+        decoder: str = "",
+        seconds: float = CLAIM_SECONDS,
+    ) -> None:
         """One batch's work in one transaction: its vectors and verdicts stored, its claims let go, and this
         owner's other claims renewed (it is alive and making progress)."""
         with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                           [(key, view, sha, _blob(v)) for sha, view, v in vectors])
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                [(key, view, sha, _blob(v)) for sha, view, v in vectors],
+            )
             _put_verdicts(db, verdicts, max_pixels, decoder)
-            db.executemany("DELETE FROM claims WHERE fingerprint=? AND view=? AND sha256=? AND owner=?",
-                           [(key, view, sha, owner) for sha, view in released])
+            db.executemany(
+                "DELETE FROM claims WHERE fingerprint=? AND view=? AND sha256=? AND owner=?",
+                [(key, view, sha, owner) for sha, view in released],
+            )
             db.execute("UPDATE claims SET expires_at=? WHERE owner=?", (time.time() + seconds, owner))
 
     def release(self, owner: str) -> None:
@@ -345,8 +406,9 @@ class FeatureCache:
             elif "features" in tables:
                 flip_keys = set(_import_v1(db, "other", features=True, unusable="unusable" in tables))
                 rows = db.execute("SELECT * FROM other.backbones").fetchall()
-                db.executemany("INSERT OR IGNORE INTO backbones VALUES (?, ?, ?)",
-                               [r for r in rows if r[0] not in flip_keys])
+                db.executemany(
+                    "INSERT OR IGNORE INTO backbones VALUES (?, ?, ?)", [r for r in rows if r[0] not in flip_keys]
+                )
             else:
                 raise sqlite3.DatabaseError("no feature table in it")
             db.execute("COMMIT")
@@ -409,13 +471,21 @@ def _import_v1(db: sqlite3.Connection, schema: str, *, features: bool, unusable:
             flip = True  # unreadable: not trusted
         (flip_keys if flip else single_keys).append(key)
     if features:
-        db.executemany(f"INSERT OR IGNORE INTO vectors SELECT fingerprint, 'orig', sha256, vector "
-                       f"FROM {schema}.features{suffix} WHERE fingerprint=?", [(k,) for k in single_keys])
+        db.executemany(
+            f"INSERT OR IGNORE INTO vectors SELECT fingerprint, 'orig', sha256, vector "
+            f"FROM {schema}.features{suffix} WHERE fingerprint=?",
+            [(k,) for k in single_keys],
+        )
     if unusable:
         rows = db.execute(f"SELECT sha256, max_pixels, reason FROM {schema}.unusable{suffix}").fetchall()
-        db.executemany("INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
-                       [(sha, limit, LEGACY_DECODER, reason) for sha, limit, reason in rows
-                        if not any(mark in reason for mark in _LEGACY_TRANSIENT)])
+        db.executemany(
+            "INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
+            [
+                (sha, limit, LEGACY_DECODER, reason)
+                for sha, limit, reason in rows
+                if not any(mark in reason for mark in _LEGACY_TRANSIENT)
+            ],
+        )
     return flip_keys
 
 
@@ -428,13 +498,15 @@ def _rows_in(db: sqlite3.Connection, sql: str, keys: Sequence[str], *first: Any)
         yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), (*first, *chunk)).fetchall()
 
 
-def _put_verdicts(db: sqlite3.Connection, items: Sequence[tuple[str, str]], max_pixels: int | None,
-                  decoder: str) -> None:
+def _put_verdicts(
+    db: sqlite3.Connection, items: Sequence[tuple[str, str]], max_pixels: int | None, decoder: str
+) -> None:
     if items and not decoder:
         raise ValueError("A verdict needs the decoder that gave it (decoder='').")
     limit = _pixel_limit(max_pixels)
-    db.executemany("INSERT OR REPLACE INTO unusable VALUES (?, ?, ?, ?)",
-                   [(sha, limit, decoder, reason) for sha, reason in items])
+    db.executemany(
+        "INSERT OR REPLACE INTO unusable VALUES (?, ?, ?, ?)", [(sha, limit, decoder, reason) for sha, reason in items]
+    )
 
 
 def _live(host: str, pid: int, expires_at: float, now: float) -> bool:

@@ -15,8 +15,10 @@ __all__ = ["CATALOGUE", "BackboneStatus", "hub_weights_cached", "list_backbones"
 
 #: The backbones the lesson names, and a few modern ones, shown by ``headstart backbones``.
 CATALOGUE: tuple[tuple[str, str], ...] = (
-    ("tf_efficientnet_lite0", "EfficientNet-Lite0: small and fast, the default of extract and the tools "
-                              "(ImageNet top-1 75.1%)"),
+    (
+        "tf_efficientnet_lite0",
+        "EfficientNet-Lite0: small and fast, the default of extract and the tools (ImageNet top-1 75.1%)",
+    ),
     ("tf_efficientnet_lite1", "EfficientNet-Lite1: train's first choice (--backbone auto) (top-1 76.7%)"),
     ("tf_efficientnet_lite2", "EfficientNet-Lite2 (top-1 77.6%)"),
     ("vgg16.tv_in1k", "VGG-16, the lesson's first network"),
@@ -29,6 +31,7 @@ CATALOGUE: tuple[tuple[str, str], ...] = (
     ("convnext_tiny.fb_in1k", "ConvNeXt-Tiny"),
     ("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-Small/16"),
 )
+
 
 @dataclass(frozen=True)
 class BackboneStatus:

@@ -46,7 +46,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneUnavailableError(f"{path} is not a state dict of tensors; save one with torch.save(model.state_dict()).")
+        raise BackboneUnavailableError(
+            f"{path} is not a state dict of tensors; save one with torch.save(model.state_dict())."
+        )
     return state
 
 
@@ -60,14 +62,26 @@ def strip_wrapper_prefix(state: dict[str, Any], model: torch.nn.Module) -> dict[
     own = model.state_dict()
     for prefix in ("module.", "model."):
         if state and all(k.startswith(prefix) for k in state) and not all(k in own for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
 _BLOCK_RE = re.compile(r"^_blocks\.(\d+)\.(.+)$")
-_TOP_LEVEL = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
-_WITH_EXPANSION = {"_expand_conv.": "conv_pw.", "_bn0.": "bn1.", "_depthwise_conv.": "conv_dw.", "_bn1.": "bn2.",
-                   "_project_conv.": "conv_pwl.", "_bn2.": "bn3."}
+_TOP_LEVEL = {
+    "_conv_stem.": "conv_stem.",
+    "_bn0.": "bn1.",
+    "_conv_head.": "conv_head.",
+    "_bn1.": "bn2.",
+    "_fc.": "classifier.",
+}
+_WITH_EXPANSION = {
+    "_expand_conv.": "conv_pw.",
+    "_bn0.": "bn1.",
+    "_depthwise_conv.": "conv_dw.",
+    "_bn1.": "bn2.",
+    "_project_conv.": "conv_pwl.",
+    "_bn2.": "bn3.",
+}
 _WITHOUT_EXPANSION = {"_depthwise_conv.": "conv_dw.", "_bn1.": "bn1.", "_project_conv.": "conv_pw.", "_bn2.": "bn2."}
 
 

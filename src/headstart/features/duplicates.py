@@ -44,9 +44,9 @@ __all__ = [
     "Signatures",
     "find_duplicates",
     "group_keys",
-    "near_duplicate_keys",
     "hamming",
     "image_signatures",
+    "near_duplicate_keys",
     "perceptual_hash",
 ]
 
@@ -217,7 +217,10 @@ def _hash_bits(hashes: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _candidate_pairs(
-    n: int, unit: np.ndarray | None, phashes: Sequence[int | None] | None, mirrored: Sequence[int | None] | None,
+    n: int,
+    unit: np.ndarray | None,
+    phashes: Sequence[int | None] | None,
+    mirrored: Sequence[int | None] | None,
     rules: Sequence[tuple[int, float]],
 ) -> list[tuple[int, int, str]]:
     """Pairs (i < j) that one of the ``rules`` joins, with the evidence, computed in blocks (bounded memory).
@@ -357,7 +360,9 @@ def group_keys(n: int, groups: Sequence[DuplicateGroup], base: Sequence[str] | N
 
 
 def near_duplicate_keys(
-    hashes: Sequence[str], features: np.ndarray | None = None, signatures: Signatures | None = None,
+    hashes: Sequence[str],
+    features: np.ndarray | None = None,
+    signatures: Signatures | None = None,
     max_group_share: float = MAX_GROUP_SHARE,
 ) -> list[str]:
     """One split key per photo that identical files and near duplicates share: ``train_val_split(groups=...)``.
@@ -377,7 +382,8 @@ def near_duplicate_keys(
         >>> train, val = train_val_split(usable, groups=keys)                          # doctest: +SKIP
     """
     groups = find_duplicates(
-        file_hashes=hashes, features=features,
+        file_hashes=hashes,
+        features=features,
         pixel_hashes=signatures.pixel_hashes if signatures is not None else None,
         phashes=signatures.phashes if signatures is not None else None,
         mirror_phashes=signatures.mirror_phashes if signatures is not None else None,

@@ -35,8 +35,16 @@ VIEWS = ("orig", "mirror")
 #: ``(batch, views) -> features``: row ``r`` is the single-view embedding of ``batch[r]`` in ``views[r]``.
 ViewEmbedder = Callable[["torch.Tensor", "list[tuple[int, str]]"], np.ndarray]
 
-__all__ = ["ONNX_PRECISION", "VIEWS", "Embedder", "ViewEmbedder", "make_embedder", "onnx_embedder", "prepare_model",
-           "view_embedder"]
+__all__ = [
+    "ONNX_PRECISION",
+    "VIEWS",
+    "Embedder",
+    "ViewEmbedder",
+    "make_embedder",
+    "onnx_embedder",
+    "prepare_model",
+    "view_embedder",
+]
 
 
 def view_embedder(backbone: Backbone, *, precision: str, device: str) -> ViewEmbedder:
@@ -165,8 +173,9 @@ def _embed_fitting_memory(embed: Callable[[Any], np.ndarray], x: Any, autocast: 
         if x.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(x) // 2
-        return np.concatenate([_embed_fitting_memory(embed, x[:half], autocast),
-                               _embed_fitting_memory(embed, x[half:], autocast)])
+        return np.concatenate(
+            [_embed_fitting_memory(embed, x[:half], autocast), _embed_fitting_memory(embed, x[half:], autocast)]
+        )
 
 
 def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
@@ -187,8 +196,15 @@ def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
         size = backbone.spec.data_config["input_size"]
         model = backbone.embedding_module().eval().to(memory_format=torch.contiguous_format)
         with atomic_path(path) as tmp:
-            torch.onnx.export(model, (torch.zeros(1, *size),), str(tmp), input_names=["image"],
-                              output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, *size),),
+                str(tmp),
+                input_names=["image"],
+                output_names=["features"],
+                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
     onnx_session = session(path)
     return lambda images: onnx_session.run(None, {"image": images.astype(np.float32)})[0]

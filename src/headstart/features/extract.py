@@ -40,8 +40,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")  # (int8: the OpenVINO engine only
 ENGINES = ("torch", "onnxruntime", "openvino", "auto")
 
 __all__ = [
-    "ENGINES", "FLIP_AVERAGE", "PRECISIONS", "Features", "bytes_preprocessor", "decode_size", "default_precision",
-    "describe_unusable", "extract_features", "preprocessor",
+    "ENGINES",
+    "FLIP_AVERAGE",
+    "PRECISIONS",
+    "Features",
+    "bytes_preprocessor",
+    "decode_size",
+    "default_precision",
+    "describe_unusable",
+    "extract_features",
+    "preprocessor",
 ]
 
 
@@ -182,8 +190,9 @@ def extract_features(
     n_computed = n_views = 0
     if todo:
         order = list(todo)
-        order = order[group.rank :: group.world_size] + [h for j, h in enumerate(order)
-                                                          if j % group.world_size != group.rank]
+        order = order[group.rank :: group.world_size] + [
+            h for j, h in enumerate(order) if j % group.world_size != group.rank
+        ]
         if engine == "openvino":  # builds the torch backbone only to convert it once (features/openvino.py)
             loaded = OpenVinoSource(spec, backbone if loaded is None else loaded, weights)  # type: ignore[assignment]
         elif loaded is None and hasattr(backbone, "load"):
@@ -194,8 +203,16 @@ def extract_features(
             loaded = load_backbone(str(backbone), weights, device=device)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         done = _compute(
-            loaded, [(h, paths[first[h]], todo[h]) for h in order], cache, key, decoder=decoder,
-            batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels, workers=workers,
+            loaded,
+            [(h, paths[first[h]], todo[h]) for h in order],
+            cache,
+            key,
+            decoder=decoder,
+            batch_size=batch_size,
+            precision=precision,
+            device=device,
+            max_pixels=max_pixels,
+            workers=workers,
             progress=progress,
         )
         for (sha, view), vector in done.vectors.items():
@@ -315,9 +332,10 @@ def _compute(
             return item, _Failure(f"cannot preprocess: {type(exc).__name__}: {exc}", False)
 
     cache.purge_claims()
-    with ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool, progress_bar(
-        progress, len(todo), f"Extracting {backbone.spec.name}"
-    ) as advance:
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool,
+        progress_bar(progress, len(todo), f"Extracting {backbone.spec.name}") as advance,
+    ):
 
         def settle(pairs: Iterable[tuple[str, str]]) -> None:
             finished = 0
@@ -345,8 +363,15 @@ def _compute(
                         vectors = [(good[j][0][0], view, rows[r]) for r, (j, view) in enumerate(wanted)]
                     bad = [(item[0], t) for item, t in batch if isinstance(t, _Failure)]
                     pairs = [(sha, view) for (sha, _, views), _ in batch for view in views]
-                    cache.commit_batch(key, vectors, owner=owner, released=pairs, max_pixels=max_pixels,
-                                       decoder=decoder, verdicts=[(sha, f.reason) for sha, f in bad if f.permanent])
+                    cache.commit_batch(
+                        key,
+                        vectors,
+                        owner=owner,
+                        released=pairs,
+                        max_pixels=max_pixels,
+                        decoder=decoder,
+                        verdicts=[(sha, f.reason) for sha, f in bad if f.permanent],
+                    )
                     out.vectors.update(((sha, view), v) for sha, view, v in vectors)
                     out.failed.update((sha, f.reason) for sha, f in bad)
                     settle(pairs)
@@ -404,4 +429,3 @@ def bytes_preprocessor(
     transform = backbone.transform()
     draft = decode_size(backbone.spec)
     return lambda data, name: transform(decode_image(data, name=name, max_pixels=max_pixels, draft_size=draft))
-

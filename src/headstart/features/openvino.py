@@ -71,19 +71,31 @@ def resolve_engine(engine: str, precision: str, device: str, spec: BackboneSpec 
         engine = "openvino" if usable or precision == "int8" else "torch"
     if engine != "openvino":
         if precision == "int8":
-            raise ParameterError("The 'precision' parameter 'int8' runs in the OpenVINO engine only: add --engine "
-                                 "openvino (`pip install openvino nncf`), or use fp32 or bf16.", "precision")
+            raise ParameterError(
+                "The 'precision' parameter 'int8' runs in the OpenVINO engine only: add --engine "
+                "openvino (`pip install openvino nncf`), or use fp32 or bf16.",
+                "precision",
+            )
         return engine, precision
     if device != "cpu":
-        raise ParameterError(f"The 'engine' parameter 'openvino' runs on the CPU only, not on {device!r}: use "
-                             "--engine torch (or auto) with --device cuda.", "engine")
+        raise ParameterError(
+            f"The 'engine' parameter 'openvino' runs on the CPU only, not on {device!r}: use "
+            "--engine torch (or auto) with --device cuda.",
+            "engine",
+        )
     check_choice(precision, "precision", "extract_features", OPENVINO_PRECISIONS)
     if not available():
-        raise ParameterError("The 'engine' parameter 'openvino' needs the openvino package: `pip install openvino`"
-                             " (or use --engine torch).", "engine")
+        raise ParameterError(
+            "The 'engine' parameter 'openvino' needs the openvino package: `pip install openvino`"
+            " (or use --engine torch).",
+            "engine",
+        )
     if spec is not None and supports(spec) is not None:
-        raise ParameterError(f"The OpenVINO engine does not reproduce {spec.name}'s preprocessing "
-                             f"({supports(spec)}): use --engine torch.", "engine")
+        raise ParameterError(
+            f"The OpenVINO engine does not reproduce {spec.name}'s preprocessing "
+            f"({supports(spec)}): use --engine torch.",
+            "engine",
+        )
     return engine, INT8_PRECISION if precision == "int8" else precision
 
 
@@ -113,15 +125,18 @@ class OpenVinoSource:
 
         return load_backbone(str(self._backbone), self._weights)
 
-    def parts(self, precision: str, max_pixels: int | None, draft: tuple[int, int]) -> tuple[Callable, Callable, Callable]:
+    def parts(
+        self, precision: str, max_pixels: int | None, draft: tuple[int, int]
+    ) -> tuple[Callable, Callable, Callable]:
         """``(decode, embed, stack)`` for the extraction loop: file -> uint8 crop, ``(batch, wanted views)`` ->
         features, and how a batch of crops is stacked."""
         embed = openvino_embedder(self.spec, precision, self.load)
         return uint8_preprocessor(self.spec, draft=draft, max_pixels=max_pixels), embed, np.stack
 
 
-def openvino_embedder(spec: BackboneSpec, precision: str,
-                      load: Callable[[], Backbone]) -> Callable[[np.ndarray, list[tuple[int, str]]], np.ndarray]:
+def openvino_embedder(
+    spec: BackboneSpec, precision: str, load: Callable[[], Backbone]
+) -> Callable[[np.ndarray, list[tuple[int, str]]], np.ndarray]:
     """``embed(crops, [(i, view), ...])``: one row a pair, the single-view features of uint8 crop ``crops[i]``
     (``(n, size, size, 3)``) as it is (``"orig"``) or mirrored (``"mirror"``). ``load`` builds the torch backbone,
     called only when the converted model is not cached yet.
@@ -178,8 +193,9 @@ def _compiled(path: str, hint: str) -> openvino.CompiledModel:
     core = _core()
     if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         hint = "f32"
-    return core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                             "PERFORMANCE_HINT": "LATENCY"})
+    return core.compile_model(
+        core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    )
 
 
 @lru_cache(maxsize=1)
@@ -212,8 +228,9 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
 
     spec = backbone.spec
     size = int(spec.data_config["input_size"][-1])
-    module = backbone.with_flip_average(False).embedding_module().eval().float().to(
-        memory_format=torch.contiguous_format)
+    module = (
+        backbone.with_flip_average(False).embedding_module().eval().float().to(memory_format=torch.contiguous_format)
+    )
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (torch.jit.trace's deprecation notes: nothing a user can act on)
         model = openvino.convert_model(module, example_input=torch.zeros(1, 3, size, size))
@@ -240,8 +257,9 @@ def _quantised(model: Any, spec: BackboneSpec) -> Any:
     try:
         import nncf
     except ImportError as exc:
-        raise ParameterError("The 'precision' parameter 'int8' needs the nncf package: `pip install nncf`.",
-                             "precision") from exc
+        raise ParameterError(
+            "The 'precision' parameter 'int8' needs the nncf package: `pip install nncf`.", "precision"
+        ) from exc
     from headstart.data.images import list_image_files, load_image
 
     sample = Path(__file__).resolve().parents[1] / "sample_data" / "pets"
@@ -255,5 +273,10 @@ def _quantised(model: Any, spec: BackboneSpec) -> Any:
     # correction too mean 0.9977, min 0.9913 (the conversion, once a backbone, takes 1.5x as long: about a minute).
     first = next(op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution")
     with contextlib.redirect_stdout(sys.stderr):  # (NNCF's progress bars: never into a command's JSON output)
-        return nncf.quantize(model, dataset, subset_size=len(crops), fast_bias_correction=False,
-                             ignored_scope=nncf.IgnoredScope(names=[first]))
+        return nncf.quantize(
+            model,
+            dataset,
+            subset_size=len(crops),
+            fast_bias_correction=False,
+            ignored_scope=nncf.IgnoredScope(names=[first]),
+        )

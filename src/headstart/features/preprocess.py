@@ -73,8 +73,9 @@ def uint8_crop(image: Any, spec: BackboneSpec) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def uint8_preprocessor(spec: BackboneSpec, *, draft: tuple[int, int],
-                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Callable[[str | Path], np.ndarray]:
+def uint8_preprocessor(
+    spec: BackboneSpec, *, draft: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Callable[[str | Path], np.ndarray]:
     """Photo file -> its uint8 crop, decoded exactly as extraction decodes it (JPEG draft mode at ``draft``).
 
     Raises :class:`~headstart.errors.UnusableImageError` for a file that cannot be decoded.

@@ -59,9 +59,17 @@ def _decoder_rules() -> str:
     return f"headstart decoder {digest.hexdigest()[:16]}, Pillow {PIL.__version__}"
 
 
-def claimed_batches(cache: FeatureCache, key: str, queue: list[Item], batch_size: int, owner: str, decoder: str,
-                    max_pixels: int | None, busy: list[Item],
-                    settle: Callable[[Iterable[Pair]], None]) -> Iterator[list[Item]]:
+def claimed_batches(
+    cache: FeatureCache,
+    key: str,
+    queue: list[Item],
+    batch_size: int,
+    owner: str,
+    decoder: str,
+    max_pixels: int | None,
+    busy: list[Item],
+    settle: Callable[[Iterable[Pair]], None],
+) -> Iterator[list[Item]]:
     """Batches of ``queue`` whose rows this process has just claimed (lazily: one claim transaction per batch, as
     the pipeline asks for it). Rows stored or refused meanwhile are settled; rows others hold go to ``busy``."""
     pos = 0
@@ -70,8 +78,13 @@ def claimed_batches(cache: FeatureCache, key: str, queue: list[Item], batch_size
         while pos < len(queue) and len(batch) < batch_size:
             chunk = queue[pos : pos + batch_size - len(batch)]
             pos += len(chunk)
-            result = cache.claim(key, [(sha, view) for sha, _, views in chunk for view in views], owner=owner,
-                                 max_pixels=max_pixels, decoder=decoder)
+            result = cache.claim(
+                key,
+                [(sha, view) for sha, _, views in chunk for view in views],
+                owner=owner,
+                max_pixels=max_pixels,
+                decoder=decoder,
+            )
             settle(result.stored)
             settle((sha, view) for sha, _, views in chunk if sha in result.refused for view in views)
             mine, held = set(result.mine), set(result.busy)

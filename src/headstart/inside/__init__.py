@@ -24,8 +24,20 @@ from headstart.inside.heatmap import Explanation, explain, plot_explanation
 from headstart.inside.render import ModelHook, render
 
 __all__ = [
-    "objectives", "param", "transforms", "render", "ModelHook",
-    "dream", "DreamResult", "high_frequency_energy",
-    "explain", "Explanation", "plot_explanation",
-    "featuremaps", "feature_maps", "plot_feature_maps", "list_layers", "FeatureMaps",
+    "DreamResult",
+    "Explanation",
+    "FeatureMaps",
+    "ModelHook",
+    "dream",
+    "explain",
+    "feature_maps",
+    "featuremaps",
+    "high_frequency_energy",
+    "list_layers",
+    "objectives",
+    "param",
+    "plot_explanation",
+    "plot_feature_maps",
+    "render",
+    "transforms",
 ]

@@ -65,7 +65,16 @@ def find_module(model: Any, layer: str):
     if layer in modules and layer:
         return modules[layer]
     stages = ", ".join(f["module"] for f in feature_layers(model)) or "see --list-layers"
-    raise HeadstartError(f"The network has no layer {layer!r}. Feature stages: {stages} (any name from --list-layers works).")
+    raise HeadstartError(
+        f"The network has no layer {layer!r}. Feature stages: {stages} (any name from --list-layers works)."
+    )
 
 
-__all__ = ["load_trunk", "load_target_network", "check_output_file", "say_if_replacing", "feature_layers", "find_module"]
+__all__ = [
+    "check_output_file",
+    "feature_layers",
+    "find_module",
+    "load_target_network",
+    "load_trunk",
+    "say_if_replacing",
+]

@@ -70,6 +70,7 @@ def list_layers(model: Any) -> list[dict[str, Any]]:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:  # (returning None keeps the output as it is)
             if isinstance(output, torch.Tensor):
                 shapes.setdefault(name, tuple(output.shape))
+
         return hook
 
     hooks = [modules[n].register_forward_hook(record(n)) for n in dict.fromkeys(names) if n in modules]
@@ -80,8 +81,11 @@ def list_layers(model: Any) -> list[dict[str, Any]]:
     finally:
         for h in hooks:
             h.remove()
-    layers = [{"module": n, "num_chs": int(shape[1]), "reduction": int(round(size[1] / shape[2]))}
-              for n, shape in shapes.items() if len(shape) == 4]  # (in the order the forward pass reached them)
+    layers = [
+        {"module": n, "num_chs": int(shape[1]), "reduction": int(round(size[1] / shape[2]))}
+        for n, shape in shapes.items()
+        if len(shape) == 4
+    ]  # (in the order the forward pass reached them)
     last = layers[-1]["reduction"] if layers else None
     layers.append({"module": "forward_features", "num_chs": int(backbone.spec.num_features), "reduction": last})
     return layers
@@ -115,7 +119,9 @@ def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = 
     module = find_module(net, layer)
     x = backbone.transform()(photo).unsqueeze(0)
     seen: dict[str, torch.Tensor] = {}
-    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o[0] if isinstance(o, (tuple, list)) else o))
+    handle = module.register_forward_hook(
+        lambda m, i, o: seen.__setitem__("out", o[0] if isinstance(o, (tuple, list)) else o)
+    )
     try:
         with torch.no_grad():
             final = net.forward_features(x)
@@ -125,7 +131,9 @@ def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = 
     if acts is None or acts.dim() != 4:
         from headstart.errors import HeadstartError
 
-        raise HeadstartError(f"Layer {layer!r} gives no (batch, channels, h, w) map: pick a convolutional stage from --list-layers.")
+        raise HeadstartError(
+            f"Layer {layer!r} gives no (batch, channels, h, w) map: pick a convolutional stage from --list-layers."
+        )
     mean = torch.tensor(backbone.spec.data_config["mean"]).view(3, 1, 1)
     std = torch.tensor(backbone.spec.data_config["std"]).view(3, 1, 1)
     shown = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -154,7 +162,13 @@ def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels:
     for k, c in enumerate(channels):
         a = fig.add_subplot(grid[k // cols, 2 + k % cols])
         a.imshow(grey, cmap="gray", vmin=0, vmax=1)
-        a.imshow(fm.activations[c], cmap="inferno", alpha=0.65, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
+        a.imshow(
+            fm.activations[c],
+            cmap="inferno",
+            alpha=0.65,
+            extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+            interpolation="bilinear",
+        )
         a.set_title(f"{fm.layer} #{c}", fontsize=6)
         a.axis("off")
     c_f, h_f, w_f = fm.final.shape
@@ -166,13 +180,20 @@ def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels:
     a.set_title(f"final feature map as positions × channels: {h_f * w_f} × {c_f}", fontsize=8)
     a.tick_params(labelsize=6)
     fig.colorbar(image, ax=a, fraction=0.02, pad=0.01)
-    fig.suptitle(f"{len(channels)} most active channels of {fm.layer} ({fm.activations.shape[0]} channels, "
-                 f"{fm.activations.shape[1]}×{fm.activations.shape[2]})", fontsize=9)
+    fig.suptitle(
+        f"{len(channels)} most active channels of {fm.layer} ({fm.activations.shape[0]} channels, "
+        f"{fm.activations.shape[1]}×{fm.activations.shape[2]})",
+        fontsize=9,
+    )
     return save_figure(fig, path)
 
 
 def featuremaps(
-    model: Any, image: str | os.PathLike[str], out: str | os.PathLike[str], layer: str | None = None, n_channels: int = 16
+    model: Any,
+    image: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    layer: str | None = None,
+    n_channels: int = 16,
 ) -> FeatureMaps:
     """One call: compute :func:`feature_maps` and write :func:`plot_feature_maps` to ``out`` (replacing a file there).
 
@@ -189,4 +210,4 @@ def featuremaps(
     return fm
 
 
-__all__ = ["FeatureMaps", "feature_maps", "plot_feature_maps", "featuremaps", "list_layers"]
+__all__ = ["FeatureMaps", "feature_maps", "featuremaps", "list_layers", "plot_feature_maps"]

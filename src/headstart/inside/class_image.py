@@ -246,15 +246,24 @@ def dream(
         param_f = lambda: fft_image((1, 3, h, w), seed=seed)  # noqa: E731
         optimizer = lambda p: torch.optim.Adam(p, lr=LUCID_LR)  # noqa: E731
         transforms = [*standard_transforms(), crop]
-        settings = {"parameterisation": "fft, decorrelated colour", "transforms": "pad 12, jitter 8, scale 0.9-1.1, "
-                    "rotate ±10°, jitter 4, centre crop", "optimizer": f"Adam lr {LUCID_LR}", "tv": tv, "l2": LUCID_L2}
+        settings = {
+            "parameterisation": "fft, decorrelated colour",
+            "transforms": "pad 12, jitter 8, scale 0.9-1.1, rotate ±10°, jitter 4, centre crop",
+            "optimizer": f"Adam lr {LUCID_LR}",
+            "tv": tv,
+            "l2": LUCID_L2,
+        }
     else:
         objective = obj.class_log_prob(c) - tv * obj.total_variation()
         param_f = lambda: pixel_image((1, 3, h, w), seed=seed)  # noqa: E731
         optimizer = lambda p: torch.optim.SGD(p, lr=LESSON_LR)  # noqa: E731
         transforms = [crop]
-        settings = {"parameterisation": "pixels from 0.5 + 0.5·N(0,1), clipped to [0, 1]", "transforms": "centre crop",
-                    "optimizer": f"SGD lr {LESSON_LR} (plain gradient steps)", "tv": tv}
+        settings = {
+            "parameterisation": "pixels from 0.5 + 0.5·N(0,1), clipped to [0, 1]",
+            "transforms": "centre crop",
+            "optimizer": f"SGD lr {LESSON_LR} (plain gradient steps)",
+            "tv": tv,
+        }
     settings.update({"steps": steps, "stop_at": stop_at, "seed": seed, "objective": objective.name})
 
     frames: list[tuple[int, np.ndarray]] = []
@@ -294,15 +303,27 @@ def dream(
         probs = net.probabilities(x.unsqueeze(0))[0]
         measured_on = "the PNG encoding decoded in memory (no file written)"
     cfg = net.spec.data_config
-    measured_on += (f", through the weights' eval preprocessing (resize to {h}×{w} {cfg.get('interpolation')}, "
-                    f"centre crop {net.input_size[0]}×{net.input_size[1]}), the same as for any photo")
+    measured_on += (
+        f", through the weights' eval preprocessing (resize to {h}×{w} {cfg.get('interpolation')}, "
+        f"centre crop {net.input_size[0]}×{net.input_size[1]}), the same as for any photo"
+    )
     top = int(probs.argmax())
     result = DreamResult(
-        image=array, target=c, target_name=net.class_names[c], method=method, probability=round(float(probs[c]), 6),
-        top_class=net.class_names[top], top_probability=round(float(probs[top]), 6),
-        start_probability=round(start_probability, 6), steps=state["step"], seconds=round(seconds, 2),
-        high_frequency_energy=round(high_frequency_energy(array), 6), settings=settings, measured_on=measured_on,
-        network=net.name, png=path,
+        image=array,
+        target=c,
+        target_name=net.class_names[c],
+        method=method,
+        probability=round(float(probs[c]), 6),
+        top_class=net.class_names[top],
+        top_probability=round(float(probs[top]), 6),
+        start_probability=round(start_probability, 6),
+        steps=state["step"],
+        seconds=round(seconds, 2),
+        high_frequency_energy=round(high_frequency_energy(array), 6),
+        settings=settings,
+        measured_on=measured_on,
+        network=net.name,
+        png=path,
     )
     if path is not None:
         if strip and frames:
@@ -313,4 +334,4 @@ def dream(
     return result
 
 
-__all__ = ["dream", "DreamResult", "high_frequency_energy", "canvas_size", "probabilities_of_file", "METHODS"]
+__all__ = ["METHODS", "DreamResult", "canvas_size", "dream", "high_frequency_energy", "probabilities_of_file"]

@@ -58,9 +58,14 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target, "target_name": self.target_name, "probability": round(self.probability, 6),
-            "top": [{"class": n, "probability": round(p, 6)} for n, p in self.top], "layer": self.layer,
-            "method": self.method, "network": self.network, "heatmap_shape": list(self.heatmap.shape),
+            "target": self.target,
+            "target_name": self.target_name,
+            "probability": round(self.probability, 6),
+            "top": [{"class": n, "probability": round(p, 6)} for n, p in self.top],
+            "layer": self.layer,
+            "method": self.method,
+            "network": self.network,
+            "heatmap_shape": list(self.heatmap.shape),
             "out": None if self.out is None else str(self.out),
         }
 
@@ -78,11 +83,15 @@ def _target_layer(module: Any, layer: str | None) -> tuple[str, Any]:
     if layer is None:
         timm_model = _timm_model(module)
         if timm_model is None:
-            raise HeadstartError("This network reports no feature stages (timm feature_info): pass layer=... / --layer.")
+            raise HeadstartError(
+                "This network reports no feature stages (timm feature_info): pass layer=... / --layer."
+            )
         layer = timm_model.feature_info[-1]["module"]
     matches = sorted((n for n in names if n == layer or n.endswith("." + layer)), key=len)
     if not layer or not matches:
-        raise HeadstartError(f"The network has no layer {layer!r}: use a name from `headstart featuremaps --list-layers`.")
+        raise HeadstartError(
+            f"The network has no layer {layer!r}: use a name from `headstart featuremaps --list-layers`."
+        )
     return layer, names[matches[0]]
 
 
@@ -100,8 +109,9 @@ def whole_view(photo: Any, data_config: dict[str, Any]) -> np.ndarray:
     return np.asarray(photo.resize(size, resample), dtype=np.float32) / 255.0
 
 
-def explain_view(net: Any, view: np.ndarray, target: str | int | None = None, method: str = "gradcam",
-                 layer: str | None = None) -> Explanation:
+def explain_view(
+    net: Any, view: np.ndarray, target: str | int | None = None, method: str = "gradcam", layer: str | None = None
+) -> Explanation:
     """Heat map for an image already prepared as a ``(H, W, 3)`` array in [0, 1] (see :func:`whole_view`)."""
     import pytorch_grad_cam
     import torch
@@ -118,9 +128,15 @@ def explain_view(net: Any, view: np.ndarray, target: str | int | None = None, me
         heat = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(c)])[0]
     top = torch.topk(probs, min(5, len(probs)))
     return Explanation(
-        image=view, heatmap=np.asarray(heat, dtype=np.float32), target=c, target_name=net.class_names[c],
-        probability=float(probs[c]), top=[(net.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)],
-        layer=layer_name, method=method, network=net.name,
+        image=view,
+        heatmap=np.asarray(heat, dtype=np.float32),
+        target=c,
+        target_name=net.class_names[c],
+        probability=float(probs[c]),
+        top=[(net.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)],
+        layer=layer_name,
+        method=method,
+        network=net.name,
     )
 
 
@@ -137,7 +153,9 @@ def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
     axes[0].set_title("photo", fontsize=8)
     axes[1].imshow(e.image)
     shown = axes[1].imshow(e.heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[1].set_title(f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f}), layer {e.layer}", fontsize=8)
+    axes[1].set_title(
+        f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f}), layer {e.layer}", fontsize=8
+    )
     for a in axes:
         a.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.04, pad=0.02)
@@ -190,4 +208,4 @@ def explain(
     return e
 
 
-__all__ = ["explain", "explain_view", "whole_view", "plot_explanation", "Explanation", "METHODS"]
+__all__ = ["METHODS", "Explanation", "explain", "explain_view", "plot_explanation", "whole_view"]

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from headstart._validation import check_int, fail
 
@@ -193,6 +194,13 @@ def as_objective(obj: Objective | str) -> Objective:
 
 
 __all__ = [
-    "Objective", "wrap_objective", "as_objective", "class_logit", "class_log_prob", "class_prob", "channel",
-    "total_variation", "l2",
+    "Objective",
+    "as_objective",
+    "channel",
+    "class_log_prob",
+    "class_logit",
+    "class_prob",
+    "l2",
+    "total_variation",
+    "wrap_objective",
 ]

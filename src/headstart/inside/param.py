@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,7 +73,10 @@ def to_valid_rgb(image: torch.Tensor, decorrelate: bool = True) -> torch.Tensor:
 
 
 def pixel_image(
-    shape: tuple[int, int, int, int], sd: float = 0.5, mean: float = 0.5, seed: int | None = None,
+    shape: tuple[int, int, int, int],
+    sd: float = 0.5,
+    mean: float = 0.5,
+    seed: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[list[torch.Tensor], ImageF]:
     """One free parameter per pixel and channel: the lesson's parameterisation, kept to valid pixels.
@@ -151,4 +155,10 @@ def image(
     return [raw], lambda: to_valid_rgb(raw, decorrelate=decorrelate)
 
 
-__all__ = ["fft_image", "pixel_image", "image", "to_valid_rgb", "COLOR_CORRELATION_SVD_SQRT"]
+__all__ = [  # noqa: F822  (COLOR_CORRELATION_SVD_SQRT is made on first access, by __getattr__)
+    "COLOR_CORRELATION_SVD_SQRT",
+    "fft_image",
+    "image",
+    "pixel_image",
+    "to_valid_rgb",
+]

@@ -11,8 +11,8 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from headstart._validation import check_int
 from headstart.inside.objectives import Objective, as_objective
@@ -37,9 +37,7 @@ class ModelHook:
     def __init__(self, module: torch.nn.Module) -> None:
         self.names = [name for name, _ in module.named_modules() if name]
         self._outputs: dict[str, torch.Tensor] = {}
-        self._handles = [
-            m.register_forward_hook(self._store(name)) for name, m in module.named_modules() if name
-        ]
+        self._handles = [m.register_forward_hook(self._store(name)) for name, m in module.named_modules() if name]
         self._special: dict[str, torch.Tensor] = {}
 
     def _store(self, name: str) -> Callable[..., None]:
@@ -157,4 +155,4 @@ def render(
     return images
 
 
-__all__ = ["render", "ModelHook"]
+__all__ = ["ModelHook", "render"]

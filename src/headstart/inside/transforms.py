@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from headstart._validation import check_int, fail
 
@@ -145,4 +145,13 @@ def standard_transforms() -> list[Transform]:
     ]
 
 
-__all__ = ["Transform", "jitter", "pad", "random_scale", "random_rotate", "center_crop", "compose", "standard_transforms"]
+__all__ = [
+    "Transform",
+    "center_crop",
+    "compose",
+    "jitter",
+    "pad",
+    "random_rotate",
+    "random_scale",
+    "standard_transforms",
+]

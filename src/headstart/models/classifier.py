@@ -40,7 +40,9 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "predictions": [{"label": l, "probability": round(float(p), 6)} for l, p in zip(self.labels, self.probabilities)],
+            "predictions": [
+                {"label": l, "probability": round(float(p), 6)} for l, p in zip(self.labels, self.probabilities)
+            ],
         }
 
 
@@ -88,7 +90,9 @@ class Classifier:
         self.trunk = dict(trunk)
         self.metadata = dict(metadata or {})
         self._backbone: Backbone | None = None
-        if self.head_weight.shape != (len(self.classes), spec.num_features) or self.head_bias.shape != (len(self.classes),):
+        if self.head_weight.shape != (len(self.classes), spec.num_features) or self.head_bias.shape != (
+            len(self.classes),
+        ):
             raise ValueError(
                 f"The head must be ({len(self.classes)}, {spec.num_features}) + ({len(self.classes)},) for "
                 f"{len(self.classes)} classes over {spec.num_features}-d features; got {self.head_weight.shape} "
@@ -115,7 +119,7 @@ class Classifier:
             weight, bias = tensors["head.weight"], tensors["head.bias"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path} is a headstart file without a classifier ({exc} missing).") from exc
-        trunk = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        trunk = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
         rest = {k: v for k, v in meta.items() if k not in ("backbone", "classes")}
         model = cls(spec, classes, weight, bias, trunk, rest)
         model.metadata["path"] = str(path)
@@ -133,16 +137,22 @@ class Classifier:
     def torch_module(self):
         """The whole classifier as one ``torch.nn.Module`` mapping normalised images to logits (``.features(x)``
         gives the embedding, mirror-averaged when the model is; ``.head`` the linear layer), in eval mode."""
-        return trunk_and_head(self.backbone, len(self.classes), head_weight=self.head_weight,
-                              head_bias=self.head_bias).eval()
+        return trunk_and_head(
+            self.backbone, len(self.classes), head_weight=self.head_weight, head_bias=self.head_bias
+        ).eval()
 
     @classmethod
-    def from_network(cls, network: Any, spec: BackboneSpec, classes: Sequence[str],
-                     metadata: Mapping[str, Any] | None = None) -> Classifier:
+    def from_network(
+        cls, network: Any, spec: BackboneSpec, classes: Sequence[str], metadata: Mapping[str, Any] | None = None
+    ) -> Classifier:
         """A trained :func:`trunk_and_head` network as a Classifier: its trunk weights go into the file, and the
         spec gets a fingerprint of them (features of a changed trunk never mix with the pretrained one's)."""
-        trunk = {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) if v.is_floating_point()
-                 else v.detach().cpu().numpy() for k, v in network.trunk.state_dict().items()}
+        trunk = {
+            k: np.ascontiguousarray(v.detach().float().cpu().numpy())
+            if v.is_floating_point()
+            else v.detach().cpu().numpy()
+            for k, v in network.trunk.state_dict().items()
+        }
         spec_dict = spec.to_dict()
         spec_dict["weights_id"] = trunk_fingerprint(trunk)
         spec_dict["source"] = f"fine-tuned from {spec.source}"
@@ -174,8 +184,14 @@ class Classifier:
 
         source: Any = self._backbone_source()
         return extract_features(
-            paths, source, cache=cache, precision=precision, batch_size=batch_size, max_pixels=max_pixels,
-            progress=progress, engine=engine,
+            paths,
+            source,
+            cache=cache,
+            precision=precision,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            progress=progress,
+            engine=engine,
         )
 
     def _backbone_source(self) -> Any:
@@ -211,7 +227,9 @@ class Classifier:
         return Predictions(out, feats.unusable)
 
     def __repr__(self) -> str:
-        return f"Classifier({len(self.classes)} classes on {self.spec.name}, method={self.metadata.get('method', '?')!r})"
+        return (
+            f"Classifier({len(self.classes)} classes on {self.spec.name}, method={self.metadata.get('method', '?')!r})"
+        )
 
 
 class _LazyBackbone:

@@ -178,20 +178,31 @@ class ImageClassifier(ClassifierProtocol):
         """Check every hyper-parameter (scikit-learn's words); return the method's name and the options given."""
         if isinstance(self.method, Finetune):
             if self.finetune is not None:
-                fail("finetune", _CALLER, "None when method is a Finetune (its options are the method's)", self.finetune)
+                fail(
+                    "finetune", _CALLER, "None when method is a Finetune (its options are the method's)", self.finetune
+                )
             method, options = "finetune", self.method.validated().set_fields()
         else:
             if not isinstance(self.method, str) or self.method not in METHODS:
                 fail("method", _CALLER, f"one of {', '.join(map(repr, METHODS))} or a Finetune", self.method)
             method, options = self.method, _finetune_options(self.finetune)
             if method == "probe" and options:
-                fail("finetune", _CALLER, "None for method='probe' (fine-tuning options need method='finetune' "
-                     "or 'scratch')", self.finetune)
+                fail(
+                    "finetune",
+                    _CALLER,
+                    "None for method='probe' (fine-tuning options need method='finetune' or 'scratch')",
+                    self.finetune,
+                )
         if not isinstance(self.backbone, str) or not self.backbone:
             fail("backbone", _CALLER, "a timm model name (str), 'auto' or 'auto:NAME,NAME,…'", self.backbone)
         if parse_auto(self.backbone) is not None and self.weights is not None:
-            fail("weights", _CALLER, "None when backbone is 'auto' (each candidate uses its own offline or hub "
-                 "weights; to fine-tune from a file, name its backbone)", self.weights)
+            fail(
+                "weights",
+                _CALLER,
+                "None when backbone is 'auto' (each candidate uses its own offline or hub "
+                "weights; to fine-tune from a file, name its backbone)",
+                self.weights,
+            )
         check_number(self.val_fraction, "val_fraction", _CALLER, low=0, high=1, low_open=True, high_open=True)
         check_int(self.seed, "seed", _CALLER, low=0, high=2**32 - 1)
         check_int(self.batch_size, "batch_size", _CALLER, low=1)
@@ -201,18 +212,26 @@ class ImageClassifier(ClassifierProtocol):
         for name in ("refit", "reuse", "resume", "progress"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 fail(name, _CALLER, "a bool", getattr(self, name))
-        if not (self.flip_average is None or isinstance(self.flip_average, (bool, np.bool_))
-                or (isinstance(self.flip_average, str) and self.flip_average in FLIP_CHOICES)):
+        if not (
+            self.flip_average is None
+            or isinstance(self.flip_average, (bool, np.bool_))
+            or (isinstance(self.flip_average, str) and self.flip_average in FLIP_CHOICES)
+        ):
             fail("flip_average", _CALLER, "a bool, None, 'auto' or 'cached'", self.flip_average)
         device = self.device
-        if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or
-                                               (device.startswith("cuda:") and device[5:].isdigit())):
+        if not isinstance(device, str) or not (
+            device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+        ):
             fail("device", _CALLER, "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
         if not (self.cache is None or isinstance(self.cache, (str, os.PathLike, FeatureCache))):
             fail("cache", _CALLER, "None, a folder, a .sqlite file or a FeatureCache", self.cache)
         if self.resume and self.checkpoint_dir is None:
-            fail("checkpoint_dir", _CALLER, "the run folder to resume (resume=True continues its checkpoint)",
-                 self.checkpoint_dir)
+            fail(
+                "checkpoint_dir",
+                _CALLER,
+                "the run folder to resume (resume=True continues its checkpoint)",
+                self.checkpoint_dir,
+            )
         return method, options
 
     # ----------------------------------------------------------------------------------------------------- fit
@@ -246,26 +265,54 @@ class ImageClassifier(ClassifierProtocol):
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
             s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
-        validation = {"paths": [s.usable.paths[i] for i in s.va], "labels": s.labels[s.va],
-                      "hashes": [s.feats.hashes[i] for i in s.va], "proba": probe_proba}
+        validation = {
+            "paths": [s.usable.paths[i] for i in s.va],
+            "labels": s.labels[s.va],
+            "hashes": [s.feats.hashes[i] for i in s.va],
+            "proba": probe_proba,
+        }
         refit = fit_probe(s.X, s.labels, random_state=self.seed, memo=memo) if self.refit else None
         if method == "probe":
             final = refit if refit is not None else s.probe
-            model = Classifier(backbone.spec.with_flip_average(s.flip), [str(c) for c in final.classes_],
-                               final.coef_, final.intercept_, backbone.trunk())
-            specific = {"cv_accuracy": float(final.cv_accuracy_), "C": float(final.C_),
-                        "temperature": float(final.temperature_), "refit_on_all": refit is not None}
+            model = Classifier(
+                backbone.spec.with_flip_average(s.flip),
+                [str(c) for c in final.classes_],
+                final.coef_,
+                final.intercept_,
+                backbone.trunk(),
+            )
+            specific = {
+                "cv_accuracy": float(final.cv_accuracy_),
+                "C": float(final.C_),
+                "temperature": float(final.temperature_),
+                "refit_on_all": refit is not None,
+            }
             config, history = None, None
         else:
             from headstart.models.network_fit import fit_network
 
-            config = Finetune.for_data_size(len(s.usable), method=method,
-                                            **{"seed": self.seed, "precision": self.precision, **options})
-            fit = fit_network(method, backbone, s.probe, refit, s.train_part, s.val_part, s.usable,
-                              dict(zip(map(str, s.usable.paths), s.feats.hashes)), config, flip=s.flip,
-                              features=(s.X, s.labels), memo=memo, device=device,
-                              checkpoint_dir=self.checkpoint_dir, resume=bool(self.resume), progress=self.progress,
-                              lr_search=bool(config.lr_search))
+            config = Finetune.for_data_size(
+                len(s.usable), method=method, **{"seed": self.seed, "precision": self.precision, **options}
+            )
+            fit = fit_network(
+                method,
+                backbone,
+                s.probe,
+                refit,
+                s.train_part,
+                s.val_part,
+                s.usable,
+                dict(zip(map(str, s.usable.paths), s.feats.hashes)),
+                config,
+                flip=s.flip,
+                features=(s.X, s.labels),
+                memo=memo,
+                device=device,
+                checkpoint_dir=self.checkpoint_dir,
+                resume=bool(self.resume),
+                progress=self.progress,
+                lr_search=bool(config.lr_search),
+            )
             model, history = fit.model, fit.history  # (config stays what was asked; the report has the lr used)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
@@ -274,33 +321,58 @@ class ImageClassifier(ClassifierProtocol):
         calibration = calibration_metrics(validation["labels"], validation["proba"], model.classes)
         feats = s.feats
         report: dict[str, Any] = {
-            "val_accuracy": val["accuracy"], "val_top5_accuracy": val["top5_accuracy"], **specific,
-            "n_images": len(dataset), "n_usable": len(s.usable), "n_train": int(len(s.tr)), "n_val": int(len(s.va)),
-            "n_classes": len(model.classes), "skipped": [u.to_dict() for u in feats.unusable],
+            "val_accuracy": val["accuracy"],
+            "val_top5_accuracy": val["top5_accuracy"],
+            **specific,
+            "n_images": len(dataset),
+            "n_usable": len(s.usable),
+            "n_train": len(s.tr),
+            "n_val": len(s.va),
+            "n_classes": len(model.classes),
+            "skipped": [u.to_dict() for u in feats.unusable],
             "ignored": [str(p) for p in dataset.ignored],
             "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-            "backbone": backbone.name, **({"backbone_selection": selection.to_dict()} if selection else {}),
-            "flip_average": s.flip, "flip_average_cv": s.flip_cv,
-            "val_ece": calibration["ece"], "val_nll": calibration["nll"], "val_brier": calibration["brier"],
+            "backbone": backbone.name,
+            **({"backbone_selection": selection.to_dict()} if selection else {}),
+            "flip_average": s.flip,
+            "flip_average_cv": s.flip_cv,
+            "val_ece": calibration["ece"],
+            "val_nll": calibration["nll"],
+            "val_brier": calibration["brier"],
             "calibration": calibration,
             "seconds": round(time.perf_counter() - started, 3),
             "validation": public_metrics(val),
             **({"history": history} if history is not None else {}),
         }
-        model.metadata.update({
-            "method": method,
-            "metrics": {k: v for k, v in report.items()
-                        if k not in ("skipped", "ignored", "validation", "history", "calibration")},
-            "data": {"source": str(dataset.root), "kind": dataset.kind, "seed": self.seed,
-                     "val_fraction": self.val_fraction},
-            **({"finetune": asdict(config)} if config is not None else {}),
-            "estimator": self._stored_params(),
-        })
+        model.metadata.update(
+            {
+                "method": method,
+                "metrics": {
+                    k: v
+                    for k, v in report.items()
+                    if k not in ("skipped", "ignored", "validation", "history", "calibration")
+                },
+                "data": {
+                    "source": str(dataset.root),
+                    "kind": dataset.kind,
+                    "seed": self.seed,
+                    "val_fraction": self.val_fraction,
+                },
+                **({"finetune": asdict(config)} if config is not None else {}),
+                "estimator": self._stored_params(),
+            }
+        )
         self._set_fitted(model, report, feats.unusable, config, validation)
         return self
 
-    def _split_and_probe(self, dataset: Dataset, backbone: ResolvedBackbone, cache: FeatureCache,
-                         memo: Memo | None, keys: dict[str, str] | None = None) -> SimpleNamespace:
+    def _split_and_probe(
+        self,
+        dataset: Dataset,
+        backbone: ResolvedBackbone,
+        cache: FeatureCache,
+        memo: Memo | None,
+        keys: dict[str, str] | None = None,
+    ) -> SimpleNamespace:
         """Features of the usable photos, the train/validation split (near duplicates on one side: ``keys``, the
         split keys ``auto`` chose on, else :func:`split_keys`), the probe on the training part, and the choice of
         mirror averaging (by that probe's cross-validation, unless ``flip_average`` says)."""
@@ -308,25 +380,40 @@ class ImageClassifier(ClassifierProtocol):
 
         extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
         mode, mirror = self._flip_mode()
-        feats = extract_features(dataset.paths, backbone, progress=self.progress and current().is_main,
-                                 flip_average=mirror, **extract)
+        feats = extract_features(
+            dataset.paths, backbone, progress=self.progress and current().is_main, flip_average=mirror, **extract
+        )
         if isinstance(mode, str) and mode == "cached":  # one view, unless the mirror views cost nothing now
             mode = "auto" if feats.hashes and cache.has_views(feats.cache_key, feats.hashes, "mirror") else False
             if mode == "auto":
                 one_view = feats
                 feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
-                feats.n_cached, feats.n_computed, feats.seconds = (one_view.n_cached, one_view.n_computed,
-                                                                   one_view.seconds)
+                feats.n_cached, feats.n_computed, feats.seconds = (
+                    one_view.n_cached,
+                    one_view.n_computed,
+                    one_view.seconds,
+                )
         if feats.unusable:
             warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=3)
         usable = dataset.subset(feats.indices.tolist())
         if len(set(usable.labels)) < 2:
-            raise DataError(f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es) in "
-                            f"{dataset.root}: a classifier needs at least 2 classes.")
+            raise DataError(
+                f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es) in "
+                f"{dataset.root}: a classifier needs at least 2 classes."
+            )
         labels = np.asarray(usable.labels)
-        groups = ([keys[str(p)] for p in usable.paths] if keys is not None else
-                  split_keys(usable.paths, feats.hashes, feats.features, memo=memo, max_pixels=self.max_pixels,
-                             progress=self.progress and current().is_main))
+        groups = (
+            [keys[str(p)] for p in usable.paths]
+            if keys is not None
+            else split_keys(
+                usable.paths,
+                feats.hashes,
+                feats.features,
+                memo=memo,
+                max_pixels=self.max_pixels,
+                progress=self.progress and current().is_main,
+            )
+        )
         train_part, val_part = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=groups)
         row_of = {s.path: i for i, s in enumerate(usable.samples)}
         tr = np.array([row_of[s.path] for s in train_part.samples], dtype=np.int64)
@@ -343,8 +430,19 @@ class ImageClassifier(ClassifierProtocol):
             if not flip:  # (the run's extraction numbers stay those of the pass that computed both)
                 single.n_cached, single.n_computed, single.seconds = feats.n_cached, feats.n_computed, feats.seconds
                 feats, probe = single, single_probe
-        return SimpleNamespace(feats=feats, X=feats.features, usable=usable, labels=labels, train_part=train_part,
-                               val_part=val_part, tr=tr, va=va, probe=probe, flip=bool(flip), flip_cv=flip_cv)
+        return SimpleNamespace(
+            feats=feats,
+            X=feats.features,
+            usable=usable,
+            labels=labels,
+            train_part=train_part,
+            val_part=val_part,
+            tr=tr,
+            va=va,
+            probe=probe,
+            flip=bool(flip),
+            flip_cv=flip_cv,
+        )
 
     def _flip_mode(self) -> tuple[bool | str, bool]:
         """``flip_average`` as the fit reads it (None is ``"auto"``), and whether the mirror views are computed
@@ -359,15 +457,30 @@ class ImageClassifier(ClassifierProtocol):
         if parse_auto(self.backbone) is None:
             return ResolvedBackbone(self.backbone, self.weights), None
         _, mirror = self._flip_mode()
-        selection = select_for_fit(dataset, parse_auto(self.backbone), cache=cache, memo=memo, seed=self.seed,
-                                   val_fraction=self.val_fraction, flip_average=mirror, weights=self.weights,
-                                   precision=self.precision,
-                                   batch_size=self.batch_size, max_pixels=self.max_pixels,
-                                   progress=self.progress and current().is_main)
+        selection = select_for_fit(
+            dataset,
+            parse_auto(self.backbone),
+            cache=cache,
+            memo=memo,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            flip_average=mirror,
+            weights=self.weights,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            max_pixels=self.max_pixels,
+            progress=self.progress and current().is_main,
+        )
         return ResolvedBackbone(selection.chosen, self.weights), selection
 
-    def _set_fitted(self, model: Classifier, report: dict[str, Any], unusable: list, finetune: Finetune | None,
-                    validation: dict[str, Any] | None) -> None:
+    def _set_fitted(
+        self,
+        model: Classifier,
+        report: dict[str, Any],
+        unusable: list,
+        finetune: Finetune | None,
+        validation: dict[str, Any] | None,
+    ) -> None:
         self.model_ = model
         self.classes_ = np.asarray(model.classes)
         self.spec_ = model.spec
@@ -403,12 +516,20 @@ class ImageClassifier(ClassifierProtocol):
         """
         self._check_fitted()
         files = photo_paths(X)
-        feats = self.model_.features(files, cache=feature_cache(self.cache), precision=self.precision,
-                                     batch_size=self.batch_size, max_pixels=self.max_pixels, progress=self.progress)
+        feats = self.model_.features(
+            files,
+            cache=feature_cache(self.cache),
+            precision=self.precision,
+            batch_size=self.batch_size,
+            max_pixels=self.max_pixels,
+            progress=self.progress,
+        )
         if feats.unusable:
-            raise DataError(f"{describe_unusable(feats.unusable)}\nEvery photo given to predict must be usable (its "
-                            "row must line up): leave them out (`headstart scan` finds them), or use "
-                            "clf.model_.predict(paths), which skips them and says which.")
+            raise DataError(
+                f"{describe_unusable(feats.unusable)}\nEvery photo given to predict must be usable (its "
+                "row must line up): leave them out (`headstart scan` finds them), or use "
+                "clf.model_.predict(paths), which skips them and says which."
+            )
         return self.model_.predict_proba_features(feats.features)
 
     def predict(self, X: Any) -> np.ndarray:

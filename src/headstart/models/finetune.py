@@ -31,8 +31,19 @@ if TYPE_CHECKING:
     from headstart.features import Backbone
 
 __all__ = [
-    "EpochRecord", "Finetune", "FinetuneConfig", "FinetuneResult", "PhotoDataset", "build_network", "freeze_batchnorm",
-    "load_config_file", "lr_factor", "make_optimizer", "photo_transform", "plot_curves", "start_from_probe",
+    "EpochRecord",
+    "Finetune",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "PhotoDataset",
+    "build_network",
+    "freeze_batchnorm",
+    "load_config_file",
+    "lr_factor",
+    "make_optimizer",
+    "photo_transform",
+    "plot_curves",
+    "start_from_probe",
     "trainable_groups",
 ]
 
@@ -63,7 +74,7 @@ def trainable_groups(network, unfreeze: str) -> list[str]:
     trunk = network.trunk
     groups = group_parameters(trunk, trunk.group_matcher(coarse=True))
     names = [name for name in groups]
-    keep = names if unfreeze == "all" else names[-int(unfreeze):]
+    keep = names if unfreeze == "all" else names[-int(unfreeze) :]
     for p in trunk.parameters():
         p.requires_grad_(False)
     params = dict(trunk.named_parameters())
@@ -136,8 +147,14 @@ def photo_transform(data_config: dict[str, Any], augment: str, training: bool):
         return create_transform(**data_config, is_training=False)
     auto = {"light": None, "trivial": None, "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
     scale = (0.5, 1.0) if augment == "light" else (0.25, 1.0)
-    train = create_transform(**data_config, is_training=True, auto_augment=auto, scale=scale, hflip=0.5,
-                             color_jitter=0.2 if augment == "light" else None)
+    train = create_transform(
+        **data_config,
+        is_training=True,
+        auto_augment=auto,
+        scale=scale,
+        hflip=0.5,
+        color_jitter=0.2 if augment == "light" else None,
+    )
     if augment == "trivial":  # timm has no TrivialAugment; torchvision's runs on the photo before timm's crop
         from torchvision.transforms import Compose, TrivialAugmentWide
 

@@ -49,7 +49,13 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 # Training from scratch has nothing pretrained to protect: every layer, one full rate, its own BatchNorm statistics.
-SCRATCH_DEFAULTS: dict[str, Any] = {"unfreeze": "all", "layer_decay": 1.0, "freeze_bn": False, "lr": 1e-3, "patience": 0}
+SCRATCH_DEFAULTS: dict[str, Any] = {
+    "unfreeze": "all",
+    "layer_decay": 1.0,
+    "freeze_bn": False,
+    "lr": 1e-3,
+    "patience": 0,
+}
 
 
 def _word(value: Any) -> str:
@@ -63,9 +69,13 @@ def _option(text: str, name: str, **metadata: Any) -> Any:
     default = DEFAULTS[name]
     if isinstance(default, tuple):
         small, medium, large = (_word(v) for v in default)
-        said = (f"by data size: {small}" if small == medium == large else
-                f"by data size: {small} under {SIZE_LIMITS[0]:,} photos, {medium} under {SIZE_LIMITS[1]:,}, {large} above"
-                if small != medium else f"by data size: {small} under {SIZE_LIMITS[1]:,} photos, {large} above")
+        said = (
+            f"by data size: {small}"
+            if small == medium == large
+            else f"by data size: {small} under {SIZE_LIMITS[0]:,} photos, {medium} under {SIZE_LIMITS[1]:,}, {large} above"
+            if small != medium
+            else f"by data size: {small} under {SIZE_LIMITS[1]:,} photos, {large} above"
+        )
     else:
         said = _word(default)
     if name in SCRATCH_DEFAULTS and SCRATCH_DEFAULTS[name] != default:
@@ -91,13 +101,19 @@ class Finetune:
     epochs: int | None = _option("Passes over the training photos", "epochs")
     batch_size: int | None = _option("Photos per step", "batch_size")
     lr: float | None = _option("Peak learning rate of the head; the backbone's layers get lr × layer_decay^depth", "lr")
-    lr_search: bool | None = _option("Also try lr ×⅓ and ×3 on the validation part and keep the best (one more "
-                                     "validation run each; the refit on all photos uses the chosen lr)", "lr_search",
-                                     flag="--lr-search/--no-lr-search")
+    lr_search: bool | None = _option(
+        "Also try lr ×⅓ and ×3 on the validation part and keep the best (one more "
+        "validation run each; the refit on all photos uses the chosen lr)",
+        "lr_search",
+        flag="--lr-search/--no-lr-search",
+    )
     layer_decay: float | None = _option("Learning-rate factor per layer of depth (discriminative rates)", "layer_decay")
-    unfreeze: str | None = _option("'all' or K: train only the last K of timm's coarse parameter groups (for "
-                                   "EfficientNets the head convolution and the last K-1 stages); the frozen stages "
-                                   "run once per photo and view, not every epoch", "unfreeze")
+    unfreeze: str | None = _option(
+        "'all' or K: train only the last K of timm's coarse parameter groups (for "
+        "EfficientNets the head convolution and the last K-1 stages); the frozen stages "
+        "run once per photo and view, not every epoch",
+        "unfreeze",
+    )
     optimizer: str | None = _option("adamw or sgd", "optimizer")
     momentum: float | None = _option("Momentum of SGD (Nesterov)", "momentum")
     weight_decay: float | None = _option("Weight decay", "weight_decay")
@@ -108,12 +124,16 @@ class Finetune:
     head_dropout: float | None = _option("Dropout before the head", "head_dropout")
     clip_grad: float | None = _option("Max gradient norm (0 = off)", "clip_grad")
     patience: int | None = _option("Stop after this many epochs without improvement (0 = never)", "patience")
-    freeze_bn: bool | None = _option("Keep BatchNorm's pretrained statistics (small batches of few photos make poor ones)",
-                                     "freeze_bn", flag="--freeze-bn/--train-bn")
+    freeze_bn: bool | None = _option(
+        "Keep BatchNorm's pretrained statistics (small batches of few photos make poor ones)",
+        "freeze_bn",
+        flag="--freeze-bn/--train-bn",
+    )
     ema: bool | None = _option("Keep an exponential moving average of the weights", "ema", flag="--ema/--no-ema")
     ema_decay: float | None = _option("Decay of the moving average per step (when ema is on)", "ema_decay")
-    precision: str | None = _option("Arithmetic of training: auto (bf16 where the CPU has native bf16), fp32 or bf16",
-                                    "precision")
+    precision: str | None = _option(
+        "Arithmetic of training: auto (bf16 where the CPU has native bf16), fp32 or bf16", "precision"
+    )
     workers: int | None = _option("Processes that decode photos for training (0 = the main process)", "workers")
     seed: int | None = _option("Seed of the training: photo order, augmentation, dropout", "seed")
 
@@ -187,8 +207,12 @@ class Finetune:
         given("ema_decay", check_number, low=0, high=1, low_open=True, high_open=True)
         for name in ("head_dropout", "label_smoothing"):
             given(name, check_number, low=0, high=1, high_open=True)
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTATIONS),
-                              ("precision", PRECISIONS)):
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("augment", AUGMENTATIONS),
+            ("precision", PRECISIONS),
+        ):
             given(name, check_choice, allowed=allowed)
         for name in ("freeze_bn", "ema", "lr_search"):
             if values[name] is not None and not isinstance(values[name], bool):
@@ -256,4 +280,12 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-__all__ = ["DEFAULTS", "Finetune", "FinetuneConfig", "SCRATCH_DEFAULTS", "field_types", "help_texts", "load_config_file"]
+__all__ = [
+    "DEFAULTS",
+    "SCRATCH_DEFAULTS",
+    "Finetune",
+    "FinetuneConfig",
+    "field_types",
+    "help_texts",
+    "load_config_file",
+]

@@ -22,8 +22,16 @@ from headstart._console import progress as progress_bar
 from headstart._console import say
 from headstart._io import atomic_path, sha256_file, write_text_atomic
 from headstart.models.finetune import (
-    EpochRecord, Finetune, FinetuneResult, PhotoDataset, freeze_batchnorm, lr_factor, make_optimizer, photo_transform,
-    plot_curves, trainable_groups,
+    EpochRecord,
+    Finetune,
+    FinetuneResult,
+    PhotoDataset,
+    freeze_batchnorm,
+    lr_factor,
+    make_optimizer,
+    photo_transform,
+    plot_curves,
+    trainable_groups,
 )
 from headstart.models.frozen import ActivationBank, split_network
 
@@ -75,8 +83,14 @@ def run_finetune(
     epochs = config.epochs if stop_after is None else min(int(stop_after), config.epochs)
     torch.manual_seed(config.seed)
     precision = default_precision(device) if config.precision == "auto" else config.precision
-    autocast = lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,  # noqa: E731
-                                      enabled=precision == "bf16")
+
+    def autocast():
+        return torch.autocast(
+            device_type=device.split(":")[0],
+            dtype=torch.bfloat16,
+            enabled=precision == "bf16",
+        )
+
     generator = torch.Generator().manual_seed(config.seed)
     network = network.to(device)
     if device == "cpu":
@@ -85,15 +99,29 @@ def run_finetune(
     split = None if group.enabled else split_network(network, config.unfreeze)
     data = None
     if split is not None:
-        data = _Cached.build(split, train_data, val_data, classes, data_config, config, spec, hashes, precision,
-                             device, generator, epochs, progress and group.is_main)
+        data = _Cached.build(
+            split,
+            train_data,
+            val_data,
+            classes,
+            data_config,
+            config,
+            spec,
+            hashes,
+            precision,
+            device,
+            generator,
+            epochs,
+            progress and group.is_main,
+        )
     if data is None:
         data = _Streaming(network, train_data, val_data, classes, data_config, config, group, device, generator)
     optimizer = make_optimizer(network, config)
     forward = data.module
     if group.enabled:  # gradients averaged over processes; every process keeps identical weights
         forward = torch.nn.parallel.DistributedDataParallel(
-            network, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+            network, device_ids=[torch.device(device).index] if device.startswith("cuda") else None
+        )
     ema = None
     if config.ema:
         from timm.utils import ModelEmaV3
@@ -166,7 +194,9 @@ def run_finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], config.clip_grad)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in network.parameters() if p.requires_grad], config.clip_grad
+                    )
                 optimizer.step()
                 if ema is not None:
                     ema.update(network, step=step)
@@ -180,26 +210,41 @@ def run_finetune(
         if validating:
             logits, y = judged_logits()  # every process: the whole set
             val_loss, val_acc = _scores(logits, y)
-        record = EpochRecord(epoch + 1, loss_sum / max(1, seen), correct / max(1, seen), val_loss, val_acc,
-                             optimizer.param_groups[-1]["lr"], round(time.perf_counter() - started, 3))
+        record = EpochRecord(
+            epoch + 1,
+            loss_sum / max(1, seen),
+            correct / max(1, seen),
+            val_loss,
+            val_acc,
+            optimizer.param_groups[-1]["lr"],
+            round(time.perf_counter() - started, 3),
+        )
         record_epoch(record)
         improved = validating and better(logits, y, val_acc, best_logits, best_acc)
         if progress and group.is_main:
-            said = (f" | validation loss {val_loss:.3f} accuracy {val_acc:.3f}" if validating else "")
-            say(f"{name}epoch {record.epoch}/{epochs}: train loss {record.train_loss:.3f} accuracy "
+            said = f" | validation loss {val_loss:.3f} accuracy {val_acc:.3f}" if validating else ""
+            say(
+                f"{name}epoch {record.epoch}/{epochs}: train loss {record.train_loss:.3f} accuracy "
                 f"{record.train_accuracy:.3f}{said} | lr {record.lr:.2g} | {record.seconds:.1f} s"
-                + ("  (best so far)" if improved else ""))
+                + ("  (best so far)" if improved else "")
+            )
         if improved:
             best_acc, best_epoch, best_logits = val_acc, epoch + 1, logits
             judged = ema.module if ema is not None else network
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         if writes:  # only rank 0 writes files
             state = {
-                "network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
+                "network": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
                 "best_logits": None if best_logits is None else torch.from_numpy(best_logits),
-                "history": json.dumps([asdict(r) for r in history]), "rng": torch.get_rng_state(),
-                "loader_rng": generator.get_state(), "schedule_epochs": config.epochs,
+                "history": json.dumps([asdict(r) for r in history]),
+                "rng": torch.get_rng_state(),
+                "loader_rng": generator.get_state(),
+                "schedule_epochs": config.epochs,
             }
             if ema is not None:
                 state["ema"] = ema.state_dict()
@@ -258,15 +303,27 @@ class _Streaming:
         from torch.utils.data import DataLoader, DistributedSampler
 
         photos = PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True))
-        self.sampler = (DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed)
-                        if group.enabled else None)
-        self.loader = DataLoader(photos, batch_size=config.batch_size, shuffle=self.sampler is None,
-                                 sampler=self.sampler, drop_last=len(train_data) > config.batch_size * group.world_size,
-                                 generator=generator, num_workers=config.workers)
+        self.sampler = (
+            DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed)
+            if group.enabled
+            else None
+        )
+        self.loader = DataLoader(
+            photos,
+            batch_size=config.batch_size,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            drop_last=len(train_data) > config.batch_size * group.world_size,
+            generator=generator,
+            num_workers=config.workers,
+        )
         self.val_loader = None
         if val_data is not None:
-            self.val_loader = DataLoader(PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
-                                         batch_size=config.batch_size, num_workers=config.workers)
+            self.val_loader = DataLoader(
+                PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
+                batch_size=config.batch_size,
+                num_workers=config.workers,
+            )
         self.module, self.device = network, device
         self.steps_per_epoch = len(self.loader)
         self.val_labels = _labels(val_data, classes)
@@ -301,12 +358,36 @@ class _Cached:
     """The frozen stages' activations from the bank; the epochs run only the tail (see :mod:`frozen`)."""
 
     @classmethod
-    def build(cls, split, train_data, val_data, classes, data_config, config, spec, hashes, precision, device,
-              generator, epochs, progress) -> _Cached | None:
+    def build(
+        cls,
+        split,
+        train_data,
+        val_data,
+        classes,
+        data_config,
+        config,
+        spec,
+        hashes,
+        precision,
+        device,
+        generator,
+        epochs,
+        progress,
+    ) -> _Cached | None:
         started = time.perf_counter()
-        bank = (ActivationBank.shared(split, spec, augment=config.augment, seed=config.seed, precision=precision,
-                                      device=device, batch_size=config.batch_size) if spec is not None else
-                ActivationBank(split, data_config, config.augment, config.seed, precision, device, config.batch_size))
+        bank = (
+            ActivationBank.shared(
+                split,
+                spec,
+                augment=config.augment,
+                seed=config.seed,
+                precision=precision,
+                device=device,
+                batch_size=config.batch_size,
+            )
+            if spec is not None
+            else ActivationBank(split, data_config, config.augment, config.seed, precision, device, config.batch_size)
+        )
         hashes = dict(hashes or {})
         train = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in train_data.samples]
         val = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in val_data.samples] if val_data else []
@@ -321,8 +402,9 @@ class _Cached:
         self.train_labels = _labels(train_data, classes)
         self.val_labels = _labels(val_data, classes)
         self.drop_last = len(train) > config.batch_size
-        self.steps_per_epoch = (len(train) // config.batch_size if self.drop_last
-                                else math.ceil(len(train) / config.batch_size))
+        self.steps_per_epoch = (
+            len(train) // config.batch_size if self.drop_last else math.ceil(len(train) / config.batch_size)
+        )
         with progress_bar(progress, views + bool(val), "frozen stages, once") as advance:
             for view in range(views if epochs else 0):
                 bank.training_views(train, view)
@@ -333,8 +415,10 @@ class _Cached:
         self.computed, self.seconds = bank.computed - computed, bank.seconds - seconds
         self.total_seconds = time.perf_counter() - started
         if progress:
-            say(f"frozen stages (up to {split.where}) run once: {self.computed} photo views in "
-                f"{self.seconds:.1f} s ({views} augmented view(s) a photo; the epochs train {split.where} onwards)")
+            say(
+                f"frozen stages (up to {split.where}) run once: {self.computed} photo views in "
+                f"{self.seconds:.1f} s ({views} augmented view(s) a photo; the epochs train {split.where} onwards)"
+            )
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -348,7 +432,7 @@ class _Cached:
         order = torch.randperm(len(self.train), generator=self.generator)
         end = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
         for start in range(0, end, self.batch_size):
-            chosen = order[start:start + self.batch_size]
+            chosen = order[start : start + self.batch_size]
             yield acts[chosen], labels[chosen]
 
     def validation_logits(self, judged, autocast, flip_average: bool, unfreeze: str):
@@ -360,7 +444,7 @@ class _Cached:
         out = []
         with torch.inference_mode(), autocast():
             for start in range(0, len(self.val), self.batch_size):
-                a = acts[start:start + self.batch_size]
+                a = acts[start : start + self.batch_size]
                 views = a.shape[1] if flip_average else 1
                 both = a[:, :views].transpose(0, 1).reshape(-1, *a.shape[2:])
                 features = tail.features(both.contiguous(memory_format=torch.channels_last)).float()
@@ -370,5 +454,11 @@ class _Cached:
         return (np.concatenate(out) if out else np.zeros((0, n), np.float32)), self.val_labels
 
     def describe(self) -> dict[str, Any]:
-        return {"cached": True, "up_to": self.split.where, "views": self.views, "photo_views": self.computed,
-                "seconds": round(self.seconds, 3), "megabytes": round(self.bank.nbytes() / 2**20, 1)}
+        return {
+            "cached": True,
+            "up_to": self.split.where,
+            "views": self.views,
+            "photo_views": self.computed,
+            "seconds": round(self.seconds, 3),
+            "megabytes": round(self.bank.nbytes() / 2**20, 1),
+        }

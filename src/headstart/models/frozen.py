@@ -85,7 +85,7 @@ def split_network(network: Any, unfreeze: str) -> Split | None:
 
         stem_modules = [trunk.conv_stem, trunk.bn1]
 
-        rest = stages[first:] + [trunk.conv_head, trunk.bn2]
+        rest = [*stages[first:], trunk.conv_head, trunk.bn2]
         where = f"blocks.{first}" if first < len(stages) else "conv_head"
     elif all(hasattr(trunk, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer4")):  # ResNet family
         stages = [trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4]
@@ -139,8 +139,16 @@ class ActivationBank:
     """The frozen prefix's activations of photos, by content hash and view, computed on first use (see the
     module's docstring). Use :meth:`shared` to get the bank of the process for a backbone and settings."""
 
-    def __init__(self, split: Split, data_config: dict[str, Any], augment: str, seed: int, precision: str,
-                 device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        split: Split,
+        data_config: dict[str, Any],
+        augment: str,
+        seed: int,
+        precision: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+    ) -> None:
         from headstart.models.finetune import photo_transform
 
         self.split = split
@@ -154,8 +162,17 @@ class ActivationBank:
         self.bytes_per_view = 0
 
     @classmethod
-    def shared(cls, split: Split, spec: Any, *, augment: str, seed: int, precision: str, device: str = "cpu",
-               batch_size: int = 32) -> ActivationBank:
+    def shared(
+        cls,
+        split: Split,
+        spec: Any,
+        *,
+        augment: str,
+        seed: int,
+        precision: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+    ) -> ActivationBank:
         """The process's bank for this backbone (its exact weights), cut, augmentation, seed and precision; a new
         one (replacing the least recently used beyond two) when there is none yet. The prefix of ``split`` must
         hold ``spec``'s pretrained weights."""
@@ -183,6 +200,7 @@ class ActivationBank:
 
         missing = [(sha, path) for sha, path in photos if (sha, view) not in self.train]
         if missing:
+
             def augmented(sha, image):
                 state, torch_state = random.getstate(), torch.get_rng_state()
                 random.seed(_view_seed(self.seed, sha, view))
@@ -232,15 +250,19 @@ class ActivationBank:
         with ThreadPoolExecutor(max_workers=4) as pool:  # decoding releases the GIL; the seeded transforms run in order
             for start in range(0, len(photos), self.batch_size):
                 began = time.perf_counter()
-                batch = photos[start:start + self.batch_size]
+                batch = photos[start : start + self.batch_size]
                 images = pool.map(load_image, [path for _, path in batch])
                 x = torch.stack([transform(sha, image) for (sha, _), image in zip(batch, images)]).to(self.device)
                 if mirror:
                     x = torch.cat([x, x.flip(-1)])
                 if self.device == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), torch.autocast(device_type=self.device.split(":")[0],
-                                                            dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(
+                        device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.precision == "bf16"
+                    ),
+                ):
                     acts = self.split.prefix(x).to(store)
                 # (cloned outside inference mode: a plain tensor that training may use as its input)
                 acts = acts.reshape(views, len(batch), *acts.shape[1:]).transpose(0, 1).clone()
@@ -251,8 +273,10 @@ class ActivationBank:
 
     def nbytes(self) -> int:
         """Bytes held."""
-        return int(sum(a.numel() * a.element_size() for a in self.train.values()) +
-                   sum(a.numel() * a.element_size() for a in self.plain.values()))
+        return int(
+            sum(a.numel() * a.element_size() for a in self.train.values())
+            + sum(a.numel() * a.element_size() for a in self.plain.values())
+        )
 
 
 def clear_banks() -> None:

@@ -80,18 +80,24 @@ def as_dataset(X: Any, y: Sequence[Any] | None = None, *, caller: str = "fit") -
     if isinstance(X, (Dataset, str, os.PathLike)):
         if y is not None:
             given = "a Dataset" if isinstance(X, Dataset) else f"the data set {str(X)!r}"
-            raise ValueError(f"{caller} got labels y and {given}, which has its own labels: pass y=None, or a list "
-                             "of photo paths with y.")
+            raise ValueError(
+                f"{caller} got labels y and {given}, which has its own labels: pass y=None, or a list "
+                "of photo paths with y."
+            )
         return X if isinstance(X, Dataset) else load_dataset(X)
     if y is None and isinstance(X, tuple) and len(X) == 2 and all(_is_sequence(part) for part in X):
         X, y = X
     if y is None:
-        raise ValueError(f"{caller} needs labelled photos: a data set folder, a Dataset, (paths, labels), or paths "
-                         f"with y=labels; got {type(X).__name__} without labels.")
+        raise ValueError(
+            f"{caller} needs labelled photos: a data set folder, a Dataset, (paths, labels), or paths "
+            f"with y=labels; got {type(X).__name__} without labels."
+        )
     paths, labels = [Path(p) for p in X], [str(label) for label in y]
     if len(paths) != len(labels):
-        raise ValueError(f"Found input variables with inconsistent numbers of samples: {len(paths)} paths and "
-                         f"{len(labels)} labels; pass one label per photo.")
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: {len(paths)} paths and "
+            f"{len(labels)} labels; pass one label per photo."
+        )
     root = Path(os.path.commonpath([str(p.absolute().parent) for p in paths])) if paths else Path.cwd()
     return Dataset([Sample(p, label) for p, label in zip(paths, labels)], sorted(set(labels)), root, "paths")
 
@@ -116,9 +122,15 @@ def _is_sequence(value: Any) -> bool:
     return not isinstance(value, (str, bytes, os.PathLike)) and hasattr(value, "__len__") and hasattr(value, "__iter__")
 
 
-
-def split_keys(paths: Sequence[str | os.PathLike[str]], hashes: Sequence[str], features: np.ndarray, *,
-               memo: Any = None, max_pixels: int | None = None, progress: bool = False) -> list[str]:
+def split_keys(
+    paths: Sequence[str | os.PathLike[str]],
+    hashes: Sequence[str],
+    features: np.ndarray,
+    *,
+    memo: Any = None,
+    max_pixels: int | None = None,
+    progress: bool = False,
+) -> list[str]:
     """The train/validation split key of each photo: identical files and near duplicates (resized, re-encoded,
     slightly cropped or mirrored copies, found as ``headstart audit`` finds them: features and perceptual hashes)
     share one, so that no copy of a validation photo is trained on. The hashes cost a decode of each photo, once

@@ -19,7 +19,12 @@ from headstart._console import progress as progress_bar
 from headstart._io import save_figure
 from headstart._validation import check_int, fail
 from headstart.models.finetune import (
-    Finetune, PhotoDataset, freeze_batchnorm, make_optimizer, photo_transform, trainable_groups,
+    Finetune,
+    PhotoDataset,
+    freeze_batchnorm,
+    make_optimizer,
+    photo_transform,
+    trainable_groups,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +56,17 @@ class LrFindResult:
     frozen: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"suggestion": self.suggestion, "steps": self.steps, "steps_run": len(self.lrs),
-                "stopped": self.stopped, "seconds": round(self.seconds, 3),
-                "seconds_per_step": round(self.seconds_per_step, 4), "frozen_stages": self.frozen,
-                "lrs": self.lrs, "losses": self.losses}
+        return {
+            "suggestion": self.suggestion,
+            "steps": self.steps,
+            "steps_run": len(self.lrs),
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_step": round(self.seconds_per_step, 4),
+            "frozen_stages": self.frozen,
+            "lrs": self.lrs,
+            "losses": self.losses,
+        }
 
     @property
     def why(self) -> str:
@@ -64,8 +76,10 @@ class LrFindResult:
             return f"all {run} steps"
         last = f"lr {self.lrs[-1]:.2g}" if self.lrs else "the first step"
         if self.stopped == "loss diverged":
-            return f"stopped at step {run} of {self.steps}: the loss exceeded 4x its minimum at {last} (as expected " \
-                   "past the useful range)"
+            return (
+                f"stopped at step {run} of {self.steps}: the loss exceeded 4x its minimum at {last} (as expected "
+                "past the useful range)"
+            )
         return f"stopped at step {run} of {self.steps}: its time budget ran out at {last}"
 
 
@@ -118,9 +132,13 @@ def lr_range_test(
     split = split_network(network, config.unfreeze)
     frozen: dict[str, Any] = {"cached": split is not None}
     if split is not None:  # one augmented view a photo (two when a test would see them all more than twice)
-        bank = (ActivationBank.shared(split, spec, augment=config.augment, seed=config.seed, precision=precision,
-                                      batch_size=config.batch_size) if spec is not None else
-                ActivationBank(split, data_config, config.augment, config.seed, precision, "cpu", config.batch_size))
+        bank = (
+            ActivationBank.shared(
+                split, spec, augment=config.augment, seed=config.seed, precision=precision, batch_size=config.batch_size
+            )
+            if spec is not None
+            else ActivationBank(split, data_config, config.augment, config.seed, precision, "cpu", config.batch_size)
+        )
         known = dict(hashes or {})
         photos = [(known.get(str(s.path)) or sha256_file(s.path), s.path) for s in train_data.samples]
         index = {c: i for i, c in enumerate(classes)}
@@ -128,15 +146,19 @@ def lr_range_test(
         views = 2 if steps * config.batch_size > 2 * len(photos) else 1
         computed, seconds = bank.computed, bank.seconds
         banked = [bank.training_views(photos, v) for v in range(views)]
-        frozen.update(up_to=split.where, views=views, photo_views=bank.computed - computed,
-                      seconds=round(bank.seconds - seconds, 3))
+        frozen.update(
+            up_to=split.where,
+            views=views,
+            photo_views=bank.computed - computed,
+            seconds=round(bank.seconds - seconds, 3),
+        )
         generator = torch.Generator().manual_seed(config.seed)
 
         def batches():
             for epoch in range(10**9):
                 order = torch.randperm(len(photos), generator=generator)
                 for i in range(0, len(order), config.batch_size):
-                    chosen = order[i:i + config.batch_size]
+                    chosen = order[i : i + config.batch_size]
                     yield banked[epoch % views][chosen], labels[chosen]
 
         forward = split.tail
@@ -217,8 +239,12 @@ def _photo_loader(train_data: Dataset, classes: list[str], data_config: dict[str
     """Photos decoded and augmented each step (the whole network trains: nothing frozen to compute once)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True)),
-                      batch_size=config.batch_size, shuffle=True, num_workers=config.workers)
+    return DataLoader(
+        PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.workers,
+    )
 
 
 def plot_lr_find(result: LrFindResult, path: str | Path) -> Path:

@@ -95,8 +95,11 @@ class Memo:
     def prune(self) -> None:
         """Delete the least recently used entries until the folder holds at most ``max_bytes``."""
         try:
-            entries = [(e.stat().st_mtime_ns, e.stat().st_size, Path(e.path)) for e in os.scandir(self.folder)
-                       if e.is_file() and not e.name.startswith(".")]
+            entries = [
+                (e.stat().st_mtime_ns, e.stat().st_size, Path(e.path))
+                for e in os.scandir(self.folder)
+                if e.is_file() and not e.name.startswith(".")
+            ]
         except OSError:
             return
         total = sum(size for _, size, _ in entries)
@@ -144,14 +147,26 @@ class ProbeFit:
 
     @classmethod
     def of(cls, probe: Any) -> ProbeFit:
-        return cls(probe.classes_, probe.coef_, probe.intercept_, float(probe.C_), float(probe.cv_accuracy_),
-                   float(probe.temperature_), int(probe.n_splits_))
+        return cls(
+            probe.classes_,
+            probe.coef_,
+            probe.intercept_,
+            float(probe.C_),
+            float(probe.cv_accuracy_),
+            float(probe.temperature_),
+            int(probe.n_splits_),
+        )
 
     def to_bytes(self) -> bytes:
         from safetensors.numpy import save
 
-        meta = {"classes": self.classes_.tolist(), "C": self.C_, "cv_accuracy": self.cv_accuracy_,
-                "temperature": self.temperature_, "n_splits": self.n_splits_}
+        meta = {
+            "classes": self.classes_.tolist(),
+            "C": self.C_,
+            "cv_accuracy": self.cv_accuracy_,
+            "temperature": self.temperature_,
+            "n_splits": self.n_splits_,
+        }
         arrays = {"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)}
         return save(arrays, metadata={"probe": json.dumps(meta)})  # (safetensors writes buffers as they lie)
 
@@ -162,12 +177,25 @@ class ProbeFit:
         tensors = load(data)  # raw arrays and a JSON header: no code runs on load
         header_length = int.from_bytes(data[:8], "little")  # the safetensors layout: u64 length, then the header
         meta = json.loads(json.loads(data[8 : 8 + header_length])["__metadata__"]["probe"])
-        return cls(np.array(meta["classes"]), tensors["coef"], tensors["intercept"], float(meta["C"]),
-                   float(meta["cv_accuracy"]), float(meta["temperature"]), int(meta["n_splits"]))
+        return cls(
+            np.array(meta["classes"]),
+            tensors["coef"],
+            tensors["intercept"],
+            float(meta["C"]),
+            float(meta["cv_accuracy"]),
+            float(meta["temperature"]),
+            int(meta["n_splits"]),
+        )
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo | None = None,
-              Cs: tuple[float, ...] | None = None) -> ProbeFit:
+def fit_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    random_state: int = 0,
+    memo: Memo | None = None,
+    Cs: tuple[float, ...] | None = None,
+) -> ProbeFit:
     """A :class:`headstart.models.probe.LinearProbe` (default settings; ``Cs`` given: that grid, e.g. one value,
     no cross-validation) fitted on ``X``, ``y``; from ``memo`` when it has it.
 
@@ -177,11 +205,16 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo
     y = np.asarray(y)
     key = None
     if memo is not None and y.dtype.kind in "Uiu":
-        key = Memo.key("probe-fit", source_digest("headstart.models.probe"), source_digest("headstart.models.memo"),
-                       source_digest("headstart.models.temperature"),
-                       versions("scikit-learn", "scipy", "numpy"),
-                       {"random_state": random_state, **({"Cs": [float(c) for c in Cs]} if Cs is not None else {})},
-                       np.asarray(X), y)
+        key = Memo.key(
+            "probe-fit",
+            source_digest("headstart.models.probe"),
+            source_digest("headstart.models.memo"),
+            source_digest("headstart.models.temperature"),
+            versions("scikit-learn", "scipy", "numpy"),
+            {"random_state": random_state, **({"Cs": [float(c) for c in Cs]} if Cs is not None else {})},
+            np.asarray(X),
+            y,
+        )
         data = memo.read(key, ".safetensors")
         if data is not None:
             try:
@@ -200,8 +233,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, random_state: int = 0, memo: Memo
 
 
 # ----------------------------------------------------------------------------------------------------- pictures
-def memo_pictures(memo: Memo | None, key_parts: Sequence[Any], folder: Path,
-                  draw: Callable[[], list[Path]]) -> list[Path]:
+def memo_pictures(
+    memo: Memo | None, key_parts: Sequence[Any], folder: Path, draw: Callable[[], list[Path]]
+) -> list[Path]:
     """Pictures ``draw()`` writes into ``folder``, copied from ``memo`` when the same inputs were drawn before.
 
     ``key_parts`` must determine the pictures completely (data, titles, image contents); the source of headstart's
@@ -209,8 +243,13 @@ def memo_pictures(memo: Memo | None, key_parts: Sequence[Any], folder: Path,
     """
     if memo is None:
         return draw()
-    key = Memo.key("pictures", source_digest("headstart.reports.plots"), source_digest("headstart.reports.metrics"),
-                   versions("matplotlib", "pillow"), *key_parts)
+    key = Memo.key(
+        "pictures",
+        source_digest("headstart.reports.plots"),
+        source_digest("headstart.reports.metrics"),
+        versions("matplotlib", "pillow"),
+        *key_parts,
+    )
     manifest = memo.read(key, ".json")
     if manifest is not None:
         try:
@@ -234,8 +273,14 @@ def memo_pictures(memo: Memo | None, key_parts: Sequence[Any], folder: Path,
 
 
 # ---------------------------------------------------------------------------------------------- photo signatures
-def memo_signatures(paths: Sequence[str | os.PathLike[str]], hashes: Sequence[str], memo: Memo | None, *,
-                    max_pixels: int | None, progress: bool = False) -> Any:
+def memo_signatures(
+    paths: Sequence[str | os.PathLike[str]],
+    hashes: Sequence[str],
+    memo: Memo | None,
+    *,
+    max_pixels: int | None,
+    progress: bool = False,
+) -> Any:
     """:func:`headstart.features.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
     file content and remembered in the memo for this set of contents (``train``'s split and ``audit`` share it).
 
@@ -251,23 +296,36 @@ def memo_signatures(paths: Sequence[str | os.PathLike[str]], hashes: Sequence[st
     unique = list(dict.fromkeys(hashes))
     key = None
     if memo is not None:
-        key = Memo.key("signatures", source_digest("headstart.features.duplicates"),
-                       source_digest("headstart.data.images"), versions("pillow", "numpy"), max_pixels, unique)
+        key = Memo.key(
+            "signatures",
+            source_digest("headstart.features.duplicates"),
+            source_digest("headstart.data.images"),
+            versions("pillow", "numpy"),
+            max_pixels,
+            unique,
+        )
         data = memo.read(key, ".json")
         if data is not None:
             try:
-                return aligned({h: (p, None if a is None else int(a, 16), None if b is None else int(b, 16))
-                                for h, p, a, b in json.loads(data)})
+                return aligned(
+                    {
+                        h: (p, None if a is None else int(a, 16), None if b is None else int(b, 16))
+                        for h, p, a, b in json.loads(data)
+                    }
+                )
             except (ValueError, TypeError, KeyError):
                 pass  # a damaged entry is a miss
     first: dict[str, Any] = {}
     for path, h in zip(paths, hashes):
         first.setdefault(h, path)
     computed = image_signatures([first[h] for h in unique], max_pixels=max_pixels, progress=progress)
-    by_hash = {h: (computed.pixel_hashes[k], computed.phashes[k], computed.mirror_phashes[k])
-               for k, h in enumerate(unique)}
+    by_hash = {
+        h: (computed.pixel_hashes[k], computed.phashes[k], computed.mirror_phashes[k]) for k, h in enumerate(unique)
+    }
     if key is not None:
-        rows = [[h, p, None if a is None else f"{a:016x}", None if b is None else f"{b:016x}"]
-                for h, (p, a, b) in by_hash.items()]
+        rows = [
+            [h, p, None if a is None else f"{a:016x}", None if b is None else f"{b:016x}"]
+            for h, (p, a, b) in by_hash.items()
+        ]
         memo.write(key, ".json", json.dumps(rows).encode())
     return aligned(by_hash)

@@ -46,8 +46,17 @@ if TYPE_CHECKING:
     from headstart.features import BackboneSpec
 
 __all__ = [
-    "FORMAT_VERSION", "MAX_HEADER_BYTES", "MAX_INPUT_SIDE", "MAX_JSON_DEPTH", "METADATA_KEY", "looks_like_model_file",
-    "read_model_file", "read_model_metadata", "save_model_file", "trunk_network", "validate_classifier",
+    "FORMAT_VERSION",
+    "MAX_HEADER_BYTES",
+    "MAX_INPUT_SIDE",
+    "MAX_JSON_DEPTH",
+    "METADATA_KEY",
+    "looks_like_model_file",
+    "read_model_file",
+    "read_model_metadata",
+    "save_model_file",
+    "trunk_network",
+    "validate_classifier",
 ]
 
 #: Version of the file layout; readers refuse files with a larger number.
@@ -64,8 +73,20 @@ MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 1024
 MAX_RESIZE_SIDE = 2048
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; zip (torch.save since 1.6)
-_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
 _ARCH_NAME = re.compile(r"[A-Za-z0-9_\-]{1,160}(\.[A-Za-z0-9_\-]{1,80})?")  # timm names; no hub prefix, no path
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
 _CROP_MODES = ("center", "squash", "border")
@@ -153,8 +174,11 @@ def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dic
         with open(path, "rb") as handle:
             entries, header, start = _read_header(path, handle, os.fstat(handle.fileno()).st_size)
             document = _decode_document(path, header)
-            tensors = {name: _read_tensor(path, handle, start, *entry) for name, entry in entries.items()} \
-                if load_tensors else {}
+            tensors = (
+                {name: _read_tensor(path, handle, start, *entry) for name, entry in entries.items()}
+                if load_tensors
+                else {}
+            )
     except OSError as error:
         raise ModelFileError(f"cannot read the model file {path} ({error.strerror or error}).") from error
     return tensors, document
@@ -180,19 +204,24 @@ def _read_header(path: Path, handle: IO[bytes], size: int) -> tuple[dict[str, _E
     # so a file is called a pickle only when it does not also read as a safetensors file (a length that fits, '{').
     fits = len(start) == 8 and 8 + struct.unpack("<Q", start)[0] <= size
     if start.startswith(_PICKLE_MAGIC) and not (fits and handle.read(1) == b"{"):
-        raise _damaged(path, "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it "
-                             "can run code")
+        raise _damaged(
+            path, "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it can run code"
+        )
     handle.seek(8 if len(start) == 8 else len(start))
     if len(start) < 8:
-        raise _damaged(path, f"it has only {size} bytes, fewer than a safetensors header's length field: the file "
-                             "looks truncated")
+        raise _damaged(
+            path, f"it has only {size} bytes, fewer than a safetensors header's length field: the file looks truncated"
+        )
     (length,) = struct.unpack("<Q", start)
     if length > MAX_HEADER_BYTES:
-        raise _damaged(path, f"header too large: it declares {length:,} bytes of header, a model file has at most "
-                             f"{MAX_HEADER_BYTES:,}")
+        raise _damaged(
+            path,
+            f"header too large: it declares {length:,} bytes of header, a model file has at most {MAX_HEADER_BYTES:,}",
+        )
     if 8 + length > size:
-        raise _damaged(path, f"its header declares {length:,} bytes but only {size - 8:,} follow: the file looks "
-                             "truncated")
+        raise _damaged(
+            path, f"its header declares {length:,} bytes but only {size - 8:,} follow: the file looks truncated"
+        )
     raw = handle.read(length)
     if len(raw) != length:
         raise _damaged(path, "the file changed while it was read")
@@ -212,16 +241,21 @@ def _read_header(path: Path, handle: IO[bytes], size: int) -> tuple[dict[str, _E
     end = 0
     for begin, stop, name in sorted(spans):
         if begin != end:
-            raise _damaged(path, f"tensor {name!r} starts at byte {begin:,} of the data, not at {end:,}: its byte "
-                                 "ranges overlap or leave gaps")
+            raise _damaged(
+                path,
+                f"tensor {name!r} starts at byte {begin:,} of the data, not at {end:,}: its byte "
+                "ranges overlap or leave gaps",
+            )
         end = stop
     held = size - 8 - length
     if end > held:
-        raise _damaged(path, f"its tensors need {end:,} bytes of data but the file holds {held:,}: the file looks "
-                             "truncated")
+        raise _damaged(
+            path, f"its tensors need {end:,} bytes of data but the file holds {held:,}: the file looks truncated"
+        )
     if end < held:
-        raise _damaged(path, f"{held - end:,} bytes follow the last tensor: the file is damaged or two files were "
-                             "joined")
+        raise _damaged(
+            path, f"{held - end:,} bytes follow the last tensor: the file is damaged or two files were joined"
+        )
     return entries, metadata, 8 + length
 
 
@@ -233,20 +267,29 @@ def _tensor_entry(path: Path, name: str, entry: Any) -> _Entry:
         raise _damaged(path, f"tensor {name!r} has dtype {str(dtype)[:20]!r}; headstart reads {', '.join(_DTYPES)}")
     if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
         raise _damaged(path, f"tensor {name!r} has shape {str(shape)[:60]}, not a list of at most 8 sizes >= 0")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets) \
-            or not 0 <= offsets[0] <= offsets[1]:
-        raise _damaged(path, f"tensor {name!r} has data_offsets {str(offsets)[:60]}, not [begin, end] with "
-                             "0 <= begin <= end")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _damaged(
+            path, f"tensor {name!r} has data_offsets {str(offsets)[:60]}, not [begin, end] with 0 <= begin <= end"
+        )
     numpy_dtype = np.dtype(_DTYPES[dtype])
     needed = math.prod(shape) * numpy_dtype.itemsize
     if offsets[1] - offsets[0] != needed:
-        raise _damaged(path, f"tensor {name!r} of shape {shape} ({dtype}) needs {needed:,} bytes but its byte range "
-                             f"holds {offsets[1] - offsets[0]:,}")
+        raise _damaged(
+            path,
+            f"tensor {name!r} of shape {shape} ({dtype}) needs {needed:,} bytes but its byte range "
+            f"holds {offsets[1] - offsets[0]:,}",
+        )
     return numpy_dtype, tuple(shape), offsets[0], offsets[1]
 
 
-def _read_tensor(path: Path, handle: IO[bytes], start: int, dtype: np.dtype, shape: tuple[int, ...], begin: int,
-                 end: int) -> np.ndarray:
+def _read_tensor(
+    path: Path, handle: IO[bytes], start: int, dtype: np.dtype, shape: tuple[int, ...], begin: int, end: int
+) -> np.ndarray:
     buffer = bytearray(end - begin)  # (the header was checked against the file size: this many bytes are there)
     handle.seek(start + begin)
     if handle.readinto(buffer) != len(buffer):
@@ -312,8 +355,9 @@ def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- a classifier's metadata
-def validate_classifier(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
-                        document: Mapping[str, Any]) -> None:
+def validate_classifier(
+    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], document: Mapping[str, Any]
+) -> None:
     """Check a classifier's metadata against its tensors before anything uses them: one place, every rule.
 
     - ``classes``: a list of unique, non-empty strings, one per row of ``head.weight``;
@@ -339,17 +383,25 @@ def validate_classifier(path: str | os.PathLike[str], tensors: Mapping[str, np.n
         return ModelFileError(f"{path} is a damaged headstart model: {problem}. Re-train or re-download it.")
 
     backbone, classes = document.get("backbone"), document.get("classes")
-    missing = [k for k in ("backbone", "classes") if k not in document] + \
-        [k for k in ("head.weight", "head.bias") if k not in tensors]
+    missing = [k for k in ("backbone", "classes") if k not in document] + [
+        k for k in ("head.weight", "head.bias") if k not in tensors
+    ]
     if missing:
-        raise ModelFileError(f"{path} is a headstart file without a classifier ({', '.join(map(repr, missing))} "
-                             "missing); pass a model written by `headstart train` or ImageClassifier.save.")
+        raise ModelFileError(
+            f"{path} is a headstart file without a classifier ({', '.join(map(repr, missing))} "
+            "missing); pass a model written by `headstart train` or ImageClassifier.save."
+        )
     weight, bias = tensors["head.weight"], tensors["head.bias"]
     if weight.dtype != np.float32 or weight.ndim != 2 or bias.dtype != np.float32 or bias.shape != (len(weight),):
-        raise bad(f"the head must be float32 head.weight (n_classes, num_features) and head.bias (n_classes,); "
-                  f"it is {weight.dtype} {weight.shape} and {bias.dtype} {bias.shape}")
-    if not isinstance(classes, list) or not classes or \
-            not all(isinstance(c, str) and c.strip() and len(c) <= 1000 for c in classes):
+        raise bad(
+            f"the head must be float32 head.weight (n_classes, num_features) and head.bias (n_classes,); "
+            f"it is {weight.dtype} {weight.shape} and {bias.dtype} {bias.shape}"
+        )
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) and c.strip() and len(c) <= 1000 for c in classes)
+    ):
         raise bad(f"its class list is {_brief(classes)}; it must be a list of non-empty class names (text)")
     if len(set(classes)) != len(classes):
         twice = sorted(c for c, n in Counter(classes).items() if n > 1)[:5]
@@ -375,14 +427,18 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
         raise bad(f"its backbone is {_brief(backbone)}, not a table")
     name = backbone.get("name")
     if not isinstance(name, str) or not _ARCH_NAME.fullmatch(name):
-        raise bad(f"its backbone name {_brief(name)} is not a timm architecture name (letters, digits, _ and -, "
-                  "an optional .tag; no hub prefix or path)")
+        raise bad(
+            f"its backbone name {_brief(name)} is not a timm architecture name (letters, digits, _ and -, "
+            "an optional .tag; no hub prefix or path)"
+        )
     for key in ("source", "weights_id"):
         if not isinstance(backbone.get(key), str):
             raise bad(f"its backbone's {key!r} is {_brief(backbone.get(key))}, not text")
     if backbone.get("num_features") != width or not _is_int(backbone.get("num_features")):
-        raise bad(f"its backbone gives {_brief(backbone.get('num_features'))}-d features but its head reads "
-                  f"{width}-d ones; they must match")
+        raise bad(
+            f"its backbone gives {_brief(backbone.get('num_features'))}-d features but its head reads "
+            f"{width}-d ones; they must match"
+        )
     if not (_is_int(backbone.get("num_classes", 0)) and backbone.get("num_classes", 0) >= 0):
         raise bad(f"its backbone's num_classes is {_brief(backbone.get('num_classes'))}, not a count")
     labels = backbone.get("label_names") or []
@@ -395,23 +451,36 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
         raise bad(f"its preprocessing (data_config) is {_brief(config)}, not a table")
     config = {k: v for k, v in config.items() if v is not None}  # (None: timm's default, as BackboneSpec reads it)
     size = config.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) for v in size) and size[0] == 3
-            and all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in size[1:])):
-        raise bad(f"its input size is {_brief(size)}; it must be [3, height, width] with sides from "
-                  f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels")
+    if not (
+        isinstance(size, list)
+        and len(size) == 3
+        and all(_is_int(v) for v in size)
+        and size[0] == 3
+        and all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in size[1:])
+    ):
+        raise bad(
+            f"its input size is {_brief(size)}; it must be [3, height, width] with sides from "
+            f"{MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels"
+        )
     crop = config.get("crop_pct", 0.875)
     if not (_is_number(crop) and 0 < crop <= 1 and max(size[1:]) / crop <= MAX_RESIZE_SIDE):
-        raise bad(f"its crop_pct is {_brief(crop)}; it must be in (0, 1], and photos resized to at most "
-                  f"{MAX_RESIZE_SIDE} px before the crop (side / crop_pct)")
+        raise bad(
+            f"its crop_pct is {_brief(crop)}; it must be in (0, 1], and photos resized to at most "
+            f"{MAX_RESIZE_SIDE} px before the crop (side / crop_pct)"
+        )
     for key, low in (("mean", -1e3), ("std", 1e-3)):
         values = config.get(key, [0.5, 0.5, 0.5])
-        if not (isinstance(values, list) and len(values) == 3
-                and all(_is_number(v) and low <= v <= 1e3 for v in values)):
-            raise bad(f"its preprocessing {key} is {_brief(values)}; it must be 3 finite numbers"
-                      + (" from 0.001 to 1000" if key == "std" else ""))
+        if not (
+            isinstance(values, list) and len(values) == 3 and all(_is_number(v) and low <= v <= 1e3 for v in values)
+        ):
+            raise bad(
+                f"its preprocessing {key} is {_brief(values)}; it must be 3 finite numbers"
+                + (" from 0.001 to 1000" if key == "std" else "")
+            )
     if config.get("interpolation", "bilinear") not in _INTERPOLATIONS:
-        raise bad(f"its interpolation is {_brief(config.get('interpolation'))}, not one of "
-                  f"{', '.join(_INTERPOLATIONS)}")
+        raise bad(
+            f"its interpolation is {_brief(config.get('interpolation'))}, not one of {', '.join(_INTERPOLATIONS)}"
+        )
     if config.get("crop_mode", "center") not in _CROP_MODES:
         raise bad(f"its crop mode is {_brief(config.get('crop_mode'))}, not one of {', '.join(_CROP_MODES)}")
 
@@ -426,8 +495,9 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def trunk_network(spec: BackboneSpec, trunk: Mapping[str, np.ndarray],
-                  path: str | os.PathLike[str] | None = None) -> torch.nn.Module:
+def trunk_network(
+    spec: BackboneSpec, trunk: Mapping[str, np.ndarray], path: str | os.PathLike[str] | None = None
+) -> torch.nn.Module:
     """The timm trunk (no classifier) with a model file's weights, checked against the architecture, in eval mode.
 
     The architecture is first built on the meta device (no memory), so a small file that names a huge network is
@@ -448,8 +518,10 @@ def trunk_network(spec: BackboneSpec, trunk: Mapping[str, np.ndarray],
     where = f"{path}: " if path else ""
 
     def refuse(problem: str) -> ModelFileError:
-        return ModelFileError(f"{where}the backbone weights in this model do not fit {spec.name}: {problem}. "
-                              "Re-train or re-download the model.")
+        return ModelFileError(
+            f"{where}the backbone weights in this model do not fit {spec.name}: {problem}. "
+            "Re-train or re-download the model."
+        )
 
     try:
         with torch.device("meta"):
@@ -465,8 +537,9 @@ def trunk_network(spec: BackboneSpec, trunk: Mapping[str, np.ndarray],
     del skeleton
     try:
         model = timm.create_model(spec.name, pretrained=False, num_classes=0)
-        model.load_state_dict({k: torch.from_numpy(v if v.flags.writeable else np.array(v)) for k, v in trunk.items()},
-                              strict=True)
+        model.load_state_dict(
+            {k: torch.from_numpy(v if v.flags.writeable else np.array(v)) for k, v in trunk.items()}, strict=True
+        )
     except (RuntimeError, TypeError, ValueError) as exc:
         raise refuse(str(exc)[:300]) from None
     return model.eval()

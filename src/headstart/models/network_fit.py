@@ -77,12 +77,20 @@ class NetworkFit:
 
     def report(self, probe_val_accuracy: float) -> dict[str, Any]:
         """The estimator's ``report_`` entries of a network (beside the probe's validation accuracy)."""
-        return {"probe_val_accuracy": probe_val_accuracy, "best_epoch": self.best_epoch,
-                "epochs_run": sum(1 for r in self.history if r["epoch"] > 0), "stopped_early": self.stopped_early,
-                "cv_accuracy": float("nan"), "C": float("nan"), "temperature": self.temperature,
-                "refit_on_all": self.refit is not None, "refit": self.refit, "frozen_stages": self.frozen,
-                "lr": self.config.lr,
-                **({"lr_search": self.lr_search} if self.lr_search is not None else {})}
+        return {
+            "probe_val_accuracy": probe_val_accuracy,
+            "best_epoch": self.best_epoch,
+            "epochs_run": sum(1 for r in self.history if r["epoch"] > 0),
+            "stopped_early": self.stopped_early,
+            "cv_accuracy": float("nan"),
+            "C": float("nan"),
+            "temperature": self.temperature,
+            "refit_on_all": self.refit is not None,
+            "refit": self.refit,
+            "frozen_stages": self.frozen,
+            "lr": self.config.lr,
+            **({"lr_search": self.lr_search} if self.lr_search is not None else {}),
+        }
 
 
 def fit_network(
@@ -144,18 +152,32 @@ def fit_network(
             candidate = replace(config, lr=config.lr * factor)
             if progress and current().is_main:
                 say(f"lr search: validation run at lr {candidate.lr:.2g}")
-            result = run_finetune(begin(probe), train_part, val_part, classes, loaded.spec.data_config, candidate,
-                                  None, **common)
+            result = run_finetune(
+                begin(probe), train_part, val_part, classes, loaded.spec.data_config, candidate, None, **common
+            )
             score = _best_scores(result)
             tried.append({"lr": candidate.lr, "val_accuracy": score[0], "best_epoch": result.best_epoch})
             if best is None or score > best[0]:
-                best = (score, candidate, {k: v.detach().clone() for k, v in result.network.state_dict().items()},
-                        result)
+                best = (
+                    score,
+                    candidate,
+                    {k: v.detach().clone() for k, v in result.network.state_dict().items()},
+                    result,
+                )
         _, config, state, result = best
         network.load_state_dict(state)
     else:
-        result = run_finetune(begin(probe), train_part, val_part, classes, loaded.spec.data_config, config,
-                              checkpoint_dir, resume=resume, **common)
+        result = run_finetune(
+            begin(probe),
+            train_part,
+            val_part,
+            classes,
+            loaded.spec.data_config,
+            config,
+            checkpoint_dir,
+            resume=resume,
+            **common,
+        )
     temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
     val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
     history = [asdict(r) for r in result.history]
@@ -168,27 +190,57 @@ def fit_network(
         if best_epoch > 0:
             from headstart.models.memo import fit_probe
 
-            same_c = (fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))
-                      if features is not None and method == "finetune" else probe_all)
+            same_c = (
+                fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))
+                if features is not None and method == "finetune"
+                else probe_all
+            )
             begin(same_c)
             if progress and current().is_main:
                 say(f"refit on all {len(everything)} photos: {best_epoch} epoch(s) of the same schedule")
-            done = run_finetune(network, everything, None, classes, loaded.spec.data_config, config, checkpoint_dir,
-                                resume=resume, stop_after=best_epoch, name="refit-", **common)
+            done = run_finetune(
+                network,
+                everything,
+                None,
+                classes,
+                loaded.spec.data_config,
+                config,
+                checkpoint_dir,
+                resume=resume,
+                stop_after=best_epoch,
+                name="refit-",
+                **common,
+            )
             refit_history, final = [asdict(r) for r in done.history], done.network
-        refit = {"photos": len(everything), "epochs": best_epoch, "seconds": round(time.perf_counter() - began, 3),
-                 "history": refit_history}
+        refit = {
+            "photos": len(everything),
+            "epochs": best_epoch,
+            "seconds": round(time.perf_counter() - began, 3),
+            "history": refit_history,
+        }
     if method == "finetune" and best_epoch == 0:  # the probe alone won: it is the model (its own calibration)
         head = probe_all if probe_all is not None else probe
-        model = Classifier(backbone.spec.with_flip_average(flip), classes, head.coef_, head.intercept_,
-                           backbone.trunk())
+        model = Classifier(
+            backbone.spec.with_flip_average(flip), classes, head.coef_, head.intercept_, backbone.trunk()
+        )
         temperature, val_proba = float(head.temperature_), None  # (the estimator has the probe's own)
     else:
         model = Classifier.from_network(final, loaded.spec.with_flip_average(flip), classes)
         model.head_weight /= np.float32(temperature)
         model.head_bias /= np.float32(temperature)
-    return NetworkFit(model, val_proba, np.asarray(result.val_labels), history, best_epoch, result.stopped_early,
-                      float(temperature), refit, tried, config, frozen)
+    return NetworkFit(
+        model,
+        val_proba,
+        np.asarray(result.val_labels),
+        history,
+        best_epoch,
+        result.stopped_early,
+        float(temperature),
+        refit,
+        tried,
+        config,
+        frozen,
+    )
 
 
 def _cross_fitted(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -259,8 +259,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             fail("max_iter", "an int in [1, inf)")
         if not isinstance(self.calibrate, (bool, np.bool_)):
             fail("calibrate", "a bool")
-        if not (self.random_state is None or _is_int(self.random_state)
-                or isinstance(self.random_state, np.random.RandomState)):
+        if not (
+            self.random_state is None
+            or _is_int(self.random_state)
+            or isinstance(self.random_state, np.random.RandomState)
+        ):
             fail("random_state", "an int, an instance of 'numpy.random.RandomState' or None")
         return Cs
 

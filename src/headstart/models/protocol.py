@@ -55,8 +55,12 @@ class ClassifierProtocol:
 
     def __sklearn_clone__(self) -> Any:
         """An unfitted copy with the same hyper-parameters (deep copies, except the ``_shared_params``)."""
-        params = {name: value if name in self._shared_params and not isinstance(value, (str, type(None)))
-                  else copy.deepcopy(value) for name, value in self.get_params().items()}
+        params = {
+            name: value
+            if name in self._shared_params and not isinstance(value, (str, type(None)))
+            else copy.deepcopy(value)
+            for name, value in self.get_params().items()
+        }
         return type(self)(**params)
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -80,13 +84,18 @@ class ClassifierProtocol:
         if not self.__sklearn_is_fitted__():
             from sklearn.exceptions import NotFittedError
 
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                                 "appropriate arguments before using this estimator.")
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
 
     def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
-                    if p.name != "self"}
-        changed = [f"{name}={getattr(self, name)!r}" for name in defaults if not _same(getattr(self, name), defaults[name])]
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values() if p.name != "self"
+        }
+        changed = [
+            f"{name}={getattr(self, name)!r}" for name in defaults if not _same(getattr(self, name), defaults[name])
+        ]
         return f"{type(self).__name__}({', '.join(changed)})"
 
 

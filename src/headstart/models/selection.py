@@ -40,8 +40,16 @@ from headstart._console import say
 from headstart._validation import fail
 from headstart.models.memo import Memo, fit_probe
 
-__all__ = ["AUTO_BUDGET_S", "AUTO_MAX_PHOTOS", "OFFLINE_CANDIDATES", "Selection", "parse_auto", "score_backbones",
-           "select_backbone", "select_for_fit"]
+__all__ = [
+    "AUTO_BUDGET_S",
+    "AUTO_MAX_PHOTOS",
+    "OFFLINE_CANDIDATES",
+    "Selection",
+    "parse_auto",
+    "score_backbones",
+    "select_backbone",
+    "select_for_fit",
+]
 
 #: ``auto``'s candidates, the one expected to do best first (see the module's docstring).
 OFFLINE_CANDIDATES = ("tf_efficientnet_lite1", "tf_efficientnet_lite2", "tf_efficientnet_lite0")
@@ -69,8 +77,13 @@ class Selection:
     first_extraction: tuple[int, int, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "rule": self.rule, "n_photos": self.n_photos,
-                "seconds": round(self.seconds, 3), "candidates": self.rows}
+        return {
+            "chosen": self.chosen,
+            "rule": self.rule,
+            "n_photos": self.n_photos,
+            "seconds": round(self.seconds, 3),
+            "candidates": self.rows,
+        }
 
 
 def parse_auto(backbone: str) -> list[str] | None:
@@ -128,26 +141,38 @@ def score_backbones(
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
         began = time.perf_counter()
-        feats = extract_features(paths, name, weights=weights, cache=cache, precision=precision,
-                                 batch_size=batch_size, max_pixels=max_pixels, flip_average=flip_average,
-                                 progress=progress)
+        feats = extract_features(
+            paths,
+            name,
+            weights=weights,
+            cache=cache,
+            precision=precision,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            flip_average=flip_average,
+            progress=progress,
+        )
         y = labels[feats.indices]
         probe = fit_probe(feats.features, y, random_state=seed, memo=memo)
         speed = cache.speed(feats.cache_key)
-        rows.append({
-            "backbone": name,
-            "cv_accuracy": round(float(probe.cv_accuracy_), 4),
-            "folds": int(probe.n_splits_),
-            "images_per_second": None if speed is None else round(speed, 1),
-            "num_features": int(feats.features.shape[1]),
-            "n_images": int(len(y)),
-            "weights": feats.spec.source if feats.spec else "",
-            "seconds": round(time.perf_counter() - began, 3),
-            "computed": int(feats.n_computed),
-        })
+        rows.append(
+            {
+                "backbone": name,
+                "cv_accuracy": round(float(probe.cv_accuracy_), 4),
+                "folds": int(probe.n_splits_),
+                "images_per_second": None if speed is None else round(speed, 1),
+                "num_features": int(feats.features.shape[1]),
+                "n_images": len(y),
+                "weights": feats.spec.source if feats.spec else "",
+                "seconds": round(time.perf_counter() - began, 3),
+                "computed": int(feats.n_computed),
+            }
+        )
         if progress:
-            say(f"{name}: probe CV accuracy {probe.cv_accuracy_:.3f} on {len(y)} photos "
-                f"({time.perf_counter() - began:.1f} s)")
+            say(
+                f"{name}: probe CV accuracy {probe.cv_accuracy_:.3f} on {len(y)} photos "
+                f"({time.perf_counter() - began:.1f} s)"
+            )
     return rows
 
 
@@ -199,15 +224,26 @@ def select_backbone(
     best = best or rows[0]  # (nothing cross-validated: the first candidate, as a fixed choice would be)
     for row in rows:
         row["chosen"] = row is best
-    rule = (f"in the order given (the one expected to do best first); a later backbone only when its probe CV "
-            f"accuracy is higher than the best before it by more than 1.5 photos' worth ({margin:.4f} on "
-            f"{len(labels)} photos)")
+    rule = (
+        f"in the order given (the one expected to do best first); a later backbone only when its probe CV "
+        f"accuracy is higher than the best before it by more than 1.5 photos' worth ({margin:.4f} on "
+        f"{len(labels)} photos)"
+    )
     return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
 
 
-def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo: Memo | None, seed: int,
-                   val_fraction: float, progress: bool = False, flip_average: bool = False,
-                   **extract: Any) -> Selection:
+def select_for_fit(
+    dataset: Any,
+    candidates: Sequence[str],
+    *,
+    cache: Any,
+    memo: Memo | None,
+    seed: int,
+    val_fraction: float,
+    progress: bool = False,
+    flip_average: bool = False,
+    **extract: Any,
+) -> Selection:
     """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
     features of all photos tell which are usable and how they split (the split ``fit`` then makes too), and
     the candidates are scored on the training part only, so the validation figures stay held out. One view of
@@ -222,17 +258,32 @@ def select_for_fit(dataset: Any, candidates: Sequence[str], *, cache: Any, memo:
     from headstart.features import extract_features
     from headstart.models.inputs import split_keys
 
-    first = extract_features(dataset.paths, candidates[0], cache=cache, flip_average=flip_average,
-                             progress=progress, **extract)
+    first = extract_features(
+        dataset.paths, candidates[0], cache=cache, flip_average=flip_average, progress=progress, **extract
+    )
     usable = dataset.subset(first.indices.tolist())
     if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
-        return Selection(candidates[0], [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True,
-                                          "skipped": "fewer than 2 classes"}], len(usable), 0.0)
-    keys = split_keys(usable.paths, first.hashes, first.features, memo=memo, max_pixels=extract.get("max_pixels"),
-                      progress=progress)
+        return Selection(
+            candidates[0],
+            [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
+            len(usable),
+            0.0,
+        )
+    keys = split_keys(
+        usable.paths, first.hashes, first.features, memo=memo, max_pixels=extract.get("max_pixels"), progress=progress
+    )
     train_part, _ = train_val_split(usable, val_fraction=val_fraction, seed=seed, groups=keys)
-    selection = select_backbone(train_part.paths, train_part.labels, candidates, cache=cache, memo=memo, seed=seed,
-                                progress=progress, flip_average=flip_average, **extract)
+    selection = select_backbone(
+        train_part.paths,
+        train_part.labels,
+        candidates,
+        cache=cache,
+        memo=memo,
+        seed=seed,
+        progress=progress,
+        flip_average=flip_average,
+        **extract,
+    )
     selection.split_keys = dict(zip(map(str, usable.paths), keys))
     selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
     return selection
@@ -243,6 +294,7 @@ def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     share = np.maximum(1, np.floor(counts * n / len(labels))).astype(int)
-    chosen = [rng.choice(np.flatnonzero(labels == c), min(k, cnt), replace=False)
-              for c, k, cnt in zip(classes, share, counts)]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), min(k, cnt), replace=False) for c, k, cnt in zip(classes, share, counts)
+    ]
     return np.sort(np.concatenate(chosen))

@@ -137,4 +137,4 @@ def load_target(model: str | os.PathLike[str], *, weights: str | os.PathLike[str
     return TargetNetwork(module, imagenet_class_names(), backbone.spec, str(model))
 
 
-__all__ = ["TargetNetwork", "load_target", "imagenet_class_names"]
+__all__ = ["TargetNetwork", "imagenet_class_names", "load_target"]

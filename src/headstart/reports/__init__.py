@@ -14,8 +14,16 @@ from __future__ import annotations
 from headstart._lazy import lazy_exports
 
 _MODULES = {
-    "metrics": ("Probabilities", "ScoredPhotos", "classification_metrics", "confusion_matrix", "match_labels",
-                "public_metrics", "score_photos", "write_metric_pictures"),
+    "metrics": (
+        "Probabilities",
+        "ScoredPhotos",
+        "classification_metrics",
+        "confusion_matrix",
+        "match_labels",
+        "public_metrics",
+        "score_photos",
+        "write_metric_pictures",
+    ),
     "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -49,7 +49,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     if len(confidence) == 0:
         return float("nan")
     index = _bin_index(confidence, bins)
-    count = np.bincount(index, minlength=bins)
+    np.bincount(index, minlength=bins)
     conf_sum = np.bincount(index, weights=confidence, minlength=bins)
     hit_sum = np.bincount(index, weights=correct, minlength=bins)
     return float(np.abs(hit_sum - conf_sum).sum() / len(confidence))
@@ -60,8 +60,9 @@ def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
     return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
 
 
-def calibration_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Sequence[str],
-                        bins: int = ECE_BINS) -> dict[str, Any]:
+def calibration_metrics(
+    y_true: Sequence[str], proba: np.ndarray, classes: Sequence[str], bins: int = ECE_BINS
+) -> dict[str, Any]:
     """ECE, NLL and Brier score of probabilities ``(n, n_classes)`` (columns in ``classes`` order) against true
     labels, with the reliability table behind the ECE (per bin: photos, mean confidence, accuracy).
 
@@ -80,8 +81,15 @@ def calibration_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Seque
     y = np.array([index[t] for t in y_true], dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64).reshape(len(y), len(classes))
     if len(y) == 0:
-        return {"ece": None, "nll": None, "brier": None, "mean_confidence": None, "accuracy": None, "bins": bins,
-                "reliability": []}
+        return {
+            "ece": None,
+            "nll": None,
+            "brier": None,
+            "mean_confidence": None,
+            "accuracy": None,
+            "bins": bins,
+            "reliability": [],
+        }
     pred = proba.argmax(axis=1)
     confidence = proba[np.arange(len(y)), pred]
     correct = pred == y
@@ -93,9 +101,15 @@ def calibration_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Seque
     for k in range(bins):
         inside = which == k
         if inside.any():
-            table.append({"low": round(k / bins, 4), "high": round((k + 1) / bins, 4), "count": int(inside.sum()),
-                          "confidence": round(float(confidence[inside].mean()), 4),
-                          "accuracy": round(float(correct[inside].mean()), 4)})
+            table.append(
+                {
+                    "low": round(k / bins, 4),
+                    "high": round((k + 1) / bins, 4),
+                    "count": int(inside.sum()),
+                    "confidence": round(float(confidence[inside].mean()), 4),
+                    "accuracy": round(float(correct[inside].mean()), 4),
+                }
+            )
     return {
         "ece": expected_calibration_error(confidence, correct, bins),
         "nll": float(-np.log(picked).mean()),
@@ -123,14 +137,33 @@ def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = 
     top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     width = 1.0 / bins
     lows = [row["low"] for row in table]
-    top.bar(lows, [row["accuracy"] for row in table], width=width, align="edge", color="tab:blue",
-            edgecolor="white", label="accuracy")
-    top.bar(lows, [row["confidence"] - row["accuracy"] for row in table], bottom=[row["accuracy"] for row in table],
-            width=width, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
+    top.bar(
+        lows,
+        [row["accuracy"] for row in table],
+        width=width,
+        align="edge",
+        color="tab:blue",
+        edgecolor="white",
+        label="accuracy",
+    )
+    top.bar(
+        lows,
+        [row["confidence"] - row["accuracy"] for row in table],
+        bottom=[row["accuracy"] for row in table],
+        width=width,
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        label="gap to confidence",
+    )
     top.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
     ece = metrics.get("ece")
-    said = "no photos" if ece is None else (f"ECE {ece:.3f} ({bins} bins), NLL {metrics['nll']:.3f}, "
-                                             f"Brier {metrics['brier']:.3f}")
+    said = (
+        "no photos"
+        if ece is None
+        else (f"ECE {ece:.3f} ({bins} bins), NLL {metrics['nll']:.3f}, Brier {metrics['brier']:.3f}")
+    )
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\n{said}")
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)

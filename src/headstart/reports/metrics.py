@@ -22,8 +22,14 @@ if TYPE_CHECKING:
     from headstart.data.scanning import UnusableFile
 
 __all__ = [
-    "Probabilities", "ScoredPhotos", "classification_metrics", "confusion_matrix", "match_labels", "public_metrics",
-    "score_photos", "write_metric_pictures",
+    "Probabilities",
+    "ScoredPhotos",
+    "classification_metrics",
+    "confusion_matrix",
+    "match_labels",
+    "public_metrics",
+    "score_photos",
+    "write_metric_pictures",
 ]
 
 #: ``paths -> (probabilities (n_scored, n_classes), index in paths of each row, the unusable files)``.
@@ -54,8 +60,17 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Se
     y = np.array([index[t] for t in y_true], dtype=np.int64)
     n = len(y)
     if n == 0:
-        return {"accuracy": None, "top5_accuracy": None, "n_images": 0, "classes": classes, "per_class": {},
-                "confusion_matrix": [], "predicted": [], "confidence": [], "true": []}
+        return {
+            "accuracy": None,
+            "top5_accuracy": None,
+            "n_images": 0,
+            "classes": classes,
+            "per_class": {},
+            "confusion_matrix": [],
+            "predicted": [],
+            "confidence": [],
+            "true": [],
+        }
     pred = proba.argmax(axis=1)
     k = min(5, len(classes))
     topk = np.argsort(-proba, axis=1, kind="stable")[:, :k]
@@ -70,7 +85,11 @@ def classification_metrics(y_true: Sequence[str], proba: np.ndarray, classes: Se
         "n_images": n,
         "classes": classes,
         "per_class": {
-            c: {"precision": round(float(precision[i]), 4), "recall": round(float(recall[i]), 4), "support": int(support[i])}
+            c: {
+                "precision": round(float(precision[i]), 4),
+                "recall": round(float(recall[i]), 4),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(classes)
         },
         "confusion_matrix": matrix.tolist(),
@@ -92,18 +111,31 @@ def write_metric_pictures(metrics: dict[str, Any], paths: Sequence[Path], folder
 
     written = []
     if metrics.get("n_images"):
-        written.append(plot_confusion_matrix(
-            np.asarray(metrics["confusion_matrix"]), metrics["classes"], folder / "confusion_matrix.png",
-            title=f"Confusion matrix, {title}",
-        ))
+        written.append(
+            plot_confusion_matrix(
+                np.asarray(metrics["confusion_matrix"]),
+                metrics["classes"],
+                folder / "confusion_matrix.png",
+                title=f"Confusion matrix, {title}",
+            )
+        )
     wrong = [
-        (metrics["confidence"][j], paths[j], f"true: {metrics['true'][j]}\npred: {metrics['predicted'][j]} {metrics['confidence'][j]:.2f}")
+        (
+            metrics["confidence"][j],
+            paths[j],
+            f"true: {metrics['true'][j]}\npred: {metrics['predicted'][j]} {metrics['confidence'][j]:.2f}",
+        )
         for j in range(len(paths))
         if metrics["true"][j] != metrics["predicted"][j]
     ]
     wrong.sort(key=lambda t: -t[0])
-    written.append(plot_image_grid([(p, c) for _, p, c in wrong[:48]], folder / "misclassified.png",
-                                   title=f"Misclassified, {title}: {len(wrong)}"))
+    written.append(
+        plot_image_grid(
+            [(p, c) for _, p, c in wrong[:48]],
+            folder / "misclassified.png",
+            title=f"Misclassified, {title}: {len(wrong)}",
+        )
+    )
     return written
 
 

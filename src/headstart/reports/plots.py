@@ -145,8 +145,14 @@ def _confusion_figure(matrix: np.ndarray, class_names: Sequence[str], *, title: 
 
     ticks = np.arange(n)
     names = [str(name) for name in class_names]
-    ax.set_xticks(ticks, names, fontsize=tick_size, rotation=45 if n <= 15 else 90,
-                  ha="right" if n <= 15 else "center", rotation_mode="anchor" if n <= 15 else "default")
+    ax.set_xticks(
+        ticks,
+        names,
+        fontsize=tick_size,
+        rotation=45 if n <= 15 else 90,
+        ha="right" if n <= 15 else "center",
+        rotation_mode="anchor" if n <= 15 else "default",
+    )
     ax.set_yticks(ticks, names, fontsize=tick_size)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -193,8 +199,9 @@ def plot_image_grid(
     """
     check_int(columns, "columns", "plot_image_grid", low=1)
     check_int(thumb_size, "thumb_size", "plot_image_grid", low=16)
-    return save_figure(_image_grid_figure(list(items), title=title, columns=columns, thumb_size=thumb_size), path,
-                       dpi=DPI)
+    return save_figure(
+        _image_grid_figure(list(items), title=title, columns=columns, thumb_size=thumb_size), path, dpi=DPI
+    )
 
 
 def _image_grid_figure(items: list[tuple[str | Path, str]], *, title: str | None, columns: int, thumb_size: int) -> Any:
@@ -226,8 +233,16 @@ def _image_grid_figure(items: list[tuple[str | Path, str]], *, title: str | None
     height = title_px + 2 * margin + n_rows * (thumb_size + caption_px) + (n_rows - 1) * gap
     fig = Figure(figsize=(width / DPI, height / DPI))
     if title_text:
-        fig.text(0.5, 1 - (margin / 2 + title_px / 2) / height, title_text, ha="center", va="center",
-                 fontsize=_TITLE_SIZE, linespacing=1.25, parse_math=False)
+        fig.text(
+            0.5,
+            1 - (margin / 2 + title_px / 2) / height,
+            title_text,
+            ha="center",
+            va="center",
+            fontsize=_TITLE_SIZE,
+            linespacing=1.25,
+            parse_math=False,
+        )
 
     for index, ((image_path, _), caption) in enumerate(zip(items, captions)):
         row, column = divmod(index, n_columns)
@@ -238,12 +253,28 @@ def _image_grid_figure(items: list[tuple[str | Path, str]], *, title: str | None
         thumbnail = _thumbnail(image_path, thumb_size)
         if thumbnail is None:
             ax.imshow(np.full((thumb_size, thumb_size, 3), _PLACEHOLDER_GREY, dtype=np.uint8))
-            ax.text(0.5, 0.5, "unreadable\nimage", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=font_size + 1, color="0.3")
+            ax.text(
+                0.5,
+                0.5,
+                "unreadable\nimage",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=font_size + 1,
+                color="0.3",
+            )
         else:
             ax.imshow(_pad_to_square(thumbnail, thumb_size), interpolation="nearest")
-        fig.text((left + thumb_size / 2) / width, 1 - (top + thumb_size + 3) / height, caption, ha="center",
-                 va="top", fontsize=font_size, linespacing=1.2, parse_math=False)
+        fig.text(
+            (left + thumb_size / 2) / width,
+            1 - (top + thumb_size + 3) / height,
+            caption,
+            ha="center",
+            va="top",
+            fontsize=font_size,
+            linespacing=1.2,
+            parse_math=False,
+        )
     return fig
 
 

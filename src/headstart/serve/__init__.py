@@ -15,4 +15,4 @@ from __future__ import annotations
 from headstart.serve.config import ServeConfig
 from headstart.serve.server import model_arguments, open_models, serve
 
-__all__ = ["ServeConfig", "serve", "open_models", "model_arguments"]
+__all__ = ["ServeConfig", "model_arguments", "open_models", "serve"]

@@ -20,7 +20,7 @@ import hmac
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Request, Security
@@ -41,18 +41,45 @@ STATIC = Path(__file__).parent / "static"
 _IMAGE_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-            "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                     "description": "One or more photos (repeat the field)."}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "One or more photos (repeat the field).",
+                    }
+                },
+            }
+        },
         "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "One photo as the raw body."},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
-_ERROR = {"description": "A refused request", "content": {"application/json": {"example": {
-    "detail": "notes.txt: not an image: Pillow cannot identify the format (it is text starting 'hello')",
-    "code": "not_an_image", "filename": "notes.txt"}}}}
-_PREDICT_EXAMPLE = {"model": "pets", "results": [{"filename": "cat.jpg", "predictions": [
-    {"label": "Bengal", "probability": 0.912}, {"label": "Abyssinian", "probability": 0.051}]}], "latency_ms": 41.2}
+_ERROR = {
+    "description": "A refused request",
+    "content": {
+        "application/json": {
+            "example": {
+                "detail": "notes.txt: not an image: Pillow cannot identify the format (it is text starting 'hello')",
+                "code": "not_an_image",
+                "filename": "notes.txt",
+            }
+        }
+    },
+}
+_PREDICT_EXAMPLE = {
+    "model": "pets",
+    "results": [
+        {
+            "filename": "cat.jpg",
+            "predictions": [{"label": "Bengal", "probability": 0.912}, {"label": "Abyssinian", "probability": 0.051}],
+        }
+    ],
+    "latency_ms": 41.2,
+}
 
 #: Paths whose requests are counted under their own name even when no route matched (413 before routing).
 _KNOWN = ("/v1/predict", "/v1/explain", "/v1/models", "/healthz", "/readyz", "/metrics", "/")
@@ -78,12 +105,19 @@ def create_app(state: ServerState) -> Any:
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's --api-key.")
     bearer = HTTPBearer(auto_error=False, description="The server's --api-key as a bearer token.")
 
-    def check_key(key: Optional[str] = Security(key_header),
-                  credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
+    def check_key(
+        key: str | None = Security(key_header),
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+    ) -> None:
         given = key or (credentials.credentials if credentials is not None else None)
         if given is None or not hmac.compare_digest(given.encode(), (config.api_key or "").encode()):
-            raise ApiError(401, "unauthorized", "This server wants an API key: send it as header 'X-API-Key: KEY' "
-                           "or 'Authorization: Bearer KEY'." if given is None else "The API key is wrong.")
+            raise ApiError(
+                401,
+                "unauthorized",
+                "This server wants an API key: send it as header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'."
+                if given is None
+                else "The API key is wrong.",
+            )
 
     secured = [Security(check_key)] if config.api_key else []
     _add_error_handlers(api)
@@ -93,41 +127,67 @@ def create_app(state: ServerState) -> Any:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round(time.time() - state.started, 1)}
 
-    @api.get("/readyz", tags=["health"], summary="Ready (models loaded and warmed up)",
-             responses={503: {"description": "Still loading, or loading failed"}})
+    @api.get(
+        "/readyz",
+        tags=["health"],
+        summary="Ready (models loaded and warmed up)",
+        responses={503: {"description": "Still loading, or loading failed"}},
+    )
     async def readyz() -> JSONResponse:
-        body = {"status": "ready" if state.ready else ("failed" if state.error else "loading"),
-                "models": {name: m.loaded for name, m in state.models.items()}}
+        body = {
+            "status": "ready" if state.ready else ("failed" if state.error else "loading"),
+            "models": {name: m.loaded for name, m in state.models.items()},
+        }
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
-    @api.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse,
-             dependencies=secured)
+    @api.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        dependencies=secured,
+    )
     async def metrics() -> Response:
         text = state.metrics.render(queue_depth=state.queue_depth(), ready=state.ready)
         return Response(text, media_type=CONTENT_TYPE)
 
     # ---------------------------------------------------------------------------------------------- models
-    @api.get("/v1/models", tags=["v1"], summary="The served models: classes, backbone, preprocessing, metrics",
-             dependencies=secured)
+    @api.get(
+        "/v1/models",
+        tags=["v1"],
+        summary="The served models: classes, backbone, preprocessing, metrics",
+        dependencies=secured,
+    )
     async def list_models() -> dict[str, Any]:
         return {"models": [m.card() for m in state.models.values()]}
 
-    @api.get("/v1/models/{name}", tags=["v1"], summary="One model's card", dependencies=secured,
-             responses={404: _ERROR})
+    @api.get(
+        "/v1/models/{name}", tags=["v1"], summary="One model's card", dependencies=secured, responses={404: _ERROR}
+    )
     async def model_card(name: str) -> dict[str, Any]:
         return state.model(name).card()
 
     # --------------------------------------------------------------------------------------------- predict
-    @api.post("/v1/predict", tags=["v1"], summary="Top-k labels for one or more photos", dependencies=secured,
-              openapi_extra={"requestBody": _IMAGE_BODY},
-              responses={200: {"content": {"application/json": {"example": _PREDICT_EXAMPLE}}},
-                         400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR})
+    @api.post(
+        "/v1/predict",
+        tags=["v1"],
+        summary="Top-k labels for one or more photos",
+        dependencies=secured,
+        openapi_extra={"requestBody": _IMAGE_BODY},
+        responses={
+            200: {"content": {"application/json": {"example": _PREDICT_EXAMPLE}}},
+            400: _ERROR,
+            404: _ERROR,
+            413: _ERROR,
+            503: _ERROR,
+        },
+    )
     async def predict(
         request: Request,
         top_k: int = Query(5, ge=1, le=config.max_top_k, description="How many labels per photo."),
-        model: Optional[str] = Query(None, description="Which model, when several are served."),
+        model: str | None = Query(None, description="Which model, when several are served."),
     ) -> JSONResponse:
         start = time.perf_counter()
         served = state.model(model)
@@ -135,18 +195,33 @@ def create_app(state: ServerState) -> Any:
         uploads = await read_uploads(request, max_files=config.max_files)
         rows = await state.classify(served, uploads)
         results = [{"filename": u.filename, "predictions": served.top(row, top_k)} for u, row in zip(uploads, rows)]
-        return JSONResponse({"model": served.name, "results": results,
-                             "latency_ms": round((time.perf_counter() - start) * 1000, 2)})
+        return JSONResponse(
+            {"model": served.name, "results": results, "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+        )
 
-    @api.post("/v1/explain", tags=["v1"], summary="Grad-CAM overlay of one photo (PNG)", dependencies=secured,
-              openapi_extra={"requestBody": _IMAGE_BODY}, response_class=Response,
-              responses={200: {"content": {"image/png": {}}, "description": "The photo with its heat map; "
-                               "headers X-Explained-Label (URL-encoded), X-Explained-Probability"},
-                         400: _ERROR, 404: _ERROR, 413: _ERROR, 503: _ERROR})
+    @api.post(
+        "/v1/explain",
+        tags=["v1"],
+        summary="Grad-CAM overlay of one photo (PNG)",
+        dependencies=secured,
+        openapi_extra={"requestBody": _IMAGE_BODY},
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "The photo with its heat map; "
+                "headers X-Explained-Label (URL-encoded), X-Explained-Probability",
+            },
+            400: _ERROR,
+            404: _ERROR,
+            413: _ERROR,
+            503: _ERROR,
+        },
+    )
     async def explain(
         request: Request,
-        model: Optional[str] = Query(None, description="Which model, when several are served."),
-        target: Optional[str] = Query(None, description="Class name or index to explain (default: the top class)."),
+        model: str | None = Query(None, description="Which model, when several are served."),
+        target: str | None = Query(None, description="Class name or index to explain (default: the top class)."),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|hirescam|xgradcam|layercam)$"),
     ) -> Response:
         from starlette.concurrency import run_in_threadpool
@@ -155,18 +230,28 @@ def create_app(state: ServerState) -> Any:
         state.require_ready()
         uploads = await read_uploads(request, max_files=config.max_files)
         if len(uploads) != 1:
-            raise ApiError(400, "one_image", f"/v1/explain explains one photo per request; this one has {len(uploads)}.")
+            raise ApiError(
+                400, "one_image", f"/v1/explain explains one photo per request; this one has {len(uploads)}."
+            )
         upload = uploads[0]
         try:
-            png, info = await run_in_threadpool(served.explain_png, upload.data, upload.filename, target=target,
-                                                method=method)
+            png, info = await run_in_threadpool(
+                served.explain_png, upload.data, upload.filename, target=target, method=method
+            )
         except UnusableImageError as exc:
             raise image_error(exc, upload.filename) from None
         except HeadstartError as exc:  # an unknown target class
             raise ApiError(400, "bad_target", str(exc)) from None
-        return Response(png, media_type="image/png", headers={
-            "X-Explained-Label": quote(info["label"]), "X-Explained-Probability": str(info["probability"]),
-            "X-Explained-Method": info["method"], "Cache-Control": "no-store"})
+        return Response(
+            png,
+            media_type="image/png",
+            headers={
+                "X-Explained-Label": quote(info["label"]),
+                "X-Explained-Probability": str(info["probability"]),
+                "X-Explained-Method": info["method"],
+                "Cache-Control": "no-store",
+            },
+        )
 
     # ------------------------------------------------------------------------------------------------ page
     @api.get("/", include_in_schema=False)
@@ -184,7 +269,9 @@ def create_app(state: ServerState) -> Any:
 def _fastapi(lifespan: Any) -> FastAPI:
     """FastAPI whose /docs loads Swagger UI from the installed fastapi-offline package (no CDN) when it is there."""
     options: dict[str, Any] = {
-        "title": "headstart serve", "version": __version__, "lifespan": lifespan,
+        "title": "headstart serve",
+        "version": __version__,
+        "lifespan": lifespan,
         "description": "Image classifiers trained with headstart, over HTTP. The page at / tries them in a browser.",
     }
     try:
@@ -223,8 +310,12 @@ def _add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:  # (Starlette logs the traceback)
-        return _error_response(request, 500, "internal_error",
-                               f"The server failed on this request ({type(exc).__name__}: {exc}); it keeps serving.")
+        return _error_response(
+            request,
+            500,
+            "internal_error",
+            f"The server failed on this request ({type(exc).__name__}: {exc}); it keeps serving.",
+        )
 
 
 class _Metered:
@@ -255,4 +346,4 @@ class _Metered:
             self.state.metrics.observe_request(path, status["code"], time.perf_counter() - start)
 
 
-__all__ = ["create_app", "STATIC"]
+__all__ = ["STATIC", "create_app"]

@@ -118,7 +118,7 @@ class MicroBatcher(Generic[T, R]):
                 results = list(self._run([item for item, _ in live])) if live else []
                 if len(results) != len(live):
                     raise RuntimeError(f"the batch function returned {len(results)} results for {len(live)} items")
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiting request, never lost
+            except BaseException as exc:
                 for _, fut in live:
                     fut.set_exception(exc)
             else:
@@ -137,4 +137,4 @@ class MicroBatcher(Generic[T, R]):
                 entry[1].set_exception(BatcherClosedError("the server is shutting down"))
 
 
-__all__ = ["MicroBatcher", "BatcherClosedError"]
+__all__ = ["BatcherClosedError", "MicroBatcher"]

@@ -32,8 +32,10 @@ def multipart(files: Sequence[tuple[str, bytes]], field_name: str = "file") -> t
     chunks = []
     for name, data in files:
         safe = name.replace('"', "%22").replace("\r", "").replace("\n", "")
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{safe}"\r\n'
-                      f"Content-Type: application/octet-stream\r\n\r\n".encode())
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{safe}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
         chunks.append(data)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
@@ -66,8 +68,14 @@ class Client:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None, query: Mapping[str, Any] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+    ) -> Response:
         """One request; reconnects once if the server closed the kept-alive connection."""
         url = path + ("?" + urlencode({k: v for k, v in query.items() if v is not None}) if query else "")
         sent = dict(headers or {})
@@ -128,9 +136,15 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        return {"requests": self.requests, "concurrency": self.concurrency, "errors": len(self.errors),
-                "seconds": round(self.seconds, 2), "requests_per_second": round(self.requests_per_second, 1),
-                "p50_ms": round(self.percentile(50), 1), "p99_ms": round(self.percentile(99), 1)}
+        return {
+            "requests": self.requests,
+            "concurrency": self.concurrency,
+            "errors": len(self.errors),
+            "seconds": round(self.seconds, 2),
+            "requests_per_second": round(self.requests_per_second, 1),
+            "p50_ms": round(self.percentile(50), 1),
+            "p99_ms": round(self.percentile(99), 1),
+        }
 
 
 def load(
@@ -164,7 +178,7 @@ def load(
                     r = client.post_files("/v1/predict", [photo], **dict(query or {}))
                     ok = r.status == 200
                     problem = "" if ok else f"{photo[0]}: HTTP {r.status} {r.body[:200]!r}"
-                except Exception as exc:  # noqa: BLE001 - counted, the load goes on
+                except Exception as exc:
                     ok, problem = False, f"{photo[0]}: {type(exc).__name__}: {exc}"
                 elapsed = (time.perf_counter() - t0) * 1000
                 with lock:
@@ -184,4 +198,4 @@ def load(
     return LoadResult(requests, concurrency, time.perf_counter() - start, latencies, errors)
 
 
-__all__ = ["Client", "Response", "LoadResult", "load", "multipart"]
+__all__ = ["Client", "LoadResult", "Response", "load", "multipart"]

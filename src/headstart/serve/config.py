@@ -79,4 +79,4 @@ def api_key_from_environment() -> str | None:
     return value or None
 
 
-__all__ = ["ServeConfig", "API_KEY_ENV", "api_key_from_environment"]
+__all__ = ["API_KEY_ENV", "ServeConfig", "api_key_from_environment"]

@@ -45,7 +45,9 @@ def parse_bytes_tensor(raw: bytes) -> list[bytes]:
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + size > len(raw):
-            raise ApiError(400, "bad_tensor", f"A BYTES element claims {size} bytes but only {len(raw) - offset} remain.")
+            raise ApiError(
+                400, "bad_tensor", f"A BYTES element claims {size} bytes but only {len(raw) - offset} remain."
+            )
         out.append(raw[offset : offset + size])
         offset += size
     return out
@@ -59,12 +61,17 @@ def _flatten(data: Any) -> list[Any]:
 
 def _decode_base64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
-        raise ApiError(400, "bad_tensor", f"{where} must be a base64 string of an image file; got {type(value).__name__}.")
+        raise ApiError(
+            400, "bad_tensor", f"{where} must be a base64 string of an image file; got {type(value).__name__}."
+        )
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "bad_tensor", f"{where} is not valid base64: send each image file base64-encoded "
-                       "(or use the binary tensor extension).") from None
+        raise ApiError(
+            400,
+            "bad_tensor",
+            f"{where} is not valid base64: send each image file base64-encoded (or use the binary tensor extension).",
+        ) from None
 
 
 def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[bytes]]:
@@ -81,16 +88,25 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", f"The inference request is not valid JSON ({exc}).") from None
     if not isinstance(head, dict) or not isinstance(head.get("inputs"), list) or not head["inputs"]:
-        raise ApiError(400, "bad_request", f"An inference request needs 'inputs': [{{'name': '{INPUT}', 'datatype': "
-                       "'BYTES', 'shape': [n], 'data': [...]}}].")
+        raise ApiError(
+            400,
+            "bad_request",
+            f"An inference request needs 'inputs': [{{'name': '{INPUT}', 'datatype': "
+            "'BYTES', 'shape': [n], 'data': [...]}}].",
+        )
     if len(head["inputs"]) != 1:
-        raise ApiError(400, "bad_request", f"This model takes one input ({INPUT!r}); the request has {len(head['inputs'])}.")
+        raise ApiError(
+            400, "bad_request", f"This model takes one input ({INPUT!r}); the request has {len(head['inputs'])}."
+        )
     tensor = head["inputs"][0]
     if not isinstance(tensor, dict):
         raise ApiError(400, "bad_request", "Each entry of 'inputs' must be an object.")
     if tensor.get("datatype") != "BYTES":
-        raise ApiError(400, "bad_tensor", f"The input must be datatype BYTES (encoded image files); got "
-                       f"{tensor.get('datatype')!r}.")
+        raise ApiError(
+            400,
+            "bad_tensor",
+            f"The input must be datatype BYTES (encoded image files); got {tensor.get('datatype')!r}.",
+        )
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ApiError(400, "bad_tensor", f"The input's 'shape' must be a list of non-negative ints; got {shape!r}.")
@@ -98,7 +114,9 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if not isinstance(size, int) or size < 0 or size > len(binary):
-            raise ApiError(400, "bad_tensor", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent.")
+            raise ApiError(
+                400, "bad_tensor", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent."
+            )
         images = parse_bytes_tensor(binary[:size])
     elif "data" in tensor:
         name = tensor.get("name", INPUT)
@@ -106,8 +124,11 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     else:
         raise ApiError(400, "bad_tensor", "The input has neither 'data' nor binary data (parameters.binary_data_size).")
     if len(images) != math.prod(shape):
-        raise ApiError(400, "bad_tensor", f"The input's shape {shape} holds {math.prod(shape)} elements but "
-                       f"{len(images)} were sent.")
+        raise ApiError(
+            400,
+            "bad_tensor",
+            f"The input's shape {shape} holds {math.prod(shape)} elements but {len(images)} were sent.",
+        )
     return head, images
 
 
@@ -160,11 +181,15 @@ def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
         model = versioned(name, version)
         n = len(model.classes)
         return {
-            "name": model.name, "versions": [VERSION], "platform": "headstart_pytorch",
+            "name": model.name,
+            "versions": [VERSION],
+            "platform": "headstart_pytorch",
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
-                        {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
-                        {"name": "scores", "datatype": "FP32", "shape": [-1, -1]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+            ],
         }
 
     async def infer(name: str, request: Request, version: str | None = None) -> JSONResponse:
@@ -178,28 +203,54 @@ def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
         tops = [model.top(row, k) for row in rows]
         n = len(rows)
         tensors = {
-            "probabilities": {"datatype": "FP32", "shape": [n, len(model.classes)],
-                              "data": [float(p) for row in rows for p in row]},
+            "probabilities": {
+                "datatype": "FP32",
+                "shape": [n, len(model.classes)],
+                "data": [float(p) for row in rows for p in row],
+            },
             "labels": {"datatype": "BYTES", "shape": [n, k], "data": [t["label"] for top in tops for t in top]},
             "scores": {"datatype": "FP32", "shape": [n, k], "data": [t["probability"] for top in tops for t in top]},
         }
-        body: dict[str, Any] = {"model_name": model.name, "model_version": VERSION,
-                                "outputs": [{"name": o, **tensors[o]} for o in outputs]}
+        body: dict[str, Any] = {
+            "model_name": model.name,
+            "model_version": VERSION,
+            "outputs": [{"name": o, **tensors[o]} for o in outputs],
+        }
         if "id" in head:
             body["id"] = head["id"]
         return JSONResponse(body)
 
     for path, version in (("/v2/models/{name}", False), ("/v2/models/{name}/versions/{version}", True)):
         hidden = {"include_in_schema": not version}
-        api.add_api_route(path, metadata, methods=["GET"], tags=tags, summary="Model metadata",
-                          dependencies=secured, **hidden)
+        api.add_api_route(
+            path, metadata, methods=["GET"], tags=tags, summary="Model metadata", dependencies=secured, **hidden
+        )
         api.add_api_route(path + "/ready", model_ready, methods=["GET"], tags=tags, summary="Model ready", **hidden)
-        api.add_api_route(path + "/infer", infer, methods=["POST"], tags=tags, dependencies=secured, **hidden,
-                          summary="Inference (BYTES images: base64 in JSON, or the binary tensor extension)",
-                          openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                              "schema": {"type": "object"}, "example": {"inputs": [
-                                  {"name": INPUT, "shape": [1], "datatype": "BYTES", "data": ["<base64 JPEG>"]}],
-                                  "parameters": {"top_k": 3}}}}}})
+        api.add_api_route(
+            path + "/infer",
+            infer,
+            methods=["POST"],
+            tags=tags,
+            dependencies=secured,
+            **hidden,
+            summary="Inference (BYTES images: base64 in JSON, or the binary tensor extension)",
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object"},
+                            "example": {
+                                "inputs": [
+                                    {"name": INPUT, "shape": [1], "datatype": "BYTES", "data": ["<base64 JPEG>"]}
+                                ],
+                                "parameters": {"top_k": 3},
+                            },
+                        }
+                    },
+                }
+            },
+        )
 
 
-__all__ = ["add_kserve_routes", "read_request", "parse_bytes_tensor", "INPUT", "OUTPUTS"]
+__all__ = ["INPUT", "OUTPUTS", "add_kserve_routes", "parse_bytes_tensor", "read_request"]

@@ -128,4 +128,4 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-__all__ = ["Metrics", "CONTENT_TYPE", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics"]

@@ -29,7 +29,6 @@ from headstart.features.extract import ENGINES, PRECISIONS, default_precision
 from headstart.models.classifier import Classifier
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 #: The longest side of the Grad-CAM overlay PNG (the photo is shrunk to it, never enlarged).
@@ -79,8 +78,11 @@ class ServedModel:
         check_choice(engine, "engine", "ServedModel", ENGINES)
         self.name = name
         self.classifier = classifier
-        precision = ONNX_PRECISION if engine == "onnxruntime" else (
-            default_precision("cpu") if precision == "auto" else precision)
+        precision = (
+            ONNX_PRECISION
+            if engine == "onnxruntime"
+            else (default_precision("cpu") if precision == "auto" else precision)
+        )
         self.engine, self.precision = resolve_engine(engine, precision, "cpu", classifier.spec)  # as extraction does
         self.max_pixels = max_pixels
         self._views = VIEWS if classifier.spec.flip_average else VIEWS[:1]
@@ -130,7 +132,8 @@ class ServedModel:
 
             self._embed = openvino_embedder(spec, self.precision, lambda: self.classifier.backbone)
             self._prepare = lambda data, name: uint8_crop(
-                decode_image(data, name=name, max_pixels=max_pixels, draft_size=draft), spec)
+                decode_image(data, name=name, max_pixels=max_pixels, draft_size=draft), spec
+            )
             self._stack = np.stack
         else:
             import torch
@@ -201,8 +204,13 @@ class ServedModel:
         self.load_explainer()
         with self._explain_lock:  # Grad-CAM hooks one module: one explanation at a time per model
             e = explain_view(self._target, whole_view(photo, self._target.spec.data_config), target, method)
-        info = {"target": e.target, "label": e.target_name, "probability": round(e.probability, 6),
-                "method": e.method, "layer": e.layer}
+        info = {
+            "target": e.target,
+            "label": e.target_name,
+            "probability": round(e.probability, 6),
+            "method": e.method,
+            "layer": e.layer,
+        }
         return overlay_png(photo, e.heatmap), info
 
     # ----------------------------------------------------------------------------------------------- card
@@ -218,8 +226,12 @@ class ServedModel:
             "method": meta.get("method"),
             "created": meta.get("created"),
             "headstart_version": meta.get("headstart_version"),
-            "backbone": {"name": spec.name, "source": spec.source, "weights_id": spec.weights_id,
-                         "num_features": spec.num_features},
+            "backbone": {
+                "name": spec.name,
+                "source": spec.source,
+                "weights_id": spec.weights_id,
+                "num_features": spec.num_features,
+            },
             "preprocessing": {**spec.data_config, "flip_average": spec.flip_average},
             "inference": {"engine": self.engine, "precision": self.precision},
             "metrics": {k: v for k, v in metrics.items() if not isinstance(v, dict)},
@@ -227,7 +239,9 @@ class ServedModel:
         }
 
 
-def overlay_png(photo: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.45, max_side: int = OVERLAY_MAX_SIDE) -> bytes:
+def overlay_png(
+    photo: Image.Image, heatmap: np.ndarray, *, alpha: float = 0.45, max_side: int = OVERLAY_MAX_SIDE
+) -> bytes:
     """The photo (shrunk to ``max_side``) with the heat map in the jet colour map blended over it, as PNG bytes."""
     from matplotlib import colormaps
     from PIL import Image

@@ -59,8 +59,9 @@ def open_models(args: Sequence[str | os.PathLike[str]], config: ServeConfig) -> 
     for name, path in model_arguments(args):
         if not path.is_file():
             raise HeadstartError(f"{path}: no such model file (a .safetensors file written by `headstart train`).")
-        models.append(ServedModel.open(path, name, precision=config.precision, engine=config.engine,
-                                       max_pixels=config.max_pixels))
+        models.append(
+            ServedModel.open(path, name, precision=config.precision, engine=config.engine, max_pixels=config.max_pixels)
+        )
     return models
 
 
@@ -75,8 +76,10 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise HeadstartError(f"Port {port} on {host} is in use (another server?): pick another with --port, "
-                                 "or --port 0 for any free one.") from None
+            raise HeadstartError(
+                f"Port {port} on {host} is in use (another server?): pick another with --port, "
+                "or --port 0 for any free one."
+            ) from None
         raise HeadstartError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}).") from None
     sock.listen(2048)
     return sock
@@ -108,16 +111,24 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     port = sock.getsockname()[1]
     address = url(config.host, port)
     app = create_app(state)
-    uv_config = uvicorn.Config(app, log_level="warning", access_log=config.access_log, lifespan="on",
-                               timeout_graceful_shutdown=10, server_header=False)
+    uv_config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=config.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
     if config.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = _uvicorn_server(uv_config)
     status = {"code": 0}
 
     def ready() -> None:
-        say(f"ready: {len(models)} model(s) ({', '.join(m.name for m in models)}) at {address}  "
-            f"(page {address}/, API docs {address}/docs; Ctrl-C stops)")
+        say(
+            f"ready: {len(models)} model(s) ({', '.join(m.name for m in models)}) at {address}  "
+            f"(page {address}/, API docs {address}/docs; Ctrl-C stops)"
+        )
 
     def failed(message: str) -> None:
         say(f"error: {message}")
@@ -141,4 +152,4 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     return status["code"]
 
 
-__all__ = ["serve", "open_models", "model_arguments", "bind", "url"]
+__all__ = ["bind", "model_arguments", "open_models", "serve", "url"]

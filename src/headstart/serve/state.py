@@ -33,8 +33,10 @@ class ServerState:
             raise ValueError("headstart serve needs at least one model file.")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"Two models would be served as {duplicates[0]!r}: name them with NAME=PATH "
-                             f"(e.g. {duplicates[0]}-2=other/{duplicates[0]}.safetensors).")
+            raise ValueError(
+                f"Two models would be served as {duplicates[0]!r}: name them with NAME=PATH "
+                f"(e.g. {duplicates[0]}-2=other/{duplicates[0]}.safetensors)."
+            )
         self.config = config
         self.models = {m.name: m for m in models}
         self.metrics = Metrics(names)
@@ -71,13 +73,17 @@ class ServerState:
                 model.load(warm_up_batch=size)
                 model.load_explainer()
                 self.batchers[model.name] = MicroBatcher(
-                    model.infer, max_batch_size=size, max_wait_ms=self.config.max_wait_ms,
+                    model.infer,
+                    max_batch_size=size,
+                    max_wait_ms=self.config.max_wait_ms,
                     on_batch=lambda n, name=model.name: self.metrics.observe_batch(name, n),
                     name=f"headstart-batch-{model.name}",
                 )
-                say(f"loaded {model.name} ({len(model.classes)} classes on {model.classifier.spec.name}, "
-                    f"{model.engine} {model.precision}, batches of up to {size}) in {time.perf_counter() - t0:.1f} s")
-        except Exception as exc:  # noqa: BLE001 - reported, and the server stops instead of hanging unready
+                say(
+                    f"loaded {model.name} ({len(model.classes)} classes on {model.classifier.spec.name}, "
+                    f"{model.engine} {model.precision}, batches of up to {size}) in {time.perf_counter() - t0:.1f} s"
+                )
+        except Exception as exc:
             self.error = f"could not load the models: {exc}"
             if not isinstance(exc, HeadstartError):  # a bug, not a bad file: keep the traceback
                 self.error = f"could not load the models: {type(exc).__name__}: {exc}"
@@ -105,12 +111,20 @@ class ServerState:
         if name is None or name == "":
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
-            raise ApiError(400, "model_required", f"Several models are served ({', '.join(self.models)}): "
-                           "say which with ?model=NAME.", models=list(self.models))
+            raise ApiError(
+                400,
+                "model_required",
+                f"Several models are served ({', '.join(self.models)}): say which with ?model=NAME.",
+                models=list(self.models),
+            )
         model = self.models.get(name)
         if model is None:
-            raise ApiError(404, "unknown_model", f"No model {name!r} is served here; the models are: "
-                           f"{', '.join(self.models)}.", models=list(self.models))
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"No model {name!r} is served here; the models are: {', '.join(self.models)}.",
+                models=list(self.models),
+            )
         return model
 
     def queue_depth(self) -> dict[str, int]:
@@ -131,8 +145,12 @@ class ServerState:
             except UnusableImageError as exc:
                 raise image_error(exc, upload.filename) from None
             except Exception as exc:  # a transform failing on an odd image is the image's problem, not a 500
-                raise ApiError(400, "unusable_image", f"{upload.filename}: cannot preprocess this image "
-                               f"({type(exc).__name__}: {exc})", filename=upload.filename) from None
+                raise ApiError(
+                    400,
+                    "unusable_image",
+                    f"{upload.filename}: cannot preprocess this image ({type(exc).__name__}: {exc})",
+                    filename=upload.filename,
+                ) from None
 
         tensors = await asyncio.gather(*(prepare(u) for u in uploads))
         batcher = self.batchers[model.name]

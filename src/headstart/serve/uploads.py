@@ -45,7 +45,9 @@ def image_error(exc: UnusableImageError, filename: str) -> ApiError:
         code = "not_an_image"
     elif "decompression bomb" in reason:
         code = "too_many_pixels"
-        reason = reason.replace("raise the limit with --max-pixels N", "the server's limit is set by `headstart serve --max-pixels`")
+        reason = reason.replace(
+            "raise the limit with --max-pixels N", "the server's limit is set by `headstart serve --max-pixels`"
+        )
     elif reason.startswith("truncated"):
         code = "corrupt_image"
     else:
@@ -63,7 +65,8 @@ class Upload:
 
 def too_large(limit_bytes: int) -> ApiError:
     return ApiError(
-        413, "too_large",
+        413,
+        "too_large",
         f"The request body is larger than this server's upload limit of {limit_bytes / MB:g} MB; send smaller "
         "or fewer photos per request, or start the server with a higher --max-upload-mb.",
         limit_bytes=limit_bytes,
@@ -73,7 +76,8 @@ def too_large(limit_bytes: int) -> ApiError:
 def too_many_files(sent: int | None, limit: int) -> ApiError:
     count = f"{sent} files" if sent is not None else "more files"
     return ApiError(
-        413, "too_many_files",
+        413,
+        "too_many_files",
         f"The request carries {count} than the {limit} this server takes at once; split it into several requests "
         "(or start the server with a higher --max-files).",
         limit=limit,
@@ -84,8 +88,8 @@ async def read_uploads(request: Any, *, max_files: int) -> list[Upload]:
     """The images of a request: every file part of a multipart form (field ``file``, or any other name), or
     the raw body (named by an ``X-Filename`` header, else ``upload``). Raises :class:`ApiError` for none or too
     many."""
-    from starlette.exceptions import HTTPException
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
 
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -101,8 +105,11 @@ async def read_uploads(request: Any, *, max_files: int) -> list[Upload]:
             uploads.append(Upload(part.filename or f"file{i + 1}", await part.read()))
             await part.close()
         if not uploads:
-            raise ApiError(400, "no_file", "The multipart form has no file part: send each photo as field 'file' "
-                           "(curl -F file=@photo.jpg).")
+            raise ApiError(
+                400,
+                "no_file",
+                "The multipart form has no file part: send each photo as field 'file' (curl -F file=@photo.jpg).",
+            )
         return uploads
     # Any other body is the image itself, whatever its type says (curl --data-binary sends a form's type).
     data = await request.body()
@@ -180,10 +187,28 @@ def _content_length(scope: dict[str, Any]) -> int | None:
 
 async def _send_json(send: Any, error: ApiError) -> None:
     body = json.dumps(error.body(), separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": error.status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["ApiError", "BodyTooLargeError", "Upload", "BodyLimit", "read_uploads", "image_error", "too_large", "too_many_files", "MB"]
+__all__ = [
+    "MB",
+    "ApiError",
+    "BodyLimit",
+    "BodyTooLargeError",
+    "Upload",
+    "image_error",
+    "read_uploads",
+    "too_large",
+    "too_many_files",
+]

@@ -39,12 +39,23 @@ def compare_backbones(
         'tf_efficientnet_lite2'
     """
     if isinstance(backbones, str) or not backbones or not all(isinstance(b, str) and b for b in backbones):
-        fail("backbones", "compare_backbones", "a list naming at least one backbone (timm names, e.g. "
-             "['tf_efficientnet_lite0', 'tf_efficientnet_lite1'])", backbones)
+        fail(
+            "backbones",
+            "compare_backbones",
+            "a list naming at least one backbone (timm names, e.g. ['tf_efficientnet_lite0', 'tf_efficientnet_lite1'])",
+            backbones,
+        )
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     cache = cache if cache is not None else FeatureCache()
-    rows = score_backbones(dataset.paths, dataset.labels, backbones, cache=cache, memo=Memo.beside(cache),
-                           flip_average=bool(flip_average), progress=progress)  # (the scoring `--backbone auto` uses too)
+    rows = score_backbones(
+        dataset.paths,
+        dataset.labels,
+        backbones,
+        cache=cache,
+        memo=Memo.beside(cache),
+        flip_average=bool(flip_average),
+        progress=progress,
+    )  # (the scoring `--backbone auto` uses too)
     rows.sort(key=lambda r: (-r["cv_accuracy"], -(r["images_per_second"] or 0.0)))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -70,9 +81,17 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
         if r["images_per_second"] is None:  # extracted before speeds were recorded: no x position to give
             continue
         ax.scatter(r["images_per_second"], r["cv_accuracy"], s=20 + r["num_features"] / 20)
-        ax.annotate(f"{r['rank']}. {r['backbone']} ({r['num_features']}-d)", (r["images_per_second"], r["cv_accuracy"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set(xlabel="extraction speed (images/s, this machine)", ylabel="linear probe accuracy (cross-validated)",
-           title=f"Backbones on {rows[0]['n_images']} photos")
+        ax.annotate(
+            f"{r['rank']}. {r['backbone']} ({r['num_features']}-d)",
+            (r["images_per_second"], r["cv_accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="extraction speed (images/s, this machine)",
+        ylabel="linear probe accuracy (cross-validated)",
+        title=f"Backbones on {rows[0]['n_images']} photos",
+    )
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -37,7 +37,10 @@ def run_demo(out_dir: str | Path = "headstart-demo", *, console: Console | None 
     out_dir = Path(out_dir)
     sample = sample_data()
     start = time.perf_counter()
-    console.print(f"[bold]headstart demo[/bold]: {DEFAULT_BACKBONE} (offline ImageNet weights) on {escape(str(sample))}", markup=True)
+    console.print(
+        f"[bold]headstart demo[/bold]: {DEFAULT_BACKBONE} (offline ImageNet weights) on {escape(str(sample))}",
+        markup=True,
+    )
     console.print("1. train a linear probe on 60 photos of 12 breeds (features cached for next time)")
     result = train(sample / "train", backbone=DEFAULT_BACKBONE, out=out_dir / "pets-sample.safetensors", progress=True)
     m = result.metrics

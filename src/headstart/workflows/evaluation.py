@@ -53,8 +53,10 @@ class Evaluation:
             "confusion_matrix": self.details.get("confusion_matrix", []),
             "classes": self.details.get("classes", []),
             "pictures": self.pictures,
-            "ece": self.calibration.get("ece"), "nll": self.calibration.get("nll"),
-            "brier": self.calibration.get("brier"), "calibration": self.calibration,
+            "ece": self.calibration.get("ece"),
+            "nll": self.calibration.get("nll"),
+            "brier": self.calibration.get("brier"),
+            "calibration": self.calibration,
         }
 
 
@@ -114,8 +116,9 @@ def evaluate(
     kept: list[Any] = []  # (the probabilities, for calibration)
 
     def probabilities(paths: list[Path]) -> Any:
-        feats = model.features(paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress,
-                               engine=engine)
+        feats = model.features(
+            paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress, engine=engine
+        )
         kept.append(model.predict_proba_features(feats.features))
         return kept[-1], feats.indices, feats.unusable
 
@@ -127,8 +130,11 @@ def evaluate(
     if out_dir is not None:
         folder = Path(out_dir)
         pictures = write_metric_pictures(scored.metrics, scored.paths, folder, title=f"{scored.n_images} photos")
-        pictures.append(plot_reliability(evaluation.calibration, folder / "reliability.png",
-                                         title=f"Reliability, {scored.n_images} photos"))
+        pictures.append(
+            plot_reliability(
+                evaluation.calibration, folder / "reliability.png", title=f"Reliability, {scored.n_images} photos"
+            )
+        )
         evaluation.pictures = [str(p) for p in pictures]
         write_json(folder / "evaluation.json", evaluation.to_dict())
     return evaluation

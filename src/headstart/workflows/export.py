@@ -35,8 +35,16 @@ from headstart.reports.metrics import ScoredPhotos, score_photos
 from headstart.workflows.evaluation import as_classifier, evaluate
 
 __all__ = [
-    "MAX_CALIBRATION_PHOTOS", "ExportReport", "export_onnx", "onnx_accuracy", "onnx_scores", "quantize_int8",
-    "run_onnx", "shape_nodes", "time_onnx", "write_onnx",
+    "MAX_CALIBRATION_PHOTOS",
+    "ExportReport",
+    "export_onnx",
+    "onnx_accuracy",
+    "onnx_scores",
+    "quantize_int8",
+    "run_onnx",
+    "shape_nodes",
+    "time_onnx",
+    "write_onnx",
 ]
 
 #: Calibration photos used at most by :func:`quantize_int8` (percentile calibration takes ~0.25 s a photo on 2 cores).
@@ -71,13 +79,18 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         """The numerical check, then the int8 copy's keys (when there is one), then the accuracies (when checked)."""
         out: dict[str, Any] = {
-            "path": str(self.path), "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
-            "max_abs_diff_features": self.max_abs_diff_features, "n_checked": self.n_checked,
+            "path": str(self.path),
+            "max_abs_diff_probabilities": self.max_abs_diff_probabilities,
+            "max_abs_diff_features": self.max_abs_diff_features,
+            "n_checked": self.n_checked,
             "quantized": None if self.quantized is None else str(self.quantized),
         }
         if self.quantized is not None:
-            out.update(calibration=self.calibration, ms_per_photo_onnx=self.ms_per_photo_onnx,
-                       ms_per_photo_int8=self.ms_per_photo_int8)
+            out.update(
+                calibration=self.calibration,
+                ms_per_photo_onnx=self.ms_per_photo_onnx,
+                ms_per_photo_int8=self.ms_per_photo_int8,
+            )
         if self.n_images is not None:
             out.update(accuracy_pytorch=self.accuracy_pytorch, accuracy_onnx=self.accuracy_onnx, n_images=self.n_images)
             if self.quantized is not None:
@@ -132,8 +145,13 @@ def export_onnx(
         dataset = check_data if isinstance(check_data, Dataset) else load_dataset(check_data)
     report = write_onnx(classifier, out, check_images=check_images, opset=opset, tolerance=tolerance)
     if calibration is not None:
-        report.quantized = quantize_int8(report.path, report.path.with_name(report.path.stem + ".int8.onnx"),
-                                         classifier, calibration, max_photos=max_calibration_photos)
+        report.quantized = quantize_int8(
+            report.path,
+            report.path.with_name(report.path.stem + ".int8.onnx"),
+            classifier,
+            calibration,
+            max_photos=max_calibration_photos,
+        )
         report.calibration = _describe_photos(source)
         image = np.zeros((1, *classifier.spec.data_config["input_size"]), dtype=np.float32)
         report.ms_per_photo_onnx = round(time_onnx(report.path, image) * 1000, 2)
@@ -156,7 +174,9 @@ def _calibration_source(model: Classifier, calibrate: Any) -> Any:
         raise ParameterError(
             "int8 export needs photos to calibrate on, and the model's training photos are not at "
             f"{source or '(not recorded)'}: pass calibrate=DATA (--calibrate DATA), a few hundred photos like the "
-            "ones the model will see.", "calibrate")
+            "ones the model will see.",
+            "calibrate",
+        )
     return source
 
 
@@ -213,12 +233,21 @@ def write_onnx(
     out = Path(out)
     with atomic_path(out) as tmp:
         torch.onnx.export(
-            module, (batch[:1],), str(tmp), input_names=["image"], output_names=["features", "probabilities"],
+            module,
+            (batch[:1],),
+            str(tmp),
+            input_names=["image"],
+            output_names=["features", "probabilities"],
             dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "probabilities": {0: "batch"}},
-            opset_version=opset, dynamo=False,
+            opset_version=opset,
+            dynamo=False,
         )
         proto = onnx.load(str(tmp))
-        meta = {"classes": model.classes, "backbone": model.spec.to_dict(), "headstart": model.metadata.get("headstart_version")}
+        meta = {
+            "classes": model.classes,
+            "backbone": model.spec.to_dict(),
+            "headstart": model.metadata.get("headstart_version"),
+        }
         entry = proto.metadata_props.add()
         entry.key, entry.value = "headstart", json.dumps(meta)
         onnx.checker.check_model(proto)
@@ -348,14 +377,23 @@ def quantize_int8(
     level = root.level
     root.setLevel(logging.ERROR)  # its root-logger advice (pre-processing, shape inference) is for its own developers
     try:  # (its calibrator also prints progress lines to stdout, which would break `--json`)
-        with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as quantized, \
-                contextlib.redirect_stdout(io.StringIO()):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            atomic_path(out) as quantized,
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(prepared), str(quantized), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
-                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=shape_nodes(prepared),
+                str(prepared),
+                str(quantized),
+                Photos(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                nodes_to_exclude=shape_nodes(prepared),
                 extra_options={"CalibStridedMinMax": 1},
             )
     finally:
@@ -382,7 +420,9 @@ def shape_nodes(path: str | os.PathLike[str]) -> list[str]:
             constant.update(node.output)
             continue
         inputs = [i for i in node.input if i]
-        if node.op_type == "Shape" or (any(i in shapes for i in inputs) and all(i in shapes or i in constant for i in inputs)):
+        if node.op_type == "Shape" or (
+            any(i in shapes for i in inputs) and all(i in shapes or i in constant for i in inputs)
+        ):
             shapes.update(node.output)
             names.append(node.name)
     return names
@@ -400,8 +440,10 @@ def _calibration_paths(calibration: Any) -> list[Path]:
         except DataError:  # not a labelled data set: any folder of photos will do
             paths = list_image_files(folder)[0] if folder.is_dir() else []
     if not paths:
-        raise DataError(f"No calibration photos in {calibration}: pass a folder of photos like the ones the model "
-                        "will see (e.g. its training photos).")
+        raise DataError(
+            f"No calibration photos in {calibration}: pass a folder of photos like the ones the model "
+            "will see (e.g. its training photos)."
+        )
     return paths
 
 
@@ -425,8 +467,12 @@ def time_onnx(path: str | os.PathLike[str], image: np.ndarray, repeats: int = 20
 
 
 def onnx_scores(
-    path: str | os.PathLike[str], model: Any, data: str | os.PathLike[str] | Dataset, *,
-    batch_size: int = 16, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    path: str | os.PathLike[str],
+    model: Any,
+    data: str | os.PathLike[str] | Dataset,
+    *,
+    batch_size: int = 16,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ScoredPhotos:
     """An ONNX export scored on labelled photos exactly as :func:`~headstart.workflows.evaluation.evaluate` scores
     the model (:func:`~headstart.reports.metrics.score_photos`), its photos decoded as extraction decodes them.
@@ -466,7 +512,9 @@ def onnx_scores(
     return score_photos(dataset, model.classes, probabilities)
 
 
-def onnx_accuracy(path: str | os.PathLike[str], model: Any, data: str | os.PathLike[str] | Dataset) -> tuple[float | None, int]:
+def onnx_accuracy(
+    path: str | os.PathLike[str], model: Any, data: str | os.PathLike[str] | Dataset
+) -> tuple[float | None, int]:
     """``(accuracy, photos scored)`` of an ONNX export on a labelled data set (see :func:`onnx_scores`).
 
     Example:

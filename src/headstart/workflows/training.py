@@ -26,8 +26,18 @@ from headstart.models.finetune_config import Finetune
 from headstart.models.memo import Memo, fit_probe, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
 
-__all__ = ["METHODS", "SkippedFilesWarning", "TrainResult", "default_run_dir", "find_learning_rate",
-           "parse_settings", "refit_summary", "sweep", "train", "write_run_folder"]
+__all__ = [
+    "METHODS",
+    "SkippedFilesWarning",
+    "TrainResult",
+    "default_run_dir",
+    "find_learning_rate",
+    "parse_settings",
+    "refit_summary",
+    "sweep",
+    "train",
+    "write_run_folder",
+]
 
 
 @dataclass
@@ -106,10 +116,23 @@ def train(
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     network = method != "probe"
     clf = ImageClassifier(
-        backbone=backbone, weights=weights, method=method, finetune=finetune_options or None,
-        val_fraction=val_fraction, seed=seed, refit=refit, flip_average=flip_average, precision=precision,
-        batch_size=batch_size, max_pixels=max_pixels, device=device, reuse=reuse, cache=cache,
-        checkpoint_dir=run if network or resume is not None else None, resume=resume is not None, progress=progress,
+        backbone=backbone,
+        weights=weights,
+        method=method,
+        finetune=finetune_options or None,
+        val_fraction=val_fraction,
+        seed=seed,
+        refit=refit,
+        flip_average=flip_average,
+        precision=precision,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        device=device,
+        reuse=reuse,
+        cache=cache,
+        checkpoint_dir=run if network or resume is not None else None,
+        resume=resume is not None,
+        progress=progress,
     ).fit(dataset)
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
     from headstart.features import current
@@ -149,17 +172,29 @@ def write_run_folder(
     """
     validation = getattr(clf, "validation_", None)
     if validation is None:
-        fail("clf", "write_run_folder", "an ImageClassifier fitted in this session (a loaded one has no validation "
-             "photos to draw)", clf)
+        fail(
+            "clf",
+            "write_run_folder",
+            "an ImageClassifier fitted in this session (a loaded one has no validation photos to draw)",
+            clf,
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = clf.model_.metadata
     config = {
-        "data": meta.get("data", {}).get("source"), "backbone": clf.backbone,
-        "weights": None if clf.weights is None else str(clf.weights), "method": meta.get("method"),
-        "out": None if out is None else str(out), "split": split, "val_fraction": clf.val_fraction,
-        "seed": clf.seed, "refit": clf.refit, "precision": clf.precision, "batch_size": clf.batch_size,
-        "max_pixels": clf.max_pixels, "flip_average": clf.report_["flip_average"],
+        "data": meta.get("data", {}).get("source"),
+        "backbone": clf.backbone,
+        "weights": None if clf.weights is None else str(clf.weights),
+        "method": meta.get("method"),
+        "out": None if out is None else str(out),
+        "split": split,
+        "val_fraction": clf.val_fraction,
+        "seed": clf.seed,
+        "refit": clf.refit,
+        "precision": clf.precision,
+        "batch_size": clf.batch_size,
+        "max_pixels": clf.max_pixels,
+        "flip_average": clf.report_["flip_average"],
     }
     if clf.finetune_ is not None:
         config["finetune"] = asdict(clf.finetune_)
@@ -173,8 +208,12 @@ def write_run_folder(
     val = classification_metrics(list(validation["labels"]), validation["proba"], list(clf.classes_))
     title = f"validation ({len(validation['paths'])} photos)"
     memo = Memo.beside(feature_cache(clf.cache)) if clf.reuse else None
-    written += memo_pictures(memo, [title, val, list(validation["hashes"])], folder,
-                             lambda: write_metric_pictures(val, validation["paths"], folder, title=title))
+    written += memo_pictures(
+        memo,
+        [title, val, list(validation["hashes"])],
+        folder,
+        lambda: write_metric_pictures(val, validation["paths"], folder, title=title),
+    )
     calibration = report.get("calibration")
     if calibration is not None:
         from headstart.models.memo import source_digest
@@ -184,8 +223,9 @@ def write_run_folder(
 
             return [plot_reliability(calibration, folder / "reliability.png", title=f"Reliability, {title}")]
 
-        written += memo_pictures(memo, ["reliability", source_digest("headstart.reports.calibration"), title,
-                                        calibration], folder, draw)
+        written += memo_pictures(
+            memo, ["reliability", source_digest("headstart.reports.calibration"), title, calibration], folder, draw
+        )
     history = clf.report_.get("history")
     if history is not None:
         import json
@@ -208,18 +248,26 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
     """
     n, n_train = report.get("n_usable"), report.get("n_train")
     if not report.get("refit_on_all"):
-        return {"on_all_photos": False, "photos": n_train,
-                "what": f"the model fitted on the {n_train} training photos; the {report.get('n_val')} validation "
-                        "photos were only scored"}
+        return {
+            "on_all_photos": False,
+            "photos": n_train,
+            "what": f"the model fitted on the {n_train} training photos; the {report.get('n_val')} validation "
+            "photos were only scored",
+        }
     if method == "probe":
-        return {"on_all_photos": True, "photos": n,
-                "what": f"the probe, fitted again on all {n} photos (C and the temperature from its cross-validation)"}
+        return {
+            "on_all_photos": True,
+            "photos": n,
+            "what": f"the probe, fitted again on all {n} photos (C and the temperature from its cross-validation)",
+        }
     refit = report.get("refit") or {}
     epochs = refit.get("epochs", report.get("best_epoch"))
-    what = (f"the network trained again on all {n} photos for {epochs} epoch(s) of the same schedule (the epoch "
-            f"validation chose), its temperature {report.get('temperature', 1.0):.3g} from validation"
-            if epochs else f"validation kept epoch 0 (fine-tuning did not beat the probe): the probe refit on all "
-                           f"{n} photos")
+    what = (
+        f"the network trained again on all {n} photos for {epochs} epoch(s) of the same schedule (the epoch "
+        f"validation chose), its temperature {report.get('temperature', 1.0):.3g} from validation"
+        if epochs
+        else f"validation kept epoch 0 (fine-tuning did not beat the probe): the probe refit on all {n} photos"
+    )
     return {"on_all_photos": True, "photos": n, "epochs": epochs, "seconds": refit.get("seconds"), "what": what}
 
 
@@ -257,8 +305,16 @@ def find_learning_rate(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     store = feature_cache(cache)
     if parse_auto(backbone) is not None:  # the backbone `train` would choose (from the cache when it chose before)
-        backbone = select_for_fit(dataset, parse_auto(backbone), cache=store, memo=Memo.beside(store), seed=0,
-                                  val_fraction=0.2, weights=weights, progress=progress).chosen
+        backbone = select_for_fit(
+            dataset,
+            parse_auto(backbone),
+            cache=store,
+            memo=Memo.beside(store),
+            seed=0,
+            val_fraction=0.2,
+            weights=weights,
+            progress=progress,
+        ).chosen
     source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
     feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
     usable = dataset.subset(feats.indices.tolist())
@@ -268,9 +324,18 @@ def find_learning_rate(
     network = build_network(source.load(), len(classes), config.head_dropout)
     start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
     budget = DEFAULT_BUDGET_S if budget_s is None else (budget_s or None)
-    result = lr_range_test(network, usable, classes, source.spec.data_config, config, steps=steps or DEFAULT_STEPS,
-                           budget_s=budget, progress=progress, spec=source.spec,
-                           hashes=dict(zip(map(str, usable.paths), feats.hashes)))
+    result = lr_range_test(
+        network,
+        usable,
+        classes,
+        source.spec.data_config,
+        config,
+        steps=steps or DEFAULT_STEPS,
+        budget_s=budget,
+        progress=progress,
+        spec=source.spec,
+        hashes=dict(zip(map(str, usable.paths), feats.hashes)),
+    )
     plot_lr_find(result, Path(out))
     return result
 
@@ -323,16 +388,33 @@ def sweep(
         variant = dict(zip(keys, values))
         name = ",".join(f"{k}={v}" for k, v in variant.items())
         slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
-        result = train(dataset, method=method, backbone=backbone, out=folder / f"{slug}.safetensors",
-                       run_dir=folder / slug, finetune_options={**(base_options or {}), **variant}, progress=progress)
+        result = train(
+            dataset,
+            method=method,
+            backbone=backbone,
+            out=folder / f"{slug}.safetensors",
+            run_dir=folder / slug,
+            finetune_options={**(base_options or {}), **variant},
+            progress=progress,
+        )
         m = result.metrics
-        rows.append({"variant": name, **variant, "val_accuracy": m["val_accuracy"], "best_epoch": m["best_epoch"],
-                     "epochs_run": m["epochs_run"], "seconds": m["seconds"],
-                     "history": result.estimator.report_.get("history", [])})
+        rows.append(
+            {
+                "variant": name,
+                **variant,
+                "val_accuracy": m["val_accuracy"],
+                "best_epoch": m["best_epoch"],
+                "epochs_run": m["epochs_run"],
+                "seconds": m["seconds"],
+                "history": result.estimator.report_.get("history", []),
+            }
+        )
     write_json(folder / "results.json", rows)
     table = ["| variant | validation accuracy | best epoch | epochs | seconds |", "|---|---|---|---|---|"]
-    table += [f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
-              for r in rows]
+    table += [
+        f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
+        for r in rows
+    ]
     write_text_atomic(folder / "results.md", "\n".join(table) + "\n")
     _plot_sweep(rows, folder / "comparison.png")
     return rows
