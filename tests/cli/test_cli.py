@@ -152,8 +152,9 @@ def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
 
 def test_predict_json_top_k(model: Path, sample: Path) -> None:
     a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
-    rows = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
-    assert [Path(r["path"]) for r in rows] == [a, b]
+    result = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
+    rows = result["predictions"]
+    assert [Path(r["path"]) for r in rows] == [a, b] and result["skipped"] == []
     for row in rows:
         assert len(row["predictions"]) == 2
         assert all(set(p) == {"label", "probability"} for p in row["predictions"])
@@ -170,8 +171,9 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
 def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
     good = photos(sample / "test")[0]
     result = run("predict", model, good, text_as_jpg, "--json")
-    rows = ok_json(result, exit_code=1)
-    assert [Path(r["path"]) for r in rows] == [good]
+    answer = ok_json(result, exit_code=1)
+    assert [Path(r["path"]) for r in answer["predictions"]] == [good]
+    assert [s["path"] for s in answer["skipped"]] == [str(text_as_jpg)], "in the JSON too"
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
 
 

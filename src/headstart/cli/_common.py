@@ -8,7 +8,8 @@ Exit codes, the same for every command:
 
 ====  ==========================================================================================
 0     all done
-1     done, but some inputs were unusable; they are listed on stderr (and in ``--json`` output)
+1     done, but some inputs were unusable; they are listed on stderr (and in ``--json`` output), once, by
+      :func:`handles_errors`: whatever skipped them (extraction, scoring, a fit) reports them to it
 2     bad usage or bad input for the whole command (one line on stderr says what and how to fix it)
 130   interrupted (Ctrl-C); what was finished is kept
 ====  ==========================================================================================
@@ -29,9 +30,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from headstart._console import listening_for_skipped
 from headstart._io import check_output
 from headstart.cli import _interrupts as interrupts
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, SkippedFilesWarning, describe_skipped
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1  # done, some inputs unusable (listed)
@@ -98,38 +100,110 @@ def use_cache_dir(cache_dir: Path | None) -> None:
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    if issubclass(category, SkippedFilesWarning) and _RUNNING:  # the one reporter lists them when the command ends
+        _RUNNING[-1].add(getattr(message, "unusable", []))
+        return
     err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", markup=True, highlight=False)
+
+
+# ------------------------------------------------------------------------------------- paths and skipped files
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """How every command shows a path it names (skipped files, predictions, outputs): relative to the folder the
+    command runs in when the path is inside it, else as given."""
+    text = os.fspath(path)
+    candidate = Path(text)
+    if candidate.is_absolute():
+        try:
+            return str(candidate.relative_to(Path.cwd()))
+        except ValueError:
+            return text
+    return text
+
+
+class _Skipped:
+    """The unusable files one command skipped: path as shown -> reason, each once, in the order met."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+
+    def add(self, items: Any) -> None:
+        for item in items:
+            path = item["path"] if isinstance(item, dict) else item.path
+            reason = item["reason"] if isinstance(item, dict) else item.reason
+            self.files.setdefault(shown_path(path), reason)
+
+
+_RUNNING: list[_Skipped] = []  # the commands running in this process, innermost last
+
+
+def skipped_files() -> list[dict[str, str]]:
+    """The unusable files the running command skipped so far, as ``--json`` lists them (``path``, ``reason``)."""
+    return [{"path": p, "reason": r} for p, r in _RUNNING[-1].files.items()] if _RUNNING else []
+
+
+def _under_torchrun() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def _end_with_skipped(collected: _Skipped, code: int) -> int:
+    """The rule of exit code 1, for every command: list the skipped files once on stderr (``skipped N unusable
+    file(s):`` and a ``  path: reason`` line each) and exit 1. Under torchrun only rank 0 lists them, and every
+    rank exits 0: torchrun turns any other code into a crash report (ChildFailedError) for work that was done."""
+    if not collected.files:
+        return code
+    if os.environ.get("RANK", "0") in ("", "0"):
+        err.print(describe_skipped(skipped_files(), limit=len(collected.files)), highlight=False)
+        if _under_torchrun():
+            err.print("(exit code 0 under torchrun, not 1: torchrun reports any other code as a failure)")
+    return code if _under_torchrun() else max(code, EXIT_SKIPPED)
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line on stderr and exit 2, never a stack trace; an interrupt (Ctrl-C),
-    however deep it lands and whatever error it turned into on its way up, into exit 130 and its one line."""
+    however deep it lands and whatever error it turned into on its way up, into exit 130 and its one line; and
+    unusable files skipped anywhere in the command into one list on stderr at its end and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        warnings.showwarning = _show_warning
-        since = interrupts.received()
+        collected = _Skipped()
+        _RUNNING.append(collected)
         try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            if interrupts.received() > since:
-                _interrupted()
-            raise
-        except BaseException as exc:  # (SystemExit and GeneratorExit pass on unless an interrupt is behind them)
-            if interrupts.caused_by_interrupt(exc, since):
-                _interrupted()
-            if isinstance(exc, (HeadstartError, ValueError)):
-                err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
-                raise typer.Exit(EXIT_BAD_INPUT) from None
-            if isinstance(exc, OSError):  # a file the library did not expect to fail (disk full): still one line
-                where = f"{exc.filename}: " if exc.filename else ""
-                err.print(
-                    f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False
-                )
-                raise typer.Exit(EXIT_BAD_INPUT) from None
-            raise
+            with listening_for_skipped(collected.add), warnings.catch_warnings():
+                warnings.simplefilter("always", SkippedFilesWarning)  # (each command hears its own)
+                warnings.showwarning = _show_warning
+                code = _run(fn, args, kwargs)
+            code = _end_with_skipped(collected, code)
+        finally:
+            _RUNNING.remove(collected)
+        if code:
+            raise typer.Exit(code)
 
     return wrapper
+
+
+def _run(fn: Callable[..., Any], args: Any, kwargs: Any) -> int:
+    """Run the command; its exit code when it ends done (0, or 1 from :func:`finish`)."""
+    since = interrupts.received()
+    try:
+        fn(*args, **kwargs)
+        return EXIT_OK
+    except typer.Exit as exc:
+        if interrupts.received() > since:
+            _interrupted()
+        if exc.exit_code in (EXIT_OK, EXIT_SKIPPED):
+            return exc.exit_code
+        raise
+    except BaseException as exc:  # (SystemExit and GeneratorExit pass on unless an interrupt is behind them)
+        if interrupts.caused_by_interrupt(exc, since):
+            _interrupted()
+        if isinstance(exc, (HeadstartError, ValueError)):
+            err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        if isinstance(exc, OSError):  # a file the library did not expect to fail (disk full): still one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise
 
 
 def _interrupted() -> None:
@@ -178,7 +252,8 @@ def options_of(command: Callable[..., Any]) -> dict[str, str]:
 
 
 def finish(n_unusable: int) -> None:
-    """End a command that has done its work: exit 1 when it skipped unusable inputs (listed already), else 0."""
+    """End a command whose result is a list of unusable inputs (``scan``): exit 1 when it has any, else 0. (Files
+    a command skipped on its way reach :func:`handles_errors` by themselves and end in 1 there.)"""
     if n_unusable:
         raise typer.Exit(EXIT_SKIPPED)
 

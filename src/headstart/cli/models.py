@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from headstart._io import check_output
@@ -22,11 +21,12 @@ from headstart.cli._common import (
     app,
     check_model_file,
     err,
-    finish,
     handles_errors,
     max_pixels_or_none,
     out,
     print_json,
+    shown_path,
+    skipped_files,
     use_cache_dir,
 )
 
@@ -61,15 +61,10 @@ def evaluate(
         progress=not as_json,
         engine=engine,
     )
-    if report.skipped:
-        err.print(f"skipped {len(report.skipped)} unusable file(s):")
-        for s in report.skipped:
-            err.print(f"  {s['path']}: {s['reason']}", highlight=False)
     if report.unknown_labels:
         err.print(f"not scored (labels the model does not know): {report.unknown_labels}", highlight=False)
     if as_json:
-        print_json(report.to_dict())
-        finish(len(report.skipped))
+        print_json({**report.to_dict(), "skipped": skipped_files()})
         return
     table = Table("class", "precision", "recall", "photos")
     for name, row in report.details["per_class"].items():
@@ -78,8 +73,7 @@ def evaluate(
     out.print(table)
     out.print(f"accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
     if report.pictures:
-        out.print("pictures: " + ", ".join(report.pictures))
-    finish(len(report.skipped))
+        out.print("pictures: " + ", ".join(shown_path(p) for p in report.pictures))
 
 
 @app.command()
@@ -100,14 +94,12 @@ def predict(
 
     result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)
     if as_json:
-        print_json(result.to_list())
-    else:
-        for p in result.predictions:
-            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
-            out.print(f"{p.path}: {shown}", highlight=False)
-    for u in result.unusable:
-        err.print(f"[yellow]skipped[/yellow] {escape(f'{u.path}: {u.reason}')}", markup=True, highlight=False)
-    finish(len(result.unusable))
+        predictions = [{**row, "path": shown_path(row["path"])} for row in result.to_list()]
+        print_json({"predictions": predictions, "skipped": skipped_files()})
+        return
+    for p in result.predictions:
+        shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
+        out.print(f"{shown_path(p.path)}: {shown}", highlight=False)
 
 
 @app.command()
@@ -145,7 +137,7 @@ def export(
 
     report = export_onnx(Classifier.load(model), out_path, int8=int8, calibrate=calibrate, check_data=data)
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "skipped": skipped_files()})
         return
     out.print(
         f"wrote {report.path}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
@@ -200,7 +192,7 @@ def compare(
         progress=not as_json,
     )
     if as_json:
-        print_json(rows)
+        print_json({"backbones": rows, "skipped": skipped_files()})
         return
     table = Table("rank", "backbone", "probe accuracy (CV)", "img/s", "features")
     for r in rows:

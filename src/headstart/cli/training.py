@@ -19,12 +19,11 @@ from headstart.cli._common import (
     SplitOpt,
     WeightsOpt,
     app,
-    err,
-    finish,
     handles_errors,
     max_pixels_or_none,
     out,
     print_json,
+    skipped_files,
     use_cache_dir,
 )
 from headstart.cli._finetune import finetune_flags, flag_of, given
@@ -197,8 +196,7 @@ def train(
     if not current().is_main:  # under torchrun, rank 0 reports
         return
     if as_json:
-        print_json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
-        finish(len(m["skipped"]))
+        print_json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m, "skipped": skipped_files()})
         return
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
@@ -211,8 +209,6 @@ def train(
         f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
         f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
     )
-    if m["skipped"]:  # (the library's warning listed them on stderr already)
-        err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
     if m.get("flip_average_cv"):
         cv = m["flip_average_cv"]
         out.print(
@@ -237,7 +233,6 @@ def train(
 
     out.print(f"model: {result.model_path} ({refit_summary(m, method)['what']})")
     out.print(f"run folder: {result.run_dir} ({', '.join(p.name for p in result.files)})")
-    finish(len(m["skipped"]))
 
 
 @app.command("lr-find")
@@ -274,7 +269,7 @@ def lr_find(
         progress=not as_json,
     )
     if as_json:
-        print_json({**result.to_dict(), "plot": str(out_path)})
+        print_json({**result.to_dict(), "plot": str(out_path), "skipped": skipped_files()})
         return
     out.print(f"suggested learning rate: {result.suggestion:.2g} (use it as --lr); plot: {out_path}")
     out.print(f"{result.why}; {result.seconds:.1f} s ({result.seconds_per_step:.2f} s a step)")
@@ -315,7 +310,9 @@ def sweep(
         progress=not as_json,
     )
     if as_json:
-        print_json([{k: v for k, v in r.items() if k != "history"} for r in rows])
+        print_json(
+            {"variants": [{k: v for k, v in r.items() if k != "history"} for r in rows], "skipped": skipped_files()}
+        )
         return
     table = Table("variant", "validation accuracy", "best epoch", "seconds")
     for r in rows:

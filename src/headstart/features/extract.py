@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart._console import progress as progress_bar
+from headstart._console import report_skipped
 from headstart._validation import check_choice, check_int
 from headstart.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, decode_threads, load_image
 from headstart.data.scanning import UnusableFile
-from headstart.errors import UnusableImageError
+from headstart.errors import UnusableImageError, describe_skipped
 from headstart.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
 from headstart.features.cache import FeatureCache
 from headstart.features.engines import ONNX_PRECISION, VIEWS, view_embedder
@@ -245,11 +246,13 @@ def extract_features(
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
         matrix = (orig + mirror) / np.float32(2)
     seconds = time.perf_counter() - start
+    skipped = [UnusableFile(paths[i], r) for i, r in sorted(unusable.items())]
+    report_skipped(skipped)  # (to the command line's one reporter, when it listens)
     return Features(
         features=matrix.astype(np.float32, copy=False),
         indices=np.asarray(kept, dtype=np.int64),
         hashes=kept_hashes,
-        unusable=[UnusableFile(paths[i], r) for i, r in sorted(unusable.items())],
+        unusable=skipped,
         n_cached=len(first) - len(need),
         n_computed=n_computed,
         seconds=seconds,
@@ -398,12 +401,8 @@ def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: Iterable[list],
 
 
 def describe_unusable(unusable: Sequence[UnusableFile], limit: int = 10) -> str:
-    """One warning naming the skipped files (the first ``limit``, then a count)."""
-    if not unusable:
-        return ""
-    lines = [f"  {u.path}: {u.reason}" for u in unusable[:limit]]
-    more = f"\n  … and {len(unusable) - limit} more (see `headstart scan`)" if len(unusable) > limit else ""
-    return f"Skipped {len(unusable)} unusable file(s):\n" + "\n".join(lines) + more
+    """One text naming the skipped files (the first ``limit``, then a count): :func:`headstart.errors.describe_skipped`."""
+    return describe_skipped(unusable, limit)
 
 
 def decode_size(spec: BackboneSpec) -> tuple[int, int]:

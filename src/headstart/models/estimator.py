@@ -35,7 +35,7 @@ import numpy as np
 
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, train_val_split
-from headstart.errors import DataError
+from headstart.errors import DataError, SkippedFilesWarning
 from headstart.features import PRECISIONS, FeatureCache, describe_unusable, extract_features
 from headstart.models.classifier import Classifier
 from headstart.models.finetune_config import Finetune
@@ -53,10 +53,6 @@ METHODS = ("probe", "finetune", "scratch")
 #: views), ``"cached"`` (the default: one view, unless the mirror views are cached; then cross-validation chooses).
 FLIP_CHOICES = ("auto", "cached")
 _CALLER = "ImageClassifier"
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some photos could not be used and were left out; the message names them and says why."""
 
 
 class ImageClassifier(ClassifierProtocol):
@@ -394,7 +390,7 @@ class ImageClassifier(ClassifierProtocol):
                     one_view.seconds,
                 )
         if feats.unusable:
-            warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=3)
+            warnings.warn(SkippedFilesWarning(feats.unusable), stacklevel=3)
         usable = dataset.subset(feats.indices.tolist())
         if len(set(usable.labels)) < 2:
             raise DataError(
