@@ -189,10 +189,10 @@ SKIPPING_COMMANDS = {
     "compare": lambda root, model, out: ["compare", root, "--backbones", "tf_efficientnet_lite0"],
     "audit": lambda root, model, out: ["audit", root, "--out", out / "audit", "--no-thumbnails"],
     "export --data": lambda root, model, out: ["export", model, "--out", out / "m.onnx", "--data", root],
-    "lr-find": lambda root, model, out: (
-        ["lr-find", root, "-b", "tf_efficientnet_lite0", "--out", out / "lr.png"]
-        + ["--steps", "3", "--batch-size", "8"]
-    ),
+    "lr-find": lambda root, model, out: [
+        *("lr-find", root, "-b", "tf_efficientnet_lite0", "--out", out / "lr.png"),
+        *("--steps", "3", "--batch-size", "8"),
+    ],
 }
 
 
