@@ -150,6 +150,23 @@ def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
     assert "on 24 photos" in human.stdout
 
 
+def test_training_again_on_the_same_photos_writes_a_bit_identical_model_file(sample: Path, tmp_path: Path) -> None:
+    """The README's promise: cold (features computed), then cached and remembered, then with --json (no progress
+    bar): the same bytes, because nothing about the run (times, cache hits) goes into the file."""
+    photos_ = tmp_path / "photos"
+    for breed in ("Persian", "pug", "samoyed"):
+        shutil.copytree(sample / "train" / breed, photos_ / breed)
+    cache = tmp_path / "cache"
+    args = ("-b", "tf_efficientnet_lite0", "--cache-dir", cache)
+    cold = run("train", photos_, "--out", tmp_path / "cold.safetensors", *args)
+    assert cold.exit_code == 0, cold.output
+    assert "0 cached, 15 computed" in cold.stdout
+    warm = run("train", photos_, "--out", tmp_path / "warm.safetensors", *args, "--json")
+    assert warm.exit_code == 0, warm.output
+    assert json.loads(warm.stdout)["features"]["cached"] == 15, "the run folder keeps what the run did"
+    assert (tmp_path / "cold.safetensors").read_bytes() == (tmp_path / "warm.safetensors").read_bytes()
+
+
 def test_predict_json_top_k(model: Path, sample: Path) -> None:
     a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
     result = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
