@@ -31,7 +31,14 @@ try:  # from the first line: a Ctrl-C during start-up ends in exit 130 and one l
 
         from headstart.cli._common import app
 
-        COMMAND_MODULES = ("data", "training", "models", "attacks", "inside")  # the order of `headstart --help`
+        COMMAND_MODULES = (
+            "data",
+            "training",
+            "models",
+            "attacks",
+            "inside",
+            "manage",
+        )  # the order of `headstart --help`
         OPTIONAL_MODULES = ("serve", "audit")  # written by other parts of the project; skipped when absent
 
         for _name in COMMAND_MODULES:

@@ -31,6 +31,7 @@ from headstart.errors import UnusableImageError, describe_skipped
 from headstart.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
 from headstart.features.cache import FeatureCache
 from headstart.features.engines import ONNX_PRECISION, VIEWS, view_embedder
+from headstart.features.housekeeping import mark_used
 from headstart.features.openvino import OpenVinoSource, resolve_engine
 from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
 
@@ -167,6 +168,7 @@ def extract_features(
     views = VIEWS if spec.flip_average else VIEWS[:1]
     engine, precision = resolve_engine(engine, precision, device, spec)  # auto -> openvino on CPUs (openvino.py)
     key = cache.register(spec, precision)
+    mark_used(cache, key)  # (for `headstart cache clean --older-than`)
 
     hashes = cache.file_hashes(paths)
     unusable: dict[int, str] = {}
