@@ -36,6 +36,8 @@ _MODULES = {
     "headstart.workflows.export": ("export_onnx",),
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
+    "headstart.workflows.info": ("model_info",),
+    "headstart.features.housekeeping": ("cache_summary", "clean_cache"),
     # data and features
     "headstart.data": (
         "load_image",
