@@ -322,6 +322,7 @@ class ImageClassifier(ClassifierProtocol):
         feats = s.feats
         report: dict[str, Any] = {
             "val_accuracy": val["accuracy"],
+            "val_accuracy_ci": val["accuracy_ci"],
             "val_top5_accuracy": val["top5_accuracy"],
             **specific,
             "n_images": len(dataset),
@@ -337,6 +338,7 @@ class ImageClassifier(ClassifierProtocol):
             "flip_average": s.flip,
             "flip_average_cv": s.flip_cv,
             "val_ece": calibration["ece"],
+            "val_ece_floor": calibration["ece_floor"],
             "val_nll": calibration["nll"],
             "val_brier": calibration["brier"],
             "calibration": calibration,
