@@ -87,6 +87,28 @@ EngineOpt = Annotated[
 ]
 
 
+# ----------------------------------------------------------------------------------------- where outputs go
+# The rule, the same in every command:
+# - `--out`/`-o` names what the command writes: a file where it writes one thing (train's model, export's ONNX,
+#   lr-find's plot, the PNG of dream, featuremaps and explain), a folder where it writes several (evaluate, compare,
+#   sweep, audit, attack, robustness, demo). train's second output, its run folder, is `--run-dir` (default: beside
+#   the model, `<model stem>-run`). Old spellings (evaluate's `--out-dir`) still work, with a note.
+# - Left out, an output's name is made from the inputs (:func:`default_output`), so two different commands (another
+#   photo, model or grid) never write to the same default place.
+# - Every output is checked before any work (`_io.check_output`) and written whole (temporary name, then rename):
+#   running the same command again replaces its own earlier output, and says so.
+def default_output(*parts: object, suffix: str = "") -> Path:
+    """The path an output gets when ``--out`` is left out: the inputs that make it differ, joined by ``-``
+    (``default_output("cat", "pets", "explain", suffix=".png")`` → ``cat-pets-explain.png``)."""
+    words = [re.sub(r"[^\w.=,+-]+", "_", str(p)).strip("._") for p in parts if str(p)]
+    return Path("-".join(w for w in words if w) + suffix)
+
+
+def deprecated_flag(old: str, new: str) -> None:
+    """Say, once, that an old spelling of a flag was used (it keeps working)."""
+    err.print(f"note: {old} is now spelled {new} (the same meaning, as in every command); {old} still works for now.")
+
+
 def max_pixels_or_none(value: int) -> int | None:
     """The ``--max-pixels`` value as the library takes it (0 = no limit = None)."""
     return None if value <= 0 else value

@@ -20,6 +20,7 @@ from headstart.cli._common import (
     SplitOpt,
     app,
     check_model_file,
+    deprecated_flag,
     err,
     handles_errors,
     max_pixels_or_none,
@@ -37,18 +38,24 @@ def evaluate(
     model: ModelArg,
     data: DataArg,
     split: SplitOpt = "all",
-    out_dir: Annotated[Path | None, typer.Option(help="Write evaluation.json and the pictures here.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for evaluation.json and the pictures.")
+    ] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     engine: EngineOpt = "auto",
+    old_out_dir: Annotated[Path | None, typer.Option("--out-dir", hidden=True)] = None,
 ) -> None:
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     use_cache_dir(cache_dir)
     check_model_file(model)
+    if old_out_dir is not None:
+        deprecated_flag("--out-dir", "--out")
+        out_dir = out_dir or old_out_dir
     if out_dir is not None:
-        check_output(out_dir, "folder", "--out-dir", contents=("evaluation.json",))
+        check_output(out_dir, "folder", "--out", contents=("evaluation.json",))
     from headstart.workflows.evaluation import evaluate as evaluate_model
 
     report = evaluate_model(
@@ -173,7 +180,9 @@ def compare(
     backbones: Annotated[
         str, typer.Option(help="Comma-separated timm names.")
     ] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for compare.json and compare.png.")
+    ] = None,
     flip_average: Annotated[
         bool,
         typer.Option(
@@ -212,7 +221,7 @@ def compare(
 @app.command()
 @handles_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model and pictures.")] = Path(
         "headstart-demo"
     ),
     cache_dir: CacheDirOpt = None,

@@ -19,6 +19,7 @@ from headstart.cli._common import (
     SplitOpt,
     WeightsOpt,
     app,
+    default_output,
     handles_errors,
     max_pixels_or_none,
     out,
@@ -288,7 +289,12 @@ def sweep(
     ],
     method: Annotated[str, typer.Option(help="finetune or scratch.")] = "finetune",
     backbone: BackboneOpt = "tf_efficientnet_lite0",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the variants, table and plot.")] = Path("sweep"),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the variants, table and plot (default sweep-<the options swept>)."
+        ),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     **finetune: Any,
@@ -298,14 +304,17 @@ def sweep(
     The fine-tuning flags set the other options of every variant.
     """
     use_cache_dir(cache_dir)
-    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
     from headstart.workflows.training import parse_settings
     from headstart.workflows.training import sweep as run_sweep
+
+    grid = parse_settings(settings)
+    out_dir = out_dir or default_output("sweep", *grid)  # (two sweeps of other options never share a folder)
+    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
 
     base = Finetune().replace(**given(finetune)).set_fields()
     rows = run_sweep(
         data,
-        parse_settings(settings),
+        grid,
         method=method,
         out_dir=out_dir,
         backbone=backbone,
@@ -317,10 +326,13 @@ def sweep(
             {"variants": [{k: v for k, v in r.items() if k != "history"} for r in rows], "skipped": skipped_files()}
         )
         return
-    table = Table("variant", "validation accuracy", "best epoch", "seconds")
+    table = Table("variant", "validation accuracy", "best epoch", "seconds (own)")
     for r in rows:
         table.add_row(r["variant"], f"{r['val_accuracy']:.3f}", str(r["best_epoch"]), f"{r['seconds']:.0f}")
     out.print(table)
+    shared = sum(r.get("shared_seconds", 0.0) for r in rows)
+    if shared:
+        out.print(f"frozen stages, run once for every variant: {shared:.0f} s (not in any variant's seconds)")
     out.print(f"table: {out_dir / 'results.md'}, plot: {out_dir / 'comparison.png'}")
 
 

@@ -53,10 +53,10 @@ __all__ = [
     "validate_classifier",
 ]
 
-#: Metadata keys that describe one run, not the model (when, how long, what the cache already held, whether a
-#: progress bar showed): never written into a model file, at any depth, so that training again on the same inputs
-#: writes a bit-identical file; the run folder's ``metrics.json`` keeps them.
-RUN_ONLY_KEYS = frozenset({"created", "seconds", "seconds_per_step", "cached", "computed", "progress"})
+#: Metadata keys that describe one run, not the model (when, how long, what the feature cache or a shared
+#: activation bank already held, whether a progress bar showed): never written into a model file, at any depth, so
+#: that training again on the same inputs writes a bit-identical file; the run folder's ``metrics.json`` keeps them.
+RUN_ONLY_KEYS = frozenset({"created", "seconds", "seconds_per_step", "progress", "features", "computed", "photo_views"})
 #: Version of the file layout; readers refuse files with a larger number.
 FORMAT_VERSION = 1
 #: The key of safetensors' ``__metadata__`` that holds headstart's JSON document.
