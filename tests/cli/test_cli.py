@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart.cli import app
+from headstart.errors import HeadstartError
 
 
 def run(*args: str | Path):
@@ -195,6 +196,69 @@ def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Pat
 
 
 # ------------------------------------------------------------------------------------------------------ errors
+# common mistakes get the right words
+def test_predict_with_a_photo_where_the_model_goes_says_the_model_comes_first(sample: Path) -> None:
+    photo = photos(sample / "test" / "pug")[0]
+    message = assert_clean_error(run("predict", photo, sample / "test" / "beagle"), exit_code=2)
+    assert f"{photo} is a photo, not a model file" in message and "`headstart predict MODEL PHOTO…`" in message
+    assert "header" not in message
+
+
+def test_evaluate_with_its_arguments_swapped_says_so(model: Path, sample: Path) -> None:
+    message = assert_clean_error(run("evaluate", sample / "test", model), exit_code=2)
+    assert "the wrong way round" in message and "`headstart evaluate MODEL DATA`" in message
+    assert "inside it" not in message
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("resnet5O", "resnet50"), ("efficientnet_lite9", "efficientnet_lite0")])
+def test_a_misspelt_backbone_suggests_the_nearest_names(typed: str, meant: str, sample: Path) -> None:
+    message = assert_clean_error(run("extract", sample / "test", "--backbone", typed), exit_code=2)
+    suggested = message.split("Did you mean ", 1)[1].split("?")[0].split(", ")
+    assert meant in suggested, message
+
+
+def test_one_photo_a_class_says_so(sample: Path, tmp_path: Path) -> None:
+    for breed in ("pug", "beagle", "Persian"):
+        (tmp_path / "photos" / breed).mkdir(parents=True)
+        shutil.copy(photos(sample / "test" / breed)[0], tmp_path / "photos" / breed)
+    result = run("train", tmp_path / "photos", "--out", tmp_path / "m.safetensors", "--json")
+    message = assert_clean_error(result, exit_code=2)
+    assert "every class has a single photo (3 classes, one photo each)" in message and "group" not in message
+
+
+def test_config_files_take_the_flags_spellings_too(tmp_path: Path) -> None:
+    from headstart.models.finetune_config import Finetune
+
+    (tmp_path / "ft.yaml").write_text("head-dropout: 0.3\nlabel_smoothing: 0.1\nbatch-size: 8\n")
+    (tmp_path / "ft.toml").write_text("head-dropout = 0.3\nlayer-decay = 0.7\n")
+    options = Finetune.from_file(tmp_path / "ft.yaml")
+    assert (options.head_dropout, options.label_smoothing, options.batch_size) == (0.3, 0.1, 8)
+    assert Finetune.from_file(tmp_path / "ft.toml").layer_decay == 0.7
+    (tmp_path / "both.yaml").write_text("head-dropout: 0.3\nhead_dropout: 0.5\n")
+    with pytest.raises(HeadstartError, match="gives an option twice"):
+        Finetune.from_file(tmp_path / "both.yaml")
+
+
+def test_hub_weights_without_a_network_fail_fast_even_without_hf_hub_offline(
+    sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        pytest.skip("the hub is reachable here: the weights would download")
+    except OSError:
+        pass
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    result = run("extract", sample / "test", "--backbone", "resnet18.a1_in1k")
+    message = assert_clean_error(result, exit_code=2)
+    assert "no network: huggingface.co cannot be reached" in message and "Offline choices" in message
+    assert "Retrying" not in result.stderr, "the hub client's minute of retries"
+
+
 def test_train_on_a_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such [photos]"  # brackets: printed verbatim, not taken for console markup
     assert_clean_error(run("train", missing, "--out", tmp_path / "m.safetensors"), str(missing), "does not exist")

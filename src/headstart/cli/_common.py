@@ -280,9 +280,23 @@ def finish(n_unusable: int) -> None:
         raise typer.Exit(EXIT_SKIPPED)
 
 
-def check_model_file(path: Path | str) -> None:
-    """Catch an ONNX export given where a headstart model file belongs, before loading says it is damaged."""
+def check_model_file(path: Path | str, *others: Path | str, usage: str = "") -> None:
+    """Catch, before loading says the file is damaged, what is not a model file where one belongs: an ONNX export,
+    a photo or a folder of photos — and arguments given the wrong way round (``predict photo.jpg folder/``,
+    ``evaluate photos/ pets.safetensors``). ``others`` are the command's other arguments; ``usage`` its synopsis
+    (``headstart predict MODEL PHOTO…``)."""
     path = Path(path)
+    swapped = [Path(o) for o in others if Path(o).suffix.lower() == ".safetensors" and Path(o).is_file()]
+    if swapped and (path.is_dir() or _is_photo(path)):
+        raise HeadstartError(
+            f"{path} is {'a folder' if path.is_dir() else 'a photo'} and {swapped[0]} a model file: the arguments "
+            f"are the wrong way round; the model comes first{f': `{usage}`' if usage else ''}."
+        )
+    if _is_photo(path):
+        raise HeadstartError(
+            f"{path} is a photo, not a model file: the model file comes first{f': `{usage}`' if usage else ''}; "
+            "train one with `headstart train DATA --out MODEL.safetensors`."
+        )
     if path.suffix.lower() == ".onnx":
         original = path.with_suffix(".safetensors")
         hint = f" (here: {original})" if original.is_file() else ""
@@ -291,6 +305,12 @@ def check_model_file(path: Path | str) -> None:
             f"from{hint}, and add --engine onnxruntime to run its backbone in ONNX Runtime; the .onnx file itself "
             "runs in any ONNX runtime without headstart."
         )
+
+
+def _is_photo(path: Path) -> bool:
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _print_version(value: bool) -> None:

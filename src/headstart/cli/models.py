@@ -50,7 +50,7 @@ def evaluate(
 ) -> None:
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     use_cache_dir(cache_dir)
-    check_model_file(model)
+    check_model_file(model, data, usage="headstart evaluate MODEL DATA")
     if old_out_dir is not None:
         deprecated_flag("--out-dir", "--out")
         out_dir = out_dir or old_out_dir
@@ -102,7 +102,7 @@ def predict(
 ) -> None:
     """Top-k labels with probabilities for each image."""
     use_cache_dir(cache_dir)
-    check_model_file(model)
+    check_model_file(model, *paths, usage="headstart predict MODEL PHOTO…")
     from headstart.models.classifier import Classifier
 
     result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)

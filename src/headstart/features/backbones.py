@@ -17,11 +17,13 @@ Reading checkpoint files lives in :mod:`headstart.features.checkpoints`; the lis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -307,8 +309,8 @@ def load_backbone(
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(name) and not timm.is_model(arch):
-        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
-        hint = f" Similar names: {', '.join(close)}." if close else ""
+        close = nearest_backbones(name)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise BackboneUnavailableError(
             f"Unknown backbone {name!r}: timm has no such architecture.{hint} "
             "List them with `headstart backbones --all`."
@@ -343,6 +345,28 @@ def load_backbone(
     return Backbone(model, spec)
 
 
+def nearest_backbones(name: str, n: int = 5) -> list[str]:
+    """The timm names closest in spelling to ``name`` (the offline backbones first among equals), for an error that
+    suggests what was meant: ``resnet5O`` → ``resnet50``, ``efficientnet_lite9`` → ``efficientnet_lite0``…
+
+    Example:
+        >>> nearest_backbones("resnet5O")[0]
+        'resnet50'
+    """
+    import difflib
+
+    import timm
+
+    arch, _, tag = name.partition(".")
+    pool = list(dict.fromkeys([*OFFLINE_PACKAGES, *timm.list_models()]))
+    by_lower = {p.lower(): p for p in pool}
+    found = [by_lower[m] for m in difflib.get_close_matches(arch.lower(), list(by_lower), n=n, cutoff=0.6)]
+    if tag and found:  # a pretrained tag given: the tagged names of the nearest architecture
+        tagged = timm.list_models(f"{found[0]}.*", pretrained=True)
+        found = difflib.get_close_matches(name, tagged, n=n, cutoff=0.0) or found
+    return found
+
+
 def _from_package(name: str, arch: str):
     import timm
     import torch
@@ -366,17 +390,56 @@ def _from_package(name: str, arch: str):
 def _from_hub(name: str):
     import timm
 
+    unreachable = _hub_unreachable()
     try:
-        model = timm.create_model(name, pretrained=True)
+        with _hub_offline(unreachable is not None):  # (weights downloaded before still load, without retries)
+            model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, DNS, HTTP, hub-offline mode: all end in the same advice
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"no network: {unreachable}" if unreachable else f"{type(exc).__name__}: {reason[:200]}"
         raise BackboneUnavailableError(
-            f"Could not get pretrained weights for {name!r} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{reason[:200]}). With a network, run again to download them once. {offline_choices()}"
+            f"Could not get pretrained weights for {name!r} from the Hugging Face hub ({why}). With a network, run "
+            f"again to download them once. {offline_choices()}"
         ) from exc
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     hub_id = cfg.get("hf_hub_id") or cfg.get("url") or name
     return model, f"hub {hub_id}", f"hub:{hub_id}"
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, found within ``timeout`` seconds; None when it can (or when
+    it is not ours to tell: offline mode already set, or a proxy in between). Without this, a machine with no network
+    spends about a minute in the hub client's retries before the same answer."""
+    if os.environ.get("HF_HUB_OFFLINE") or any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """The hub client in offline mode for the duration (local cache only), when ``offline``."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _from_file(name: str, path: Path):
