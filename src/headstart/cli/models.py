@@ -214,6 +214,9 @@ def compare(
         speed = "?" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
         table.add_row(str(r["rank"]), r["backbone"], f"{r['cv_accuracy']:.3f}", speed, str(r["num_features"]))
     out.print(table)
+    setup = [f"{r['backbone']} {r['setup_seconds']:.0f} s" for r in rows if r.get("setup_seconds")]
+    if setup:
+        out.print(f"img/s is extraction once a backbone is ready; getting it ready (once) took {', '.join(setup)}")
     if out_dir is not None:
         out.print(f"picture: {Path(out_dir) / 'compare.png'}")
 
