@@ -185,11 +185,11 @@ def train(
         precision=precision,
         max_pixels=max_pixels_or_none(max_pixels),
         progress=not as_json,
-        finetune_options=options,
+        finetune=options or None,
         resume=resume,
         device=device,
         reuse=reuse,
-        flip_average="cached" if flip_average is None else flip_average,
+        flip_average=flip_average,  # (None: the API's default too)
     )
     m = result.metrics
     from headstart.features.distributed import current
@@ -270,7 +270,7 @@ def lr_find(
         weights=weights,
         out=out_path,
         steps=steps,
-        finetune_options=options,
+        finetune=options,
         progress=not as_json,
     )
     if as_json:
@@ -301,7 +301,6 @@ def sweep(
     """
     use_cache_dir(cache_dir)
     check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
-    from headstart.workflows.training import parse_settings
     from headstart.workflows.training import sweep as run_sweep
 
     base = Finetune().replace(**given(finetune)).set_fields()
@@ -332,3 +331,21 @@ def _file_options(config: Path | None) -> dict[str, Any]:
         return Finetune.from_file(config).set_fields()
     except ValueError as exc:
         raise HeadstartError(f"{config}: {exc}") from None
+
+
+def parse_settings(items: list[str]) -> dict[str, list[Any]]:
+    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``.
+
+    Example:
+        >>> parse_settings(["head_dropout=0,0.5"])
+        {'head_dropout': [0, 0.5]}
+    """
+    import yaml
+
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--set needs NAME=V1,V2,… (e.g. head_dropout=0,0.2,0.5); got {item!r}.")
+        out[key.strip().replace("-", "_")] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    return out

@@ -75,6 +75,9 @@ class Selection:
     #: (cached, computed, seconds) of the first candidate's extraction of all photos, which ``select_for_fit`` ran:
     #: the work the fit's own extraction then finds cached, for its report when that candidate is chosen
     first_extraction: tuple[int, int, float] | None = field(default=None, repr=False)
+    #: the chosen candidate as it was given: its name, or the backbone object (``select_for_fit``: a
+    #: :class:`~headstart.models.inputs.ResolvedBackbone`, which the fit goes on with instead of resolving it again)
+    backbone: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,7 +112,7 @@ def parse_auto(backbone: str) -> list[str] | None:
 def score_backbones(
     paths: Sequence[Path],
     labels: Sequence[str],
-    backbones: Sequence[str],
+    backbones: Sequence[Any],
     *,
     cache: Any,
     memo: Memo | None = None,
@@ -122,7 +125,8 @@ def score_backbones(
     progress: bool = False,
     flip_average: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
+    """One row per backbone (a timm name, or a backbone object such as a
+    :class:`~headstart.models.inputs.ResolvedBackbone`), in the order given: the probe's CV accuracy on the features of ``paths``
     (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine), feature
     size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the
     remaining rows say ``"skipped": "time budget"`` and have no accuracy.
@@ -136,14 +140,15 @@ def score_backbones(
     labels = np.asarray(labels)
     started = time.perf_counter()
     rows = []
-    for name in backbones:
+    for backbone in backbones:
+        name = _name(backbone)
         if budget_s is not None and rows and time.perf_counter() - started > budget_s:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
         began = time.perf_counter()
         feats = extract_features(
             paths,
-            name,
+            backbone,
             weights=weights,
             cache=cache,
             precision=precision,
@@ -179,7 +184,7 @@ def score_backbones(
 def select_backbone(
     paths: Sequence[Path],
     labels: Sequence[str],
-    candidates: Sequence[str],
+    candidates: Sequence[Any],
     *,
     cache: Any,
     memo: Memo | None = None,
@@ -206,7 +211,8 @@ def select_backbone(
     margin = 1.5 / max(1, len(labels))
     rows: list[dict[str, Any]] = []
     best = None
-    for name in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
+    for candidate in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
+        name = _name(candidate)
         spent = time.perf_counter() - started
         if best is not None and (best["cv_accuracy"] or 0.0) + margin >= 1.0:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "could not gain more than the margin"})
@@ -215,7 +221,7 @@ def select_backbone(
         if best is not None and left is not None and left <= 0:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
-        row = score_backbones(paths, labels, [name], cache=cache, memo=memo, seed=seed, **extract)[0]
+        row = score_backbones(paths, labels, [candidate], cache=cache, memo=memo, seed=seed, **extract)[0]
         rows.append(row)
         if row["cv_accuracy"] is None or not np.isfinite(row["cv_accuracy"]):
             continue  # (no CV possible, e.g. a class with one photo)
@@ -229,7 +235,8 @@ def select_backbone(
         f"accuracy is higher than the best before it by more than 1.5 photos' worth ({margin:.4f} on "
         f"{len(labels)} photos)"
     )
-    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
+    chosen = next(c for c in candidates if _name(c) == best["backbone"])
+    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule, backbone=chosen)
 
 
 def select_for_fit(
@@ -247,7 +254,9 @@ def select_for_fit(
     """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
     features of all photos tell which are usable and how they split (the split ``fit`` then makes too), and
     the candidates are scored on the training part only, so the validation figures stay held out. One view of
-    each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV).
+    each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV). Each candidate is
+    resolved once (a :class:`~headstart.models.inputs.ResolvedBackbone` with ``weights``); the chosen one is
+    ``selection.backbone``.
 
     Example:
         >>> select_for_fit(load_dataset("photos/"), parse_auto("auto"), cache=FeatureCache(), memo=None, seed=0,
@@ -256,18 +265,22 @@ def select_for_fit(
     """
     from headstart.data import train_val_split
     from headstart.features import extract_features
-    from headstart.models.inputs import split_keys
+    from headstart.models.inputs import ResolvedBackbone, split_keys
 
+    weights = extract.pop("weights", None)
+    candidates = [ResolvedBackbone(c, weights) if isinstance(c, str) else c for c in candidates]
     first = extract_features(
         dataset.paths, candidates[0], cache=cache, flip_average=flip_average, progress=progress, **extract
     )
     usable = dataset.subset(first.indices.tolist())
     if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
+        name = _name(candidates[0])
         return Selection(
-            candidates[0],
-            [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
+            name,
+            [{"backbone": name, "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
             len(usable),
             0.0,
+            backbone=candidates[0],
         )
     keys = split_keys(
         usable.paths, first.hashes, first.features, memo=memo, max_pixels=extract.get("max_pixels"), progress=progress
@@ -287,6 +300,13 @@ def select_for_fit(
     selection.split_keys = dict(zip(map(str, usable.paths), keys))
     selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
     return selection
+
+
+def _name(backbone: Any) -> str:
+    """A candidate's timm name: itself, or a backbone object's ``name`` (its spec's for a loaded one)."""
+    if isinstance(backbone, str):
+        return backbone
+    return str(getattr(backbone, "name", None) or backbone.spec.name)
 
 
 def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
