@@ -43,6 +43,7 @@ def fit_report(
     feats = prepared.feats
     return {
         "val_accuracy": val["accuracy"],
+        "val_accuracy_ci": val["accuracy_ci"],
         "val_top5_accuracy": val["top5_accuracy"],
         **specific,
         "n_images": len(dataset),
@@ -58,6 +59,7 @@ def fit_report(
         "flip_average": prepared.flip,
         "flip_average_cv": prepared.flip_cv,
         "val_ece": calibration["ece"],
+        "val_ece_floor": calibration["ece_floor"],
         "val_nll": calibration["nll"],
         "val_brier": calibration["brier"],
         "calibration": calibration,
