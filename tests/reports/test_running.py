@@ -26,7 +26,7 @@ def test_running_scores_equal_the_scores_of_all_photos_at_once(n_classes: int) -
         scores.add(y[start : start + 37], proba[start : start + 37], paths[start : start + 37])
     whole = classification_metrics([classes[i] for i in y], proba, classes)
     got = scores.metrics()
-    for key in ("accuracy", "top5_accuracy", "n_images", "classes", "per_class", "confusion_matrix"):
+    for key in ("accuracy", "accuracy_ci", "top5_accuracy", "n_images", "classes", "per_class", "confusion_matrix"):
         assert got[key] == whole[key], key
     wrong = sorted(
         (j for j in range(n) if whole["true"][j] != whole["predicted"][j]), key=lambda j: -whole["confidence"][j]
@@ -36,7 +36,7 @@ def test_running_scores_equal_the_scores_of_all_photos_at_once(n_classes: int) -
     assert got["true"] == [whole["true"][j] for j in wrong[:10]]
     want = calibration_metrics([classes[i] for i in y], proba, classes)
     cal = scores.calibration()
-    for key in ("ece", "nll", "brier", "mean_confidence", "accuracy", "bins"):
+    for key in ("ece", "ece_floor", "ece_floor_p95", "nll", "brier", "mean_confidence", "accuracy", "bins"):
         assert cal[key] == pytest.approx(want[key], rel=1e-9), key
     assert cal["reliability"] == want["reliability"]
 

@@ -76,7 +76,13 @@ def evaluate(
         if row["support"]:
             table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", str(row["support"]))
     out.print(table)
-    out.print(f"accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
+    from headstart.reports.calibration import format_ece
+    from headstart.reports.metrics import format_accuracy
+
+    accuracy = format_accuracy(report.accuracy, report.details.get("accuracy_ci"), report.n_images)
+    out.print(f"accuracy {accuracy} (95% interval), top-5 {report.top5_accuracy:.3f}")
+    if report.calibration.get("ece") is not None:
+        out.print(f"calibration: {format_ece(report.calibration)}, NLL {report.calibration['nll']:.3f}")
     if report.pictures:
         out.print("pictures: " + ", ".join(report.pictures))
     finish(len(report.skipped))

@@ -193,6 +193,8 @@ def train(
     )
     m = result.metrics
     from headstart.features.distributed import current
+    from headstart.reports.calibration import format_ece
+    from headstart.reports.metrics import format_accuracy
 
     if not current().is_main:  # under torchrun, rank 0 reports
         return
@@ -207,9 +209,10 @@ def train(
         if method == "probe"
         else f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}"
     )
+    accuracy = format_accuracy(m["val_accuracy"], m.get("val_accuracy_ci"), m["n_val"])
     out.print(
-        f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
-        f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
+        f"validation accuracy {accuracy} (95% interval), top-5 {m['val_top5_accuracy']:.3f} "
+        f"({m['n_classes']} classes; {detail})"
     )
     if m["skipped"]:  # (the library's warning listed them on stderr already)
         err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
@@ -230,7 +233,7 @@ def train(
         out.print(f"backbone: {sel['chosen']} (auto; probe CV accuracy on {sel['n_photos']} photos: {scores})")
     if m.get("val_ece") is not None:
         out.print(
-            f"calibration on validation: ECE {m['val_ece']:.3f} (15 bins), NLL {m['val_nll']:.3f}, "
+            f"calibration on validation: {format_ece(m['calibration'])}, NLL {m['val_nll']:.3f}, "
             f"Brier {m['val_brier']:.3f}; temperature {m.get('temperature', 1.0):.3g}"
         )
     from headstart.workflows.training import refit_summary

@@ -21,7 +21,8 @@ from headstart._validation import check_int
 from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, is_image_file
 from headstart.errors import ModelFileError
 from headstart.features import Backbone, BackboneSpec
-from headstart.models.modelfile import read_model_file, save_model_file, trunk_network, validate_classifier
+from headstart.models.modelfile import read_model_file, save_model_file, validate_classifier
+from headstart.models.trunk import trunk_network
 
 if TYPE_CHECKING:
     import torch

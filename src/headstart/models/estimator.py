@@ -24,39 +24,30 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from headstart._validation import check_choice, check_int, check_number, fail
-from headstart.data import DEFAULT_MAX_PIXELS, Dataset, train_val_split
+from headstart.data import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
-from headstart.features import PRECISIONS, FeatureCache, describe_unusable, extract_features
+from headstart.features import PRECISIONS, FeatureCache, current, describe_unusable
 from headstart.models.classifier import Classifier
 from headstart.models.finetune_config import Finetune
-from headstart.models.inputs import ResolvedBackbone, as_dataset, feature_cache, photo_paths, split_keys
+from headstart.models.fit_report import file_metadata, fit_report
+from headstart.models.fit_steps import FLIP_CHOICES, SkippedFilesWarning, fit_backbone, split_and_probe
+from headstart.models.inputs import as_dataset, feature_cache, photo_paths
 from headstart.models.memo import Memo, fit_probe
 from headstart.models.protocol import ClassifierProtocol
-from headstart.models.selection import parse_auto, select_for_fit
-from headstart.reports import classification_metrics, public_metrics
-from headstart.reports.calibration import calibration_metrics
+from headstart.models.selection import parse_auto
 
 __all__ = ["METHODS", "ImageClassifier", "SkippedFilesWarning", "load"]
 
 METHODS = ("probe", "finetune", "scratch")
-#: ``flip_average`` besides True/False/None: ``"auto"`` (= None: cross-validation chooses, computing the mirror
-#: views), ``"cached"`` (the default: one view, unless the mirror views are cached; then cross-validation chooses).
-FLIP_CHOICES = ("auto", "cached")
 _CALLER = "ImageClassifier"
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some photos could not be used and were left out; the message names them and says why."""
 
 
 class ImageClassifier(ClassifierProtocol):
@@ -260,8 +251,20 @@ class ImageClassifier(ClassifierProtocol):
             init_from_env(device)  # under torchrun: the processes share the extraction and the training
         cache = feature_cache(self.cache)
         memo = Memo.beside(cache) if self.reuse else None
-        backbone, selection = self._backbone(dataset, cache, memo)
-        s = self._split_and_probe(dataset, backbone, cache, memo, selection.split_keys if selection else None)
+        progress = self.progress and current().is_main
+        common = dict(
+            cache=cache,
+            memo=memo,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            flip_average=self.flip_average,
+            progress=progress,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            max_pixels=self.max_pixels,
+        )
+        backbone, selection = fit_backbone(dataset, self.backbone, self.weights, **common)
+        s = split_and_probe(dataset, backbone, keys=selection.split_keys if selection else None, **common)
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
             s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
@@ -317,161 +320,20 @@ class ImageClassifier(ClassifierProtocol):
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
             specific = fit.report(float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])))
-        val = classification_metrics(validation["labels"], validation["proba"], model.classes)
-        calibration = calibration_metrics(validation["labels"], validation["proba"], model.classes)
-        feats = s.feats
-        report: dict[str, Any] = {
-            "val_accuracy": val["accuracy"],
-            "val_top5_accuracy": val["top5_accuracy"],
-            **specific,
-            "n_images": len(dataset),
-            "n_usable": len(s.usable),
-            "n_train": len(s.tr),
-            "n_val": len(s.va),
-            "n_classes": len(model.classes),
-            "skipped": [u.to_dict() for u in feats.unusable],
-            "ignored": [str(p) for p in dataset.ignored],
-            "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-            "backbone": backbone.name,
-            **({"backbone_selection": selection.to_dict()} if selection else {}),
-            "flip_average": s.flip,
-            "flip_average_cv": s.flip_cv,
-            "val_ece": calibration["ece"],
-            "val_nll": calibration["nll"],
-            "val_brier": calibration["brier"],
-            "calibration": calibration,
-            "seconds": round(time.perf_counter() - started, 3),
-            "validation": public_metrics(val),
-            **({"history": history} if history is not None else {}),
-        }
+        report = fit_report(dataset, s, backbone.name, model, validation, specific, selection, started, history)
         model.metadata.update(
-            {
-                "method": method,
-                "metrics": {
-                    k: v
-                    for k, v in report.items()
-                    if k not in ("skipped", "ignored", "validation", "history", "calibration")
-                },
-                "data": {
-                    "source": str(dataset.root),
-                    "kind": dataset.kind,
-                    "seed": self.seed,
-                    "val_fraction": self.val_fraction,
-                },
-                **({"finetune": asdict(config)} if config is not None else {}),
-                "estimator": self._stored_params(),
-            }
+            file_metadata(
+                report,
+                dataset,
+                method,
+                config,
+                self._stored_params(),
+                seed=self.seed,
+                val_fraction=self.val_fraction,
+            )
         )
-        self._set_fitted(model, report, feats.unusable, config, validation)
+        self._set_fitted(model, report, s.feats.unusable, config, validation)
         return self
-
-    def _split_and_probe(
-        self,
-        dataset: Dataset,
-        backbone: ResolvedBackbone,
-        cache: FeatureCache,
-        memo: Memo | None,
-        keys: dict[str, str] | None = None,
-    ) -> SimpleNamespace:
-        """Features of the usable photos, the train/validation split (near duplicates on one side: ``keys``, the
-        split keys ``auto`` chose on, else :func:`split_keys`), the probe on the training part, and the choice of
-        mirror averaging (by that probe's cross-validation, unless ``flip_average`` says)."""
-        from headstart.features import current
-
-        extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
-        mode, mirror = self._flip_mode()
-        feats = extract_features(
-            dataset.paths, backbone, progress=self.progress and current().is_main, flip_average=mirror, **extract
-        )
-        if isinstance(mode, str) and mode == "cached":  # one view, unless the mirror views cost nothing now
-            mode = "auto" if feats.hashes and cache.has_views(feats.cache_key, feats.hashes, "mirror") else False
-            if mode == "auto":
-                one_view = feats
-                feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
-                feats.n_cached, feats.n_computed, feats.seconds = (
-                    one_view.n_cached,
-                    one_view.n_computed,
-                    one_view.seconds,
-                )
-        if feats.unusable:
-            warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=3)
-        usable = dataset.subset(feats.indices.tolist())
-        if len(set(usable.labels)) < 2:
-            raise DataError(
-                f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es) in "
-                f"{dataset.root}: a classifier needs at least 2 classes."
-            )
-        labels = np.asarray(usable.labels)
-        groups = (
-            [keys[str(p)] for p in usable.paths]
-            if keys is not None
-            else split_keys(
-                usable.paths,
-                feats.hashes,
-                feats.features,
-                memo=memo,
-                max_pixels=self.max_pixels,
-                progress=self.progress and current().is_main,
-            )
-        )
-        train_part, val_part = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=groups)
-        row_of = {s.path: i for i, s in enumerate(usable.samples)}
-        tr = np.array([row_of[s.path] for s in train_part.samples], dtype=np.int64)
-        va = np.array([row_of[s.path] for s in val_part.samples], dtype=np.int64)
-
-        probe = fit_probe(feats.features[tr], labels[tr], random_state=self.seed, memo=memo)
-        flip, flip_cv = (None if isinstance(mode, str) else bool(mode)), {}
-        if flip is None:  # the data decide: is a photo's mirror image the same class here?
-            single = extract_features(dataset.paths, backbone, flip_average=False, **extract)
-            single_probe = fit_probe(single.features[tr], labels[tr], random_state=self.seed, memo=memo)
-            flip_cv = {"on": float(probe.cv_accuracy_), "off": float(single_probe.cv_accuracy_)}
-            # Only when it helps by more than one photo's worth (a one-photo difference in CV is noise; nan: no).
-            flip = bool(probe.cv_accuracy_ - single_probe.cv_accuracy_ > 1.5 / len(tr))
-            if not flip:  # (the run's extraction numbers stay those of the pass that computed both)
-                single.n_cached, single.n_computed, single.seconds = feats.n_cached, feats.n_computed, feats.seconds
-                feats, probe = single, single_probe
-        return SimpleNamespace(
-            feats=feats,
-            X=feats.features,
-            usable=usable,
-            labels=labels,
-            train_part=train_part,
-            val_part=val_part,
-            tr=tr,
-            va=va,
-            probe=probe,
-            flip=bool(flip),
-            flip_cv=flip_cv,
-        )
-
-    def _flip_mode(self) -> tuple[bool | str, bool]:
-        """``flip_average`` as the fit reads it (None is ``"auto"``), and whether the mirror views are computed
-        from the start (``"auto"`` and True: yes; ``"cached"``: only if already cached; False: no)."""
-        mode = "auto" if self.flip_average is None else self.flip_average
-        return mode, mode == "auto" or (not isinstance(mode, str) and bool(mode))
-
-    def _backbone(self, dataset: Dataset, cache: FeatureCache, memo: Memo | None) -> tuple[ResolvedBackbone, Any]:
-        """The backbone named, or for ``auto`` the one chosen on the training part (:func:`select_for_fit`)."""
-        from headstart.features import current
-
-        if parse_auto(self.backbone) is None:
-            return ResolvedBackbone(self.backbone, self.weights), None
-        _, mirror = self._flip_mode()
-        selection = select_for_fit(
-            dataset,
-            parse_auto(self.backbone),
-            cache=cache,
-            memo=memo,
-            seed=self.seed,
-            val_fraction=self.val_fraction,
-            flip_average=mirror,
-            weights=self.weights,
-            precision=self.precision,
-            batch_size=self.batch_size,
-            max_pixels=self.max_pixels,
-            progress=self.progress and current().is_main,
-        )
-        return ResolvedBackbone(selection.chosen, self.weights), selection
 
     def _set_fitted(
         self,

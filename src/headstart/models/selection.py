@@ -44,6 +44,8 @@ __all__ = [
     "AUTO_BUDGET_S",
     "AUTO_MAX_PHOTOS",
     "OFFLINE_CANDIDATES",
+    "PAIRED_Z",
+    "PairedChoice",
     "Selection",
     "parse_auto",
     "score_backbones",
@@ -57,6 +59,8 @@ OFFLINE_CANDIDATES = ("tf_efficientnet_lite1", "tf_efficientnet_lite2", "tf_effi
 AUTO_BUDGET_S = 900.0
 #: Most photos ``auto`` scores candidates on (a stratified sample beyond).
 AUTO_MAX_PHOTOS = 1000
+#: How many paired standard errors a later candidate's gain must exceed (:class:`PairedChoice`).
+PAIRED_Z = 2.0
 
 
 @dataclass
@@ -121,6 +125,7 @@ def score_backbones(
     budget_s: float | None = None,
     progress: bool = False,
     flip_average: bool = False,
+    keep: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
     (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine), feature
@@ -154,6 +159,8 @@ def score_backbones(
         )
         y = labels[feats.indices]
         probe = fit_probe(feats.features, y, random_state=seed, memo=memo)
+        if keep is not None:  # (for the paired rule: the features, their labels and the C chosen)
+            keep[name] = (feats.features, y, probe.C_)
         speed = cache.speed(feats.cache_key)
         rows.append(
             {
@@ -176,6 +183,58 @@ def score_backbones(
     return rows
 
 
+class PairedChoice:
+    """``auto``'s rule, one candidate at a time: keep the first (the one expected to do best), and prefer a later
+    one only on strong evidence from the photos themselves.
+
+    Every candidate's probe (at the regularisation its own cross-validation chose) is scored on the *same*
+    stratified folds of the training photos, so two candidates are compared photo by photo: the per-photo
+    difference in being classified correctly has a mean (the gain) and a standard error. A later candidate wins
+    only when its gain is more than :data:`PAIRED_Z` standard errors and more than 1.5 photos' worth. With a few
+    photos a class the standard error is large, so the choice does not follow one split's noise: it keeps the
+    measured default and says so.
+
+    Example:
+        >>> rule = PairedChoice(y, seed=0)
+        >>> rule.offer("tf_efficientnet_lite1", X1, C=1.0)["chosen"], rule.offer("tf_efficientnet_lite2", X2, C=1.0)
+        (True, {'paired_gain': 0.004, 'paired_se': 0.012, 'chosen': False})
+    """
+
+    def __init__(self, y: Sequence[Any], *, seed: int = 0, memo: Memo | None = None, folds: int = 5) -> None:
+        self.y = np.asarray(y)
+        self.seed, self.memo = seed, memo
+        counts = np.unique(self.y, return_counts=True)[1]
+        self.n_splits = int(min(folds, counts.min())) if len(counts) > 1 else 0
+        self.best: str | None = None
+        self._best_correct: np.ndarray | None = None
+
+    def offer(self, name: str, X: np.ndarray, *, C: float) -> dict[str, Any]:
+        """Score ``name``'s features ``X`` (rows in the order of ``y``) on the shared folds; what the rule concluded
+        (``paired_gain`` and ``paired_se`` against the best so far, and whether it is now the choice)."""
+        correct = self._out_of_fold_correct(np.asarray(X), C) if self.n_splits >= 2 else None
+        if self.best is None or self._best_correct is None or correct is None:
+            if self.best is None:
+                self.best, self._best_correct = name, correct
+            return {"chosen": self.best == name}
+        difference = correct - self._best_correct
+        gain = float(difference.mean())
+        se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
+        wins = gain > max(PAIRED_Z * se, 1.5 / len(difference))
+        if wins:
+            self.best, self._best_correct = name, correct
+        return {"paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
+
+    def _out_of_fold_correct(self, X: np.ndarray, C: float) -> np.ndarray:
+        from sklearn.model_selection import StratifiedKFold
+
+        correct = np.zeros(len(self.y))
+        splitter = StratifiedKFold(n_splits=self.n_splits, shuffle=True, random_state=self.seed)
+        for train, test in splitter.split(X, self.y):
+            fit = fit_probe(X[train], self.y[train], random_state=self.seed, memo=self.memo, Cs=(C,))
+            correct[test] = fit.classes_[fit.predict_proba(X[test]).argmax(axis=1)] == self.y[test]
+        return correct
+
+
 def select_backbone(
     paths: Sequence[Path],
     labels: Sequence[str],
@@ -188,12 +247,12 @@ def select_backbone(
     budget_s: float = AUTO_BUDGET_S,
     **extract: Any,
 ) -> Selection:
-    """Score ``candidates`` on (a stratified sample of at most ``max_photos`` of) the photos and choose one by the
-    rule of the module's docstring. ``extract`` goes to :func:`score_backbones` (precision, batch_size,
-    max_pixels, weights, progress).
+    """Score ``candidates`` on (a stratified sample of at most ``max_photos`` of) the photos and choose one by
+    :class:`PairedChoice`'s rule. ``extract`` goes to :func:`score_backbones` (precision, batch_size, max_pixels,
+    weights, progress).
 
     Example:
-        >>> select_backbone(paths, labels, ["tf_efficientnet_lite0", "tf_efficientnet_lite1"], cache=cache).chosen
+        >>> select_backbone(paths, labels, ["tf_efficientnet_lite1", "tf_efficientnet_lite0"], cache=cache).chosen
         'tf_efficientnet_lite1'
     """
     if not candidates:
@@ -204,8 +263,9 @@ def select_backbone(
         keep = _stratified_sample(labels, max_photos, seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
     margin = 1.5 / max(1, len(labels))
+    rule = PairedChoice(labels, seed=seed, memo=memo)
     rows: list[dict[str, Any]] = []
-    best = None
+    best: dict[str, Any] | None = None
     for name in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
         spent = time.perf_counter() - started
         if best is not None and (best["cv_accuracy"] or 0.0) + margin >= 1.0:
@@ -215,21 +275,36 @@ def select_backbone(
         if best is not None and left is not None and left <= 0:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
-        row = score_backbones(paths, labels, [name], cache=cache, memo=memo, seed=seed, **extract)[0]
+        scored: dict[str, Any] = {}
+        row = score_backbones(paths, labels, [name], cache=cache, memo=memo, seed=seed, keep=scored, **extract)[0]
         rows.append(row)
         if row["cv_accuracy"] is None or not np.isfinite(row["cv_accuracy"]):
             continue  # (no CV possible, e.g. a class with one photo)
-        if best is None or row["cv_accuracy"] - best["cv_accuracy"] > margin:
+        X, y, C = scored[name]
+        order = _align(y, labels)  # the rows of the usable photos, in the order the rule's labels are
+        if order is None:  # (a photo unusable with this backbone only: no paired comparison possible)
+            row["skipped_pairing"] = "not every photo was usable with this backbone"
+            continue
+        verdict = rule.offer(name, X[order], C=C)
+        row.update({k: v for k, v in verdict.items() if k != "chosen"})
+        if best is None or verdict["chosen"]:
             best = row
     best = best or rows[0]  # (nothing cross-validated: the first candidate, as a fixed choice would be)
     for row in rows:
         row["chosen"] = row is best
-    rule = (
-        f"in the order given (the one expected to do best first); a later backbone only when its probe CV "
-        f"accuracy is higher than the best before it by more than 1.5 photos' worth ({margin:.4f} on "
-        f"{len(labels)} photos)"
+    text = (
+        f"the first candidate (the measured default) unless a later one classifies more of the {len(labels)} "
+        f"photos correctly on the same {rule.n_splits} cross-validation folds by more than {PAIRED_Z:g} paired "
+        f"standard errors and more than 1.5 photos' worth ({margin:.4f})"
     )
-    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, rule)
+    if best is rows[0] and len(rows) > 1:
+        text += "; no later candidate had that evidence, so the default was kept"
+    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text)
+
+
+def _align(y: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The identity order when ``y`` (the usable photos' labels) covers every photo of ``labels``; else None."""
+    return np.arange(len(labels)) if len(y) == len(labels) and np.array_equal(y, labels) else None
 
 
 def select_for_fit(

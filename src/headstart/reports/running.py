@@ -3,7 +3,8 @@ and :func:`~headstart.reports.calibration.calibration_metrics`, in memory that d
 
 ``evaluate`` streams its photos through the model (:mod:`headstart.features.stream`) and adds each batch's
 probabilities here: a confusion matrix, top-k hits, the reliability bins' sums, the log-likelihood and Brier sums,
-and the ``keep`` most confident mistakes (for the picture of them) are all it holds.
+the ``keep`` most confident mistakes (for the picture of them) and each photo's top-1 confidence (8 bytes: the ECE's
+noise floor simulates every photo) are all it holds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart.reports.calibration import ECE_BINS
-from headstart.reports.metrics import classification_metrics
+from headstart.reports.calibration import ECE_BINS, ece_noise_floor
+from headstart.reports.metrics import accuracy_interval, classification_metrics
 
 __all__ = ["RunningScores"]
 
@@ -46,6 +47,7 @@ class RunningScores:
         self.bin_confidence = np.zeros(bins)
         self.bin_correct = np.zeros(bins)
         self.nll_sum = self.brier_sum = 0.0
+        self._confidences: list[np.ndarray] = []  # (8 bytes a photo: the ECE's noise floor simulates each one)
         self._keep = keep
         self._mistakes: list[tuple[float, int, str, str, str]] = []  # (confidence, order, path, true, predicted)
 
@@ -61,6 +63,7 @@ class RunningScores:
         topk = np.argsort(-proba, axis=1, kind="stable")[:, : self.k]
         self.top_hits += int((topk == y[:, None]).any(axis=1).sum())
         confidence = proba[rows, pred]
+        self._confidences.append(confidence)
         correct = pred == y
         which = np.clip(np.ceil(confidence * self.bins).astype(np.int64) - 1, 0, self.bins - 1)
         self.bin_count += np.bincount(which, minlength=self.bins)
@@ -96,7 +99,8 @@ class RunningScores:
         recall = np.divide(hits, support, out=np.zeros(len(self.classes)), where=support > 0)
         kept = self._sorted_mistakes()
         return {
-            "accuracy": float(hits.sum() / self.n),
+            "accuracy": int(hits.sum()) / self.n,
+            "accuracy_ci": list(accuracy_interval(int(hits.sum()), self.n)),
             "top5_accuracy": float(self.top_hits / self.n),
             "n_images": self.n,
             "classes": self.classes,
@@ -126,6 +130,8 @@ class RunningScores:
         if not self.n:
             return {
                 "ece": None,
+                "ece_floor": None,
+                "ece_floor_p95": None,
                 "nll": None,
                 "brier": None,
                 "mean_confidence": None,
@@ -144,8 +150,11 @@ class RunningScores:
             for k in range(self.bins)
             if self.bin_count[k]
         ]
+        floor, floor_p95 = ece_noise_floor(np.concatenate(self._confidences), self.bins)
         return {
             "ece": float(np.abs(self.bin_correct - self.bin_confidence).sum() / self.n),
+            "ece_floor": floor,
+            "ece_floor_p95": floor_p95,
             "nll": self.nll_sum / self.n,
             "brier": self.brier_sum / self.n,
             "mean_confidence": float(self.bin_confidence.sum() / self.n),

@@ -49,6 +49,7 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "accuracy_ci": self.details.get("accuracy_ci"),
             "top5_accuracy": self.top5_accuracy,
             "n_images": self.n_images,
             "skipped": self.skipped,
@@ -58,6 +59,7 @@ class Evaluation:
             "classes": self.details.get("classes", []),
             "pictures": self.pictures,
             "ece": self.calibration.get("ece"),
+            "ece_floor": self.calibration.get("ece_floor"),
             "nll": self.calibration.get("nll"),
             "brier": self.calibration.get("brier"),
             "calibration": self.calibration,

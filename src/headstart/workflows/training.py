@@ -21,8 +21,9 @@ from headstart._validation import check_choice, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
 from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
 from headstart.models.classifier import Classifier
-from headstart.models.estimator import METHODS, ImageClassifier, ResolvedBackbone, SkippedFilesWarning, feature_cache
+from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
 from headstart.models.finetune_config import Finetune
+from headstart.models.inputs import ResolvedBackbone, feature_cache
 from headstart.models.memo import Memo, fit_probe, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
 
