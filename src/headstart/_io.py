@@ -9,6 +9,7 @@ process left behind without touching a live writer's file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -232,3 +233,99 @@ def _read_only_mount(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------------------------- moving users' files safely
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+def file_identity(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file ``path`` names (through symlinks unless asked not to), None if there is none.
+
+    Two paths are the same file exactly when their identities are equal: a symlink, a hard link, a folder reached
+    twice (``photos`` and ``./photos/../photos``, or through a linked folder) all compare equal to the original.
+    """
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def move_no_replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move ``source`` to ``target``, which must not exist: nothing is ever replaced, whoever else writes there.
+
+    The target is created exclusively — a hard link made beside the source's bytes (``link`` fails when the name
+    is taken, atomically, also against another process choosing the same name at the same moment), then the source
+    name removed; a symlink is moved as the link itself, never the file it points to. Across file systems the bytes
+    are copied to a temporary beside the target, flushed, and linked in the same exclusive way before the source
+    is removed; where hard links are not supported the target name is reserved by an exclusive create and the
+    file renamed onto that reservation. A crash part-way leaves the file under both names, never under none.
+
+    Raises:
+        FileExistsError: ``target`` exists (nothing was moved; choose another name).
+        FileNotFoundError: ``source`` is gone (another process moved it first).
+        OSError: any other failure; ``source`` is still in place.
+    """
+    source, target = Path(source), Path(target)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            _copy_across(source, target)
+        elif exc.errno in _NO_HARD_LINKS and not isinstance(exc, (FileExistsError, FileNotFoundError)):
+            _rename_onto_reservation(source, target)
+        else:
+            raise
+        return
+    try:
+        os.unlink(source)
+    except FileNotFoundError:  # another process moved the same file meanwhile: ours is the copy that stays
+        pass
+
+
+def _rename_onto_reservation(source: Path, target: Path) -> None:
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # FileExistsError when taken
+    try:
+        os.rename(source, target)  # onto the name this process has just reserved for itself
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _copy_across(source: Path, target: Path) -> None:
+    import shutil
+
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)  # (creating a symlink never replaces)
+        os.unlink(source)
+        return
+    temporary = _temporary_name(target)
+    try:
+        shutil.copy2(source, temporary, follow_symlinks=False)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, target, follow_symlinks=False)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+                raise
+            _rename_onto_reservation(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    os.unlink(source)
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on the folder itself, so no lock file is left behind) while
+    the block runs; other processes asking for it wait. Used around every read-merge-write of a folder's log."""
+    import fcntl
+
+    folder = Path(folder)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)  # (closing releases the lock)
