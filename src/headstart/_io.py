@@ -57,6 +57,11 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
             with open(temporary, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.filename is None or str(exc.filename) == str(temporary):  # (a failed write() names no file)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -133,9 +138,24 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         match = _TEMPORARY.match(entry.name)
         if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
             with contextlib.suppress(OSError):
-                entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():  # a staging folder (files committed together)
+                    import shutil
+
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def temporary_beside(path: str | os.PathLike[str]) -> Path:
+    """A fresh temporary name beside ``path`` (``.<name>.<pid>.<hex>.tmp``), after removing those that dead
+    processes left for it; nothing is created. For outputs that must be staged whole before they are committed
+    (a folder of files, several files that go together)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    return _temporary_name(path)
 
 
 def glob_escape(name: str) -> str:
@@ -329,3 +349,114 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         yield folder
     finally:
         os.close(fd)  # (closing releases the lock)
+
+
+# ----------------------------------------------------------------------------------- I/O errors, said in one line
+_IO_ADVICE = {
+    errno.ENOSPC: "no space left on the device; free some space there (`df -h {folder}`) or choose another location",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or choose another location",
+    errno.EFBIG: "the file would be larger than this system allows a file to be (`ulimit -f`); choose another location",
+    errno.EROFS: "the file system is read-only; choose a writable location",
+    errno.EACCES: "permission denied; check the permissions of {folder} (or choose another location)",
+    errno.EPERM: "operation not permitted; check the permissions of {folder} (or choose another location)",
+    errno.EIO: "an input/output error (a failing disk or a lost network mount); check the device",
+}
+_SQLITE_ERRNO = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS}
+_SQLITE_FILE_ERRORS = (*_SQLITE_ERRNO, "disk i/o error", "unable to open database file")
+
+
+def io_error_message(exc: BaseException) -> str | None:
+    """One line for a file-system failure anywhere in ``exc``'s chain (disk full, read-only, permission denied,
+    quota, file too large, I/O error), naming the path and what to do; None when ``exc`` is no such failure.
+
+    The one place these failures are put into words: the CLI prints this line and exits 2 whatever raised it
+    (Python's own ``open``/``write``, SQLite's "database or disk is full", a library that wrapped the ``OSError``).
+
+    Example:
+        >>> io_error_message(OSError(errno.ENOSPC, "No space left on device", "runs/pets.safetensors"))
+        'runs/pets.safetensors: cannot write it: no space left on the device; free some space there (`df -h runs`) or choose another location'
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code, path = _failure(current)
+        if code in _IO_ADVICE:
+            where = Path(path) if path else None
+            folder = where.parent if where is not None and str(where.parent) not in ("", ".") else Path(".")
+            advice = _IO_ADVICE[code].format(folder=folder)
+            verb = "cannot write it" if code not in (errno.EACCES, errno.EPERM, errno.EIO) else "cannot use it"
+            return f"{where}: {verb}: {advice}" if where is not None else f"a file could not be written: {advice}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _failure(exc: BaseException) -> tuple[int | None, str | None]:
+    if isinstance(exc, OSError):
+        return exc.errno, None if exc.filename is None else os.fsdecode(exc.filename)
+    text = str(exc).lower()
+    if type(exc).__module__ == "sqlite3" and any(phrase in text for phrase in _SQLITE_FILE_ERRORS):
+        database = cache_dir() / "features.sqlite"  # (the one database the commands write)
+        code = next((c for phrase, c in _SQLITE_ERRNO.items() if phrase in text), None)
+        if code is None:  # "disk I/O error", "unable to open database file": the file system says why
+            diagnosed = write_failure(database, exc)
+            code = diagnosed.errno if isinstance(diagnosed, OSError) else None
+        return code, str(database) if code else None
+    if "no space left on device" in text:  # a library that kept only the words (torch's stream writer)
+        return errno.ENOSPC, None
+    return None, None
+
+
+def write_failure(path: str | os.PathLike[str], exc: BaseException) -> BaseException:
+    """The ``OSError`` (with its errno and ``path``) behind a library's failure to write ``path`` when the library
+    kept no errno (OpenVINO's "basic_ios::clear: iostream error"), asked of the file system at once, while the
+    half-written file still takes its space: a full disk, a read-only mount, a folder not writable. ``exc`` itself
+    when none of these is the cause. Use as ``raise write_failure(path, exc) from exc``."""
+    folder = Path(path).parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return exc
+    if st.f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if st.f_bavail * st.f_frsize < 1 << 20 or (st.f_files and st.f_favail == 0):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    if _over_size_limit(Path(path)):
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+    return exc
+
+
+def _over_size_limit(path: Path) -> bool:
+    """Whether the file (or SQLite's journal beside it) has reached the process's file-size limit (`ulimit -f`)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return False
+    if limit == resource.RLIM_INFINITY:
+        return False
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-journal")):
+        try:
+            if candidate.stat().st_size >= limit - (64 << 10):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def umask_mode() -> int:
+    """The mode a new file gets here: 0666 minus the process's umask (read without changing it, where the system
+    says it: changing and restoring it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask

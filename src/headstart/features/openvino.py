@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart._io import cache_dir, write_bytes_atomic
+from headstart._io import cache_dir, umask_mode, write_bytes_atomic, write_failure
 from headstart._validation import ParameterError, check_choice
 from headstart.features.backbones import Backbone, BackboneSpec
 from headstart.features.preprocess import supports, uint8_crop, uint8_preprocessor
@@ -193,9 +193,27 @@ def _compiled(path: str, hint: str) -> openvino.CompiledModel:
     core = _core()
     if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         hint = "f32"
-    return core.compile_model(
+    compiled = core.compile_model(
         core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     )
+    _umask_permissions(cache_dir() / "backbones" / "openvino-compiled")
+    return compiled
+
+
+def _umask_permissions(folder: Path) -> None:
+    """OpenVINO writes its compiled blobs 0440; headstart's outputs get 0666 minus the umask (0644 under umask 022,
+    so a group sharing the cache can read them), these too."""
+    mode = umask_mode()
+    try:
+        blobs = [entry for entry in folder.iterdir() if entry.suffix == ".blob" and entry.is_file()]
+    except OSError:
+        return
+    for blob in blobs:
+        try:
+            if blob.stat().st_mode & 0o777 != mode and blob.stat().st_uid == os.getuid():
+                blob.chmod(mode)
+        except OSError:  # (another user's blob, or one removed meanwhile)
+            continue
 
 
 @lru_cache(maxsize=1)
@@ -246,7 +264,10 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
         model = _quantised(model, spec)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
         staged = Path(tmp) / "model.xml"
-        openvino.save_model(model, str(staged), compress_to_fp16=False)
+        try:
+            openvino.save_model(model, str(staged), compress_to_fp16=False)
+        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
+            raise write_failure(path, exc) from exc
         write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
         write_bytes_atomic(path, staged.read_bytes())
 
