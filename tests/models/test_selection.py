@@ -151,3 +151,15 @@ def test_the_choice_is_described_with_its_evidence() -> None:
     )
     selection["candidates"][0]["chosen"] = False
     assert not describe_selection(selection).endswith("default")
+
+
+def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:
+    from headstart.models.selection import _stratified_folds
+
+    y = np.array(["a"] * 7 + ["b"] * 5 + ["c"] * 3)
+    folds = _stratified_folds(y, 3, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15))
+    for fold in folds:
+        counts = {c: int((y[fold] == c).sum()) for c in "abc"}
+        assert counts["a"] in (2, 3) and counts["b"] in (1, 2) and counts["c"] == 1
+    assert [f.tolist() for f in _stratified_folds(y, 3, seed=4)] == [f.tolist() for f in folds], "seeded"
