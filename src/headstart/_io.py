@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_VAR = "HEADSTART_CACHE_DIR"
+#: Where the per-machine store of converted backbones lives when set (tests point it at a private folder).
+ENGINE_ENV_VAR = "HEADSTART_ENGINE_DIR"
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
@@ -29,6 +31,23 @@ def cache_dir() -> Path:
         return Path(os.environ[ENV_VAR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "headstart"
+
+
+def engine_dir() -> Path:
+    """The per-user store of what is worked out once per machine, shared by every cache folder (``--cache-dir``
+    changes :func:`cache_dir`, not this): ``$HEADSTART_ENGINE_DIR``, else ``$XDG_CACHE_HOME/headstart/engines``,
+    else ``~/.cache/headstart/engines``; ``cache_dir()/backbones`` when that cannot be written (a read-only home)."""
+    if os.environ.get(ENGINE_ENV_VAR):
+        folder = Path(os.environ[ENGINE_ENV_VAR]).expanduser()
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "headstart" / "engines"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return cache_dir() / "backbones"
 
 
 def _temporary_name(path: Path) -> Path:
