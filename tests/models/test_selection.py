@@ -131,3 +131,23 @@ def test_auto_refuses_a_weights_file(tmp_path: Path) -> None:
 
     with pytest.raises(ParameterError, match="'weights' parameter"):
         hs.ImageClassifier(backbone="auto", weights=tmp_path / "w.safetensors").fit((["a.jpg"], ["x"]))
+
+
+def test_the_choice_is_described_with_its_evidence() -> None:
+    from headstart.models.selection import describe_selection
+
+    selection = {
+        "chosen": "tf_efficientnet_lite1",
+        "n_photos": 207,
+        "candidates": [
+            {"backbone": "tf_efficientnet_lite1", "cv_accuracy": 0.816, "chosen": True},
+            {"backbone": "tf_efficientnet_lite2", "cv_accuracy": 0.845, "paired_gain": 0.029, "paired_se": 0.019},
+            {"backbone": "tf_efficientnet_lite0", "cv_accuracy": None, "skipped": "time budget"},
+        ],
+    }
+    assert describe_selection(selection) == (
+        "probe CV accuracy on 207 photos: tf_efficientnet_lite1 0.816, tf_efficientnet_lite2 0.845 (+0.029 ± 0.019 "
+        "photo by photo), tf_efficientnet_lite0 (time budget); not enough evidence to leave the default"
+    )
+    selection["candidates"][0]["chosen"] = False
+    assert not describe_selection(selection).endswith("default")

@@ -418,16 +418,17 @@ def _from_file(name: str, path: Path):
 
 
 def cached_trunk_weights(
-    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None
+    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None, *, spec: BackboneSpec | None = None
 ) -> tuple[BackboneSpec, dict[str, Any]]:
     """The backbone's spec and its trunk weights as numpy arrays, kept in the per-machine store after the first call.
 
     Model files embed these arrays; reading them from the cache lets a cached re-run skip building the model.
+    ``spec``: the backbone's spec when the caller resolved it already (else it is resolved here).
     """
     import numpy as np
     from safetensors.numpy import load_file, save
 
-    spec = resolve_backbone(name, weights)
+    spec = spec if spec is not None else resolve_backbone(name, weights)
     path = engine_dir() / f"{spec.fingerprint}.safetensors"
     if path.is_file():
         try:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from headstart._console import say
-from headstart._io import engine_dir, write_bytes_atomic
+from headstart._io import engine_dir, write_bytes_atomic, write_failure
 from headstart._validation import ParameterError, check_choice
 from headstart.features.backbones import Backbone, BackboneSpec
 from headstart.features.openvino_runtime import OpenVinoRunner, rows_fitting_memory
@@ -171,7 +171,10 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
         model = _quantised(model, spec)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
         staged = Path(tmp) / "model.xml"
-        openvino.save_model(model, str(staged), compress_to_fp16=False)
+        try:
+            openvino.save_model(model, str(staged), compress_to_fp16=False)
+        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
+            raise write_failure(path, exc) from exc
         write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
         write_bytes_atomic(path, staged.read_bytes())
 

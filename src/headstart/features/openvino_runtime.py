@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart._console import say
-from headstart._io import engine_dir, write_bytes_atomic
+from headstart._io import engine_dir, umask_mode, write_bytes_atomic
 
 if TYPE_CHECKING:
     import openvino
@@ -124,7 +124,25 @@ def compiled_model(path: str, precision_hint: str, performance: str) -> openvino
     if precision_hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         precision_hint = "f32"
     settings = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": performance}
-    return core.compile_model(core.read_model(path), "CPU", settings)
+    compiled = core.compile_model(core.read_model(path), "CPU", settings)
+    _umask_permissions(engine_dir() / "openvino-compiled")
+    return compiled
+
+
+def _umask_permissions(folder: Path) -> None:
+    """OpenVINO writes its compiled blobs 0440; headstart's outputs get 0666 minus the umask (0644 under umask 022,
+    so a group sharing the store can read them), these too."""
+    mode = umask_mode()
+    try:
+        blobs = [entry for entry in folder.iterdir() if entry.suffix == ".blob" and entry.is_file()]
+    except OSError:
+        return
+    for blob in blobs:
+        try:
+            if blob.stat().st_mode & 0o777 != mode and blob.stat().st_uid == os.getuid():
+                blob.chmod(mode)
+        except OSError:  # (another user's blob, or one removed meanwhile)
+            continue
 
 
 @lru_cache(maxsize=1)

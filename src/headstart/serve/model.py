@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
 from headstart.features.pipeline import Pipeline, top_k
 from headstart.models.classifier import Classifier
+from headstart.serve.batching import ShuttingDownError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -118,13 +119,22 @@ class ServedModel:
         return self
 
     def load_explainer(self) -> None:
-        """The network Grad-CAM runs on (its own copy: hooks on it never touch the batched forward pass)."""
+        """The network Grad-CAM runs on (its own copy: hooks on it never touch the batched forward pass), warmed up
+        by one explanation of a grey photo: the first Grad-CAM of a process costs seconds (autograd, hooks, the
+        colour map), which no request should pay."""
         from headstart.models.target import load_target
 
         with self._explain_lock:
             if self._target is None:
-                self._target = load_target(self.path)
-                import matplotlib  # noqa: F401  - the overlay's colour map; imported now, not on the first request
+                from PIL import Image
+
+                from headstart.inside.heatmap import explain_view, whole_view
+
+                target = load_target(self.path)
+                height, width = target.spec.data_config["input_size"][-2:]
+                grey = Image.new("RGB", (width, height), (128, 128, 128))
+                overlay_png(grey, explain_view(target, whole_view(grey, target.spec.data_config)).heatmap)
+                self._target = target
 
     # ----------------------------------------------------------------------------------------- inference
     def prepare(self, data: bytes, filename: str) -> Any:
@@ -145,18 +155,36 @@ class ServedModel:
 
     # ----------------------------------------------------------------------------------------- explanation
     def explain_png(
-        self, data: bytes, filename: str, *, target: str | int | None = None, method: str = "gradcam"
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        target: str | int | None = None,
+        method: str = "gradcam",
+        stopping: Callable[[], bool] | None = None,
     ) -> tuple[bytes, dict[str, Any]]:
         """The photo with its Grad-CAM heat map blended in, as PNG bytes, and what was explained.
 
-        The photo is decoded as ``headstart explain`` decodes it (whole, no crop), so the map covers all of it.
+        The photo is decoded whole (no crop, so the map covers all of it), at the size the overlay needs (JPEG
+        draft, box reduction of large PNGs), and only when its turn comes: requests waiting for the one
+        explanation at a time a model runs hold their upload's bytes, not a decoded photo. ``stopping`` (the
+        server's shutdown) turns a turn that comes too late into :class:`~headstart.serve.batching.ShuttingDownError`.
         """
         from headstart.inside.heatmap import explain_view, whole_view
 
-        photo = decode_image(data, name=filename, max_pixels=self.max_pixels)
         self.load_explainer()
-        with self._explain_lock:  # Grad-CAM hooks one module: one explanation at a time per model
+        while not self._explain_lock.acquire(timeout=0.05):  # Grad-CAM hooks one module: one at a time per model
+            if stopping is not None and stopping():
+                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
+        try:
+            if stopping is not None and stopping():
+                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
+            photo = decode_image(
+                data, name=filename, max_pixels=self.max_pixels, draft_size=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE)
+            )
             e = explain_view(self._target, whole_view(photo, self._target.spec.data_config), target, method)
+        finally:
+            self._explain_lock.release()
         info = {
             "target": e.target,
             "label": e.target_name,
