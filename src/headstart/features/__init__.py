@@ -54,9 +54,7 @@ _MODULES = {
     "engines": (
         "ONNX_PRECISION",
         "VIEWS",
-        "Embedder",
         "ViewEmbedder",
-        "make_embedder",
         "onnx_embedder",
         "prepare_model",
         "view_embedder",

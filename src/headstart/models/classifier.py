@@ -313,17 +313,16 @@ def iter_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 def _walk_sorted(folder: Path) -> Iterator[Path]:
     """Image files below ``folder`` in sorted path order (a folder's entries by name, each subfolder in its place),
     hidden entries skipped, symlinked folders not followed (as :func:`list_image_files`)."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    try:  # (names and kinds only, not the DirEntry objects: a folder of many photos is listed in less memory)
+        with os.scandir(folder) as scan:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not e.name.startswith("."))
     except OSError:
         return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk_sorted(Path(entry.path))
-        elif is_image_file(entry.name):
-            yield Path(entry.path)
+    for name, is_dir in entries:
+        if is_dir:
+            yield from _walk_sorted(folder / name)
+        elif is_image_file(name):
+            yield folder / name
 
 
 def trunk_fingerprint(trunk: Mapping[str, np.ndarray]) -> str:
