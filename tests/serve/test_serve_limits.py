@@ -332,5 +332,5 @@ def test_explain_keeps_memory_bounded_under_8_concurrent_88_megapixel_pngs(serve
     overlay = Image.open(io.BytesIO(answers[0].body))
     assert overlay.size == (640, 640)
     grown = (peak[0] - baseline) / 2**20
-    assert grown < 1200, f"the server grew by {grown:.0f} MB"
+    assert grown < 700, f"the server grew by {grown:.0f} MB (one such decode takes ~370 MB)"
     assert probe.worst < RESPONSIVE_S, probe.latencies

@@ -169,22 +169,18 @@ class ServedModel:
         draft, box reduction of large PNGs), and only when its turn comes: requests waiting for the one
         explanation at a time a model runs hold their upload's bytes, not a decoded photo. ``stopping`` (the
         server's shutdown) turns a turn that comes too late into :class:`~headstart.serve.batching.ShuttingDownError`.
+        The server calls it on one thread per model (``ServerState.explain``), so its memory is one thread's.
         """
         from headstart.inside.heatmap import explain_view, whole_view
 
         self.load_explainer()
-        while not self._explain_lock.acquire(timeout=0.05):  # Grad-CAM hooks one module: one at a time per model
-            if stopping is not None and stopping():
-                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
-        try:
+        with self._explain_lock:  # Grad-CAM hooks one module: one explanation at a time per model
             if stopping is not None and stopping():
                 raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
             photo = decode_image(
                 data, name=filename, max_pixels=self.max_pixels, draft_size=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE)
             )
             e = explain_view(self._target, whole_view(photo, self._target.spec.data_config), target, method)
-        finally:
-            self._explain_lock.release()
         info = {
             "target": e.target,
             "label": e.target_name,

@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,8 @@ class ServerState:
         self.on_ready: Callable[[], None] | None = None
         self.on_failure: Callable[[str], None] | None = None
         self._loader: threading.Thread | None = None
+        self._explainers: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
         keep_private(m.path for m in models)  # error texts never show where the server keeps its files
 
     # ------------------------------------------------------------------------------------------ life cycle
@@ -73,7 +75,11 @@ class ServerState:
             for model in self.models.values():
                 t0 = time.perf_counter()
                 size = self.config.max_batch_size or model.batch_size
+                if self.stopping:  # a stop signal during start-up: leave the rest unloaded
+                    return
                 model.load(warm_up_batch=size)
+                if self.stopping:
+                    return
                 model.load_explainer()
                 self.batchers[model.name] = MicroBatcher(
                     model.infer,
@@ -104,9 +110,11 @@ class ServerState:
         self.stopping = True
 
     def close(self) -> None:
-        """Finish queued work and stop the batcher threads (server shutdown)."""
+        """Finish queued work and stop the batcher and explanation threads (server shutdown)."""
         for batcher in self.batchers.values():
             batcher.close()
+        for worker in self._explainers.values():
+            worker.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------------------------------------- lookups
     def require_ready(self) -> None:
@@ -171,13 +179,21 @@ class ServerState:
         self, model: ServedModel, upload: Upload, *, target: str | None, method: str
     ) -> tuple[bytes, dict[str, Any]]:
         """The Grad-CAM overlay PNG of one upload and what it explains, computed off the event loop."""
-        from starlette.concurrency import run_in_threadpool
-
+        with self._lock:
+            worker = self._explainers.get(model.name)
+            if worker is None:  # one thread per model: explanations queue as bytes, and one thread's heap holds
+                worker = ThreadPoolExecutor(1, thread_name_prefix=f"headstart-explain-{model.name}")  # their pixels
+                self._explainers[model.name] = worker
         try:
-            return await run_in_threadpool(
-                partial(model.explain_png, target=target, method=method, stopping=lambda: self.stopping),
-                upload.data,
-                upload.filename,
+            return await asyncio.wrap_future(
+                worker.submit(
+                    model.explain_png,
+                    upload.data,
+                    upload.filename,
+                    target=target,
+                    method=method,
+                    stopping=lambda: self.stopping,
+                )
             )
         except UnusableImageError as exc:
             raise image_error(exc, upload.filename) from None
