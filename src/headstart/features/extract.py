@@ -201,6 +201,8 @@ def extract_features(
             from headstart.features.backbones import load_backbone
 
             loaded = load_backbone(str(backbone), weights, device=device)
+        if isinstance(loaded, Backbone):  # (the key is the spec's content: the network must hold it)
+            loaded.check_weights(spec.trunk_sha256)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         done = _compute(
             loaded,
@@ -244,6 +246,12 @@ def extract_features(
     else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
         matrix = (orig + mirror) / np.float32(2)
+    sound = np.isfinite(matrix).all(axis=1)
+    if not sound.all():  # (a last guard: no NaN or infinite feature leaves extraction)
+        for i in np.asarray(kept)[~sound]:
+            unusable[int(i)] = _non_finite(precision)
+        kept, matrix = [k for k, ok in zip(kept, sound) if ok], matrix[sound]
+        kept_hashes = [h for h, ok in zip(kept_hashes, sound) if ok]
     seconds = time.perf_counter() - start
     return Features(
         features=matrix.astype(np.float32, copy=False),
@@ -275,6 +283,14 @@ def preprocessor(backbone: Backbone, *, max_pixels: int | None = DEFAULT_MAX_PIX
     transform = backbone.transform()
     draft = decode_size(backbone.spec)
     return lambda path: transform(load_image(path, max_pixels=max_pixels, draft_size=draft))
+
+
+def _non_finite(precision: str) -> str:
+    """Why a photo whose features came out NaN or infinite is skipped (a failure of the moment: never cached)."""
+    return (
+        f"the engine gave NaN or infinite features for this photo at {precision} (nothing was cached): run again, "
+        "or with --precision fp32 or --engine torch"
+    )
 
 
 @dataclass
@@ -357,11 +373,16 @@ def _compute(
                 for batch in loaded:
                     good = [(item, t) for item, t in batch if not isinstance(t, _Failure)]
                     vectors: list[tuple[str, str, np.ndarray]] = []
+                    broken: set[int] = set()  # photos the engine gave NaN or infinite features for: never cached
                     if good:
                         wanted = [(j, view) for j, ((_, _, views), _) in enumerate(good) for view in views]
                         rows = embed(stack([t for _, t in good]), wanted)
-                        vectors = [(good[j][0][0], view, rows[r]) for r, (j, view) in enumerate(wanted)]
+                        broken = {
+                            j for j, finite in zip((j for j, _ in wanted), np.isfinite(rows).all(1)) if not finite
+                        }
+                        vectors = [(good[j][0][0], v, rows[r]) for r, (j, v) in enumerate(wanted) if j not in broken]
                     bad = [(item[0], t) for item, t in batch if isinstance(t, _Failure)]
+                    bad += [(good[j][0][0], _Failure(_non_finite(precision), False)) for j in sorted(broken)]
                     pairs = [(sha, view) for (sha, _, views), _ in batch for view in views]
                     cache.commit_batch(
                         key,

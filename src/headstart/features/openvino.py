@@ -148,12 +148,16 @@ def openvino_embedder(
     """
     path = converted_path(spec, precision)
     hint = "bf16" if precision == "bf16" else "f32"
+
+    def convert() -> None:  # (only a network holding the weights the fingerprint names is converted under it)
+        _convert(load().check_weights(spec.trunk_sha256), path, int8=precision == INT8_PRECISION)
+
     if not path.is_file() or not path.with_suffix(".bin").is_file():
-        _convert(load(), path, int8=precision == INT8_PRECISION)
+        convert()
     try:
         model = _compiled(str(path), hint)
     except RuntimeError:  # a damaged copy (a disk filled up, a hand edit): converted again
-        _convert(load(), path, int8=precision == INT8_PRECISION)
+        convert()
         model = _compiled(str(path), hint)
     request = model.create_infer_request()
     rows_at_once = _rows_fitting_memory(spec)

@@ -24,6 +24,7 @@ import numpy as np
 
 from headstart._validation import check_choice
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
+from headstart.errors import UnusableImageError
 from headstart.features.engines import ONNX_PRECISION, VIEWS
 from headstart.features.extract import ENGINES, PRECISIONS, default_precision
 from headstart.models.classifier import Classifier
@@ -172,8 +173,9 @@ class ServedModel:
             raise RuntimeError(f"model {self.name!r} is not loaded yet")
         return self._prepare(data, filename)
 
-    def infer(self, images: Sequence[Any]) -> list[np.ndarray]:
-        """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each.
+    def infer(self, images: Sequence[Any]) -> list[np.ndarray | UnusableImageError]:
+        """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each (an
+        :class:`~headstart.errors.UnusableImageError` for a photo whose features are not finite).
 
         The views are asked for photo by photo (``orig``, then ``mirror`` when the model averages them), as
         extraction asks, and averaged as the cache's two stored views are.
@@ -183,7 +185,10 @@ class ServedModel:
             features = (rows[0::2] + rows[1::2]) / np.float32(2)
         else:
             features = rows
-        return list(self.classifier.predict_proba_features(features))
+        sound = np.isfinite(features).all(axis=1)  # (NaN or infinite features: that photo's refusal, not a 500)
+        probabilities = iter(self.classifier.predict_proba_features(features[sound]) if sound.any() else ())
+        refused = UnusableImageError("upload", "the engine gave NaN or infinite features for this photo")
+        return [next(probabilities) if ok else refused for ok in sound]
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         """The ``k`` most likely labels, as ``headstart predict --json`` writes them (stable order, 6 decimals)."""
