@@ -43,9 +43,10 @@ def _altered(model: Path, out: Path, *, trunk: bool = True, head: bool = False, 
 
 @pytest.fixture()
 def fresh_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A brand-new cache folder (features, cards, converted networks) for this test only."""
+    """A brand-new cache folder and per-machine store (features; cards, converted networks) for this test only."""
     folder = tmp_path / "cache"
     monkeypatch.setenv("HEADSTART_CACHE_DIR", str(folder))
+    monkeypatch.setenv("HEADSTART_ENGINE_DIR", str(tmp_path / "engines"))
     return folder
 
 
@@ -64,7 +65,7 @@ def test_a_tampered_trunk_is_refused_and_never_poisons_the_genuine_cache(
         [sys.executable, "-m", "headstart", "predict", str(tampered), str(photos[0]), "--json"],
         capture_output=True,
         text=True,
-        env={**os.environ, "HEADSTART_CACHE_DIR": str(fresh_cache_dir)},
+        env={**os.environ, "HEADSTART_CACHE_DIR": str(fresh_cache_dir)},  # (and the fresh engine store)
     )
     assert cli.returncode != 0 and "Traceback" not in cli.stderr, cli.stderr
     assert "not the ones its metadata names" in cli.stderr and cli.stdout == ""

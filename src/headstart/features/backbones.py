@@ -9,7 +9,8 @@ A backbone is named by a timm ``arch`` or ``arch.tag`` string. Its weights come 
 
 Whatever the source, the preprocessing config (size, crop, mean/std, interpolation) travels with the weights in a
 :class:`BackboneSpec`, whose ``fingerprint`` keys the feature cache. Resolving a spec that was resolved before is
-read from a small JSON card in the cache folder, so a fully cached run never imports torch or timm.
+read from a small JSON card in the per-machine store (:func:`~headstart._io.engine_dir`, shared by every cache
+folder), so a fully cached run never imports torch or timm, whatever ``--cache-dir`` it is given.
 
 Trust by content: the fingerprint hashes the trunk tensors themselves (:func:`trunk_sha256`, the ``trunk_sha256``
 of a spec), never what a name or a model file's metadata claims about them. A spec is given its content hash where
@@ -32,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headstart._io import cache_dir, sha256_file, write_bytes_atomic
+from headstart._io import cache_dir, engine_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
 from headstart.features.spec import BackboneSpec, _canonical, trunk_sha256
@@ -225,7 +226,14 @@ def _card_key(name: str, kind: str, weights: str | os.PathLike[str] | None) -> s
 
 
 def _card_path(key: str) -> Path:
-    return cache_dir() / "backbones" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    """The card in the per-machine store (:func:`~headstart._io.engine_dir`), shared by every cache folder."""
+    return engine_dir() / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def _card_paths(key: str) -> list[Path]:
+    """Where a card may be: the per-machine store, then the cache folder (where cards lived before)."""
+    name = _card_path(key).name
+    return [_card_path(key), cache_dir() / "backbones" / name]
 
 
 def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None) -> BackboneSpec:
@@ -245,15 +253,16 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[st
 
 
 def _read_card(key: str) -> BackboneSpec | None:
-    """The spec a card holds, or None: no card, a damaged one, or one written before specs had a content hash."""
-    card = _card_path(key)
-    if not card.is_file():
-        return None
-    try:
-        spec = BackboneSpec.from_dict(json.loads(card.read_text()))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None  # (rebuilt by load_backbone)
-    return spec if spec.trunk_sha256 else None
+    """The spec a card holds (the per-machine store's, else the cache folder's), or None: no card, a damaged one,
+    or one written before specs had a content hash (all rebuilt by :func:`load_backbone`)."""
+    for card in _card_paths(key):
+        try:
+            spec = BackboneSpec.from_dict(json.loads(card.read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            continue
+        if spec.trunk_sha256:
+            return spec
+    return None
 
 
 def known_trunk_sha256(name: str, weights_id: str) -> str | None:
@@ -414,16 +423,17 @@ def _from_file(name: str, path: Path):
 
 
 def cached_trunk_weights(
-    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None
+    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None, *, spec: BackboneSpec | None = None
 ) -> tuple[BackboneSpec, dict[str, Any]]:
-    """The backbone's spec and its trunk weights as numpy arrays, kept in the cache folder after the first call.
+    """The backbone's spec and its trunk weights as numpy arrays, kept in the per-machine store after the first call.
 
     Model files embed these arrays; reading them from the cache lets a cached re-run skip building the model.
+    ``spec``: the backbone's spec when the caller resolved it already (else it is resolved here).
     """
     from safetensors.numpy import load_file, save
 
-    spec = resolve_backbone(name, weights)
-    path = cache_dir() / "backbones" / f"{spec.fingerprint}.safetensors"
+    spec = spec if spec is not None else resolve_backbone(name, weights)
+    path = engine_dir() / f"{spec.fingerprint}.safetensors"
     if path.is_file():
         try:
             arrays = load_file(str(path))
@@ -434,5 +444,5 @@ def cached_trunk_weights(
         path.unlink(missing_ok=True)
     backbone = load_backbone(name, weights)
     arrays = backbone.trunk_arrays()
-    write_bytes_atomic(cache_dir() / "backbones" / f"{backbone.spec.fingerprint}.safetensors", save(arrays))
+    write_bytes_atomic(engine_dir() / f"{backbone.spec.fingerprint}.safetensors", save(arrays))
     return backbone.spec, arrays

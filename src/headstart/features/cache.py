@@ -129,11 +129,12 @@ class FeatureCache:
             db.close()
             self._local.db = None
 
-    def register(self, spec: BackboneSpec, precision: str) -> str:
+    def register(self, spec: BackboneSpec, precision: str, *, preprocessing: str = "") -> str:
         """Record the backbone and return the cache key for its single-view features at this precision (the same
-        key whether or not the spec averages mirror images: the views are stored, not their mean)."""
+        key whether or not the spec averages mirror images: the views are stored, not their mean), computed from
+        photos preprocessed by ``preprocessing`` (its identity, e.g. ``cropbox1``; empty: timm's own transform)."""
         spec = spec.with_flip_average(False)
-        key = f"{spec.fingerprint}-{precision}"
+        key = f"{spec.fingerprint}-{preprocessing}-{precision}" if preprocessing else f"{spec.fingerprint}-{precision}"
         with self._connect() as db:
             row = db.execute("SELECT dim FROM backbones WHERE fingerprint=?", (key,)).fetchone()
             if row is not None and row[0] != spec.num_features:
@@ -145,7 +146,11 @@ class FeatureCache:
                 return key
             db.execute(
                 "INSERT OR REPLACE INTO backbones VALUES (?, ?, ?)",
-                (key, spec.num_features, json.dumps({**spec.to_dict(), "precision": precision})),
+                (
+                    key,
+                    spec.num_features,
+                    json.dumps({**spec.to_dict(), "precision": precision, "preprocessing": preprocessing or "timm"}),
+                ),
             )
         return key
 
