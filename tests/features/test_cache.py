@@ -21,6 +21,7 @@ from headstart.features.backbones import Backbone
 from headstart.features.cache import SCHEMA_VERSION, FeatureCache
 from headstart.features.cache_schema import LEGACY_DECODER
 from headstart.features.extract import decode_size, extract_features
+from headstart.features.pipeline import Pipeline
 from headstart.features.sharing import decoder_id
 
 
@@ -267,7 +268,7 @@ def test_claims_of_live_processes_hold_and_the_others_are_taken_over(cache) -> N
 def test_an_extraction_waits_for_a_claimed_photo_and_reads_what_the_other_process_stored(lite0, cache, photos) -> None:
     """Another process holds photo 0 (as a live process would): this one computes the rest, waits, and takes the
     vector that process stores (here: this test's thread, 1 s later) instead of computing it."""
-    key = cache.register(lite0.spec, "fp32")
+    key = Pipeline(lite0.spec, lite0, engine="torch", precision="fp32").cache_key(cache)  # (the key extraction uses)
     sha = cache.file_hashes(photos[:1])[0]
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     marker = np.full(1280, 7.0, np.float32)  # (not what the network gives: shows where the row came from)
@@ -292,7 +293,7 @@ def test_an_extraction_waits_for_a_claimed_photo_and_reads_what_the_other_proces
 
 
 def test_a_claim_whose_process_dies_is_taken_over(lite0, cache, photos) -> None:
-    key = cache.register(lite0.spec, "fp32")
+    key = Pipeline(lite0.spec, lite0, engine="torch", precision="fp32").cache_key(cache)  # (the key extraction uses)
     sha = cache.file_hashes(photos[:1])[0]
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     _claim_row(cache, key, sha, pid=holder.pid)
