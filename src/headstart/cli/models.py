@@ -24,6 +24,7 @@ from headstart.cli._common import (
     err,
     handles_errors,
     max_pixels_or_none,
+    note_skipped,
     out,
     print_json,
     shown_path,
@@ -98,21 +99,41 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    as_jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="One JSON object a line, as each photo is done (for large runs).")
+    ] = False,
     engine: EngineOpt = "auto",
 ) -> None:
-    """Top-k labels with probabilities for each image."""
+    """Top-k labels with probabilities for each image, written as each photo is done (cached photos first)."""
     use_cache_dir(cache_dir)
     check_model_file(model, *paths, usage="headstart predict MODEL PHOTO…")
-    from headstart.models.classifier import Classifier
+    import json
+    import sys
 
-    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)
+    from headstart.models.classifier import Classifier, Prediction
+
+    results = Classifier.load(model).iter_predict(paths, top_k=top_k, precision=precision, engine=engine)
+    as_json = as_json and not as_jsonl
+    first = True
     if as_json:
-        predictions = [{**row, "path": shown_path(row["path"])} for row in result.to_list()]
-        print_json({"predictions": predictions, "skipped": skipped_files()})
-        return
-    for p in result.predictions:
-        shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
-        out.print(f"{shown_path(p.path)}: {shown}", highlight=False)
+        sys.stdout.write('{"predictions": [')
+    for item in results:  # (streamed: memory bounded by a chunk of photos, whatever the number of photos)
+        if not isinstance(item, Prediction):
+            note_skipped([item])  # (listed once, with every other command's skips, when the command ends)
+            if as_jsonl:
+                sys.stdout.write(json.dumps({"path": shown_path(item.path), "skipped": item.reason}) + "\n")
+        elif as_json or as_jsonl:
+            sep = "" if as_jsonl else ("\n" if first else ",\n")
+            row = {**item.to_dict(), "path": shown_path(item.path)}
+            sys.stdout.write(sep + json.dumps(row) + ("\n" if as_jsonl else ""))
+            first = False
+        else:
+            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(item.labels, item.probabilities))
+            out.print(f"{shown_path(item.path)}: {shown}", highlight=False)
+        sys.stdout.flush()
+    if as_json:
+        sys.stdout.write(("\n" if not first else "") + '], "skipped": ' + json.dumps(skipped_files()) + "}\n")
+        sys.stdout.flush()
 
 
 @app.command()

@@ -15,10 +15,11 @@ from typing import Any
 
 from headstart.data import Dataset
 from headstart.models.classifier import Classifier
+from headstart.models.finetune_config import Finetune
 from headstart.reports import classification_metrics, public_metrics
 from headstart.reports.calibration import calibration_metrics
 
-__all__ = ["REPORT_ONLY", "file_metadata", "fit_report"]
+__all__ = ["REPORT_ONLY", "file_metadata", "fit_report", "params_from_file", "stored_params"]
 
 #: Report entries the model file does not keep (lists of photos, per-class tables, the reliability table).
 REPORT_ONLY = ("skipped", "ignored", "validation", "history", "calibration")
@@ -88,3 +89,48 @@ def file_metadata(
         **({"finetune": asdict(config)} if config is not None else {}),
         "estimator": params,
     }
+
+
+def stored_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The estimator's hyper-parameters as the model file keeps them (JSON): fine-tuning options as a dict of the
+    fields set (a Finetune given as ``method``, the older spelling, as ``method='finetune'``), paths as text, and
+    ``flip_average`` None (the default) as ``"cached"``, its other spelling: files from before None meant that
+    kept None for ``"auto"`` (:func:`params_from_file` reads both)."""
+    params = dict(params)
+    if isinstance(params.get("method"), Finetune):
+        params["method"], params["finetune"] = "finetune", params["method"].set_fields()
+    elif isinstance(params.get("finetune"), Finetune):
+        params["finetune"] = params["finetune"].set_fields() or None
+    elif isinstance(params.get("finetune"), dict):
+        params["finetune"] = dict(params["finetune"]) or None
+    weights = params.get("weights")
+    params["weights"] = str(weights) if weights is not None else None
+    if params.get("flip_average", "cached") is None:
+        params["flip_average"] = "cached"
+    return params
+
+
+def params_from_file(
+    meta: dict[str, Any], backbone_name: str, names: list[str], methods: tuple[str, ...]
+) -> dict[str, Any]:
+    """The hyper-parameters (``names``) a model file's metadata says it was fitted with: the ``estimator`` table
+    (files from before run options left the constructor also kept those: they are left out); for a file from
+    before the estimator, what it says about how it was made (the backbone, method, fine-tuning options, seed,
+    validation share)."""
+    stored = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
+    params = {k: v for k, v in stored.items() if k in names}
+    if "flip_average" in params and params["flip_average"] in (None, "cached"):
+        params["flip_average"] = "auto" if params["flip_average"] is None else None  # (see stored_params)
+    if stored:
+        return params
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    params["backbone"] = backbone_name
+    if meta.get("method") in methods:
+        params["method"] = meta["method"]
+    if isinstance(meta.get("finetune"), dict) and params.get("method", "probe") != "probe":
+        known = {f for f in asdict(Finetune())}
+        params["finetune"] = {k: v for k, v in meta["finetune"].items() if k in known}
+    for name in ("seed", "val_fraction"):
+        if isinstance(data.get(name), (int, float)) and not isinstance(data.get(name), bool):
+            params[name] = data[name]
+    return params

@@ -2,13 +2,13 @@
 networks share: the backbone (named, or chosen by ``auto``), the features of the usable photos, the leak-free
 train/validation split, the probe on the training part, and whether to average each photo with its mirror image.
 
-Mirror averaging (``flip_average``): True, False, ``"auto"`` (None means the same: the probe's cross-validation
-chooses, the mirror views computed for it), or ``"cached"`` (one view, unless the mirror views are already cached;
-then cross-validation chooses at no cost). Cross-validation turns it on only when it gains more than 1.5 photos'
+Mirror averaging (``flip_average``): True, False, ``"auto"`` (the probe's cross-validation chooses, the mirror
+views computed for it), or None, the default, also spelt ``"cached"`` (one view, unless the mirror views are
+already cached; then cross-validation chooses at no cost), in the API as in ``headstart train``. Cross-validation turns it on only when it gains more than 1.5 photos'
 worth: a one-photo difference in CV is noise.
 
 Example:
-    >>> backbone, selection = fit_backbone(dataset, "auto", None, cache=cache, memo=None, seed=0, ...)
+    >>> backbone, selection = fit_backbone(dataset, "auto", parse_auto("auto"), None, cache=cache, ...)
     >>> prepared = split_and_probe(dataset, backbone, cache=cache, memo=None, seed=0, val_fraction=0.2, ...)
     >>> prepared.flip, len(prepared.tr), len(prepared.va)
     (False, 48, 12)
@@ -28,30 +28,31 @@ from headstart.errors import DataError, SkippedFilesWarning
 from headstart.features import FeatureCache, extract_features
 from headstart.models.inputs import ResolvedBackbone, split_keys
 from headstart.models.memo import Memo, fit_probe
-from headstart.models.selection import parse_auto, select_for_fit
+from headstart.models.selection import select_for_fit
 
 __all__ = ["FLIP_CHOICES", "Prepared", "SkippedFilesWarning", "fit_backbone", "flip_mode", "split_and_probe"]
 
-#: ``flip_average`` besides True/False/None: ``"auto"`` (= None: cross-validation chooses, computing the mirror
-#: views), ``"cached"`` (the default: one view, unless the mirror views are cached; then cross-validation chooses).
+#: ``flip_average`` besides True/False/None: ``"auto"`` (cross-validation chooses, computing the mirror views),
+#: ``"cached"`` (= None, the default: one view, unless the mirror views are cached; then cross-validation chooses).
 FLIP_CHOICES = ("auto", "cached")
 
 
 def flip_mode(flip_average: bool | str | None) -> tuple[bool | str, bool]:
-    """``flip_average`` as the fit reads it (None is ``"auto"``), and whether the mirror views are computed from
-    the start (``"auto"`` and True: yes; ``"cached"``: only if already cached; False: no).
+    """``flip_average`` as the fit reads it (None is ``"cached"``, the default), and whether the mirror views are
+    computed from the start (``"auto"`` and True: yes; ``"cached"``: only if already cached; False: no).
 
     Example:
-        >>> flip_mode(None), flip_mode("cached"), flip_mode(True)
-        (('auto', True), ('cached', False), (True, True))
+        >>> flip_mode(None), flip_mode("auto"), flip_mode(True)
+        (('cached', False), ('auto', True), (True, True))
     """
-    mode = "auto" if flip_average is None else flip_average
+    mode = "cached" if flip_average is None else flip_average
     return mode, mode == "auto" or (not isinstance(mode, str) and bool(mode))
 
 
 def fit_backbone(
     dataset: Dataset,
     backbone: str,
+    candidates: list[str] | None,
     weights: str | os.PathLike[str] | None,
     *,
     cache: FeatureCache,
@@ -62,9 +63,10 @@ def fit_backbone(
     progress: bool,
     **extract: Any,
 ) -> tuple[ResolvedBackbone, Any]:
-    """The backbone named, resolved once; or for ``auto`` the one chosen on the training part
-    (:func:`~headstart.models.selection.select_for_fit`), with that selection (else None)."""
-    candidates = parse_auto(backbone)
+    """The backbone named (``candidates`` None), resolved once: a :class:`ResolvedBackbone` that extraction, the
+    network and the model file all take; or for ``auto`` the candidate chosen on the training part
+    (:func:`~headstart.models.selection.select_for_fit`, which resolved each candidate once), with that
+    selection (else None)."""
     if candidates is None:
         return ResolvedBackbone(backbone, weights), None
     selection = select_for_fit(
@@ -79,7 +81,8 @@ def fit_backbone(
         progress=progress,
         **extract,
     )
-    return ResolvedBackbone(selection.chosen, weights), selection
+    chosen = selection.backbone
+    return (chosen if isinstance(chosen, ResolvedBackbone) else ResolvedBackbone(selection.chosen, weights)), selection
 
 
 @dataclass

@@ -2,18 +2,18 @@
 
 :func:`score_backbones` is the scoring core of ``headstart compare`` and of ``--backbone auto``: features from
 (and into) the cache, one probe fit per candidate (memoised), a row each with the CV accuracy, speed and
-feature size. :func:`select_backbone` applies the rule ``auto`` uses: the candidates are taken in the order given,
-the one expected to do best first, and a later one is chosen only when its CV accuracy beats the best so far by
-more than 1.5 photos' worth (``1.5 / n``): with a few photos a class, a one-photo difference in CV is noise, and
-the choice should fall back on what is known to transfer well rather than on it. A candidate that could not win
-(the best so far is within the margin of 100%) is not even extracted. Candidates are scored on at most
-:data:`AUTO_MAX_PHOTOS` photos (a stratified sample of the training part) and within a time budget: once it is
-spent, the rest are skipped (the table says so).
+feature size. :func:`select_backbone` applies the rule ``auto`` uses (:class:`PairedChoice`): the candidates are taken in the
+order given, the measured default first, and a later one is chosen only on strong evidence from the photos: scored
+photo by photo on the same cross-validation folds, its gain over the best so far must exceed two paired standard
+errors and 1.5 photos' worth. One CV score per candidate picked by a split's noise on a few photos a class (the
+accuracy a user got depended on the seed by about five points); the paired rule keeps the default there and says
+so. A candidate that could not win (the best so far is within the margin of 100%) is not even extracted.
+Candidates are scored on at most :data:`AUTO_MAX_PHOTOS` photos (a stratified sample of the training part) and
+within a time budget: once it is spent, the rest are skipped (the table says so).
 
-``auto`` means the three offline backbones in the order :data:`OFFLINE_CANDIDATES`: lite1, lite2, lite0. Repeated
-CV here (docs/TRAINING.md) put lite1's probe ahead of lite0's on both data sets and at every size (pets-dev 10
-folds: 0.870 against 0.843; cats/dogs: 0.9925 against 0.9920), and starting from lite1 chose as well as or better
-than starting from the cheapest (pets-dev 0.870 against 0.863, cats/dogs 5 a class 0.981 against 0.976).
+``auto`` means the three offline backbones in the order :data:`OFFLINE_CANDIDATES`: lite1, lite2, lite0; lite1
+first because repeated cross-validation over seeds and sizes (docs/TRAINING.md, ``benchmarks/backbone_choice.py``)
+found it the best or within noise of the best fixed backbone on every data set tried.
 ``--backbone tf_efficientnet_lite0`` when the fastest predictions matter more (about 1.5x fewer FLOPs).
 ``auto:NAME,NAME`` any timm names, in that order (``lite0``..``lite2`` for short). The concatenated features of
 several backbones were measured too (docs/TRAINING.md): they scored no better than the best single backbone on the
@@ -47,6 +47,7 @@ __all__ = [
     "PAIRED_Z",
     "PairedChoice",
     "Selection",
+    "describe_selection",
     "parse_auto",
     "score_backbones",
     "select_backbone",
@@ -79,6 +80,9 @@ class Selection:
     #: (cached, computed, seconds) of the first candidate's extraction of all photos, which ``select_for_fit`` ran:
     #: the work the fit's own extraction then finds cached, for its report when that candidate is chosen
     first_extraction: tuple[int, int, float] | None = field(default=None, repr=False)
+    #: the chosen candidate as it was given: its name, or the backbone object (``select_for_fit``: a
+    #: :class:`~headstart.models.inputs.ResolvedBackbone`, which the fit goes on with instead of resolving it again)
+    backbone: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +92,24 @@ class Selection:
             "seconds": round(self.seconds, 3),
             "candidates": self.rows,
         }
+
+
+def describe_selection(selection: dict[str, Any]) -> str:
+    """One line for people: each candidate's CV accuracy, the paired gain of the later ones with its standard error,
+    and whether the default was kept for want of evidence (``selection``: :meth:`Selection.to_dict`)."""
+    parts = []
+    for r in selection["candidates"]:
+        if r.get("cv_accuracy") is None:
+            parts.append(f"{r['backbone']} ({r.get('skipped')})")
+            continue
+        text = f"{r['backbone']} {r['cv_accuracy']:.3f}"
+        if "paired_gain" in r:
+            text += f" ({r['paired_gain']:+.3f} ± {r['paired_se']:.3f} photo by photo)"
+        parts.append(text)
+    first = selection["candidates"][0]
+    kept = len(selection["candidates"]) > 1 and first.get("chosen")
+    tail = "; not enough evidence to leave the default" if kept else ""
+    return f"probe CV accuracy on {selection['n_photos']} photos: {', '.join(parts)}{tail}"
 
 
 def parse_auto(backbone: str) -> list[str] | None:
@@ -113,7 +135,7 @@ def parse_auto(backbone: str) -> list[str] | None:
 def score_backbones(
     paths: Sequence[Path],
     labels: Sequence[str],
-    backbones: Sequence[str],
+    backbones: Sequence[Any],
     *,
     cache: Any,
     memo: Memo | None = None,
@@ -127,7 +149,8 @@ def score_backbones(
     flip_average: bool = False,
     keep: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per backbone, in the order given: the probe's CV accuracy on the features of ``paths``
+    """One row per backbone (a timm name, or a backbone object such as a
+    :class:`~headstart.models.inputs.ResolvedBackbone`), in the order given: the probe's CV accuracy on the features of ``paths``
     (mirror-averaged with ``flip_average``), its folds, extraction speed (images/s on this machine), feature
     size, photos scored, where the weights come from and the seconds it took. Once ``budget_s`` is spent, the
     remaining rows say ``"skipped": "time budget"`` and have no accuracy.
@@ -141,14 +164,15 @@ def score_backbones(
     labels = np.asarray(labels)
     started = time.perf_counter()
     rows = []
-    for name in backbones:
+    for backbone in backbones:
+        name = _name(backbone)
         if budget_s is not None and rows and time.perf_counter() - started > budget_s:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
         began = time.perf_counter()
         feats = extract_features(
             paths,
-            name,
+            backbone,
             weights=weights,
             cache=cache,
             precision=precision,
@@ -225,20 +249,32 @@ class PairedChoice:
         return {"paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
 
     def _out_of_fold_correct(self, X: np.ndarray, C: float) -> np.ndarray:
-        from sklearn.model_selection import StratifiedKFold
-
         correct = np.zeros(len(self.y))
-        splitter = StratifiedKFold(n_splits=self.n_splits, shuffle=True, random_state=self.seed)
-        for train, test in splitter.split(X, self.y):
+        for test in _stratified_folds(self.y, self.n_splits, self.seed):
+            train = np.setdiff1d(np.arange(len(self.y)), test)
             fit = fit_probe(X[train], self.y[train], random_state=self.seed, memo=self.memo, Cs=(C,))
             correct[test] = fit.classes_[fit.predict_proba(X[test]).argmax(axis=1)] == self.y[test]
         return correct
 
 
+def _stratified_folds(y: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """The test indices of ``n_splits`` stratified folds: each class's photos shuffled (seeded) and dealt round
+    the folds in turn. Plain numpy, so a re-run whose fits are memoised imports no scikit-learn."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(n_splits)]
+    start = 0
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        for j, i in enumerate(members):
+            folds[(start + j) % n_splits].append(int(i))
+        start += len(members)  # (the next class starts where this one stopped: fold sizes stay even)
+    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
+
+
 def select_backbone(
     paths: Sequence[Path],
     labels: Sequence[str],
-    candidates: Sequence[str],
+    candidates: Sequence[Any],
     *,
     cache: Any,
     memo: Memo | None = None,
@@ -266,7 +302,8 @@ def select_backbone(
     rule = PairedChoice(labels, seed=seed, memo=memo)
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    for name in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
+    for candidate in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
+        name = _name(candidate)
         spent = time.perf_counter() - started
         if best is not None and (best["cv_accuracy"] or 0.0) + margin >= 1.0:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "could not gain more than the margin"})
@@ -276,7 +313,7 @@ def select_backbone(
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
         scored: dict[str, Any] = {}
-        row = score_backbones(paths, labels, [name], cache=cache, memo=memo, seed=seed, keep=scored, **extract)[0]
+        row = score_backbones(paths, labels, [candidate], cache=cache, memo=memo, seed=seed, keep=scored, **extract)[0]
         rows.append(row)
         if row["cv_accuracy"] is None or not np.isfinite(row["cv_accuracy"]):
             continue  # (no CV possible, e.g. a class with one photo)
@@ -299,7 +336,8 @@ def select_backbone(
     )
     if best is rows[0] and len(rows) > 1:
         text += "; no later candidate had that evidence, so the default was kept"
-    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text)
+    chosen = next(c for c in candidates if _name(c) == best["backbone"])
+    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text, backbone=chosen)
 
 
 def _align(y: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
@@ -322,7 +360,9 @@ def select_for_fit(
     """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
     features of all photos tell which are usable and how they split (the split ``fit`` then makes too), and
     the candidates are scored on the training part only, so the validation figures stay held out. One view of
-    each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV).
+    each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV). Each candidate is
+    resolved once (a :class:`~headstart.models.inputs.ResolvedBackbone` with ``weights``); the chosen one is
+    ``selection.backbone``.
 
     Example:
         >>> select_for_fit(load_dataset("photos/"), parse_auto("auto"), cache=FeatureCache(), memo=None, seed=0,
@@ -331,18 +371,22 @@ def select_for_fit(
     """
     from headstart.data import train_val_split
     from headstart.features import extract_features
-    from headstart.models.inputs import split_keys
+    from headstart.models.inputs import ResolvedBackbone, split_keys
 
+    weights = extract.pop("weights", None)
+    candidates = [ResolvedBackbone(c, weights) if isinstance(c, str) else c for c in candidates]
     first = extract_features(
         dataset.paths, candidates[0], cache=cache, flip_average=flip_average, progress=progress, **extract
     )
     usable = dataset.subset(first.indices.tolist())
     if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
+        name = _name(candidates[0])
         return Selection(
-            candidates[0],
-            [{"backbone": candidates[0], "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
+            name,
+            [{"backbone": name, "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
             len(usable),
             0.0,
+            backbone=candidates[0],
         )
     keys = split_keys(
         usable.paths, first.hashes, first.features, memo=memo, max_pixels=extract.get("max_pixels"), progress=progress
@@ -362,6 +406,13 @@ def select_for_fit(
     selection.split_keys = dict(zip(map(str, usable.paths), keys))
     selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
     return selection
+
+
+def _name(backbone: Any) -> str:
+    """A candidate's timm name: itself, or a backbone object's ``name`` (its spec's for a loaded one)."""
+    if isinstance(backbone, str):
+        return backbone
+    return str(getattr(backbone, "name", None) or backbone.spec.name)
 
 
 def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
