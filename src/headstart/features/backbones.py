@@ -24,13 +24,11 @@ Reading checkpoint files lives in :mod:`headstart.features.checkpoints`; the lis
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from headstart._io import cache_dir, engine_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
+from headstart.features.hub import hub_offline, hub_unreachable, nearest_backbones
 from headstart.features.spec import BackboneSpec, _canonical, trunk_sha256
 
 if TYPE_CHECKING:
@@ -316,7 +315,7 @@ def load_backbone(
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(name) and not timm.is_model(arch):
-        close = nearest_backbones(name)
+        close = nearest_backbones(name, first=list(OFFLINE_PACKAGES))
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise BackboneUnavailableError(
             f"Unknown backbone {name!r}: timm has no such architecture.{hint} "
@@ -358,28 +357,6 @@ def load_backbone(
     return backbone
 
 
-def nearest_backbones(name: str, n: int = 5) -> list[str]:
-    """The timm names closest in spelling to ``name`` (the offline backbones first among equals), for an error that
-    suggests what was meant: ``resnet5O`` → ``resnet50``, ``efficientnet_lite9`` → ``efficientnet_lite0``…
-
-    Example:
-        >>> nearest_backbones("resnet5O")[0]
-        'resnet50'
-    """
-    import difflib
-
-    import timm
-
-    arch, _, tag = name.partition(".")
-    pool = list(dict.fromkeys([*OFFLINE_PACKAGES, *timm.list_models()]))
-    by_lower = {p.lower(): p for p in pool}
-    found = [by_lower[m] for m in difflib.get_close_matches(arch.lower(), list(by_lower), n=n, cutoff=0.6)]
-    if tag and found:  # a pretrained tag given: the tagged names of the nearest architecture
-        tagged = timm.list_models(f"{found[0]}.*", pretrained=True)
-        found = difflib.get_close_matches(name, tagged, n=n, cutoff=0.0) or found
-    return found
-
-
 def _from_package(name: str, arch: str):
     import timm
     import torch
@@ -403,9 +380,9 @@ def _from_package(name: str, arch: str):
 def _from_hub(name: str):
     import timm
 
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     try:
-        with _hub_offline(unreachable is not None):  # (weights downloaded before still load, without retries)
+        with hub_offline(unreachable is not None):  # (weights downloaded before still load, without retries)
             model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, DNS, HTTP, hub-offline mode: all end in the same advice
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -417,42 +394,6 @@ def _from_hub(name: str):
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     hub_id = cfg.get("hf_hub_id") or cfg.get("url") or name
     return model, f"hub {hub_id}", f"hub:{hub_id}"
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hugging Face hub cannot be reached now, found within ``timeout`` seconds; None when it can (or when
-    it is not ours to tell: offline mode already set, or a proxy in between). Without this, a machine with no network
-    spends about a minute in the hub client's retries before the same answer."""
-    if os.environ.get("HF_HUB_OFFLINE") or any(
-        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-    ):
-        return None
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return f"{host} cannot be reached ({exc.strerror or type(exc).__name__})"
-    return None
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """The hub client in offline mode for the duration (local cache only), when ``offline``."""
-    if not offline:
-        yield
-        return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def _from_file(name: str, path: Path):
