@@ -47,6 +47,7 @@ __all__ = [
     "METADATA_KEY",
     "RUN_ONLY_KEYS",
     "looks_like_model_file",
+    "model_only",
     "read_model_file",
     "read_model_metadata",
     "save_model_file",
@@ -93,27 +94,27 @@ def save_model_file(path: str | Path, tensors: Mapping[str, np.ndarray], metadat
     Raises:
         ValueError: A tensor is not a numeric array, or a metadata value is not JSON-serialisable (names the key).
     """
-    document = _model_only(dict(metadata))
+    document = model_only(dict(metadata))
     document.update(format_version=FORMAT_VERSION, headstart_version=__version__)
     header = {METADATA_KEY: _to_json(document)}
 
     return write_file(path, tensors, header)
 
 
-def _model_only(value: Any) -> Any:
+def model_only(value: Any) -> Any:
     """``value`` without the keys of :data:`RUN_ONLY_KEYS` at any depth (a mapping they empty goes too)."""
     if isinstance(value, Mapping):
         kept = {}
         for key, item in value.items():
             if key in RUN_ONLY_KEYS:
                 continue
-            item = _model_only(item)
+            item = model_only(item)
             if isinstance(item, dict) and not item and isinstance(value[key], Mapping) and value[key]:
                 continue
             kept[key] = item
         return kept
     if isinstance(value, (list, tuple)):
-        return [_model_only(item) for item in value]
+        return [model_only(item) for item in value]
     return value
 
 
