@@ -55,7 +55,8 @@ def test_the_reliability_diagram_shows_under_confidence_as_plainly_as_over_confi
     proba = np.array([[0.4, 0.3, 0.3]] * 10 + [[0.9, 0.05, 0.05]] * 10)  # 10 right at 0.4; 10 at 0.9, 5 right
     labels = ["a"] * 10 + ["a"] * 5 + ["b"] * 5
     metrics = calibration_metrics(labels, proba, ["a", "b", "c"])
-    top = reliability_figure(metrics).axes[0]
+    figure = reliability_figure(metrics)
+    top = figure.axes[0]
     boxes = {p.get_gid(): p for p in top.patches if p.get_gid()}
     under, over = boxes["under-confident"], boxes["over-confident"]
     assert (
@@ -66,7 +67,7 @@ def test_the_reliability_diagram_shows_under_confidence_as_plainly_as_over_confi
     )
     assert (under.get_y(), under.get_y() + under.get_height()) == pytest.approx((0.4, 1.0))
     assert (over.get_y(), over.get_y() + over.get_height()) == pytest.approx((0.5, 0.9))
-    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert any(t.startswith("under-confident") for t in legend) and any(t.startswith("over-confident") for t in legend)
 
 

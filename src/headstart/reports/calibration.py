@@ -232,7 +232,7 @@ def reliability_figure(metrics: dict[str, Any], *, title: str = "Reliability") -
         else (f"ECE {ece:.3f} ({bins} bins), NLL {metrics['nll']:.3f}, Brier {metrics['brier']:.3f}")
     )
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\n{said}")
-    top.legend(handles=handles, loc="upper left", fontsize=7)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     top.grid(alpha=0.3)
     bottom.bar(lows, [row["count"] for row in table], width=width, align="edge", color="grey")
     bottom.set(xlabel="top-1 probability (confidence)", ylabel="photos")
