@@ -48,7 +48,6 @@ def test_the_reliability_diagram_shows_under_confidence_as_plainly_as_over_confi
     """Bins at confidence 0.33-0.53 with accuracy 1.0 (under-confident) looked calibrated: the gap bar was drawn
     over the accuracy bar in a colour the legend did not name. Now each gap is an outlined box between confidence
     and accuracy, its kind named in the legend."""
-    from matplotlib.colors import to_rgb
 
     from headstart.reports.calibration import UNDER_CONFIDENT, reliability_figure
 
