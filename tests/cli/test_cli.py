@@ -151,14 +151,16 @@ def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
     assert "on 24 photos" in human.stdout
 
 
-def test_training_again_on_the_same_photos_writes_a_bit_identical_model_file(sample: Path, tmp_path: Path) -> None:
+def test_training_again_on_the_same_photos_writes_a_bit_identical_model_file(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The README's promise: cold (features computed), then cached and remembered, then with --json (no progress
     bar): the same bytes, because nothing about the run (times, cache hits) goes into the file."""
     photos_ = tmp_path / "photos"
     for breed in ("Persian", "pug", "samoyed"):
         shutil.copytree(sample / "train" / breed, photos_ / breed)
-    cache = tmp_path / "cache"
-    args = ("-b", "tf_efficientnet_lite0", "--cache-dir", cache)
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "cache"))  # (a fresh cache: cold, then warm)
+    args = ("-b", "tf_efficientnet_lite0")
     cold = run("train", photos_, "--out", tmp_path / "cold.safetensors", *args)
     assert cold.exit_code == 0, cold.output
     assert "0 cached, 15 computed" in cold.stdout
@@ -172,7 +174,7 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
     a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
     result = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
     rows = result["predictions"]
-    assert [Path(r["path"]) for r in rows] == [a, b] and result["skipped"] == []
+    assert [Path(r["path"]).resolve() for r in rows] == [a, b] and result["skipped"] == []
     for row in rows:
         assert len(row["predictions"]) == 2
         assert all(set(p) == {"label", "probability"} for p in row["predictions"])
@@ -183,14 +185,15 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
 
     human = run("predict", model, a, "-k", "3")
     assert human.exit_code == 0, human.output
-    assert human.stdout.startswith(f"{a}: Siamese ")
+    shown = a.relative_to(Path.cwd()) if a.is_relative_to(Path.cwd()) else a  # (paths inside the working folder)
+    assert human.stdout.startswith(f"{shown}: Siamese ")
 
 
 def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
     good = photos(sample / "test")[0]
     result = run("predict", model, good, text_as_jpg, "--json")
     answer = ok_json(result, exit_code=1)
-    assert [Path(r["path"]) for r in answer["predictions"]] == [good]
+    assert [Path(r["path"]).resolve() for r in answer["predictions"]] == [good]
     assert [s["path"] for s in answer["skipped"]] == [str(text_as_jpg)], "in the JSON too"
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
 

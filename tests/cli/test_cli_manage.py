@@ -18,6 +18,12 @@ from typer.testing import CliRunner
 from headstart.cli import app
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_session_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--cache-dir` points the process at another cache (os.environ): put the session's back after each test."""
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", os.environ["HEADSTART_CACHE_DIR"])
+
+
 def run(*args: str | Path):
     try:
         runner = CliRunner(mix_stderr=False)
@@ -66,7 +72,11 @@ def extracted(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("extracted")
     for breed in ("pug", "beagle"):
         shutil.copytree(sample / "test" / breed, root / "photos" / breed)
-    result = run("extract", root / "photos", "--cache-dir", root / "cache")
+    session_cache = os.environ["HEADSTART_CACHE_DIR"]
+    try:
+        result = run("extract", root / "photos", "--cache-dir", root / "cache")
+    finally:
+        os.environ["HEADSTART_CACHE_DIR"] = session_cache  # (--cache-dir points the process elsewhere)
     assert result.exit_code == 0, result.output
     return root / "cache"
 
