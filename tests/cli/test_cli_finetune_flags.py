@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from headstart.cli import app
 from headstart.cli._finetune import flag_of
 from headstart.cli.training import LR_FIND_FIELDS, RUN_OPTIONS
-from headstart.models.finetune_config import DEFAULTS, Finetune, help_texts
+from headstart.models.finetune.config import DEFAULTS, Finetune, help_texts
 
 FIELDS = [f.name for f in dataclasses.fields(Finetune)]
 

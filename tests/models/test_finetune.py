@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart.models.finetune import FinetuneConfig, lr_factor
+from headstart.models.finetune.config import FinetuneConfig
+from headstart.models.finetune.parts import lr_factor
 from headstart.workflows.training import train
 
 
@@ -99,9 +100,9 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
 def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tiny: Path, tmp_path: Path) -> None:
     from headstart.data import load_dataset
     from headstart.features import load_backbone
-    from headstart.models.finetune import build_network
-    from headstart.models.finetune_config import Finetune
-    from headstart.models.finetune_loop import run_finetune
+    from headstart.models.finetune.config import Finetune
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network
 
     data = load_dataset(tiny)
     backbone = load_backbone("tf_efficientnet_lite0")
@@ -196,7 +197,7 @@ def test_defaults_follow_the_data_size() -> None:
 def test_what_a_user_leaves_out_is_chosen_by_data_size() -> None:
     from dataclasses import asdict
 
-    from headstart.models.finetune_config import Finetune
+    from headstart.models.finetune.config import Finetune
 
     assert FinetuneConfig is Finetune
     ft = Finetune(epochs=5, lr=1e-4)  # stores only: every other field is None = "by data size"
@@ -307,7 +308,7 @@ def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
     import torch
 
     from headstart.features.backbones import load_backbone
-    from headstart.models.finetune import build_network, freeze_batchnorm
+    from headstart.models.finetune.parts import build_network, freeze_batchnorm
 
     network = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
     before = network.trunk.bn1.running_mean.clone()
@@ -362,7 +363,7 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path:
 
 
 def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
-    from headstart.models.finetune import load_config_file
+    from headstart.models.finetune.config import load_config_file
 
     saved = tmp_path / "config.json"
     saved.write_text(json.dumps({"data": "x", "method": "finetune", "finetune": {"epochs": 3, "lr": 5e-5}}))
@@ -373,7 +374,7 @@ def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
 
 
 def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
-    from headstart.models.finetune import load_config_file
+    from headstart.models.finetune.config import load_config_file
 
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("lr: 1e-4\nepochs: 2\n")  # YAML 1.1 reads 1e-4 as text
@@ -398,7 +399,7 @@ def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, t
 def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -> None:
     from PIL import Image
 
-    from headstart.models.finetune import photo_transform
+    from headstart.models.finetune.parts import photo_transform
 
     config = {
         "input_size": [3, 224, 224],

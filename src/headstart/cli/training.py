@@ -29,7 +29,7 @@ from headstart.cli._common import (
 )
 from headstart.cli._finetune import finetune_flags, flag_of, given
 from headstart.errors import HeadstartError
-from headstart.models.finetune_config import Finetune
+from headstart.models.finetune.config import Finetune
 
 # train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
 RUN_OPTIONS = ("seed", "precision")

@@ -24,7 +24,7 @@ from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
 from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
 from headstart.models.classifier import Classifier
 from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
-from headstart.models.finetune_config import Finetune
+from headstart.models.finetune.config import Finetune
 from headstart.models.inputs import ResolvedBackbone, feature_cache
 from headstart.models.memo import Memo, fit_probe, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
@@ -255,7 +255,7 @@ def write_run_folder(
     if history is not None:
         import json
 
-        from headstart.models.finetune import EpochRecord, plot_curves
+        from headstart.models.finetune.parts import EpochRecord, plot_curves
 
         written.append(write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)))
         written.append(plot_curves([EpochRecord(**r) for r in history], folder / "curves.png"))
@@ -311,23 +311,23 @@ def find_learning_rate(
 ):
     """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
 
-    ``steps`` defaults to :data:`~headstart.models.lr_find.DEFAULT_STEPS` and ``budget_s`` (the most seconds the
-    steps may take; None: the default, 0: none) to :data:`~headstart.models.lr_find.DEFAULT_BUDGET_S`. The
+    ``steps`` defaults to :data:`~headstart.models.finetune.lr_find.DEFAULT_STEPS` and ``budget_s`` (the most seconds the
+    steps may take; None: the default, 0: none) to :data:`~headstart.models.finetune.lr_find.DEFAULT_BUDGET_S`. The
     frozen stages run once per photo, so on Oxford pets (259 photos, 2 CPU cores) the whole test takes well under
     a minute; the result says how many steps ran, why it stopped and the seconds per step. ``finetune``: the
     fine-tuning options to test under (a Finetune or a dict of its fields; ``finetune_options`` is its older,
     deprecated name).
 
     Returns:
-        :class:`headstart.models.lr_find.LrFindResult` with ``suggestion``, ``stopped``/``why`` and ``seconds``.
+        :class:`headstart.models.finetune.lr_find.LrFindResult` with ``suggestion``, ``stopped``/``why`` and ``seconds``.
 
     Example:
         >>> result = find_learning_rate("photos/", out="lr.png", steps=20)
         >>> result.suggestion, result.why
         (0.00021, 'all 20 steps')
     """
-    from headstart.models.finetune import build_network, start_from_probe
-    from headstart.models.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
+    from headstart.models.finetune.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
+    from headstart.models.finetune.parts import build_network, start_from_probe
     from headstart.models.selection import parse_auto, select_for_fit
 
     if finetune_options is not None:
