@@ -68,7 +68,7 @@ def _sample_features(sample: Path):
 def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Path) -> None:
     """A later candidate that knows less (the same features with noise added) is never preferred, whatever the
     seed: its photo-by-photo gain never clears the paired standard error."""
-    from headstart.models.memo import fit_probe
+    from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
 
     X, y = _sample_features(sample)  # 12 breeds x 5 photos
@@ -84,7 +84,7 @@ def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Pa
 
 
 def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> None:
-    from headstart.models.memo import fit_probe
+    from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
 
     X, y = _sample_features(sample)

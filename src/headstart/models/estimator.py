@@ -44,7 +44,8 @@ from headstart.models.finetune.config import Finetune
 from headstart.models.fit_report import file_metadata, fit_report, params_from_file, stored_params
 from headstart.models.fit_steps import FLIP_CHOICES, SkippedFilesWarning, fit_backbone, split_and_probe
 from headstart.models.inputs import as_dataset, photo_files
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.probe_fit import fit_probe
 from headstart.models.protocol import ClassifierProtocol
 from headstart.models.run_options import RunOptions, constructor_run_options
 from headstart.models.selection import parse_auto

@@ -26,7 +26,8 @@ from headstart.models.classifier import Classifier
 from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
 from headstart.models.finetune.config import Finetune
 from headstart.models.inputs import ResolvedBackbone, feature_cache
-from headstart.models.memo import Memo, fit_probe, memo_pictures
+from headstart.models.memo import Memo, memo_pictures
+from headstart.models.probe_fit import fit_probe
 from headstart.reports import classification_metrics, write_metric_pictures
 
 __all__ = [

@@ -188,7 +188,7 @@ def fit_network(
         began = time.perf_counter()
         refit_history: list[dict[str, Any]] = []
         if best_epoch > 0:
-            from headstart.models.memo import fit_probe
+            from headstart.models.probe_fit import fit_probe
 
             same_c = (
                 fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))
