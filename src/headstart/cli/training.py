@@ -192,7 +192,7 @@ def train(
         flip_average=flip_average,  # (None: the API's default too)
     )
     m = result.metrics
-    from headstart.features.distributed import current
+    from headstart._distributed import current
     from headstart.reports.calibration import format_ece
     from headstart.reports.metrics import format_accuracy
 

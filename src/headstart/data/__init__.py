@@ -5,6 +5,7 @@
 ``scanning``   :func:`scan` a data set for unusable files; :func:`quarantine` them; :class:`UnusableFile`
 ``datasets``   recognising a data set's layout (class folders, Oxford-IIIT Pet, PetImages, CSV); leak-free splits
 ``download``   the official pet archives, verified and safely extracted
+``hashing``    a photo's pixel hash and perceptual hash (what duplicates are found by)
 =============  ======================================================================================
 
 Every public name is importable from here (``from headstart.data import load_image``); the modules load on first
@@ -34,5 +35,6 @@ _MODULES = {
     "scanning": ("QUARANTINE_LOG", "ScanReport", "UnusableFile", "quarantine", "scan"),
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
+    "hashing": ("Signatures", "hamming", "image_signatures", "perceptual_hash"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

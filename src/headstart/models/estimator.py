@@ -35,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from headstart._distributed import current
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
-from headstart.features import PRECISIONS, FeatureCache, current, describe_unusable
+from headstart.features import PRECISIONS, FeatureCache, describe_unusable
 from headstart.models.classifier import Classifier
 from headstart.models.finetune.config import Finetune
 from headstart.models.fit_report import file_metadata, fit_report, params_from_file, stored_params
@@ -244,7 +245,7 @@ class ImageClassifier(ClassifierProtocol):
         dataset = as_dataset(X, y, caller="fit")
         device = "cpu"
         if method != "probe":
-            from headstart.features import init_from_env, resolve_device
+            from headstart._distributed import init_from_env, resolve_device
 
             device = resolve_device(run.device)
             init_from_env(device)  # under torchrun: the processes share the extraction and the training

@@ -177,13 +177,13 @@ def memo_signatures(
     max_pixels: int | None,
     progress: bool = False,
 ) -> Any:
-    """:func:`headstart.features.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
+    """:func:`headstart.data.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
     file content and remembered in the memo for this set of contents (``train``'s split and ``audit`` share it).
 
     Example:
         >>> sigs = memo_signatures(usable.paths, feats.hashes, Memo.beside(cache), max_pixels=None)  # doctest: +SKIP
     """
-    from headstart.features import Signatures, image_signatures
+    from headstart.data import Signatures, image_signatures
 
     def aligned(by_hash: dict[str, tuple[Any, Any, Any]]) -> Any:
         rows = [by_hash[h] for h in hashes]

@@ -127,7 +127,7 @@ def train(
         progress=progress,
     )
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
-    from headstart.features import current
+    from headstart._distributed import current
 
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes

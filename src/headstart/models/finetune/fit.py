@@ -121,7 +121,8 @@ def fit_network(
     temperature carries over; ``memo`` remembers that fit."""
     import torch
 
-    from headstart.features import current, load_backbone
+    from headstart._distributed import current
+    from headstart.features import load_backbone
     from headstart.models.finetune.loop import run_finetune
     from headstart.models.finetune.parts import build_network, start_from_probe
 

@@ -73,7 +73,8 @@ def run_finetune(
     """
     import torch
 
-    from headstart.features import all_reduce_sum, current, default_precision
+    from headstart._distributed import all_reduce_sum, current
+    from headstart.features import default_precision
 
     if resume and run_dir is None:
         raise ValueError("resume=True continues from the checkpoint in a run folder; pass run_dir (the folder).")
