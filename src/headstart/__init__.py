@@ -33,7 +33,8 @@ _MODULES = {
     "headstart.models.classifier": ("Classifier",),
     "headstart.models.probe": ("LinearProbe",),
     # workflows: what the commands run
-    "headstart.workflows.training": ("train", "write_run_folder", "find_learning_rate", "sweep"),
+    "headstart.workflows.training": ("train", "write_run_folder"),
+    "headstart.workflows.experiments": ("find_learning_rate", "sweep"),
     "headstart.workflows.evaluation": ("evaluate",),
     "headstart.workflows.export": ("export_onnx",),
     "headstart.workflows.compare": ("compare_backbones",),

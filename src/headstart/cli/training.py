@@ -264,7 +264,7 @@ def lr_find(
     """Learning-rate range test for fine-tuning: a plot of loss against lr and a suggested value."""
     use_cache_dir(cache_dir)
     check_output(out_path, "file", "--out", example="lr-find.png")
-    from headstart.workflows.training import find_learning_rate
+    from headstart.workflows.experiments import find_learning_rate
 
     options = Finetune().replace(**given(finetune)).set_fields()
     result = find_learning_rate(
@@ -304,7 +304,7 @@ def sweep(
     """
     use_cache_dir(cache_dir)
     check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
-    from headstart.workflows.training import sweep as run_sweep
+    from headstart.workflows.experiments import sweep as run_sweep
 
     base = Finetune().replace(**given(finetune)).set_fields()
     rows = run_sweep(
