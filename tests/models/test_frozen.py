@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 @pytest.fixture(scope="module")
 def network():
