@@ -195,6 +195,12 @@ def hostile() -> dict[str, tuple[bytes, str]]:
     cases = {
         "ico_png_65535": (ico(png(huge, huge)), BOMB),  # issue 11: 91 bytes named .jpg, 5+ GB before
         "ico_png_under_limit": (ico(png(UNDER, UNDER)), CORRUPT),
+        # issue 20: the same lie as a PNG's, a 1-pixel-wide 89,478,485-pixel image in 91 bytes: one rule for both
+        # (each frame a header declares is held to what the file's bytes can hold), whatever holds the frame
+        "ico_png_1_by_limit": (ico(png(1, 89_478_485)), CANNOT_HOLD),
+        "ico_png_1_by_limit_as_listed": (ico(png(1, 89_478_485), 1, 89_478_485 % 256), CANNOT_HOLD),  # main: used
+        "ico_bmp_1_by_limit": (ico_bmp(1, 44_000_000), CANNOT_HOLD),  # (a DIB in an ICO stores twice its height)
+        "png_1_by_limit": (png(1, 89_478_485), CANNOT_HOLD),
         "ico_bmp_65535": (ico_bmp(huge, huge), BOMB),
         "png_65535": (png(huge, huge), BOMB),
         "png_under_limit_rgba": (png(UNDER, UNDER), CANNOT_HOLD),  # issue 11: 69 bytes, accepted as 89.5 Mpx

@@ -19,6 +19,7 @@ from headstart.features.backbones import (
     load_backbone,
     offline_weight_file,
     resolve_backbone,
+    trunk_sha256,
 )
 from headstart.features.catalogue import CATALOGUE, list_backbones
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys
@@ -55,13 +56,19 @@ def test_spec_carries_the_weights_preprocessing(lite0) -> None:
 
 
 @pytest.mark.slow
-def test_fingerprint_changes_with_weights_or_preprocessing(lite0) -> None:
+def test_fingerprint_changes_with_the_weights_content_or_preprocessing_not_with_what_they_are_called(lite0) -> None:
     spec = lite0.spec
-    other_weights = BackboneSpec(**{**spec.to_dict(), "weights_id": "hub:x", "label_names": ()})
+    other_weights = BackboneSpec(**{**spec.to_dict(), "trunk_sha256": "0" * 64, "label_names": ()})
     other_crop = BackboneSpec(
         **{**spec.to_dict(), "data_config": {**spec.data_config, "crop_pct": 1.0}, "label_names": ()}
     )
     assert len({spec.fingerprint, other_weights.fingerprint, other_crop.fingerprint}) == 3
+    # the same tensors from another source share the key; a name or claim alone never makes one
+    renamed = BackboneSpec(**{**spec.to_dict(), "weights_id": "hub:x", "source": "hub x", "label_names": ()})
+    assert renamed.fingerprint == spec.fingerprint
+    assert spec.trunk_sha256 == trunk_sha256(lite0.trunk_arrays())
+    with pytest.raises(ValueError, match="trunk_sha256"):
+        _ = BackboneSpec(**{**spec.to_dict(), "trunk_sha256": "", "label_names": ()}).fingerprint
 
 
 @pytest.mark.slow

@@ -135,3 +135,35 @@ def test_auto_refuses_a_weights_file(tmp_path: Path) -> None:
 
     with pytest.raises(ParameterError, match="'weights' parameter"):
         hs.ImageClassifier(backbone="auto", weights=tmp_path / "w.safetensors").fit((["a.jpg"], ["x"]))
+
+
+def test_the_choice_is_described_with_its_evidence() -> None:
+    from headstart.models.selection import describe_selection
+
+    selection = {
+        "chosen": "tf_efficientnet_lite1",
+        "n_photos": 207,
+        "candidates": [
+            {"backbone": "tf_efficientnet_lite1", "cv_accuracy": 0.816, "chosen": True},
+            {"backbone": "tf_efficientnet_lite2", "cv_accuracy": 0.845, "paired_gain": 0.029, "paired_se": 0.019},
+            {"backbone": "tf_efficientnet_lite0", "cv_accuracy": None, "skipped": "time budget"},
+        ],
+    }
+    assert describe_selection(selection) == (
+        "probe CV accuracy on 207 photos: tf_efficientnet_lite1 0.816, tf_efficientnet_lite2 0.845 (+0.029 ± 0.019 "
+        "photo by photo), tf_efficientnet_lite0 (time budget); not enough evidence to leave the default"
+    )
+    selection["candidates"][0]["chosen"] = False
+    assert not describe_selection(selection).endswith("default")
+
+
+def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:
+    from headstart.models.selection import _stratified_folds
+
+    y = np.array(["a"] * 7 + ["b"] * 5 + ["c"] * 3)
+    folds = _stratified_folds(y, 3, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15))
+    for fold in folds:
+        counts = {c: int((y[fold] == c).sum()) for c in "abc"}
+        assert counts["a"] in (2, 3) and counts["b"] in (1, 2) and counts["c"] == 1
+    assert [f.tolist() for f in _stratified_folds(y, 3, seed=4)] == [f.tolist() for f in folds], "seeded"

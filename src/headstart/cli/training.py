@@ -51,7 +51,7 @@ AutoBackboneOpt = Annotated[
     typer.Option(
         "--backbone",
         "-b",
-        help="auto (the default: tf_efficientnet_lite1, unless the probe's cross-validation on the training photos prefers lite2 or lite0 by more than 1.5 photos' worth; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
+        help="auto (the default: tf_efficientnet_lite1, unless lite2 or lite0 classifies the training photos better, photo by photo on the same cross-validation folds, by more than two paired standard errors; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
     ),
 ]
 LR_FIND_FIELDS = (
@@ -193,6 +193,7 @@ def train(
     )
     m = result.metrics
     from headstart._distributed import current
+    from headstart.models.selection import describe_selection
     from headstart.reports.calibration import format_ece
     from headstart.reports.metrics import format_accuracy
 
@@ -224,13 +225,7 @@ def train(
         )
     if m.get("backbone_selection"):
         sel = m["backbone_selection"]
-        scores = ", ".join(
-            f"{r['backbone']} {r['cv_accuracy']:.3f}"
-            if r.get("cv_accuracy") is not None
-            else f"{r['backbone']} ({r.get('skipped')})"
-            for r in sel["candidates"]
-        )
-        out.print(f"backbone: {sel['chosen']} (auto; probe CV accuracy on {sel['n_photos']} photos: {scores})")
+        out.print(f"backbone: {sel['chosen']} (auto; {describe_selection(sel)})")
     if m.get("val_ece") is not None:
         out.print(
             f"calibration on validation: {format_ece(m['calibration'])}, NLL {m['val_nll']:.3f}, "

@@ -75,8 +75,8 @@ class ImageClassifier(ClassifierProtocol):
     Args:
         backbone: a timm name; ``weights`` says where its weights come from (None: the offline package when
             installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"`` (the
-            default): tf_efficientnet_lite1, unless lite2 or lite0 cross-validates better on the training part by
-            more than 1.5 photos' worth (:mod:`headstart.models.selection`);
+            default): tf_efficientnet_lite1, unless lite2 or lite0 classifies the training part better photo by
+            photo, by more than two paired standard errors (:mod:`headstart.models.selection`);
             ``"auto:resnet50,lite1"``: among those.
         method: ``"probe"``, ``"finetune"`` or ``"scratch"`` (the same network from random weights, to see what
             transfer learning gives).

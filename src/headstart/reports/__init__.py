@@ -2,6 +2,7 @@
 
 ============  ===========================================================================================
 ``metrics``   accuracy (with its 95% interval), top-5, per-class precision/recall, the confusion matrix (plain numpy, JSON-ready)
+``running``   the same scores accumulated batch by batch (evaluate streams its photos)
 ``plots``     confusion matrices and captioned thumbnail grids (matplotlib's OO API, atomic writes)
 ============  ===========================================================================================
 
@@ -26,6 +27,7 @@ _MODULES = {
         "score_photos",
         "write_metric_pictures",
     ),
+    "running": ("RunningScores",),
     "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -137,8 +137,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def write_metric_pictures(metrics: dict[str, Any], paths: Sequence[Path], folder: Path, *, title: str) -> list[Path]:
-    """``confusion_matrix.png`` and ``misclassified.png`` (a grid of the mistakes, worst first) in ``folder``."""
+def write_metric_pictures(
+    metrics: dict[str, Any], paths: Sequence[Path], folder: Path, *, title: str, n_wrong: int | None = None
+) -> list[Path]:
+    """``confusion_matrix.png`` and ``misclassified.png`` (a grid of the mistakes, worst first) in ``folder``;
+    ``n_wrong``: how many mistakes there were, when ``paths`` holds only some of them."""
     from headstart.reports.plots import plot_confusion_matrix, plot_image_grid
 
     written = []
@@ -165,7 +168,7 @@ def write_metric_pictures(metrics: dict[str, Any], paths: Sequence[Path], folder
         plot_image_grid(
             [(p, c) for _, p, c in wrong[:48]],
             folder / "misclassified.png",
-            title=f"Misclassified, {title}: {len(wrong)}",
+            title=f"Misclassified, {title}: {len(wrong) if n_wrong is None else n_wrong}",
         )
     )
     return written

@@ -15,8 +15,7 @@ from headstart._validation import check_int
 from headstart.data.datasets import Dataset, load_dataset
 from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.data.scanning import UnusableFile
-from headstart.errors import UnusableImageError
-from headstart.features.extract import preprocessor
+from headstart.features.pipeline import Pipeline, decoded_batches
 from headstart.reports.metrics import ScoredPhotos, score_photos
 from headstart.workflows.evaluation import as_classifier
 
@@ -71,29 +70,17 @@ def onnx_scores(
     """
     model = as_classifier(model, "onnx_scores")
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    decode = preprocessor(model.backbone, max_pixels=max_pixels)
+    # decoded and batched by extraction's own pipeline (the torch engine's input: what the ONNX graph takes)
+    pipe = Pipeline(model.spec, lambda: model.backbone, engine="torch", precision="fp32", max_pixels=max_pixels)
     runner = session(path, cached=False)  # (not kept: its buffers, sized for a batch, go when scoring is done)
 
     def probabilities(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[UnusableFile]]:
-        import torch
-
-        rows, kept, skipped, batch = [], [], [], []
-
-        def flush() -> None:
-            if batch:
-                rows.append(runner.run(None, {"image": torch.stack(batch).numpy()})[1])
-                batch.clear()
-
-        for i, photo in enumerate(paths):
-            try:
-                batch.append(decode(photo))
-            except UnusableImageError as exc:
-                skipped.append(UnusableFile(Path(photo), exc.reason))
-                continue
-            kept.append(i)
-            if len(batch) == batch_size:
-                flush()
-        flush()
+        rows, kept, skipped = [], [], []
+        for indices, batch, bad in decoded_batches(pipe, paths, batch_size):
+            if indices:
+                rows.append(runner.run(None, {"image": batch.numpy()})[1])
+                kept += indices
+            skipped += [UnusableFile(Path(paths[i]), reason) for i, reason in bad]
         proba = np.concatenate(rows) if rows else np.zeros((0, len(model.classes)), np.float32)
         return proba, np.asarray(kept, dtype=np.int64), skipped
 

@@ -25,6 +25,7 @@ from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWar
 from headstart.models.finetune.config import Finetune
 from headstart.models.memo import Memo, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
+from headstart.workflows.pair import write_together
 
 __all__ = [
     "METHODS",
@@ -126,8 +127,9 @@ def train(
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
         clf.model_.metadata["data"]["split"] = split
-        files = write_run_folder(clf, run, out=out, split=split)
-        clf.save(out)  # last: a model file means its run folder is complete
+        files = write_together(
+            clf, run, out, lambda folder, run_id: write_run_folder(clf, folder, out=out, split=split, run_id=run_id)
+        )
     return TrainResult(clf.model_, out, run, metrics, clf, files)
 
 
@@ -170,6 +172,7 @@ def write_run_folder(
     *,
     out: str | os.PathLike[str] | None = None,
     split: str = "all",
+    run_id: str | None = None,
 ) -> list[Path]:
     """The run folder of a classifier fitted in this session: what it was asked and what was refit
     (``config.json``), how it went (``metrics.json``: validation accuracy, calibration, the refit), its
@@ -216,6 +219,8 @@ def write_run_folder(
         "max_pixels": clf.run_options_.max_pixels,
         "flip_average": clf.report_["flip_average"],
     }
+    if run_id is not None:
+        config["run_id"] = run_id  # (the model file's metadata carries the same)
     if clf.finetune_ is not None:
         config["finetune"] = asdict(clf.finetune_)
     report = clf.report_
