@@ -55,6 +55,7 @@ def _clean(proc: subprocess.CompletedProcess, *codes: int) -> str:
     return both
 
 
+@pytest.mark.slow
 def test_every_command_shows_hostile_names_as_text(sample_model: Path, hostile_data: Path, tmp_path: Path) -> None:
     model = tmp_path / "hostile.safetensors"
     shown = _clean(_run("train", hostile_data, "--backbone", "tf_efficientnet_lite0", "--out", model))

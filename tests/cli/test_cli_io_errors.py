@@ -78,6 +78,7 @@ def _one_line(proc: subprocess.CompletedProcess, path: Path | str, words: str) -
     assert str(path) in errors[0] and words in errors[0], errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "openvino"])
 def test_the_cache_filling_up_during_extraction(tmp_path: Path, mounts, few_photos: Path, engine: str) -> None:
     if engine == "openvino":
@@ -88,12 +89,14 @@ def test_the_cache_filling_up_during_extraction(tmp_path: Path, mounts, few_phot
     _one_line(proc, disk, "no space left")
 
 
+@pytest.mark.slow
 def test_a_read_only_cache(tmp_path: Path, mounts, few_photos: Path) -> None:
     disk = mounts(tmp_path / "ro", "size=64k,ro")
     proc = _run("extract", str(few_photos), "--engine", "torch", env={"HEADSTART_CACHE_DIR": str(disk / "cache")})
     _one_line(proc, disk, "read-only")
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_while_saving_the_model(tmp_path: Path, sample_model: Path) -> None:
     """RLIMIT_FSIZE (`ulimit -f`) below the model file's size: EFBIG at the save, after the training."""
     out = tmp_path / "pets.safetensors"

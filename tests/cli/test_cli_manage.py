@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from headstart.cli import app
 
+pytestmark = pytest.mark.slow  # (real extractions, real model files)
+
 
 @pytest.fixture(autouse=True)
 def _keep_the_session_cache(monkeypatch: pytest.MonkeyPatch) -> None:

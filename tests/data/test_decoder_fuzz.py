@@ -531,6 +531,7 @@ def test_hostile_headers_are_refused_before_allocating(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_with_no_pixel_limit_memory_failures_are_still_headstart_errors(tmp_path: Path) -> None:
     """``max_pixels=None`` lifts the refusal, not the contract: under the 1 GiB cap the 65535×65535 ICO fails with
     an UnusableImageError (out of memory, or its data cut short), never a MemoryError or a crash."""
@@ -545,6 +546,7 @@ def test_with_no_pixel_limit_memory_failures_are_still_headstart_errors(tmp_path
     assert all(r["outcome"] == "unusable" for r in results if r["id"] != "gif_canvas_65535"), results
 
 
+@pytest.mark.slow
 def test_mutation_fuzzing_of_every_format(seed_files: dict[str, str], tmp_path: Path) -> None:
     """2,400+ mutated photos (and the seeds themselves), decoded three ways (bytes with draft, bytes in full, file
     check) by two workers under the 1 GiB cap: only UnusableImageError or an RGB image, none over 5 s."""

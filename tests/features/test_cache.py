@@ -42,6 +42,7 @@ def _verdicts(cache: FeatureCache) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ the verdicts
+@pytest.mark.slow
 def test_a_model_whose_preprocessing_fails_does_not_poison_the_cache_for_other_models(lite0, cache, photos) -> None:
     """Issue 11.4: a model whose preprocessing cannot work (here: 0 × 0 inputs, which no photo can be
     decoded or resized to) says nothing
@@ -59,6 +60,7 @@ def test_a_model_whose_preprocessing_fails_does_not_poison_the_cache_for_other_m
     assert good.unusable == [] and good.n_computed == 4
 
 
+@pytest.mark.slow
 def test_running_out_of_memory_while_decoding_is_not_a_verdict_on_the_file(lite0, cache, photos, monkeypatch) -> None:
     """The decoder turns a MemoryError into an UnusableImageError ("not enough memory to decode …"): reported for
     this run, not remembered. (The MemoryError is injected: no test machine can be made to run out on cue.)"""
@@ -77,6 +79,7 @@ def test_running_out_of_memory_while_decoding_is_not_a_verdict_on_the_file(lite0
     assert extract_features(photos, lite0, cache=cache, precision="fp32", engine="torch").n_computed == 4
 
 
+@pytest.mark.slow
 def test_a_permanent_verdict_is_kept_under_the_decoder_that_gave_it(lite0, cache, photos) -> None:
     broken = photos[0].with_name("cut.jpg")
     broken.write_bytes(photos[0].read_bytes()[:3000])
@@ -161,6 +164,7 @@ def _old_cache(path: Path, lite0, photos: list[Path], tmp_path: Path) -> dict:
     return {"single": one, "single_key": single_key, "flip_key": flip_key, "shas": shas}
 
 
+@pytest.mark.slow
 def test_an_old_cache_file_is_migrated_in_place(lite0, photos, tmp_path: Path) -> None:
     """Its vectors, keyed by what backbones were called (not by their content), are dropped with their keys and
     speeds (no key of today reads them); its permanent verdicts are kept, its failures of the moment dropped."""
@@ -186,6 +190,7 @@ def test_an_old_cache_file_is_migrated_in_place(lite0, photos, tmp_path: Path) -
     assert cache.count() == 8
 
 
+@pytest.mark.slow
 def test_an_old_cache_file_merges_without_being_changed(lite0, photos, tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     _old_cache(path, lite0, photos, tmp_path)
@@ -265,6 +270,7 @@ def test_claims_of_live_processes_hold_and_the_others_are_taken_over(cache) -> N
         zombie.wait()
 
 
+@pytest.mark.slow
 def test_an_extraction_waits_for_a_claimed_photo_and_reads_what_the_other_process_stored(lite0, cache, photos) -> None:
     """Another process holds photo 0 (as a live process would): this one computes the rest, waits, and takes the
     vector that process stores (here: this test's thread, 1 s later) instead of computing it."""
@@ -292,6 +298,7 @@ def test_an_extraction_waits_for_a_claimed_photo_and_reads_what_the_other_proces
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_claim_whose_process_dies_is_taken_over(lite0, cache, photos) -> None:
     key = Pipeline(lite0.spec, lite0, engine="torch", precision="fp32").cache_key(cache)  # (the key extraction uses)
     sha = cache.file_hashes(photos[:1])[0]

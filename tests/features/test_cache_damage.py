@@ -53,6 +53,7 @@ def _damage(source: Path, target: Path, offset: int, pattern: bytes) -> None:
         f.write(pattern)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.2, 0.45, 0.7, 0.9])
 @pytest.mark.parametrize("kind", ["random", "zeros", "ones"])
 def test_4kb_of_garbage_inside_the_cache_is_recomputed_or_refused_never_wrong(
@@ -72,6 +73,7 @@ def test_4kb_of_garbage_inside_the_cache_is_recomputed_or_refused_never_wrong(
         np.testing.assert_allclose(features, built["features"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", [0x00, 0x01])
 def test_a_zeroed_or_altered_vector_is_detected_and_recomputed(built: dict, tmp_path: Path, pattern: int) -> None:
     """Every byte of one stored vector overwritten where it lies in the file (its row's local part and overflow
@@ -96,6 +98,7 @@ def test_a_zeroed_or_altered_vector_is_detected_and_recomputed(built: dict, tmp_
     )
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_gives_one_clear_error_or_the_right_answer_through_the_cli(
     built: dict, sample_model: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +141,7 @@ def test_nothing_non_finite_is_ever_stored(tmp_path: Path) -> None:
     assert cache.count() == 0
 
 
+@pytest.mark.slow
 def test_an_old_cache_layout_migrates_dropping_vectors_keyed_by_claims(lite0, sample: Path, tmp_path: Path) -> None:
     """A version-2 file (vectors without checksums, keyed by what a backbone was called): opened, it becomes
     version 3; its vectors are dropped (recomputed), its verdicts and file hashes kept."""

@@ -15,6 +15,8 @@ from headstart.features import FeatureCache
 from headstart.models.classifier import Classifier
 from headstart.models.modelfile import read_model_file, save_model_file
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 def _altered(model: Path, out: Path, change) -> Path:
     tensors, document = read_model_file(model)

@@ -16,6 +16,8 @@ from headstart.features import BackboneSpec, FeatureCache, extract_features, loa
 from headstart.models.classifier import Classifier
 from headstart.models.modelfile import read_model_file, save_model_file
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 def _test_photos(sample: Path) -> tuple[list[Path], list[str]]:
     photos = sorted(p for p in (sample / "test").rglob("*") if p.is_file())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from headstart.serve.uploads import too_many_files
+
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
 
 
 def test_too_many_files_reads_as_a_sentence_whether_the_count_is_known_or_not() -> None:

@@ -11,6 +11,8 @@ from headstart._validation import ParameterError
 from headstart.features.cache import FeatureCache
 from headstart.workflows.compare import compare_backbones
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 def test_compare_ranks_backbones_and_is_instant_the_second_time(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -46,6 +48,7 @@ def test_compare_needs_a_list_of_backbones(sample: Path, tmp_path: Path, backbon
     assert info.value.parameter == "backbones" and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 def test_the_speed_leaves_out_the_one_time_conversion_and_says_it_apart(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

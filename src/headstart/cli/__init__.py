@@ -79,7 +79,7 @@ def main() -> None:
         if not _interrupts.caused_by_interrupt(exc, 0):
             raise
         _interrupts.finish_interrupted()
-    distributed = sys.modules.get("headstart.features.distributed")
+    distributed = sys.modules.get("headstart._distributed")
     if distributed is not None:  # under torchrun: wait for the other ranks, then leave the group (no abort at exit)
         distributed.shutdown(orderly=code in (0, 1, None))
     if code == _interrupts.EXIT_INTERRUPTED or _interrupts.received():  # (also one Python swallowed before main)

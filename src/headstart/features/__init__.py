@@ -11,8 +11,8 @@
 ``extract``             :func:`extract_features`: cached, threaded decoding, batches committed as they finish
 ``sharing``             claimed batches (concurrent extractions compute a photo once), verdicts worth caching
 ``engines``             one batch → features, in PyTorch (bf16, OOM halving) or ONNX Runtime
-``distributed``         torchrun: each process extracts or trains its share
-``duplicates``          the same photo twice: same bytes, same pixels, or near (features, perceptual hash)
+``duplicates``          the same photo twice: same bytes, same pixels, or near (features, and the pixel hashes of
+                        :mod:`headstart.data.hashing`)
 ======================  ==============================================================================
 
 Every public name is importable from here (``from headstart.features import FeatureCache``); the modules load on
@@ -62,7 +62,6 @@ _MODULES = {
         "prepare_model",
         "view_embedder",
     ),
-    "distributed": ("ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"),
     "duplicates": (
         "COSINE_THRESHOLD",
         "HAMMING_THRESHOLD",

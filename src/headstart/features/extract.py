@@ -171,7 +171,7 @@ def extract_features(
             unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
         else:
             first.setdefault(h, i)
-    from headstart.features.distributed import all_reduce_sum, barrier, current
+    from headstart._distributed import all_reduce_sum, barrier, current
 
     group = current()  # under torchrun each process starts with its share; claims keep them from doubling up
     barrier()

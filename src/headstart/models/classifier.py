@@ -112,7 +112,9 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Classifier:
-        """Read a model file written by :meth:`save` (no network, no code execution)."""
+        """Read a model file written by :meth:`save` (no network, no code execution): the model object only, what
+        ``serve``, ``export`` and the attacks run. To use a model from Python, :func:`headstart.load` is the loader:
+        it gives the fitted estimator (``.model_`` is this object)."""
         tensors, meta = read_model_file(path)
         validate_classifier(path, tensors, meta)  # (every malformed file ends here, as one ModelFileError)
         try:

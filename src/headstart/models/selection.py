@@ -38,7 +38,8 @@ import numpy as np
 
 from headstart._console import say
 from headstart._validation import fail
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.probe_fit import fit_probe
 
 __all__ = [
     "AUTO_BUDGET_S",
