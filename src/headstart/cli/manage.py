@@ -84,6 +84,9 @@ def cache(ctx: typer.Context, cache_dir: CacheDirOpt = None, as_json: JsonOpt = 
         out.print(table)
     for entry in summary["backbone_files"]:
         out.print(f"backbones/: {entry['backbone']}: {entry['files']} file(s), {_mb(entry['bytes'])}", highlight=False)
+    store = summary["engine_store"]
+    if not store["inside"]:
+        out.print(f"engine store {store['folder']}: {_mb(store['bytes'])} (converted backbones; outside this folder)")
     memo = summary["memo"]
     out.print(f"memo/: {memo['entries']} remembered fits and pictures, {_mb(memo['bytes'])} (kept to 512 MB)")
     out.print("free space: headstart cache clean --older-than 30d (or --backbone NAME); --dry-run shows what would go")

@@ -3,9 +3,9 @@
 The cache folder (``$HEADSTART_CACHE_DIR``, else ``~/.cache/headstart``) holds:
 
 - ``features.sqlite``: the feature vectors, one row per photo's content × backbone fingerprint × precision × view;
-- ``backbones/``: each backbone's resolved card (``*.json``), trunk weights (``<fingerprint>.safetensors``) and
-  converted engines (``<fingerprint>.openvino-*.xml``/``.bin``, ``<fingerprint>.features.onnx``), plus OpenVINO's
-  compiled-model cache (``openvino-compiled/``);
+- ``backbones/``: each backbone's resolved card (``*.json``) and trunk weights (``<fingerprint>.safetensors``);
+- the per-machine engine store (``engines/`` here by default, ``$HEADSTART_ENGINE_DIR``): converted backbones
+  (OpenVINO, ONNX) and OpenVINO's compiled-model cache; cleaned only when it lies inside the cache folder;
 - ``memo/``: remembered probe fits and run pictures (pruned to their most recently used 512 MB by themselves).
 
 Everything there is recomputable: cleaning costs time on the next run, never a result. When each backbone's
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from headstart._io import cache_dir
+from headstart._io import cache_dir, engine_dir
 from headstart.errors import CacheError
 
 __all__ = ["cache_summary", "clean_cache", "mark_used", "parse_age"]
@@ -99,14 +99,17 @@ def cache_summary(folder: str | os.PathLike[str] | None = None) -> dict[str, Any
             names[row["fingerprint"].split("-")[0]] = row["backbone"]
             features["backbones"].append(row)
     backbone_files: dict[str, dict[str, Any]] = {}
+    stores = _stores(root)
     for path, size, _ in files:
-        if path.parent != root / "backbones" and root / "backbones" not in path.parents:
+        if not any(path.is_relative_to(store) for store in stores):
             continue
         owner = _owner(path, root, names)
         entry = backbone_files.setdefault(owner, {"backbone": owner, "bytes": 0, "files": 0})
         entry["bytes"] += size
         entry["files"] += 1
     memo = [(p, s, t) for p, s, t in files if root / "memo" in p.parents]
+    engines = engine_dir()
+    outside = [] if engines.is_relative_to(root) else list(_files(engines))
     return {
         "folder": str(root),
         "bytes": sum(size for _, size, _ in files),
@@ -116,6 +119,12 @@ def cache_summary(folder: str | os.PathLike[str] | None = None) -> dict[str, Any
             "entries": len({p.name.split("-")[0].split(".")[0] for p, _, _ in memo}),
             "bytes": sum(s for _, s, _ in memo),
             "oldest_days": round((time.time() - min(t for _, _, t in memo)) / 86400, 1) if memo else None,
+        },
+        # converted backbones live in the per-machine engine store; outside this folder, shown but never cleaned here
+        "engine_store": {
+            "folder": str(engines),
+            "inside": not outside,
+            "bytes": sum(size for _, size, _ in outside),
         },
     }
 
@@ -160,8 +169,9 @@ def clean_cache(
     stale_fingerprints = {r["fingerprint"].split("-")[0] for r in chosen}
     keys_left = {r["fingerprint"].split("-")[0] for r in rows if r not in chosen}
     doomed: list[tuple[Path, int]] = []
+    stores = _stores(root)
     for path, size, used in _files(root):
-        if path.is_relative_to(root / "backbones"):
+        if any(path.is_relative_to(store) for store in stores):
             fingerprint = path.name.split(".")[0]
             if backbone is not None:
                 mine = fingerprint in stale_fingerprints or _names_backbone(path, backbone)
@@ -278,6 +288,12 @@ def _files(root: Path) -> Iterator[tuple[Path, int, float]]:
             yield Path(entry.path), size, max(info.st_mtime, info.st_atime)
 
 
+def _stores(root: Path) -> list[Path]:
+    """Where backbones' files live inside ``root``: ``backbones/``, and the engine store when it is inside."""
+    engines = engine_dir()
+    return [root / "backbones", *([engines] if engines.is_relative_to(root) and engines != root else [])]
+
+
 def _size(path: Path, *suffixes: str) -> int:
     total = 0
     for suffix in suffixes:
@@ -288,7 +304,7 @@ def _size(path: Path, *suffixes: str) -> int:
 
 def _owner(path: Path, root: Path, names: dict[str, str]) -> str:
     """The backbone a file of ``backbones/`` belongs to (by fingerprint, or the name in its card)."""
-    if path.parent.name == "openvino-compiled":
+    if "openvino-compiled" in path.parts or path.parent.name == "openvino-compiled":
         return "(OpenVINO compiled-model cache)"
     fingerprint = path.name.split(".")[0]
     if fingerprint in names:
@@ -310,4 +326,9 @@ def _names_backbone(path: Path, name: str) -> bool:
 
 
 def _files_of(root: Path, backbone: str) -> list[Path]:
-    return [p for p, _, _ in _files(root / "backbones") if p.name.startswith(backbone) or _names_backbone(p, backbone)]
+    return [
+        p
+        for store in _stores(root)
+        for p, _, _ in _files(store)
+        if p.name.startswith(backbone) or _names_backbone(p, backbone)
+    ]
