@@ -56,7 +56,8 @@ def test_the_speed_leaves_out_the_one_time_conversion_and_says_it_apart(
     in, the first backbone compared looked slowest (lite0 4, lite1 2, lite2 6 img/s on pets-dev)."""
     from headstart.features.extract import extract_features
 
-    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "fresh"))  # nothing converted yet
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setenv("HEADSTART_ENGINE_DIR", str(tmp_path / "engines"))  # nothing converted yet on this "machine"
     cache = FeatureCache(tmp_path / "fresh" / "features.sqlite")
     photos = sorted((sample / "train").rglob("*.jpg"))[:24]
     first = extract_features(photos, "tf_efficientnet_lite0", cache=cache)
