@@ -87,6 +87,7 @@ _TABLES = (
 )
 
 _HOST = socket.gethostname()
+_CLAIM_COLUMNS = "view, sha256, owner, host, pid, expires_at"
 
 Pair = tuple[str, str]  # (sha256, view)
 
@@ -256,12 +257,7 @@ class FeatureCache:
         hashes = [sha for sha, _ in pairs]
         now = time.time()
         with self._connect() as db:
-            stored = {
-                (sha, view)
-                for view, sha in _rows_in(
-                    db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
-                )
-            }
+            stored = {(sha, view) for view, sha in _pair_rows(db, "vectors", "view, sha256", key, pairs)}
             out.refused = dict(
                 _rows_in(
                     db,
@@ -273,13 +269,7 @@ class FeatureCache:
             )
             held = {
                 (sha, view): (who, host, pid, expires)
-                for view, sha, who, host, pid, expires in _rows_in(
-                    db,
-                    "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-                    "({marks})",
-                    hashes,
-                    key,
-                )
+                for view, sha, who, host, pid, expires in _pair_rows(db, "claims", _CLAIM_COLUMNS, key, pairs)
             }
             for pair in dict.fromkeys(pairs):
                 claim = held.get(pair)
@@ -303,23 +293,11 @@ class FeatureCache:
         if not pairs:
             return set()
         now = time.time()
-        hashes = [sha for sha, _ in pairs]
         db = self._connection()
-        stored = {
-            (sha, view)
-            for view, sha in _rows_in(
-                db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
-            )
-        }
+        stored = {(sha, view) for view, sha in _pair_rows(db, "vectors", "view, sha256", key, pairs)}
         held = {
             (sha, view)
-            for view, sha, who, host, pid, expires in _rows_in(
-                db,
-                "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-                "({marks})",
-                hashes,
-                key,
-            )
+            for view, sha, who, host, pid, expires in _pair_rows(db, "claims", _CLAIM_COLUMNS, key, pairs)
             if who != owner and _live(host, pid, expires, now)
         }
         return {pair for pair in pairs if pair in held and pair not in stored}
@@ -487,6 +465,20 @@ def _import_v1(db: sqlite3.Connection, schema: str, *, features: bool, unusable:
             ],
         )
     return flip_keys
+
+
+def _pair_rows(
+    db: sqlite3.Connection, table: str, columns: str, key: str, pairs: Sequence[Pair]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``table`` (keyed by fingerprint, view, sha256) for these ``(sha256, view)`` pairs, one view at a
+    time, so that every look-up binds the whole primary key: with the view left out, SQLite can use only the
+    fingerprint and reads every stored row of the backbone (a claim then cost 4 ms at 1,000 rows, 227 ms at 64,000)."""
+    by_view: dict[str, list[str]] = {}
+    for sha, view in pairs:
+        by_view.setdefault(view, []).append(sha)
+    sql = f"SELECT {columns} FROM {table} WHERE fingerprint=? AND view=? AND sha256 IN ({{marks}})"
+    for view, hashes in by_view.items():
+        yield from _rows_in(db, sql, hashes, key, view)
 
 
 def _rows_in(db: sqlite3.Connection, sql: str, keys: Sequence[str], *first: Any) -> Iterator[tuple[Any, ...]]:
