@@ -13,11 +13,26 @@ import pytest
 # Tests never touch the user's cache: one private cache folder per test session (set before headstart is imported).
 os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 atexit.register(shutil.rmtree, os.environ["HEADSTART_CACHE_DIR"], ignore_errors=True)  # no litter left in /tmp
+# The per-machine store of converted backbones (shared by every cache folder) is private to the session too.
+os.environ["HEADSTART_ENGINE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-engines-")
+atexit.register(shutil.rmtree, os.environ["HEADSTART_ENGINE_DIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a network
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE = REPO / "src" / "headstart" / "sample_data" / "pets"
+
+
+#: Fixtures that run a real backbone (train a model, load the network, serve one): a test that uses one, directly or
+#: through another fixture, is marked slow whatever its own decorators say, so `pytest -m "not slow"` (the fast
+#: subset, DEVELOPERS.md) never waits on a backbone. Tests that run a backbone themselves carry @pytest.mark.slow.
+SLOW_FIXTURES = frozenset({"sample_model", "lite0", "served_models", "server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def shared_data(name: str) -> Path:

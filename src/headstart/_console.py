@@ -7,10 +7,13 @@ from typing import Any
 
 
 def say(line: str) -> None:
-    """One line on stderr (the progress channel), printed verbatim (no rich markup)."""
+    """One line on stderr (the progress channel), printed verbatim (no rich markup), control characters made
+    visible (names in it come from files)."""
     from rich.console import Console
 
-    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(line)
+    from headstart._names import printable
+
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(printable(line, keep_newlines=True))
 
 
 class progress:
@@ -40,3 +43,14 @@ class progress:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def wants_progress(progress: bool | None) -> bool:
+    """Whether to show progress: as asked, or (``None``, the default of the API's run options) when stderr is a
+    terminal, so a script in a terminal sees it and a pipe, a log file or a test does not."""
+    if progress is not None:
+        return bool(progress)
+    import sys
+
+    stream = sys.stderr
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())

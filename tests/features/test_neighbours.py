@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from headstart.audit.outliers import OUTLIER_Z, outlier_scores
+from headstart.data.hashing import SIGNATURE_DECODE, hamming, image_signatures, perceptual_hash
 from headstart.data.images import load_image
-from headstart.features.duplicates import SIGNATURE_DECODE, find_duplicates, hamming, image_signatures, perceptual_hash
+from headstart.features.duplicates import find_duplicates
 from headstart.features.neighbours import nearest_neighbours, unit_rows
 
 

@@ -1,5 +1,6 @@
 """``train``: an :class:`~headstart.models.estimator.ImageClassifier` fitted on a folder of photos, its run folder
-written, its model file saved; and the two experiments around fine-tuning, ``find_learning_rate`` and ``sweep``.
+written, its model file saved. The two experiments around fine-tuning, ``find_learning_rate`` and ``sweep``, are
+in :mod:`headstart.workflows.experiments`.
 
 ``train`` is what ``headstart train`` runs: ``ImageClassifier(...).fit(data)``, then :func:`write_run_folder`
 (``config.json``, ``metrics.json``, ``confusion_matrix.png``, ``misclassified.png``; for networks also
@@ -10,31 +11,28 @@ is complete.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from headstart._io import write_json, write_text_atomic
 from headstart._validation import check_choice, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
-from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
+from headstart.features import FeatureCache
 from headstart.models.classifier import Classifier
-from headstart.models.estimator import METHODS, ImageClassifier, ResolvedBackbone, SkippedFilesWarning, feature_cache
-from headstart.models.finetune_config import Finetune
-from headstart.models.memo import Memo, fit_probe, memo_pictures
+from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
+from headstart.models.finetune.config import Finetune
+from headstart.models.memo import Memo, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
+from headstart.workflows.pair import write_together
 
 __all__ = [
     "METHODS",
     "SkippedFilesWarning",
     "TrainResult",
     "default_run_dir",
-    "find_learning_rate",
-    "parse_settings",
     "refit_summary",
-    "sweep",
     "train",
     "write_run_folder",
 ]
@@ -66,83 +64,106 @@ def default_run_dir(model_path: str | os.PathLike[str]) -> Path:
 
 def train(
     data: str | os.PathLike[str] | Dataset,
+    classifier: ImageClassifier | None = None,
     *,
-    backbone: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
-    method: str | Finetune = "probe",
     out: str | os.PathLike[str] = "model.safetensors",
     run_dir: str | os.PathLike[str] | None = None,
     split: str = "all",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    refit: bool = True,
-    precision: str = "auto",
+    resume: str | os.PathLike[str] | None = None,
+    cache: FeatureCache | str | os.PathLike[str] | None = None,
+    device: str = "auto",
     batch_size: int = 32,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    cache: FeatureCache | str | os.PathLike[str] | None = None,
-    progress: bool = False,
-    finetune_options: dict[str, Any] | Finetune | None = None,
-    resume: str | os.PathLike[str] | None = None,
-    device: str = "auto",
     reuse: bool = True,
-    flip_average: bool | str | None = "cached",
+    progress: bool | None = None,
+    **params: Any,
 ) -> TrainResult:
     """Fit an :class:`~headstart.models.estimator.ImageClassifier` on ``data``, write its run folder, save it.
 
-    The settings are the estimator's hyper-parameters (see there); in addition:
+    What to learn is the estimator's: pass one (``classifier``), or its hyper-parameters as keywords
+    (``backbone=``, ``method=``, ``finetune=``, ``seed=``, …: ``params``) for a new one. The other keywords say how
+    to run (:meth:`ImageClassifier.fit`'s) and where the results go.
 
     Args:
         data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
-        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
+        classifier: the estimator to fit (unfitted, or fitted again); None: ``ImageClassifier(**params)``.
         out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
-        finetune_options: the fine-tuning options the user set (a dict of
-            :class:`~headstart.models.finetune_config.Finetune` fields, or a Finetune); the rest follows the
-            data size.
+        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
         resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
             Fine-tuning checkpoints into the run folder each epoch.
+        cache, device, batch_size, max_pixels, reuse, progress: how to run
+            (:class:`~headstart.models.run_options.RunOptions`).
+        params: hyper-parameters of the new estimator (``finetune_options=``, the older name of ``finetune=``,
+            still works, with a FutureWarning).
 
     Returns:
         :class:`TrainResult`; under torchrun only rank 0 writes files.
 
     Example:
-        >>> result = train("photos/", out="pets.safetensors")
+        >>> result = train("photos/", backbone="tf_efficientnet_lite0", out="pets.safetensors")
         >>> result.metrics["val_accuracy"], result.run_dir
         (0.92, PosixPath('pets-run'))
+        >>> train("photos/", ImageClassifier(method="finetune"), out="ft.safetensors", device="cuda")
     """
-    if not isinstance(method, Finetune):
-        check_choice(method, "method", "train", METHODS)
+    clf = _estimator(classifier, params)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
     out = Path(out)
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
-    network = method != "probe"
-    clf = ImageClassifier(
-        backbone=backbone,
-        weights=weights,
-        method=method,
-        finetune=finetune_options or None,
-        val_fraction=val_fraction,
-        seed=seed,
-        refit=refit,
-        flip_average=flip_average,
-        precision=precision,
+    network = clf.method != "probe"
+    clf.fit(
+        dataset,
+        cache=cache,
+        device=device,
         batch_size=batch_size,
         max_pixels=max_pixels,
-        device=device,
         reuse=reuse,
-        cache=cache,
         checkpoint_dir=run if network or resume is not None else None,
         resume=resume is not None,
         progress=progress,
-    ).fit(dataset)
+    )
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
-    from headstart.features import current
+    from headstart._distributed import current
 
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
         clf.model_.metadata["data"]["split"] = split
-        files = write_run_folder(clf, run, out=out, split=split)
-        clf.save(out)  # last: a model file means its run folder is complete
+        files = write_together(
+            clf, run, out, lambda folder, run_id: write_run_folder(clf, folder, out=out, split=split, run_id=run_id)
+        )
     return TrainResult(clf.model_, out, run, metrics, clf, files)
+
+
+def _estimator(classifier: ImageClassifier | None, params: dict[str, Any]) -> ImageClassifier:
+    """The estimator :func:`train` fits: the one given, or one made of the hyper-parameters given."""
+    if "finetune_options" in params:
+        warnings.warn(
+            "train(finetune_options=...) is deprecated and will stop working in headstart 0.3: pass "
+            "finetune=... (a Finetune or a dict of its fields), the ImageClassifier's own name for it.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        options = params.pop("finetune_options")
+        params.setdefault("finetune", options or None)
+    if classifier is not None:
+        if not isinstance(classifier, ImageClassifier):
+            fail("classifier", "train", "an ImageClassifier or None", classifier)
+        if params:
+            raise TypeError(
+                f"train got a classifier and its hyper-parameters {', '.join(sorted(params))}: set them on the "
+                "classifier (classifier.set_params(...)) or pass only the keywords."
+            )
+        return classifier
+    unknown = sorted(set(params) - set(ImageClassifier._get_param_names()))
+    if unknown:
+        raise TypeError(
+            f"train got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes the "
+            f"ImageClassifier's hyper-parameters ({', '.join(ImageClassifier._get_param_names())}) and how to run "
+            "(out, run_dir, split, resume, cache, device, batch_size, max_pixels, reuse, progress)."
+        )
+    clf = ImageClassifier(**params)
+    if not isinstance(clf.method, Finetune):
+        check_choice(clf.method, "method", "train", METHODS)
+    return clf
 
 
 def write_run_folder(
@@ -151,6 +172,7 @@ def write_run_folder(
     *,
     out: str | os.PathLike[str] | None = None,
     split: str = "all",
+    run_id: str | None = None,
 ) -> list[Path]:
     """The run folder of a classifier fitted in this session: what it was asked and what was refit
     (``config.json``), how it went (``metrics.json``: validation accuracy, calibration, the refit), its
@@ -160,7 +182,8 @@ def write_run_folder(
     before.
 
     The validation figures are those of models that had not seen the validation photos; the saved model is
-    (by default) refit on all photos, and ``config.json``'s ``refit`` says how.
+    (by default) refit on all photos, and ``config.json``'s ``refit`` says how. Pictures drawn before are read
+    from the memo beside the fit's feature cache (``clf.run_options_``).
 
     Returns:
         The files written.
@@ -192,10 +215,12 @@ def write_run_folder(
         "seed": clf.seed,
         "refit": clf.refit,
         "precision": clf.precision,
-        "batch_size": clf.batch_size,
-        "max_pixels": clf.max_pixels,
+        "batch_size": clf.run_options_.batch_size,
+        "max_pixels": clf.run_options_.max_pixels,
         "flip_average": clf.report_["flip_average"],
     }
+    if run_id is not None:
+        config["run_id"] = run_id  # (the model file's metadata carries the same)
     if clf.finetune_ is not None:
         config["finetune"] = asdict(clf.finetune_)
     report = clf.report_
@@ -207,7 +232,7 @@ def write_run_folder(
 
     val = classification_metrics(list(validation["labels"]), validation["proba"], list(clf.classes_))
     title = f"validation ({len(validation['paths'])} photos)"
-    memo = Memo.beside(feature_cache(clf.cache)) if clf.reuse else None
+    memo = Memo.beside(clf.run_options_.feature_cache()) if clf.run_options_.reuse else None
     written += memo_pictures(
         memo,
         [title, val, list(validation["hashes"])],
@@ -230,7 +255,7 @@ def write_run_folder(
     if history is not None:
         import json
 
-        from headstart.models.finetune import EpochRecord, plot_curves
+        from headstart.models.finetune.parts import EpochRecord, plot_curves
 
         written.append(write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)))
         written.append(plot_curves([EpochRecord(**r) for r in history], folder / "curves.png"))
@@ -269,173 +294,3 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
         else f"validation kept epoch 0 (fine-tuning did not beat the probe): the probe refit on all {n} photos"
     )
     return {"on_all_photos": True, "photos": n, "epochs": epochs, "seconds": refit.get("seconds"), "what": what}
-
-
-def find_learning_rate(
-    data: str | os.PathLike[str] | Dataset,
-    *,
-    backbone: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
-    out: str | os.PathLike[str] = "lr-find.png",
-    steps: int | None = None,
-    budget_s: float | None = None,
-    finetune_options: dict[str, Any] | None = None,
-    cache: FeatureCache | str | os.PathLike[str] | None = None,
-    progress: bool = False,
-):
-    """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
-
-    ``steps`` defaults to :data:`~headstart.models.lr_find.DEFAULT_STEPS` and ``budget_s`` (the most seconds the
-    steps may take; None: the default, 0: none) to :data:`~headstart.models.lr_find.DEFAULT_BUDGET_S`. The
-    frozen stages run once per photo, so on Oxford pets (259 photos, 2 CPU cores) the whole test takes well under
-    a minute; the result says how many steps ran, why it stopped and the seconds per step.
-
-    Returns:
-        :class:`headstart.models.lr_find.LrFindResult` with ``suggestion``, ``stopped``/``why`` and ``seconds``.
-
-    Example:
-        >>> result = find_learning_rate("photos/", out="lr.png", steps=20)
-        >>> result.suggestion, result.why
-        (0.00021, 'all 20 steps')
-    """
-    from headstart.models.finetune import build_network, start_from_probe
-    from headstart.models.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
-    from headstart.models.selection import parse_auto, select_for_fit
-
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    store = feature_cache(cache)
-    if parse_auto(backbone) is not None:  # the backbone `train` would choose (from the cache when it chose before)
-        backbone = select_for_fit(
-            dataset,
-            parse_auto(backbone),
-            cache=store,
-            memo=Memo.beside(store),
-            seed=0,
-            val_fraction=0.2,
-            weights=weights,
-            progress=progress,
-        ).chosen
-    source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
-    feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
-    usable = dataset.subset(feats.indices.tolist())
-    probe = fit_probe(feats.features, np.asarray(usable.labels), memo=Memo.beside(store))
-    config = Finetune.for_data_size(len(usable), **(finetune_options or {}))
-    classes = [str(c) for c in probe.classes_]
-    network = build_network(source.load(), len(classes), config.head_dropout)
-    start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
-    budget = DEFAULT_BUDGET_S if budget_s is None else (budget_s or None)
-    result = lr_range_test(
-        network,
-        usable,
-        classes,
-        source.spec.data_config,
-        config,
-        steps=steps or DEFAULT_STEPS,
-        budget_s=budget,
-        progress=progress,
-        spec=source.spec,
-        hashes=dict(zip(map(str, usable.paths), feats.hashes)),
-    )
-    plot_lr_find(result, Path(out))
-    return result
-
-
-def parse_settings(items: list[str]) -> dict[str, list[Any]]:
-    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``.
-
-    Example:
-        >>> parse_settings(["head_dropout=0,0.5"])
-        {'head_dropout': [0, 0.5]}
-    """
-    import yaml
-
-    out: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
-            raise ValueError(f"--set needs NAME=V1,V2,… (e.g. head_dropout=0,0.2,0.5); got {item!r}.")
-        out[key.strip().replace("-", "_")] = [yaml.safe_load(v.strip()) for v in values.split(",")]
-    return out
-
-
-def sweep(
-    data: str | os.PathLike[str] | Dataset,
-    settings: dict[str, list[Any]],
-    *,
-    method: str = "finetune",
-    out_dir: str | os.PathLike[str] = "sweep",
-    backbone: str = DEFAULT_BACKBONE,
-    base_options: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Train one variant per combination of ``settings`` (a grid) and compare them in a table and one picture.
-
-    Writes ``results.json``, ``results.md`` and ``comparison.png`` (validation accuracy per epoch, and the best of
-    each variant) in ``out_dir``; each variant's model and run folder sit beside them.
-
-    Example:
-        >>> sweep("photos/", {"head_dropout": [0, 0.2, 0.5, 0.8]})   # the lesson's dropout experiment
-    """
-    import itertools
-
-    check_choice(method, "method", "sweep", ("finetune", "scratch"))
-    Finetune().replace(**{k: v[0] for k, v in settings.items()})  # unknown names fail before any training
-    folder = Path(out_dir)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    keys = list(settings)
-    rows: list[dict[str, Any]] = []
-    for values in itertools.product(*(settings[k] for k in keys)):
-        variant = dict(zip(keys, values))
-        name = ",".join(f"{k}={v}" for k, v in variant.items())
-        slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
-        result = train(
-            dataset,
-            method=method,
-            backbone=backbone,
-            out=folder / f"{slug}.safetensors",
-            run_dir=folder / slug,
-            finetune_options={**(base_options or {}), **variant},
-            progress=progress,
-        )
-        m = result.metrics
-        rows.append(
-            {
-                "variant": name,
-                **variant,
-                "val_accuracy": m["val_accuracy"],
-                "best_epoch": m["best_epoch"],
-                "epochs_run": m["epochs_run"],
-                "seconds": m["seconds"],
-                "history": result.estimator.report_.get("history", []),
-            }
-        )
-    write_json(folder / "results.json", rows)
-    table = ["| variant | validation accuracy | best epoch | epochs | seconds |", "|---|---|---|---|---|"]
-    table += [
-        f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
-        for r in rows
-    ]
-    write_text_atomic(folder / "results.md", "\n".join(table) + "\n")
-    _plot_sweep(rows, folder / "comparison.png")
-    return rows
-
-
-def _plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    from headstart._io import save_figure
-
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    curves, bars = fig.subplots(1, 2)
-    for r in rows:
-        h = r["history"]
-        curves.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], "o-", label=r["variant"])
-        curves.plot([e["epoch"] for e in h], [e["train_accuracy"] for e in h], ":", color=curves.lines[-1].get_color())
-    curves.set(xlabel="epoch", ylabel="accuracy", title="Validation (solid) and training (dotted) accuracy")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize=8)
-    bars.barh([r["variant"] for r in rows], [r["val_accuracy"] for r in rows], color="tab:blue")
-    bars.set(xlabel="validation accuracy (best epoch)", title="Variants", xlim=(0, 1))
-    for i, r in enumerate(rows):
-        bars.text(r["val_accuracy"], i, f" {r['val_accuracy']:.3f}", va="center")
-    return save_figure(fig, path)
