@@ -96,7 +96,9 @@ def fit_rows(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # The rows left out weigh 0 in the loss rather than being gathered into a copy of the matrix.
-    features = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+    with warnings.catch_warnings():  # a read-only matrix (a memory map) is fine: it is only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        features = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
     targets = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
     mask = np.zeros(len(X), dtype=np.float32)
     mask[rows] = 1.0
