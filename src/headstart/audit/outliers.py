@@ -29,14 +29,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headstart.features.neighbours import EXACT_ROWS, nearest_neighbours, unit_rows
+from headstart.features.neighbours import nearest_neighbours, unit_rows
 
-__all__ = ["NEIGHBOURS", "OUTLIER_Z", "neighbour_similarity", "outlier_scores", "robust_z"]
+__all__ = ["NEIGHBOURS", "OUTLIER_EXACT_ROWS", "OUTLIER_Z", "neighbour_similarity", "outlier_scores", "robust_z"]
 
 #: Neighbours averaged for the density (fewer when the data set is smaller).
 NEIGHBOURS = 20
 #: Modified z-score from which a photo is reported as an outlier.
 OUTLIER_Z = 2.5
+#: Beyond this many photos the neighbours are found once by an index (:mod:`headstart.features.neighbours`) rather
+#: than by all pairs in every round: at 25,000 rows 154 s against 213 s here (benchmarks/scale.py, load 26), and the
+#: gap grows as sqrt(n). (Duplicates need one pass only: all pairs stay faster for them up to ``EXACT_ROWS``.)
+OUTLIER_EXACT_ROWS = 20_000
 
 
 def neighbour_similarity(
@@ -58,7 +62,7 @@ def neighbour_similarity(
         neighbours: each photo's nearest others, most similar first, from
             :func:`~headstart.features.neighbours.nearest_neighbours` (more than ``k``, so that some may be left
             out): the ``k`` first that are neither of its group nor excluded are averaged, with no all-pairs
-            comparison (what :func:`outlier_scores` does beyond ``EXACT_ROWS`` photos).
+            comparison (what :func:`outlier_scores` does beyond ``OUTLIER_EXACT_ROWS`` photos).
     """
     x = np.asarray(features, dtype=np.float32)
     n = len(x)
@@ -116,7 +120,7 @@ def outlier_scores(
     same_group: Sequence[int] | None = None,
     threshold: float = OUTLIER_Z,
     max_rounds: int = 5,
-    exact_rows: int = EXACT_ROWS,
+    exact_rows: int = OUTLIER_EXACT_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The outlier score of each photo (the modified z-score of its low neighbour similarity) and that similarity.
 

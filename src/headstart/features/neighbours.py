@@ -3,7 +3,7 @@
 Near duplicates (:mod:`headstart.features.duplicates`) and the kNN density of outliers (:mod:`headstart.audit.outliers`)
 both need, for every photo, the few others most alike. Comparing all pairs costs ``n^2 * d``: 5 s at 10,000 rows,
 about an hour and a half at 300,000. Up to :data:`EXACT_ROWS` rows the exact answer is computed in blocks (a matrix
-product, bounded memory); beyond, an inverted-file index from faiss (Meta's similarity-search library, MIT licence)
+product, bounded memory); beyond, an inverted-file index from faiss (optional: ``headstart[neighbours]``) (Meta's similarity-search library, MIT licence)
 finds candidates, and their cosine is recomputed exactly from the features:
 
 * the rows are clustered by k-means (on a sample of :data:`TRAIN_ROWS`) into about ``2 * sqrt(n)`` lists, each stored
@@ -26,8 +26,12 @@ import numpy as np
 
 __all__ = ["CANDIDATES", "EXACT_ROWS", "PROBES", "TRAIN_ROWS", "nearest_neighbours", "unit_rows"]
 
-#: Up to this many rows, neighbours are exact (all pairs, in blocks).
-EXACT_ROWS = 20_000
+#: Up to this many rows, neighbours are exact (all pairs, in blocks of matrix products). Measured here (2 cores,
+#: load average 26, benchmarks/scale.py): at 25,000 rows the index took 258 s for the duplicates against 69 s for all
+#: pairs; faiss's quantised list scan runs at about a sixteenth of the matrix product's speed per pair, which its
+#: n^1.5 against n^2 only makes up for at a few hundred thousand rows. Until the scan is done by matrix products
+#: (queries grouped by list), the index is used only beyond the sizes measured.
+EXACT_ROWS = 400_000
 #: Inverted lists searched for each photo beyond :data:`EXACT_ROWS`.
 PROBES = 24
 #: Rows the k-means of the index is trained on (a seeded sample).
@@ -88,7 +92,10 @@ def _sorted_into(sims: np.ndarray, candidates: np.ndarray, sims_out: np.ndarray,
 
 
 def _indexed(unit: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
+    try:
+        import faiss
+    except ImportError:  # the optional dependency (pip install 'headstart[neighbours]'): the exact answer, slower
+        return _exact(unit, k)
 
     n, d = unit.shape
     lists = int(min(max(16, 2 * np.sqrt(n)), n // 39))  # faiss wants at least 39 training rows per list
