@@ -175,8 +175,8 @@ def test_a_destination_in_the_data_is_refused_before_anything_moves(tmp_path: Pa
 
 
 def test_a_file_that_is_kept_is_never_moved_through_another_name(tmp_path: Path) -> None:
-    """Planned files that are the same file as a kept one (a symlink or a hard link to it, the same folder reached
-    twice) stay; a link to a kept file may go (the file stays)."""
+    """A planned name that is a kept one (its folder reached through a link) or that a kept symlink points to stays;
+    another hard link or a symlink to a kept file may go, and the kept file stays whole."""
     data, dest = tmp_path / "data", tmp_path / "q"
     data.mkdir()
     real = data / "real.jpg"
@@ -189,10 +189,19 @@ def test_a_file_that_is_kept_is_never_moved_through_another_name(tmp_path: Path)
     planned = [UnusableFile(alias / "real.jpg", "copy"), UnusableFile(hard, "copy"), UnusableFile(link, "copy")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        moved = quarantine(ScanReport(3, planned), dest, root=data, keep=[link])
-    assert real.read_bytes() == b"the only copy" and hard.exists(), "a kept file was moved under another name"
-    assert [new.name for _, new in moved] == ["link.jpg"], moved
-    assert len([w for w in caught if issubclass(w.category, QuarantineWarning)]) == 2
+        moved = quarantine(ScanReport(3, planned), dest, root=data, keep=[real])
+    assert real.read_bytes() == b"the only copy", "the kept file was moved under another name"
+    assert sorted(new.name for _, new in moved) == ["hard.jpg", "link.jpg"], moved
+    assert len([w for w in caught if issubclass(w.category, QuarantineWarning)]) == 1
+    # A kept symlink: the file it points to stays (moving it would leave the kept link pointing nowhere).
+    other = data / "other.jpg"
+    other.write_bytes(b"pointed at")
+    kept_link = data / "kept-link.jpg"
+    kept_link.symlink_to(other)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert quarantine(ScanReport(1, [UnusableFile(other, "copy")]), dest, root=data, keep=[kept_link]) == []
+    assert kept_link.read_bytes() == b"pointed at"
 
 
 def test_the_folder_given_twice_or_through_a_link_is_scanned_once(tmp_path: Path) -> None:
