@@ -251,3 +251,21 @@ def test_a_run_killed_between_record_and_move_is_settled_by_the_next(tmp_path: P
     entries = json.loads((dest / QUARANTINE_LOG).read_text())["files"]
     assert [e["quarantined_as"] for e in entries] == ["dogs/000.jpg", "cats/001.jpg"], entries
     assert all("state" not in e for e in entries) and (dest / "cats" / "001.jpg").is_file()
+
+
+def test_files_from_several_folders_go_to_a_folder_beside_them(tmp_path: Path) -> None:
+    """`scan a/x.jpg b/y.jpg --quarantine q`: the files' common folder is no data folder, q beside them is fine."""
+    for folder in ("a", "b/deep"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.jpg").write_text(f"not a photo in {folder}")
+    before = _hashes(tmp_path)
+    proc = _headstart(
+        "scan",
+        str(tmp_path / "a" / "x.jpg"),
+        str(tmp_path / "b" / "deep" / "x.jpg"),
+        "--quarantine",
+        str(tmp_path / "q"),
+    )
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert _hashes(tmp_path / "q") == before and not list((tmp_path / "a").iterdir()), stderr

@@ -45,7 +45,12 @@ class QuarantineWarning(UserWarning):
 
 
 def quarantine(
-    report: Any, destination: str | Path, *, root: str | Path, keep: Iterable[str | Path] = ()
+    report: Any,
+    destination: str | Path,
+    *,
+    root: str | Path,
+    keep: Iterable[str | Path] = (),
+    scanned: Iterable[str | Path] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Move each unusable file out of the data set, so training sees only good photos and nothing is lost.
 
@@ -61,6 +66,8 @@ def quarantine(
         destination: Where to move the files; created if missing. Not the data folder itself, nor inside it
             (except in a hidden folder, e.g. ``root/.quarantine``, which listing skips).
         root: The folder the files' relative paths are kept from.
+        scanned: The folders (or files) that were scanned, which the destination must stay out of; default
+            ``root`` (give them when root is only the common folder of several, e.g. ``scan a/ b/``).
         keep: Files that must stay where they are (a duplicate's kept copy, the test photos): a planned name that
             is one of them, or the name a kept symlink points to, is not moved, with a :class:`QuarantineWarning`.
 
@@ -78,7 +85,8 @@ def quarantine(
     """
     destination, root = Path(destination), Path(root)
     plan = [(item, _relative_name(Path(item.path), root)) for item in report.unusable]
-    check_destination(destination, root)
+    for given in map(Path, scanned if scanned is not None else [root]):
+        check_destination(destination, given)
     if not plan:
         return []
     kept = _kept_entries(keep)
@@ -220,9 +228,12 @@ def check_destination(destination: Path, root: Path) -> None:
     """
     base = root if root.is_dir() or not root.exists() else root.parent
     try:
-        below = Path(os.path.abspath(destination)).resolve().relative_to(Path(os.path.abspath(base)).resolve())
+        resolved = Path(os.path.abspath(base)).resolve()
+        below = Path(os.path.abspath(destination)).resolve().relative_to(resolved)
     except (ValueError, OSError):
         return
+    if resolved == Path(resolved.anchor):
+        return  # (files from several trees have the file system's root in common: that is no data folder)
     if any(part.startswith(".") for part in below.parts):
         return  # a hidden folder: listing skips it, so the files are not found again
     where = "the data folder itself" if not below.parts else f"inside the data folder {root}"
