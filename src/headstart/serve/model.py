@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
+from headstart.errors import UnusableImageError
 from headstart.features.pipeline import Pipeline, top_k
 from headstart.models.classifier import Classifier
 from headstart.serve.batching import ShuttingDownError
@@ -143,11 +144,15 @@ class ServedModel:
             raise RuntimeError(f"model {self.name!r} is not loaded yet")
         return self.pipeline.decode_bytes(data, filename)
 
-    def infer(self, images: Sequence[Any]) -> list[np.ndarray]:
+    def infer(self, images: Sequence[Any]) -> list[np.ndarray | UnusableImageError]:
         """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each (the pipeline's views,
-        averaged as the cache averages them, through the model's head)."""
-        head = (self.classifier.head_weight, self.classifier.head_bias)
-        return list(self.pipeline.probabilities(list(images), head))
+        averaged as the cache averages them, through the model's head), or an
+        :class:`~headstart.errors.UnusableImageError` for a photo whose features are not finite."""
+        features = self.pipeline.features(list(images))
+        sound = np.isfinite(features).all(axis=1)  # (NaN or infinite features: that photo's refusal, not a 500)
+        probabilities = iter(self.classifier.predict_proba_features(features[sound]) if sound.any() else ())
+        refused = UnusableImageError("upload", "the engine gave NaN or infinite features for this photo")
+        return [next(probabilities) if ok else refused for ok in sound]
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         """The ``k`` most likely labels, as ``headstart predict --json`` writes them (stable order, 6 decimals)."""

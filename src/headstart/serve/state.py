@@ -188,7 +188,11 @@ class ServerState:
         tensors = await asyncio.gather(*(prepare(u) for u in uploads))
         batcher = self.batchers[model.name]
         futures = [asyncio.wrap_future(batcher.submit(t)) for t in tensors]
-        return list(await asyncio.gather(*futures))
+        rows = list(await asyncio.gather(*futures))
+        for upload, row in zip(uploads, rows):
+            if isinstance(row, UnusableImageError):
+                raise image_error(row, upload.filename)
+        return rows
 
     async def explain(
         self, model: ServedModel, upload: Upload, *, target: str | None, method: str
