@@ -37,6 +37,7 @@ from headstart.features.pipeline import (
     Pipeline,
     decode_size,
     default_precision,
+    mean_of_views,
     prefetched,
 )
 from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
@@ -227,7 +228,7 @@ def extract_features(
         matrix = np.stack([found["orig"][h] for h in kept_hashes]).astype(np.float32, copy=False)
     else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
-        matrix = (orig + mirror) / np.float32(2)
+        matrix = mean_of_views(orig, mirror)
     seconds = time.perf_counter() - start
     return Features(
         features=matrix.astype(np.float32, copy=False),

@@ -43,7 +43,9 @@ __all__ = [
     "decode_size",
     "decoded_batches",
     "default_precision",
+    "mean_of_views",
     "prefetched",
+    "ranked",
     "top_k",
 ]
 
@@ -73,18 +75,27 @@ def decode_size(spec: BackboneSpec) -> tuple[int, int]:
     return int(width / crop_pct), int(height / crop_pct)
 
 
+def mean_of_views(orig: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Mirror-averaged features: the mean of the photo's and its mirror image's (the one place they are averaged,
+    whether the views come from the cache or from one forward pass)."""
+    return (orig + mirror) / np.float32(2)
+
+
 def average_views(rows: np.ndarray, n_views: int) -> np.ndarray:
     """Features of photos whose views were embedded photo by photo (``orig``, then ``mirror``): the mean of each
-    photo's rows, as the cache's two stored views are averaged."""
-    if n_views == 1:
-        return rows
-    return (rows[0::2] + rows[1::2]) / np.float32(2)
+    photo's rows (:func:`mean_of_views`)."""
+    return rows if n_views == 1 else mean_of_views(rows[0::2], rows[1::2])
 
 
 def top_k(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
     """The ``k`` most likely labels of one row of probabilities, most likely first (ties in class order)."""
     order = np.argsort(-probabilities, kind="stable")[: min(k, len(classes))]
     return [(classes[j], float(probabilities[j])) for j in order]
+
+
+def ranked(labels: Sequence[str], probabilities: Sequence[float]) -> list[dict[str, Any]]:
+    """Labels with their probabilities as ``predict --json`` and the server write them (6 decimals)."""
+    return [{"label": l, "probability": round(float(p), 6)} for l, p in zip(labels, probabilities)]
 
 
 class Pipeline:
