@@ -7,10 +7,13 @@ from typing import Any
 
 
 def say(line: str) -> None:
-    """One line on stderr (the progress channel), printed verbatim (no rich markup)."""
+    """One line on stderr (the progress channel), printed verbatim (no rich markup), control characters made
+    visible (names in it come from files)."""
     from rich.console import Console
 
-    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(line)
+    from headstart._names import printable
+
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(printable(line, keep_newlines=True))
 
 
 class progress:

@@ -112,10 +112,15 @@ def _json_default(value: Any) -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically, in the format named by the suffix (PNG by default), on white."""
+    """Save a matplotlib figure atomically, in the format named by the suffix (PNG by default), on white; every
+    text in it drawn literally (class and file names are never read as maths: ``_names.literal_figure``)."""
+    import matplotlib
+
+    from headstart._names import literal_figure
+
     path = Path(path)
-    with atomic_path(path, durable=False) as temporary:
-        fig.savefig(temporary, format=path.suffix[1:].lower() or "png", dpi=dpi, facecolor="white")
+    with atomic_path(path, durable=False) as temporary, matplotlib.rc_context({"text.parse_math": False}):
+        literal_figure(fig).savefig(temporary, format=path.suffix[1:].lower() or "png", dpi=dpi, facecolor="white")
     return path
 
 

@@ -20,6 +20,7 @@ def batch(sample: Path, lite0) -> tuple[list[Path], torch.Tensor]:
     return photos, torch.stack([decode(p) for p in photos])
 
 
+@pytest.mark.slow
 def test_the_preprocessor_gives_extractions_pixels(lite0, cache, batch) -> None:
     """Features of preprocessor(photo) are what extract_features stores: every model run outside the cache (ONNX
     checks, int8 calibration, the server) sees the same pixels as extraction."""
@@ -31,6 +32,7 @@ def test_the_preprocessor_gives_extractions_pixels(lite0, cache, batch) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_pipeline_averages_the_photo_and_its_mirror_image_when_the_spec_says_so(lite0, batch) -> None:
     from headstart.features.pipeline import Pipeline
 
@@ -48,6 +50,7 @@ def test_the_pipeline_averages_the_photo_and_its_mirror_image_when_the_spec_says
     assert np.abs(averaged - plain).max() > 1e-3, "mirror averaging changes the features"
 
 
+@pytest.mark.slow
 def test_the_views_asked_for_are_embedded_in_one_pass_each_as_on_its_own(lite0, batch) -> None:
     """Row r of ``embed(x, wanted)`` is photo ``x[i]`` as it is or mirrored: bit-identical to embedding that view
     alone (so a view computed by one command equals the same view computed by another), whatever the spec says

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart._io import save_figure, write_bytes_atomic, write_json
+from headstart._names import literal_figure
 from headstart.attacks.adversarial import AttackResult, png_bytes
 from headstart.attacks.robustness_curve import Robustness
 
@@ -75,7 +76,7 @@ def plot_attack(result: AttackResult, path: str | os.PathLike[str]) -> Path:
     target = f" → {_short(result.target_label)}" if result.target_label else " (untargeted)"
     budget = "no budget" if result.method == "lesson" else f"{result.norm} eps={result.eps * 255:.3g}/255"
     fig.suptitle(f"{result.method.upper()} ({budget}) on {result.model}{target}", fontsize=11)
-    fig.tight_layout()
+    literal_figure(fig).tight_layout()  # (measured before saving: names drawn literally from the start)
     return save_figure(fig, path)
 
 
@@ -127,7 +128,7 @@ def save_robustness(report: Robustness, out_dir: str | os.PathLike[str]) -> dict
         f"step{'s' * (report.steps != 1)}, {report.n_images} photos",
         fontsize=10,
     )
-    fig.tight_layout()
+    literal_figure(fig).tight_layout()  # (measured before saving: names drawn literally from the start)
     save_figure(fig, paths["curve"])
     write_json(paths["json"], report.to_dict())
     return paths

@@ -145,6 +145,7 @@ def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     require_onnx()
     path = engine_dir() / f"{backbone.spec.fingerprint}.features.onnx"
     if not path.is_file():
+        backbone.check_weights()  # (exported under the fingerprint: the network must hold the weights it names)
         size = backbone.spec.data_config["input_size"]
         model = backbone.embedding_module().eval().to(memory_format=torch.contiguous_format)
         with atomic_path(path) as tmp:

@@ -138,7 +138,8 @@ def _convert_announced(load: Callable[[], Backbone], path: Path, spec: BackboneS
     start = time.perf_counter()
     kind = "int8 (NNCF-quantised)" if precision == INT8_PRECISION else "uint8-input"
     say(f"Converting {spec.name} to OpenVINO, {kind} (once per machine, kept in {path.parent}) ...")
-    _convert(load(), path, int8=precision == INT8_PRECISION)
+    # (only a network holding the weights the fingerprint names is converted under it)
+    _convert(load().check_weights(spec.trunk_sha256), path, int8=precision == INT8_PRECISION)
     say(f"Converted {spec.name} in {time.perf_counter() - start:.1f} s")
 
 

@@ -14,7 +14,7 @@ export's checks. It is the one place that chooses
 - the **batching**: a few photos run synchronously at the lowest latency; many run through an asynchronous queue
   (OpenVINO's ``AsyncInferQueue`` under the THROUGHPUT hint, requests and batch size measured on the machine:
   :mod:`.openvino_runtime`), so decoding the next photos overlaps inferring the last ones,
-- and, for a classifier, the **head and the top-k** (:func:`top_k`).
+- and, for a classifier, the **top-k** and its JSON form (:func:`top_k`, :func:`ranked`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from headstart._math import softmax
 from headstart._validation import check_choice
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from headstart.features.backbones import Backbone, BackboneSpec
@@ -142,6 +141,7 @@ class Pipeline:
         self._source, self._weights = source, weights
         self._backbone: Backbone | None = source if isinstance(source, Backbone) else None
         self._runners: dict[bool, Any] = {}
+        self._checked = False
 
     # ------------------------------------------------------------------------------------------ the network
     def backbone(self) -> Backbone:
@@ -155,6 +155,8 @@ class Pipeline:
                 from headstart.features.backbones import load_backbone
 
                 self._backbone = load_backbone(str(self._source), self._weights, device=self.device)
+        if not self._checked:  # (features are cached, networks converted, under the spec's content: it must hold it)
+            self._checked = bool(self._backbone.check_weights(self.spec.trunk_sha256))
         return self._backbone
 
     def cache_key(self, cache: Any) -> str:
@@ -214,11 +216,6 @@ class Pipeline:
         """Features of decoded photos, now: every view the spec asks for, averaged (``(n, num_features)``)."""
         wanted = [(i, v) for i in range(len(inputs)) for v in self.views]
         return average_views(self.runner().embed(self.stack(inputs), wanted), len(self.views))
-
-    def probabilities(self, inputs: Sequence[Any], head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Class probabilities of decoded photos through a linear head ``(weight, bias)``."""
-        weight, bias = head
-        return softmax(self.features(inputs) @ weight.T + bias, axis=1)
 
 
 def decoded_batches(
