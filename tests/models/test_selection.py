@@ -66,6 +66,7 @@ def _sample_features(sample: Path):
     return feats.features, np.asarray(data.labels)[feats.indices]
 
 
+@pytest.mark.slow
 def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Path) -> None:
     """A later candidate that knows less (the same features with noise added) is never preferred, whatever the
     seed: its photo-by-photo gain never clears the paired standard error."""
