@@ -328,10 +328,12 @@ def load_backbone(
     elif kind == "none":
         import torch
 
-        with torch.random.fork_rng(devices=[]):  # (seeded: the same network every time, so one content hash)
-            torch.manual_seed(0)
+        # Seeded by torch's seed (the caller's torch.manual_seed, else the process's): every call in a process gives
+        # the same network, so the spec resolved and the network built later hold one content hash.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed())
             model = timm.create_model(name, pretrained=False)
-        source, weights_id = "none (random initialisation, seed 0)", "none"
+        source, weights_id = "none (random initialisation)", "none"
     else:
         model, source, weights_id = _from_file(name, Path(str(weights)))
     model.eval().to(device)

@@ -50,11 +50,14 @@ class ServerState:
         self.on_failure: Callable[[str], None] | None = None
         self._loader: threading.Thread | None = None
         self._explainers: dict[str, ThreadPoolExecutor] = {}
+        self._waiting: set[Any] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         keep_private(m.path for m in models)  # error texts never show where the server keeps its files
 
     # ------------------------------------------------------------------------------------------ life cycle
     def start_loading(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # Not a daemon: the interpreter must not exit under a thread inside a native library (OpenVINO aborts).
         self._loader = threading.Thread(target=self._load_all, name="headstart-load")
         self._loader.start()
@@ -105,9 +108,21 @@ class ServerState:
             self.on_ready()
 
     def begin_shutdown(self) -> None:
-        """A stop signal arrived: work not yet started is refused with a JSON 503 from now on (requests already
-        computing finish). Safe to call from a signal handler."""
+        """A stop signal arrived: work not yet started is refused with a JSON 503 from now on, explanations waiting
+        their turn at once (requests already computing finish). Safe to call from a signal handler."""
         self.stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_waiting)
+
+    def _cancel_waiting(self) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+        for future in waiting:
+            future.cancel()  # (only those not started: the one computing finishes)
+
+    def _forget(self, future: Any) -> None:
+        with self._lock:
+            self._waiting.discard(future)
 
     def close(self) -> None:
         """Finish queued work and stop the batcher and explanation threads (server shutdown)."""
@@ -188,17 +203,23 @@ class ServerState:
             if worker is None:  # one thread per model: explanations queue as bytes, and one thread's heap holds
                 worker = ThreadPoolExecutor(1, thread_name_prefix=f"headstart-explain-{model.name}")  # their pixels
                 self._explainers[model.name] = worker
+        future = worker.submit(
+            model.explain_png,
+            upload.data,
+            upload.filename,
+            target=target,
+            method=method,
+            stopping=lambda: self.stopping,
+        )
+        with self._lock:
+            self._waiting.add(future)
+        future.add_done_callback(self._forget)
         try:
-            return await asyncio.wrap_future(
-                worker.submit(
-                    model.explain_png,
-                    upload.data,
-                    upload.filename,
-                    target=target,
-                    method=method,
-                    stopping=lambda: self.stopping,
-                )
-            )
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if self.stopping:  # its turn never came (begin_shutdown), or the shutdown's grace period is over
+                raise ShuttingDownError(f"the server is shutting down; {upload.filename} was not explained") from None
+            raise
         except UnusableImageError as exc:
             raise image_error(exc, upload.filename) from None
         except HeadstartError as exc:  # an unknown target class
