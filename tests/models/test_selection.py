@@ -85,6 +85,7 @@ def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Pa
         assert rule.best == "first" and not verdict["chosen"], (seed, verdict)
 
 
+@pytest.mark.slow
 def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> None:
     from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
