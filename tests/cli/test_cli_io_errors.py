@@ -156,6 +156,7 @@ def ext4(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_quarantine_folder_that_refuses_a_move(tmp_path: Path, ext4) -> None:
     """EPERM part-way through `scan --quarantine` (one class folder of DIR immutable): one line naming the file,
     what was moved before it, exit 2; every file's bytes still somewhere."""

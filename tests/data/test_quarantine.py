@@ -51,6 +51,7 @@ def _headstart(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_two_concurrent_scans_into_one_folder_lose_nothing_and_log_everything(tmp_path: Path) -> None:
     """Two `scan --quarantine` processes at once on the same data, into the same folder, round after round (the
     same names every round, so every round clashes with the last): every file's bytes are accounted for, and the

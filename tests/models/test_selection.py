@@ -66,6 +66,7 @@ def _sample_features(sample: Path):
     return feats.features, np.asarray(data.labels)[feats.indices]
 
 
+@pytest.mark.slow
 def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Path) -> None:
     """A later candidate that knows less (the same features with noise added) is never preferred, whatever the
     seed: its photo-by-photo gain never clears the paired standard error."""
@@ -84,6 +85,7 @@ def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Pa
         assert rule.best == "first" and not verdict["chosen"], (seed, verdict)
 
 
+@pytest.mark.slow
 def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> None:
     from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
