@@ -39,6 +39,8 @@ _MODULES = {
     "headstart.workflows.export": ("export_onnx",),
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
+    "headstart.workflows.info": ("model_info",),
+    "headstart.features.housekeeping": ("cache_summary", "clean_cache"),
     # data and features
     "headstart.data": ("load_image", "scan", "load_dataset", "Dataset", "download_dataset"),
     "headstart.features": ("load_backbone", "list_backbones", "FeatureCache", "extract_features"),

@@ -54,3 +54,31 @@ def wants_progress(progress: bool | None) -> bool:
 
     stream = sys.stderr
     return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+
+
+# ------------------------------------------------------------------------------------- skipped files, reported once
+_SKIPPED_LISTENERS: list[Callable[[list[Any]], None]] = []
+
+
+def report_skipped(unusable: Any) -> None:
+    """Tell whoever listens (the command line's one reporter) about files left out as unusable (each with ``path``
+    and ``reason``). Library code calls this wherever it skips files; without a listener it does nothing (the
+    library's own result and warnings still name them)."""
+    items = list(unusable)
+    if items:
+        for listener in list(_SKIPPED_LISTENERS):
+            listener(items)
+
+
+class listening_for_skipped:
+    """``with listening_for_skipped(callback):`` every :func:`report_skipped` inside goes to ``callback``."""
+
+    def __init__(self, callback: Callable[[list[Any]], None]) -> None:
+        self.callback = callback
+
+    def __enter__(self) -> Callable[[list[Any]], None]:
+        _SKIPPED_LISTENERS.append(self.callback)
+        return self.callback
+
+    def __exit__(self, *exc: Any) -> None:
+        _SKIPPED_LISTENERS.remove(self.callback)

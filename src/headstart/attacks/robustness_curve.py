@@ -65,7 +65,9 @@ class Robustness:
             "skipped": self.skipped,
             "note": "accuracy at eps = photos still classified correctly from the saved 8-bit PNG; a photo fooled at "
             "a smaller budget counts as fooled at every larger one (that image is inside the larger budget); "
-            "eps 0 is `evaluate`'s accuracy.",
+            "eps 0 is `evaluate`'s accuracy. attack_success = of the photos still classified correctly when this "
+            "budget's attack started, the share it fooled (0 at eps 0, which changes no photo; null only when no "
+            "photo was left to attack).",
         }
 
 
@@ -145,7 +147,11 @@ def robustness(
             )
             proba[i] = found.after[0].probabilities
         success.append(
-            round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6) if len(attacked) else None
+            0.0  # eps 0 changes no photo: it fools none
+            if e == 0
+            else round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6)
+            if len(attacked)
+            else None  # (no photo was left to attack: every one was fooled at a smaller budget)
         )
         accuracy.append(_accuracy(y_true, proba, classifier.classes))
     return Robustness(

@@ -33,7 +33,7 @@ h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom
 .summary li{background:#fff;border:1px solid #d7dce3;border-radius:6px;padding:8px 12px}
 .summary b{font-size:18px;display:block}.bad b{color:#b3261e}.cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{background:#fff;border:1px solid #d7dce3;border-radius:6px;padding:8px;display:flex;gap:8px;flex-wrap:wrap}
-.card.leak{border-color:#b3261e;box-shadow:0 0 0 1px #b3261e inset}.item{width:160px;font-size:12px;word-break:break-all}
+.card.leak{border-color:#b3261e;box-shadow:0 0 0 1px #b3261e inset}.item{width:160px;font-size:12px;overflow-wrap:anywhere}
 .item img,.ph{width:150px;height:150px;object-fit:contain;background:#eef1f4;display:block;border-radius:3px}
 .ph{display:flex;align-items:center;justify-content:center;color:#7a8594}
 .badge{display:inline-block;font-size:11px;border-radius:10px;padding:1px 8px;background:#e6eaf0;margin:0 4px 4px 0}

@@ -23,6 +23,10 @@ from headstart._validation import check_choice
 from headstart.errors import HeadstartError
 from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
 
+#: What the probability of an explanation is measured on, said wherever it is shown: the whole photo, which the map
+#: covers, not the centre crop ``predict`` scores, so the two probabilities of one photo can differ.
+SCORED_ON = "the whole, uncropped photo (predict scores its centre crop, so its probability can differ)"
+
 #: ``method`` names → pytorch_grad_cam classes.
 METHODS = {
     "gradcam": "GradCAM",
@@ -61,6 +65,7 @@ class Explanation:
             "target": self.target,
             "target_name": self.target_name,
             "probability": round(self.probability, 6),
+            "scored_on": SCORED_ON,
             "top": [{"class": n, "probability": round(p, 6)} for n, p in self.top],
             "layer": self.layer,
             "method": self.method,
@@ -154,7 +159,8 @@ def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
     axes[1].imshow(e.image)
     shown = axes[1].imshow(e.heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[1].set_title(
-        f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f}), layer {e.layer}", fontsize=8
+        f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f} on the whole photo), layer {e.layer}",
+        fontsize=8,
     )
     for a in axes:
         a.axis("off")
