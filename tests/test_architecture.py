@@ -24,6 +24,7 @@ LAYERS = {
     "_validation": 0,
     "_onnx": 0,
     "_math": 0,
+    "_display": 0,
     "data": 1,
     "features": 2,
     "reports": 3,

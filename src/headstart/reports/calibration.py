@@ -31,7 +31,7 @@ import numpy as np
 from headstart._io import save_figure
 from headstart._validation import check_int
 
-__all__ = ["ECE_BINS", "calibration_metrics", "expected_calibration_error", "plot_reliability"]
+__all__ = ["ECE_BINS", "calibration_metrics", "expected_calibration_error", "plot_reliability", "reliability_figure"]
 
 #: Equal-width bins of the top-1 probability for ECE and the reliability diagram (the convention of Guo et al.).
 ECE_BINS = 15
@@ -122,13 +122,19 @@ def calibration_metrics(
 
 
 def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = "Reliability") -> Path:
-    """The reliability diagram of :func:`calibration_metrics`: accuracy against confidence per bin (bars; the
-    diagonal is perfect calibration) and, below, how many photos fall in each bin.
+    """The reliability diagram of :func:`calibration_metrics` written to ``path`` (see :func:`reliability_figure`).
 
     Example:
         >>> plot_reliability(calibration_metrics(labels, proba, classes), "reliability.png")
         PosixPath('reliability.png')
     """
+    return save_figure(reliability_figure(metrics, title=title), Path(path))
+
+
+def reliability_figure(metrics: dict[str, Any], *, title: str = "Reliability") -> Any:
+    """The reliability diagram of :func:`calibration_metrics` as a matplotlib figure (a notebook shows it):
+    accuracy against confidence per bin (bars; the diagonal is perfect calibration) and, below, how many photos
+    fall in each bin."""
     from matplotlib.figure import Figure
 
     bins = int(metrics.get("bins") or ECE_BINS)
@@ -170,4 +176,4 @@ def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = 
     bottom.bar(lows, [row["count"] for row in table], width=width, align="edge", color="grey")
     bottom.set(xlabel="top-1 probability (confidence)", ylabel="photos")
     bottom.grid(alpha=0.3)
-    return save_figure(fig, Path(path))
+    return fig
