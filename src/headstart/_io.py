@@ -61,6 +61,35 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (a folder already there is moved
+    aside first and removed after), on error it is removed. A reader sees the old folder or the new, never half.
+
+    Example:
+        >>> with atomic_directory("pets_savedmodel") as tmp:
+        ...     shutil.copytree(built, tmp, dirs_exist_ok=True)
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_name(path)
+    temporary.mkdir(mode=0o777)
+    try:
+        yield temporary
+        old = None
+        if path.exists():
+            old = _temporary_name(path)
+            os.replace(path, old)
+        os.replace(temporary, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never half."""
     with atomic_path(path) as temporary:
