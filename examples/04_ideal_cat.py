@@ -22,7 +22,7 @@
 # the lesson's loop to 1,000) for recognisable pictures.
 
 # %%
-STEPS = 12  # optimisation steps; 256 for lucid, 1000 for the lesson's loop give the real pictures
+STEPS = 8  # optimisation steps; 256 for lucid, 1000 for the lesson's loop give the real pictures
 TARGET = "Siamese cat"  # ImageNet class 284; try "zebra" (340) or "water bottle" (898)
 BACKBONE = "tf_efficientnet_lite0"  # the lesson used "vgg16" (weights from the hub)
 

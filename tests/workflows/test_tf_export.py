@@ -53,8 +53,15 @@ def savedmodel(sample_model: Path, sample: Path, tmp_path_factory: pytest.TempPa
     return export_tensorflow(sample_model, out, format="savedmodel", check_data=sample / "test")
 
 
-def _predict(sample_model: Path, photos: list[Path]) -> np.ndarray:
-    return hs.load(sample_model).predict_proba(photos)
+def _predict(sample_model: Path, photos: list[Path], precision: str = "fp32") -> np.ndarray:
+    """``predict``'s probabilities: at fp32, what the float exports are compared with; the default (``auto``: bf16
+    on CPUs with native bf16) is held to the same top-1."""
+    from headstart.models.classifier import Classifier
+
+    model = Classifier.load(sample_model)
+    found = model.features(photos, precision=precision)
+    assert len(found.indices) == len(photos)
+    return model.predict_proba_features(found.features)
 
 
 def _nhwc(sample_model: Path, photos: list[Path]) -> np.ndarray:
@@ -74,6 +81,7 @@ def test_tflite_float_matches_predict_in_the_litert_interpreter(tflite_cli, samp
     assert features.shape == (len(photos), 1280)
     assert np.abs(got - want).max() < 1e-3
     assert (got.argmax(1) == want.argmax(1)).all()
+    assert (got.argmax(1) == hs.load(sample_model).predict_proba(photos).argmax(1)).all()  # predict's defaults
 
 
 def test_tflite_int8_is_int8_and_its_accuracy_change_is_measured(tflite_cli, sample_model: Path, sample: Path):
@@ -158,6 +166,7 @@ def test_keras3_loads_the_savedmodel_with_tfsmlayer_and_agrees_with_predict(save
     assert found["classes"] == list(hs.load(sample_model).classes_)
     assert (got.argmax(1) == want.argmax(1)).all()
     assert np.abs(got - want).max() < 1e-3
+    assert (got.argmax(1) == hs.load(sample_model).predict_proba(photos).argmax(1)).all()  # predict's defaults
 
 
 def test_savedmodel_is_replaced_whole_on_a_rerun(savedmodel, sample_model: Path):
