@@ -42,7 +42,7 @@ def run(data: Path, method: str, epochs: int, tmp: Path) -> tuple[float, float, 
 
     start = time.perf_counter()
     options = None if method == "probe" else {"epochs": epochs, "patience": 0}
-    result = train(data, method=method, out=tmp / f"{data.name}-{method}.safetensors", finetune_options=options)
+    result = train(data, method=method, out=tmp / f"{data.name}-{method}.safetensors", finetune=options)
     return result.metrics["val_accuracy"], time.perf_counter() - start, result.metrics["n_val"]
 
 

@@ -35,6 +35,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs-fullres"
 #: End-to-end variants: name -> (engine, precision) for extract_features; "plain" is the tutorial pipeline.
 END_TO_END = {
     "plain": None,
+    "new-cache-dir": ("auto", "auto"),  # the default, in a brand-new --cache-dir (the per-machine store shared)
     "torch": ("torch", "auto"),
     "openvino-fp32": ("openvino", "fp32"),
     "openvino-bf16": ("openvino", "bf16"),
@@ -87,6 +88,8 @@ def run_headstart(args: argparse.Namespace, engine: str, precision: str) -> dict
     import numpy as np
 
     start = time.perf_counter()
+    if args.child.endswith(":new-cache-dir"):  # as `headstart extract --cache-dir NEW` (set before the import)
+        os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-bench-new-")
     from headstart.features import FeatureCache, extract_features
 
     files = _files(args.data, args.limit)  # (ImageFolder's order: sorted class folders, sorted files)
@@ -125,7 +128,7 @@ def run_model_only(args: argparse.Namespace, engine: str, precision: str) -> dic
 
         precision = INT8_PRECISION if precision == "int8" else precision  # (the int8 model's own name)
         crops = np.stack([uint8_preprocessor(backbone.spec, draft=decode_size(backbone.spec))(p) for p in files])
-        embed = openvino_embedder(backbone.spec, precision, lambda: backbone)
+        embed = openvino_embedder(backbone.spec, precision, lambda: backbone).embed
         run = lambda batch: embed(batch, [(i, "orig") for i in range(len(batch))])  # noqa: E731
         data = crops
     else:
@@ -230,6 +233,8 @@ def main() -> None:
     parser.add_argument("--model-photos", type=int, default=128, help="photos for the model-only rounds")
     parser.add_argument("--model-rounds", type=int, default=5)
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--variants", help="comma-separated end-to-end variants (default: all); plain always runs")
+    parser.add_argument("--no-model-only", action="store_true", help="skip the model-only rounds and the roofline")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--features-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,15 +248,18 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        roof = _spawn("roofline", args, tmp / "none.npy")
+        roof = _spawn("roofline", args, tmp / "none.npy") if not args.no_model_only else None
         model: dict[str, dict] = {}
-        for variant in MODEL_ONLY:  # (the first OpenVINO runs convert and cache the models end to end reuses)
+        for variant in (
+            [] if args.no_model_only else MODEL_ONLY
+        ):  # (the first OpenVINO runs convert and cache the models end to end reuses)
             model[variant] = _spawn(f"model:{variant}", args, tmp / f"model-{variant}.npy")
             print(f"model only  {variant:17s} {model[variant]['img_s']:6.1f} img/s", flush=True)
-        reference = np.load(tmp / "model-torch-fp32.npy")
         for variant, res in model.items():
+            reference = np.load(tmp / "model-torch-fp32.npy")
             res["min_cosine"] = float(_cosine(np.load(tmp / f"model-{variant}.npy"), reference).min())
-        runs: dict[str, list[dict]] = {v: [] for v in END_TO_END}
+        chosen = ["plain", *args.variants.split(",")] if args.variants else list(END_TO_END)
+        runs: dict[str, list[dict]] = {v: [] for v in END_TO_END if v in chosen}
         for r in range(args.repeats):
             for variant in runs:  # interleaved, so drift in machine speed hits all
                 res = _spawn(f"e2e:{variant}", args, tmp / f"{variant}.npy")
@@ -274,6 +282,8 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
 
     med = {v: statistics.median(r["img_s"] for r in rs) for v, rs in runs.items()}
     steady = {v: statistics.median(r["steady_img_s"] for r in rs) for v, rs in runs.items()}
+    partial = roof is None or len(runs) < len(END_TO_END)
+    roof = roof or {"gflop_per_photo": float("nan"), "peak_gflops": {"fp32": float("nan"), "bf16": float("nan")}}
     gflop = roof["gflop_per_photo"]
     peak = roof["peak_gflops"]
     n = runs["plain"][0]["n"]
@@ -312,6 +322,7 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
     ]
     names = {
         "plain": "plain: `ImageFolder` + `DataLoader` + timm, fp32",
+        "new-cache-dir": "headstart default (`auto`) with a brand-new `--cache-dir` (converted model per machine)",
         "torch": "headstart `--engine torch`",
         "openvino-fp32": "headstart `--engine openvino --precision fp32`",
         "openvino-bf16": "headstart `--engine openvino --precision bf16` (the default here: `auto`)",
@@ -325,6 +336,9 @@ def _write_report(args, roof, model, runs, cosines, load_before, load_after) -> 
             f"{max(r['peak_rss_mb'] for r in rs):.0f} MB |"
         )
     print("\n".join(lines))
+    if partial:  # (docs/BENCHMARKS.md keeps whole runs only)
+        print("not written to the report: a partial run (--variants / --no-model-only)")
+        return
     print(f"wrote {write_section('extract', chr(10).join(lines), args.report)}")
 
 

@@ -102,7 +102,9 @@ def main() -> None:
                 timings.append(time.perf_counter() - start)
             alone = ""
             if engine == "openvino":
-                embed = openvino_embedder(model.spec, resolve_engine(engine, precision, "cpu")[1], lambda: backbone)
+                embed = openvino_embedder(
+                    model.spec, resolve_engine(engine, precision, "cpu")[1], lambda: backbone
+                ).embed
                 embed(crop, [(0, "orig")])
                 model_only = []
                 for _ in range(50):

@@ -131,9 +131,8 @@ def run_train(args, dataset, labels, out) -> None:
                 backbone=args.backbone,
                 method="probe" if options is None else "finetune",
                 finetune=options or None,
-                cache=cache,
             )
-            clf.fit((list(paths[train]), list(labels[train])))
+            clf.fit((list(paths[train]), list(labels[train])), cache=cache)
             fit_seconds = time.perf_counter() - started
             proba = clf.predict_proba(list(paths[test]))
             m = calibration_metrics(list(labels[test]), proba, list(clf.classes_))

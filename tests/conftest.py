@@ -13,6 +13,9 @@ import pytest
 # Tests never touch the user's cache: one private cache folder per test session (set before headstart is imported).
 os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 atexit.register(shutil.rmtree, os.environ["HEADSTART_CACHE_DIR"], ignore_errors=True)  # no litter left in /tmp
+# The per-machine store of converted backbones (shared by every cache folder) is private to the session too.
+os.environ["HEADSTART_ENGINE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-engines-")
+atexit.register(shutil.rmtree, os.environ["HEADSTART_ENGINE_DIR"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on a network
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,6 +25,7 @@ LAYERS = {
     "_onnx": 0,
     "_math": 0,
     "_display": 0,
+    "_safetensors": 0,
     "data": 1,
     "features": 2,
     "reports": 3,

@@ -91,7 +91,7 @@ def test_an_evaluation_shows_its_scores_classes_and_pictures(sample_model: Path,
     report = hs.evaluate(sample_model, tmp_path / "data.csv")
     card = report._repr_html_()
     seen = _text(card)
-    assert f"{100 * report.accuracy:.1f}%" in seen and f"{report.calibration['ece']:.4g}" in seen
+    assert f"{100 * report.accuracy:.1f}%" in seen and f"ECE {report.calibration['ece']:.3f}" in seen
     assert all(name in seen for name in report.details["classes"])
     _assert_escaped(card)  # the label the model does not know, shown as data
     pictures = _pngs(card)

@@ -85,3 +85,14 @@ class progress:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def wants_progress(progress: bool | None) -> bool:
+    """Whether to show progress: as asked, or (``None``, the default of the API's run options) when stderr is a
+    terminal, so a script in a terminal sees it and a pipe, a log file or a test does not."""
+    if progress is not None:
+        return bool(progress)
+    import sys
+
+    stream = sys.stderr
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from headstart.features.backbones import Backbone
-from headstart.features.cache import LEGACY_DECODER, SCHEMA_VERSION, FeatureCache
+from headstart.features.cache import SCHEMA_VERSION, FeatureCache
+from headstart.features.cache_schema import LEGACY_DECODER
 from headstart.features.extract import decode_size, extract_features
 from headstart.features.sharing import decoder_id
 
@@ -217,12 +218,12 @@ def _claim_row(
     owner: str = "another",
     host: str | None = None,
 ) -> None:
-    from headstart.features.cache import _HOST
+    from headstart.features.cache_sql import HOST
 
     with sqlite3.connect(cache.path) as con:
         con.execute(
             "INSERT OR REPLACE INTO claims VALUES (?, 'orig', ?, ?, ?, ?, ?)",
-            (key, sha, owner, host or _HOST, pid, time.time() + expires_in),
+            (key, sha, owner, host or HOST, pid, time.time() + expires_in),
         )
 
 

@@ -41,7 +41,7 @@ def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror
 
     data = sample / "train"
     cache = FeatureCache(tmp_path / "c.sqlite")
-    default = ImageClassifier(cache=cache).fit(data)
+    default = ImageClassifier().fit(data, cache=cache)
     assert default.report_["flip_average"] is False and default.report_["flip_average_cv"] == {}
     assert default.report_["features"]["computed"] == 60 and cache.count(view="mirror") == 0
     assert not default.model_.spec.flip_average
@@ -53,13 +53,13 @@ def test_train_computes_one_view_unless_asked_and_lets_cv_decide_when_the_mirror
         flip_average=True,
     )
     assert mirrors.n_views_computed == 60, "the photos' own views were cached by train"
-    decided = ImageClassifier(cache=cache).fit(data)  # now mirror averaging costs nothing: CV decides
+    decided = ImageClassifier().fit(data, cache=cache)  # now mirror averaging costs nothing: CV decides
     assert set(decided.report_["flip_average_cv"]) == {"on", "off"}
     assert decided.report_["features"]["computed"] == 0
-    for asked in (None, "auto"):  # asked for: CV decides whatever it costs (here: nothing left to compute)
-        clf = ImageClassifier(cache=cache, flip_average=asked).fit(data)
+    for asked in (None, "cached", "auto"):  # the default, its other name, and CV at any cost (here: none left)
+        clf = ImageClassifier(flip_average=asked).fit(data, cache=cache)
         assert clf.report_["flip_average_cv"] == decided.report_["flip_average_cv"]
     with pytest.raises(
         ValueError, match="'flip_average' parameter of ImageClassifier must be a bool, None, 'auto' or 'cached'"
     ):
-        ImageClassifier(cache=cache, flip_average="sometimes").fit(data)
+        ImageClassifier(flip_average="sometimes").fit(data, cache=cache)

@@ -130,10 +130,12 @@ def test_clone_get_params_set_params_and_not_fitted(fitted, sample: Path) -> Non
     assert fitted.get_params()["seed"] == 0, "the clone is independent"
     with pytest.raises(ValueError, match="Invalid parameter 'sed'"):
         copy.set_params(sed=1)
-    finetuning = hs.ImageClassifier(method=hs.Finetune(epochs=5, lr=1e-4))
+    finetuning = hs.ImageClassifier(method="finetune", finetune=hs.Finetune(epochs=5, lr=1e-4))
     twin = clone(finetuning)
-    assert twin.method == finetuning.method and twin.method is not finetuning.method
-    assert repr(finetuning) == f"ImageClassifier(method={finetuning.method!r})", "only what differs from the defaults"
+    assert twin.finetune == finetuning.finetune and twin.finetune is not finetuning.finetune
+    assert repr(finetuning) == f"ImageClassifier(method='finetune', finetune={finetuning.finetune!r})", (
+        "only what differs from the defaults"
+    )
 
 
 def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
@@ -142,7 +144,7 @@ def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
     with pytest.raises(
         ParameterError,
         match=r"The 'method' parameter of ImageClassifier must be one of 'probe', "
-        r"'finetune', 'scratch' or a Finetune\. Got 'nope' instead\.",
+        r"'finetune', 'scratch'\. Got 'nope' instead\.",
     ):
         clf.fit(three_breeds)
     with pytest.raises(
@@ -155,8 +157,10 @@ def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
         hs.ImageClassifier(finetune={"epochs": 2}).fit(three_breeds)  # options for a probe: a mistake
     with pytest.raises(ValueError, match="Unknown fine-tuning option"):
         hs.ImageClassifier(method="finetune", finetune={"dropout": 0.5}).fit(three_breeds)
-    with pytest.raises(ParameterError, match="'checkpoint_dir' parameter"):
-        hs.ImageClassifier(method="finetune", resume=True).fit(three_breeds)
+    with pytest.raises(ParameterError, match="'checkpoint_dir' parameter of ImageClassifier.fit"):
+        hs.ImageClassifier(method="finetune").fit(three_breeds, resume=True)
+    with pytest.raises(ParameterError, match="'batch_size' parameter of ImageClassifier.fit must be an int"):
+        hs.ImageClassifier().fit(three_breeds, batch_size=0)
 
 
 # ----------------------------------------------------------------------------------------------- other inputs
@@ -211,14 +215,15 @@ def test_a_model_file_from_before_the_estimator_loads_as_one(sample: Path) -> No
 
 
 # ---------------------------------------------------------------------------------------------------- networks
-def test_a_finetune_as_the_method_fine_tunes_and_writes_nothing(three_breeds, tmp_path: Path) -> None:
+def test_fine_tuning_options_fine_tune_and_write_nothing(three_breeds, tmp_path: Path) -> None:
     paths, labels = three_breeds
     folder = tmp_path / "empty"
     folder.mkdir()
     before = os.getcwd()
     os.chdir(folder)
     try:
-        ft = hs.ImageClassifier(method=hs.Finetune(epochs=1, batch_size=4, patience=0)).fit((paths, labels))
+        options = hs.Finetune(epochs=1, batch_size=4, patience=0)
+        ft = hs.ImageClassifier(method="finetune", finetune=options).fit((paths, labels))
     finally:
         os.chdir(before)
     assert contents(folder) == [], "no checkpoint without a checkpoint_dir"
@@ -263,3 +268,143 @@ def test_copies_of_sample_folders_are_data_sets_too(sample: Path, tmp_path: Path
     np.testing.assert_array_equal(
         fitted.predict(hs.load_dataset(folder)), fitted.predict(hs.load_dataset(folder).paths)
     )
+
+
+# ------------------------------------------------------------------------- what the API takes, and where it went
+def test_predict_takes_pil_images_and_uint8_arrays_through_the_same_preprocessing(fitted, sample: Path) -> None:
+    import glob
+    import tempfile
+
+    from PIL import Image
+
+    test = photos(sample / "test")[:4]
+    by_path = fitted.predict_proba(test)
+    leftovers = set(glob.glob(f"{tempfile.gettempdir()}/headstart-images-*"))
+    images = [Image.open(p) for p in test]
+    np.testing.assert_allclose(fitted.predict_proba(images), by_path, atol=1e-6)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in test]
+    np.testing.assert_allclose(fitted.predict_proba(arrays[0]), by_path[:1], atol=1e-6)  # one (H, W, 3) photo
+    mixed = fitted.predict([test[0], images[1], arrays[2], str(test[3])])
+    assert list(mixed) == list(fitted.classes_[by_path.argmax(axis=1)])
+    same_size = np.stack([arrays[0], arrays[0][:, ::-1]])  # (N, H, W, 3): N photos
+    assert fitted.predict_proba(same_size).shape == (2, len(fitted.classes_))
+    with pytest.raises(ValueError, match=r"uint8 arrays of shape \(height, width, 3\).*float32.*\* 255"):
+        fitted.predict(arrays[0].astype(np.float32) / 255)
+    with pytest.raises(hs.DataError, match=r"X\[1\] \(a 120x90 PIL image\)"):  # named as given, not as a temp file
+        fitted.predict([test[0], images[1].crop((0, 0, 120, 90))], max_pixels=1000)  # (new pixels: not cached)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/headstart-images-*")) == leftovers, "temporary files removed"
+
+
+def test_how_to_run_is_not_a_hyper_parameter(three_breeds, tmp_path: Path) -> None:
+    from sklearn.base import clone
+
+    assert sorted(hs.ImageClassifier().get_params()) == [
+        "backbone",
+        "finetune",
+        "flip_average",
+        "method",
+        "precision",
+        "refit",
+        "seed",
+        "val_fraction",
+        "weights",
+    ]
+    new = hs.ImageClassifier(backbone="tf_efficientnet_lite0").fit(three_breeds, cache=tmp_path / "c", progress=False)
+    assert new.run_options_.cache == tmp_path / "c" and (tmp_path / "c" / "features.sqlite").is_file()
+    assert new.report_["features"]["computed"] == 15
+    with pytest.warns(FutureWarning, match=r"Pass it to fit\(\).*clf.fit\(X, cache=\.\.\.\)"):
+        old = hs.ImageClassifier(backbone="tf_efficientnet_lite0", cache=tmp_path / "c")  # the 0.1 spelling
+    assert "cache" not in old.get_params() and not hasattr(clone(old), "_legacy_run")
+    old.fit(three_breeds)  # still uses it: every feature found in that cache
+    assert old.run_options_.cache == tmp_path / "c" and old.report_["features"]["computed"] == 0
+    np.testing.assert_array_equal(old.model_.head_weight, new.model_.head_weight)
+    with pytest.raises(TypeError, match=r"'chache'.*hyper-parameters are backbone, .*goes to fit\(\)"):
+        hs.ImageClassifier(chache=tmp_path)
+
+
+def test_fine_tuning_options_have_one_place_and_the_older_spellings_warn(three_breeds, tmp_path: Path) -> None:
+    with pytest.warns(FutureWarning, match=r"Pass method='finetune', finetune=Finetune\(\.\.\.\) instead"):
+        with pytest.raises(ValueError, match="needs labelled photos"):  # (warned before the data are read)
+            hs.ImageClassifier(method=hs.Finetune(epochs=1)).fit([tmp_path / "a.jpg"])
+    with pytest.warns(FutureWarning, match=r"pass finetune=\.\.\."):
+        with pytest.raises(hs.DataError):
+            hs.train(tmp_path / "missing", method="finetune", finetune_options={"epochs": 1})
+    with pytest.raises(TypeError, match="set them on the classifier"):
+        hs.train(tmp_path / "missing", hs.ImageClassifier(), seed=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'epochs'"):
+        hs.train(tmp_path / "missing", epochs=3)
+    as_dict = hs.ImageClassifier(method="finetune", finetune={"epochs": 1})
+    as_object = hs.ImageClassifier(method="finetune", finetune=hs.Finetune(epochs=1))
+    assert as_dict._validated()[:2] == as_object._validated()[:2] == ("finetune", {"epochs": 1})
+
+
+def test_flip_average_none_is_the_default_as_in_the_cli() -> None:
+    from headstart.models.fit_report import params_from_file, stored_params
+    from headstart.models.fit_steps import flip_mode
+
+    assert hs.ImageClassifier().flip_average is None  # `headstart train` without --flip-average passes None
+    assert flip_mode(None) == flip_mode("cached") == ("cached", False)
+    assert flip_mode("auto") == ("auto", True)
+    names = hs.ImageClassifier._get_param_names()
+    stored = stored_params(hs.ImageClassifier().get_params())
+    assert params_from_file({"estimator": stored}, "x", names, ("probe",))["flip_average"] is None
+    # a file from before None meant the default kept None for "auto"; "cached" was its default
+    older = {**stored, "flip_average": None}
+    assert params_from_file({"estimator": older}, "x", names, ("probe",))["flip_average"] == "auto"
+
+
+def test_a_named_backbone_is_resolved_once_from_fit_to_the_model_file(three_breeds, monkeypatch) -> None:
+    """The route of a backbone (docs/ARCHITECTURE.md): fit resolves the name once into a ResolvedBackbone, and
+    extraction, the trunk for the model file and the report take that object."""
+    import sys
+
+    import headstart.features
+    import headstart.features.backbones as backbones
+
+    real, calls = backbones.resolve_backbone, []
+    assert headstart.features.resolve_backbone is real  # (the package's lazy name bound now, so it is restored)
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for module in [m for name, m in sys.modules.items() if name.startswith("headstart")]:
+        if vars(module).get("resolve_backbone") is real:
+            monkeypatch.setattr(module, "resolve_backbone", counting)
+    clf = hs.ImageClassifier(backbone="tf_efficientnet_lite0").fit(three_breeds)
+    assert calls == [("tf_efficientnet_lite0", None)]
+    assert clf.spec_.name == "tf_efficientnet_lite0" and clf.model_.metadata["metrics"]["backbone"] == clf.spec_.name
+
+
+def test_the_top_level_api_is_lean_and_moved_names_say_where_they_live() -> None:
+    assert not [n for n in hs.__all__ if n.startswith("parse_")], "CLI parsers are not the library's API"
+    assert "FinetuneConfig" not in hs.__all__ and len(hs.__all__) <= 36
+    with pytest.warns(FutureWarning, match=r"use `from headstart.cli.training import parse_settings`"):
+        assert hs.parse_settings(["head-dropout=0,0.5"]) == {"head_dropout": [0, 0.5]}
+    with pytest.warns(FutureWarning, match="headstart.features import BackboneSpec"):
+        from headstart.features import BackboneSpec
+
+        assert hs.BackboneSpec is BackboneSpec
+    with pytest.raises(AttributeError):
+        hs.no_such_name  # noqa: B018
+
+
+def test_progress_shows_in_a_terminal_by_default(tmp_path: Path) -> None:
+    """``progress=None`` (the run options' default) means: bars when stderr is a terminal; a real pty here."""
+    import os
+    import sys
+
+    from headstart._console import wants_progress
+
+    assert wants_progress(None) is False, "pytest captures stderr: not a terminal"
+    assert wants_progress(True) is True and wants_progress(False) is False
+    leader, follower = os.openpty()
+    saved = sys.stderr
+    try:
+        with open(follower, "w") as terminal:
+            sys.stderr = terminal
+            assert wants_progress(None) is True
+            assert wants_progress(False) is False
+    finally:
+        sys.stderr = saved
+        os.close(leader)

@@ -54,7 +54,7 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
         backbone="tf_efficientnet_lite0",
         method="finetune",
         out=tmp_path / "ft.safetensors",
-        finetune_options=FAST,
+        finetune=FAST,
     )
     run = result.run_dir
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
@@ -131,14 +131,14 @@ def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Pa
         backbone="tf_efficientnet_lite0",
         method="finetune",
         out=tmp_path / "a.safetensors",
-        finetune_options={**FAST, "epochs": 1},
+        finetune={**FAST, "epochs": 1},
     )
     resumed = train(
         tiny,
         backbone="tf_efficientnet_lite0",
         method="finetune",
         out=tmp_path / "a.safetensors",
-        finetune_options=FAST,
+        finetune=FAST,
         resume=first.run_dir,
     )
     epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -157,7 +157,7 @@ def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_pat
         backbone="tf_efficientnet_lite0",
         method="scratch",
         out=tmp_path / "s.safetensors",
-        finetune_options={**FAST, "epochs": 1},
+        finetune={**FAST, "epochs": 1},
     )
     torch.manual_seed(0)  # scratch seeds its random initialisation: the same seed, the same starting weights
     initial = {
@@ -271,7 +271,7 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
 def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path) -> None:
     from headstart.workflows.training import find_learning_rate
 
-    result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune_options={"batch_size": 4})
+    result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune={"batch_size": 4})
     assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
     assert result.lrs == sorted(result.lrs) and (tmp_path / "lr.png").stat().st_size > 1000
     assert result.stopped in ("done", "loss diverged") and result.steps == 8 and result.seconds_per_step > 0
@@ -281,15 +281,14 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path)
         else result.why.startswith(f"stopped at step {len(result.lrs)} of 8: the loss exceeded 4x its minimum")
     )
     assert result.to_dict()["frozen_stages"]["cached"] == (result.to_dict()["frozen_stages"].get("up_to") is not None)
-    short = find_learning_rate(
-        tiny, out=tmp_path / "lr2.png", steps=8, budget_s=1e-9, finetune_options={"batch_size": 4}
-    )
+    short = find_learning_rate(tiny, out=tmp_path / "lr2.png", steps=8, budget_s=1e-9, finetune={"batch_size": 4})
     assert short.stopped == "time budget" and len(short.lrs) == 1
     assert short.why.startswith("stopped at step 1 of 8: its time budget ran out")
 
 
 def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:
-    from headstart.workflows.training import parse_settings, sweep
+    from headstart.cli.training import parse_settings
+    from headstart.workflows.training import sweep
 
     settings = parse_settings(["head_dropout=0,0.5"])
     assert settings == {"head_dropout": [0, 0.5]}
@@ -389,7 +388,7 @@ def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, t
         backbone="tf_efficientnet_lite0",
         method="scratch",
         out=tmp_path / "s2.safetensors",
-        finetune_options={"epochs": 1, "batch_size": 4},
+        finetune={"epochs": 1, "batch_size": 4},
     )
     saved = json.loads((result.run_dir / "config.json").read_text())["finetune"]
     assert (saved["freeze_bn"], saved["layer_decay"], saved["unfreeze"], saved["patience"]) == (False, 1.0, "all", 0)

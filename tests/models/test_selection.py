@@ -33,9 +33,7 @@ def test_auto_names_its_candidates() -> None:
         parse_auto("auto:")
 
 
-def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_than_noise(
-    fifteen: Path, cache
-) -> None:
+def test_the_rule_keeps_the_first_backbone_unless_a_later_one_wins_photo_by_photo(fifteen: Path, cache) -> None:
     from headstart.data import load_dataset
 
     data = load_dataset(fifteen)
@@ -44,9 +42,11 @@ def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_
     assert [r["backbone"] for r in sel.rows] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
     assert all(r["n_images"] == 15 and r["folds"] == 5 and 0 <= r["cv_accuracy"] <= 1 for r in sel.rows)
     assert sum(r["chosen"] for r in sel.rows) == 1 and sel.n_photos == 15
-    first, second = sel.rows  # (in the order given: cheapest first)
-    expected = second if second["cv_accuracy"] - first["cv_accuracy"] > 1.5 / 15 else first
-    assert sel.chosen == expected["backbone"] and "1.5 photos' worth (0.1000 on 15 photos)" in sel.rule
+    second = sel.rows[1]
+    assert {"paired_gain", "paired_se"} <= set(second), "the later candidate is compared photo by photo"
+    wins = second["paired_gain"] > max(2 * second["paired_se"], 1.5 / 15)
+    assert sel.chosen == ("tf_efficientnet_lite1" if wins else "tf_efficientnet_lite0")
+    assert "paired standard errors" in sel.rule and "1.5 photos' worth (0.1000)" in sel.rule
     again = select_backbone(data.paths, labels, parse_auto(PAIR), cache=cache, budget_s=0)
     assert again.rows[1] == {
         "backbone": "tf_efficientnet_lite1",
@@ -54,6 +54,46 @@ def test_the_rule_prefers_the_cheaper_backbone_unless_the_dearer_one_gains_more_
         "skipped": "time budget",
         "chosen": False,
     }, "a spent budget skips the rest and says so"
+
+
+def _sample_features(sample: Path):
+    from headstart.data import load_dataset
+    from headstart.features import FeatureCache, extract_features
+
+    data = load_dataset(sample / "train")
+    feats = extract_features(data.paths, "tf_efficientnet_lite0", cache=FeatureCache())
+    return feats.features, np.asarray(data.labels)[feats.indices]
+
+
+def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Path) -> None:
+    """A later candidate that knows less (the same features with noise added) is never preferred, whatever the
+    seed: its photo-by-photo gain never clears the paired standard error."""
+    from headstart.models.memo import fit_probe
+    from headstart.models.selection import PairedChoice
+
+    X, y = _sample_features(sample)  # 12 breeds x 5 photos
+    rng = np.random.default_rng(0)
+    scale = float(X.std())
+    for seed in range(10):
+        noisy = X + rng.normal(0.0, 0.6 * scale, X.shape).astype(np.float32)
+        first, second = fit_probe(X, y, random_state=seed), fit_probe(noisy, y, random_state=seed)
+        rule = PairedChoice(y, seed=seed)
+        rule.offer("first", X, C=first.C_)
+        verdict = rule.offer("second", noisy, C=second.C_)
+        assert rule.best == "first" and not verdict["chosen"], (seed, verdict)
+
+
+def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> None:
+    from headstart.models.memo import fit_probe
+    from headstart.models.selection import PairedChoice
+
+    X, y = _sample_features(sample)
+    useless = np.random.default_rng(1).normal(size=X.shape).astype(np.float32)  # features that know nothing
+    rule = PairedChoice(y, seed=0)
+    assert rule.offer("useless", useless, C=fit_probe(useless, y).C_)["chosen"]
+    verdict = rule.offer("real", X, C=fit_probe(X, y).C_)
+    assert verdict["chosen"] and rule.best == "real"
+    assert verdict["paired_gain"] > 0.5 and verdict["paired_gain"] > 2 * verdict["paired_se"]
 
 
 def test_a_candidate_that_cannot_win_is_not_even_extracted(fifteen: Path, cache) -> None:
@@ -91,3 +131,23 @@ def test_auto_refuses_a_weights_file(tmp_path: Path) -> None:
 
     with pytest.raises(ParameterError, match="'weights' parameter"):
         hs.ImageClassifier(backbone="auto", weights=tmp_path / "w.safetensors").fit((["a.jpg"], ["x"]))
+
+
+def test_the_choice_is_described_with_its_evidence() -> None:
+    from headstart.models.selection import describe_selection
+
+    selection = {
+        "chosen": "tf_efficientnet_lite1",
+        "n_photos": 207,
+        "candidates": [
+            {"backbone": "tf_efficientnet_lite1", "cv_accuracy": 0.816, "chosen": True},
+            {"backbone": "tf_efficientnet_lite2", "cv_accuracy": 0.845, "paired_gain": 0.029, "paired_se": 0.019},
+            {"backbone": "tf_efficientnet_lite0", "cv_accuracy": None, "skipped": "time budget"},
+        ],
+    }
+    assert describe_selection(selection) == (
+        "probe CV accuracy on 207 photos: tf_efficientnet_lite1 0.816, tf_efficientnet_lite2 0.845 (+0.029 ± 0.019 "
+        "photo by photo), tf_efficientnet_lite0 (time budget); not enough evidence to leave the default"
+    )
+    selection["candidates"][0]["chosen"] = False
+    assert not describe_selection(selection).endswith("default")

@@ -35,7 +35,7 @@ def test_near_duplicates_land_on_one_side_of_the_split(sample: Path, tmp_path: P
 
     pairs = _with_copies(sample, tmp_path / "photos")
     cache = FeatureCache(tmp_path / "cache" / "features.sqlite")
-    clf = ImageClassifier(backbone="tf_efficientnet_lite0", cache=cache, progress=False).fit(tmp_path / "photos")
+    clf = ImageClassifier(backbone="tf_efficientnet_lite0").fit(tmp_path / "photos", cache=cache, progress=False)
     validation = {Path(p).name for p in clf.validation_["paths"]}
     sides = [(a.name in validation, b.name in validation) for a, b in pairs]
     assert all(x == y for x, y in sides), f"a copy and its original on both sides: {sides}"

@@ -42,3 +42,23 @@ def test_the_reliability_diagram_is_a_png(tmp_path: Path) -> None:
     path = plot_reliability(calibration_metrics(labels, proba, ["a", "b", "c"]), tmp_path / "r.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert [p.name for p in tmp_path.iterdir()] == ["r.png"], "no temporaries left"
+
+
+def test_the_ece_floor_is_what_a_calibrated_model_shows_from_binning_noise() -> None:
+    """Outcomes drawn at exactly the stated confidence: their ECE is about the floor (never far above its 95th
+    percentile), the floor shrinks with more photos, and a miscalibrated model stands clear of it."""
+    from headstart.reports.calibration import calibration_metrics, ece_noise_floor
+
+    rng = np.random.default_rng(7)
+    small, large = rng.uniform(0.5, 1.0, 52), rng.uniform(0.5, 1.0, 5000)
+    floor_small, p95_small = ece_noise_floor(small)
+    floor_large, _ = ece_noise_floor(large)
+    assert floor_large < floor_small / 4 and floor_small < p95_small
+    calibrated = [expected_calibration_error(small, rng.random(52) < small) for _ in range(200)]
+    assert abs(np.mean(calibrated) - floor_small) < 0.2 * floor_small
+    overconfident = np.full(5000, 0.95)
+    ece = expected_calibration_error(overconfident, rng.random(5000) < 0.75)
+    assert ece > 10 * ece_noise_floor(overconfident)[1]
+    proba = np.column_stack([small, 1 - small])
+    m = calibration_metrics(["a"] * 52, proba, ["a", "b"])
+    assert m["ece_floor"] == pytest.approx(floor_small) and m["ece_floor_p95"] == pytest.approx(p95_small)

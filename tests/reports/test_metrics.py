@@ -106,3 +106,23 @@ def test_every_public_name_of_the_reports_package_is_importable_from_it() -> Non
         assert set(names) == set(importlib.import_module(f"headstart.reports.{module}").__all__), module
         for name in names:
             assert getattr(reports, name) is getattr(importlib.import_module(f"headstart.reports.{module}"), name)
+
+
+def test_the_accuracy_interval_is_wilsons() -> None:
+    """Against scipy's own Wilson interval, at the edges too (0 and n right)."""
+    from scipy.stats import binomtest
+
+    from headstart.reports.metrics import accuracy_interval, format_accuracy
+
+    for hits, n in ((46, 52), (0, 10), (10, 10), (1, 2), (990, 1000), (3, 111)):
+        ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert accuracy_interval(hits, n) == pytest.approx((ci.low, ci.high), abs=6e-5)
+    assert format_accuracy(46 / 52, accuracy_interval(46, 52), 52) == "0.885 [0.77–0.95] on 52 photos"
+    narrow, wide = accuracy_interval(900, 1000), accuracy_interval(9, 10)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 5, "more photos, a narrower interval"
+
+
+def test_classification_metrics_carry_the_interval() -> None:
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    m = classification_metrics(["a", "b", "b", "b"], proba, ["a", "b"])
+    assert m["accuracy"] == 0.75 and m["accuracy_ci"][0] < 0.75 < m["accuracy_ci"][1]

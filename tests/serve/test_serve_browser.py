@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,8 @@ def test_chosen_photos_get_their_top5_and_bad_files_an_error(page, server, photo
         assert card.locator(".bars .label").all_inner_texts() == [x["label"] for x in result["predictions"]]
         width = card.locator(".bars .fill").first.evaluate("e => e.style.width")
         assert abs(float(width.rstrip("%")) - 100 * result["predictions"][0]["probability"]) < 0.1
+        for text in card.locator(".bars .p").all_inner_texts():  # one rule for every probability (format.js)
+            assert re.fullmatch(r"<0\.1%|>99\.9%|\d{1,2}\.\d%", text), text
         assert card.locator(".toggle").is_visible()
     assert "not an image" in cards.nth(3).locator(".error").inner_text()
     assert "empty" in cards.nth(4).locator(".error").inner_text()

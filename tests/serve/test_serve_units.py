@@ -105,3 +105,42 @@ def test_served_model_equals_predict_exactly_in_fp32(sample_model: Path, tmp_pat
     card = served.card()
     assert card["inference"]["precision"] == "fp32" and card["n_classes"] == 12
     assert "path" not in card and "data" not in card  # no server paths in what clients see
+
+
+def test_answers_never_show_the_servers_paths(tmp_path: Path) -> None:
+    """error_payload is the one place every JSON error is worded: the server's files (the model paths it was given,
+    and any absolute path naming something on this machine) become `<server path>`; URL paths stay."""
+    from headstart.serve.uploads import ApiError, error_payload, keep_private
+
+    model = tmp_path / "models" / "pets.safetensors"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    keep_private(["relative/dir/pets.safetensors"])
+    detail = f"could not load {model}: damaged; also relative/dir/pets.safetensors, and {tmp_path}/gone.bin; retry when GET /readyz answers; /v1/explain explains one photo"
+    for path in ("/v1/predict", "/v2/models/pets/infer"):
+        body, _ = error_payload(path, ApiError(500, "internal_error", detail))
+        text = body.get("detail") or body["error"]
+        assert str(tmp_path) not in text and "relative/dir" not in text, text
+        assert text.count("<server path>") == 3, text
+        assert "GET /readyz answers" in text and "/v1/explain explains" in text
+
+
+def test_json_is_counted_before_it_is_parsed() -> None:
+    from headstart.serve.limits import Limits, check_json_tokens
+
+    limits = Limits()
+    check_json_tokens(b'{"inputs":[{"name":"image","shape":[2],"datatype":"BYTES","data":["QUJD","REVG"]}]}', 2, limits)
+    with pytest.raises(ApiError, match="6000001 separators") as refused:
+        check_json_tokens(b"[" + b",".join([b"0"] * 6_000_002) + b"]", 16, limits)
+    assert refused.value.status == 413
+    with pytest.raises(ApiError, match="arrays and objects"):
+        check_json_tokens(b"[" * 300 + b"]" * 300, 16, limits)
+
+
+def test_host_names() -> None:
+    from headstart.serve.limits import host_name, trusted_hosts
+
+    assert host_name("[::1]:8000") == "[::1]" and host_name("Example.ORG.:80") == "example.org"
+    assert host_name("localhost") == "localhost" and host_name("evil:1:2") == "evil:1:2"
+    assert trusted_hosts("127.0.0.1", loopback=True) == {"localhost", "127.0.0.1", "[::1]"}
+    assert "[::1]" in trusted_hosts("::1", loopback=True) and trusted_hosts("0.0.0.0", loopback=False) is None

@@ -243,7 +243,7 @@ def assert_reasons_make_sense(reasons: dict[str, str]) -> None:
 def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_path: Path) -> None:
     folder, unusable, usable = broken["train"]
     with pytest.warns(SkippedFilesWarning) as caught:
-        clf = ImageClassifier(max_pixels=BOMB_LIMIT).fit(folder)
+        clf = ImageClassifier().fit(folder, max_pixels=BOMB_LIMIT)
 
     m = clf.report_
     assert {u.path.resolve() for u in clf.unusable_} == {p.resolve() for p in unusable}
@@ -381,14 +381,14 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: P
     with Image.open(photo) as img:
         img.convert("RGB").save(original_copy)
     cache = FeatureCache(tmp_path / "c.sqlite")
-    model = ImageClassifier(flip_average=True, cache=cache).fit(sample / "train").model_
+    model = ImageClassifier(flip_average=True).fit(sample / "train", cache=cache).model_
     assert model.spec.flip_average
 
     def cosine(m: Classifier) -> float:  # (not exactly 1: an odd crop margin shifts the mirrored crop by a pixel)
         a, b = m.features([original_copy, mirrored], cache=cache, precision="fp32").features
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
-    single_model = ImageClassifier(flip_average=False, cache=cache).fit(sample / "train").model_
+    single_model = ImageClassifier(flip_average=False).fit(sample / "train", cache=cache).model_
     assert not single_model.spec.flip_average and single_model.spec.fingerprint != model.spec.fingerprint
     assert cosine(model) > 0.985 and cosine(model) > cosine(single_model) + 0.01
 
@@ -410,11 +410,9 @@ def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(
             draw.polygon(head, fill=colour)
             draw.rectangle(shaft, fill=colour)
             img.save(tmp_path / "data" / direction / f"{i}.png")
-    clf = ImageClassifier(
-        backbone="tf_efficientnet_lite0",
-        cache=tmp_path / "c.sqlite",  # CV decides the mirror
-        flip_average="auto",
-    ).fit(tmp_path / "data")
+    clf = ImageClassifier(backbone="tf_efficientnet_lite0", flip_average="auto").fit(  # CV decides the mirror
+        tmp_path / "data", cache=tmp_path / "c.sqlite"
+    )
     cv = clf.report_["flip_average_cv"]
     assert clf.report_["flip_average"] is False, cv
     assert cv["off"] > cv["on"] + 2 / 40, (

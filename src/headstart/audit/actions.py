@@ -103,11 +103,22 @@ def quarantine_findings(
     plan = quarantine_plan(report, include)
     if not plan:
         return []
-    data_root = Path(_report_dict(report)["data"])
+    data = _report_dict(report)
+    data_root = Path(data["data"])
     root = data_root if data_root.is_dir() else data_root.parent  # a CSV data set: relative to its folder
     if not all(_below(item.path, root) for item in plan):
         root = Path(os.path.commonpath([os.path.abspath(item.path.parent) for item in plan]))
-    return quarantine(ScanReport(n_files=len(plan), unusable=plan), destination, root=root)
+    keep = {Path(group["keep"]) for group in data["duplicates"]} | _test_paths(data)
+    return quarantine(ScanReport(n_files=len(plan), unusable=plan), destination, root=root, keep=keep)
+
+
+def _test_paths(data: dict[str, Any]) -> set[Path]:
+    return {
+        Path(path)
+        for group in data["duplicates"]
+        for path, split in zip(group["paths"], group["splits"])
+        if split == "test"
+    }
 
 
 def _below(path: Path, root: Path) -> bool:

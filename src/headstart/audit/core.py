@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from headstart._console import progress as progress_bar
-from headstart._io import write_json
+from headstart._io import file_identity, write_json
 from headstart.audit.curve import FRACTIONS, LearningCurve, learning_curve
 from headstart.audit.findings import class_rows, confused_pairs, duplicate_rows, label_issue_rows, outlier_rows
 from headstart.audit.labels import ConfidentLearning, confident_learning, fold_splits, out_of_fold_probabilities
@@ -239,6 +239,8 @@ def audit(
     start = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     test_set = test if isinstance(test, Dataset) or test is None else load_dataset(test)
+    if test_set is not None:
+        _refuse_overlap(dataset, test_set)
     cache = cache if cache is not None else FeatureCache()
     memo = Memo.beside(cache) if reuse else None
     paths = dataset.paths + (test_set.paths if test_set is not None else [])
@@ -344,3 +346,17 @@ def audit(
         settings=settings,
         seconds=time.perf_counter() - start,
     )
+
+
+def _refuse_overlap(dataset: Dataset, test_set: Dataset) -> None:
+    """TEST photos that are DATA photos (the same file, by device and inode: the folder given twice, or reached
+    again through a symlink or hard link) are no leak to clean up but a mistake in the arguments: refused."""
+    data_files = {identity: path for path in dataset.paths if (identity := file_identity(path)) is not None}
+    same = [(path, data_files[i]) for path in test_set.paths if (i := file_identity(path)) in data_files]
+    if same:
+        test_path, data_path = same[0]
+        raise DataError(
+            f"{test_set.root}: {len(same)} of its {len(test_set)} test photos are the same files as DATA photos "
+            f"(e.g. {test_path} is {data_path}, the same folder given twice or reached through a symlink or hard "
+            "link). A photo cannot be both; give a TEST folder of separate photos, or leave --test out."
+        )

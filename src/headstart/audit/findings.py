@@ -28,7 +28,7 @@ def duplicate_rows(
     """Groups as dicts: leaks (groups that cross DATA and TEST) first, then exact, then by decreasing similarity.
 
     ``keep`` names the member a clean-up keeps: the test photo of a leak (the copies in DATA go), otherwise the
-    largest file (most likely the original).
+    largest file that is not a symlink (most likely the original; moving it would leave the link pointing nowhere).
     """
     rows = []
     for group in groups:
@@ -38,7 +38,7 @@ def duplicate_rows(
         if "test" in member_splits:
             keep = members[member_splits.index("test")]
         else:
-            keep = max(members, key=lambda i: (_size(paths[i]), -i))
+            keep = max(members, key=lambda i: (not Path(paths[i]).is_symlink(), _size(paths[i]), -i))
         rows.append(
             {
                 "kind": group.kind,

@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from headstart._io import check_output
+from headstart._io import check_output, io_error_message
 from headstart.cli import _interrupts as interrupts
 from headstart.errors import HeadstartError
 
@@ -121,7 +121,11 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(exc, (HeadstartError, ValueError)):
                 err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
                 raise typer.Exit(EXIT_BAD_INPUT) from None
-            if isinstance(exc, OSError):  # a file the library did not expect to fail (disk full): still one line
+            failure = io_error_message(exc)  # disk full, read-only, permissions: however deep, whoever raised it
+            if failure is not None:
+                err.print(f"[red]error:[/red] {escape(failure)}", markup=True, highlight=False)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+            if isinstance(exc, OSError):  # a file the library did not expect to fail: still one line
                 where = f"{exc.filename}: " if exc.filename else ""
                 err.print(
                     f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False

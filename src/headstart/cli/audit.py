@@ -73,7 +73,10 @@ def audit(
     use_cache_dir(cache_dir)
     check_output(out_dir, "folder", "--out", contents=("audit.html", "audit.json", "learning_curve.png"))
     if quarantine is not None:
+        from headstart.data.quarantining import check_destination
+
         check_output(quarantine, "folder", "--quarantine")
+        check_destination(quarantine, Path(data) if Path(data).is_dir() else Path(data).parent)
     if relabel_csv is not None:
         check_output(relabel_csv, "file", "--relabel-csv", example="relabel.csv")
     from headstart.audit.actions import KINDS, quarantine_findings, write_relabel_csv
@@ -116,7 +119,8 @@ def audit(
             "on the data set with them applied)"
         )
     if quarantine is not None:
-        out.print(f"quarantined {len(moved)} file(s) into {quarantine} (log: {quarantine / 'QUARANTINE.json'})")
+        log = f" (log: {quarantine / 'QUARANTINE.json'})" if moved else " (nothing to move; no log written)"
+        out.print(f"quarantined {len(moved)} file(s) into {quarantine}{log}")
 
 
 def _print_summary(result: dict) -> None:

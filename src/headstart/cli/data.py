@@ -73,12 +73,15 @@ def scan(
     for p in data:
         if not p.exists():
             raise HeadstartError(f"{p} does not exist: pass a folder or image files to scan.")
+    root = data[0] if len(data) == 1 and data[0].is_dir() else Path(os.path.commonpath([p.resolve() for p in data]))
     if quarantine is not None:
+        from headstart.data.quarantining import check_destination
+
         check_output(quarantine, "folder", "--quarantine")
+        check_destination(quarantine, root)
     report = scan_files(data, max_pixels=max_pixels_or_none(max_pixels), progress=not as_json)
     moved = []
     if quarantine is not None and report.unusable:
-        root = data[0] if len(data) == 1 and data[0].is_dir() else Path(os.path.commonpath([p.resolve() for p in data]))
         moved = move_aside(report, quarantine, root=root)
     if as_json:
         result = report.to_dict()

@@ -76,7 +76,13 @@ def evaluate(
         if row["support"]:
             table.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", str(row["support"]))
     out.print(table)
-    out.print(f"accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
+    from headstart.reports.calibration import format_ece
+    from headstart.reports.metrics import format_accuracy
+
+    accuracy = format_accuracy(report.accuracy, report.details.get("accuracy_ci"), report.n_images)
+    out.print(f"accuracy {accuracy} (95% interval), top-5 {report.top5_accuracy:.3f}")
+    if report.calibration.get("ece") is not None:
+        out.print(f"calibration: {format_ece(report.calibration)}, NLL {report.calibration['nll']:.3f}")
     if report.pictures:
         out.print("pictures: " + ", ".join(report.pictures))
     finish(len(report.skipped))
@@ -91,23 +97,41 @@ def predict(
     precision: PrecisionOpt = "auto",
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    as_jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="One JSON object a line, as each photo is done (for large runs).")
+    ] = False,
     engine: EngineOpt = "auto",
 ) -> None:
-    """Top-k labels with probabilities for each image."""
+    """Top-k labels with probabilities for each image, written as each photo is done (cached photos first)."""
     use_cache_dir(cache_dir)
     check_model_file(model)
-    from headstart.models.classifier import Classifier
+    import json
+    import sys
 
-    result = Classifier.load(model).predict(paths, top_k=top_k, precision=precision, engine=engine)
+    from headstart.models.classifier import Classifier, Prediction
+
+    results = Classifier.load(model).iter_predict(paths, top_k=top_k, precision=precision, engine=engine)
+    as_json = as_json and not as_jsonl
+    n_unusable = 0
+    first = True
     if as_json:
-        print_json(result.to_list())
-    else:
-        for p in result.predictions:
-            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(p.labels, p.probabilities))
-            out.print(f"{p.path}: {shown}", highlight=False)
-    for u in result.unusable:
-        err.print(f"[yellow]skipped[/yellow] {escape(f'{u.path}: {u.reason}')}", markup=True, highlight=False)
-    finish(len(result.unusable))
+        sys.stdout.write("[")
+    for item in results:  # (streamed: memory bounded by a chunk of photos, whatever the number of photos)
+        if not isinstance(item, Prediction):
+            n_unusable += 1
+            err.print(f"[yellow]skipped[/yellow] {escape(f'{item.path}: {item.reason}')}", markup=True, highlight=False)
+        elif as_json or as_jsonl:
+            sep = "" if as_jsonl else ("\n" if first else ",\n")
+            sys.stdout.write(sep + json.dumps(item.to_dict()) + ("\n" if as_jsonl else ""))
+            first = False
+        else:
+            shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(item.labels, item.probabilities))
+            out.print(f"{item.path}: {shown}", highlight=False)
+        sys.stdout.flush()
+    if as_json:
+        sys.stdout.write("\n]\n" if not first else "]\n")
+        sys.stdout.flush()
+    finish(n_unusable)
 
 
 @app.command()

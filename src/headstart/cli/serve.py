@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,7 +36,7 @@ def serve(
     host: Annotated[
         str,
         typer.Option(
-            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets others in (set --api-key)."
+            help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 lets others in (set an API key: HEADSTART_API_KEY or --api-key-file)."
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 = any free port; the one chosen is printed).")] = 8000,
@@ -55,8 +57,14 @@ def serve(
         typer.Option(
             envvar="HEADSTART_API_KEY",
             show_envvar=True,
-            help="Require this key on every API route (header X-API-Key or Authorization: Bearer).",
+            help="Require this key on every API route (header X-API-Key or Authorization: Bearer). Set it in the "
+            "environment variable (export HEADSTART_API_KEY=...) or use --api-key-file: a key written on the command "
+            "line is readable by every user of the machine in the process list.",
         ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Read the API key from the first line of this file (chmod 600); see --api-key."),
     ] = None,
     precision: PrecisionOpt = "auto",
     engine: EngineOpt = "auto",
@@ -74,8 +82,20 @@ def serve(
             f"headstart serve needs {', '.join(missing)}: install the serve extra, pip install 'headstart[serve]'."
         )
     use_cache_dir(cache_dir)
+    from headstart._console import say
     from headstart.serve import ServeConfig, open_models
     from headstart.serve import serve as run_server
+    from headstart.serve.config import api_key_from_file
+
+    if api_key_file is not None:
+        if api_key is not None and _on_command_line("--api-key"):
+            raise HeadstartError("Give the API key one way: --api-key-file or --api-key, not both.")
+        api_key = api_key_from_file(api_key_file)
+    elif api_key is not None and _on_command_line("--api-key"):
+        say(
+            "warning: --api-key on the command line is readable by every user of this machine (ps, /proc/PID/cmdline);"
+            " set HEADSTART_API_KEY or use --api-key-file instead."
+        )
 
     config = ServeConfig(
         host=host,
@@ -93,3 +113,7 @@ def serve(
     status = run_server(open_models(models, config), config)
     if status:
         raise typer.Exit(status)
+
+
+def _on_command_line(option: str) -> bool:
+    return any(arg == option or arg.startswith(option + "=") for arg in sys.argv[1:])

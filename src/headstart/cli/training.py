@@ -51,7 +51,7 @@ AutoBackboneOpt = Annotated[
     typer.Option(
         "--backbone",
         "-b",
-        help="auto (the default: tf_efficientnet_lite1, unless the probe's cross-validation on the training photos prefers lite2 or lite0 by more than 1.5 photos' worth; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
+        help="auto (the default: tf_efficientnet_lite1, unless lite2 or lite0 classifies the training photos better, photo by photo on the same cross-validation folds, by more than two paired standard errors; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
     ),
 ]
 LR_FIND_FIELDS = (
@@ -185,14 +185,17 @@ def train(
         precision=precision,
         max_pixels=max_pixels_or_none(max_pixels),
         progress=not as_json,
-        finetune_options=options,
+        finetune=options or None,
         resume=resume,
         device=device,
         reuse=reuse,
-        flip_average="cached" if flip_average is None else flip_average,
+        flip_average=flip_average,  # (None: the API's default too)
     )
     m = result.metrics
     from headstart.features.distributed import current
+    from headstart.models.selection import describe_selection
+    from headstart.reports.calibration import format_ece
+    from headstart.reports.metrics import format_accuracy
 
     if not current().is_main:  # under torchrun, rank 0 reports
         return
@@ -207,9 +210,10 @@ def train(
         if method == "probe"
         else f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}"
     )
+    accuracy = format_accuracy(m["val_accuracy"], m.get("val_accuracy_ci"), m["n_val"])
     out.print(
-        f"validation accuracy {m['val_accuracy']:.3f}, top-5 {m['val_top5_accuracy']:.3f} "
-        f"on {m['n_val']} photos ({m['n_classes']} classes; {detail})"
+        f"validation accuracy {accuracy} (95% interval), top-5 {m['val_top5_accuracy']:.3f} "
+        f"({m['n_classes']} classes; {detail})"
     )
     if m["skipped"]:  # (the library's warning listed them on stderr already)
         err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
@@ -221,16 +225,10 @@ def train(
         )
     if m.get("backbone_selection"):
         sel = m["backbone_selection"]
-        scores = ", ".join(
-            f"{r['backbone']} {r['cv_accuracy']:.3f}"
-            if r.get("cv_accuracy") is not None
-            else f"{r['backbone']} ({r.get('skipped')})"
-            for r in sel["candidates"]
-        )
-        out.print(f"backbone: {sel['chosen']} (auto; probe CV accuracy on {sel['n_photos']} photos: {scores})")
+        out.print(f"backbone: {sel['chosen']} (auto; {describe_selection(sel)})")
     if m.get("val_ece") is not None:
         out.print(
-            f"calibration on validation: ECE {m['val_ece']:.3f} (15 bins), NLL {m['val_nll']:.3f}, "
+            f"calibration on validation: {format_ece(m['calibration'])}, NLL {m['val_nll']:.3f}, "
             f"Brier {m['val_brier']:.3f}; temperature {m.get('temperature', 1.0):.3g}"
         )
     from headstart.workflows.training import refit_summary
@@ -270,7 +268,7 @@ def lr_find(
         weights=weights,
         out=out_path,
         steps=steps,
-        finetune_options=options,
+        finetune=options,
         progress=not as_json,
     )
     if as_json:
@@ -301,7 +299,6 @@ def sweep(
     """
     use_cache_dir(cache_dir)
     check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
-    from headstart.workflows.training import parse_settings
     from headstart.workflows.training import sweep as run_sweep
 
     base = Finetune().replace(**given(finetune)).set_fields()
@@ -332,3 +329,21 @@ def _file_options(config: Path | None) -> dict[str, Any]:
         return Finetune.from_file(config).set_fields()
     except ValueError as exc:
         raise HeadstartError(f"{config}: {exc}") from None
+
+
+def parse_settings(items: list[str]) -> dict[str, list[Any]]:
+    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``.
+
+    Example:
+        >>> parse_settings(["head_dropout=0,0.5"])
+        {'head_dropout': [0, 0.5]}
+    """
+    import yaml
+
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--set needs NAME=V1,V2,… (e.g. head_dropout=0,0.2,0.5); got {item!r}.")
+        out[key.strip().replace("-", "_")] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    return out

@@ -1,11 +1,12 @@
 """Layer 1, data: photos and data sets on disk, before any model is involved.
 
-=============  ======================================================================================
-``images``     one file → upright 8-bit RGB, or an :class:`~headstart.errors.UnusableImageError` saying why
-``scanning``   :func:`scan` a data set for unusable files; :func:`quarantine` them; :class:`UnusableFile`
-``datasets``   recognising a data set's layout (class folders, Oxford-IIIT Pet, PetImages, CSV); leak-free splits
-``download``   the official pet archives, verified and safely extracted
-=============  ======================================================================================
+================  ======================================================================================
+``images``        one file → upright 8-bit RGB, or an :class:`~headstart.errors.UnusableImageError` saying why
+``scanning``      :func:`scan` a data set for unusable files; :class:`UnusableFile`
+``quarantining``  :func:`quarantine`: the one safe way files are moved aside (no replacing, a locked log)
+``datasets``      recognising a data set's layout (class folders, Oxford-IIIT Pet, PetImages, CSV); leak-free splits
+``download``      the official pet archives, verified and safely extracted
+================  ======================================================================================
 
 Every public name is importable from here (``from headstart.data import load_image``); the modules load on first
 use, so importing this package costs nothing. Each module's ``__all__`` and ``_MODULES`` below must agree (a test
@@ -31,7 +32,8 @@ _MODULES = {
         "list_image_files",
         "load_image",
     ),
-    "scanning": ("QUARANTINE_LOG", "ScanReport", "UnusableFile", "quarantine", "scan"),
+    "scanning": ("ScanReport", "UnusableFile", "scan"),
+    "quarantining": ("QUARANTINE_LOG", "QuarantineWarning", "check_destination", "quarantine"),
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
 }

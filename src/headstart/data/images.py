@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,15 @@ from headstart.data._limits import (
     decoding,
     implausible,
     jpeg_scans_allowed,
+)
+from headstart.data._reasons import (
+    SIGNATURES,
+    bomb_reason,
+    exception_text,
+    file_problem,
+    foreign_format,
+    memory_reason,
+    sniff,
 )
 from headstart.errors import DataError, UnusableImageError
 
@@ -108,16 +116,6 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }  # what ImageOps.exif_transpose does for each EXIF orientation
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-    (b"\x00\x00\x01\x00", "ICO"),
-)
 
 
 def check_max_pixels(max_pixels: int | None, caller: str) -> None:
@@ -155,75 +153,12 @@ def _check_decoding(max_pixels: int | None, draft_size: tuple[int, int] | None, 
         fail("draft_size", caller, "None or (width, height) positive ints", draft_size)
 
 
-def _bomb_reason(width: int, height: int, max_pixels: int) -> str:
-    return (
-        f"image is {width}×{height} = {width * height:,} pixels, above the limit of {max_pixels:,} pixels "
-        "(possible decompression bomb); raise the limit with --max-pixels N if you trust this file"
-    )
-
-
-def _memory_reason(img: Image.Image, size: tuple[int, int], cost: int, max_pixels: int) -> str:
-    allowed = BYTES_PER_PIXEL_ALLOWED * max_pixels
-    return (
-        f"decoding this {size[0]}×{size[1]} {img.format} image ({img.mode}) takes about {cost / 2**20:,.0f} MB, more "
-        f"than the {allowed / 2**20:,.0f} MB the pixel limit allows ({BYTES_PER_PIXEL_ALLOWED} bytes for each of "
-        f"{max_pixels:,} pixels; possible decompression bomb); raise the limit with --max-pixels N if you trust "
-        "this file"
-    )
-
-
-def _sniff(head: bytes) -> str:
-    """Describe what a file that Pillow can't identify seems to hold, so the user knows what went wrong."""
-    start = head.lstrip()[:64].lower()
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heim", b"heis"):
-        return "it is a HEIC/HEIF photo, which Pillow can't read; convert it to JPEG"
-    if start.startswith((b"<!doctype html", b"<html", b"<head")):
-        return "it is an HTML page, probably an error page saved by a failed download"
-    if start.startswith(b"<?xml") or start.startswith(b"<svg"):
-        return "it is XML or SVG text, not a raster photo"
-    if head.startswith(b"%PDF"):
-        return "it is a PDF document"
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a ZIP archive"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"first bytes: {head[:12].hex(' ')}"
-    if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return f"it is text starting {text[:24]!r}"
-    return f"first bytes: {head[:12].hex(' ')}"
-
-
-def _exception_text(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
         return int(value) if value in range(1, 9) else 1
     except Exception:  # broken EXIF only loses the rotation, never the photo
         return 1
-
-
-def _file_problem(path: Path) -> str | None:
-    """The reason a path can't even be opened as a file (missing, folder, special file, empty), or None."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return "file not found (it may have been moved or deleted since the folder was listed)"
-    except PermissionError as exc:
-        return f"cannot read the file: permission denied ({exc.strerror or exc}); check its permissions"
-    except OSError as exc:
-        return f"cannot read the file ({_exception_text(exc)})"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not an image file"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file (a device, socket or pipe)"
-    if st.st_size == 0:
-        return "empty file (0 bytes); the copy or download probably failed"
-    return None
 
 
 def load_image(
@@ -272,7 +207,7 @@ def load_image(
 def _load(
     path: Path, *, max_pixels: int | None, draft_size: tuple[int, int] | None, convert: bool
 ) -> Image.Image | None:
-    problem = _file_problem(path)
+    problem = file_problem(path)
     if problem is not None:
         raise UnusableImageError(path, problem)
     try:
@@ -280,7 +215,7 @@ def _load(
     except PermissionError as exc:
         raise UnusableImageError(path, f"cannot read the file: permission denied ({exc.strerror or exc})") from exc
     except OSError as exc:
-        raise UnusableImageError(path, f"cannot read the file ({_exception_text(exc)})") from exc
+        raise UnusableImageError(path, f"cannot read the file ({exception_text(exc)})") from exc
     with fp:
         nbytes = os.fstat(fp.fileno()).st_size
         return _decode(path, fp, nbytes, max_pixels=max_pixels, draft_size=draft_size, convert=convert)
@@ -296,7 +231,7 @@ def _decode(
         try:
             return _decoded(path, img, fp, nbytes, guard, max_pixels=max_pixels, draft_size=draft_size, convert=convert)
         except ImageTooLarge as exc:  # a frame or crop above the limit, met after open
-            raise UnusableImageError(path, _bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
+            raise UnusableImageError(path, bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
         finally:
             img.close()
 
@@ -305,25 +240,25 @@ def _open(path: Path, fp: Any, max_pixels: int | None) -> Image.Image:
     try:
         return Image.open(fp, formats=_formats())  # reads the header (ICO and the like decode here, under the guard)
     except ImageTooLarge as exc:
-        raise UnusableImageError(path, _bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
+        raise UnusableImageError(path, bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
     except UnidentifiedImageError as exc:
         fp.seek(0)
         head = fp.read(64)
-        known = next((name for signature, name in _SIGNATURES if head.startswith(signature)), None)
+        known = next((name for signature, name in SIGNATURES if head.startswith(signature)), None)
         if known is not None:  # a format headstart reads, whose header Pillow refused (e.g. frames that do not fit)
             raise UnusableImageError(
                 path, f"truncated or corrupt image data (a {known} file whose header Pillow cannot read)"
             ) from exc
-        foreign = _foreign_format(head)
+        foreign = foreign_format(head, FORMATS)
         if foreign is not None:
             raise UnusableImageError(
                 path, f"not a photo format headstart reads: it is {foreign}; convert it to PNG or JPEG"
             ) from exc
-        raise UnusableImageError(path, f"not an image: Pillow cannot identify the format ({_sniff(head)})") from exc
+        raise UnusableImageError(path, f"not an image: Pillow cannot identify the format ({sniff(head)})") from exc
     except MemoryError as exc:
         raise UnusableImageError(path, "not enough memory to read the image header") from exc
     except Exception as exc:
-        raise UnusableImageError(path, f"truncated or corrupt image data ({_exception_text(exc)})") from exc
+        raise UnusableImageError(path, f"truncated or corrupt image data ({exception_text(exc)})") from exc
 
 
 @functools.lru_cache(maxsize=1)
@@ -331,21 +266,6 @@ def _formats() -> tuple[str, ...]:
     """:data:`FORMATS` that this Pillow build has (an older Pillow lacks AVIF): naming a missing one fails open."""
     Image.init()
     return tuple(name for name in FORMATS if name in Image.OPEN)
-
-
-def _foreign_format(head: bytes) -> str | None:
-    """'a PSD file (Adobe Photoshop)' when the bytes open one of Pillow's formats that headstart does not decode."""
-    Image.init()
-    for name, (factory, accept) in list(Image.OPEN.items()):
-        if name in FORMATS or accept is None:
-            continue
-        try:
-            if accept(head[:16]) is True:
-                description = getattr(factory, "format_description", None)
-                return f"{name} data" + (f" ({description})" if description else "")
-        except Exception:  # a plugin's test that trips on these bytes says nothing about them
-            continue
-    return None
 
 
 def _decoded(
@@ -361,7 +281,7 @@ def _decoded(
 ) -> Image.Image | None:
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:  # (the guard has refused it already; kept explicit)
-        raise UnusableImageError(path, _bomb_reason(width, height, max_pixels))
+        raise UnusableImageError(path, bomb_reason(width, height, max_pixels))
     problem = implausible(img, nbytes)
     if problem is not None:
         raise UnusableImageError(path, problem)
@@ -393,7 +313,7 @@ def _decoded(
     if factor > 1 and img.mode in HIGH_DEPTH_MODES:
         cost += width * height  # the 8-bit copy it is reduced from
     if max_pixels is not None and cost > BYTES_PER_PIXEL_ALLOWED * max_pixels:
-        raise UnusableImageError(path, _memory_reason(img, (width, height), cost, max_pixels))
+        raise UnusableImageError(path, memory_reason(img, (width, height), cost, max_pixels))
     try:
         guard.need(cost)
         img.load()
@@ -402,7 +322,7 @@ def _decoded(
     except MemoryError as exc:
         raise UnusableImageError(path, f"not enough memory to decode this {width}×{height} image") from exc
     except Exception as exc:
-        raise UnusableImageError(path, f"truncated or corrupt image data ({_exception_text(exc)})") from exc
+        raise UnusableImageError(path, f"truncated or corrupt image data ({exception_text(exc)})") from exc
     if min(width, height) < MIN_SIDE:
         warnings.warn(
             f"{path}: only {width}×{height} pixels (under {MIN_SIDE} on a side); it is used, but it is probably a "
@@ -429,7 +349,7 @@ def _decoded(
     except MemoryError as exc:
         raise UnusableImageError(path, f"not enough memory to convert this {width}×{height} image") from exc
     except Exception as exc:
-        reason = f"cannot convert colour mode {img.mode!r} to RGB ({_exception_text(exc)})"
+        reason = f"cannot convert colour mode {img.mode!r} to RGB ({exception_text(exc)})"
         raise UnusableImageError(path, reason) from exc
 
 

@@ -14,24 +14,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from headstart._console import progress as progress_bar
-from headstart._io import write_json
+from headstart._io import file_identity
 from headstart.data.images import DEFAULT_MAX_PIXELS, check_image, check_max_pixels, decode_threads, list_image_files
+from headstart.data.quarantining import QUARANTINE_LOG, quarantine  # noqa: F401  (their earlier home)
 from headstart.errors import DataError
 
-__all__ = ["QUARANTINE_LOG", "ScanReport", "UnusableFile", "quarantine", "scan"]
-
-QUARANTINE_LOG = "QUARANTINE.json"
+__all__ = ["ScanReport", "UnusableFile", "scan"]  # (quarantine and QUARANTINE_LOG: headstart.data.quarantining)
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,22 @@ def _collect(paths: Path | str | Sequence[Path | str]) -> tuple[list[Path], list
             images.append(entry)  # a file named explicitly is always checked, whatever its extension
         else:
             raise DataError(f"{entry}: no such file or folder; check the path (it is relative to {Path.cwd()}).")
-    return list(dict.fromkeys(images)), list(dict.fromkeys(ignored))
+    return _distinct(images), _distinct(ignored)
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """paths without repeats: the same entry reached twice (a folder given twice, or again through a linked folder)
+    is checked, reported and moved once, under the first name it was found by. An entry is a name in a folder:
+    a symlink or a hard link beside its file is an entry of its own, reported (and moved) on its own."""
+    seen: set[object] = set()
+    kept = []
+    for path in paths:
+        folder = file_identity(path.parent)
+        identity = (folder, path.name) if folder else path
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(path)
+    return kept
 
 
 def scan(
@@ -138,114 +149,3 @@ def _collect_done(pending: dict[Future[str | None], int], reasons: dict[int, str
             reasons[pending[future]] = reason
         advance(1)
         del pending[future]
-
-
-def _free_name(target: Path) -> Path:
-    """target itself if free, else ``name-1.ext``, ``name-2.ext``, ... so nothing is ever overwritten."""
-    if not target.exists() and not target.is_symlink():
-        return target
-    n = 1
-    while True:
-        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
-        if not candidate.exists() and not candidate.is_symlink():
-            return candidate
-        n += 1
-
-
-def _read_log(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    try:
-        data = json.loads(log.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(
-            f"{log}: cannot read the quarantine log ({exc}); expected JSON written by headstart. "
-            "Move it aside or choose another destination."
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise DataError(
-            f"{log}: expected a JSON object with a 'files' list (written by headstart); "
-            "move it aside or choose another destination."
-        )
-    return data["files"]
-
-
-def _relative_to(path: Path, root: Path) -> Path | None:
-    """path relative to root, trying the paths as given, then with symlinks resolved (e.g. /tmp on macOS)."""
-    candidates = (
-        (Path(os.path.abspath(path)), Path(os.path.abspath(root))),
-        (path.parent.resolve() / path.name, root.resolve()),
-    )
-    for candidate, base in candidates:
-        try:
-            return candidate.relative_to(base)
-        except ValueError:
-            continue
-    return None
-
-
-def quarantine(report: ScanReport, destination: str | Path, *, root: str | Path) -> list[tuple[Path, Path]]:
-    """Move each unusable file out of the data set, so training sees only good photos and nothing is lost.
-
-    Each file goes to ``destination/<its path relative to root>``. Nothing is deleted or overwritten: on a name
-    clash the moved file gets a ``-1``, ``-2``, ... suffix. ``destination/QUARANTINE.json`` records every moved
-    file with its reason (appended to when it already exists), so the move can be reviewed and undone. Files
-    that no longer exist are skipped.
-
-    Args:
-        report: From :func:`scan`.
-        destination: Where to move the files; created if missing. Keep it outside ``root`` (or hidden, e.g.
-            ``root/.quarantine``), otherwise later scans will find the files again.
-        root: The folder the files' relative paths are kept from.
-
-    Returns:
-        ``(old path, new path)`` for each file moved.
-
-    Raises:
-        DataError: A file is not below root, or the existing log is not headstart's (nothing is moved then); or a
-            move failed (the files moved before it are already in the log).
-
-    Example:
-        >>> moved = quarantine(scan("photos/"), "quarantine/", root="photos/")
-        >>> [(str(old), str(new)) for old, new in moved]
-        [('photos/cat/07.jpg', 'quarantine/cat/07.jpg')]
-    """
-    destination = Path(destination)
-    plan: list[tuple[UnusableFile, Path]] = []
-    for item in report.unusable:
-        relative = _relative_to(Path(item.path), Path(root))
-        if relative is None:
-            raise DataError(f"{item.path}: not below the root folder {root}; pass the folder that was scanned as root.")
-        plan.append((item, relative))
-    log = destination / QUARANTINE_LOG
-    entries = _read_log(log)
-
-    moved: list[tuple[Path, Path]] = []
-    try:
-        for item, relative in plan:
-            source = Path(item.path)
-            if not source.exists() and not source.is_symlink():
-                continue
-            target = _free_name(destination / relative)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.move(os.fspath(source), os.fspath(target))
-            except OSError as exc:
-                raise DataError(
-                    f"{source}: cannot move it to {target} ({exc.strerror or exc}); check the permissions of both "
-                    f"folders. Files moved so far are listed in {log}."
-                ) from exc
-            moved.append((source, target))
-            entries.append(
-                {
-                    "path": str(source),
-                    "quarantined_as": target.relative_to(destination).as_posix(),
-                    "reason": item.reason,
-                    "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            )
-    finally:
-        if moved:
-            destination.mkdir(parents=True, exist_ok=True)
-            write_json(log, {"files": entries})
-    return moved

@@ -5,6 +5,8 @@
 ``checkpoints``         reading weight files without running code; ``efficientnet_pytorch`` keys → timm
 ``catalogue``           what ``headstart backbones`` lists, and whether each is usable offline now
 ``cache``               :class:`FeatureCache`: SQLite, keyed by file content × backbone × view, claims, shared
+``cache_schema``        the cache file's tables and layout version; migrating files older headstarts wrote
+``cache_sql``           the SQLite machinery under the cache: queued transactions, lock retries, chunked queries
 ``extract``             :func:`extract_features`: cached, threaded decoding, batches committed as they finish
 ``sharing``             claimed batches (concurrent extractions compute a photo once), verdicts worth caching
 ``engines``             one batch → features, in PyTorch (bf16, OOM halving) or ONNX Runtime

@@ -9,7 +9,8 @@ A backbone is named by a timm ``arch`` or ``arch.tag`` string. Its weights come 
 
 Whatever the source, the preprocessing config (size, crop, mean/std, interpolation) travels with the weights in a
 :class:`BackboneSpec`, whose ``fingerprint`` keys the feature cache. Resolving a spec that was resolved before is
-read from a small JSON card in the cache folder, so a fully cached run never imports torch or timm.
+read from a small JSON card in the per-machine store (:func:`~headstart._io.engine_dir`, shared by every cache
+folder), so a fully cached run never imports torch or timm, whatever ``--cache-dir`` it is given.
 
 Reading checkpoint files lives in :mod:`headstart.features.checkpoints`; the list ``headstart backbones`` shows, in
 :mod:`headstart.features.catalogue`.
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headstart._io import cache_dir, sha256_file, write_bytes_atomic
+from headstart._io import cache_dir, engine_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
 
@@ -259,7 +260,14 @@ def _card_key(name: str, kind: str, weights: str | os.PathLike[str] | None) -> s
 
 
 def _card_path(key: str) -> Path:
-    return cache_dir() / "backbones" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    """The card in the per-machine store (:func:`~headstart._io.engine_dir`), shared by every cache folder."""
+    return engine_dir() / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+
+def _card_paths(key: str) -> list[Path]:
+    """Where a card may be: the per-machine store, then the cache folder (where cards lived before)."""
+    name = _card_path(key).name
+    return [_card_path(key), cache_dir() / "backbones" / name]
 
 
 def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None) -> BackboneSpec:
@@ -272,12 +280,12 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[st
     kind = _weights_kind(name, weights)
     key = _card_key(name, kind, weights)
     if key is not None and kind != "none":
-        card = _card_path(key)
-        if card.is_file():
-            try:
-                return BackboneSpec.from_dict(json.loads(card.read_text()))
-            except (ValueError, KeyError, TypeError):
-                pass  # a damaged card is rebuilt below
+        for card in _card_paths(key):
+            if card.is_file():
+                try:
+                    return BackboneSpec.from_dict(json.loads(card.read_text()))
+                except (ValueError, KeyError, TypeError, OSError):
+                    pass  # a damaged card is rebuilt below
     return load_backbone(name, weights).spec
 
 
@@ -410,17 +418,18 @@ def _from_file(name: str, path: Path):
 
 
 def cached_trunk_weights(
-    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None
+    name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[str] | None = None, *, spec: BackboneSpec | None = None
 ) -> tuple[BackboneSpec, dict[str, Any]]:
-    """The backbone's spec and its trunk weights as numpy arrays, kept in the cache folder after the first call.
+    """The backbone's spec and its trunk weights as numpy arrays, kept in the per-machine store after the first call.
 
     Model files embed these arrays; reading them from the cache lets a cached re-run skip building the model.
+    ``spec``: the backbone's spec when the caller resolved it already (else it is resolved here).
     """
     import numpy as np
     from safetensors.numpy import load_file, save
 
-    spec = resolve_backbone(name, weights)
-    path = cache_dir() / "backbones" / f"{spec.fingerprint}.safetensors"
+    spec = spec if spec is not None else resolve_backbone(name, weights)
+    path = engine_dir() / f"{spec.fingerprint}.safetensors"
     if path.is_file():
         try:
             return spec, load_file(str(path))

@@ -19,74 +19,42 @@ preprocessing that breaks) is reported for the run that met it and never stored.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart._io import cache_dir, sha256_file
+from headstart._io import cache_dir
 from headstart.errors import CacheError
+from headstart.features.cache_schema import SCHEMA_VERSION, import_v1, set_up
+from headstart.features.cache_sql import (
+    HOST,
+    Transaction,
+    blob,
+    live,
+    pixel_limit,
+    put_verdicts,
+    rows_in,
+    sha256_or_none,
+    while_locked,
+)
 
 if TYPE_CHECKING:
     from headstart.features.backbones import BackboneSpec
 
 __all__ = ["CLAIM_SECONDS", "SCHEMA_VERSION", "Claimed", "FeatureCache"]
 
-#: The layout of the cache file (``PRAGMA user_version``). 0/1: one table of vectors per backbone key, mirror-averaged
-#: rows under their own key, and failure reasons keyed only by (file hash, max pixels). 2: vectors per view, verdicts
-#: keyed by what produced them, claims.
-SCHEMA_VERSION = 2
-
 #: How long a claim holds without news from its process (each committed batch renews a process's claims). A claim
 #: of a process that is gone (same machine) is taken over at once.
 CLAIM_SECONDS = 120.0
-
-#: Producer recorded for the verdicts of a version-1 cache: the decoder that gave them is unknown, so they are kept
-#: but not trusted (such a file is decoded once more, and then its verdict is stored under today's decoder).
-LEGACY_DECODER = "legacy (headstart cache version 1)"
-
-#: What a version-1 verdict says when it was a failure of the moment, not a fact about the file's bytes.
-_LEGACY_TRANSIENT = (
-    "cannot preprocess:",
-    "not enough memory",
-    "MemoryError",
-    "RecursionError",
-    "cannot read the file",
-    "file not found",
-    "permission denied",
-    "[Errno",
-)
-
-_TABLES = (
-    """CREATE TABLE IF NOT EXISTS vectors (
-        fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
-        PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS backbones (
-        fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS file_hashes (
-        path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS speed (
-        fingerprint TEXT PRIMARY KEY, images_per_second REAL NOT NULL, n_images INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS unusable (
-        sha256 TEXT NOT NULL, max_pixels INTEGER NOT NULL, decoder TEXT NOT NULL, reason TEXT NOT NULL,
-        PRIMARY KEY (sha256, max_pixels, decoder)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS claims (
-        fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL,
-        owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, expires_at REAL NOT NULL,
-        PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
-)
-
-_HOST = socket.gethostname()
 
 Pair = tuple[str, str]  # (sha256, view)
 
@@ -123,50 +91,24 @@ class FeatureCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self._connection()
-        if _while_locked(lambda: db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
-            _while_locked(self._set_up)
+        if while_locked(lambda: db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
+            while_locked(self._set_up)
 
     def _set_up(self) -> None:
-        """Create the tables, or migrate an older layout: in one transaction, so a second process opening the same
-        old file at the same time waits and then finds it done."""
+        """Create the tables, or migrate an older layout (:mod:`headstart.features.cache_schema`): in one
+        transaction, so a second process opening the same old file at the same time waits and then finds it done."""
         with self._connect() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CacheError(
-                    f"The feature cache {self.path} was written by a newer headstart (layout {version}; this one "
-                    f"reads {SCHEMA_VERSION}). Upgrade headstart, or pass another --cache-dir."
-                )
-            if version == SCHEMA_VERSION:
-                return
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            legacy = []
-            if "features" in tables:
-                db.execute("ALTER TABLE features RENAME TO features_v1")
-                legacy.append("features_v1")
-            if "unusable" in tables:
-                db.execute("ALTER TABLE unusable RENAME TO unusable_v1")
-                legacy.append("unusable_v1")
-            for statement in _TABLES:
-                db.execute(statement)
-            if legacy:
-                flip_keys = _import_v1(
-                    db, "main", features="features_v1" in legacy, unusable="unusable_v1" in legacy, suffix="_v1"
-                )
-                db.executemany("DELETE FROM backbones WHERE fingerprint=?", [(k,) for k in flip_keys])
-                db.execute("DELETE FROM speed WHERE fingerprint NOT IN (SELECT fingerprint FROM backbones)")
-                for table in legacy:
-                    db.execute(f"DROP TABLE {table}")
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            set_up(db, self.path)
 
-    def _connect(self) -> _Transaction:
-        return _Transaction(self._connection())
+    def _connect(self) -> Transaction:
+        return Transaction(self._connection())
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             try:
                 db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=True)
-                _while_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
+                while_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.DatabaseError as exc:
                 raise CacheError(
@@ -183,11 +125,12 @@ class FeatureCache:
             db.close()
             self._local.db = None
 
-    def register(self, spec: BackboneSpec, precision: str) -> str:
+    def register(self, spec: BackboneSpec, precision: str, *, preprocessing: str = "") -> str:
         """Record the backbone and return the cache key for its single-view features at this precision (the same
-        key whether or not the spec averages mirror images: the views are stored, not their mean)."""
+        key whether or not the spec averages mirror images: the views are stored, not their mean), computed from
+        photos preprocessed by ``preprocessing`` (its identity, e.g. ``cropbox1``; empty: timm's own transform)."""
         spec = spec.with_flip_average(False)
-        key = f"{spec.fingerprint}-{precision}"
+        key = f"{spec.fingerprint}-{preprocessing}-{precision}" if preprocessing else f"{spec.fingerprint}-{precision}"
         with self._connect() as db:
             row = db.execute("SELECT dim FROM backbones WHERE fingerprint=?", (key,)).fetchone()
             if row is not None and row[0] != spec.num_features:
@@ -199,13 +142,17 @@ class FeatureCache:
                 return key
             db.execute(
                 "INSERT OR REPLACE INTO backbones VALUES (?, ?, ?)",
-                (key, spec.num_features, json.dumps({**spec.to_dict(), "precision": precision})),
+                (
+                    key,
+                    spec.num_features,
+                    json.dumps({**spec.to_dict(), "precision": precision, "preprocessing": preprocessing or "timm"}),
+                ),
             )
         return key
 
     def _select_in(self, sql: str, keys: Sequence[str], *first: Any) -> Iterator[tuple[Any, ...]]:
         with self._connect() as db:  # (one transaction: every chunk sees the same state)
-            yield from _rows_in(db, sql, keys, *first)
+            yield from rows_in(db, sql, keys, *first)
 
     def get_many(self, key: str, hashes: Sequence[str], view: str = "orig") -> dict[str, np.ndarray]:
         """Cached vectors of one view for those of ``hashes`` that are present."""
@@ -219,20 +166,20 @@ class FeatureCache:
 
     def put_many(self, key: str, items: Sequence[tuple[str, np.ndarray]], view: str = "orig") -> None:
         """Store vectors of one view in one transaction: all of them become visible together, or none."""
-        rows = [(key, view, sha, _blob(v)) for sha, v in items]
+        rows = [(key, view, sha, blob(v)) for sha, v in items]
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
 
     def get_unusable(self, hashes: Sequence[str], max_pixels: int | None, decoder: str) -> dict[str, str]:
         """The verdicts ``decoder`` gave on these contents under this pixel limit (so re-runs skip them fast)."""
         sql = "SELECT sha256, reason FROM unusable WHERE max_pixels=? AND decoder=? AND sha256 IN ({marks})"
-        return dict(self._select_in(sql, hashes, _pixel_limit(max_pixels), decoder))
+        return dict(self._select_in(sql, hashes, pixel_limit(max_pixels), decoder))
 
     def put_unusable(self, items: Sequence[tuple[str, str]], max_pixels: int | None, decoder: str) -> None:
         """Record that ``decoder`` refuses these contents: only permanent verdicts about a file's bytes belong here."""
         if items:
             with self._connect() as db:
-                _put_verdicts(db, items, max_pixels, decoder)
+                put_verdicts(db, items, max_pixels, decoder)
 
     # -- claims: concurrent extractions compute each row once
     def claim(
@@ -258,22 +205,22 @@ class FeatureCache:
         with self._connect() as db:
             stored = {
                 (sha, view)
-                for view, sha in _rows_in(
+                for view, sha in rows_in(
                     db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
                 )
             }
             out.refused = dict(
-                _rows_in(
+                rows_in(
                     db,
                     "SELECT sha256, reason FROM unusable WHERE max_pixels=? AND decoder=? AND sha256 IN ({marks})",
                     hashes,
-                    _pixel_limit(max_pixels),
+                    pixel_limit(max_pixels),
                     decoder,
                 )
             )
             held = {
                 (sha, view): (who, host, pid, expires)
-                for view, sha, who, host, pid, expires in _rows_in(
+                for view, sha, who, host, pid, expires in rows_in(
                     db,
                     "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
                     "({marks})",
@@ -287,13 +234,13 @@ class FeatureCache:
                     out.stored.append(pair)
                 elif pair[0] in out.refused:
                     continue
-                elif claim is not None and claim[0] != owner and _live(*claim[1:], now):
+                elif claim is not None and claim[0] != owner and live(*claim[1:], now):
                     out.busy.append(pair)
                 else:
                     out.mine.append(pair)
             db.executemany(
                 "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, view, sha, owner, _HOST, os.getpid(), now + seconds) for sha, view in out.mine],
+                [(key, view, sha, owner, HOST, os.getpid(), now + seconds) for sha, view in out.mine],
             )
         return out
 
@@ -307,20 +254,20 @@ class FeatureCache:
         db = self._connection()
         stored = {
             (sha, view)
-            for view, sha in _rows_in(
+            for view, sha in rows_in(
                 db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
             )
         }
         held = {
             (sha, view)
-            for view, sha, who, host, pid, expires in _rows_in(
+            for view, sha, who, host, pid, expires in rows_in(
                 db,
                 "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
                 "({marks})",
                 hashes,
                 key,
             )
-            if who != owner and _live(host, pid, expires, now)
+            if who != owner and live(host, pid, expires, now)
         }
         return {pair for pair in pairs if pair in held and pair not in stored}
 
@@ -341,9 +288,9 @@ class FeatureCache:
         with self._connect() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                [(key, view, sha, _blob(v)) for sha, view, v in vectors],
+                [(key, view, sha, blob(v)) for sha, view, v in vectors],
             )
-            _put_verdicts(db, verdicts, max_pixels, decoder)
+            put_verdicts(db, verdicts, max_pixels, decoder)
             db.executemany(
                 "DELETE FROM claims WHERE fingerprint=? AND view=? AND sha256=? AND owner=?",
                 [(key, view, sha, owner) for sha, view in released],
@@ -360,7 +307,7 @@ class FeatureCache:
         now = time.time()
         with self._connect() as db:
             rows = db.execute("SELECT DISTINCT host, pid, expires_at FROM claims").fetchall()
-            dead = [(host, pid, expires) for host, pid, expires in rows if not _live(host, pid, expires, now)]
+            dead = [(host, pid, expires) for host, pid, expires in rows if not live(host, pid, expires, now)]
             before = db.total_changes
             db.executemany("DELETE FROM claims WHERE host=? AND pid=? AND expires_at=?", dead)
             return db.total_changes - before
@@ -368,7 +315,7 @@ class FeatureCache:
     @staticmethod
     def new_owner() -> str:
         """A name for one extraction's claims (process id + random: two calls in one process are two owners)."""
-        return f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+        return f"{HOST}:{os.getpid()}:{secrets.token_hex(6)}"
 
     def record_speed(self, key: str, images_per_second: float, n_images: int) -> None:
         """Remember the throughput of the largest extraction so far (what `compare` reports from the cache)."""
@@ -404,7 +351,7 @@ class FeatureCache:
                 db.execute("INSERT OR IGNORE INTO backbones SELECT * FROM other.backbones")
                 db.execute("INSERT OR IGNORE INTO unusable SELECT * FROM other.unusable")
             elif "features" in tables:
-                flip_keys = set(_import_v1(db, "other", features=True, unusable="unusable" in tables))
+                flip_keys = set(import_v1(db, "other", features=True, unusable="unusable" in tables))
                 rows = db.execute("SELECT * FROM other.backbones").fetchall()
                 db.executemany(
                     "INSERT OR IGNORE INTO backbones VALUES (?, ?, ?)", [r for r in rows if r[0] not in flip_keys]
@@ -450,7 +397,7 @@ class FeatureCache:
             if memo is not None and memo[0] == st.st_size and memo[1] == st.st_mtime_ns:
                 out.append(memo[2])
                 continue
-            sha = _sha256_or_none(path)
+            sha = sha256_or_none(path)
             out.append(sha)
             if sha is not None:
                 fresh.append((path, st.st_size, st.st_mtime_ns, sha))
@@ -458,113 +405,3 @@ class FeatureCache:
             with self._connect() as db:
                 db.executemany("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)", fresh)
         return out
-
-
-def _import_v1(db: sqlite3.Connection, schema: str, *, features: bool, unusable: bool, suffix: str = "") -> list[str]:
-    """Copy what a version-1 cache's tables (in ``schema``, named ``features``/``unusable`` + ``suffix``) hold that
-    is still right into this cache's tables; return the keys of its mirror-averaged features (not copied)."""
-    flip_keys, single_keys = [], []
-    for key, spec in db.execute(f"SELECT fingerprint, spec FROM {schema}.backbones").fetchall():
-        try:
-            flip = bool(json.loads(spec).get("flip_average"))
-        except (ValueError, AttributeError):
-            flip = True  # unreadable: not trusted
-        (flip_keys if flip else single_keys).append(key)
-    if features:
-        db.executemany(
-            f"INSERT OR IGNORE INTO vectors SELECT fingerprint, 'orig', sha256, vector "
-            f"FROM {schema}.features{suffix} WHERE fingerprint=?",
-            [(k,) for k in single_keys],
-        )
-    if unusable:
-        rows = db.execute(f"SELECT sha256, max_pixels, reason FROM {schema}.unusable{suffix}").fetchall()
-        db.executemany(
-            "INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
-            [
-                (sha, limit, LEGACY_DECODER, reason)
-                for sha, limit, reason in rows
-                if not any(mark in reason for mark in _LEGACY_TRANSIENT)
-            ],
-        )
-    return flip_keys
-
-
-def _rows_in(db: sqlite3.Connection, sql: str, keys: Sequence[str], *first: Any) -> Iterator[tuple[Any, ...]]:
-    """Rows of ``sql`` (``?`` for each of ``first``, then ``{marks}`` for a chunk of ``keys``), 500 keys at a time
-    (SQLite's limit on bound parameters)."""
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
-        yield from db.execute(sql.format(marks=",".join("?" * len(chunk))), (*first, *chunk)).fetchall()
-
-
-def _put_verdicts(
-    db: sqlite3.Connection, items: Sequence[tuple[str, str]], max_pixels: int | None, decoder: str
-) -> None:
-    if items and not decoder:
-        raise ValueError("A verdict needs the decoder that gave it (decoder='').")
-    limit = _pixel_limit(max_pixels)
-    db.executemany(
-        "INSERT OR REPLACE INTO unusable VALUES (?, ?, ?, ?)", [(sha, limit, decoder, reason) for sha, reason in items]
-    )
-
-
-def _live(host: str, pid: int, expires_at: float, now: float) -> bool:
-    """Whether a claim still holds: its lease runs, and (on this machine) its process exists and is no zombie."""
-    if expires_at < now:
-        return False
-    if host != _HOST:
-        return True  # another machine's processes cannot be seen from here: the lease decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"  # a zombie: killed, not yet reaped by its parent
-    return True
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-def _while_locked(action: Callable[[], Any], seconds: float = 120.0) -> Any:
-    """Retry what SQLite refuses with 'database is locked' without waiting itself (switching to WAL, creating
-    tables) while another process is opening the same new cache."""
-    deadline = time.monotonic() + seconds
-    delay = 0.01
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
-class _Transaction:
-    """``with`` block = one IMMEDIATE transaction on an autocommit connection (so writers queue, not fail)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def _pixel_limit(max_pixels: int | None) -> int:
-    """How a decoding verdict's pixel limit is stored (-1: no limit)."""
-    return -1 if max_pixels is None else int(max_pixels)
-
-
-def _sha256_or_none(path: str) -> str | None:
-    with contextlib.suppress(OSError):
-        return sha256_file(path)
-    return None

@@ -3,7 +3,7 @@
 :func:`~headstart.features.extract.extract_features` decodes, batches and caches; an engine only turns a stacked
 batch into numpy features. The torch engine runs the backbone in eval mode (channels-last on CPUs, bf16 autocast
 when asked) and halves a batch that runs the device out of memory; the ONNX engine exports the backbone's
-embedding once into the cache folder and runs it through ONNX Runtime in fp32.
+embedding once into the per-machine store (:func:`~headstart._io.engine_dir`) and runs it through ONNX Runtime in fp32.
 
 Extraction asks for *views*: ``orig`` (the photo) and ``mirror`` (its mirror image), each a single-view embedding
 that the cache stores on its own (:func:`view_embedder`); mirror-averaged features are the mean of the two.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart._io import atomic_path, cache_dir
+from headstart._io import atomic_path, engine_dir
 from headstart.features.backbones import Backbone
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def _embed_fitting_memory(embed: Callable[[Any], np.ndarray], x: Any, autocast: 
 
 
 def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
-    """The backbone's embedding as an ONNX Runtime session, exported once into the cache folder.
+    """The backbone's embedding as an ONNX Runtime session, exported once into the per-machine store.
 
     Example:
         >>> run = onnx_embedder(load_backbone("tf_efficientnet_lite0"))
@@ -191,7 +191,7 @@ def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     from headstart._onnx import require_onnx, session
 
     require_onnx()
-    path = cache_dir() / "backbones" / f"{backbone.spec.fingerprint}.features.onnx"
+    path = engine_dir() / f"{backbone.spec.fingerprint}.features.onnx"
     if not path.is_file():
         size = backbone.spec.data_config["input_size"]
         model = backbone.embedding_module().eval().to(memory_format=torch.contiguous_format)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,21 +23,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart._console import progress as progress_bar
-from headstart._validation import check_choice, check_int
-from headstart.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, decode_threads, load_image
+from headstart._validation import check_int
+from headstart.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, decode_threads
 from headstart.data.scanning import UnusableFile
 from headstart.errors import UnusableImageError
 from headstart.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
 from headstart.features.cache import FeatureCache
-from headstart.features.engines import ONNX_PRECISION, VIEWS, view_embedder
-from headstart.features.openvino import OpenVinoSource, resolve_engine
+from headstart.features.engines import VIEWS
+from headstart.features.pipeline import (
+    ENGINES,
+    PRECISIONS,
+    THROUGHPUT_PHOTOS,
+    Pipeline,
+    decode_size,
+    default_precision,
+    prefetched,
+)
 from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
 
 if TYPE_CHECKING:
     import torch
-
-PRECISIONS = ("auto", "fp32", "bf16", "int8")  # (int8: the OpenVINO engine only)
-ENGINES = ("torch", "onnxruntime", "openvino", "auto")
 
 __all__ = [
     "ENGINES",
@@ -90,23 +95,6 @@ class Features:
 FLIP_AVERAGE = False
 
 
-def default_precision(device: str = "cpu") -> str:
-    """bf16 where the processor computes it natively (AVX512-BF16 / AMX, or CUDA), else fp32."""
-    if device.startswith("cuda"):
-        return "bf16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "fp32"
-    return "bf16" if (" avx512_bf16" in flags or " amx_bf16" in flags) else "fp32"
-
-
-def _resolve_precision(precision: str, device: str) -> str:
-    check_choice(precision, "precision", "extract_features", PRECISIONS)
-    return default_precision(device) if precision == "auto" else precision
-
-
 def extract_features(
     paths: Sequence[str | os.PathLike[str]],
     backbone: str | Backbone | Any = DEFAULT_BACKBONE,
@@ -121,6 +109,7 @@ def extract_features(
     progress: bool = False,
     engine: str = "auto",
     flip_average: bool | None = None,
+    cached_only: bool = False,
 ) -> Features:
     """Embed each photo with the backbone, reusing cached features and skipping unusable files.
 
@@ -140,6 +129,7 @@ def extract_features(
         flip_average: average each photo's features with its mirror image's (both views are cached; only the
             missing ones are computed); ``None``: off for a backbone given by name (:data:`FLIP_AVERAGE`), as its
             spec says for a Backbone or a model's backbone.
+        cached_only: return only the photos whose features are all cached (nothing is computed, no file judged).
 
     Returns:
         :class:`Features` for the usable files, in the order given.
@@ -150,22 +140,22 @@ def extract_features(
         (2, 1280)
     """
     start = time.perf_counter()
-    check_choice(engine, "engine", "extract_features", ENGINES)
     check_int(batch_size, "batch_size", "extract_features", low=1)
     check_max_pixels(max_pixels, "extract_features")
     workers = decode_threads(workers, "extract_features")
-    precision = ONNX_PRECISION if engine == "onnxruntime" else _resolve_precision(precision, device)
     cache = cache if cache is not None else FeatureCache()
     paths = [Path(p) for p in paths]
-    loaded: Backbone | None = backbone if isinstance(backbone, Backbone) else None
     spec = backbone.spec if hasattr(backbone, "spec") else resolve_backbone(str(backbone), weights)
     if flip_average is None and not hasattr(backbone, "spec"):
         flip_average = FLIP_AVERAGE
     if flip_average is not None:
         spec = spec.with_flip_average(flip_average)
     views = VIEWS if spec.flip_average else VIEWS[:1]
-    engine, precision = resolve_engine(engine, precision, device, spec)  # auto -> openvino on CPUs (openvino.py)
-    key = cache.register(spec, precision)
+    # the one place that chooses engine, precision, preprocessing and views (features/pipeline.py)
+    pipe = Pipeline(
+        spec, backbone, engine=engine, precision=precision, device=device, max_pixels=max_pixels, weights=weights
+    )
+    key = pipe.cache_key(cache)
 
     hashes = cache.file_hashes(paths)
     unusable: dict[int, str] = {}
@@ -184,7 +174,7 @@ def extract_features(
     need = {h: v for h, v in need.items() if v}
     decoder = decoder_id(decode_size(spec))
     known_bad = cache.get_unusable(list(need), max_pixels, decoder) if need else {}
-    todo = {h: v for h, v in need.items() if h not in known_bad}
+    todo = {h: v for h, v in need.items() if h not in known_bad and not cached_only}
 
     failed: dict[str, str] = {}
     n_computed = n_views = 0
@@ -193,25 +183,16 @@ def extract_features(
         order = order[group.rank :: group.world_size] + [
             h for j, h in enumerate(order) if j % group.world_size != group.rank
         ]
-        if engine == "openvino":  # builds the torch backbone only to convert it once (features/openvino.py)
-            loaded = OpenVinoSource(spec, backbone if loaded is None else loaded, weights)  # type: ignore[assignment]
-        elif loaded is None and hasattr(backbone, "load"):
-            loaded = backbone.load()  # type: ignore[union-attr]  # a lazy backbone, e.g. from a model file
-        elif loaded is None:
-            from headstart.features.backbones import load_backbone
-
-            loaded = load_backbone(str(backbone), weights, device=device)
+        runner = pipe.runner(throughput=len(order) * len(views) >= THROUGHPUT_PHOTOS)  # (converted once a machine)
         compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         done = _compute(
-            loaded,
+            pipe,
+            runner,
             [(h, paths[first[h]], todo[h]) for h in order],
             cache,
             key,
             decoder=decoder,
             batch_size=batch_size,
-            precision=precision,
-            device=device,
-            max_pixels=max_pixels,
             workers=workers,
             progress=progress,
         )
@@ -234,7 +215,10 @@ def extract_features(
         if h is not None and i not in unusable and (h in known_bad or h in failed):
             unusable[i] = known_bad.get(h) or failed[h]
 
-    kept = [i for i, h in enumerate(hashes) if i not in unusable and h is not None]
+    if cached_only:  # only what the cache has; the rest is neither computed nor judged (features/stream.py)
+        unusable = {}
+        known_bad = {}
+    kept = [i for i, h in enumerate(hashes) if i not in unusable and h is not None and not (cached_only and h in need)]
     kept_hashes = [hashes[i] for i in kept]
     dim = spec.num_features
     if not kept:
@@ -261,20 +245,18 @@ def extract_features(
 
 
 def preprocessor(backbone: Backbone, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Callable[[Any], torch.Tensor]:
-    """Photo file -> the backbone's input tensor, decoded exactly as extraction decodes it.
-
-    JPEGs much larger than the crop needs are decoded at a reduced scale (draft mode), so everything that runs a
-    model on photos outside the cache (extraction, the ONNX export's checks, int8 calibration) sees the same pixels.
-    Raises :class:`~headstart.errors.UnusableImageError` for a file that cannot be decoded.
+    """Photo file -> the backbone's normalised input tensor ``(3, H, W)``, decoded and cropped exactly as extraction
+    does (:class:`~headstart.features.pipeline.Pipeline`), so everything that runs a model on photos outside the
+    cache (the ONNX export's checks, int8 calibration) sees the same pixels. Raises
+    :class:`~headstart.errors.UnusableImageError` for a file that cannot be decoded.
 
     Example:
         >>> load = preprocessor(load_backbone("tf_efficientnet_lite0"))
         >>> load("cat.jpg").shape
         torch.Size([3, 224, 224])
     """
-    transform = backbone.transform()
-    draft = decode_size(backbone.spec)
-    return lambda path: transform(load_image(path, max_pixels=max_pixels, draft_size=draft))
+    pipe = Pipeline(backbone.spec, backbone, engine="torch", precision="fp32", max_pixels=max_pixels)
+    return lambda path: pipe.stack([pipe.decode(path)])[0]
 
 
 @dataclass
@@ -290,32 +272,26 @@ class _Failure:
 
 
 def _compute(
-    backbone: Backbone,
+    pipe: Pipeline,
+    runner: Any,
     todo: list[tuple[str, Path, tuple[str, ...]]],
     cache: FeatureCache,
     key: str,
     *,
     decoder: str,
     batch_size: int,
-    precision: str,
-    device: str,
-    max_pixels: int | None,
     workers: int,
     progress: bool,
 ) -> _Computed:
-    """Run the model over the views ``todo`` lacks, in batches, committing each batch to the cache at once.
+    """Run the model over the views ``todo`` lacks, in batches, committing each batch to the cache as it finishes.
 
-    Each batch's rows are claimed before its photos are decoded. Rows another process has claimed are skipped;
-    when everything else is done, this process waits for them (or takes them over, when that process is gone or its
-    lease ran out), so each row is computed once however many processes extract at the same time.
+    Each batch's rows are claimed before its photos are decoded. Decoding runs ahead in threads; each decoded batch
+    is handed to the runner, which for many photos computes asynchronously (the next batch decodes meanwhile), and
+    every finished batch is committed at once. Rows another process has claimed are skipped; when everything else
+    is done, this process waits for them (or takes them over, when that process is gone or its lease ran out), so
+    each row is computed once however many processes extract at the same time.
     """
-    if isinstance(backbone, OpenVinoSource):  # uint8 crops in numpy, no torch (features/openvino.py)
-        decode, embed, stack = backbone.parts(precision, max_pixels, decode_size(backbone.spec))
-    else:
-        import torch
-
-        decode, stack = preprocessor(backbone, max_pixels=max_pixels), torch.stack
-        embed = view_embedder(backbone, precision=precision, device=device)
+    max_pixels = pipe.max_pixels
     owner = cache.new_owner()
     out = _Computed()
     left = {sha: set(views) for sha, _, views in todo}  # what is still open, for the progress bar
@@ -325,16 +301,18 @@ def _compute(
     def load(item: tuple[str, Path, tuple[str, ...]]) -> tuple[tuple[str, Path, tuple[str, ...]], Any]:
         sha, path, _ = item
         try:
-            return item, decode(path)
+            return item, pipe.decode(path)
         except UnusableImageError as exc:
             return item, _Failure(exc.reason, is_permanent(exc, path, sha))
         except Exception as exc:  # a transform failing on an odd image must not stop the run (nor be cached)
             return item, _Failure(f"cannot preprocess: {type(exc).__name__}: {exc}", False)
 
     cache.purge_claims()
+    pending: dict[int, tuple[list, list, list]] = {}  # batch number -> (photos, views asked, failures)
+
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="headstart-decode") as pool,
-        progress_bar(progress, len(todo), f"Extracting {backbone.spec.name}") as advance,
+        progress_bar(progress, len(todo), f"Extracting {pipe.spec.name}") as advance,
     ):
 
         def settle(pairs: Iterable[tuple[str, str]]) -> None:
@@ -348,53 +326,49 @@ def _compute(
             if finished:
                 advance(finished)
 
+        def commit(number: int, rows: np.ndarray | None) -> None:
+            items, wanted, bad = pending.pop(number)
+            vectors = [(items[j][0], view, rows[r]) for r, (j, view) in enumerate(wanted)] if rows is not None else []
+            pairs = [(sha, view) for sha, _, views in items + [b for b, _ in bad] for view in views]
+            cache.commit_batch(
+                key,
+                vectors,
+                owner=owner,
+                released=pairs,
+                max_pixels=max_pixels,
+                decoder=decoder,
+                verdicts=[(item[0], f.reason) for item, f in bad if f.permanent],
+            )
+            out.vectors.update(((sha, view), v) for sha, view, v in vectors)
+            out.failed.update((item[0], f.reason) for item, f in bad)
+            settle(pairs)
+
         try:
             queue = todo
+            number = 0
             while queue:
                 busy: list[tuple[str, Path, tuple[str, ...]]] = []
                 batches = claimed_batches(cache, key, queue, batch_size, owner, decoder, max_pixels, busy, settle)
-                loaded = _prefetched(pool, load, batches) if workers > 1 else ([load(i) for i in b] for b in batches)
+                loaded = prefetched(pool, load, batches) if workers > 1 else ([load(i) for i in b] for b in batches)
                 for batch in loaded:
+                    number += 1
                     good = [(item, t) for item, t in batch if not isinstance(t, _Failure)]
-                    vectors: list[tuple[str, str, np.ndarray]] = []
-                    if good:
-                        wanted = [(j, view) for j, ((_, _, views), _) in enumerate(good) for view in views]
-                        rows = embed(stack([t for _, t in good]), wanted)
-                        vectors = [(good[j][0][0], view, rows[r]) for r, (j, view) in enumerate(wanted)]
-                    bad = [(item[0], t) for item, t in batch if isinstance(t, _Failure)]
-                    pairs = [(sha, view) for (sha, _, views), _ in batch for view in views]
-                    cache.commit_batch(
-                        key,
-                        vectors,
-                        owner=owner,
-                        released=pairs,
-                        max_pixels=max_pixels,
-                        decoder=decoder,
-                        verdicts=[(sha, f.reason) for sha, f in bad if f.permanent],
-                    )
-                    out.vectors.update(((sha, view), v) for sha, view, v in vectors)
-                    out.failed.update((sha, f.reason) for sha, f in bad)
-                    settle(pairs)
+                    bad = [(item, t) for item, t in batch if isinstance(t, _Failure)]
+                    wanted = [(j, view) for j, ((_, _, views), _) in enumerate(good) for view in views]
+                    pending[number] = ([item for item, _ in good], wanted, bad)
+                    if good:  # (returns at once unless every request is busy: the next batch decodes meanwhile)
+                        runner.submit(pipe.stack([t for _, t in good]), wanted, number)
+                    else:
+                        commit(number, None)
+                    for done, rows in runner.ready():
+                        commit(done, rows)
+                for done, rows in runner.drain():
+                    commit(done, rows)
                 queue = wait_for_others(cache, key, [b for b in busy if b[0] not in out.failed], owner)
         finally:
+            runner.drain()  # (nothing of this run may still write into a request when the cache is released)
             cache.release(owner)
     return out
-
-
-def _prefetched(pool: ThreadPoolExecutor, fn: Callable, batches: Iterable[list], depth: int = 2) -> Iterator[list]:
-    """Yield each batch's results while the next ``depth`` batches are already decoding in the pool."""
-    pending: list[list[Future]] = []
-    it = iter(batches)
-    for _ in range(depth):
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append([pool.submit(fn, item) for item in nxt])
-    while pending:
-        current = pending.pop(0)
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append([pool.submit(fn, item) for item in nxt])
-        yield [f.result() for f in current]
 
 
 def describe_unusable(unusable: Sequence[UnusableFile], limit: int = 10) -> str:
@@ -406,26 +380,16 @@ def describe_unusable(unusable: Sequence[UnusableFile], limit: int = 10) -> str:
     return f"Skipped {len(unusable)} unusable file(s):\n" + "\n".join(lines) + more
 
 
-def decode_size(spec: BackboneSpec) -> tuple[int, int]:
-    """``(width, height)`` photos are decoded at for this backbone (JPEG draft mode): the input size before the crop."""
-    height, width = spec.data_config["input_size"][-2:]
-    crop_pct = float(spec.data_config.get("crop_pct") or 1.0)
-    return int(width / crop_pct), int(height / crop_pct)
-
-
 def bytes_preprocessor(
     backbone: Backbone, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Callable[[bytes, str], torch.Tensor]:
     """:func:`preprocessor` for photos in memory (HTTP uploads): ``(data, name) -> tensor``, the same pixels as
-    the same file on disk gives, so a served prediction equals ``headstart predict``'s.
+    the same file on disk gives.
 
     Example:
         >>> load = bytes_preprocessor(load_backbone("tf_efficientnet_lite0"))
         >>> load(Path("cat.jpg").read_bytes(), "cat.jpg").shape
         torch.Size([3, 224, 224])
     """
-    from headstart.data.images import decode_image
-
-    transform = backbone.transform()
-    draft = decode_size(backbone.spec)
-    return lambda data, name: transform(decode_image(data, name=name, max_pixels=max_pixels, draft_size=draft))
+    pipe = Pipeline(backbone.spec, backbone, engine="torch", precision="fp32", max_pixels=max_pixels)
+    return lambda data, name: pipe.stack([pipe.decode_bytes(data, name)])[0]

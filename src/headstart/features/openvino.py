@@ -8,8 +8,10 @@ bf16 natively (AVX512-BF16 / AMX), fp32 elsewhere.
 
 What is converted, and where: the pooled single-view embedding (``forward_head(forward_features(x),
 pre_logits=True)``, :meth:`Backbone.features`) with a uint8 ``NHWC`` input and the ``/255``, mean/std normalisation
-inside the graph, saved as OpenVINO IR in ``cache_dir()/backbones/<fingerprint>.openvino-<kind>.xml`` (+ ``.bin``,
-written atomically, the ``.xml`` last). Its name holds the backbone's fingerprint (architecture, exact weights,
+inside the graph, saved as OpenVINO IR in the per-machine store (:func:`~headstart._io.engine_dir`, shared by every
+cache folder) as ``<fingerprint>.openvino-<kind>.xml`` (+ ``.bin``, written atomically, the ``.xml`` last); the
+conversion is announced on stderr with its time. Running it (compiled once a process, synchronous for a few photos,
+an async queue sized by measurement for many) is :mod:`headstart.features.openvino_runtime`. Its name holds the backbone's fingerprint (architecture, exact weights,
 preprocessing), so a fine-tuned trunk gets its own. Once it is there, a run needs neither torch nor timm: photos are
 decoded and cropped in PIL + numpy (:mod:`headstart.features.preprocess`, the same pixels as timm's transform) and
 the compiled model is kept for the rest of the process.
@@ -25,22 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import sys
+import time
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from headstart._io import cache_dir, write_bytes_atomic
+from headstart._console import say
+from headstart._io import engine_dir, write_bytes_atomic, write_failure
 from headstart._validation import ParameterError, check_choice
 from headstart.features.backbones import Backbone, BackboneSpec
+from headstart.features.openvino_runtime import OpenVinoRunner, rows_fitting_memory
 from headstart.features.preprocess import supports, uint8_crop, uint8_preprocessor
-
-if TYPE_CHECKING:
-    import openvino
 
 __all__ = ["INT8_PRECISION", "OpenVinoSource", "available", "converted_path", "openvino_embedder", "resolve_engine"]
 
@@ -103,7 +103,7 @@ def converted_path(spec: BackboneSpec, precision: str) -> Path:
     """Where the converted embedding of ``spec`` lives: one float model (fp32 and bf16 are compile-time choices)
     and one int8 model a backbone (``int8-3``: the third recipe, :func:`_quantised`)."""
     kind = "int8-3" if precision == INT8_PRECISION else "u8"
-    return cache_dir() / "backbones" / f"{spec.with_flip_average(False).fingerprint}.openvino-{kind}.xml"
+    return engine_dir() / f"{spec.with_flip_average(False).fingerprint}.openvino-{kind}.xml"
 
 
 class OpenVinoSource:
@@ -130,91 +130,44 @@ class OpenVinoSource:
     ) -> tuple[Callable, Callable, Callable]:
         """``(decode, embed, stack)`` for the extraction loop: file -> uint8 crop, ``(batch, wanted views)`` ->
         features, and how a batch of crops is stacked."""
-        embed = openvino_embedder(self.spec, precision, self.load)
+        embed = openvino_embedder(self.spec, precision, self.load).embed
         return uint8_preprocessor(self.spec, draft=draft, max_pixels=max_pixels), embed, np.stack
 
 
 def openvino_embedder(
-    spec: BackboneSpec, precision: str, load: Callable[[], Backbone]
-) -> Callable[[np.ndarray, list[tuple[int, str]]], np.ndarray]:
-    """``embed(crops, [(i, view), ...])``: one row a pair, the single-view features of uint8 crop ``crops[i]``
-    (``(n, size, size, 3)``) as it is (``"orig"``) or mirrored (``"mirror"``). ``load`` builds the torch backbone,
-    called only when the converted model is not cached yet.
+    spec: BackboneSpec, precision: str, load: Callable[[], Backbone], *, throughput: bool = False
+) -> OpenVinoRunner:
+    """The converted embedding of ``spec`` ready to run: ``runner.embed(crops, [(i, view), ...])`` gives one row a
+    pair, the single-view features of uint8 crop ``crops[i]`` (``(n, size, size, 3)``) as it is (``"orig"``) or
+    mirrored (``"mirror"``); with ``throughput``, ``submit``/``ready``/``drain`` run many photos asynchronously
+    (:class:`~headstart.features.openvino_runtime.OpenVinoRunner`). ``load`` builds the torch backbone, called only
+    when the converted model is not in the per-machine store yet.
 
     Example:
-        >>> embed = openvino_embedder(spec, "bf16", lambda: load_backbone("tf_efficientnet_lite0"))
-        >>> embed(np.zeros((2, 224, 224, 3), np.uint8), [(0, "orig"), (1, "mirror")]).shape
+        >>> runner = openvino_embedder(spec, "bf16", lambda: load_backbone("tf_efficientnet_lite0"))
+        >>> runner.embed(np.zeros((2, 224, 224, 3), np.uint8), [(0, "orig"), (1, "mirror")]).shape
         (2, 1280)
     """
     path = converted_path(spec, precision)
     hint = "bf16" if precision == "bf16" else "f32"
-    if not path.is_file() or not path.with_suffix(".bin").is_file():
-        _convert(load(), path, int8=precision == INT8_PRECISION)
-    try:
-        model = _compiled(str(path), hint)
-    except RuntimeError:  # a damaged copy (a disk filled up, a hand edit): converted again
-        _convert(load(), path, int8=precision == INT8_PRECISION)
-        model = _compiled(str(path), hint)
-    request = model.create_infer_request()
-    rows_at_once = _rows_fitting_memory(spec)
-
-    def embed(crops: np.ndarray, wanted: list[tuple[int, str]]) -> np.ndarray:
-        unknown = {view for _, view in wanted} - {"orig", "mirror"}
-        if unknown:
-            raise ValueError(f"Unknown view(s) {sorted(unknown)}: a view is one of orig, mirror.")
-        views = crops[[i for i, _ in wanted]]
-        mirror = np.array([view == "mirror" for _, view in wanted])
-        if mirror.any():
-            views[mirror] = views[mirror][:, :, ::-1]
-        out = []
-        for start in range(0, len(views), rows_at_once):
-            request.infer({0: np.ascontiguousarray(views[start : start + rows_at_once])})
-            out.append(request.get_output_tensor(0).data.astype(np.float32, copy=True))
-        return np.concatenate(out) if len(out) > 1 else out[0]
-
-    return embed
-
-
-def _rows_fitting_memory(spec: BackboneSpec) -> int:
-    """How many photos one inference may hold: a quarter of the available memory over a generous estimate of one
-    photo's activations (64 float copies of its input), between 1 and 256."""
     size = int(spec.data_config["input_size"][-1])
-    per_photo = 64 * 3 * size * size * 4
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        _convert_announced(load, path, spec, precision)
+    options = {"throughput": throughput, "size": size, "rows_at_once": rows_fitting_memory(size)}
     try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 32
-    return int(min(256, max(1, free // 4 // per_photo)))
+        return OpenVinoRunner(path, hint, **options)
+    except RuntimeError:  # a damaged copy (a disk filled up, a hand edit): converted again
+        _convert_announced(load, path, spec, precision)
+        return OpenVinoRunner(path, hint, **options)
 
 
-@lru_cache(maxsize=8)
-def _compiled(path: str, hint: str) -> openvino.CompiledModel:
-    """The converted model compiled for this CPU, once a process (bf16 only where the CPU has it natively)."""
-    core = _core()
-    if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        hint = "f32"
-    return core.compile_model(
-        core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    )
-
-
-@lru_cache(maxsize=1)
-def _core() -> openvino.Core:
-    """OpenVINO's runtime, with its compiled-model cache in ``cache_dir()/backbones/openvino-compiled`` where that
-    folder can be written: compiling a converted backbone takes 0.15-0.3 s, reading it back 0.06 s, a good part of
-    a one-photo ``predict``. (OpenVINO keys the blobs by model, device and settings, and compiles again over a
-    damaged one: a blob cut to a third by hand was recompiled and rewritten.)"""
-    import openvino
-
-    core = openvino.Core()
-    folder = cache_dir() / "backbones" / "openvino-compiled"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
-            core.set_property({"CACHE_DIR": str(folder)})
-    except (OSError, RuntimeError):
-        pass  # (a read-only cache folder: compile every time)
-    return core
+def _convert_announced(load: Callable[[], Backbone], path: Path, spec: BackboneSpec, precision: str) -> None:
+    """Convert (once a machine), saying so on stderr with the time it took: the one slow step of a first run."""
+    start = time.perf_counter()
+    kind = "int8 (NNCF-quantised)" if precision == INT8_PRECISION else "uint8-input"
+    say(f"Converting {spec.name} to OpenVINO, {kind} (once per machine, kept in {path.parent}) ...")
+    _convert(load(), path, int8=precision == INT8_PRECISION)
+    say(f"Converted {spec.name} in {time.perf_counter() - start:.1f} s")
 
 
 def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
@@ -246,7 +199,10 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
         model = _quantised(model, spec)
     with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
         staged = Path(tmp) / "model.xml"
-        openvino.save_model(model, str(staged), compress_to_fp16=False)
+        try:
+            openvino.save_model(model, str(staged), compress_to_fp16=False)
+        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
+            raise write_failure(path, exc) from exc
         write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
         write_bytes_atomic(path, staged.read_bytes())
 

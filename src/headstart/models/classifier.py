@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +18,11 @@ import numpy as np
 
 from headstart._math import softmax
 from headstart._validation import check_int
-from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, list_image_files
+from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, is_image_file
 from headstart.errors import ModelFileError
 from headstart.features import Backbone, BackboneSpec
-from headstart.models.modelfile import read_model_file, save_model_file, trunk_network, validate_classifier
+from headstart.models.modelfile import read_model_file, save_model_file, validate_classifier
+from headstart.models.trunk import trunk_network
 
 if TYPE_CHECKING:
     import torch
@@ -208,23 +209,63 @@ class Classifier:
         progress: bool = False,
         engine: str = "auto",
     ) -> Predictions:
-        """Top-k labels with probabilities for images or folders of images.
+        """Top-k labels with probabilities for images or folders of images, in the order given (for any number
+        of photos without holding them all, :meth:`iter_predict`).
 
         Example:
             >>> model = Classifier.load("pets.safetensors")
             >>> model.predict(["my_cat.jpg"], top_k=3).to_list()[0]["predictions"][0]
             {'label': 'Bengal', 'probability': 0.91}
         """
-        check_int(top_k, "top_k", "predict", low=1)
         files = expand_paths(paths)
-        feats = self.features(files, cache=cache, precision=precision, progress=progress, engine=engine)
-        probs = self.predict_proba_features(feats.features)
-        k = min(top_k, len(self.classes))
-        out = []
-        for row, index in zip(probs, feats.indices):
-            order = np.argsort(-row, kind="stable")[:k]
-            out.append(Prediction(files[int(index)], [self.classes[j] for j in order], [float(row[j]) for j in order]))
-        return Predictions(out, feats.unusable)
+        order = {str(f): i for i, f in enumerate(files)}
+        found: list[Prediction] = []
+        unusable: list[UnusableFile] = []
+        options = {"cache": cache, "precision": precision, "progress": progress, "engine": engine}
+        for item in self.iter_predict(files, top_k=top_k, chunk=max(1, len(files)), **options):
+            (found if isinstance(item, Prediction) else unusable).append(item)
+        found.sort(key=lambda p: order[str(p.path)])
+        unusable.sort(key=lambda u: order.get(str(u.path), 0))
+        return Predictions(found, unusable)
+
+    def iter_predict(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        top_k: int = 5,
+        cache: FeatureCache | None = None,
+        precision: str = "auto",
+        progress: bool = False,
+        engine: str = "auto",
+        chunk: int = 1024,
+    ) -> Iterator[Prediction | UnusableFile]:
+        """Top-k labels of each photo (and each unusable file) as soon as it is known, in memory bounded by
+        ``chunk`` photos: folders are walked lazily, photos the cache has come first in each chunk.
+
+        Example:
+            >>> for p in Classifier.load("pets.safetensors").iter_predict(["photos/"], top_k=1):
+            ...     print(p.to_dict())
+        """
+        from headstart.features.pipeline import top_k as best
+
+        check_int(top_k, "top_k", "predict", low=1)
+        options = {"cache": cache, "precision": precision, "progress": progress, "engine": engine, "chunk": chunk}
+        for part, indices, proba, unusable in self.iter_probabilities(iter_paths(paths), **options):
+            for row, index in zip(proba, indices):
+                labels = best(row, self.classes, top_k)
+                yield Prediction(part[int(index)], [l for l, _ in labels], [p for _, p in labels])
+            yield from unusable
+
+    def iter_probabilities(
+        self, paths: Iterable[str | os.PathLike[str]], *, chunk: int = 1024, **options: Any
+    ) -> Iterator[tuple[list[Path], np.ndarray, np.ndarray, list[UnusableFile]]]:
+        """``(a chunk's paths, indices into it, their probabilities, the chunk's unusable files)`` as they come:
+        each chunk's cached photos first (:func:`~headstart.features.stream.iter_features`); ``options`` as for
+        :meth:`features` (cache, precision, max_pixels, progress, engine)."""
+        from headstart.features.stream import iter_features
+
+        for part, feats in iter_features(paths, self._backbone_source(), chunk=chunk, **options):
+            yield part, feats.indices, self.predict_proba_features(feats.features), feats.unusable
 
     def __repr__(self) -> str:
         return (
@@ -250,14 +291,39 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         >>> expand_paths(["cat.jpg", "test_photos/pug"])[:2]
         [PosixPath('cat.jpg'), PosixPath('test_photos/pug/pug_102.jpg')]
     """
-    files: list[Path] = []
+    return list(iter_paths(paths))
+
+
+def iter_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """:func:`expand_paths` lazily: a folder is walked as it is read (in :func:`list_image_files`' order), so a
+    folder of 300,000 photos is never listed whole (only the folder being read is).
+
+    Example:
+        >>> next(iter_paths(["test_photos/"]))
+        PosixPath('test_photos/Bengal/Bengal_101.jpg')
+    """
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            files.extend(list_image_files(p)[0])
+            yield from _walk_sorted(p)
         else:
-            files.append(p)
-    return files
+            yield p
+
+
+def _walk_sorted(folder: Path) -> Iterator[Path]:
+    """Image files below ``folder`` in sorted path order (a folder's entries by name, each subfolder in its place),
+    hidden entries skipped, symlinked folders not followed (as :func:`list_image_files`)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_sorted(Path(entry.path))
+        elif is_image_file(entry.name):
+            yield Path(entry.path)
 
 
 def trunk_fingerprint(trunk: Mapping[str, np.ndarray]) -> str:
@@ -336,4 +402,13 @@ def set_head(network: Any, weight: np.ndarray | None, bias: np.ndarray | None) -
             network.head.bias.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32)))
 
 
-__all__ = ["Classifier", "Prediction", "Predictions", "expand_paths", "set_head", "trunk_and_head", "trunk_fingerprint"]
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "Predictions",
+    "expand_paths",
+    "iter_paths",
+    "set_head",
+    "trunk_and_head",
+    "trunk_fingerprint",
+]

@@ -1,10 +1,13 @@
 """``headstart.ImageClassifier``: photos in, labels out, in scikit-learn's conventions.
 
-The constructor only stores hyper-parameters; :meth:`~ImageClassifier.fit` takes photos (a folder, a
-:class:`~headstart.data.Dataset`, or ``(paths, labels)``) and learns; the fitted state is in attributes ending in
-``_``; ``predict``, ``predict_proba`` and ``score`` take photos too. ``fit`` writes nothing but the feature cache
-and its memo (fine-tuning checkpoints too, when ``checkpoint_dir`` is given): saving the model and the run folder
-are separate steps (:meth:`~ImageClassifier.save`, :func:`headstart.workflows.training.write_run_folder`).
+The constructor only stores hyper-parameters, what changes the model; :meth:`~ImageClassifier.fit` takes photos (a
+folder, a :class:`~headstart.data.Dataset`, or ``(paths, labels)``) and, as keywords, how to run (the cache, the
+device, checkpoints, progress: :class:`~headstart.models.run_options.RunOptions`), and learns; the fitted state is
+in attributes ending in ``_``; ``predict``, ``predict_proba`` and ``score`` take photos too (paths, folders, PIL
+images or uint8 arrays). ``fit`` writes nothing but the feature cache and its memo (fine-tuning checkpoints too,
+when ``checkpoint_dir`` is given): saving the model and the run folder are separate steps
+(:meth:`~ImageClassifier.save`, :func:`headstart.workflows.training.write_run_folder`). :func:`load` is the one way
+back from a model file.
 
 The class follows scikit-learn's estimator protocol by duck typing (``get_params``, ``set_params``,
 ``__sklearn_tags__``, ``__sklearn_clone__``, ``__sklearn_is_fitted__``) instead of inheriting ``BaseEstimator``:
@@ -13,7 +16,7 @@ importing scikit-learn costs more than a second, and a cached re-run of ``headst
 
 Example:
     >>> import headstart as hs
-    >>> clf = hs.ImageClassifier(backbone="tf_efficientnet_lite0").fit("photos/")
+    >>> clf = hs.ImageClassifier(backbone="tf_efficientnet_lite0").fit("photos/", cache="/tmp/cache")
     >>> clf.predict(["a.jpg", "b.jpg"])
     array(['Bengal', 'pug'], dtype='<U17')
     >>> clf.save("pets.safetensors"); hs.load("pets.safetensors").classes_[:2]
@@ -26,37 +29,32 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from headstart._validation import check_choice, check_int, check_number, fail
-from headstart.data import DEFAULT_MAX_PIXELS, Dataset, train_val_split
+from headstart.data import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
-from headstart.features import PRECISIONS, FeatureCache, describe_unusable, extract_features
+from headstart.features import PRECISIONS, FeatureCache, current, describe_unusable
 from headstart.models.classifier import Classifier
 from headstart.models.finetune_config import Finetune
-from headstart.models.inputs import ResolvedBackbone, as_dataset, feature_cache, photo_paths, split_keys
+from headstart.models.fit_report import file_metadata, fit_report, params_from_file, stored_params
+from headstart.models.fit_steps import FLIP_CHOICES, SkippedFilesWarning, fit_backbone, split_and_probe
+from headstart.models.inputs import as_dataset, photo_files
 from headstart.models.memo import Memo, fit_probe
 from headstart.models.protocol import ClassifierProtocol
-from headstart.models.selection import parse_auto, select_for_fit
-from headstart.reports import classification_metrics, public_metrics
-from headstart.reports.calibration import calibration_metrics
+from headstart.models.run_options import RunOptions, constructor_run_options
+from headstart.models.selection import parse_auto
 
 __all__ = ["METHODS", "ImageClassifier", "SkippedFilesWarning", "load"]
 
 METHODS = ("probe", "finetune", "scratch")
-#: ``flip_average`` besides True/False/None: ``"auto"`` (= None: cross-validation chooses, computing the mirror
-#: views), ``"cached"`` (the default: one view, unless the mirror views are cached; then cross-validation chooses).
-FLIP_CHOICES = ("auto", "cached")
 _CALLER = "ImageClassifier"
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some photos could not be used and were left out; the message names them and says why."""
+#: Where a deprecated spelling stops working (the warnings say so).
+REMOVED_IN = "0.3"
 
 
 class ImageClassifier(ClassifierProtocol):
@@ -75,34 +73,27 @@ class ImageClassifier(ClassifierProtocol):
     Args:
         backbone: a timm name; ``weights`` says where its weights come from (None: the offline package when
             installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"`` (the
-            default): tf_efficientnet_lite1, unless lite2 or lite0 cross-validates better on the training part by
-            more than 1.5 photos' worth (:mod:`headstart.models.selection`);
+            default): tf_efficientnet_lite1, unless lite2 or lite0 classifies the training part better photo by
+            photo, by more than two paired standard errors (:mod:`headstart.models.selection`);
             ``"auto:resnet50,lite1"``: among those.
-        method: ``"probe"``, ``"finetune"``, ``"scratch"`` (the same network from random weights, to see what
-            transfer learning gives), or a :class:`~headstart.models.finetune_config.Finetune` (fine-tune with
-            those options).
-        finetune: options of ``"finetune"``/``"scratch"``: a ``Finetune`` or a dict of its fields; those left
-            out are chosen by the number of photos.
+        method: ``"probe"``, ``"finetune"`` or ``"scratch"`` (the same network from random weights, to see what
+            transfer learning gives).
+        finetune: the options of ``"finetune"``/``"scratch"``: a :class:`~headstart.models.finetune_config.Finetune`
+            (or a dict of its fields); those left out are chosen by the number of photos.
         val_fraction: share of the photos held out for validation, in (0, 1).
         seed: seed of the split, the cross-validation folds and the training.
         refit: after validating, fit the saved model on all photos: the probe again; a network for as many
             epochs of the same schedule as validation chose (:mod:`headstart.models.network_fit`).
         flip_average: average each photo's features with its mirror image's, in training and in predictions:
-            True, False, or ``None``/``"auto"`` to let the probe's cross-validation choose (only when it gains more
-            than one photo's worth; the mirror views are computed for it). The default, ``"cached"``, computes each
-            photo once: the photo alone, unless the mirror views are already in the cache (``headstart extract
-            --flip-average``), and then cross-validation chooses at no cost.
+            True, False, ``"auto"`` (the probe's cross-validation chooses, only when it gains more than one
+            photo's worth; the mirror views are computed for it), or None (the default, as ``headstart train``
+            without ``--flip-average``; also spelt ``"cached"``): each photo once, unless its mirror view is
+            already in the cache (``headstart extract --flip-average``), and then cross-validation chooses at no
+            cost.
         precision: ``auto`` (bf16 on CPUs with native bf16), ``fp32`` or ``bf16``.
-        batch_size: photos per batch of feature extraction.
-        max_pixels: photos larger than this are unusable (decompression-bomb guard); None: no limit.
-        device: where fine-tuning runs: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
-        reuse: read probe fits back from the cache's memo when their inputs are unchanged (same result, faster).
-        cache: the feature cache: None (the default cache folder), a folder, a ``.sqlite`` file or a
-            :class:`~headstart.features.FeatureCache`.
-        checkpoint_dir: where fine-tuning writes its checkpoint, ``metrics.jsonl`` and ``curves.png`` each epoch;
-            None writes none.
-        resume: continue the fine-tuning run whose checkpoint is in ``checkpoint_dir``.
-        progress: progress bars and per-epoch lines on stderr.
+
+    How to run (the cache, the device, batching, checkpoints, progress) is not a hyper-parameter: those are
+    keywords of :meth:`fit` and of the predictions (:class:`~headstart.models.run_options.RunOptions`).
 
     Attributes:
         classes_: class names, the columns of :meth:`predict_proba`.
@@ -120,42 +111,36 @@ class ImageClassifier(ClassifierProtocol):
         validation_: the held-out photos: ``paths``, ``labels``, ``hashes`` and the fitted model's ``proba``
             (for a refit probe: the probe that had not seen them). None after :func:`load`.
         finetune_: the resolved fine-tuning options (None for the probe).
+        run_options_: how ``fit`` ran (:class:`~headstart.models.run_options.RunOptions`; the defaults after
+            :func:`load`); predictions read its ``cache`` unless given another.
 
     Predictions need every photo usable: ``predict``, ``predict_proba`` and ``score`` raise a
-    :class:`~headstart.errors.DataError` naming the unusable ones (rows must line up with the photos given);
-    ``model_.predict`` skips them instead and reports them.
+    :class:`~headstart.errors.DataError` naming the unusable ones (rows must line up with the photos given).
 
     Example:
         >>> import headstart as hs
         >>> clf = hs.ImageClassifier(method="probe").fit("photos/")
         >>> clf.score("test_photos/")
         0.917
-        >>> ft = hs.ImageClassifier(method=hs.Finetune(epochs=5, lr=1e-4)).fit("photos/")
+        >>> ft = hs.ImageClassifier(method="finetune", finetune=hs.Finetune(epochs=5, lr=1e-4)).fit("photos/")
     """
-
-    _shared_params = ("cache",)  # (a FeatureCache object is a store to share, not a value to copy)
 
     def __init__(
         self,
         *,
         backbone: str = "auto",
         weights: str | os.PathLike[str] | None = None,
-        method: str | Finetune = "probe",
+        method: str = "probe",
         finetune: Finetune | Mapping[str, Any] | None = None,
         val_fraction: float = 0.2,
         seed: int = 0,
         refit: bool = True,
-        flip_average: bool | str | None = "cached",
+        flip_average: bool | str | None = None,
         precision: str = "auto",
-        batch_size: int = 32,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        device: str = "auto",
-        reuse: bool = True,
-        cache: str | os.PathLike[str] | FeatureCache | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        resume: bool = False,
-        progress: bool = False,
+        **run_options: Any,
     ) -> None:
+        if run_options:  # (where they were before 0.2: still used, with a FutureWarning)
+            self._legacy_run = constructor_run_options(run_options, self._get_param_names(), REMOVED_IN)
         self.backbone = backbone
         self.weights = weights
         self.method = method
@@ -165,18 +150,17 @@ class ImageClassifier(ClassifierProtocol):
         self.refit = refit
         self.flip_average = flip_average
         self.precision = precision
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
-        self.device = device
-        self.reuse = reuse
-        self.cache = cache
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
-        self.progress = progress
 
-    def _validated(self) -> tuple[str, dict[str, Any]]:
-        """Check every hyper-parameter (scikit-learn's words); return the method's name and the options given."""
-        if isinstance(self.method, Finetune):
+    def _validated(self) -> tuple[str, dict[str, Any], list[str] | None]:
+        """Check every hyper-parameter (scikit-learn's words); return the method's name, the fine-tuning options
+        given and ``auto``'s candidates (None for a named backbone): the backbone string is parsed here, once."""
+        if isinstance(self.method, Finetune):  # (the older spelling: method=Finetune(...))
+            warnings.warn(
+                f"Passing a Finetune as 'method' is deprecated and will stop working in headstart {REMOVED_IN}. "
+                "Pass method='finetune', finetune=Finetune(...) instead.",
+                FutureWarning,
+                stacklevel=3,
+            )
             if self.finetune is not None:
                 fail(
                     "finetune", _CALLER, "None when method is a Finetune (its options are the method's)", self.finetune
@@ -184,7 +168,7 @@ class ImageClassifier(ClassifierProtocol):
             method, options = "finetune", self.method.validated().set_fields()
         else:
             if not isinstance(self.method, str) or self.method not in METHODS:
-                fail("method", _CALLER, f"one of {', '.join(map(repr, METHODS))} or a Finetune", self.method)
+                fail("method", _CALLER, f"one of {', '.join(map(repr, METHODS))}", self.method)
             method, options = self.method, _finetune_options(self.finetune)
             if method == "probe" and options:
                 fail(
@@ -195,7 +179,8 @@ class ImageClassifier(ClassifierProtocol):
                 )
         if not isinstance(self.backbone, str) or not self.backbone:
             fail("backbone", _CALLER, "a timm model name (str), 'auto' or 'auto:NAME,NAME,…'", self.backbone)
-        if parse_auto(self.backbone) is not None and self.weights is not None:
+        candidates = parse_auto(self.backbone)
+        if candidates is not None and self.weights is not None:
             fail(
                 "weights",
                 _CALLER,
@@ -205,41 +190,41 @@ class ImageClassifier(ClassifierProtocol):
             )
         check_number(self.val_fraction, "val_fraction", _CALLER, low=0, high=1, low_open=True, high_open=True)
         check_int(self.seed, "seed", _CALLER, low=0, high=2**32 - 1)
-        check_int(self.batch_size, "batch_size", _CALLER, low=1)
-        if self.max_pixels is not None:
-            check_int(self.max_pixels, "max_pixels", _CALLER, low=1)
         check_choice(self.precision, "precision", _CALLER, PRECISIONS)
-        for name in ("refit", "reuse", "resume", "progress"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                fail(name, _CALLER, "a bool", getattr(self, name))
+        if not isinstance(self.refit, (bool, np.bool_)):
+            fail("refit", _CALLER, "a bool", self.refit)
         if not (
             self.flip_average is None
             or isinstance(self.flip_average, (bool, np.bool_))
             or (isinstance(self.flip_average, str) and self.flip_average in FLIP_CHOICES)
         ):
             fail("flip_average", _CALLER, "a bool, None, 'auto' or 'cached'", self.flip_average)
-        device = self.device
-        if not isinstance(device, str) or not (
-            device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-        ):
-            fail("device", _CALLER, "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
-        if not (self.cache is None or isinstance(self.cache, (str, os.PathLike, FeatureCache))):
-            fail("cache", _CALLER, "None, a folder, a .sqlite file or a FeatureCache", self.cache)
-        if self.resume and self.checkpoint_dir is None:
-            fail(
-                "checkpoint_dir",
-                _CALLER,
-                "the run folder to resume (resume=True continues its checkpoint)",
-                self.checkpoint_dir,
-            )
-        return method, options
+        return method, options, candidates
 
     # ----------------------------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Sequence[Any] | None = None) -> ImageClassifier:
+    def fit(
+        self,
+        X: Any,
+        y: Sequence[Any] | None = None,
+        *,
+        cache: str | os.PathLike[str] | FeatureCache | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        reuse: bool = True,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        progress: bool | None = None,
+    ) -> ImageClassifier:
         """Learn from labelled photos: a data set folder (class folders, Oxford-IIIT Pet, PetImages, a CSV), a
         :class:`~headstart.data.Dataset`, ``(paths, labels)``, or paths with ``y`` = their labels.
 
         Unusable photos are skipped, named in a :class:`SkippedFilesWarning` and kept in ``unusable_``.
+
+        Args:
+            cache, device, batch_size, max_pixels, reuse, checkpoint_dir, resume, progress: how to run, not what
+                to learn (:class:`~headstart.models.run_options.RunOptions`); ``progress`` defaults to showing
+                bars when stderr is a terminal. Predictions read the same ``cache`` unless given another.
 
         Returns:
             ``self``, fitted.
@@ -249,19 +234,33 @@ class ImageClassifier(ClassifierProtocol):
             >>> clf.classes_
             array(['cat', 'dog'], dtype='<U3')
         """
+        run = RunOptions(cache, device, batch_size, max_pixels, reuse, checkpoint_dir, resume, progress)
+        return self._fit(X, y, run.filled_from(getattr(self, "_legacy_run", None)).checked(f"{_CALLER}.fit"))
+
+    def _fit(self, X: Any, y: Sequence[Any] | None, run: RunOptions) -> ImageClassifier:
         started = time.perf_counter()
-        method, options = self._validated()
+        method, options, candidates = self._validated()
         dataset = as_dataset(X, y, caller="fit")
         device = "cpu"
         if method != "probe":
             from headstart.features import init_from_env, resolve_device
 
-            device = resolve_device(self.device)
+            device = resolve_device(run.device)
             init_from_env(device)  # under torchrun: the processes share the extraction and the training
-        cache = feature_cache(self.cache)
-        memo = Memo.beside(cache) if self.reuse else None
-        backbone, selection = self._backbone(dataset, cache, memo)
-        s = self._split_and_probe(dataset, backbone, cache, memo, selection.split_keys if selection else None)
+        cache = run.feature_cache()
+        memo = Memo.beside(cache) if run.reuse else None
+        common = dict(
+            cache=cache,
+            memo=memo,
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            flip_average=self.flip_average,
+            progress=bool(run.progress) and current().is_main,
+            precision=self.precision,
+            **run.extraction(),
+        )
+        backbone, selection = fit_backbone(dataset, self.backbone, candidates, self.weights, **common)
+        s = split_and_probe(dataset, backbone, keys=selection.split_keys if selection else None, **common)
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
             s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
         probe_proba = s.probe.predict_proba(s.X[s.va])  # (the probe that has not seen the validation photos)
@@ -308,170 +307,29 @@ class ImageClassifier(ClassifierProtocol):
                 features=(s.X, s.labels),
                 memo=memo,
                 device=device,
-                checkpoint_dir=self.checkpoint_dir,
-                resume=bool(self.resume),
-                progress=self.progress,
+                checkpoint_dir=run.checkpoint_dir,
+                resume=bool(run.resume),
+                progress=bool(run.progress),
                 lr_search=bool(config.lr_search),
             )
             model, history = fit.model, fit.history  # (config stays what was asked; the report has the lr used)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
             specific = fit.report(float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])))
-        val = classification_metrics(validation["labels"], validation["proba"], model.classes)
-        calibration = calibration_metrics(validation["labels"], validation["proba"], model.classes)
-        feats = s.feats
-        report: dict[str, Any] = {
-            "val_accuracy": val["accuracy"],
-            "val_top5_accuracy": val["top5_accuracy"],
-            **specific,
-            "n_images": len(dataset),
-            "n_usable": len(s.usable),
-            "n_train": len(s.tr),
-            "n_val": len(s.va),
-            "n_classes": len(model.classes),
-            "skipped": [u.to_dict() for u in feats.unusable],
-            "ignored": [str(p) for p in dataset.ignored],
-            "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
-            "backbone": backbone.name,
-            **({"backbone_selection": selection.to_dict()} if selection else {}),
-            "flip_average": s.flip,
-            "flip_average_cv": s.flip_cv,
-            "val_ece": calibration["ece"],
-            "val_nll": calibration["nll"],
-            "val_brier": calibration["brier"],
-            "calibration": calibration,
-            "seconds": round(time.perf_counter() - started, 3),
-            "validation": public_metrics(val),
-            **({"history": history} if history is not None else {}),
-        }
+        report = fit_report(dataset, s, backbone.name, model, validation, specific, selection, started, history)
         model.metadata.update(
-            {
-                "method": method,
-                "metrics": {
-                    k: v
-                    for k, v in report.items()
-                    if k not in ("skipped", "ignored", "validation", "history", "calibration")
-                },
-                "data": {
-                    "source": str(dataset.root),
-                    "kind": dataset.kind,
-                    "seed": self.seed,
-                    "val_fraction": self.val_fraction,
-                },
-                **({"finetune": asdict(config)} if config is not None else {}),
-                "estimator": self._stored_params(),
-            }
+            file_metadata(
+                report,
+                dataset,
+                method,
+                config,
+                stored_params(self.get_params()),
+                seed=self.seed,
+                val_fraction=self.val_fraction,
+            )
         )
-        self._set_fitted(model, report, feats.unusable, config, validation)
+        self._set_fitted(model, report, s.feats.unusable, config, validation, run)
         return self
-
-    def _split_and_probe(
-        self,
-        dataset: Dataset,
-        backbone: ResolvedBackbone,
-        cache: FeatureCache,
-        memo: Memo | None,
-        keys: dict[str, str] | None = None,
-    ) -> SimpleNamespace:
-        """Features of the usable photos, the train/validation split (near duplicates on one side: ``keys``, the
-        split keys ``auto`` chose on, else :func:`split_keys`), the probe on the training part, and the choice of
-        mirror averaging (by that probe's cross-validation, unless ``flip_average`` says)."""
-        from headstart.features import current
-
-        extract = dict(cache=cache, precision=self.precision, batch_size=self.batch_size, max_pixels=self.max_pixels)
-        mode, mirror = self._flip_mode()
-        feats = extract_features(
-            dataset.paths, backbone, progress=self.progress and current().is_main, flip_average=mirror, **extract
-        )
-        if isinstance(mode, str) and mode == "cached":  # one view, unless the mirror views cost nothing now
-            mode = "auto" if feats.hashes and cache.has_views(feats.cache_key, feats.hashes, "mirror") else False
-            if mode == "auto":
-                one_view = feats
-                feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
-                feats.n_cached, feats.n_computed, feats.seconds = (
-                    one_view.n_cached,
-                    one_view.n_computed,
-                    one_view.seconds,
-                )
-        if feats.unusable:
-            warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=3)
-        usable = dataset.subset(feats.indices.tolist())
-        if len(set(usable.labels)) < 2:
-            raise DataError(
-                f"Only {len(usable)} usable photos in {len(set(usable.labels))} class(es) in "
-                f"{dataset.root}: a classifier needs at least 2 classes."
-            )
-        labels = np.asarray(usable.labels)
-        groups = (
-            [keys[str(p)] for p in usable.paths]
-            if keys is not None
-            else split_keys(
-                usable.paths,
-                feats.hashes,
-                feats.features,
-                memo=memo,
-                max_pixels=self.max_pixels,
-                progress=self.progress and current().is_main,
-            )
-        )
-        train_part, val_part = train_val_split(usable, val_fraction=self.val_fraction, seed=self.seed, groups=groups)
-        row_of = {s.path: i for i, s in enumerate(usable.samples)}
-        tr = np.array([row_of[s.path] for s in train_part.samples], dtype=np.int64)
-        va = np.array([row_of[s.path] for s in val_part.samples], dtype=np.int64)
-
-        probe = fit_probe(feats.features[tr], labels[tr], random_state=self.seed, memo=memo)
-        flip, flip_cv = (None if isinstance(mode, str) else bool(mode)), {}
-        if flip is None:  # the data decide: is a photo's mirror image the same class here?
-            single = extract_features(dataset.paths, backbone, flip_average=False, **extract)
-            single_probe = fit_probe(single.features[tr], labels[tr], random_state=self.seed, memo=memo)
-            flip_cv = {"on": float(probe.cv_accuracy_), "off": float(single_probe.cv_accuracy_)}
-            # Only when it helps by more than one photo's worth (a one-photo difference in CV is noise; nan: no).
-            flip = bool(probe.cv_accuracy_ - single_probe.cv_accuracy_ > 1.5 / len(tr))
-            if not flip:  # (the run's extraction numbers stay those of the pass that computed both)
-                single.n_cached, single.n_computed, single.seconds = feats.n_cached, feats.n_computed, feats.seconds
-                feats, probe = single, single_probe
-        return SimpleNamespace(
-            feats=feats,
-            X=feats.features,
-            usable=usable,
-            labels=labels,
-            train_part=train_part,
-            val_part=val_part,
-            tr=tr,
-            va=va,
-            probe=probe,
-            flip=bool(flip),
-            flip_cv=flip_cv,
-        )
-
-    def _flip_mode(self) -> tuple[bool | str, bool]:
-        """``flip_average`` as the fit reads it (None is ``"auto"``), and whether the mirror views are computed
-        from the start (``"auto"`` and True: yes; ``"cached"``: only if already cached; False: no)."""
-        mode = "auto" if self.flip_average is None else self.flip_average
-        return mode, mode == "auto" or (not isinstance(mode, str) and bool(mode))
-
-    def _backbone(self, dataset: Dataset, cache: FeatureCache, memo: Memo | None) -> tuple[ResolvedBackbone, Any]:
-        """The backbone named, or for ``auto`` the one chosen on the training part (:func:`select_for_fit`)."""
-        from headstart.features import current
-
-        if parse_auto(self.backbone) is None:
-            return ResolvedBackbone(self.backbone, self.weights), None
-        _, mirror = self._flip_mode()
-        selection = select_for_fit(
-            dataset,
-            parse_auto(self.backbone),
-            cache=cache,
-            memo=memo,
-            seed=self.seed,
-            val_fraction=self.val_fraction,
-            flip_average=mirror,
-            weights=self.weights,
-            precision=self.precision,
-            batch_size=self.batch_size,
-            max_pixels=self.max_pixels,
-            progress=self.progress and current().is_main,
-        )
-        return ResolvedBackbone(selection.chosen, self.weights), selection
 
     def _set_fitted(
         self,
@@ -480,6 +338,7 @@ class ImageClassifier(ClassifierProtocol):
         unusable: list,
         finetune: Finetune | None,
         validation: dict[str, Any] | None,
+        run: RunOptions | None = None,
     ) -> None:
         self.model_ = model
         self.classes_ = np.asarray(model.classes)
@@ -488,61 +347,71 @@ class ImageClassifier(ClassifierProtocol):
         self.unusable_ = list(unusable)
         self.finetune_ = finetune
         self.validation_ = validation
-
-    def _stored_params(self) -> dict[str, Any]:
-        """The hyper-parameters as JSON, for the model file (so :func:`load` gives them back)."""
-        params = self.get_params()
-        if isinstance(params["method"], Finetune):
-            params["method"], params["finetune"] = "finetune", params["method"].set_fields()
-        else:
-            params["finetune"] = _finetune_options(params["finetune"]) or None
-        for name in ("weights", "cache", "checkpoint_dir"):
-            value = params[name]
-            params[name] = str(value) if isinstance(value, (str, os.PathLike)) else None
-        params["resume"] = False  # a saved model has nothing left to resume
-        return params
+        self.run_options_ = run if run is not None else RunOptions()
 
     # ------------------------------------------------------------------------------------------------- predict
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities of photos (paths, a folder, a Dataset): ``(n_photos, n_classes)``, columns in the
-        order of ``classes_``, rows in the order of the photos (a folder's: sorted, recursive).
+    def predict_proba(
+        self,
+        X: Any,
+        *,
+        cache: str | os.PathLike[str] | FeatureCache | None = None,
+        batch_size: int = 32,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """Class probabilities of photos: ``(n_photos, n_classes)``, columns in the order of ``classes_``, rows in
+        the order of the photos (a folder's: sorted, recursive).
+
+        Args:
+            X: paths, a folder, a Dataset, a PIL image, an ``(H, W, 3)`` uint8 RGB array (one photo) or
+                ``(N, H, W, 3)`` (N photos), or a list mixing them. Images in memory go through the decoding,
+                preprocessing and cache that files go through (:func:`~headstart.models.inputs.photo_files`).
+            cache, batch_size, max_pixels, progress: how to run (:class:`~headstart.models.run_options.RunOptions`);
+                ``cache`` None: the one ``fit`` used, else the default cache folder.
 
         Raises:
             DataError: some photos are unusable (each is named with the reason).
 
         Example:
-            >>> clf.predict_proba(["a.jpg"]).round(2)
-            array([[0.01, 0.96, 0.  , ...]])
+            >>> clf.predict_proba(["a.jpg", PIL.Image.open("b.jpg"), np.zeros((224, 224, 3), np.uint8)]).shape
+            (3, 12)
         """
         self._check_fitted()
-        files = photo_paths(X)
-        feats = self.model_.features(
-            files,
-            cache=feature_cache(self.cache),
-            precision=self.precision,
-            batch_size=self.batch_size,
-            max_pixels=self.max_pixels,
-            progress=self.progress,
-        )
+        if cache is None:
+            cache = self.run_options_.cache
+        run = RunOptions(cache=cache, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
+        run = run.filled_from(getattr(self, "_legacy_run", None)).checked(f"{_CALLER}.predict")
+        with photo_files(X) as (files, names):
+            feats = self.model_.features(
+                files,
+                cache=run.feature_cache(),
+                precision=self.precision,
+                progress=bool(run.progress),
+                **run.extraction(),
+            )
         if feats.unusable:
+            named = [replace(u, path=names.get(Path(u.path), u.path)) for u in feats.unusable]  # (as given)
             raise DataError(
-                f"{describe_unusable(feats.unusable)}\nEvery photo given to predict must be usable (its "
+                f"{describe_unusable(named)}\nEvery photo given to predict must be usable (its "
                 "row must line up): leave them out (`headstart scan` finds them), or use "
                 "clf.model_.predict(paths), which skips them and says which."
             )
         return self.model_.predict_proba_features(feats.features)
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each photo: a numpy array of labels from ``classes_``.
+    def predict(self, X: Any, **run: Any) -> np.ndarray:
+        """The most probable class of each photo (given as to :meth:`predict_proba`, with its run options): a numpy
+        array of labels from ``classes_``.
 
         Example:
-            >>> clf.predict(["a.jpg", "b.jpg"])
+            >>> clf.predict(["a.jpg", PIL.Image.open("b.jpg")])
             array(['Bengal', 'pug'], dtype='<U17')
         """
-        proba = self.predict_proba(X)
+        proba = self.predict_proba(X, **run)
         return self.classes_[proba.argmax(axis=1)] if len(proba) else self.classes_[:0]
 
-    def score(self, X: Any, y: Sequence[Any] | None = None, sample_weight: Sequence[float] | None = None) -> float:
+    def score(
+        self, X: Any, y: Sequence[Any] | None = None, sample_weight: Sequence[float] | None = None, **run: Any
+    ) -> float:
         """Accuracy on labelled photos (given as to :meth:`fit`): the share whose :meth:`predict` is the label.
 
         Example:
@@ -550,7 +419,7 @@ class ImageClassifier(ClassifierProtocol):
             0.917
         """
         dataset = as_dataset(X, y, caller="score")
-        right = self.predict(dataset.paths) == np.asarray(dataset.labels)
+        right = self.predict(dataset.paths, **run) == np.asarray(dataset.labels)
         return float(np.average(right, weights=sample_weight))
 
     # ------------------------------------------------------------------------------------------------ the file
@@ -566,7 +435,7 @@ class ImageClassifier(ClassifierProtocol):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ImageClassifier:
-        """The fitted estimator in a model file (see :func:`load`)."""
+        """The same as :func:`headstart.load` (the one loader), kept as an alias."""
         return load(path)
 
     def _repr_html_(self) -> str:
@@ -591,25 +460,11 @@ def load(path: str | os.PathLike[str]) -> ImageClassifier:
     """
     model = Classifier.load(path)
     meta = model.metadata
-    names = set(ImageClassifier._get_param_names())
-    stored = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
-    params = {k: v for k, v in stored.items() if k in names}
-    if not stored:  # a file from before the estimator: what it says about how it was made
-        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-        params["backbone"] = model.spec.name
-        if meta.get("method") in METHODS:
-            params["method"] = meta["method"]
-        if isinstance(meta.get("finetune"), dict) and params.get("method", "probe") != "probe":
-            known = {f for f in asdict(Finetune())}
-            params["finetune"] = {k: v for k, v in meta["finetune"].items() if k in known}
-        for name in ("seed", "val_fraction"):
-            if isinstance(data.get(name), (int, float)) and not isinstance(data.get(name), bool):
-                params[name] = data[name]
+    params = params_from_file(meta, model.spec.name, ImageClassifier._get_param_names(), METHODS)
     clf = ImageClassifier(**params)
     finetune = None
     if isinstance(meta.get("finetune"), dict):
-        known = {f for f in asdict(Finetune())}
-        finetune = Finetune(**{k: v for k, v in meta["finetune"].items() if k in known})
+        finetune = Finetune(**{k: v for k, v in meta["finetune"].items() if k in Finetune.__dataclass_fields__})
     report = dict(meta.get("metrics")) if isinstance(meta.get("metrics"), dict) else {}
     clf._set_fitted(model, report, [], finetune, None)
     return clf

@@ -174,7 +174,7 @@ class Finetune:
         return type(self)(**{**chosen, **given}).validated()
 
     def set_fields(self) -> dict[str, Any]:
-        """The fields that were given (not ``None``): what a user chose, as ``train(finetune_options=...)`` takes it."""
+        """The fields that were given (not ``None``): what a user chose, as ``ImageClassifier(finetune=...)`` takes it."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @property

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,16 @@ from headstart.data import Dataset, Sample, load_dataset
 from headstart.features import FeatureCache
 from headstart.models.classifier import expand_paths
 
-__all__ = ["ResolvedBackbone", "as_dataset", "feature_cache", "photo_paths", "split_keys"]
+__all__ = ["ResolvedBackbone", "as_dataset", "feature_cache", "photo_files", "photo_paths", "split_keys"]
+
+#: Image modes a PNG holds as they are; other modes (CMYK, YCbCr, float) are converted to RGB first.
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
 
 
 class ResolvedBackbone:
-    """A backbone resolved once: its spec at once (from the cache's card, without building the network when seen
-    before), the network only when something needs it, built once; what :func:`extract_features` accepts.
+    """A backbone named once and passed on as this object, from :func:`~headstart.train` to the model file: its
+    spec resolved on first use (from the cache's card, without building the network when seen before), the
+    network only when something needs it, built once; what :func:`extract_features` accepts.
 
     Example:
         >>> backbone = ResolvedBackbone("tf_efficientnet_lite0")
@@ -29,11 +36,18 @@ class ResolvedBackbone:
     """
 
     def __init__(self, name: str, weights: str | os.PathLike[str] | None = None) -> None:
-        from headstart.features import resolve_backbone
-
         self.name, self.weights = name, weights
-        self.spec = resolve_backbone(name, weights)
+        self._spec: Any = None
         self._loaded: Any = None
+
+    @property
+    def spec(self) -> Any:
+        """The :class:`~headstart.features.BackboneSpec` (resolved on the first use)."""
+        if self._spec is None:
+            from headstart.features import resolve_backbone
+
+            self._spec = resolve_backbone(self.name, self.weights)
+        return self._spec
 
     def load(self) -> Any:
         """The :class:`~headstart.features.Backbone` (built on the first call)."""
@@ -41,13 +55,17 @@ class ResolvedBackbone:
             from headstart.features import load_backbone
 
             self._loaded = load_backbone(self.name, self.weights)
+            self._spec = self._loaded.spec
         return self._loaded
 
     def trunk(self) -> dict[str, np.ndarray]:
         """The trunk weights as numpy arrays, from the cache folder after the first time (no torch then)."""
         from headstart.features import cached_trunk_weights
 
-        return cached_trunk_weights(self.name, self.weights)[1]
+        return cached_trunk_weights(self.name, self.weights, spec=self.spec)[1]
+
+    def __repr__(self) -> str:
+        return f"ResolvedBackbone({self.name!r}" + (f", weights={str(self.weights)!r})" if self.weights else ")")
 
 
 def feature_cache(cache: str | os.PathLike[str] | FeatureCache | None) -> FeatureCache:
@@ -116,6 +134,91 @@ def photo_paths(X: Any) -> list[Path]:
     if isinstance(X, tuple) and len(X) == 2 and all(_is_sequence(part) for part in X):
         return expand_paths(X[0])
     return expand_paths(list(X))
+
+
+@contextmanager
+def photo_files(X: Any, *, caller: str = "predict") -> Iterator[tuple[list[Path], dict[Path, str]]]:
+    """The photos of ``X`` as files, and how to name each one that is not a file of the caller's.
+
+    ``X`` is what :func:`photo_paths` takes, or images in memory: a PIL image, an ``(H, W, 3)`` uint8 RGB array
+    (one photo), an ``(N, H, W, 3)`` one (N photos), or a list mixing them with paths. Images in memory are written
+    losslessly (PNG; EXIF orientation applied, as for a file) into a temporary folder, removed on exit, so they go
+    through the decoding, preprocessing and feature cache that files go through: the same pixels give the same
+    features and, the second time, a cache hit. The names are for messages (``X[2] (a 640x480 PIL image)``).
+
+    Raises:
+        ValueError: an array that is not uint8 ``(H, W, 3)`` or ``(N, H, W, 3)`` (says how to convert it).
+
+    Example:
+        >>> with photo_files([Image.open("cat.jpg"), "dog.jpg"]) as (paths, names):
+        ...     [names.get(p, str(p)) for p in paths]
+        ['X[0] (a 500x375 PIL image)', 'dog.jpg']
+    """
+    items = _photo_items(X, caller)
+    if not any(isinstance(item, tuple) for item in items):
+        yield [p for p in items if isinstance(p, Path)], {}
+        return
+    with tempfile.TemporaryDirectory(prefix="headstart-images-") as folder:
+        paths: list[Path] = []
+        names: dict[Path, str] = {}
+        for item in items:
+            if isinstance(item, Path):
+                paths.append(item)
+                continue
+            index, image, what = item
+            path = Path(folder) / f"{index:06d}.png"
+            _png(image).save(path, format="PNG", compress_level=1)
+            names[path] = f"X[{index}] ({what})"
+            paths.append(path)
+        yield paths, names
+
+
+def _photo_items(X: Any, caller: str) -> list[Any]:
+    """Paths (folders expanded), and ``(index, image, description)`` for each image in memory."""
+    if isinstance(X, Dataset) or isinstance(X, (str, os.PathLike)):
+        return photo_paths(X)
+    if isinstance(X, tuple) and len(X) == 2 and all(_is_sequence(part) for part in X):
+        return photo_paths(X)
+    if _is_image(X) or (isinstance(X, np.ndarray) and X.ndim == 3):
+        X = [X]
+    elif isinstance(X, np.ndarray) and X.ndim == 4:
+        X = list(X)
+    elif isinstance(X, np.ndarray):
+        _bad_array(X, caller)
+    items: list[Any] = []
+    for index, item in enumerate(X):
+        if _is_image(item):
+            items.append((index, item, f"a {item.width}x{item.height} PIL image"))
+        elif isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                _bad_array(item, caller)
+            items.append((index, item, f"a {item.shape[1]}x{item.shape[0]} array"))
+        else:
+            items.extend(expand_paths([item]))
+    return items
+
+
+def _is_image(value: Any) -> bool:
+    image = sys.modules.get("PIL.Image")  # (a PIL image exists only once PIL is imported)
+    return image is not None and isinstance(value, image.Image)
+
+
+def _bad_array(array: np.ndarray, caller: str) -> None:
+    raise ValueError(
+        f"{caller} takes images as uint8 arrays of shape (height, width, 3) (RGB) or (n, height, width, 3); got "
+        f"a {array.dtype} array of shape {array.shape}. Convert floats in [0, 1] with (x * 255).round()"
+        ".astype(np.uint8), grey images with np.stack([x] * 3, axis=-1), or pass PIL images or paths."
+    )
+
+
+def _png(image: Any) -> Any:
+    """A PIL image a PNG can hold losslessly, upright (EXIF orientation applied, as decoding a file does)."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(image))  # (uint8, (H, W, 3): RGB)
+    image = ImageOps.exif_transpose(image)
+    return image if image.mode in _PNG_MODES else image.convert("RGB")
 
 
 def _is_sequence(value: Any) -> bool:

@@ -9,8 +9,9 @@ Layout:
 
 Reading never executes code: safetensors files hold only raw arrays and a JSON header. It never trusts the file
 either: the header's declared length, JSON size and nesting, every tensor's dtype, shape and byte range are checked
-against the file before anything is allocated (:func:`read_model_file`), and a classifier's metadata against its
-tensors before it is used (:func:`validate_classifier`, :func:`trunk_network`). A damaged or hostile file ends in
+against the file before anything is allocated (the byte level: :mod:`headstart._safetensors`), and a classifier's
+metadata against its tensors before it is used (:func:`validate_classifier`; the trunk against its architecture:
+:func:`headstart.models.trunk.trunk_network`). A damaged or hostile file ends in
 one :class:`~headstart.errors.ModelFileError` that names it, says what is wrong and what to do.
 
 Example:
@@ -26,24 +27,17 @@ import json
 import math
 import os
 import re
-import struct
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from safetensors.numpy import save as _serialise
 
-from headstart._io import write_bytes_atomic
+from headstart._safetensors import MAX_HEADER_BYTES, MAX_JSON_DEPTH, is_int, parse_json, read_file, write_file
 from headstart._version import __version__
 from headstart.errors import ModelFileError
-
-if TYPE_CHECKING:
-    import torch
-
-    from headstart.features import BackboneSpec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,7 +49,6 @@ __all__ = [
     "read_model_file",
     "read_model_metadata",
     "save_model_file",
-    "trunk_network",
     "validate_classifier",
 ]
 
@@ -63,34 +56,14 @@ __all__ = [
 FORMAT_VERSION = 1
 #: The key of safetensors' ``__metadata__`` that holds headstart's JSON document.
 METADATA_KEY = "headstart"
-#: The largest JSON header a model file may declare (a real one is 10-50 KB; 16 MB holds 100,000 class names).
-MAX_HEADER_BYTES = 16 << 20
-#: The deepest nesting of ``[`` and ``{`` the header or the metadata may have (real files: 5), checked before parsing.
-MAX_JSON_DEPTH = 64
 #: Input sides a model's preprocessing may ask for (timm's largest pretrained input is 800 px).
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 1024
 #: Photos are resized to ``side / crop_pct`` before the crop; no more than this.
 MAX_RESIZE_SIDE = 2048
 
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; zip (torch.save since 1.6)
-_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U64": "<u8",
-    "U32": "<u4",
-    "U16": "<u2",
-    "U8": "u1",
-    "BOOL": "?",
-}
 _ARCH_NAME = re.compile(r"[A-Za-z0-9_\-]{1,160}(\.[A-Za-z0-9_\-]{1,80})?")  # timm names; no hub prefix, no path
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
 _CROP_MODES = ("center", "squash", "border")
-_Entry = tuple  # (numpy dtype, shape, begin, end) of one tensor in the file
 
 
 def looks_like_model_file(name: str | os.PathLike[str]) -> bool:
@@ -115,30 +88,12 @@ def save_model_file(path: str | Path, tensors: Mapping[str, np.ndarray], metadat
     Raises:
         ValueError: A tensor is not a numeric array, or a metadata value is not JSON-serialisable (names the key).
     """
-    path = Path(path)
-    arrays = {}
-    for name, value in tensors.items():
-        if not isinstance(name, str):
-            raise ValueError(f"tensor names must be strings; got {name!r} ({type(name).__name__}).")
-        array = np.asarray(value)
-        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d arrays into shape (1,))
-            array = array.copy(order="C")
-        if array.dtype.kind not in "biuf":
-            raise ValueError(
-                f"tensor {name!r} has dtype {array.dtype}, which a model file cannot hold; pass a numeric numpy "
-                "array (torch tensors: .detach().cpu().numpy())."
-            )
-        arrays[name] = array
-
     document = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     document.update(metadata)
     document.update(format_version=FORMAT_VERSION, headstart_version=__version__)
     header = {METADATA_KEY: _to_json(document)}
 
-    data = _serialise(arrays, metadata=header)
-
-    write_bytes_atomic(path, data)  # (not safetensors.save_file: the file gets the umask's permissions)
-    return path
+    return write_file(path, tensors, header)
 
 
 def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -171,162 +126,15 @@ def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dic
     if not path.is_file():  # a device or a pipe: reading it could block or never end
         raise ModelFileError(f"{path} is not a regular file (a device or a pipe); pass a .safetensors model file.")
     try:
-        with open(path, "rb") as handle:
-            entries, header, start = _read_header(path, handle, os.fstat(handle.fileno()).st_size)
-            document = _decode_document(path, header)
-            tensors = (
-                {name: _read_tensor(path, handle, start, *entry) for name, entry in entries.items()}
-                if load_tensors
-                else {}
-            )
+        tensors, header = read_file(path, load_tensors=load_tensors)
     except OSError as error:
         raise ModelFileError(f"cannot read the model file {path} ({error.strerror or error}).") from error
-    return tensors, document
+    return tensors, _decode_document(path, header)
 
 
 def read_model_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON document of a model file, read from the header only (no tensors); raises like `read_model_file`."""
     return read_model_file(path, load_tensors=False)[1]
-
-
-# ------------------------------------------------------------------------------------------------ reading bytes
-def _damaged(path: Path, reason: str) -> ModelFileError:
-    return ModelFileError(f"{path} is not a headstart model file or is damaged ({reason}). Re-train or re-download it.")
-
-
-def _read_header(path: Path, handle: IO[bytes], size: int) -> tuple[dict[str, _Entry], dict[str, str], int]:
-    """``(tensors, metadata, data start)``: name -> (dtype, shape, begin, end), the header's ``__metadata__``, and
-    where the tensor data starts; everything checked against the file's ``size``."""
-    start = handle.read(8)
-    if not start:
-        raise _damaged(path, "the file is empty")
-    # The first 8 bytes are the header's length, little-endian: its low byte can be 0x80 like a pickle's first byte,
-    # so a file is called a pickle only when it does not also read as a safetensors file (a length that fits, '{').
-    fits = len(start) == 8 and 8 + struct.unpack("<Q", start)[0] <= size
-    if start.startswith(_PICKLE_MAGIC) and not (fits and handle.read(1) == b"{"):
-        raise _damaged(
-            path, "it looks like a pickle or PyTorch checkpoint, which headstart never loads because it can run code"
-        )
-    handle.seek(8 if len(start) == 8 else len(start))
-    if len(start) < 8:
-        raise _damaged(
-            path, f"it has only {size} bytes, fewer than a safetensors header's length field: the file looks truncated"
-        )
-    (length,) = struct.unpack("<Q", start)
-    if length > MAX_HEADER_BYTES:
-        raise _damaged(
-            path,
-            f"header too large: it declares {length:,} bytes of header, a model file has at most {MAX_HEADER_BYTES:,}",
-        )
-    if 8 + length > size:
-        raise _damaged(
-            path, f"its header declares {length:,} bytes but only {size - 8:,} follow: the file looks truncated"
-        )
-    raw = handle.read(length)
-    if len(raw) != length:
-        raise _damaged(path, "the file changed while it was read")
-    try:
-        header = _parse_json(raw)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise _damaged(path, f"invalid JSON header: {error}") from None
-    if not isinstance(header, dict):
-        raise _damaged(path, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise _damaged(path, "its __metadata__ is not a table of texts")
-    entries, spans = {}, []
-    for name, entry in header.items():
-        entries[name] = _tensor_entry(path, name, entry)
-        spans.append((entries[name][2], entries[name][3], name))
-    end = 0
-    for begin, stop, name in sorted(spans):
-        if begin != end:
-            raise _damaged(
-                path,
-                f"tensor {name!r} starts at byte {begin:,} of the data, not at {end:,}: its byte "
-                "ranges overlap or leave gaps",
-            )
-        end = stop
-    held = size - 8 - length
-    if end > held:
-        raise _damaged(
-            path, f"its tensors need {end:,} bytes of data but the file holds {held:,}: the file looks truncated"
-        )
-    if end < held:
-        raise _damaged(
-            path, f"{held - end:,} bytes follow the last tensor: the file is damaged or two files were joined"
-        )
-    return entries, metadata, 8 + length
-
-
-def _tensor_entry(path: Path, name: str, entry: Any) -> _Entry:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise _damaged(path, f"tensor {name!r} is not described by dtype, shape and data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _DTYPES:
-        raise _damaged(path, f"tensor {name!r} has dtype {str(dtype)[:20]!r}; headstart reads {', '.join(_DTYPES)}")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
-        raise _damaged(path, f"tensor {name!r} has shape {str(shape)[:60]}, not a list of at most 8 sizes >= 0")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_int(o) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise _damaged(
-            path, f"tensor {name!r} has data_offsets {str(offsets)[:60]}, not [begin, end] with 0 <= begin <= end"
-        )
-    numpy_dtype = np.dtype(_DTYPES[dtype])
-    needed = math.prod(shape) * numpy_dtype.itemsize
-    if offsets[1] - offsets[0] != needed:
-        raise _damaged(
-            path,
-            f"tensor {name!r} of shape {shape} ({dtype}) needs {needed:,} bytes but its byte range "
-            f"holds {offsets[1] - offsets[0]:,}",
-        )
-    return numpy_dtype, tuple(shape), offsets[0], offsets[1]
-
-
-def _read_tensor(
-    path: Path, handle: IO[bytes], start: int, dtype: np.dtype, shape: tuple[int, ...], begin: int, end: int
-) -> np.ndarray:
-    buffer = bytearray(end - begin)  # (the header was checked against the file size: this many bytes are there)
-    handle.seek(start + begin)
-    if handle.readinto(buffer) != len(buffer):
-        raise _damaged(path, "the file changed while it was read")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _json_depth(data: bytes) -> int:
-    """How deep ``[``/``{`` nest in the JSON ``data`` (brackets inside strings skipped), found without parsing it:
-    linear numpy passes over the bytes (a quote is a string's edge unless an odd run of backslashes precedes it)."""
-    codes = np.frombuffer(data, dtype=np.uint8)
-    if not codes.size:
-        return 0
-    index = np.arange(codes.size, dtype=np.int32)
-    last_plain = np.maximum.accumulate(np.where(codes == 92, -1, index))  # the last byte <= i that is not "\\"
-    del index
-    quotes = np.flatnonzero(codes == 34)
-    escapes = quotes - 1 - np.where(quotes > 0, last_plain[np.maximum(quotes - 1, 0)], -1)
-    del last_plain
-    edges = np.zeros(codes.size, dtype=np.int8)
-    edges[quotes[escapes % 2 == 0]] = 1
-    outside = (np.cumsum(edges, dtype=np.int32) & 1) == 0
-    del edges
-    steps = ((codes == 91) | (codes == 123)).astype(np.int8) - ((codes == 93) | (codes == 125))
-    return int(np.cumsum(np.where(outside, steps, 0), dtype=np.int32).max(initial=0))
-
-
-def _parse_json(data: bytes) -> Any:
-    """``json.loads`` once the nesting is known to be shallow (deep nesting is a RecursionError, or worse)."""
-    depth = _json_depth(data)
-    if depth > MAX_JSON_DEPTH:
-        raise ValueError(f"nested {depth:,} deep, more than the {MAX_JSON_DEPTH} a model file may have")
-    return json.loads(data.decode("utf-8", "surrogatepass"))  # (64 levels: far from a RecursionError)
 
 
 def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
@@ -336,13 +144,13 @@ def _decode_document(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
             "if it holds backbone weights, pass it with --weights."
         )
     try:
-        document = _parse_json(header[METADATA_KEY].encode("utf-8", "surrogatepass"))
+        document = parse_json(header[METADATA_KEY].encode("utf-8", "surrogatepass"))
     except ValueError as error:  # (JSONDecodeError, numbers of more than 4,300 digits, nesting)
         raise ModelFileError(
             f"{path} has damaged headstart metadata (invalid JSON: {str(error)[:200]}). Re-train or re-download it."
         ) from None
     version = document.get("format_version") if isinstance(document, dict) else None
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise ModelFileError(
             f"{path} has damaged headstart metadata (no valid format_version). Re-train or re-download it."
         )
@@ -434,12 +242,12 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
     for key in ("source", "weights_id"):
         if not isinstance(backbone.get(key), str):
             raise bad(f"its backbone's {key!r} is {_brief(backbone.get(key))}, not text")
-    if backbone.get("num_features") != width or not _is_int(backbone.get("num_features")):
+    if backbone.get("num_features") != width or not is_int(backbone.get("num_features")):
         raise bad(
             f"its backbone gives {_brief(backbone.get('num_features'))}-d features but its head reads "
             f"{width}-d ones; they must match"
         )
-    if not (_is_int(backbone.get("num_classes", 0)) and backbone.get("num_classes", 0) >= 0):
+    if not (is_int(backbone.get("num_classes", 0)) and backbone.get("num_classes", 0) >= 0):
         raise bad(f"its backbone's num_classes is {_brief(backbone.get('num_classes'))}, not a count")
     labels = backbone.get("label_names") or []
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
@@ -454,7 +262,7 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
     if not (
         isinstance(size, list)
         and len(size) == 3
-        and all(_is_int(v) for v in size)
+        and all(is_int(v) for v in size)
         and size[0] == 3
         and all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in size[1:])
     ):
@@ -493,56 +301,6 @@ def _brief(value: Any) -> str:
     """A value as the message shows it: JSON, cut to 60 characters."""
     text = json.dumps(value, ensure_ascii=False, default=repr)  # (values of a parsed JSON document)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def trunk_network(
-    spec: BackboneSpec, trunk: Mapping[str, np.ndarray], path: str | os.PathLike[str] | None = None
-) -> torch.nn.Module:
-    """The timm trunk (no classifier) with a model file's weights, checked against the architecture, in eval mode.
-
-    The architecture is first built on the meta device (no memory), so a small file that names a huge network is
-    refused before the network's weights are allocated; then the real network loads the weights ``strict``.
-
-    Raises:
-        ModelFileError: the architecture is unknown to this timm, or the weights do not fit it (names ``path``).
-
-    Example:
-        >>> tensors, document = read_model_file("pets.safetensors")
-        >>> trunk = {k[9:]: v for k, v in tensors.items() if k.startswith("backbone.")}
-        >>> trunk_network(BackboneSpec.from_dict(document["backbone"]), trunk).num_features
-        1280
-    """
-    import timm
-    import torch
-
-    where = f"{path}: " if path else ""
-
-    def refuse(problem: str) -> ModelFileError:
-        return ModelFileError(
-            f"{where}the backbone weights in this model do not fit {spec.name}: {problem}. "
-            "Re-train or re-download the model."
-        )
-
-    try:
-        with torch.device("meta"):
-            skeleton = timm.create_model(spec.name, pretrained=False, num_classes=0)
-    except Exception as exc:  # unknown name or tag, an architecture this timm cannot build
-        raise refuse(f"this timm {timm.__version__} cannot build it ({type(exc).__name__}: {str(exc)[:200]})") from None
-    wanted = sum(t.numel() for t in skeleton.state_dict().values())
-    held = sum(int(np.prod(v.shape)) for v in trunk.values())
-    if wanted > 2 * held + 1_000_000:  # (the exact check is load_state_dict's; this one keeps memory bounded)
-        raise refuse(f"the file holds {held:,} trunk values, the architecture needs {wanted:,}")
-    if int(skeleton.num_features) != spec.num_features:
-        raise refuse(f"it gives {skeleton.num_features}-d features, the file says {spec.num_features}")
-    del skeleton
-    try:
-        model = timm.create_model(spec.name, pretrained=False, num_classes=0)
-        model.load_state_dict(
-            {k: torch.from_numpy(v if v.flags.writeable else np.array(v)) for k, v in trunk.items()}, strict=True
-        )
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise refuse(str(exc)[:300]) from None
-    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------------ writing

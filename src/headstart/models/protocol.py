@@ -37,8 +37,7 @@ class ClassifierProtocol:
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return sorted(p.name for p in signature.parameters.values() if p.name != "self")
+        return sorted(_named_parameters(cls))
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The hyper-parameters, by name (what the constructor was given, or :meth:`set_params` set)."""
@@ -90,13 +89,17 @@ class ClassifierProtocol:
             )
 
     def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values() if p.name != "self"
-        }
+        defaults = _named_parameters(type(self))
         changed = [
             f"{name}={getattr(self, name)!r}" for name in defaults if not _same(getattr(self, name), defaults[name])
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _named_parameters(cls: type) -> dict[str, Any]:
+    """The constructor's named parameters and their defaults (not ``self``, not a ``**kwargs`` catch-all)."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,7 +1,8 @@
 """Layer 3, reports: scores and pictures of predictions, knowing no model (numpy arrays and class names in).
 
 ============  ===========================================================================================
-``metrics``   accuracy, top-5, per-class precision/recall, the confusion matrix (plain numpy, JSON-ready)
+``metrics``   accuracy (with its 95% interval), top-5, per-class precision/recall, the confusion matrix (plain numpy, JSON-ready)
+``running``   the same scores accumulated batch by batch (evaluate streams its photos)
 ``plots``     confusion matrices and captioned thumbnail grids (matplotlib's OO API, atomic writes)
 ============  ===========================================================================================
 
@@ -17,13 +18,16 @@ _MODULES = {
     "metrics": (
         "Probabilities",
         "ScoredPhotos",
+        "accuracy_interval",
         "classification_metrics",
         "confusion_matrix",
+        "format_accuracy",
         "match_labels",
         "public_metrics",
         "score_photos",
         "write_metric_pictures",
     ),
+    "running": ("RunningScores",),
     "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

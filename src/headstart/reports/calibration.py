@@ -31,7 +31,15 @@ import numpy as np
 from headstart._io import save_figure
 from headstart._validation import check_int
 
-__all__ = ["ECE_BINS", "calibration_metrics", "expected_calibration_error", "plot_reliability", "reliability_figure"]
+__all__ = [
+    "ECE_BINS",
+    "calibration_metrics",
+    "ece_noise_floor",
+    "expected_calibration_error",
+    "format_ece",
+    "plot_reliability",
+    "reliability_figure",
+]
 
 #: Equal-width bins of the top-1 probability for ECE and the reliability diagram (the convention of Guo et al.).
 ECE_BINS = 15
@@ -55,6 +63,27 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(np.abs(hit_sum - conf_sum).sum() / len(confidence))
 
 
+def ece_noise_floor(
+    confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """The ECE a *perfectly calibrated* model would show at these confidences, from binning noise alone: its mean
+    and 95th percentile over ``draws`` simulated outcomes (each prediction right with probability equal to its
+    confidence). On a few dozen photos this floor is large, and an ECE near it says nothing about calibration.
+
+    Example:
+        >>> ece_noise_floor(np.full(52, 0.8))[0] > 0.03
+        True
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if len(confidence) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    simulated = [
+        expected_calibration_error(confidence, rng.random(len(confidence)) < confidence, bins) for _ in range(draws)
+    ]
+    return (float(np.mean(simulated)), float(np.quantile(simulated, 0.95)))
+
+
 def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
     """Bin of each confidence: (k/bins, (k+1)/bins], the first bin closed at 0."""
     return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
@@ -67,7 +96,8 @@ def calibration_metrics(
     labels, with the reliability table behind the ECE (per bin: photos, mean confidence, accuracy).
 
     Returns:
-        ``ece``, ``nll``, ``brier``, ``mean_confidence``, ``accuracy``, ``bins`` (the number of bins) and
+        ``ece``, ``ece_floor`` and ``ece_floor_p95`` (what binning noise alone gives a perfectly calibrated model at
+        these confidences: :func:`ece_noise_floor`), ``nll``, ``brier``, ``mean_confidence``, ``accuracy``, ``bins`` (the number of bins) and
         ``reliability`` (one dict per non-empty bin: ``low``, ``high``, ``count``, ``confidence``, ``accuracy``);
         numbers are None when there are no photos.
 
@@ -83,6 +113,8 @@ def calibration_metrics(
     if len(y) == 0:
         return {
             "ece": None,
+            "ece_floor": None,
+            "ece_floor_p95": None,
             "nll": None,
             "brier": None,
             "mean_confidence": None,
@@ -110,8 +142,11 @@ def calibration_metrics(
                     "accuracy": round(float(correct[inside].mean()), 4),
                 }
             )
+    floor, floor_p95 = ece_noise_floor(confidence, bins)
     return {
         "ece": expected_calibration_error(confidence, correct, bins),
+        "ece_floor": floor,
+        "ece_floor_p95": floor_p95,
         "nll": float(-np.log(picked).mean()),
         "brier": float(((proba - truth) ** 2).sum(axis=1).mean()),
         "mean_confidence": float(confidence.mean()),
@@ -119,6 +154,20 @@ def calibration_metrics(
         "bins": bins,
         "reliability": table,
     }
+
+
+def format_ece(metrics: dict[str, Any]) -> str:
+    """``ECE 0.140 (a calibrated model would show 0.070 here from binning noise, up to 0.110)``: the one way
+    ECE is printed, beside the floor that the number of photos sets."""
+    if metrics.get("ece") is None:
+        return "ECE: no photos"
+    text = f"ECE {metrics['ece']:.3f} ({metrics.get('bins', ECE_BINS)} bins"
+    if metrics.get("ece_floor") is not None:
+        text += (
+            f"; a perfectly calibrated model would show {metrics['ece_floor']:.3f} on these photos from binning "
+            f"noise alone, 95% of the time at most {metrics['ece_floor_p95']:.3f}"
+        )
+    return text + ")"
 
 
 def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = "Reliability") -> Path:

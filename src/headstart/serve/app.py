@@ -31,10 +31,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headstart._version import __version__
-from headstart.errors import HeadstartError, UnusableImageError
+from headstart.serve.batching import ShuttingDownError
+from headstart.serve.limits import RequestLimits, shutting_down, trusted_hosts
 from headstart.serve.metrics import CONTENT_TYPE
 from headstart.serve.state import ServerState
-from headstart.serve.uploads import ApiError, BodyLimit, image_error, read_uploads
+from headstart.serve.uploads import ApiError, error_payload, read_uploads, redact_paths
 
 STATIC = Path(__file__).parent / "static"
 
@@ -105,12 +106,18 @@ def create_app(state: ServerState) -> Any:
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's --api-key.")
     bearer = HTTPBearer(auto_error=False, description="The server's --api-key as a bearer token.")
 
+    def given_key(key: str | None, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+        return key or (credentials.credentials if credentials is not None else None)
+
+    def key_matches(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), (config.api_key or "").encode())
+
     def check_key(
         key: str | None = Security(key_header),
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> None:
-        given = key or (credentials.credentials if credentials is not None else None)
-        if given is None or not hmac.compare_digest(given.encode(), (config.api_key or "").encode()):
+        given = given_key(key, credentials)
+        if not key_matches(given):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -133,13 +140,15 @@ def create_app(state: ServerState) -> Any:
         summary="Ready (models loaded and warmed up)",
         responses={503: {"description": "Still loading, or loading failed"}},
     )
-    async def readyz() -> JSONResponse:
-        body = {
-            "status": "ready" if state.ready else ("failed" if state.error else "loading"),
-            "models": {name: m.loaded for name, m in state.models.items()},
-        }
-        if state.error:
-            body["error"] = state.error
+    async def readyz(
+        key: str | None = Security(key_header),
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+    ) -> JSONResponse:
+        body: dict[str, Any] = {"status": "ready" if state.ready else ("failed" if state.error else "loading")}
+        if config.api_key is None or key_matches(given_key(key, credentials)):  # names only for who may use them
+            body["models"] = {name: m.loaded for name, m in state.models.items()}
+            if state.error:
+                body["error"] = redact_paths(state.error)
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @api.get(
@@ -224,8 +233,6 @@ def create_app(state: ServerState) -> Any:
         target: str | None = Query(None, description="Class name or index to explain (default: the top class)."),
         method: str = Query("gradcam", pattern="^(gradcam|gradcam\\+\\+|hirescam|xgradcam|layercam)$"),
     ) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
         served = state.model(model)
         state.require_ready()
         uploads = await read_uploads(request, max_files=config.max_files)
@@ -233,15 +240,7 @@ def create_app(state: ServerState) -> Any:
             raise ApiError(
                 400, "one_image", f"/v1/explain explains one photo per request; this one has {len(uploads)}."
             )
-        upload = uploads[0]
-        try:
-            png, info = await run_in_threadpool(
-                served.explain_png, upload.data, upload.filename, target=target, method=method
-            )
-        except UnusableImageError as exc:
-            raise image_error(exc, upload.filename) from None
-        except HeadstartError as exc:  # an unknown target class
-            raise ApiError(400, "bad_target", str(exc)) from None
+        png, info = await state.explain(served, uploads[0], target=target, method=method)
         return Response(
             png,
             media_type="image/png",
@@ -263,7 +262,14 @@ def create_app(state: ServerState) -> Any:
     from headstart.serve.kserve import add_kserve_routes
 
     add_kserve_routes(api, state, secured)
-    return _Metered(BodyLimit(api, config.max_upload_bytes), state)
+    limited = RequestLimits(
+        api,
+        limits=config.limits,
+        max_body_bytes=config.max_upload_bytes,
+        trusted=trusted_hosts(config.host, config.loopback),
+        stopping=lambda: state.stopping,
+    )
+    return _Metered(limited, state)
 
 
 def _fastapi(lifespan: Any) -> FastAPI:
@@ -281,40 +287,40 @@ def _fastapi(lifespan: Any) -> FastAPI:
     return FastAPIOffline(**options, redoc_url=None)
 
 
-def _error_response(request: Request, status: int, code: str, detail: Any, **extra: Any) -> JSONResponse:
-    headers = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if status == 503:
-        headers["Retry-After"] = "1"
-    if request.url.path.startswith("/v2"):  # the Open Inference Protocol's error body
-        return JSONResponse({"error": detail if isinstance(detail, str) else str(detail)}, status, headers=headers)
-    return JSONResponse({"detail": detail, "code": code, **extra}, status, headers=headers)
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    body, headers = error_payload(request.url.path, error)
+    return JSONResponse(body, error.status, headers=headers)
 
 
 def _add_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(request, exc.status, exc.code, exc.detail, **exc.extra)
+        return _error_response(request, exc)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
         errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
-        return _error_response(request, 422, "invalid_parameter", "; ".join(parts), errors=errors)
+        return _error_response(request, ApiError(422, "invalid_parameter", "; ".join(parts), errors=errors))
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error_response(request, exc.status_code, code, exc.detail)
+        return _error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @api.exception_handler(ShuttingDownError)
+    async def stopping(request: Request, exc: ShuttingDownError) -> JSONResponse:
+        return _error_response(request, shutting_down())
 
     @api.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:  # (Starlette logs the traceback)
         return _error_response(
             request,
-            500,
-            "internal_error",
-            f"The server failed on this request ({type(exc).__name__}: {exc}); it keeps serving.",
+            ApiError(
+                500,
+                "internal_error",
+                f"The server failed on this request ({type(exc).__name__}: {exc}); it keeps serving.",
+            ),
         )
 
 

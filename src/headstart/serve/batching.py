@@ -30,7 +30,11 @@ R = TypeVar("R")
 _STOP = object()
 
 
-class BatcherClosedError(RuntimeError):
+class ShuttingDownError(RuntimeError):
+    """Work refused because the server is shutting down (answered as a JSON 503)."""
+
+
+class BatcherClosedError(ShuttingDownError):
     """The batcher was closed (the server is shutting down) before this item could run."""
 
 
@@ -137,4 +141,4 @@ class MicroBatcher(Generic[T, R]):
                 entry[1].set_exception(BatcherClosedError("the server is shutting down"))
 
 
-__all__ = ["BatcherClosedError", "MicroBatcher"]
+__all__ = ["BatcherClosedError", "MicroBatcher", "ShuttingDownError"]

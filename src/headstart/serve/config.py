@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data.images import DEFAULT_MAX_PIXELS
+from headstart.errors import HeadstartError
 from headstart.features.extract import ENGINES, PRECISIONS
+from headstart.serve.limits import Limits
 
 #: The environment variable that sets the API key when ``--api-key`` is not given.
 API_KEY_ENV = "HEADSTART_API_KEY"
@@ -30,6 +33,7 @@ class ServeConfig:
         precision, engine: as for ``headstart predict``.
         max_pixels: images whose header claims more pixels are refused (decompression bombs); None = no limit.
         access_log: one line per request on stderr.
+        limits: timeouts, connection and request counts (:class:`~headstart.serve.limits.Limits`).
     """
 
     host: str = "127.0.0.1"
@@ -44,6 +48,7 @@ class ServeConfig:
     engine: str = "auto"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     access_log: bool = False
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         caller = "ServeConfig"
@@ -79,4 +84,20 @@ def api_key_from_environment() -> str | None:
     return value or None
 
 
-__all__ = ["API_KEY_ENV", "ServeConfig", "api_key_from_environment"]
+def api_key_from_file(path: str | os.PathLike[str]) -> str:
+    """The key in a file (its first line, surrounding spaces dropped): ``--api-key-file``, which, unlike
+    ``--api-key``, no other user of the machine can read in the process list."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HeadstartError(
+            f"{path}: cannot read the API key file ({getattr(exc, 'strerror', None) or exc}); write the key on its "
+            "first line, readable only by you (chmod 600)."
+        ) from None
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise HeadstartError(f"{path}: the API key file is empty; write the key on its first line.")
+    return lines[0].strip()
+
+
+__all__ = ["API_KEY_ENV", "ServeConfig", "api_key_from_environment", "api_key_from_file"]

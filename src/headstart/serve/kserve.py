@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import struct
+from functools import partial
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from headstart._version import __version__
+from headstart.serve.limits import Limits, check_json_tokens, parse_json
 from headstart.serve.state import ServerState
-from headstart.serve.uploads import ApiError, Upload
+from headstart.serve.uploads import ApiError, Upload, too_many_files
 
 INPUT = "image"
 OUTPUTS = ("probabilities", "labels", "scores")
@@ -36,10 +38,18 @@ VERSION = "1"
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def parse_bytes_tensor(raw: bytes) -> list[bytes]:
-    """Elements of a BYTES tensor in the binary extension's layout (``<uint32 LE length><bytes>`` each)."""
+def parse_bytes_tensor(raw: bytes, max_elements: int | None = None) -> list[bytes]:
+    """Elements of a BYTES tensor in the binary extension's layout (``<uint32 LE length><bytes>`` each); more than
+    ``max_elements`` is refused as soon as the next one starts (a body of millions of empty elements is not walked).
+    """
     out, offset = [], 0
     while offset < len(raw):
+        if max_elements is not None and len(out) >= max_elements:
+            raise ApiError(
+                400,
+                "bad_tensor",
+                f"The binary BYTES tensor holds more elements than the {max_elements} its shape says.",
+            )
         if offset + 4 > len(raw):
             raise ApiError(400, "bad_tensor", "The binary BYTES tensor ends inside an element's 4-byte length.")
         (size,) = struct.unpack_from("<I", raw, offset)
@@ -53,10 +63,22 @@ def parse_bytes_tensor(raw: bytes) -> list[bytes]:
     return out
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [x for item in data for x in _flatten(item)]
-    return [data]
+def _leaves(data: Any, limit: int) -> list[Any]:
+    """The elements of a (possibly nested) JSON ``data`` array, row-major, without recursion; stops past ``limit``."""
+    out: list[Any] = []
+    stack = [iter(data if isinstance(data, list) else [data])]
+    while stack and len(out) <= limit:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
+        else:
+            out.append(item)
+    return out
+
+
+_END = object()
 
 
 def _decode_base64(value: Any, where: str) -> bytes:
@@ -74,19 +96,54 @@ def _decode_base64(value: Any, where: str) -> bytes:
         ) from None
 
 
-def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[bytes]]:
-    """The JSON header of an inference request and the image files of its one ``image`` input."""
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    """``obj[key]`` when present and of ``kind`` (never a bool for an int), ``None`` when absent; else a 400."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ApiError(400, "bad_request", f"{where}'{key}' must be {what}; got {type(value).__name__} {value!r:.60}.")
+    return value
+
+
+def _shape(tensor: dict[str, Any], max_elements: int) -> int:
+    shape = tensor.get("shape")
+    ok = isinstance(shape, list) and 1 <= len(shape) <= 8
+    if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise ApiError(
+            400, "bad_tensor", f"The input's 'shape' must be a list of 1 to 8 non-negative ints; got {shape!r:.80}."
+        )
+    n = math.prod(shape)
+    if n > max_elements:
+        raise too_many_files(n, max_elements)
+    return n
+
+
+def read_request(
+    body: bytes, header_length: str | None, *, max_elements: int = 16, limits: Limits | None = None
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The JSON header of an inference request and the image files of its one ``image`` input.
+
+    Every check that bounds the work comes before the work: the JSON's elements and nesting counted on its bytes
+    before it is parsed, the shape's element count (at most ``max_elements``) before any element is read.
+    Malformed fields are 400s, never a server error."""
+    limits = limits or Limits()
     binary = b""
-    try:
-        if header_length is not None:
+    if header_length is not None:
+        try:
             n = int(header_length)
-            if not 0 <= n <= len(body):
-                raise ValueError(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
-            head, binary = json.loads(body[:n]), body[n:]
-        else:
-            head = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_request", f"The inference request is not valid JSON ({exc}).") from None
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(body):
+            raise ApiError(
+                400, "bad_request", f"{HEADER_LENGTH} is {header_length!r:.40} but the body has {len(body)} bytes."
+            )
+        text, binary = memoryview(body)[:n], memoryview(body)[n:]
+    else:
+        text = body
+    check_json_tokens(text, max_elements, limits)
+    head = parse_json(text, "inference request")
     if not isinstance(head, dict) or not isinstance(head.get("inputs"), list) or not head["inputs"]:
         raise ApiError(
             400,
@@ -94,6 +151,9 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
             f"An inference request needs 'inputs': [{{'name': '{INPUT}', 'datatype': "
             "'BYTES', 'shape': [n], 'data': [...]}}].",
         )
+    _field(head, "id", str, "", "a string")
+    _field(head, "parameters", dict, "", "an object")
+    _field(head, "outputs", list, "", "a list of {'name': ...} objects")
     if len(head["inputs"]) != 1:
         raise ApiError(
             400, "bad_request", f"This model takes one input ({INPUT!r}); the request has {len(head['inputs'])}."
@@ -101,33 +161,36 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     tensor = head["inputs"][0]
     if not isinstance(tensor, dict):
         raise ApiError(400, "bad_request", "Each entry of 'inputs' must be an object.")
+    name = _field(tensor, "name", str, "inputs[0].", "a string") or INPUT
     if tensor.get("datatype") != "BYTES":
         raise ApiError(
             400,
             "bad_tensor",
-            f"The input must be datatype BYTES (encoded image files); got {tensor.get('datatype')!r}.",
+            f"The input must be datatype BYTES (encoded image files); got {tensor.get('datatype')!r:.40}.",
         )
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ApiError(400, "bad_tensor", f"The input's 'shape' must be a list of non-negative ints; got {shape!r}.")
-    parameters = tensor.get("parameters") or {}
+    count = _shape(tensor, max_elements)
+    parameters = _field(tensor, "parameters", dict, "inputs[0].", "an object") or {}
     if "binary_data_size" in parameters:
-        size = parameters["binary_data_size"]
-        if not isinstance(size, int) or size < 0 or size > len(binary):
+        size = _field(parameters, "binary_data_size", int, "inputs[0].parameters.", "an int")
+        if size is None or size < 0 or size > len(binary):
             raise ApiError(
                 400, "bad_tensor", f"binary_data_size {size!r} does not fit the {len(binary)} binary bytes sent."
             )
-        images = parse_bytes_tensor(binary[:size])
+        images = parse_bytes_tensor(bytes(binary[:size]), max_elements=count)
     elif "data" in tensor:
-        name = tensor.get("name", INPUT)
-        images = [_decode_base64(v, f"inputs[0] ({name}) element {i}") for i, v in enumerate(_flatten(tensor["data"]))]
+        values = _leaves(tensor["data"], count)
+        if len(values) > count:
+            raise ApiError(
+                400, "bad_tensor", f"The input's shape {tensor['shape']} holds {count} elements but more were sent."
+            )
+        images = [_decode_base64(v, f"inputs[0] ({name}) element {i}") for i, v in enumerate(values)]
     else:
         raise ApiError(400, "bad_tensor", "The input has neither 'data' nor binary data (parameters.binary_data_size).")
-    if len(images) != math.prod(shape):
+    if len(images) != count:
         raise ApiError(
             400,
             "bad_tensor",
-            f"The input's shape {shape} holds {math.prod(shape)} elements but {len(images)} were sent.",
+            f"The input's shape {tensor['shape']} holds {count} elements but {len(images)} were sent.",
         )
     return head, images
 
@@ -135,7 +198,7 @@ def read_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
 def _top_k(head: dict[str, Any], n_classes: int, max_top_k: int) -> int:
     value = (head.get("parameters") or {}).get("top_k", 5)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_top_k:
-        raise ApiError(400, "bad_parameter", f"parameters.top_k must be an int in [1, {max_top_k}]; got {value!r}.")
+        raise ApiError(400, "bad_parameter", f"parameters.top_k must be an int in [1, {max_top_k}]; got {value!r:.40}.")
     return min(value, n_classes)
 
 
@@ -146,7 +209,7 @@ def _requested(head: dict[str, Any]) -> list[str]:
     names = [o.get("name") if isinstance(o, dict) else None for o in wanted]
     unknown = [n for n in names if n not in OUTPUTS]
     if unknown:
-        raise ApiError(400, "bad_request", f"Unknown output {unknown[0]!r}: this model has {', '.join(OUTPUTS)}.")
+        raise ApiError(400, "bad_request", f"Unknown output {unknown[0]!r:.60}: this model has {', '.join(OUTPUTS)}.")
     return names
 
 
@@ -195,7 +258,13 @@ def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
     async def infer(name: str, request: Request, version: str | None = None) -> JSONResponse:
         model = versioned(name, version)
         state.require_ready()
-        head, images = read_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        body = await request.body()
+        head, images = await run_in_threadpool(  # parsing and base64 decoding off the event loop
+            partial(read_request, max_elements=state.config.max_files, limits=state.config.limits),
+            body,
+            request.headers.get(HEADER_LENGTH),
+        )
+        del body
         k = _top_k(head, len(model.classes), state.config.max_top_k)
         outputs = _requested(head)
         uploads = [Upload(f"{INPUT}[{i}]", data) for i, data in enumerate(images)]
@@ -225,7 +294,15 @@ def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
         api.add_api_route(
             path, metadata, methods=["GET"], tags=tags, summary="Model metadata", dependencies=secured, **hidden
         )
-        api.add_api_route(path + "/ready", model_ready, methods=["GET"], tags=tags, summary="Model ready", **hidden)
+        api.add_api_route(  # secured: without the key, probing names would list the models
+            path + "/ready",
+            model_ready,
+            methods=["GET"],
+            tags=tags,
+            summary="Model ready",
+            dependencies=secured,
+            **hidden,
+        )
         api.add_api_route(
             path + "/infer",
             infer,

@@ -1,14 +1,9 @@
 """One served model: the trained classifier, its preprocessing, its forward pass and its Grad-CAM, ready for HTTP.
 
-A photo sent to the server must get exactly what ``headstart predict`` gives for the same file, so the server
-runs extraction's own pieces, chosen the way :func:`~headstart.features.extract.extract_features` chooses them:
-the engine and precision from :func:`~headstart.features.openvino.resolve_engine` (``auto``: OpenVINO on a CPU
-where it is installed, else torch; bf16 where the CPU has it); uploads decoded by
-:func:`~headstart.data.images.decode_image` (the decoder of files on disk, same pixel limit, same JPEG draft
-size) into the engine's input (:func:`~headstart.features.extract.bytes_preprocessor` for torch,
-:func:`~headstart.features.preprocess.uint8_crop` for OpenVINO); the views embedded by the engine's view embedder
-and mirror-averaged as the cache averages them when the model file says so; the head is
-:meth:`Classifier.predict_proba_features`. ``tests/serve`` checks the result against ``predict``.
+A photo sent to the server must get exactly what ``headstart predict`` gives for the same file, so the server runs
+extraction's own pipeline (:class:`~headstart.features.pipeline.Pipeline`): the same choice of engine and precision,
+the same decoding (an upload decodes as the same file on disk does), the same views averaged the same way, the same
+head and top-k. ``tests/serve`` checks the result against ``predict``.
 """
 
 from __future__ import annotations
@@ -16,17 +11,16 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart._validation import check_choice
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
-from headstart.features.engines import ONNX_PRECISION, VIEWS
-from headstart.features.extract import ENGINES, PRECISIONS, default_precision
+from headstart.features.pipeline import Pipeline, top_k
 from headstart.models.classifier import Classifier
+from headstart.serve.batching import ShuttingDownError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -72,23 +66,19 @@ class ServedModel:
         engine: str = "auto",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        from headstart.features.openvino import resolve_engine
-
-        check_choice(precision, "precision", "ServedModel", PRECISIONS)
-        check_choice(engine, "engine", "ServedModel", ENGINES)
         self.name = name
         self.classifier = classifier
-        precision = (
-            ONNX_PRECISION
-            if engine == "onnxruntime"
-            else (default_precision("cpu") if precision == "auto" else precision)
-        )
-        self.engine, self.precision = resolve_engine(engine, precision, "cpu", classifier.spec)  # as extraction does
+        self.pipeline = Pipeline(
+            classifier.spec,
+            _Trunk(classifier),
+            engine=engine,
+            precision=precision,
+            max_pixels=max_pixels,
+            caller="ServedModel",
+        )  # (the engine, precision, preprocessing and views extraction would choose)
+        self.engine, self.precision = self.pipeline.engine, self.pipeline.precision
         self.max_pixels = max_pixels
-        self._views = VIEWS if classifier.spec.flip_average else VIEWS[:1]
-        self._prepare: Any = None
-        self._stack: Any = None
-        self._embed: Any = None
+        self._loaded = False
         self._target: Any = None
         self._explain_lock = threading.Lock()
 
@@ -114,96 +104,87 @@ class ServedModel:
 
     @property
     def loaded(self) -> bool:
-        return self._embed is not None
+        return self._loaded
 
     # -------------------------------------------------------------------------------------------- loading
     def load(self, *, warm_up_batch: int = 1) -> ServedModel:
         """Build the network and the preprocessing (extraction's, for this engine); run one forward pass of each
         batch size from 1 to ``warm_up_batch`` (a size's first pass costs several times a later one), so no request
         pays for it."""
-        from headstart.features.extract import decode_size
-
-        spec = self.classifier.spec
-        draft = decode_size(spec)
-        max_pixels = self.max_pixels
-        if self.engine == "openvino":
-            from headstart.features.openvino import openvino_embedder
-            from headstart.features.preprocess import uint8_crop
-
-            self._embed = openvino_embedder(spec, self.precision, lambda: self.classifier.backbone)
-            self._prepare = lambda data, name: uint8_crop(
-                decode_image(data, name=name, max_pixels=max_pixels, draft_size=draft), spec
-            )
-            self._stack = np.stack
-        else:
-            import torch
-
-            from headstart.features.engines import view_embedder
-            from headstart.features.extract import bytes_preprocessor
-
-            backbone = self.classifier.backbone
-            self._embed = view_embedder(backbone, precision=self.precision, device="cpu")
-            self._prepare = bytes_preprocessor(backbone, max_pixels=max_pixels)
-            self._stack = torch.stack
-        size = tuple(spec.data_config["input_size"])
-        blank = np.zeros((size[1], size[2], 3), np.uint8) if self.engine == "openvino" else None
+        self.pipeline.runner()  # (converted once a machine; compiled once a process)
+        blank = self.pipeline.blank()
         for n in range(1, max(1, int(warm_up_batch)) + 1):  # every size the batcher may run (first runs are slow)
-            if blank is not None:
-                self.infer([blank] * n)
-            else:
-                import torch
-
-                self.infer([torch.zeros(size)] * n)
+            self.pipeline.features([blank] * n)
+        self._loaded = True
         return self
 
     def load_explainer(self) -> None:
-        """The network Grad-CAM runs on (its own copy: hooks on it never touch the batched forward pass)."""
+        """The network Grad-CAM runs on (its own copy: hooks on it never touch the batched forward pass), warmed up
+        by one explanation of a grey photo: the first Grad-CAM of a process costs seconds (autograd, hooks, the
+        colour map), which no request should pay."""
         from headstart.models.target import load_target
 
         with self._explain_lock:
             if self._target is None:
-                self._target = load_target(self.path)
-                import matplotlib  # noqa: F401  - the overlay's colour map; imported now, not on the first request
+                from PIL import Image
+
+                from headstart.inside.heatmap import explain_view, whole_view
+
+                target = load_target(self.path)
+                height, width = target.spec.data_config["input_size"][-2:]
+                grey = Image.new("RGB", (width, height), (128, 128, 128))
+                overlay_png(grey, explain_view(target, whole_view(grey, target.spec.data_config)).heatmap)
+                self._target = target
 
     # ----------------------------------------------------------------------------------------- inference
     def prepare(self, data: bytes, filename: str) -> Any:
         """Decode and preprocess one upload (raises :class:`~headstart.errors.UnusableImageError` naming it)."""
-        if self._prepare is None:
+        if not self._loaded:
             raise RuntimeError(f"model {self.name!r} is not loaded yet")
-        return self._prepare(data, filename)
+        return self.pipeline.decode_bytes(data, filename)
 
     def infer(self, images: Sequence[Any]) -> list[np.ndarray]:
-        """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each.
-
-        The views are asked for photo by photo (``orig``, then ``mirror`` when the model averages them), as
-        extraction asks, and averaged as the cache's two stored views are.
-        """
-        rows = self._embed(self._stack(list(images)), [(i, v) for i in range(len(images)) for v in self._views])
-        if len(self._views) == 2:
-            features = (rows[0::2] + rows[1::2]) / np.float32(2)
-        else:
-            features = rows
-        return list(self.classifier.predict_proba_features(features))
+        """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each (the pipeline's views,
+        averaged as the cache averages them, through the model's head)."""
+        head = (self.classifier.head_weight, self.classifier.head_bias)
+        return list(self.pipeline.probabilities(list(images), head))
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         """The ``k`` most likely labels, as ``headstart predict --json`` writes them (stable order, 6 decimals)."""
-        order = np.argsort(-probabilities, kind="stable")[: min(k, len(self.classes))]
-        return [{"label": self.classes[j], "probability": round(float(probabilities[j]), 6)} for j in order]
+        return [{"label": l, "probability": round(p, 6)} for l, p in top_k(probabilities, self.classes, k)]
 
     # ----------------------------------------------------------------------------------------- explanation
     def explain_png(
-        self, data: bytes, filename: str, *, target: str | int | None = None, method: str = "gradcam"
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        target: str | int | None = None,
+        method: str = "gradcam",
+        stopping: Callable[[], bool] | None = None,
     ) -> tuple[bytes, dict[str, Any]]:
         """The photo with its Grad-CAM heat map blended in, as PNG bytes, and what was explained.
 
-        The photo is decoded as ``headstart explain`` decodes it (whole, no crop), so the map covers all of it.
+        The photo is decoded whole (no crop, so the map covers all of it), at the size the overlay needs (JPEG
+        draft, box reduction of large PNGs), and only when its turn comes: requests waiting for the one
+        explanation at a time a model runs hold their upload's bytes, not a decoded photo. ``stopping`` (the
+        server's shutdown) turns a turn that comes too late into :class:`~headstart.serve.batching.ShuttingDownError`.
         """
         from headstart.inside.heatmap import explain_view, whole_view
 
-        photo = decode_image(data, name=filename, max_pixels=self.max_pixels)
         self.load_explainer()
-        with self._explain_lock:  # Grad-CAM hooks one module: one explanation at a time per model
+        while not self._explain_lock.acquire(timeout=0.05):  # Grad-CAM hooks one module: one at a time per model
+            if stopping is not None and stopping():
+                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
+        try:
+            if stopping is not None and stopping():
+                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
+            photo = decode_image(
+                data, name=filename, max_pixels=self.max_pixels, draft_size=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE)
+            )
             e = explain_view(self._target, whole_view(photo, self._target.spec.data_config), target, method)
+        finally:
+            self._explain_lock.release()
         info = {
             "target": e.target,
             "label": e.target_name,
@@ -256,6 +237,16 @@ def overlay_png(
     buffer = io.BytesIO()
     Image.fromarray(np.clip(np.rint(mixed), 0, 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class _Trunk:
+    """The model file's trunk as the pipeline's source: built only when the engine needs the torch network."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self._classifier = classifier
+
+    def load(self) -> Any:
+        return self._classifier.backbone
 
 
 __all__ = ["ServedModel", "model_name", "overlay_png"]

@@ -19,12 +19,17 @@ from headstart.serve.config import ServeConfig
 from headstart.serve.model import ServedModel, model_name
 
 
-def _uvicorn_server(config: Any) -> Any:
+def _uvicorn_server(config: Any, on_stop: Any) -> Any:
     """uvicorn's Server, except that a stop signal is not raised again once it has shut down gracefully: for a
-    server, Ctrl-C or SIGTERM is the normal end (exit 0), not an interruption of work (the CLI's 130)."""
+    server, Ctrl-C or SIGTERM is the normal end (exit 0), not an interruption of work (the CLI's 130). The signal
+    also calls ``on_stop`` at once, so work not yet started is refused (JSON 503) instead of waited for."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            on_stop()
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
@@ -104,6 +109,7 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     import uvicorn
 
     from headstart.serve.app import create_app
+    from headstart.serve.limits import open_files_for, protocol_class
     from headstart.serve.state import ServerState
 
     state = ServerState(models, config)
@@ -111,17 +117,21 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     port = sock.getsockname()[1]
     address = url(config.host, port)
     app = create_app(state)
+    limits = config.limits
     uv_config = uvicorn.Config(
         app,
+        http=protocol_class(limits, open_files_for(limits.max_connections)),
         log_level="warning",
         access_log=config.access_log,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        timeout_keep_alive=limits.keep_alive_s,
+        timeout_graceful_shutdown=limits.shutdown_grace_s,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         server_header=False,
     )
     if config.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    server = _uvicorn_server(uv_config)
+    server = _uvicorn_server(uv_config, state.begin_shutdown)
     status = {"code": 0}
 
     def ready() -> None:
@@ -138,7 +148,9 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     state.on_ready, state.on_failure = ready, failed
     say(f"listening on {address} (loading {', '.join(m.name for m in models)} …)")
     if not config.loopback and not config.api_key:
-        say(f"warning: {config.host} lets other machines call this server and no --api-key is set.")
+        say(
+            f"warning: {config.host} lets other machines call this server and no API key is set (HEADSTART_API_KEY or --api-key-file)."
+        )
 
     try:
         server.run(sockets=[sock])

@@ -7,17 +7,18 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from headstart._console import say
 from headstart.errors import HeadstartError, UnusableImageError
-from headstart.serve.batching import MicroBatcher
+from headstart.serve.batching import MicroBatcher, ShuttingDownError
 from headstart.serve.config import ServeConfig
 from headstart.serve.metrics import Metrics
 from headstart.serve.model import ServedModel
-from headstart.serve.uploads import ApiError, Upload, image_error, too_many_files
+from headstart.serve.uploads import ApiError, Upload, image_error, keep_private, too_many_files
 
 
 class ServerState:
@@ -42,11 +43,13 @@ class ServerState:
         self.metrics = Metrics(names)
         self.batchers: dict[str, MicroBatcher] = {}
         self.ready = False
+        self.stopping = False
         self.error: str | None = None
         self.started = time.time()
         self.on_ready: Callable[[], None] | None = None
         self.on_failure: Callable[[str], None] | None = None
         self._loader: threading.Thread | None = None
+        keep_private(m.path for m in models)  # error texts never show where the server keeps its files
 
     # ------------------------------------------------------------------------------------------ life cycle
     def start_loading(self) -> None:
@@ -95,6 +98,11 @@ class ServerState:
         if self.on_ready is not None:
             self.on_ready()
 
+    def begin_shutdown(self) -> None:
+        """A stop signal arrived: work not yet started is refused with a JSON 503 from now on (requests already
+        computing finish). Safe to call from a signal handler."""
+        self.stopping = True
+
     def close(self) -> None:
         """Finish queued work and stop the batcher threads (server shutdown)."""
         for batcher in self.batchers.values():
@@ -102,6 +110,8 @@ class ServerState:
 
     # ---------------------------------------------------------------------------------------------- lookups
     def require_ready(self) -> None:
+        if self.stopping:
+            raise ShuttingDownError("the server is shutting down")
         if not self.ready:
             why = self.error or "the models are still loading (building the network, warming it up)"
             raise ApiError(503, "not_ready", f"Not ready: {why}. Retry when GET /readyz answers 200.")
@@ -156,6 +166,23 @@ class ServerState:
         batcher = self.batchers[model.name]
         futures = [asyncio.wrap_future(batcher.submit(t)) for t in tensors]
         return list(await asyncio.gather(*futures))
+
+    async def explain(
+        self, model: ServedModel, upload: Upload, *, target: str | None, method: str
+    ) -> tuple[bytes, dict[str, Any]]:
+        """The Grad-CAM overlay PNG of one upload and what it explains, computed off the event loop."""
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            return await run_in_threadpool(
+                partial(model.explain_png, target=target, method=method, stopping=lambda: self.stopping),
+                upload.data,
+                upload.filename,
+            )
+        except UnusableImageError as exc:
+            raise image_error(exc, upload.filename) from None
+        except HeadstartError as exc:  # an unknown target class
+            raise ApiError(400, "bad_target", str(exc)) from None
 
 
 __all__ = ["ServerState"]

@@ -1,16 +1,17 @@
 """What a request may carry, and the JSON 4xx for everything it should not: size, file count, undecodable images.
 
 Every refusal is an :class:`ApiError` (status, machine-readable ``code``, a sentence naming the problem and the
-fix), answered as ``{"detail": ..., "code": ...}``: FastAPI's ``detail`` convention plus a stable code. The body
-limit is enforced in :class:`BodyLimit`, an ASGI middleware, before any route reads a byte: a declared
-``Content-Length`` over the limit is refused at once, a chunked body as soon as it crosses it. The rest of the
-body is then read and dropped (up to a bound), so a client that sends its whole upload before reading the
-answer still gets the 413 instead of a reset connection.
+fix), answered as ``{"detail": ..., "code": ...}`` (FastAPI's ``detail`` convention plus a stable code), or as
+``{"error": ...}`` on the Open Inference Protocol's ``/v2`` routes: :func:`error_payload` is the one place that
+words an answer, and it takes the server's own file paths out of it (:func:`redact_paths`). The body's size and
+time limits are enforced below the routes (:mod:`headstart.serve.limits`).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,48 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.detail, "code": self.code, **self.extra}
+
+
+#: Paths the server knows to be its own (the model files as given); absolute paths that exist are found by looking.
+_PRIVATE: set[str] = set()
+_PATH = re.compile(r"(?<![\w.~-])(?:~|\.{1,2})?/[^\s'\"`(),;]*[^\s'\"`(),;.:]")
+HIDDEN_PATH = "<server path>"
+
+
+def keep_private(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Never show these paths (and their absolute forms) to clients."""
+    for path in paths:
+        text = os.fspath(path)
+        _PRIVATE.update({text, os.path.abspath(text)} - {""})
+
+
+def _on_this_machine(text: str) -> bool:
+    path = os.path.expanduser(text)
+    parent = os.path.dirname(path.rstrip("/"))
+    return os.path.exists(path) or (parent not in ("", "/", ".") and os.path.isdir(parent))
+
+
+def redact_paths(text: str) -> str:
+    """``text`` without the server's file paths: the registered ones (:func:`keep_private`) and every path-like
+    word that names something on this machine (or in a folder that exists), replaced by ``<server path>``. URL
+    paths (``/v1/explain``) name nothing on disk and stay."""
+    for private in sorted(_PRIVATE, key=len, reverse=True):
+        text = text.replace(private, HIDDEN_PATH)
+    return _PATH.sub(lambda m: HIDDEN_PATH if _on_this_machine(m.group(0)) else m.group(0), text)
+
+
+def error_payload(path: str, error: ApiError) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and headers answering ``error`` on a request for ``path``: the Open Inference Protocol's
+    ``{"error": ...}`` under ``/v2``, else ``{"detail", "code", ...}``; the server's paths never in either."""
+    detail = redact_paths(error.detail)
+    headers = {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if error.status in (503, 429):
+        headers["Retry-After"] = "1"
+    if path.startswith("/v2"):
+        return {"error": detail}, headers
+    return {"detail": detail, "code": error.code, **error.extra}, headers
 
 
 def image_error(exc: UnusableImageError, filename: str) -> ApiError:
@@ -99,12 +142,22 @@ async def read_uploads(request: Any, *, max_files: int) -> list[Upload]:
             if "Too many files" in str(exc.detail):
                 raise too_many_files(None, max_files) from None
             raise ApiError(400, "bad_multipart", f"The multipart form could not be read: {exc.detail}") from None
-        parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        items = form.multi_items()
+        parts = [v for _, v in items if isinstance(v, UploadFile)]
         uploads = []
         for i, part in enumerate(parts):
             uploads.append(Upload(part.filename or f"file{i + 1}", await part.read()))
             await part.close()
         if not uploads:
+            fields = [name for name, v in items if not isinstance(v, UploadFile)]
+            if fields:
+                raise ApiError(
+                    400,
+                    "no_filename",
+                    f"The multipart part {fields[0]!r} has no filename in its Content-Disposition, so it is a text "
+                    "field, not a file: send each photo as a file part with a filename "
+                    "(curl -F file=@photo.jpg, not -F file=<photo.jpg).",
+                )
             raise ApiError(
                 400,
                 "no_file",
@@ -116,99 +169,15 @@ async def read_uploads(request: Any, *, max_files: int) -> list[Upload]:
     return [Upload(request.headers.get(FILENAME_HEADER) or "upload", data)]
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit_bytes`` with a JSON 413 (see the module docstring).
-
-    Args:
-        app: the ASGI app.
-        limit_bytes: the largest body accepted.
-        drain_bytes: how much of a refused body is read and dropped so the client can read the answer (past that,
-            the connection is simply closed).
-    """
-
-    def __init__(self, app: Any, limit_bytes: int, drain_bytes: int | None = None) -> None:
-        self.app = app
-        self.limit = int(limit_bytes)
-        self.drain_limit = int(drain_bytes if drain_bytes is not None else max(4 * self.limit, 256 * MB))
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            await self._drain(receive, 0)
-            await _send_json(send, too_large(self.limit))
-            return
-        state = {"received": 0, "done": False}
-
-        async def limited_receive() -> dict[str, Any]:
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    state["done"] = True
-                if state["received"] > self.limit:
-                    raise BodyTooLargeError(self.limit)  # answered by the app's ApiError handler
-            return message
-
-        await self.app(scope, limited_receive, send)
-        if state["received"] > self.limit and not state["done"]:
-            await self._drain(receive, state["received"])
-
-    async def _drain(self, receive: Any, already: int) -> None:
-        seen = already
-        while seen <= self.drain_limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            seen += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-
-class BodyTooLargeError(ApiError):
-    """Raised inside ``receive`` when a streamed body crosses the limit: the app answers it like any ApiError."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        error = too_large(limit_bytes)
-        super().__init__(error.status, error.code, error.detail, **error.extra)
-
-
-def _content_length(scope: dict[str, Any]) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def _send_json(send: Any, error: ApiError) -> None:
-    body = json.dumps(error.body(), separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 __all__ = [
     "MB",
     "ApiError",
-    "BodyLimit",
-    "BodyTooLargeError",
     "Upload",
+    "error_payload",
     "image_error",
+    "keep_private",
     "read_uploads",
+    "redact_paths",
     "too_large",
     "too_many_files",
 ]

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from headstart.features import DEFAULT_BACKBONE
+from headstart.reports.metrics import format_accuracy
 
 
 def sample_data() -> Path:
@@ -44,11 +45,13 @@ def run_demo(out_dir: str | Path = "headstart-demo", *, console: Console | None 
     console.print("1. train a linear probe on 60 photos of 12 breeds (features cached for next time)")
     result = train(sample / "train", backbone=DEFAULT_BACKBONE, out=out_dir / "pets-sample.safetensors", progress=True)
     m = result.metrics
-    console.print(f"   validation accuracy {m['val_accuracy']:.3f} on {m['n_val']} photos, model: {result.model_path}")
+    accuracy = format_accuracy(m["val_accuracy"], m.get("val_accuracy_ci"), m["n_val"])
+    console.print(f"   validation accuracy {accuracy}, model: {result.model_path}")
 
     console.print("2. evaluate on 24 held-out photos")
     report = evaluate(result.model_path, sample / "test", out_dir=out_dir / "evaluation")
-    console.print(f"   accuracy {report.accuracy:.3f}, top-5 {report.top5_accuracy:.3f} on {report.n_images} photos")
+    accuracy = format_accuracy(report.accuracy, report.details.get("accuracy_ci"), report.n_images)
+    console.print(f"   accuracy {accuracy}, top-5 {report.top5_accuracy:.3f}")
 
     console.print("3. predict three photos")
     model = result.model

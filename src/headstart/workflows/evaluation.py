@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import headstart._display as show
 from headstart._io import write_json
 from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
 from headstart.data.images import DEFAULT_MAX_PIXELS
+from headstart.errors import DataError
 from headstart.features.cache import FeatureCache
 from headstart.models.classifier import Classifier
-from headstart.reports.metrics import ScoredPhotos, public_metrics, score_photos, write_metric_pictures
+from headstart.reports.metrics import ScoredPhotos, match_labels, public_metrics, write_metric_pictures
+from headstart.reports.running import RunningScores
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "accuracy_ci": self.details.get("accuracy_ci"),
             "top5_accuracy": self.top5_accuracy,
             "n_images": self.n_images,
             "skipped": self.skipped,
@@ -55,6 +60,7 @@ class Evaluation:
             "classes": self.details.get("classes", []),
             "pictures": self.pictures,
             "ece": self.calibration.get("ece"),
+            "ece_floor": self.calibration.get("ece_floor"),
             "nll": self.calibration.get("nll"),
             "brier": self.calibration.get("brier"),
             "calibration": self.calibration,
@@ -74,13 +80,15 @@ class Evaluation:
 
     def _repr_html_(self) -> str:
         """The report as a notebook shows it: the scores, each class's precision and recall, the pictures."""
+        from headstart.reports.calibration import format_ece
+
         parts = [
             show.fields(
                 [
                     ("photos scored", self.n_images),
                     ("accuracy", show.percent(self.accuracy)),
                     ("top-5 accuracy", show.percent(self.top5_accuracy)),
-                    ("ECE (15 bins)", self.calibration.get("ece")),
+                    ("calibration", format_ece(self.calibration) if self.calibration else ...),
                     ("NLL", self.calibration.get("nll")),
                     ("Brier", self.calibration.get("brier")),
                     ("photos skipped (unusable)", len(self.skipped) if self.skipped else ...),
@@ -141,7 +149,8 @@ def evaluate(
     classes are matched by name.
 
     Photos whose label the model does not know are not scored; they are counted in ``unknown_labels``.
-    Unusable files are skipped and listed in ``skipped``. With ``out_dir``, writes ``evaluation.json``,
+    Unusable files are skipped and listed in ``skipped``. The photos stream through the model a chunk at a time and
+    the scores accumulate (:class:`~headstart.reports.running.RunningScores`): memory does not grow with the data. With ``out_dir``, writes ``evaluation.json``,
     ``confusion_matrix.png``, ``misclassified.png`` and ``reliability.png`` there.
 
     Example:
@@ -150,28 +159,45 @@ def evaluate(
     """
     model = as_classifier(model, "evaluate")
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
-
-    kept: list[Any] = []  # (the probabilities, for calibration)
-
-    def probabilities(paths: list[Path]) -> Any:
-        feats = model.features(
-            paths, cache=cache, precision=precision, max_pixels=max_pixels, progress=progress, engine=engine
+    mapping = match_labels(dataset.labels, model.classes)
+    if not any(mapping.values()):
+        raise DataError(
+            f"None of the data's labels ({', '.join(sorted(mapping)[:5])}, …) is a class of the model "
+            f"({', '.join(model.classes[:5])}, …): is this the right model for this data?"
         )
-        kept.append(model.predict_proba_features(feats.features))
-        return kept[-1], feats.indices, feats.unusable
-
-    scored = score_photos(dataset, model.classes, probabilities)
-    evaluation = Evaluation.from_scores(scored)
-    from headstart.reports.calibration import calibration_metrics, plot_reliability
-
-    evaluation.calibration = calibration_metrics(scored.metrics["true"], kept[-1], model.classes)
+    unknown: dict[str, int] = {}
+    for label in dataset.labels:
+        if mapping[label] is None:
+            unknown[label] = unknown.get(label, 0) + 1
+    index = {c: i for i, c in enumerate(model.classes)}
+    known = [(s.path, index[mapping[s.label]]) for s in dataset.samples if mapping[s.label] is not None]
+    truth = {str(path): y for path, y in known}
+    scores = RunningScores(model.classes)
+    skipped = []
+    options = {"cache": cache, "precision": precision, "max_pixels": max_pixels, "progress": progress}
+    # streamed: the photos' features and probabilities a chunk at a time, the scores accumulated (memory bounded)
+    for part, indices, proba, unusable in model.iter_probabilities((p for p, _ in known), engine=engine, **options):
+        paths = [part[int(i)] for i in indices]
+        scores.add(np.asarray([truth[str(p)] for p in paths], dtype=np.int64), proba, paths)
+        skipped += unusable
+    metrics = scores.metrics()
+    evaluation = Evaluation(
+        accuracy=metrics["accuracy"],
+        top5_accuracy=metrics["top5_accuracy"],
+        n_images=scores.n,
+        skipped=[u.to_dict() for u in skipped],
+        unknown_labels=unknown,
+        details=public_metrics(metrics),
+    )
+    evaluation.calibration = scores.calibration()
     if out_dir is not None:
+        from headstart.reports.calibration import plot_reliability
+
         folder = Path(out_dir)
-        pictures = write_metric_pictures(scored.metrics, scored.paths, folder, title=f"{scored.n_images} photos")
+        title = f"{scores.n} photos"
+        pictures = write_metric_pictures(metrics, scores.mistake_paths(), folder, title=title, n_wrong=scores.n_wrong)
         pictures.append(
-            plot_reliability(
-                evaluation.calibration, folder / "reliability.png", title=f"Reliability, {scored.n_images} photos"
-            )
+            plot_reliability(evaluation.calibration, folder / "reliability.png", title=f"Reliability, {title}")
         )
         evaluation.pictures = [str(p) for p in pictures]
         write_json(folder / "evaluation.json", evaluation.to_dict())

@@ -48,7 +48,8 @@ from headstart.features.extract import preprocessor
 from headstart.models.classifier import Classifier
 from headstart.reports.metrics import score_photos
 from headstart.workflows.evaluation import as_classifier
-from headstart.workflows.export import MAX_CALIBRATION_PHOTOS, write_onnx
+from headstart.workflows.export import write_onnx
+from headstart.workflows.export_int8 import MAX_CALIBRATION_PHOTOS, calibration_paths
 
 __all__ = [
     "FORMATS",
@@ -177,7 +178,7 @@ def export_tensorflow(
         >>> report.max_abs_diff_probabilities < 1e-3, report.quantized.name
         (True, 'pets.int8.tflite')
     """
-    from headstart.workflows.export import _calibration_paths, _calibration_source
+    from headstart.workflows.export import _calibration_source
 
     check_choice(format, "format", "export_tensorflow", FORMATS)
     check_int(max_calibration_photos, "max_calibration_photos", "export_tensorflow", low=1)
@@ -187,7 +188,7 @@ def export_tensorflow(
     tf, onnx2tf = require_tf()
     classifier = as_classifier(model, "export_tensorflow")
     source = _calibration_source(classifier, calibrate) if int8 else None
-    calibration = _calibration_paths(source)[:max_calibration_photos] if int8 else None
+    calibration = calibration_paths(source)[:max_calibration_photos] if int8 else None
     dataset = None
     if check_data is not None:
         dataset = check_data if isinstance(check_data, Dataset) else load_dataset(check_data)

@@ -10,21 +10,25 @@ is complete.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headstart._console import wants_progress
 from headstart._io import write_json, write_text_atomic
 from headstart._validation import check_choice, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
 from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
 from headstart.models.classifier import Classifier
-from headstart.models.estimator import METHODS, ImageClassifier, ResolvedBackbone, SkippedFilesWarning, feature_cache
+from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
 from headstart.models.finetune_config import Finetune
+from headstart.models.inputs import ResolvedBackbone, feature_cache
 from headstart.models.memo import Memo, fit_probe, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
+from headstart.workflows.pair import write_together
 
 __all__ = [
     "METHODS",
@@ -32,7 +36,6 @@ __all__ = [
     "TrainResult",
     "default_run_dir",
     "find_learning_rate",
-    "parse_settings",
     "refit_summary",
     "sweep",
     "train",
@@ -66,83 +69,106 @@ def default_run_dir(model_path: str | os.PathLike[str]) -> Path:
 
 def train(
     data: str | os.PathLike[str] | Dataset,
+    classifier: ImageClassifier | None = None,
     *,
-    backbone: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
-    method: str | Finetune = "probe",
     out: str | os.PathLike[str] = "model.safetensors",
     run_dir: str | os.PathLike[str] | None = None,
     split: str = "all",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    refit: bool = True,
-    precision: str = "auto",
+    resume: str | os.PathLike[str] | None = None,
+    cache: FeatureCache | str | os.PathLike[str] | None = None,
+    device: str = "auto",
     batch_size: int = 32,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    cache: FeatureCache | str | os.PathLike[str] | None = None,
-    progress: bool = False,
-    finetune_options: dict[str, Any] | Finetune | None = None,
-    resume: str | os.PathLike[str] | None = None,
-    device: str = "auto",
     reuse: bool = True,
-    flip_average: bool | str | None = "cached",
+    progress: bool | None = None,
+    **params: Any,
 ) -> TrainResult:
     """Fit an :class:`~headstart.models.estimator.ImageClassifier` on ``data``, write its run folder, save it.
 
-    The settings are the estimator's hyper-parameters (see there); in addition:
+    What to learn is the estimator's: pass one (``classifier``), or its hyper-parameters as keywords
+    (``backbone=``, ``method=``, ``finetune=``, ``seed=``, …: ``params``) for a new one. The other keywords say how
+    to run (:meth:`ImageClassifier.fit`'s) and where the results go.
 
     Args:
         data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
-        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
+        classifier: the estimator to fit (unfitted, or fitted again); None: ``ImageClassifier(**params)``.
         out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
-        finetune_options: the fine-tuning options the user set (a dict of
-            :class:`~headstart.models.finetune_config.Finetune` fields, or a Finetune); the rest follows the
-            data size.
+        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
         resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
             Fine-tuning checkpoints into the run folder each epoch.
+        cache, device, batch_size, max_pixels, reuse, progress: how to run
+            (:class:`~headstart.models.run_options.RunOptions`).
+        params: hyper-parameters of the new estimator (``finetune_options=``, the older name of ``finetune=``,
+            still works, with a FutureWarning).
 
     Returns:
         :class:`TrainResult`; under torchrun only rank 0 writes files.
 
     Example:
-        >>> result = train("photos/", out="pets.safetensors")
+        >>> result = train("photos/", backbone="tf_efficientnet_lite0", out="pets.safetensors")
         >>> result.metrics["val_accuracy"], result.run_dir
         (0.92, PosixPath('pets-run'))
+        >>> train("photos/", ImageClassifier(method="finetune"), out="ft.safetensors", device="cuda")
     """
-    if not isinstance(method, Finetune):
-        check_choice(method, "method", "train", METHODS)
+    clf = _estimator(classifier, params)
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
     out = Path(out)
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
-    network = method != "probe"
-    clf = ImageClassifier(
-        backbone=backbone,
-        weights=weights,
-        method=method,
-        finetune=finetune_options or None,
-        val_fraction=val_fraction,
-        seed=seed,
-        refit=refit,
-        flip_average=flip_average,
-        precision=precision,
+    network = clf.method != "probe"
+    clf.fit(
+        dataset,
+        cache=cache,
+        device=device,
         batch_size=batch_size,
         max_pixels=max_pixels,
-        device=device,
         reuse=reuse,
-        cache=cache,
         checkpoint_dir=run if network or resume is not None else None,
         resume=resume is not None,
         progress=progress,
-    ).fit(dataset)
+    )
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
     from headstart.features import current
 
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
         clf.model_.metadata["data"]["split"] = split
-        files = write_run_folder(clf, run, out=out, split=split)
-        clf.save(out)  # last: a model file means its run folder is complete
+        files = write_together(
+            clf, run, out, lambda folder, run_id: write_run_folder(clf, folder, out=out, split=split, run_id=run_id)
+        )
     return TrainResult(clf.model_, out, run, metrics, clf, files)
+
+
+def _estimator(classifier: ImageClassifier | None, params: dict[str, Any]) -> ImageClassifier:
+    """The estimator :func:`train` fits: the one given, or one made of the hyper-parameters given."""
+    if "finetune_options" in params:
+        warnings.warn(
+            "train(finetune_options=...) is deprecated and will stop working in headstart 0.3: pass "
+            "finetune=... (a Finetune or a dict of its fields), the ImageClassifier's own name for it.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        options = params.pop("finetune_options")
+        params.setdefault("finetune", options or None)
+    if classifier is not None:
+        if not isinstance(classifier, ImageClassifier):
+            fail("classifier", "train", "an ImageClassifier or None", classifier)
+        if params:
+            raise TypeError(
+                f"train got a classifier and its hyper-parameters {', '.join(sorted(params))}: set them on the "
+                "classifier (classifier.set_params(...)) or pass only the keywords."
+            )
+        return classifier
+    unknown = sorted(set(params) - set(ImageClassifier._get_param_names()))
+    if unknown:
+        raise TypeError(
+            f"train got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; it takes the "
+            f"ImageClassifier's hyper-parameters ({', '.join(ImageClassifier._get_param_names())}) and how to run "
+            "(out, run_dir, split, resume, cache, device, batch_size, max_pixels, reuse, progress)."
+        )
+    clf = ImageClassifier(**params)
+    if not isinstance(clf.method, Finetune):
+        check_choice(clf.method, "method", "train", METHODS)
+    return clf
 
 
 def write_run_folder(
@@ -151,6 +177,7 @@ def write_run_folder(
     *,
     out: str | os.PathLike[str] | None = None,
     split: str = "all",
+    run_id: str | None = None,
 ) -> list[Path]:
     """The run folder of a classifier fitted in this session: what it was asked and what was refit
     (``config.json``), how it went (``metrics.json``: validation accuracy, calibration, the refit), its
@@ -160,7 +187,8 @@ def write_run_folder(
     before.
 
     The validation figures are those of models that had not seen the validation photos; the saved model is
-    (by default) refit on all photos, and ``config.json``'s ``refit`` says how.
+    (by default) refit on all photos, and ``config.json``'s ``refit`` says how. Pictures drawn before are read
+    from the memo beside the fit's feature cache (``clf.run_options_``).
 
     Returns:
         The files written.
@@ -192,10 +220,12 @@ def write_run_folder(
         "seed": clf.seed,
         "refit": clf.refit,
         "precision": clf.precision,
-        "batch_size": clf.batch_size,
-        "max_pixels": clf.max_pixels,
+        "batch_size": clf.run_options_.batch_size,
+        "max_pixels": clf.run_options_.max_pixels,
         "flip_average": clf.report_["flip_average"],
     }
+    if run_id is not None:
+        config["run_id"] = run_id  # (the model file's metadata carries the same)
     if clf.finetune_ is not None:
         config["finetune"] = asdict(clf.finetune_)
     report = clf.report_
@@ -207,7 +237,7 @@ def write_run_folder(
 
     val = classification_metrics(list(validation["labels"]), validation["proba"], list(clf.classes_))
     title = f"validation ({len(validation['paths'])} photos)"
-    memo = Memo.beside(feature_cache(clf.cache)) if clf.reuse else None
+    memo = Memo.beside(clf.run_options_.feature_cache()) if clf.run_options_.reuse else None
     written += memo_pictures(
         memo,
         [title, val, list(validation["hashes"])],
@@ -279,16 +309,19 @@ def find_learning_rate(
     out: str | os.PathLike[str] = "lr-find.png",
     steps: int | None = None,
     budget_s: float | None = None,
-    finetune_options: dict[str, Any] | None = None,
+    finetune: Finetune | dict[str, Any] | None = None,
     cache: FeatureCache | str | os.PathLike[str] | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
+    finetune_options: dict[str, Any] | None = None,
 ):
     """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
 
     ``steps`` defaults to :data:`~headstart.models.lr_find.DEFAULT_STEPS` and ``budget_s`` (the most seconds the
     steps may take; None: the default, 0: none) to :data:`~headstart.models.lr_find.DEFAULT_BUDGET_S`. The
     frozen stages run once per photo, so on Oxford pets (259 photos, 2 CPU cores) the whole test takes well under
-    a minute; the result says how many steps ran, why it stopped and the seconds per step.
+    a minute; the result says how many steps ran, why it stopped and the seconds per step. ``finetune``: the
+    fine-tuning options to test under (a Finetune or a dict of its fields; ``finetune_options`` is its older,
+    deprecated name).
 
     Returns:
         :class:`headstart.models.lr_find.LrFindResult` with ``suggestion``, ``stopped``/``why`` and ``seconds``.
@@ -302,24 +335,39 @@ def find_learning_rate(
     from headstart.models.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
     from headstart.models.selection import parse_auto, select_for_fit
 
+    if finetune_options is not None:
+        warnings.warn(
+            "find_learning_rate(finetune_options=...) is deprecated and will stop working in headstart 0.3: pass "
+            "finetune=... (a Finetune or a dict of its fields).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        finetune = finetune if finetune is not None else finetune_options
+    if isinstance(finetune, Finetune):
+        finetune = finetune.set_fields()
+    progress = wants_progress(progress)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     store = feature_cache(cache)
-    if parse_auto(backbone) is not None:  # the backbone `train` would choose (from the cache when it chose before)
-        backbone = select_for_fit(
+    candidates = parse_auto(backbone)
+    # one backbone object: extraction (on a cache miss) and the range test; for auto the one `train` would choose
+    source = (
+        ResolvedBackbone(backbone, weights)
+        if candidates is None
+        else select_for_fit(
             dataset,
-            parse_auto(backbone),
+            candidates,
             cache=store,
             memo=Memo.beside(store),
             seed=0,
             val_fraction=0.2,
             weights=weights,
             progress=progress,
-        ).chosen
-    source = ResolvedBackbone(backbone, weights)  # one network: extraction (on a cache miss) and the range test
+        ).backbone
+    )
     feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
     usable = dataset.subset(feats.indices.tolist())
     probe = fit_probe(feats.features, np.asarray(usable.labels), memo=Memo.beside(store))
-    config = Finetune.for_data_size(len(usable), **(finetune_options or {}))
+    config = Finetune.for_data_size(len(usable), **(finetune or {}))
     classes = [str(c) for c in probe.classes_]
     network = build_network(source.load(), len(classes), config.head_dropout)
     start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
@@ -338,24 +386,6 @@ def find_learning_rate(
     )
     plot_lr_find(result, Path(out))
     return result
-
-
-def parse_settings(items: list[str]) -> dict[str, list[Any]]:
-    """``["head_dropout=0,0.2,0.5", "lr=1e-4"]`` → ``{"head_dropout": [0, 0.2, 0.5], "lr": [0.0001]}``.
-
-    Example:
-        >>> parse_settings(["head_dropout=0,0.5"])
-        {'head_dropout': [0, 0.5]}
-    """
-    import yaml
-
-    out: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
-            raise ValueError(f"--set needs NAME=V1,V2,… (e.g. head_dropout=0,0.2,0.5); got {item!r}.")
-        out[key.strip().replace("-", "_")] = [yaml.safe_load(v.strip()) for v in values.split(",")]
-    return out
 
 
 def sweep(
@@ -394,7 +424,7 @@ def sweep(
             backbone=backbone,
             out=folder / f"{slug}.safetensors",
             run_dir=folder / slug,
-            finetune_options={**(base_options or {}), **variant},
+            finetune={**(base_options or {}), **variant},
             progress=progress,
         )
         m = result.metrics

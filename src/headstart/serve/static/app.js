@@ -49,14 +49,11 @@
   }
 
   // ---------------------------------------------------------------------------------------------- model card
-  function percent(x) {
-    if (x > 0 && x < 0.001) return "<0.1%";
-    return (100 * x).toFixed(x >= 0.995 || x === 0 ? 0 : 1) + "%";
-  }
+  const format = window.headstartFormat;  // static/format.js
 
   function showCard(m) {
     $("card-name").textContent = m.name;
-    $("card-accuracy").textContent = m.accuracy == null ? "not recorded" : percent(m.accuracy) + " (validation)";
+    $("card-accuracy").textContent = m.accuracy == null ? "not recorded" : format.accuracy(m.accuracy) + " (validation)";
     $("card-backbone").textContent = m.backbone.name + " (" + m.backbone.num_features + "-d features)";
     $("card-method").textContent = m.method || "–";
     const p = m.preprocessing;
@@ -150,7 +147,7 @@
       const track = document.createElement("span"); track.className = "track";
       const fill = document.createElement("span"); fill.className = "fill"; fill.style.width = (100 * p.probability).toFixed(1) + "%";
       track.append(fill);
-      const value = document.createElement("span"); value.className = "p"; value.textContent = percent(p.probability);
+      const value = document.createElement("span"); value.className = "p"; value.textContent = format.probability(p.probability);
       li.append(label, track, value);
       return li;
     }));

@@ -1,0 +1,115 @@
+"""The feature cache's layout: its tables, their version, and the migration of files older headstarts wrote.
+
+Opening a file of an older layout migrates it in place, once, in one transaction (:func:`set_up`), so a second
+process opening the same old file at the same time waits and then finds it done.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from headstart.errors import CacheError
+
+__all__ = ["LEGACY_DECODER", "SCHEMA_VERSION", "TABLES", "import_v1", "set_up"]
+
+#: The layout of the cache file (``PRAGMA user_version``). 0/1: one table of vectors per backbone key, mirror-averaged
+#: rows under their own key, and failure reasons keyed only by (file hash, max pixels). 2: vectors per view, verdicts
+#: keyed by what produced them, claims.
+SCHEMA_VERSION = 2
+
+#: Producer recorded for the verdicts of a version-1 cache: the decoder that gave them is unknown, so they are kept
+#: but not trusted (such a file is decoded once more, and then its verdict is stored under today's decoder).
+LEGACY_DECODER = "legacy (headstart cache version 1)"
+
+#: What a version-1 verdict says when it was a failure of the moment, not a fact about the file's bytes.
+_LEGACY_TRANSIENT = (
+    "cannot preprocess:",
+    "not enough memory",
+    "MemoryError",
+    "RecursionError",
+    "cannot read the file",
+    "file not found",
+    "permission denied",
+    "[Errno",
+)
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS vectors (
+        fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
+        PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS backbones (
+        fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS file_hashes (
+        path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS speed (
+        fingerprint TEXT PRIMARY KEY, images_per_second REAL NOT NULL, n_images INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS unusable (
+        sha256 TEXT NOT NULL, max_pixels INTEGER NOT NULL, decoder TEXT NOT NULL, reason TEXT NOT NULL,
+        PRIMARY KEY (sha256, max_pixels, decoder)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS claims (
+        fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL,
+        owner TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, expires_at REAL NOT NULL,
+        PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
+)
+
+
+def set_up(db: sqlite3.Connection, path: Path) -> None:
+    """Create the tables in ``db`` (inside a transaction), or migrate an older layout to :data:`SCHEMA_VERSION`."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise CacheError(
+            f"The feature cache {path} was written by a newer headstart (layout {version}; this one "
+            f"reads {SCHEMA_VERSION}). Upgrade headstart, or pass another --cache-dir."
+        )
+    if version == SCHEMA_VERSION:
+        return
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    legacy = []
+    if "features" in tables:
+        db.execute("ALTER TABLE features RENAME TO features_v1")
+        legacy.append("features_v1")
+    if "unusable" in tables:
+        db.execute("ALTER TABLE unusable RENAME TO unusable_v1")
+        legacy.append("unusable_v1")
+    for statement in TABLES:
+        db.execute(statement)
+    if legacy:
+        flip_keys = import_v1(
+            db, "main", features="features_v1" in legacy, unusable="unusable_v1" in legacy, suffix="_v1"
+        )
+        db.executemany("DELETE FROM backbones WHERE fingerprint=?", [(k,) for k in flip_keys])
+        db.execute("DELETE FROM speed WHERE fingerprint NOT IN (SELECT fingerprint FROM backbones)")
+        for table in legacy:
+            db.execute(f"DROP TABLE {table}")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def import_v1(db: sqlite3.Connection, schema: str, *, features: bool, unusable: bool, suffix: str = "") -> list[str]:
+    """Copy what a version-1 cache's tables (in ``schema``, named ``features``/``unusable`` + ``suffix``) hold that
+    is still right into this cache's tables; return the keys of its mirror-averaged features (not copied)."""
+    flip_keys, single_keys = [], []
+    for key, spec in db.execute(f"SELECT fingerprint, spec FROM {schema}.backbones").fetchall():
+        try:
+            flip = bool(json.loads(spec).get("flip_average"))
+        except (ValueError, AttributeError):
+            flip = True  # unreadable: not trusted
+        (flip_keys if flip else single_keys).append(key)
+    if features:
+        db.executemany(
+            f"INSERT OR IGNORE INTO vectors SELECT fingerprint, 'orig', sha256, vector "
+            f"FROM {schema}.features{suffix} WHERE fingerprint=?",
+            [(k,) for k in single_keys],
+        )
+    if unusable:
+        rows = db.execute(f"SELECT sha256, max_pixels, reason FROM {schema}.unusable{suffix}").fetchall()
+        db.executemany(
+            "INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
+            [
+                (sha, limit, LEGACY_DECODER, reason)
+                for sha, limit, reason in rows
+                if not any(mark in reason for mark in _LEGACY_TRANSIENT)
+            ],
+        )
+    return flip_keys
