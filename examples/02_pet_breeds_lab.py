@@ -76,7 +76,7 @@ truth = np.array([list(clf.classes_).index(label) for label in test_data.labels]
 print(f"top-1 {np.mean(top3[:, 0] == truth):.3f}, top-3 {np.mean((top3 == truth[:, None]).any(axis=1)):.3f}")
 print(f"from scratch: {scratch_report.accuracy:.3f}; transfer learning: {report.accuracy:.3f}")
 photo = test_data.paths[0]
-print(photo.name, [(clf.classes_[j], round(float(proba[0, j]), 3)) for j in top3[0]])
+print(photo.name, [(str(clf.classes_[j]), round(float(proba[0, j]), 3)) for j in top3[0]])
 
 # %% [markdown]
 # ## Save it, load it back

@@ -53,7 +53,7 @@ def write_digits(folder: Path, per_class: int, test_per_class: int) -> tuple[Pat
 
 
 train, test = write_digits(WORK, PER_CLASS, TEST_PER_CLASS) if DIGITS is None else (Path(DIGITS), None)
-hs.load_dataset(train)
+print(len(hs.load_dataset(train)), "training images of", len(hs.load_dataset(train).classes), "classes")
 
 # %% [markdown]
 # ## The same recipe on both

@@ -11,7 +11,8 @@ def say(line: str) -> None:
     """One line on stderr (the progress channel), printed verbatim (no rich markup)."""
     from rich.console import Console
 
-    Console(stderr=True, markup=False, highlight=False, soft_wrap=True).print(line)
+    # (not rich's Jupyter rendering, which shows it as a result: in a notebook it belongs in the stderr stream too)
+    Console(stderr=True, markup=False, highlight=False, soft_wrap=True, force_jupyter=False).print(line)
 
 
 def in_notebook() -> bool:
