@@ -43,7 +43,7 @@ def test_every_value_is_escaped_once():
     card = show.card("x", HOSTILE, show.fields([(HOSTILE, HOSTILE)]), show.table([HOSTILE], [[HOSTILE]]))
     _assert_escaped(card)
     assert "&amp;amp;" not in card  # (not twice)
-    assert _text(card).count(HOSTILE) == 4
+    assert _text(card).count(HOSTILE) == 5  # title, field name and value, header, cell
     assert show.fields([("left out", ...), ("kept", None)]).count("<tr>") == 1
 
 
