@@ -230,8 +230,8 @@ def export_tf(
         return
     runtime = "LiteRT interpreter" if format_ == "tflite" else "Keras 3 TFSMLayer"
     out.print(
-        f"wrote {report.path} ({report.metadata.name} beside it: classes, preprocessing): max |probability "
-        f"difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} in the {runtime} on {report.checked_on}",
+        f"wrote {report.path} (classes and preprocessing: {report.metadata}): max |probability difference| vs "
+        f"PyTorch {report.max_abs_diff_probabilities:.2g} in the {runtime} on {report.checked_on}",
         highlight=False,
     )
     if report.quantized is not None:
