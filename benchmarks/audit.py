@@ -41,7 +41,7 @@ def _baselines(faults, cache) -> dict[str, float]:
     """Sort by in-sample loss (labels) and by lowest max probability (outliers), of one probe fitted on all photos."""
     from headstart.data.datasets import load_dataset
     from headstart.features.extract import extract_features
-    from headstart.models.memo import fit_probe
+    from headstart.models.probe_fit import fit_probe
 
     data = load_dataset(faults.data)
     feats = extract_features(data.paths, cache=cache, flip_average=True)

@@ -76,7 +76,8 @@ def main() -> None:
     from headstart.data import load_dataset
     from headstart.features import extract_features
     from headstart.models.inputs import feature_cache
-    from headstart.models.memo import Memo, fit_probe
+    from headstart.models.memo import Memo
+    from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
 
     warnings.simplefilter("ignore")

@@ -23,6 +23,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE = REPO / "src" / "headstart" / "sample_data" / "pets"
 
 
+#: Fixtures that run a real backbone (train a model, load the network, serve one): a test that uses one, directly or
+#: through another fixture, is marked slow whatever its own decorators say, so `pytest -m "not slow"` (the fast
+#: subset, DEVELOPERS.md) never waits on a backbone. Tests that run a backbone themselves carry @pytest.mark.slow.
+SLOW_FIXTURES = frozenset({"sample_model", "lite0", "served_models", "server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def shared_data(name: str) -> Path:
     """A folder of ../shared/data, or skip the test cleanly when this clone has none."""
     path = SHARED_DATA / name

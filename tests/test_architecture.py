@@ -25,6 +25,8 @@ LAYERS = {
     "_onnx": 0,
     "_math": 0,
     "_display": 0,
+    "_distributed": 0,
+    "_names": 0,
     "_safetensors": 0,
     "data": 1,
     "features": 2,
@@ -181,3 +183,14 @@ def test_the_rules_catch_what_they_should(tmp_path):
     assert ("headstart.models.classifier", ["Classifier"], 1) in found
     assert LAYERS[_part("headstart.models.classifier")] > LAYERS[_part(module)]
     assert any(n.startswith("_") for _, names, _ in found for n in names)
+
+
+def test_architecture_md_names_only_modules_that_exist():
+    """docs/ARCHITECTURE.md stays true to the tree: every module it names (``pkg/module.py``) exists."""
+    import re
+
+    root = SRC.parents[1]
+    doc = (root / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`([A-Za-z_][\w/]*\.py)`", doc)) | set(re.findall(r"`([a-z_]+/[\w/]+\.py)[`:]", doc))
+    missing = sorted(p for p in named if not any((base / p).is_file() for base in (SRC, root, SRC.parent)))
+    assert named and not missing, f"docs/ARCHITECTURE.md names modules that do not exist: {missing}"

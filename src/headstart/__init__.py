@@ -29,11 +29,12 @@ from headstart._version import __version__
 _MODULES = {
     # the estimator and its model file
     "headstart.models.estimator": ("ImageClassifier", "load", "SkippedFilesWarning"),
-    "headstart.models.finetune_config": ("Finetune",),
+    "headstart.models.finetune.config": ("Finetune",),
     "headstart.models.classifier": ("Classifier",),
     "headstart.models.probe": ("LinearProbe",),
     # workflows: what the commands run
-    "headstart.workflows.training": ("train", "write_run_folder", "find_learning_rate", "sweep"),
+    "headstart.workflows.training": ("train", "write_run_folder"),
+    "headstart.workflows.experiments": ("find_learning_rate", "sweep"),
     "headstart.workflows.evaluation": ("evaluate",),
     "headstart.workflows.export": ("export_onnx",),
     "headstart.workflows.tf_export": ("export_tensorflow",),
@@ -58,7 +59,7 @@ _EXPORTS = {name: module for module, names in _MODULES.items() for name in names
 #: Names the top level exported before it was made lean: still found, with a FutureWarning saying where they live
 #: (CLI parsers and building blocks belong to their subpackages).
 _MOVED = {
-    "FinetuneConfig": ("headstart.models.finetune_config", "Finetune"),
+    "FinetuneConfig": ("headstart.models.finetune.config", "Finetune"),
     "parse_settings": ("headstart.cli.training", "parse_settings"),
     "parse_eps": ("headstart.attacks", "parse_eps"),
     "load_target": ("headstart.models.target", "load_target"),

@@ -8,11 +8,15 @@ from typing import Any
 
 
 def say(line: str) -> None:
-    """One line on stderr (the progress channel), printed verbatim (no rich markup)."""
+    """One line on stderr (the progress channel), printed verbatim (no rich markup), control characters made
+    visible (names in it come from files)."""
     from rich.console import Console
 
+    from headstart._names import printable
+
     # (not rich's Jupyter rendering, which shows it as a result: in a notebook it belongs in the stderr stream too)
-    Console(stderr=True, markup=False, highlight=False, soft_wrap=True, force_jupyter=False).print(line)
+    console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, force_jupyter=False)
+    console.print(printable(line, keep_newlines=True))
 
 
 def in_notebook() -> bool:

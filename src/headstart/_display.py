@@ -79,8 +79,13 @@ def card(kind: str, title: str, *parts: str) -> str:
 
 def figure_png(fig: Any, *, dpi: int = 90) -> bytes:
     """A matplotlib figure as PNG bytes, on white (what ``_repr_png_`` returns)."""
+    import matplotlib
+
+    from headstart._names import literal_figure
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    with matplotlib.rc_context({"text.parse_math": False}):  # (names are data, never maths: as _io.save_figure)
+        literal_figure(fig).savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()
 
 

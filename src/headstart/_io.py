@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,26 +86,6 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
         raise
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary folder beside ``path`` that replaces it whole on success (never half a folder), removed on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)  # (what killed runs left beside it is removed first)
-    temporary.mkdir(mode=0o777)
-    try:
-        yield temporary
-        old = _temporary_name(path) if path.exists() else None
-        if old is not None:
-            os.replace(path, old)
-        os.replace(temporary, path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never half."""
     with atomic_path(path) as temporary:
@@ -133,10 +112,15 @@ def _json_default(value: Any) -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically, in the format named by the suffix (PNG by default), on white."""
+    """Save a matplotlib figure atomically, in the format named by the suffix (PNG by default), on white; every
+    text in it drawn literally (class and file names are never read as maths: ``_names.literal_figure``)."""
+    import matplotlib
+
+    from headstart._names import literal_figure
+
     path = Path(path)
-    with atomic_path(path, durable=False) as temporary:
-        fig.savefig(temporary, format=path.suffix[1:].lower() or "png", dpi=dpi, facecolor="white")
+    with atomic_path(path, durable=False) as temporary, matplotlib.rc_context({"text.parse_math": False}):
+        literal_figure(fig).savefig(temporary, format=path.suffix[1:].lower() or "png", dpi=dpi, facecolor="white")
     return path
 
 
@@ -179,6 +163,8 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
             with contextlib.suppress(OSError):
                 if entry.is_dir() and not entry.is_symlink():  # a staging folder (files committed together)
+                    import shutil
+
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
@@ -352,6 +338,8 @@ def _rename_onto_reservation(source: Path, target: Path) -> None:
 
 
 def _copy_across(source: Path, target: Path) -> None:
+    import shutil
+
     if source.is_symlink():
         os.symlink(os.readlink(source), target)  # (creating a symlink never replaces)
         os.unlink(source)

@@ -19,3 +19,16 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=axis, keepdims=True)).astype(dtype, copy=False)
+
+
+def linear_probabilities(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``softmax(features @ weight.T + bias)`` as float32, finite for finite inputs: the scores are computed in
+    float32, and again in float64 for the rows where float32 overflows (a head with huge weights)."""
+    x = np.asarray(features, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = x @ weight.T + bias
+    over = ~np.isfinite(z).all(axis=1)
+    if over.any():
+        z = z.astype(np.float64)
+        z[over] = x[over].astype(np.float64) @ np.asarray(weight, np.float64).T + bias
+    return softmax(z, axis=1).astype(np.float32)

@@ -133,6 +133,7 @@ def test_parse_eps_rejects_bad_budgets_with_a_clear_message(bad: str) -> None:
 
 
 # ------------------------------------------------------------------------------- the attacked preprocessing
+@pytest.mark.slow
 def test_differentiable_preprocessing_matches_the_timm_transform(net, sample: Path, tmp_path: Path) -> None:
     import torch
     from timm.data import create_transform
@@ -151,6 +152,7 @@ def test_differentiable_preprocessing_matches_the_timm_transform(net, sample: Pa
 
 
 # ------------------------------------------------------------------------------------------- single photos
+@pytest.mark.slow
 def test_targeted_pgd_turns_a_dog_into_a_siamese_cat_on_the_saved_png(net, dog: Path, tmp_path: Path) -> None:
     result = attack(net, dog, target="Siamese cat", eps="4/255", steps=20)
     assert result.target == SIAMESE_CAT
@@ -173,12 +175,14 @@ def test_targeted_pgd_turns_a_dog_into_a_siamese_cat_on_the_saved_png(net, dog: 
     assert Image.open(png).mode == "RGB"
 
 
+@pytest.mark.slow
 def test_untargeted_pgd_at_one_step_of_255(net, dog: Path) -> None:
     result = attack(net, dog, eps="1/255", steps=10)
     assert result.success and result.after.index != result.before.index
     assert result.linf_8bit == 1
 
 
+@pytest.mark.slow
 def test_l2_budget_holds_on_the_saved_image(net, dog: Path, tmp_path: Path) -> None:
     result = attack(net, dog, target=SIAMESE_CAT, norm="l2", eps=2.0, steps=10)
     assert result.success and 0 < result.l2 <= 2.0 + 1e-6
@@ -188,6 +192,7 @@ def test_l2_budget_holds_on_the_saved_image(net, dog: Path, tmp_path: Path) -> N
     assert timm_top1(net, png) == SIAMESE_CAT
 
 
+@pytest.mark.slow
 def test_fgsm_takes_one_step_of_exactly_the_budget(net, dog: Path) -> None:
     result = attack(net, dog, method="fgsm", eps="2/255")
     assert result.steps_used == 1 and result.step_size == pytest.approx(2 / 255)
@@ -195,6 +200,7 @@ def test_fgsm_takes_one_step_of_exactly_the_budget(net, dog: Path) -> None:
     assert result.success == (result.after.index != result.before.index)
 
 
+@pytest.mark.slow
 def test_lesson_method_is_unbounded(net, dog: Path) -> None:
     result = attack(net, dog, target=SIAMESE_CAT, method="lesson", steps=5)
     assert result.steps_used == 5 and result.step_size == 1.0
@@ -204,6 +210,7 @@ def test_lesson_method_is_unbounded(net, dog: Path) -> None:
     assert report["clipped_values"] > 0 and report["eps"] is None and report["eps_8bit"] is None
 
 
+@pytest.mark.slow
 def test_transfer_reports_whether_the_attack_carried_over(net, dog: Path) -> None:
     result = attack(net, dog, target=SIAMESE_CAT, eps="4/255", steps=20)
     (row,) = transfer(result, ["tf_efficientnet_lite1"])
@@ -216,6 +223,7 @@ def test_transfer_reports_whether_the_attack_carried_over(net, dog: Path) -> Non
     assert result.to_dict()["transfer"] == [row]
 
 
+@pytest.mark.slow
 def test_ensemble_attack_fools_a_probe_and_the_imagenet_head_at_once(net, probe: Path, dog: Path) -> None:
     result = attack([probe, net], dog, target="Siamese", eps="4/255", steps=30)
     assert [m["success"] for m in result.members] == [True, True], result.members
@@ -225,6 +233,7 @@ def test_ensemble_attack_fools_a_probe_and_the_imagenet_head_at_once(net, probe:
     assert len(result.to_dict()["ensemble"]) == 2
 
 
+@pytest.mark.slow
 def test_probe_attack_is_checked_through_classifier_predict(probe: Path, sample: Path, tmp_path: Path) -> None:
     from headstart.models.classifier import Classifier
 
@@ -237,6 +246,7 @@ def test_probe_attack_is_checked_through_classifier_predict(probe: Path, sample:
 
 
 # ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
@@ -255,6 +265,7 @@ def test_bad_parameters_raise_before_anything_runs(net, dog: Path, kwargs, error
         attack(kwargs.pop("model", net), dog, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_non_image_file_is_refused(net, tmp_path: Path) -> None:
     fake = tmp_path / "notes.jpg"
     fake.write_text("not a photo")
@@ -324,6 +335,7 @@ def test_cli_attack_json_with_transfer(dog: Path, tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- robustness
+@pytest.mark.slow
 def test_robustness_curve_starts_at_evaluate_and_never_rises(probe: Path, sample: Path, tmp_path: Path) -> None:
     from headstart.data.datasets import load_dataset
     from headstart.workflows.evaluation import evaluate
@@ -349,6 +361,7 @@ def test_robustness_curve_starts_at_evaluate_and_never_rises(probe: Path, sample
     assert Image.open(paths["curve"]).format == "PNG"
 
 
+@pytest.mark.slow
 def test_robustness_at_eps_0_scores_like_evaluate_with_unknown_and_wrong_labels(
     probe: Path, sample: Path, tmp_path: Path
 ) -> None:
@@ -373,6 +386,7 @@ def test_robustness_at_eps_0_scores_like_evaluate_with_unknown_and_wrong_labels(
     assert report.attack_success == [None]
 
 
+@pytest.mark.slow
 def test_cli_robustness_json(probe: Path, sample: Path, tmp_path: Path) -> None:
     from headstart.cli import app
 
@@ -401,6 +415,7 @@ def test_cli_robustness_json(probe: Path, sample: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- the reference check
+@pytest.mark.slow
 def test_pgd_agrees_with_torchattacks(net, sample: Path) -> None:
     """Same model, same 224 crops, same budget: without a random start both produce the same images; with one,
     the success rates agree within one photo of eight."""

@@ -15,6 +15,8 @@ import pytest
 from headstart.audit.core import SCHEMA, audit
 from headstart.audit.faults import inject_faults
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 COPY_KINDS = ("resize", "reencode", "crop", "mirror", "all")
 
 

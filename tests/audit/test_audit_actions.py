@@ -47,6 +47,7 @@ def _files(*folders: Path) -> set[str]:
     return {p.name for folder in folders for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_relabel_csv_round_trip_fixes_the_wrong_labels(report, faults, tmp_path):
     path = write_relabel_csv(report, tmp_path / "relabel.csv")
     rows = list(csv.reader(path.open()))
@@ -85,6 +86,7 @@ def test_apply_relabels_refuses_a_foreign_or_malformed_csv(faults, tmp_path):
         apply_relabels(dataset, malformed)
 
 
+@pytest.mark.slow
 def test_quarantine_moves_copies_and_outliers_logs_why_and_deletes_nothing(report, faults, tmp_path):
     # Work on a copy of the data set: the module's report must stay true for the other tests.
     data, test = tmp_path / "data", tmp_path / "test"
@@ -147,6 +149,7 @@ def test_the_audit_command(faults, tmp_path):
     assert bad.exit_code == 2 and "--quarantine-what" in bad.output
 
 
+@pytest.mark.slow
 def test_train_reads_a_reviewed_relabel_csv(report, faults, tmp_path):
     """`headstart audit --relabel-csv` → review → `headstart train --relabel-csv`: the model learns the fixed labels."""
     from headstart.cli import app

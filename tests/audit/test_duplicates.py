@@ -8,14 +8,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from headstart.audit.faults import altered_copy
-from headstart.features.duplicates import (
-    DuplicateGroup,
-    find_duplicates,
-    group_keys,
-    hamming,
-    image_signatures,
-    perceptual_hash,
-)
+from headstart.data.hashing import hamming, image_signatures, perceptual_hash
+from headstart.features.duplicates import DuplicateGroup, find_duplicates, group_keys
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,7 @@ def test_scan_quarantine_moves_the_unusable_files_and_deletes_nothing(dirty_fold
     assert again["n_files"] == 4 and again["unusable"] == []
 
 
+@pytest.mark.slow
 def test_train_human_output(sample: Path, tmp_path: Path, model: Path) -> None:
     result = run("train", sample / "train", "--out", tmp_path / "m.safetensors")
     assert result.exit_code == 0, result.output
@@ -137,6 +138,7 @@ def test_train_human_output(sample: Path, tmp_path: Path, model: Path) -> None:
     assert str(tmp_path / "m.safetensors") in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
     report = ok_json(run("evaluate", model, sample / "test", "--json"))
     for key in ("accuracy", "top5_accuracy", "n_images", "skipped", "unknown_labels", "per_class"):
@@ -150,6 +152,7 @@ def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
     assert "on 24 photos" in human.stdout
 
 
+@pytest.mark.slow
 def test_predict_json_top_k(model: Path, sample: Path) -> None:
     a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
     rows = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
@@ -167,6 +170,7 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
     assert human.stdout.startswith(f"{a}: Siamese ")
 
 
+@pytest.mark.slow
 def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
     good = photos(sample / "test")[0]
     result = run("predict", model, good, text_as_jpg, "--json")
@@ -176,12 +180,14 @@ def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Pat
 
 
 # ------------------------------------------------------------------------------------------------------ errors
+@pytest.mark.slow
 def test_train_on_a_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such [photos]"  # brackets: printed verbatim, not taken for console markup
     assert_clean_error(run("train", missing, "--out", tmp_path / "m.safetensors"), str(missing), "does not exist")
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_damaged_model_file(sample: Path, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"\x07" + np.random.default_rng(0).bytes(4095))
@@ -190,6 +196,7 @@ def test_evaluate_with_a_damaged_model_file(sample: Path, tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_foreign_safetensors_file(sample: Path, tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
@@ -198,11 +205,13 @@ def test_evaluate_with_a_foreign_safetensors_file(sample: Path, tmp_path: Path) 
     assert_clean_error(run("evaluate", foreign, sample / "test"), str(foreign), "not a headstart model", exit_code=2)
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_missing_model_file(sample: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.safetensors"
     assert_clean_error(run("evaluate", missing, sample / "test"), f"no model file at {missing}", exit_code=2)
 
 
+@pytest.mark.slow
 def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> None:
     result = run("predict", model, text_as_jpg)
     assert result.exit_code == 1, result.output  # done: every input listed as unusable
@@ -211,6 +220,7 @@ def test_predict_with_only_an_unusable_file(model: Path, text_as_jpg: Path) -> N
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_method(sample: Path, tmp_path: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--method", "nope"),
@@ -221,6 +231,7 @@ def test_unknown_method(sample: Path, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_unknown_precision(sample: Path, tmp_path: Path, model: Path) -> None:
     assert_clean_error(
         run("train", sample / "train", "--out", tmp_path / "m.safetensors", "--precision", "fp8"),
@@ -232,6 +243,7 @@ def test_unknown_precision(sample: Path, tmp_path: Path, model: Path) -> None:
     assert_clean_error(run("evaluate", model, sample / "test", "--precision", "fp8"), "'fp8'", exit_code=2)
 
 
+@pytest.mark.slow
 def test_hub_weights_offline_say_what_works_offline(sample: Path, tmp_path: Path) -> None:
     from headstart.features import hub_weights_cached as _hub_cached
 
@@ -264,6 +276,7 @@ def test_python_dash_m_headstart_help() -> None:
         assert command in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse", [True, False])
 def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
     model: Path, sample: Path, tmp_path: Path, reuse: bool
@@ -310,6 +323,7 @@ def test_cached_rerun_of_train_gives_the_same_model_without_heavy_imports(
             assert (again_run / picture).read_bytes() == (first_run / picture).read_bytes(), picture
 
 
+@pytest.mark.slow
 def test_export_prints_the_check_and_the_accuracies(model: Path, sample: Path, tmp_path: Path) -> None:
     out = tmp_path / "pets.onnx"
     result = run("export", model, "--out", out, "--data", sample / "test")

@@ -76,6 +76,7 @@ def test_1_when_scan_finds_unusable_files(with_a_broken_photo) -> None:
     assert f"{broken}: " in result.stdout  # scan's result is that list
 
 
+@pytest.mark.slow
 def test_1_when_extract_skips_a_file(with_a_broken_photo) -> None:
     root, broken = with_a_broken_photo
     result = run("extract", root, "--json")
@@ -85,6 +86,7 @@ def test_1_when_extract_skips_a_file(with_a_broken_photo) -> None:
     assert str(broken) in result.stderr
 
 
+@pytest.mark.slow
 def test_1_when_train_skips_a_file_and_it_says_so_on_stderr(with_a_broken_photo, tmp_path: Path) -> None:
     root, broken = with_a_broken_photo
     human = run("train", root, "--out", tmp_path / "m.safetensors")
@@ -98,6 +100,7 @@ def test_1_when_train_skips_a_file_and_it_says_so_on_stderr(with_a_broken_photo,
     assert [s["path"] for s in json.loads(machine.stdout)["skipped"]] == [str(broken)]
 
 
+@pytest.mark.slow
 def test_1_when_evaluate_skips_a_file_and_lists_it_on_stderr(sample_model: Path, with_a_broken_photo) -> None:
     root, broken = with_a_broken_photo
     human = run("evaluate", sample_model, root)
@@ -109,6 +112,7 @@ def test_1_when_evaluate_skips_a_file_and_lists_it_on_stderr(sample_model: Path,
     assert [s["path"] for s in json.loads(machine.stdout)["skipped"]] == [str(broken)]
 
 
+@pytest.mark.slow
 def test_1_when_predict_skips_a_file(sample_model: Path, with_a_broken_photo) -> None:
     root, broken = with_a_broken_photo
     result = run("predict", sample_model, root / "pug", "--json")
@@ -122,11 +126,13 @@ def test_2_for_bad_usage() -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_2_for_a_missing_folder(tmp_path: Path) -> None:
     line = one_error_line(run("extract", tmp_path / "nowhere"))
     assert str(tmp_path / "nowhere") in line
 
 
+@pytest.mark.slow
 def test_2_and_the_option_named_as_typed(sample_model: Path, sample: Path) -> None:
     photo = sorted((sample / "test" / "pug").glob("*.jpg"))[0]
     line = one_error_line(run("predict", sample_model, photo, "--top-k", "0"))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from headstart.cli import app
 from headstart.cli._finetune import flag_of
 from headstart.cli.training import LR_FIND_FIELDS, RUN_OPTIONS
-from headstart.models.finetune_config import DEFAULTS, Finetune, help_texts
+from headstart.models.finetune.config import DEFAULTS, Finetune, help_texts
 
 FIELDS = [f.name for f in dataclasses.fields(Finetune)]
 
@@ -122,6 +122,7 @@ def _flags(values: dict[str, object]) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_every_flag_and_the_config_file_reach_the_training_that_runs(twelve: Path, tmp_path: Path) -> None:
     """One real 1-epoch run: every field set away from its default, by a flag or by --config (flags win)."""
     assert set(NOT_DEFAULT) == set(FIELDS), "give every field a value here"
@@ -144,6 +145,7 @@ def test_every_flag_and_the_config_file_reach_the_training_that_runs(twelve: Pat
     assert [h["epoch"] for h in history] == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_bad_flag_value_names_the_flag_before_any_work(twelve: Path, tmp_path: Path) -> None:
     out = tmp_path / "never.safetensors"
     result = run("train", twelve, "--method", "finetune", "--warmup-epochs", "-1", "--out", out)
@@ -154,6 +156,7 @@ def test_a_bad_flag_value_names_the_flag_before_any_work(twelve: Path, tmp_path:
     assert not out.exists() and not (tmp_path / "never-run").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_the_config_file_names_the_file(twelve: Path, tmp_path: Path) -> None:
     config = tmp_path / "ft.toml"
     config.write_text("lr = 'fast'\n")
@@ -163,6 +166,7 @@ def test_a_bad_value_in_the_config_file_names_the_file(twelve: Path, tmp_path: P
     assert message.startswith(f"error: {config}: The 'lr' parameter of finetune") and "'fast'" in message
 
 
+@pytest.mark.slow
 def test_probe_training_refuses_fine_tuning_flags(twelve: Path, tmp_path: Path) -> None:
     result = run("train", twelve, "--ema-decay", "0.9", "--train-bn", "--out", tmp_path / "m.safetensors")
     assert result.exit_code == 2

@@ -62,6 +62,7 @@ MOMENTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MOMENTS, ids=[f"{m} ({w})" for m, w in MOMENTS.items()])
 def test_ctrl_c_during_start_up(module: str, sample: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(
@@ -96,6 +97,7 @@ def test_ctrl_c_during_start_up(module: str, sample: Path, tmp_path: Path) -> No
     assert took < _interrupts.GRACE_S + 5, f"took {took:.1f} s to end after Ctrl-C"
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_any_import_of_start_up(sample: Path, tmp_path: Path) -> None:
     """12 moments drawn (seeded) from the ~170 imports between the interrupt handling and the command: where one
     lands in code that Python runs through ``exec`` (dataclasses, named tuples) or wraps (``__set_name__`` turns it
@@ -140,6 +142,7 @@ def test_the_exit_code_survives_cpythons_stray_keyboard_interrupt_flag(tmp_path:
     assert done.returncode == 130, done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_extracting_keeps_what_was_committed(sample: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     proc = subprocess.Popen(
@@ -189,6 +192,7 @@ SWALLOWED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_an_interrupt_python_swallows_is_delivered_again(sample: Path) -> None:
     start = time.monotonic()
     done = subprocess.run(

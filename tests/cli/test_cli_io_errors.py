@@ -78,21 +78,25 @@ def _one_line(proc: subprocess.CompletedProcess, path: Path | str, words: str) -
     assert str(path) in errors[0] and words in errors[0], errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "openvino"])
 def test_the_cache_filling_up_during_extraction(tmp_path: Path, mounts, few_photos: Path, engine: str) -> None:
     if engine == "openvino":
         pytest.importorskip("openvino")
     disk = mounts(tmp_path / "disk", "size=96k" if engine == "torch" else "size=1m")
-    proc = _run("extract", str(few_photos), "--engine", engine, "--cache-dir", str(disk / "cache"))
-    _one_line(proc, disk / "cache", "no space left")
+    engines = {"HEADSTART_ENGINE_DIR": str(disk / "engines")}  # (where OpenVINO's conversion is written)
+    proc = _run("extract", str(few_photos), "--engine", engine, "--cache-dir", str(disk / "cache"), env=engines)
+    _one_line(proc, disk, "no space left")
 
 
+@pytest.mark.slow
 def test_a_read_only_cache(tmp_path: Path, mounts, few_photos: Path) -> None:
     disk = mounts(tmp_path / "ro", "size=64k,ro")
     proc = _run("extract", str(few_photos), "--engine", "torch", env={"HEADSTART_CACHE_DIR": str(disk / "cache")})
     _one_line(proc, disk, "read-only")
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_while_saving_the_model(tmp_path: Path, sample_model: Path) -> None:
     """RLIMIT_FSIZE (`ulimit -f`) below the model file's size: EFBIG at the save, after the training."""
     out = tmp_path / "pets.safetensors"
@@ -121,3 +125,50 @@ def test_io_errors_are_worded_once_for_every_raiser(tmp_path: Path) -> None:
         with pytest.raises(OSError) as caught:
             write_bytes_atomic(locked / "out.json", b"{}")
         assert io_error_message(caught.value).startswith(str(locked / "out.json")), io_error_message(caught.value)
+
+
+@pytest.fixture()
+def ext4(tmp_path: Path):
+    """A small ext4 file system on a loop device (needs root, mkfs.ext4 and chattr), for immutable folders: the one
+    way to meet EPERM as root."""
+    image, mount = tmp_path / "ext4.img", tmp_path / "ext4"
+    mount.mkdir()
+    with image.open("wb") as handle:
+        handle.truncate(16 << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True)
+    if (
+        made.returncode
+        or subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True).returncode
+    ):
+        pytest.skip("cannot make and mount an ext4 image here (needs root and mkfs.ext4)")
+    locked: list[Path] = []
+
+    def immutable(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not supported here")
+        locked.append(folder)
+        return folder
+
+    yield mount, immutable
+    for folder in locked:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_quarantine_folder_that_refuses_a_move(tmp_path: Path, ext4) -> None:
+    """EPERM part-way through `scan --quarantine` (one class folder of DIR immutable): one line naming the file,
+    what was moved before it, exit 2; every file's bytes still somewhere."""
+    mount, immutable = ext4
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        (data / name / "1.jpg").write_text(f"not a photo {name}")
+    dest = mount / "q"
+    immutable(dest / "b")
+    proc = _run("scan", str(data), "--quarantine", str(dest))
+    _one_line(proc, data / "b" / "1.jpg", "Operation not permitted")
+    assert "moved before it are listed in" in proc.stderr, proc.stderr
+    assert (dest / "a" / "1.jpg").read_text() == "not a photo a" and (
+        data / "b" / "1.jpg"
+    ).read_text() == "not a photo b"

@@ -194,6 +194,7 @@ def test_scan_checks_its_quarantine_before_decoding(sample: Path, place: Path) -
     assert result.stderr.startswith(f"error: --quarantine {place / 'a-file'} cannot be written: {IS_A_FILE}")
 
 
+@pytest.mark.slow
 def test_a_run_folder_holding_a_folder_where_a_file_goes(place: Path) -> None:
     (place / "m-run" / "metrics.json").mkdir(parents=True)
     result = run("train", place / "photos", "--out", place / "m.safetensors")
@@ -201,6 +202,7 @@ def test_a_run_folder_holding_a_folder_where_a_file_goes(place: Path) -> None:
     assert f"{place / 'm-run' / 'metrics.json'} is a folder where a file is written" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("location", [Path("/sys"), Path("/proc/sys")], ids=str)
 def test_a_read_only_location(location: Path, place: Path) -> None:
     if not location.is_dir() or (os.access(location, os.W_OK) and _takes_files(location)):

@@ -195,6 +195,12 @@ def hostile() -> dict[str, tuple[bytes, str]]:
     cases = {
         "ico_png_65535": (ico(png(huge, huge)), BOMB),  # issue 11: 91 bytes named .jpg, 5+ GB before
         "ico_png_under_limit": (ico(png(UNDER, UNDER)), CORRUPT),
+        # issue 20: the same lie as a PNG's, a 1-pixel-wide 89,478,485-pixel image in 91 bytes: one rule for both
+        # (each frame a header declares is held to what the file's bytes can hold), whatever holds the frame
+        "ico_png_1_by_limit": (ico(png(1, 89_478_485)), CANNOT_HOLD),
+        "ico_png_1_by_limit_as_listed": (ico(png(1, 89_478_485), 1, 89_478_485 % 256), CANNOT_HOLD),  # main: used
+        "ico_bmp_1_by_limit": (ico_bmp(1, 44_000_000), CANNOT_HOLD),  # (a DIB in an ICO stores twice its height)
+        "png_1_by_limit": (png(1, 89_478_485), CANNOT_HOLD),
         "ico_bmp_65535": (ico_bmp(huge, huge), BOMB),
         "png_65535": (png(huge, huge), BOMB),
         "png_under_limit_rgba": (png(UNDER, UNDER), CANNOT_HOLD),  # issue 11: 69 bytes, accepted as 89.5 Mpx
@@ -525,6 +531,7 @@ def test_hostile_headers_are_refused_before_allocating(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_with_no_pixel_limit_memory_failures_are_still_headstart_errors(tmp_path: Path) -> None:
     """``max_pixels=None`` lifts the refusal, not the contract: under the 1 GiB cap the 65535×65535 ICO fails with
     an UnusableImageError (out of memory, or its data cut short), never a MemoryError or a crash."""
@@ -539,6 +546,7 @@ def test_with_no_pixel_limit_memory_failures_are_still_headstart_errors(tmp_path
     assert all(r["outcome"] == "unusable" for r in results if r["id"] != "gif_canvas_65535"), results
 
 
+@pytest.mark.slow
 def test_mutation_fuzzing_of_every_format(seed_files: dict[str, str], tmp_path: Path) -> None:
     """2,400+ mutated photos (and the seeds themselves), decoded three ways (bytes with draft, bytes in full, file
     check) by two workers under the 1 GiB cap: only UnusableImageError or an RGB image, none over 5 s."""

@@ -36,6 +36,10 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture()
 def mirror(tmp_path: Path) -> Path:
     """A folder holding small stand-ins for the official archives, with the official file names."""
@@ -58,10 +62,16 @@ def mirror(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def checksums(mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point DATASETS at the test archives' own md5 (sizes unknown), as for the real ones."""
+    """Point DATASETS at the test archives' own checksums (sizes unknown), as for the real ones."""
     for name, archives in list(DATASETS.items()):
         patched = [
-            dataclasses.replace(a, md5=_md5(mirror / a.filename) if a.md5 else None, size=None) for a in archives
+            dataclasses.replace(
+                a,
+                md5=_md5(mirror / a.filename) if a.md5 else None,
+                sha256=_sha256(mirror / a.filename) if a.sha256 else None,
+                size=None,
+            )
+            for a in archives
         ]
         monkeypatch.setitem(DATASETS, name, patched)
 
@@ -70,9 +80,11 @@ def test_registry_holds_the_official_archives() -> None:
     pets = {archive.filename: archive for archive in DATASETS["pets"]}
     assert pets["images.tar.gz"].md5 == "5c4f3ee8e5d25df40f4fd59a7f44e54c"
     assert pets["annotations.tar.gz"].md5 == "95a8c909bbe2e81eed6a22bccdf3f68f"
+    assert pets["images.tar.gz"].sha256 == "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d"
+    assert pets["annotations.tar.gz"].sha256 == "52425fb6de5c424942b7626b428656fcbd798db970a937df61750c0f1d358e91"
     assert all(archive.url.startswith("https://www.robots.ox.ac.uk/~vgg/data/pets/data/") for archive in pets.values())
     (catsdogs,) = DATASETS["catsdogs"]
-    assert catsdogs.url.endswith("/kagglecatsanddogs_5340.zip") and catsdogs.md5 is None
+    assert catsdogs.url.endswith("/kagglecatsanddogs_5340.zip") and catsdogs.md5 is None and catsdogs.sha256 is None
 
 
 @pytest.mark.usefixtures("checksums")
@@ -124,14 +136,16 @@ def test_archive_already_there_is_not_fetched_again(mirror: Path, tmp_path: Path
     assert len(load_dataset(root)) == 4
 
 
-def test_wrong_md5_is_refused_and_leaves_no_file(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = [dataclasses.replace(a, md5="0" * 32, size=None) for a in DATASETS["pets"]]
+def test_wrong_sha256_is_refused_and_leaves_no_file(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = [dataclasses.replace(a, sha256="0" * 64, size=None) for a in DATASETS["pets"]]
     monkeypatch.setitem(DATASETS, "pets", wrong)
     dest = tmp_path / "pets"
     with pytest.raises(HeadstartError) as info:
         download_dataset("pets", dest, base_url=mirror.as_uri(), progress=False)
     message = str(info.value)
-    assert "images.tar.gz" in message and "0" * 32 in message and _md5(mirror / "images.tar.gz") in message
+    assert "images.tar.gz" in message and "0" * 64 in message and _sha256(mirror / "images.tar.gz") in message
     assert "run again" in message
     assert sorted(p.name for p in dest.iterdir()) == []  # neither the archive nor a .part is left
 
@@ -141,7 +155,7 @@ def test_damaged_archive_already_there(mirror: Path, tmp_path: Path) -> None:
     dest = tmp_path / "pets"
     dest.mkdir()
     (dest / "images.tar.gz").write_bytes(b"half a download")
-    with pytest.raises(HeadstartError, match=r"images\.tar\.gz has md5 .*, expected .*delete it and run again"):
+    with pytest.raises(HeadstartError, match=r"images\.tar\.gz has SHA-256 .*, expected .*delete it and run again"):
         download_dataset("pets", dest, base_url=mirror.as_uri(), progress=False)
 
 
@@ -173,7 +187,7 @@ def test_tar_escaping_the_folder_is_refused(tmp_path: Path, monkeypatch: pytest.
     with tarfile.open(mirror / "images.tar.gz", "w:gz") as tar:
         _add(tar, "images/Abyssinian_1.jpg", _jpeg_bytes())
         _add(tar, evil, b"gotcha")
-    archives = [dataclasses.replace(a, md5=None, size=None) for a in DATASETS["pets"]]
+    archives = [dataclasses.replace(a, md5=None, sha256=None, size=None) for a in DATASETS["pets"]]
     monkeypatch.setitem(DATASETS, "pets", archives)
     dest = tmp_path / "deep" / "pets"
     with pytest.raises(HeadstartError, match=r"would be written outside .*refusing"):
@@ -190,7 +204,9 @@ def test_tar_symlink_out_of_the_folder_is_refused(tmp_path: Path, monkeypatch: p
         link = tarfile.TarInfo("images/link")
         link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
         tar.addfile(link)
-    monkeypatch.setitem(DATASETS, "pets", [dataclasses.replace(a, md5=None, size=None) for a in DATASETS["pets"]])
+    monkeypatch.setitem(
+        DATASETS, "pets", [dataclasses.replace(a, md5=None, sha256=None, size=None) for a in DATASETS["pets"]]
+    )
     with pytest.raises(HeadstartError, match=r"images/link.*refusing"):
         download_dataset("pets", tmp_path / "pets", base_url=mirror.as_uri(), progress=False)
 
@@ -287,3 +303,95 @@ def test_interrupted_download_resumes_over_http(mirror: Path, tmp_path: Path) ->
     assert _RangeHandler.requests == ["bytes=100-"]
     assert (dest / "kagglecatsanddogs_5340.zip").read_bytes() == whole
     assert len(load_dataset(root)) == 2
+
+
+# --- hostile archives: nothing replaced, nothing unpacked past the limits, nothing left behind --------------------
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in members.items():
+            zipped.writestr(name, data)
+    return path
+
+
+def _pin_catsdogs(monkeypatch: pytest.MonkeyPatch, archive_path: Path, **limits: int) -> None:
+    """The crafted zip passes the size check, as the issue's attacker's did (same size as the official one)."""
+    archive = dataclasses.replace(DATASETS["catsdogs"][0], size=archive_path.stat().st_size, **limits)
+    monkeypatch.setitem(DATASETS, "catsdogs", [archive])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["replaces a user's file", "zip bomb", "too many bytes", "too many files", "outside the layout", "under a file"],
+)
+def test_a_hostile_catsdogs_zip_is_refused_and_leaves_dest_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    dest = tmp_path / "dest"
+    (dest / "PetImages" / "Cat").mkdir(parents=True)
+    (dest / "PetImages" / "Cat" / "1.jpg").write_bytes(b"the user's own photo")
+    (dest / "notes.txt").write_text("the user's notes")
+    photos = {f"PetImages/Dog/{i}.jpg": _jpeg_bytes((i, 0, 0)) for i in range(3)}
+    members, limits = {
+        "replaces a user's file": ({**photos, "PetImages/Cat/1.jpg": b"the attacker's bytes"}, {}),
+        "zip bomb": ({**photos, "PetImages/Cat/2.jpg": bytes(50 << 20)}, {}),
+        "too many bytes": (photos, {"max_bytes": 100}),
+        "too many files": (photos, {"max_files": 2}),
+        "outside the layout": ({**photos, "notes/evil.txt": b"x"}, {}),
+        "under a file": ({**photos, "notes.txt/evil.jpg": b"x"}, {}),
+    }[case]
+    mirror = _zip(tmp_path / "mirror" / "kagglecatsanddogs_5340.zip", members)
+    _pin_catsdogs(monkeypatch, mirror, **limits)
+    before = _listing(dest)
+    with pytest.raises(HeadstartError, match="nothing was extracted|refusing"):
+        download_dataset("catsdogs", dest, base_url=mirror.parent.as_uri(), progress=False)
+    assert _listing(dest) == before, "DEST changed: a file was replaced, added or left behind"
+    assert sorted(p.name for p in dest.iterdir()) == ["PetImages", "notes.txt"], "junk was left in DEST"
+
+
+def test_a_tar_bomb_is_refused_before_it_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip stream of 256 MB of zeros (a quarter-MB file): refused from the member's header, nothing written."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "images.tar.gz", "w:gz", compresslevel=1) as tar:
+        _add(tar, "images/Abyssinian_1.jpg", _jpeg_bytes())
+        info = tarfile.TarInfo("images/Abyssinian_2.jpg")
+        info.size = 256 << 20
+
+        class Zeros(io.RawIOBase):
+            left = 256 << 20
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer):  # type: ignore[override]
+                n = min(len(buffer), self.left)
+                buffer[:n] = bytes(n)
+                self.left -= n
+                return n
+
+        tar.addfile(info, io.BufferedReader(Zeros(), 1 << 20))
+    archives = [dataclasses.replace(a, md5=None, sha256=None, size=None, max_bytes=64 << 20) for a in DATASETS["pets"]]
+    monkeypatch.setitem(DATASETS, "pets", archives)
+    dest = tmp_path / "pets"
+    with pytest.raises(HeadstartError, match="unpacks to more than 64 MB"):
+        download_dataset("pets", dest, base_url=mirror.as_uri(), progress=False)
+    assert [p.name for p in dest.iterdir()] == [], "an extracted file, the staging folder or the archive was left"
+
+
+@pytest.mark.usefixtures("checksums")
+def test_an_interrupted_extraction_is_finished_not_refused(mirror: Path, tmp_path: Path) -> None:
+    """Files already in DEST with the archive's own bytes (an extraction cut short) are kept, the rest added."""
+    dest = tmp_path / "cd"
+    (dest / "PetImages" / "Cat").mkdir(parents=True)
+    with zipfile.ZipFile(mirror / "kagglecatsanddogs_5340.zip") as zipped:
+        (dest / "PetImages" / "Cat" / "1.jpg").write_bytes(zipped.read("PetImages/Cat/1.jpg"))
+    root = download_dataset("catsdogs", dest, base_url=mirror.as_uri(), progress=False)
+    assert len(load_dataset(root)) == 2
+    assert "sha256 " in (dest / ".headstart-extracted-kagglecatsanddogs_5340.zip").read_text()

@@ -203,6 +203,7 @@ def test_the_folder_given_twice_or_through_a_link_is_scanned_once(tmp_path: Path
     assert report.n_files == 6 and len(report.unusable) == 6, report
 
 
+@pytest.mark.slow
 def test_audit_refuses_a_test_set_that_is_the_data(tmp_path: Path, sample: Path) -> None:
     """`audit --test` given the DATA folder again (as is, through a symlink, or as hard links) is refused before any
     work: those are not leaks to move but the same photos."""

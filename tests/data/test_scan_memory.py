@@ -65,6 +65,7 @@ def _many(root: Path, n: int) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_scanning_20000_files_keeps_memory_flat(tmp_path: Path) -> None:
     small, large = tmp_path / "5000", tmp_path / "20000"
     small.mkdir()

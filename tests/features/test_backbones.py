@@ -19,6 +19,7 @@ from headstart.features.backbones import (
     load_backbone,
     offline_weight_file,
     resolve_backbone,
+    trunk_sha256,
 )
 from headstart.features.catalogue import CATALOGUE, list_backbones
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys
@@ -31,6 +32,7 @@ def _top1(backbone, path: Path) -> tuple[int, float]:
     return int(p.argmax()), float(p.max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("photo", "imagenet_class"),
     [("Siamese", 284), ("Persian", 283), ("pug", 254), ("chihuahua", 151)],
@@ -43,6 +45,7 @@ def test_offline_lite0_recognises_real_photos(lite0, sample: Path, photo: str, i
     )
 
 
+@pytest.mark.slow
 def test_spec_carries_the_weights_preprocessing(lite0) -> None:
     spec = lite0.spec
     assert spec.num_features == 1280
@@ -52,15 +55,23 @@ def test_spec_carries_the_weights_preprocessing(lite0) -> None:
     assert BackboneSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).fingerprint == spec.fingerprint
 
 
-def test_fingerprint_changes_with_weights_or_preprocessing(lite0) -> None:
+@pytest.mark.slow
+def test_fingerprint_changes_with_the_weights_content_or_preprocessing_not_with_what_they_are_called(lite0) -> None:
     spec = lite0.spec
-    other_weights = BackboneSpec(**{**spec.to_dict(), "weights_id": "hub:x", "label_names": ()})
+    other_weights = BackboneSpec(**{**spec.to_dict(), "trunk_sha256": "0" * 64, "label_names": ()})
     other_crop = BackboneSpec(
         **{**spec.to_dict(), "data_config": {**spec.data_config, "crop_pct": 1.0}, "label_names": ()}
     )
     assert len({spec.fingerprint, other_weights.fingerprint, other_crop.fingerprint}) == 3
+    # the same tensors from another source share the key; a name or claim alone never makes one
+    renamed = BackboneSpec(**{**spec.to_dict(), "weights_id": "hub:x", "source": "hub x", "label_names": ()})
+    assert renamed.fingerprint == spec.fingerprint
+    assert spec.trunk_sha256 == trunk_sha256(lite0.trunk_arrays())
+    with pytest.raises(ValueError, match="trunk_sha256"):
+        _ = BackboneSpec(**{**spec.to_dict(), "trunk_sha256": "", "label_names": ()}).fingerprint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
 def test_bigger_offline_siblings_load_strictly(arch: str) -> None:
     if offline_weight_file(arch) is None:
@@ -69,6 +80,7 @@ def test_bigger_offline_siblings_load_strictly(arch: str) -> None:
     assert backbone.spec.num_features == 1280 and backbone.spec.source.startswith("package")
 
 
+@pytest.mark.slow
 def test_key_mapping_is_one_to_one(lite0) -> None:
     state = torch.load(offline_weight_file("tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
     mapped = map_efficientnet_pytorch_keys(state, lite0.model)
@@ -76,6 +88,7 @@ def test_key_mapping_is_one_to_one(lite0) -> None:
     assert len(mapped) == len(state)
 
 
+@pytest.mark.slow
 def test_resolving_a_known_backbone_needs_no_model(lite0, monkeypatch: pytest.MonkeyPatch) -> None:
     import headstart.features.backbones as backbones
 
@@ -83,6 +96,7 @@ def test_resolving_a_known_backbone_needs_no_model(lite0, monkeypatch: pytest.Mo
     assert resolve_backbone("tf_efficientnet_lite0").fingerprint == lite0.spec.fingerprint
 
 
+@pytest.mark.slow
 def test_local_checkpoint_gives_the_same_features(lite0, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -104,6 +118,7 @@ def test_local_checkpoint_gives_the_same_features(lite0, tmp_path: Path) -> None
             torch.testing.assert_close(backbone.features(x), want)
 
 
+@pytest.mark.slow
 def test_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pth"
     torch.save({"weights": Path("/etc/passwd")}, evil)  # a pickled object, not tensors
@@ -111,6 +126,7 @@ def test_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
         load_backbone("tf_efficientnet_lite0", evil)
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_architecture_is_explained(lite0, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -120,11 +136,13 @@ def test_checkpoint_for_another_architecture_is_explained(lite0, tmp_path: Path)
         load_backbone("resnet18", path)
 
 
+@pytest.mark.slow
 def test_missing_weights_file() -> None:
     with pytest.raises(BackboneUnavailableError, match="No weights file at"):
         load_backbone("resnet18", "/nonexistent/weights.safetensors")
 
 
+@pytest.mark.slow
 def test_hub_weights_offline_end_in_one_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneUnavailableError) as info:
@@ -134,11 +152,13 @@ def test_hub_weights_offline_end_in_one_clear_message(monkeypatch: pytest.Monkey
     assert "--weights PATH" in message
 
 
+@pytest.mark.slow
 def test_unknown_backbone_suggests_names() -> None:
     with pytest.raises(BackboneUnavailableError, match="Unknown backbone 'resnet5O'.*headstart backbones --all"):
         load_backbone("resnet5O")
 
 
+@pytest.mark.slow
 def test_random_init_for_training_from_scratch(lite0) -> None:
     backbone = load_backbone("tf_efficientnet_lite0", "none")
     assert backbone.spec.weights_id == "none" and backbone.spec.fingerprint != lite0.spec.fingerprint
@@ -161,6 +181,7 @@ def test_without_the_offline_packages_nothing_is_usable_offline(monkeypatch: pyt
     assert list_backbones(pattern="tf_efficientnet_lite0*")[0].description == ""
 
 
+@pytest.mark.slow
 def test_trunk_weights_are_cached_as_numpy(lite0) -> None:
     spec, trunk = cached_trunk_weights("tf_efficientnet_lite0")
     assert spec.fingerprint == lite0.spec.fingerprint
@@ -168,6 +189,7 @@ def test_trunk_weights_are_cached_as_numpy(lite0) -> None:
     np.testing.assert_array_equal(trunk["conv_stem.weight"], lite0.model.conv_stem.weight.detach().numpy())
 
 
+@pytest.mark.slow
 def test_flip_average_is_the_mean_of_both_views_and_mirror_invariant(lite0) -> None:
     assert not lite0.spec.flip_average  # a loaded backbone is a plain network
     flipped = lite0.with_flip_average(True)
@@ -183,6 +205,7 @@ def test_flip_average_is_the_mean_of_both_views_and_mirror_invariant(lite0) -> N
     torch.testing.assert_close(mirrored, both, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_specs_written_before_flip_average_read_as_single_view(lite0) -> None:
     old = {k: v for k, v in lite0.spec.to_dict().items() if k != "flip_average"}
     spec = BackboneSpec.from_dict(old)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.features.engines import _embed_fitting_memory, make_embedder, view_embedder
+from headstart.features.engines import _embed_fitting_memory, view_embedder
 from headstart.features.extract import extract_features, preprocessor
 
 
@@ -20,6 +20,7 @@ def batch(sample: Path, lite0) -> tuple[list[Path], torch.Tensor]:
     return photos, torch.stack([decode(p) for p in photos])
 
 
+@pytest.mark.slow
 def test_the_preprocessor_gives_extractions_pixels(lite0, cache, batch) -> None:
     """Features of preprocessor(photo) are what extract_features stores: every model run outside the cache (ONNX
     checks, int8 calibration, the server) sees the same pixels as extraction."""
@@ -31,19 +32,25 @@ def test_the_preprocessor_gives_extractions_pixels(lite0, cache, batch) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_the_single_view_features_come_from_the_same_forward_pass(lite0, batch) -> None:
-    _, x = batch
+@pytest.mark.slow
+def test_the_pipeline_averages_the_photo_and_its_mirror_image_when_the_spec_says_so(lite0, batch) -> None:
+    from headstart.features.pipeline import Pipeline
+
+    photos, x = batch
     flipped = lite0.with_flip_average(True)
-    averaged, single = make_embedder(flipped, precision="fp32", device="cpu", single_view=True)(x)
-    plain, none = make_embedder(lite0, precision="fp32", device="cpu")(x)
-    assert none is None and averaged.shape == single.shape == (3, 1280)
-    np.testing.assert_allclose(single, plain, rtol=1e-4, atol=1e-4)
+    averaged_pipe = Pipeline(flipped.spec, flipped, engine="torch", precision="fp32")
+    averaged = averaged_pipe.features([averaged_pipe.decode(p) for p in photos])
+    pipe = Pipeline(lite0.spec, lite0, engine="torch", precision="fp32")
+    plain = pipe.features([pipe.decode(p) for p in photos])
+    assert averaged.shape == plain.shape == (3, 1280)
     with torch.no_grad():
+        np.testing.assert_allclose(plain, lite0.features(x).numpy(), rtol=1e-4, atol=1e-4)
         mirrored = lite0.features(x.flip(-1)).numpy()
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-4, atol=1e-4)
     assert np.abs(averaged - plain).max() > 1e-3, "mirror averaging changes the features"
 
 
+@pytest.mark.slow
 def test_the_views_asked_for_are_embedded_in_one_pass_each_as_on_its_own(lite0, batch) -> None:
     """Row r of ``embed(x, wanted)`` is photo ``x[i]`` as it is or mirrored: bit-identical to embedding that view
     alone (so a view computed by one command equals the same view computed by another), whatever the spec says

@@ -30,6 +30,7 @@ def photos(sample: Path, tmp_path: Path) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_second_run_computes_nothing_and_gives_the_same_features(
     lite0, cache: FeatureCache, photos: list[Path]
 ) -> None:
@@ -41,6 +42,7 @@ def test_second_run_computes_nothing_and_gives_the_same_features(
     assert first.features.shape == (12, 1280) and first.features.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_adding_photos_computes_only_the_new_ones(
     lite0, cache: FeatureCache, photos: list[Path], sample: Path, tmp_path: Path
 ) -> None:
@@ -49,6 +51,7 @@ def test_adding_photos_computes_only_the_new_ones(
     assert (more.n_computed, more.n_cached) == (4, 8)
 
 
+@pytest.mark.slow
 def test_renamed_copies_hit_the_cache_and_edits_do_not(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     extract_features(photos[:2], lite0, cache=cache)
     copy = photos[0].with_name("renamed copy.jpg")
@@ -60,6 +63,7 @@ def test_renamed_copies_hit_the_cache_and_edits_do_not(lite0, cache: FeatureCach
     assert extract_features([photos[1]], lite0, cache=cache).n_computed == 1
 
 
+@pytest.mark.slow
 def test_unusable_files_are_skipped_and_named(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     folder = photos[0].parent
     (folder / "empty.jpg").write_bytes(b"")
@@ -73,6 +77,7 @@ def test_unusable_files_are_skipped_and_named(lite0, cache: FeatureCache, photos
     assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["cut.jpg"] and "missing" in reasons["gone.jpg"]
 
 
+@pytest.mark.slow
 def test_identical_files_are_computed_once(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     twin = photos[0].with_name("twin.jpg")
     shutil.copy(photos[0], twin)
@@ -81,6 +86,7 @@ def test_identical_files_are_computed_once(lite0, cache: FeatureCache, photos: l
     assert feats.hashes[0] == feats.hashes[1]
 
 
+@pytest.mark.slow
 def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     a = extract_features(photos, lite0, cache=cache, precision="fp32").features
     b = extract_features(photos, lite0, cache=cache, precision="bf16").features
@@ -88,6 +94,7 @@ def test_bf16_features_agree_with_fp32(lite0, cache: FeatureCache, photos: list[
     assert cosine.min() >= 0.99, f"min cosine {cosine.min():.4f}"
 
 
+@pytest.mark.slow
 def test_bad_precision_is_a_clear_error(lite0, cache: FeatureCache, photos: list[Path]) -> None:
     from headstart._validation import ParameterError
 
@@ -165,6 +172,7 @@ def test_killed_run_keeps_finished_batches_and_resumes(tmp_path: Path, photos: l
     assert rest.n_cached == kept and rest.n_computed == len(photos) - kept
 
 
+@pytest.mark.slow
 def test_known_unusable_files_do_not_load_the_model_again(
     cache: FeatureCache, photos: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,6 +246,7 @@ def test_torchrun_splits_extraction_between_processes(tmp_path: Path, photos: li
     np.testing.assert_allclose(merged.features, single.features, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path]) -> None:
     a, b = FeatureCache(tmp_path / "a.sqlite"), FeatureCache(tmp_path / "b.sqlite")
     extract_features(photos[:6], lite0, cache=a)
@@ -252,6 +261,7 @@ def test_caches_from_two_machines_merge(lite0, tmp_path: Path, photos: list[Path
         a.merge_from(tmp_path / "junk.sqlite")
 
 
+@pytest.mark.slow
 def test_a_mirror_averaged_extraction_stores_both_views_and_serves_the_one_view_command(sample: Path, cache) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))[:4]
     both = extract_features(photos, cache=cache, precision="fp32", flip_average=True)

@@ -213,3 +213,23 @@ def test_predicting_a_new_photo_imports_no_torch(sample_model: Path, sample: Pat
     assert out.returncode == 0, out.stderr[-3000:]
     modules = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("MODULES "))[len("MODULES ") :])
     assert modules == ["openvino"] and "pug" in out.stdout, (modules, out.stdout)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_compiled_blobs_get_the_umasks_mode_like_every_output(photos, lite0, tmp_path, umask: int) -> None:
+    """OpenVINO writes its compiled blobs 0440; headstart gives them 0666 minus the umask, like every file it writes."""
+    from headstart._io import engine_dir
+    from headstart.features import openvino_runtime as engine
+
+    folder = engine_dir() / "openvino-compiled"
+    for blob in folder.glob("*.blob"):  # compiled afresh under this umask
+        blob.unlink()
+    engine.compiled_model.cache_clear()
+    engine._core.cache_clear()
+    old = os.umask(umask)
+    try:
+        extract_features(photos[:1], lite0, cache=FeatureCache(tmp_path / "c.sqlite"), engine="openvino")
+    finally:
+        os.umask(old)
+    modes = {blob.name: oct(blob.stat().st_mode & 0o777) for blob in folder.glob("*.blob")}
+    assert modes and set(modes.values()) == {oct(0o666 & ~umask)}, modes

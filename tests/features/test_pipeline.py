@@ -60,6 +60,7 @@ def test_crop_box_features_are_within_cosine_099_of_the_plain_fp32_pipeline_for_
     assert cosine.min() >= 0.99, (where, cosine.min())
 
 
+@pytest.mark.slow
 def test_the_preprocessing_is_part_of_the_cache_key(sample, lite0, tmp_path) -> None:
     """Features of timm's transform (the earlier decoder) are not served for crop-box features: a new key."""
     cache = FeatureCache(tmp_path / "f.sqlite")
@@ -119,6 +120,7 @@ def test_a_brand_new_cache_folder_converts_nothing_and_imports_no_torch(sample, 
     assert (tmp_path / "new" / "features.sqlite").is_file() and not (tmp_path / "new" / "backbones").exists()
 
 
+@pytest.mark.slow
 def test_iter_features_gives_the_cached_photos_first_and_reads_paths_a_chunk_at_a_time(sample, lite0, tmp_path) -> None:
     from headstart.features.stream import iter_features
 

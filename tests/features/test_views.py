@@ -12,6 +12,8 @@ import torch
 from headstart.features.cache import FeatureCache
 from headstart.features.extract import extract_features, preprocessor
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 def test_a_command_that_needs_the_mirror_view_computes_only_that(lite0, cache, sample: Path) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))[:5]

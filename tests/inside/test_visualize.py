@@ -139,6 +139,7 @@ def test_transforms_keep_channels_and_range() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ render
+@pytest.mark.slow
 def test_render_increases_the_objective(net) -> None:
     """Like Lucent's assert_gradient_descent, on the real network: a few Adam steps raise the objective."""
     seen: list[float] = []
@@ -156,6 +157,7 @@ def test_render_increases_the_objective(net) -> None:
     assert len(images) == 2 and images[-1].shape == (1, 3, 128, 128)
 
 
+@pytest.mark.slow
 def test_render_channel_objective_reads_any_layer_and_stops_on_request(net) -> None:
     seen: list[float] = []
     render(
@@ -187,6 +189,7 @@ def test_dream_raises_the_target_and_measures_the_saved_png(net, tmp_path: Path)
     assert "read back from disk" in report["measured_on"] and (tmp_path / "zebra-strip.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_lesson_method_runs_and_raises_the_target(net, tmp_path: Path) -> None:
     result = dream(net, 284, tmp_path / "cat.png", method="lesson", steps=8)
     assert result.steps == 8 and result.probability > 10 * result.start_probability
@@ -241,6 +244,7 @@ def test_total_variation_lowers_high_frequency_energy(net, one_torch_thread) -> 
     assert 0.7 < high_frequency_energy(noise) < 0.9  # white noise: about 0.8 of its power above half Nyquist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [
@@ -272,6 +276,7 @@ def test_dream_bad_input_writes_nothing(net, tmp_path: Path, kwargs, error, word
 
 
 # ------------------------------------------------------------------------------------------------- featuremaps
+@pytest.mark.slow
 def test_featuremaps_lists_timm_layers_and_draws(sample: Path, tmp_path: Path, lite0) -> None:
     layers = list_layers(lite0)
     # every stage that works is listed (blocks.3 and blocks.5 keep their input's resolution, so timm's feature_info
@@ -292,6 +297,7 @@ def test_featuremaps_lists_timm_layers_and_draws(sample: Path, tmp_path: Path, l
 
 
 # ----------------------------------------------------------------------------------------------------- explain
+@pytest.mark.slow
 def test_explain_overlay_has_the_photos_aspect(net, sample: Path, tmp_path: Path) -> None:
     photo = sample / "test" / "Bengal" / "Bengal_16.jpg"  # 384×256
     e = explain(net, photo, tmp_path / "cam.png", target="Siamese cat")
@@ -300,6 +306,7 @@ def test_explain_overlay_has_the_photos_aspect(net, sample: Path, tmp_path: Path
     assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_explain_a_trained_model(trained_model: Path, sample: Path) -> None:
     e = explain(trained_model, sample / "test" / "pug" / "pug_17.jpg", method="gradcam++")
     assert e.target_name in ("beagle", "pug", "Siamese") and e.out is None and e.heatmap.shape[0] == 224
@@ -309,6 +316,7 @@ def test_explain_a_trained_model(trained_model: Path, sample: Path) -> None:
     assert e.method == "gradcam++" and e.network == str(trained_model) and 0 <= e.heatmap.min() <= e.heatmap.max() <= 1
 
 
+@pytest.mark.slow
 def test_explain_replaces_an_earlier_output_and_says_so(net, sample: Path, tmp_path: Path, capsys) -> None:
     """A re-run replaces the PNG of the run before (nothing to clean up by hand); the path written is reported,
     and a line on stderr says an existing file was replaced. A folder is refused before any work."""

@@ -55,6 +55,7 @@ def three_breeds(sample: Path) -> tuple[list[Path], list[str]]:
 
 
 # ------------------------------------------------------------------------------------------- the issue's snippet
+@pytest.mark.slow
 def test_the_snippet_fits_predicts_scores_saves_and_loads(fitted, sample: Path, workdir: Path) -> None:
     clf = fitted
     test = photos(sample / "test")
@@ -95,6 +96,7 @@ def test_the_snippet_fits_predicts_scores_saves_and_loads(fitted, sample: Path, 
     assert isinstance(loaded.model_, hs.Classifier) and loaded.spec_.fingerprint == clf.spec_.fingerprint
 
 
+@pytest.mark.slow
 def test_validation_part_is_kept_and_scored_by_a_probe_that_did_not_see_it(fitted) -> None:
     v = fitted.validation_
     assert len(v["paths"]) == len(v["labels"]) == len(v["hashes"]) == fitted.report_["n_val"] == len(v["proba"])
@@ -105,6 +107,7 @@ def test_validation_part_is_kept_and_scored_by_a_probe_that_did_not_see_it(fitte
 
 
 # ------------------------------------------------------------------------------------ scikit-learn's conventions
+@pytest.mark.slow
 def test_clone_get_params_set_params_and_not_fitted(fitted, sample: Path) -> None:
     from sklearn.base import clone, is_classifier
     from sklearn.exceptions import NotFittedError
@@ -138,6 +141,7 @@ def test_clone_get_params_set_params_and_not_fitted(fitted, sample: Path) -> Non
     )
 
 
+@pytest.mark.slow
 def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
     clf = hs.ImageClassifier(method="nope", val_fraction=2.0)  # the constructor only stores them
     assert clf.method == "nope"
@@ -164,6 +168,7 @@ def test_hyper_parameters_are_checked_when_fit_runs(three_breeds) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- other inputs
+@pytest.mark.slow
 def test_paths_and_labels_as_a_pair_or_as_x_and_y(three_breeds, workdir: Path) -> None:
     paths, labels = three_breeds
     pair = hs.ImageClassifier().fit((paths, labels))
@@ -180,6 +185,7 @@ def test_paths_and_labels_as_a_pair_or_as_x_and_y(three_breeds, workdir: Path) -
     assert contents(workdir) in ([], ["pets.safetensors"])
 
 
+@pytest.mark.slow
 def test_unusable_photos_are_skipped_in_fit_and_refused_by_predict(three_breeds, tmp_path: Path) -> None:
     paths, labels = three_breeds
     text = tmp_path / "notes.jpg"
@@ -201,6 +207,7 @@ def test_unusable_photos_are_skipped_in_fit_and_refused_by_predict(three_breeds,
     assert [p.path for p in kept.predictions] == [paths[0]] and [u.path for u in kept.unusable] == [text]
 
 
+@pytest.mark.slow
 def test_a_model_file_from_before_the_estimator_loads_as_one(sample: Path) -> None:
     import json
 
@@ -215,6 +222,7 @@ def test_a_model_file_from_before_the_estimator_loads_as_one(sample: Path) -> No
 
 
 # ---------------------------------------------------------------------------------------------------- networks
+@pytest.mark.slow
 def test_fine_tuning_options_fine_tune_and_write_nothing(three_breeds, tmp_path: Path) -> None:
     paths, labels = three_breeds
     folder = tmp_path / "empty"
@@ -248,6 +256,7 @@ def test_fine_tuning_options_fine_tune_and_write_nothing(three_breeds, tmp_path:
     np.testing.assert_allclose(again.predict_proba(paths[:3]), proba, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sklearn_sees_the_photos_as_strings_and_the_labels_as_optional() -> None:
     from sklearn.utils import get_tags
 
@@ -256,6 +265,7 @@ def test_sklearn_sees_the_photos_as_strings_and_the_labels_as_optional() -> None
     assert tags.input_tags.two_d_array is False and tags.input_tags.string is True
 
 
+@pytest.mark.slow
 def test_copies_of_sample_folders_are_data_sets_too(sample: Path, tmp_path: Path, fitted) -> None:
     """A folder given to predict is every image inside it, sorted; a Dataset gives its own paths."""
     folder = tmp_path / "two"
@@ -271,6 +281,7 @@ def test_copies_of_sample_folders_are_data_sets_too(sample: Path, tmp_path: Path
 
 
 # ------------------------------------------------------------------------- what the API takes, and where it went
+@pytest.mark.slow
 def test_predict_takes_pil_images_and_uint8_arrays_through_the_same_preprocessing(fitted, sample: Path) -> None:
     import glob
     import tempfile
@@ -295,6 +306,7 @@ def test_predict_takes_pil_images_and_uint8_arrays_through_the_same_preprocessin
     assert set(glob.glob(f"{tempfile.gettempdir()}/headstart-images-*")) == leftovers, "temporary files removed"
 
 
+@pytest.mark.slow
 def test_how_to_run_is_not_a_hyper_parameter(three_breeds, tmp_path: Path) -> None:
     from sklearn.base import clone
 
@@ -322,6 +334,7 @@ def test_how_to_run_is_not_a_hyper_parameter(three_breeds, tmp_path: Path) -> No
         hs.ImageClassifier(chache=tmp_path)
 
 
+@pytest.mark.slow
 def test_fine_tuning_options_have_one_place_and_the_older_spellings_warn(three_breeds, tmp_path: Path) -> None:
     with pytest.warns(FutureWarning, match=r"Pass method='finetune', finetune=Finetune\(\.\.\.\) instead"):
         with pytest.raises(ValueError, match="needs labelled photos"):  # (warned before the data are read)
@@ -338,6 +351,7 @@ def test_fine_tuning_options_have_one_place_and_the_older_spellings_warn(three_b
     assert as_dict._validated()[:2] == as_object._validated()[:2] == ("finetune", {"epochs": 1})
 
 
+@pytest.mark.slow
 def test_flip_average_none_is_the_default_as_in_the_cli() -> None:
     from headstart.models.fit_report import params_from_file, stored_params
     from headstart.models.fit_steps import flip_mode
@@ -353,6 +367,7 @@ def test_flip_average_none_is_the_default_as_in_the_cli() -> None:
     assert params_from_file({"estimator": older}, "x", names, ("probe",))["flip_average"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_named_backbone_is_resolved_once_from_fit_to_the_model_file(three_breeds, monkeypatch) -> None:
     """The route of a backbone (docs/ARCHITECTURE.md): fit resolves the name once into a ResolvedBackbone, and
     extraction, the trunk for the model file and the report take that object."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headstart.models.finetune import FinetuneConfig, lr_factor
+from headstart.models.finetune.config import FinetuneConfig
+from headstart.models.finetune.parts import lr_factor
 from headstart.workflows.training import train
 
 
@@ -42,6 +43,7 @@ def trunk_arrays(state: dict, prefix: str = "trunk.") -> dict:
     return {k[len(prefix) :]: v.detach().float().numpy() for k, v in state.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_path: Path) -> None:
     import numpy as np
     import torch
@@ -96,12 +98,13 @@ def test_finetune_writes_a_loadable_model_curves_and_metrics(tiny: Path, tmp_pat
     assert all(r["seconds"] > 0 for r in lines[1:]), "each epoch reports its seconds"
 
 
+@pytest.mark.slow
 def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tiny: Path, tmp_path: Path) -> None:
     from headstart.data import load_dataset
     from headstart.features import load_backbone
-    from headstart.models.finetune import build_network
-    from headstart.models.finetune_config import Finetune
-    from headstart.models.finetune_loop import run_finetune
+    from headstart.models.finetune.config import Finetune
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network
 
     data = load_dataset(tiny)
     backbone = load_backbone("tf_efficientnet_lite0")
@@ -125,6 +128,7 @@ def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tin
     assert frozen["photo_views"] <= 2 * 15, "each photo's views through the frozen stages once (or fewer: shared)"
 
 
+@pytest.mark.slow
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
     first = train(
         tiny,
@@ -146,6 +150,7 @@ def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Pa
     assert resumed.metrics["epochs_run"] == 2
 
 
+@pytest.mark.slow
 def test_scratch_trains_the_same_network_from_random_weights(tiny: Path, tmp_path: Path) -> None:
     import numpy as np
     import torch
@@ -196,7 +201,7 @@ def test_defaults_follow_the_data_size() -> None:
 def test_what_a_user_leaves_out_is_chosen_by_data_size() -> None:
     from dataclasses import asdict
 
-    from headstart.models.finetune_config import Finetune
+    from headstart.models.finetune.config import Finetune
 
     assert FinetuneConfig is Finetune
     ft = Finetune(epochs=5, lr=1e-4)  # stores only: every other field is None = "by data size"
@@ -268,8 +273,9 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
     assert Classifier.load(out).classes == ["Persian", "pug", "samoyed"]
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path) -> None:
-    from headstart.workflows.training import find_learning_rate
+    from headstart.workflows.experiments import find_learning_rate
 
     result = find_learning_rate(tiny, out=tmp_path / "lr.png", steps=8, finetune={"batch_size": 4})
     assert 1e-7 <= result.suggestion <= 1.0 and len(result.lrs) == len(result.losses) >= 3
@@ -286,9 +292,10 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path)
     assert short.why.startswith("stopped at step 1 of 8: its time budget ran out")
 
 
+@pytest.mark.slow
 def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:
     from headstart.cli.training import parse_settings
-    from headstart.workflows.training import sweep
+    from headstart.workflows.experiments import sweep
 
     settings = parse_settings(["head_dropout=0,0.5"])
     assert settings == {"head_dropout": [0, 0.5]}
@@ -303,11 +310,12 @@ def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Pat
         parse_settings(["head_dropout"])
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_keeps_its_pretrained_statistics(lite0) -> None:
     import torch
 
     from headstart.features.backbones import load_backbone
-    from headstart.models.finetune import build_network, freeze_batchnorm
+    from headstart.models.finetune.parts import build_network, freeze_batchnorm
 
     network = build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
     before = network.trunk.bn1.running_mean.clone()
@@ -362,7 +370,7 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path:
 
 
 def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
-    from headstart.models.finetune import load_config_file
+    from headstart.models.finetune.config import load_config_file
 
     saved = tmp_path / "config.json"
     saved.write_text(json.dumps({"data": "x", "method": "finetune", "finetune": {"epochs": 3, "lr": 5e-5}}))
@@ -373,7 +381,7 @@ def test_a_run_folders_config_is_a_config_file(tmp_path: Path) -> None:
 
 
 def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
-    from headstart.models.finetune import load_config_file
+    from headstart.models.finetune.config import load_config_file
 
     cfg = tmp_path / "ft.yaml"
     cfg.write_text("lr: 1e-4\nepochs: 2\n")  # YAML 1.1 reads 1e-4 as text
@@ -382,6 +390,7 @@ def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path: Path) -> None:
         FinetuneConfig().replace(lr="fast")
 
 
+@pytest.mark.slow
 def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, tmp_path: Path) -> None:
     result = train(
         tiny,
@@ -398,7 +407,7 @@ def test_scratch_defaults_train_everything_with_its_own_statistics(tiny: Path, t
 def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -> None:
     from PIL import Image
 
-    from headstart.models.finetune import photo_transform
+    from headstart.models.finetune.parts import photo_transform
 
     config = {
         "input_size": [3, 224, 224],

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 @pytest.fixture(scope="module")
 def network():
     """Its own lite0 (building the network drops the ImageNet head of the model it is given)."""
     from headstart.features import load_backbone
-    from headstart.models.finetune import build_network
+    from headstart.models.finetune.parts import build_network
 
     return build_network(load_backbone("tf_efficientnet_lite0"), 3, 0.2)
 
@@ -23,8 +25,8 @@ def test_prefix_then_tail_is_the_whole_network(network, sample: Path, unfreeze: 
     import torch
 
     from headstart.data import load_image
-    from headstart.models.finetune import photo_transform
-    from headstart.models.frozen import split_network
+    from headstart.models.finetune.frozen import split_network
+    from headstart.models.finetune.parts import photo_transform
 
     split = split_network(network, unfreeze)
     assert split.where == where
@@ -39,7 +41,7 @@ def test_prefix_then_tail_is_the_whole_network(network, sample: Path, unfreeze: 
 
 
 def test_nothing_to_cut_when_everything_trains(network) -> None:
-    from headstart.models.frozen import split_network
+    from headstart.models.finetune.frozen import split_network
 
     assert split_network(network, "all") is None
     assert split_network(network, "9") is None  # (9 coarse groups in lite0: every one trains)
@@ -49,7 +51,7 @@ def test_the_banks_views_are_seeded_by_photo_and_view(network, sample: Path) -> 
     import torch
 
     from headstart._io import sha256_file
-    from headstart.models.frozen import ActivationBank, split_network
+    from headstart.models.finetune.frozen import ActivationBank, split_network
 
     photos = [(sha256_file(p), p) for p in sorted((sample / "train" / "Persian").glob("*.jpg"))[:3]]
     split = split_network(network, "2")
@@ -70,8 +72,8 @@ def test_frozen_stages_keep_their_weights_and_statistics_while_the_tail_trains(n
     import torch
 
     from headstart._io import sha256_file
-    from headstart.models.finetune import trainable_groups
-    from headstart.models.frozen import ActivationBank, split_network
+    from headstart.models.finetune.frozen import ActivationBank, split_network
+    from headstart.models.finetune.parts import trainable_groups
 
     split = split_network(network, "2")
     trainable_groups(network, "2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headstart.models.lr_find import suggest_lr
+from headstart.models.finetune.lr_find import suggest_lr
 
 LRS = list(np.logspace(-7, 0, 40))
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.models.memo import Memo, ProbeFit, fit_probe, memo_pictures
+from headstart.models.memo import Memo, memo_pictures
 from headstart.models.probe import LinearProbe
+from headstart.models.probe_fit import ProbeFit, fit_probe
 
 
 @pytest.fixture()

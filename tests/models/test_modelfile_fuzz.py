@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "data" / "old-format-v1.safetensors"
 PHOTO = HERE.parents[1] / "src" / "headstart" / "sample_data" / "pets" / "test" / "pug"
@@ -579,6 +581,7 @@ def _run_workers(cases: list[int], tmp_path: Path) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.mark.slow
 def test_hundreds_of_mutated_model_files_end_in_headstarts_own_errors_or_a_prediction(tmp_path: Path) -> None:
     start = time.perf_counter()
     records = _run_workers(list(range(N_CASES)), tmp_path)

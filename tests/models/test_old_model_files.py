@@ -39,6 +39,7 @@ def _assert_same(got: list[dict], expected: dict) -> None:
         )
 
 
+@pytest.mark.slow
 def test_an_old_model_file_loads_as_a_classifier_and_predicts_as_before(sample, expected):
     from headstart.models.classifier import Classifier
 

@@ -33,6 +33,7 @@ def test_auto_names_its_candidates() -> None:
         parse_auto("auto:")
 
 
+@pytest.mark.slow
 def test_the_rule_keeps_the_first_backbone_unless_a_later_one_wins_photo_by_photo(fifteen: Path, cache) -> None:
     from headstart.data import load_dataset
 
@@ -68,7 +69,7 @@ def _sample_features(sample: Path):
 def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Path) -> None:
     """A later candidate that knows less (the same features with noise added) is never preferred, whatever the
     seed: its photo-by-photo gain never clears the paired standard error."""
-    from headstart.models.memo import fit_probe
+    from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
 
     X, y = _sample_features(sample)  # 12 breeds x 5 photos
@@ -84,7 +85,7 @@ def test_the_paired_rule_does_not_follow_noise_at_five_photos_a_class(sample: Pa
 
 
 def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> None:
-    from headstart.models.memo import fit_probe
+    from headstart.models.probe_fit import fit_probe
     from headstart.models.selection import PairedChoice
 
     X, y = _sample_features(sample)
@@ -96,6 +97,7 @@ def test_the_paired_rule_switches_when_the_evidence_is_strong(sample: Path) -> N
     assert verdict["paired_gain"] > 0.5 and verdict["paired_gain"] > 2 * verdict["paired_se"]
 
 
+@pytest.mark.slow
 def test_a_candidate_that_cannot_win_is_not_even_extracted(fifteen: Path, cache) -> None:
     from headstart.data import load_dataset
 
@@ -106,6 +108,7 @@ def test_a_candidate_that_cannot_win_is_not_even_extracted(fifteen: Path, cache)
     assert cache.count() == 15, "only the first backbone's features (one view) were computed"
 
 
+@pytest.mark.slow
 def test_auto_is_recorded_in_the_report_run_folder_and_model_file(fifteen: Path, tmp_path: Path) -> None:
     from headstart.models.classifier import Classifier
     from headstart.workflows.training import train
@@ -126,6 +129,7 @@ def test_auto_is_recorded_in_the_report_run_folder_and_model_file(fifteen: Path,
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_refuses_a_weights_file(tmp_path: Path) -> None:
     import headstart as hs
 
@@ -151,3 +155,15 @@ def test_the_choice_is_described_with_its_evidence() -> None:
     )
     selection["candidates"][0]["chosen"] = False
     assert not describe_selection(selection).endswith("default")
+
+
+def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:
+    from headstart.models.selection import _stratified_folds
+
+    y = np.array(["a"] * 7 + ["b"] * 5 + ["c"] * 3)
+    folds = _stratified_folds(y, 3, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15))
+    for fold in folds:
+        counts = {c: int((y[fold] == c).sum()) for c in "abc"}
+        assert counts["a"] in (2, 3) and counts["b"] in (1, 2) and counts["c"] == 1
+    assert [f.tolist() for f in _stratified_folds(y, 3, seed=4)] == [f.tolist() for f in folds], "seeded"

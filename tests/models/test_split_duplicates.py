@@ -7,7 +7,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageOps
+
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
 
 
 def _with_copies(sample: Path, root: Path) -> list[tuple[Path, Path]]:

@@ -12,6 +12,8 @@ from PIL import Image
 from headstart.errors import HeadstartError
 from headstart.models.target import load_target
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 @pytest.fixture(scope="module")
 def imagenet_net():

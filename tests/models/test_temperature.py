@@ -39,6 +39,7 @@ def test_the_guard_barely_moves_an_ordinary_fit() -> None:
     assert fit_temperature(logits, y) == pytest.approx(fit_temperature(logits, y, guard=False), rel=0.06)
 
 
+@pytest.mark.slow
 def test_the_samples_probe_is_calibrated_without_pretending_certainty(sample: Path) -> None:
     """60 photos, 12 breeds: every out-of-fold prediction is right, which the log-loss alone turns into T -> 0."""
     import headstart as hs

@@ -80,7 +80,7 @@ def test_expect_100_continue_with_a_too_large_body_is_refused_before_the_body(se
 
 
 def test_a_huge_chunked_body_is_not_read_to_its_end(server) -> None:
-    """After the 413 the server reads at most twice the upload limit (so a client that sends everything first still
+    """After the 413 the server reads at most four times the upload limit (so a client that sends everything first still
     gets the answer), then closes: it does not swallow 300 MB."""
     sock = connect(server.url, timeout=60)
     sent = 0
@@ -102,8 +102,8 @@ def test_a_huge_chunked_body_is_not_read_to_its_end(server) -> None:
             pass
         status, _, body = read_answer(sock)
     assert status == 413 and json.loads(body)["code"] == "too_large"
-    # 40 MB read and dropped (2 x the 20 MB limit), plus what the two sockets' kernel buffers hold
-    assert sent < 100 << 20, f"the server read {sent >> 20} MB of a refused body"
+    # at most 80 MB read and dropped (4 x the 20 MB limit), plus what the two sockets' kernel buffers hold
+    assert sent < 150 << 20, f"the server read {sent >> 20} MB of a refused body"
     assert probe.worst < RESPONSIVE_S, probe.latencies
 
 
@@ -332,5 +332,5 @@ def test_explain_keeps_memory_bounded_under_8_concurrent_88_megapixel_pngs(serve
     overlay = Image.open(io.BytesIO(answers[0].body))
     assert overlay.size == (640, 640)
     grown = (peak[0] - baseline) / 2**20
-    assert grown < 1200, f"the server grew by {grown:.0f} MB"
+    assert grown < 700, f"the server grew by {grown:.0f} MB (one such decode takes ~370 MB)"
     assert probe.worst < RESPONSIVE_S, probe.latencies

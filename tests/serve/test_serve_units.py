@@ -107,6 +107,7 @@ def test_served_model_equals_predict_exactly_in_fp32(sample_model: Path, tmp_pat
     assert "path" not in card and "data" not in card  # no server paths in what clients see
 
 
+@pytest.mark.slow
 def test_answers_never_show_the_servers_paths(tmp_path: Path) -> None:
     """error_payload is the one place every JSON error is worded: the server's files (the model paths it was given,
     and any absolute path naming something on this machine) become `<server path>`; URL paths stay."""

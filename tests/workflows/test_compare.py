@@ -11,6 +11,8 @@ from headstart._validation import ParameterError
 from headstart.features.cache import FeatureCache
 from headstart.workflows.compare import compare_backbones
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 
 def test_compare_ranks_backbones_and_is_instant_the_second_time(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -51,6 +51,7 @@ def _ops(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+@pytest.mark.slow
 def test_export_matches_pytorch_within_1e_4(model_path: Path, sample: Path, tmp_path: Path) -> None:
     photos = sorted((sample / "test").glob("*/*.jpg"))[:6]
     report = export_onnx(model_path, tmp_path / "pets.onnx", check_images=photos)
@@ -78,6 +79,7 @@ def test_export_matches_pytorch_within_1e_4(model_path: Path, sample: Path, tmp_
     assert json.loads(meta["headstart"])["classes"] == model.classes
 
 
+@pytest.mark.slow
 def test_the_report_holds_what_the_cli_prints_int8_included(model_path: Path, sample: Path, tmp_path: Path) -> None:
     """One call: the fp32 file, the int8 copy calibrated on the training photos, both timed, three accuracies."""
     cache = FeatureCache(tmp_path / "cache" / "f.sqlite")
@@ -102,6 +104,7 @@ def test_the_report_holds_what_the_cli_prints_int8_included(model_path: Path, sa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "pets.int8.onnx", "pets.onnx"], "no temporaries"
 
 
+@pytest.mark.slow
 def test_onnx_is_scored_exactly_as_evaluate_scores_pytorch(
     model_path: Path, sample: Path, tmp_path: Path, fp32_cache: FeatureCache
 ) -> None:
@@ -117,6 +120,7 @@ def test_onnx_is_scored_exactly_as_evaluate_scores_pytorch(
     assert scored.metrics["top5_accuracy"] == pytorch.top5_accuracy and scored.accuracy == pytorch.accuracy
 
 
+@pytest.mark.slow
 def test_what_is_not_a_fitted_model_is_refused_before_any_work(model_path: Path, tmp_path: Path) -> None:
     estimator = Fitted()
     from sklearn.exceptions import NotFittedError
@@ -131,6 +135,7 @@ def test_what_is_not_a_fitted_model_is_refused_before_any_work(model_path: Path,
     assert not list(tmp_path.iterdir()), "nothing written"
 
 
+@pytest.mark.slow
 def test_int8_without_its_training_photos_says_what_to_pass_before_any_work(model_path: Path, tmp_path: Path) -> None:
     from headstart.models.modelfile import read_model_file, save_model_file
 
@@ -151,6 +156,7 @@ def test_int8_without_its_training_photos_says_what_to_pass_before_any_work(mode
         export_onnx(moved, tmp_path / "e.onnx", int8=True, calibrate=empty)
 
 
+@pytest.mark.slow
 def test_cli_int8_calibrates_on_the_photos_given_or_says_what_to_pass(
     model_path: Path, sample: Path, tmp_path: Path
 ) -> None:
@@ -201,6 +207,7 @@ def test_cli_int8_calibrates_on_the_photos_given_or_says_what_to_pass(
     assert result.exit_code != 0 and "calibration photos" in result.output + (result.stderr or "")
 
 
+@pytest.mark.slow
 def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -214,6 +221,7 @@ def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "must be 'onnx'" in bad.output + (bad.stderr or "")
 
 
+@pytest.mark.slow
 def test_onnxruntime_engine_gives_the_same_predictions(
     model_path: Path, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fp32_cache: FeatureCache
 ) -> None:
@@ -255,6 +263,7 @@ def test_a_file_rewritten_in_place_is_not_run_from_a_stale_session(tmp_path: Pat
     np.testing.assert_array_equal(run_onnx(out, image)[1], -image)
 
 
+@pytest.mark.slow
 def test_int8_export_stays_under_2_gb_and_keeps_the_features(model_path: Path, sample: Path, tmp_path: Path) -> None:
     """`headstart export --int8` of the default backbone's model, in a child whose peak resident memory is measured:
     under 2 GB (ONNX Runtime's calibrator kept every intermediate output of every photo: 5.4 GB for 60 photos, about

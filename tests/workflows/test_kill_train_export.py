@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 RUN_FILES = ("config.json", "confusion_matrix.png", "metrics.json", "misclassified.png")
 

@@ -15,6 +15,8 @@ import pytest
 
 from headstart.models.classifier import Classifier
 
+pytestmark = pytest.mark.slow  # every test here runs a real backbone
+
 SAMPLE_TRAIN = Path(__file__).resolve().parents[2] / "src" / "headstart" / "sample_data" / "pets" / "train"
 
 

@@ -98,6 +98,7 @@ def broken(sample: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 # --------------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
     assert trained.model_path.is_file()
     assert trained.run_dir.is_dir()
@@ -132,6 +133,7 @@ def test_training_writes_the_model_file_and_a_run_folder(trained) -> None:
     assert not [p for p in trained.model_path.parent.iterdir() if p.name.endswith(".tmp")], "no temporaries left"
 
 
+@pytest.mark.slow
 def test_held_out_photos_are_mostly_right(baseline) -> None:
     assert baseline.n_images == 24
     assert baseline.skipped == []
@@ -140,6 +142,7 @@ def test_held_out_photos_are_mostly_right(baseline) -> None:
     assert baseline.top5_accuracy >= 0.95, baseline.top5_accuracy
 
 
+@pytest.mark.slow
 def test_evaluate_writes_its_report_and_pictures(trained, sample: Path, tmp_path: Path, baseline) -> None:
     report = evaluate(trained.model_path, sample / "test", out_dir=tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["accuracy"] == baseline.accuracy
@@ -156,6 +159,7 @@ def test_evaluate_writes_its_report_and_pictures(trained, sample: Path, tmp_path
     assert report.calibration["accuracy"] == pytest.approx(report.accuracy)
 
 
+@pytest.mark.slow
 def test_refitting_on_the_same_photos_computes_nothing_and_gives_the_same_head(trained, sample: Path) -> None:
     again = ImageClassifier(backbone="tf_efficientnet_lite0").fit(sample / "train")  # (as `trained` was)
     assert again.report_["features"]["computed"] == 0
@@ -167,12 +171,14 @@ def test_refitting_on_the_same_photos_computes_nothing_and_gives_the_same_head(t
     assert again.report_["validation"] == trained.metrics["validation"], "train's metrics.json is the fit's report"
 
 
+@pytest.mark.slow
 def test_the_run_folder_needs_a_fit_of_this_session(trained, tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="fitted in this session"):
         write_run_folder(load(trained.model_path), tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------------------------ the model file
+@pytest.mark.slow
 def test_model_file_is_plain_safetensors_with_its_description(trained) -> None:
     from safetensors import safe_open
 
@@ -190,6 +196,7 @@ def test_model_file_is_plain_safetensors_with_its_description(trained) -> None:
     assert isinstance(document["headstart_version"], str) and document["headstart_version"]
 
 
+@pytest.mark.slow
 def test_model_file_predicts_the_same_without_cache_package_or_network(
     trained, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,6 +247,7 @@ def assert_reasons_make_sense(reasons: dict[str, str]) -> None:
     assert "decompression bomb" in reasons["bomb.png"] and "144,000,000" in reasons["bomb.png"]
 
 
+@pytest.mark.slow
 def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_path: Path) -> None:
     folder, unusable, usable = broken["train"]
     with pytest.warns(SkippedFilesWarning) as caught:
@@ -270,6 +278,7 @@ def test_fitting_skips_unusable_files_names_them_and_uses_the_rest(broken, tmp_p
         assert path.name not in messages[0]
 
 
+@pytest.mark.slow
 def test_evaluate_skips_unusable_files_and_counts_only_usable_ones(trained, broken) -> None:
     folder, unusable, _usable = broken["test"]
     report = evaluate(trained.model_path, folder, max_pixels=BOMB_LIMIT)
@@ -281,6 +290,7 @@ def test_evaluate_skips_unusable_files_and_counts_only_usable_ones(trained, brok
 
 
 # --------------------------------------------------------------------------------------------- class names
+@pytest.mark.slow
 def test_evaluate_matches_classes_by_name_and_leaves_unknown_ones_out(
     trained, sample: Path, tmp_path: Path, baseline
 ) -> None:
@@ -304,6 +314,7 @@ def test_evaluate_matches_classes_by_name_and_leaves_unknown_ones_out(
     assert report.details["per_class"]["Bengal"]["support"] == 2
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_data_without_any_class_of_the_model(trained, sample: Path, tmp_path: Path) -> None:
     data = tmp_path / "other"
     for label, source in (("hamster", "pug"), ("goldfish", "boxer")):
@@ -314,6 +325,7 @@ def test_evaluate_refuses_data_without_any_class_of_the_model(trained, sample: P
 
 
 # ---------------------------------------------------------------------------------------------------- predict
+@pytest.mark.slow
 def test_predict_a_folder_and_single_files(trained, sample: Path, baseline) -> None:
     model = Classifier.load(trained.model_path)
     everything = model.predict([sample / "test"], top_k=3)
@@ -337,6 +349,7 @@ def test_predict_a_folder_and_single_files(trained, sample: Path, baseline) -> N
     assert single.to_list()[0]["path"] == str(two[0])
 
 
+@pytest.mark.slow
 def test_top_k_bounds(trained, sample: Path) -> None:
     model = Classifier.load(trained.model_path)
     photo = photos(sample / "test")[:1]
@@ -351,6 +364,7 @@ def test_top_k_bounds(trained, sample: Path) -> None:
             model.predict(photo, top_k=bad)
 
 
+@pytest.mark.slow
 def test_predict_reports_an_unusable_file_and_predicts_the_rest(trained, sample: Path, tmp_path: Path) -> None:
     text = tmp_path / "not_a_photo.jpg"
     text.write_text("hello\n")
@@ -371,6 +385,7 @@ def test_probe_on_pets_dev(tmp_path: Path) -> None:
     assert m["val_accuracy"] >= 0.7, f"{m['val_accuracy']:.3f} on {m['n_val']} photos"
 
 
+@pytest.mark.slow
 def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: Path, tmp_path: Path) -> None:
     """Default models see a photo and its mirror image alike; --no-flip-average models are single-view."""
     photo = sorted((sample / "test" / "beagle").glob("*.jpg"))[0]
@@ -393,6 +408,7 @@ def test_saved_model_averages_over_the_mirror_image_unless_told_not_to(sample: P
     assert cosine(model) > 0.985 and cosine(model) > cosine(single_model) + 0.01
 
 
+@pytest.mark.slow
 def test_mirror_averaging_is_chosen_off_where_the_mirror_image_is_another_class(tmp_path: Path) -> None:
     """Arrows pointing left against arrows pointing right: averaging with the mirror image makes them identical."""
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 import headstart._display as show
+from headstart._names import literal_figure
 
 __all__ = ["amplified", "attack_card", "attack_figure", "robustness_card", "robustness_figure"]
 
@@ -63,7 +64,7 @@ def attack_figure(result: Any) -> Any:
     target = f" → {_short(result.target_label)}" if result.target_label else " (untargeted)"
     budget = "no budget" if result.method == "lesson" else f"{result.norm} eps={result.eps * 255:.3g}/255"
     fig.suptitle(f"{result.method.upper()} ({budget}) on {result.model}{target}", fontsize=11)
-    fig.tight_layout()
+    literal_figure(fig).tight_layout()  # (measured before drawing: names drawn literally from the start)
     return fig
 
 
@@ -84,7 +85,7 @@ def robustness_figure(report: Any) -> Any:
         f"step{'s' * (report.steps != 1)}, {report.n_images} photos",
         fontsize=10,
     )
-    fig.tight_layout()
+    literal_figure(fig).tight_layout()  # (measured before drawing: names drawn literally from the start)
     return fig
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart._io import write_text_atomic
+from headstart._names import csv_cell, csv_value
 from headstart._validation import fail
 from headstart.data.datasets import Dataset, Sample
 from headstart.data.scanning import ScanReport, UnusableFile, quarantine
@@ -140,8 +141,10 @@ def write_relabel_csv(report: Any, path: str | os.PathLike[str], *, confident_on
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RELABEL_COLUMNS)
-    for row in rows:
-        writer.writerow([row["path"], row["given"], row["suggested"], f"{row['score']:.4f}"])
+    for row in rows:  # (cells a spreadsheet would run as formulas are escaped; apply_relabels reads them back)
+        writer.writerow(
+            [csv_cell(row["path"]), csv_cell(row["given"]), csv_cell(row["suggested"]), f"{row['score']:.4f}"]
+        )
     return write_text_atomic(path, buffer.getvalue())
 
 
@@ -151,7 +154,7 @@ def _read_relabels(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
             reader = csv.DictReader(handle)
             fields = [f.strip().lower() for f in reader.fieldnames or []]
             rows = [
-                (n + 2, {k.strip().lower(): (v or "").strip() for k, v in row.items() if k})
+                (n + 2, {k.strip().lower(): csv_value((v or "").strip()) for k, v in row.items() if k})
                 for n, row in enumerate(reader)
             ]
     except OSError as exc:

@@ -43,7 +43,8 @@ from headstart.features.backbones import DEFAULT_BACKBONE
 from headstart.features.cache import FeatureCache
 from headstart.features.duplicates import NEAR_RULES, find_duplicates
 from headstart.features.extract import extract_features
-from headstart.models.memo import Memo, fit_probe, memo_signatures
+from headstart.models.memo import Memo, memo_signatures
+from headstart.models.probe_fit import fit_probe
 
 __all__ = ["SCHEMA", "AuditReport", "audit"]
 

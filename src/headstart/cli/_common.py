@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from headstart._io import check_output, io_error_message
+from headstart._names import PrintableText, printable
 from headstart.cli import _interrupts as interrupts
 from headstart.errors import HeadstartError
 
@@ -45,10 +46,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
 # markup=False: paths, reasons and class names are printed verbatim (a file named `cat [copy].jpg` must not lose
 # `[copy]` as a style tag); the few coloured words opt in with markup=True and escape what they interpolate.
-out = Console(soft_wrap=True, markup=False)
-err = Console(stderr=True, soft_wrap=True, markup=False)
+# Every piece of text either prints passes through _names.printable (PrintableText): names from files and model
+# files cannot move the cursor, retitle or clear the terminal, whichever command prints them.
+class _PrintableConsole(Console):
+    """A rich Console whose printed strings pass through ``printable`` before rich sees them (rich itself drops a
+    bell or a carriage return without a trace; these show them), and whose nested renderables (tables) pass
+    through the :class:`PrintableText` hook."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+out = _PrintableConsole(soft_wrap=True, markup=False)
+err = _PrintableConsole(stderr=True, soft_wrap=True, markup=False)
+out.push_render_hook(PrintableText())
+err.push_render_hook(PrintableText())
 
 # ------------------------------------------------------------------------------------------ shared option types
 DataArg = Annotated[

@@ -1,4 +1,4 @@
-"""Fine-tuning flags made from the fields of :class:`headstart.models.finetune_config.Finetune`.
+"""Fine-tuning flags made from the fields of :class:`headstart.models.finetune.config.Finetune`.
 
 The dataclass is the one place an option is declared: its name gives the flag (``warmup_epochs`` →
 ``--warmup-epochs``; a bool gets ``--x/--no-x`` unless the field names its own pair, as ``--freeze-bn/--train-bn``),
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from headstart.models.finetune_config import Finetune, field_types
+from headstart.models.finetune.config import Finetune, field_types
 
 PANEL = "Fine-tuning"
 

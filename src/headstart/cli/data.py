@@ -143,8 +143,8 @@ def extract(
 ) -> None:
     """Compute and cache backbone features for a data set (only what is not cached yet)."""
     use_cache_dir(cache_dir)
+    from headstart._distributed import init_from_env
     from headstart.data.datasets import load_dataset
-    from headstart.features.distributed import init_from_env
     from headstart.features.extract import describe_unusable, extract_features
 
     group = init_from_env()  # under torchrun: each process extracts its share into the shared cache

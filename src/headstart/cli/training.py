@@ -29,7 +29,7 @@ from headstart.cli._common import (
 )
 from headstart.cli._finetune import finetune_flags, flag_of, given
 from headstart.errors import HeadstartError
-from headstart.models.finetune_config import Finetune
+from headstart.models.finetune.config import Finetune
 
 # train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
 RUN_OPTIONS = ("seed", "precision")
@@ -192,7 +192,7 @@ def train(
         flip_average=flip_average,  # (None: the API's default too)
     )
     m = result.metrics
-    from headstart.features.distributed import current
+    from headstart._distributed import current
     from headstart.models.selection import describe_selection
     from headstart.reports.calibration import format_ece
     from headstart.reports.metrics import format_accuracy
@@ -259,7 +259,7 @@ def lr_find(
     """Learning-rate range test for fine-tuning: a plot of loss against lr and a suggested value."""
     use_cache_dir(cache_dir)
     check_output(out_path, "file", "--out", example="lr-find.png")
-    from headstart.workflows.training import find_learning_rate
+    from headstart.workflows.experiments import find_learning_rate
 
     options = Finetune().replace(**given(finetune)).set_fields()
     result = find_learning_rate(
@@ -299,7 +299,7 @@ def sweep(
     """
     use_cache_dir(cache_dir)
     check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
-    from headstart.workflows.training import sweep as run_sweep
+    from headstart.workflows.experiments import sweep as run_sweep
 
     base = Finetune().replace(**given(finetune)).set_fields()
     rows = run_sweep(

@@ -6,6 +6,7 @@
 ``quarantining``  :func:`quarantine`: the one safe way files are moved aside (no replacing, a locked log)
 ``datasets``      recognising a data set's layout (class folders, Oxford-IIIT Pet, PetImages, CSV); leak-free splits
 ``download``      the official pet archives, verified and safely extracted
+``hashing``       a photo's pixel hash and perceptual hash (what duplicates are found by)
 ================  ======================================================================================
 
 Every public name is importable from here (``from headstart.data import load_image``); the modules load on first
@@ -36,5 +37,6 @@ _MODULES = {
     "quarantining": ("QUARANTINE_LOG", "QuarantineWarning", "check_destination", "quarantine"),
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
+    "hashing": ("Signatures", "hamming", "image_signatures", "perceptual_hash"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -62,6 +62,38 @@ _PIXELS_PER_BYTE = {
 }
 
 
+# The same bound for every frame a file's headers declare, by the format the file's first bytes say it is: whatever
+# is decoded inside it (the PNG or BMP in an ICO, the JPEGs of an MPO, an APNG's frames) is coded so, and cannot
+# describe more pixels than the whole file's bytes hold. Formats with frames of unbounded coding (TIFF, WebP, BMP's
+# RLE, GIF canvases larger than their frames) are held to the pixel limit only.
+_FRAME_PIXELS_PER_BYTE = (
+    (b"\x89PNG\r\n\x1a\n", "PNG", _DEFLATE),
+    (b"\x00\x00\x01\x00", "ICO", _DEFLATE),  # frames: PNG (deflate) or BMP (raw, 8 pixels a byte at most)
+    (b"\xff\xd8\xff", "JPEG", 8192),
+)
+
+
+def frame_bound(head: bytes) -> tuple[str, int] | None:
+    """(format, most pixels a byte of it can describe) for a file starting with ``head``, or None (unbounded)."""
+    return next(((name, per_byte) for magic, name, per_byte in _FRAME_PIXELS_PER_BYTE if head.startswith(magic)), None)
+
+
+class ImpossibleSize(Image.DecompressionBombError):
+    """Raised inside Pillow when a header (of the image or of a frame inside it) declares more pixels than the
+    file's bytes can hold in its format."""
+
+    def __init__(self, width: int, height: int, nbytes: int, format: str) -> None:
+        self.width, self.height, self.nbytes, self.format = width, height, nbytes, format
+        super().__init__(f"{width}×{height} in {nbytes} bytes of {format}")
+
+    def reason(self) -> str:
+        pixels = max(1, self.width) * max(1, self.height)
+        return (
+            f"truncated or corrupt image data (the header declares {self.width}×{self.height} = {pixels:,} pixels, "
+            f"more than {self.nbytes:,} bytes of {self.format} data can hold; the file is cut short or forged)"
+        )
+
+
 class ImageTooLarge(Image.DecompressionBombError):
     """Raised inside Pillow when a header (of the image or of one of its frames) is above the caller's limit."""
 
@@ -107,14 +139,19 @@ BUDGET = _Budget(DECODE_MEMORY_BUDGET)
 class Guard:
     """One decode on one thread: its pixel limit and the bytes it has booked."""
 
-    def __init__(self, max_pixels: int | None) -> None:
+    def __init__(self, max_pixels: int | None, nbytes: int | None = None, head: bytes = b"") -> None:
         self.max_pixels = max_pixels
         self.booked = 0
+        self.nbytes, self.bound = nbytes, frame_bound(head) if nbytes is not None else None
 
     def check(self, width: int, height: int) -> None:
-        """Refuse a size above the limit; book the memory of one image of that size."""
-        if self.max_pixels is not None and max(1, width) * max(1, height) > self.max_pixels:
+        """Refuse a size above the limit, or more than the file's bytes can hold in its format (whatever the limit);
+        book the memory of one image of that size."""
+        pixels = max(1, width) * max(1, height)
+        if self.max_pixels is not None and pixels > self.max_pixels:
             raise ImageTooLarge(width, height)
+        if self.bound is not None and self.nbytes is not None and pixels > self.bound[1] * self.nbytes:
+            raise ImpossibleSize(width, height, self.nbytes, self.bound[0])
         self.need(max(1, width) * max(1, height) * 4)
 
     def need(self, nbytes: int) -> None:
@@ -167,11 +204,12 @@ def _install() -> None:
 
 
 @contextmanager
-def decoding(max_pixels: int | None) -> Iterator[Guard]:
-    """Run one decode on this thread under the guard; its booking is given back at the end."""
+def decoding(max_pixels: int | None, nbytes: int | None = None, head: bytes = b"") -> Iterator[Guard]:
+    """Run one decode on this thread under the guard; its booking is given back at the end. With the file's size
+    and first bytes, every frame size a header declares is also held to what those bytes can hold."""
     if getattr(Image, "_decompression_bomb_check", None) is not _size_check:
         _install()
-    guard = Guard(max_pixels)
+    guard = Guard(max_pixels, nbytes, head)
     outer = getattr(_LOCAL, "guard", None)
     _LOCAL.guard = guard
     try:

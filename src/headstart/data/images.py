@@ -35,6 +35,7 @@ from headstart.data._convert import HIGH_DEPTH_MODES, reduced, to_8bit, to_rgb
 from headstart.data._limits import (
     BYTES_PER_PIXEL_ALLOWED,
     ImageTooLarge,
+    ImpossibleSize,
     count_jpeg_scans,
     decode_cost,
     decoding,
@@ -226,12 +227,16 @@ def _decode(
 ) -> Image.Image | None:
     """The one way a file becomes pixels: under the guard of :mod:`headstart.data._limits` from the first header
     byte to the last conversion (pixel limit for the image and every frame, memory booked before allocating)."""
-    with decoding(max_pixels) as guard:
+    head = fp.read(16)
+    fp.seek(0)
+    with decoding(max_pixels, nbytes, head) as guard:
         img = _open(path, fp, max_pixels)
         try:
             return _decoded(path, img, fp, nbytes, guard, max_pixels=max_pixels, draft_size=draft_size, convert=convert)
         except ImageTooLarge as exc:  # a frame or crop above the limit, met after open
             raise UnusableImageError(path, bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
+        except ImpossibleSize as exc:  # a frame declaring more than the file can hold, met after open
+            raise UnusableImageError(path, exc.reason()) from None
         finally:
             img.close()
 
@@ -241,6 +246,8 @@ def _open(path: Path, fp: Any, max_pixels: int | None) -> Image.Image:
         return Image.open(fp, formats=_formats())  # reads the header (ICO and the like decode here, under the guard)
     except ImageTooLarge as exc:
         raise UnusableImageError(path, bomb_reason(exc.width, exc.height, max_pixels or 0)) from None
+    except ImpossibleSize as exc:
+        raise UnusableImageError(path, exc.reason()) from None
     except UnidentifiedImageError as exc:
         fp.seek(0)
         head = fp.read(64)
@@ -317,7 +324,7 @@ def _decoded(
     try:
         guard.need(cost)
         img.load()
-    except ImageTooLarge:
+    except (ImageTooLarge, ImpossibleSize):
         raise
     except MemoryError as exc:
         raise UnusableImageError(path, f"not enough memory to decode this {width}×{height} image") from exc
@@ -344,7 +351,7 @@ def _decoded(
             except Exception:  # broken EXIF only loses the rotation, never the photo
                 pass
         return to_rgb(img)
-    except ImageTooLarge:
+    except (ImageTooLarge, ImpossibleSize):
         raise
     except MemoryError as exc:
         raise UnusableImageError(path, f"not enough memory to convert this {width}×{height} image") from exc

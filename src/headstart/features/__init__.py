@@ -2,6 +2,7 @@
 
 ======================  ==============================================================================
 ``backbones``           a timm model with its weights and preprocessing (:class:`BackboneSpec` keys the cache)
+``spec``                :class:`BackboneSpec` as data, and :func:`trunk_sha256`: caches are keyed by content
 ``checkpoints``         reading weight files without running code; ``efficientnet_pytorch`` keys → timm
 ``catalogue``           what ``headstart backbones`` lists, and whether each is usable offline now
 ``cache``               :class:`FeatureCache`: SQLite, keyed by file content × backbone × view, claims, shared
@@ -10,8 +11,8 @@
 ``extract``             :func:`extract_features`: cached, threaded decoding, batches committed as they finish
 ``sharing``             claimed batches (concurrent extractions compute a photo once), verdicts worth caching
 ``engines``             one batch → features, in PyTorch (bf16, OOM halving) or ONNX Runtime
-``distributed``         torchrun: each process extracts or trains its share
-``duplicates``          the same photo twice: same bytes, same pixels, or near (features, perceptual hash)
+``duplicates``          the same photo twice: same bytes, same pixels, or near (features, and the pixel hashes of
+                        :mod:`headstart.data.hashing`)
 ======================  ==============================================================================
 
 Every public name is importable from here (``from headstart.features import FeatureCache``); the modules load on
@@ -30,10 +31,12 @@ _MODULES = {
         "Backbone",
         "BackboneSpec",
         "cached_trunk_weights",
+        "known_trunk_sha256",
         "load_backbone",
         "offline_choices",
         "offline_weight_file",
         "resolve_backbone",
+        "trunk_sha256",
     ),
     "checkpoints": ("map_efficientnet_pytorch_keys", "read_checkpoint", "strip_wrapper_prefix"),
     "catalogue": ("CATALOGUE", "BackboneStatus", "hub_weights_cached", "list_backbones"),
@@ -54,14 +57,11 @@ _MODULES = {
     "engines": (
         "ONNX_PRECISION",
         "VIEWS",
-        "Embedder",
         "ViewEmbedder",
-        "make_embedder",
         "onnx_embedder",
         "prepare_model",
         "view_embedder",
     ),
-    "distributed": ("ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"),
     "duplicates": (
         "COSINE_THRESHOLD",
         "HAMMING_THRESHOLD",

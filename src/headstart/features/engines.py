@@ -6,8 +6,8 @@ when asked) and halves a batch that runs the device out of memory; the ONNX engi
 embedding once into the per-machine store (:func:`~headstart._io.engine_dir`) and runs it through ONNX Runtime in fp32.
 
 Extraction asks for *views*: ``orig`` (the photo) and ``mirror`` (its mirror image), each a single-view embedding
-that the cache stores on its own (:func:`view_embedder`); mirror-averaged features are the mean of the two.
-:func:`make_embedder` is the older form (a backbone's own features, averaged or not) that the server uses.
+that the cache stores on its own (:func:`view_embedder`); mirror-averaged features are the mean of the two
+(:func:`~headstart.features.pipeline.average_views`, the one place that averages them).
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 #: The precision name under which ONNX Runtime features are cached (their own key: they differ from PyTorch's).
 ONNX_PRECISION = "onnx-fp32"
 
-#: ``batch -> (features, single-view features or None)``: what :func:`make_embedder` returns.
-Embedder = Callable[["torch.Tensor"], "tuple[np.ndarray, np.ndarray | None]"]
-
 #: The views a photo's features are computed in: the photo as it is, and its mirror image (left-right flip).
 VIEWS = ("orig", "mirror")
 
@@ -38,9 +35,7 @@ ViewEmbedder = Callable[["torch.Tensor", "list[tuple[int, str]]"], np.ndarray]
 __all__ = [
     "ONNX_PRECISION",
     "VIEWS",
-    "Embedder",
     "ViewEmbedder",
-    "make_embedder",
     "onnx_embedder",
     "prepare_model",
     "view_embedder",
@@ -93,49 +88,6 @@ def _on_device(x: torch.Tensor, device: str) -> torch.Tensor:
 
     x = x.to(device)
     return x.contiguous(memory_format=torch.channels_last) if device == "cpu" else x
-
-
-def make_embedder(backbone: Backbone, *, precision: str, device: str, single_view: bool = False) -> Embedder:
-    """The function that embeds a stacked CPU batch with ``backbone`` at ``precision`` on ``device``.
-
-    With ``single_view`` (for a flip-averaged backbone), it also returns each photo's single-view features, taken
-    from the same forward pass, so comparing with and without mirror averaging costs no second pass.
-
-    Example:
-        >>> embed = make_embedder(load_backbone("tf_efficientnet_lite0"), precision="fp32", device="cpu")
-        >>> features, _ = embed(torch.zeros(2, 3, 224, 224))
-        >>> features.shape
-        (2, 1280)
-    """
-    import torch
-
-    prepare_model(backbone.model, device)
-    if precision == ONNX_PRECISION:
-        run = onnx_embedder(backbone)
-        return lambda x: (run(x.contiguous().numpy()), None)
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def on_device(x: torch.Tensor) -> torch.Tensor:
-        return _on_device(x, device)
-
-    if single_view and backbone.spec.flip_average:
-
-        def both_views(chunk: torch.Tensor) -> np.ndarray:
-            """[mirror-averaged | single-view] side by side, from one forward pass over both views."""
-            original, mirrored = (view.float() for view in backbone.mirror_views(chunk))
-            return torch.cat([(original + mirrored) / 2, original], dim=1).cpu().numpy()
-
-        def embed_both(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-            out = _embed_fitting_memory(both_views, on_device(x), autocast)
-            half = out.shape[1] // 2
-            return out[:, :half], out[:, half:]
-
-        return embed_both
-
-    def single(chunk: torch.Tensor) -> np.ndarray:
-        return backbone.features(chunk).float().cpu().numpy()
-
-    return lambda x: (_embed_fitting_memory(single, on_device(x), autocast), None)
 
 
 def prepare_model(model: Any, device: str) -> None:
@@ -193,6 +145,7 @@ def onnx_embedder(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     require_onnx()
     path = engine_dir() / f"{backbone.spec.fingerprint}.features.onnx"
     if not path.is_file():
+        backbone.check_weights()  # (exported under the fingerprint: the network must hold the weights it names)
         size = backbone.spec.data_config["input_size"]
         model = backbone.embedding_module().eval().to(memory_format=torch.contiguous_format)
         with atomic_path(path) as tmp:

@@ -165,7 +165,7 @@ def extract_features(
             unusable[i] = "file missing or unreadable" if not p.exists() else "cannot read the file (permissions?)"
         else:
             first.setdefault(h, i)
-    from headstart.features.distributed import all_reduce_sum, barrier, current
+    from headstart._distributed import all_reduce_sum, barrier, current
 
     group = current()  # under torchrun each process starts with its share; claims keep them from doubling up
     barrier()
@@ -228,6 +228,12 @@ def extract_features(
     else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
         matrix = (orig + mirror) / np.float32(2)
+    sound = np.isfinite(matrix).all(axis=1)
+    if not sound.all():  # (a last guard: no NaN or infinite feature leaves extraction)
+        for i in np.asarray(kept)[~sound]:
+            unusable[int(i)] = _non_finite(precision)
+        kept, matrix = [k for k, ok in zip(kept, sound) if ok], matrix[sound]
+        kept_hashes = [h for h, ok in zip(kept_hashes, sound) if ok]
     seconds = time.perf_counter() - start
     return Features(
         features=matrix.astype(np.float32, copy=False),
@@ -257,6 +263,14 @@ def preprocessor(backbone: Backbone, *, max_pixels: int | None = DEFAULT_MAX_PIX
     """
     pipe = Pipeline(backbone.spec, backbone, engine="torch", precision="fp32", max_pixels=max_pixels)
     return lambda path: pipe.stack([pipe.decode(path)])[0]
+
+
+def _non_finite(precision: str) -> str:
+    """Why a photo whose features came out NaN or infinite is skipped (a failure of the moment: never cached)."""
+    return (
+        f"the engine gave NaN or infinite features for this photo at {precision} (nothing was cached): run again, "
+        "or with --precision fp32 or --engine torch"
+    )
 
 
 @dataclass
@@ -329,6 +343,10 @@ def _compute(
         def commit(number: int, rows: np.ndarray | None) -> None:
             items, wanted, bad = pending.pop(number)
             vectors = [(items[j][0], view, rows[r]) for r, (j, view) in enumerate(wanted)] if rows is not None else []
+            broken = {j for (j, _), v in zip(wanted, vectors) if not np.isfinite(v[2]).all()}
+            if broken:  # NaN or infinite features: reported for this run, never cached
+                vectors = [v for (j, _), v in zip(wanted, vectors) if j not in broken]
+                bad = bad + [(items[j], _Failure(_non_finite(pipe.precision), False)) for j in sorted(broken)]
             pairs = [(sha, view) for sha, _, views in items + [b for b, _ in bad] for view in views]
             cache.commit_batch(
                 key,

@@ -40,9 +40,9 @@ from headstart._io import engine_dir, write_bytes_atomic, write_failure
 from headstart._validation import ParameterError, check_choice
 from headstart.features.backbones import Backbone, BackboneSpec
 from headstart.features.openvino_runtime import OpenVinoRunner, rows_fitting_memory
-from headstart.features.preprocess import supports, uint8_crop, uint8_preprocessor
+from headstart.features.preprocess import supports, uint8_crop
 
-__all__ = ["INT8_PRECISION", "OpenVinoSource", "available", "converted_path", "openvino_embedder", "resolve_engine"]
+__all__ = ["INT8_PRECISION", "available", "converted_path", "openvino_embedder", "resolve_engine"]
 
 #: The cache key's precision name for int8 features (beyond the 0.99 tolerance of fp32, so never mixed with them).
 INT8_PRECISION = "openvino-int8-3"  # (-3: the recipe of _quantised; the features of earlier ones differ)
@@ -106,34 +106,6 @@ def converted_path(spec: BackboneSpec, precision: str) -> Path:
     return engine_dir() / f"{spec.with_flip_average(False).fingerprint}.openvino-{kind}.xml"
 
 
-class OpenVinoSource:
-    """What :func:`~headstart.features.extract.extract_features` hands the OpenVINO engine instead of a loaded
-    backbone: the spec, and how to build the torch backbone should the converted model not be cached yet."""
-
-    def __init__(self, spec: BackboneSpec, backbone: Any, weights: Any = None) -> None:
-        self.spec = spec
-        self._backbone = backbone
-        self._weights = weights
-
-    def load(self) -> Backbone:
-        """The torch backbone (only to convert it): a loaded one, a lazy one's, or one built by name."""
-        if isinstance(self._backbone, Backbone):
-            return self._backbone
-        if hasattr(self._backbone, "load"):
-            return self._backbone.load()
-        from headstart.features.backbones import load_backbone
-
-        return load_backbone(str(self._backbone), self._weights)
-
-    def parts(
-        self, precision: str, max_pixels: int | None, draft: tuple[int, int]
-    ) -> tuple[Callable, Callable, Callable]:
-        """``(decode, embed, stack)`` for the extraction loop: file -> uint8 crop, ``(batch, wanted views)`` ->
-        features, and how a batch of crops is stacked."""
-        embed = openvino_embedder(self.spec, precision, self.load).embed
-        return uint8_preprocessor(self.spec, draft=draft, max_pixels=max_pixels), embed, np.stack
-
-
 def openvino_embedder(
     spec: BackboneSpec, precision: str, load: Callable[[], Backbone], *, throughput: bool = False
 ) -> OpenVinoRunner:
@@ -166,7 +138,8 @@ def _convert_announced(load: Callable[[], Backbone], path: Path, spec: BackboneS
     start = time.perf_counter()
     kind = "int8 (NNCF-quantised)" if precision == INT8_PRECISION else "uint8-input"
     say(f"Converting {spec.name} to OpenVINO, {kind} (once per machine, kept in {path.parent}) ...")
-    _convert(load(), path, int8=precision == INT8_PRECISION)
+    # (only a network holding the weights the fingerprint names is converted under it)
+    _convert(load().check_weights(spec.trunk_sha256), path, int8=precision == INT8_PRECISION)
     say(f"Converted {spec.name} in {time.perf_counter() - start:.1f} s")
 
 

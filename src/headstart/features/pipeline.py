@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart._math import softmax
+from headstart._math import linear_probabilities
 from headstart._validation import check_choice
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from headstart.features.backbones import Backbone, BackboneSpec
@@ -131,6 +131,7 @@ class Pipeline:
         self._source, self._weights = source, weights
         self._backbone: Backbone | None = source if isinstance(source, Backbone) else None
         self._runners: dict[bool, Any] = {}
+        self._checked = False
 
     # ------------------------------------------------------------------------------------------ the network
     def backbone(self) -> Backbone:
@@ -144,6 +145,8 @@ class Pipeline:
                 from headstart.features.backbones import load_backbone
 
                 self._backbone = load_backbone(str(self._source), self._weights, device=self.device)
+        if not self._checked:  # (features are cached, networks converted, under the spec's content: it must hold it)
+            self._checked = bool(self._backbone.check_weights(self.spec.trunk_sha256))
         return self._backbone
 
     def cache_key(self, cache: Any) -> str:
@@ -207,7 +210,7 @@ class Pipeline:
     def probabilities(self, inputs: Sequence[Any], head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Class probabilities of decoded photos through a linear head ``(weight, bias)``."""
         weight, bias = head
-        return softmax(self.features(inputs) @ weight.T + bias, axis=1)
+        return linear_probabilities(self.features(inputs), weight, bias)
 
 
 def decoded_batches(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import headstart._display as show
+from headstart._names import literal_figure
 from headstart._validation import check_int
 from headstart.inside._common import check_output_file, feature_layers, find_module, load_trunk, say_if_replacing
 
@@ -200,7 +201,7 @@ def feature_maps_figure(fm: FeatureMaps, n_channels: int = 16) -> Any:
         f"{fm.activations.shape[1]}×{fm.activations.shape[2]})",
         fontsize=9,
     )
-    return fig
+    return literal_figure(fig)
 
 
 def featuremaps(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 import headstart._display as show
+from headstart._names import literal_figure
 from headstart._validation import check_choice
 from headstart.errors import HeadstartError
 from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
@@ -173,7 +174,7 @@ def explanation_figure(e: Explanation) -> Any:
         a.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.04, pad=0.02)
     fig.suptitle(e.network, fontsize=8)
-    return fig
+    return literal_figure(fig)
 
 
 def explain(

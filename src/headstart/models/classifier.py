@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart._math import softmax
+from headstart._math import linear_probabilities
 from headstart._validation import check_int
 from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, is_image_file
 from headstart.errors import ModelFileError
-from headstart.features import Backbone, BackboneSpec
+from headstart.features import Backbone, BackboneSpec, trunk_sha256
 from headstart.models.modelfile import read_model_file, save_model_file, validate_classifier
 from headstart.models.trunk import trunk_network
 
@@ -84,11 +84,12 @@ class Classifier:
         trunk: Mapping[str, np.ndarray],
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self.spec = spec
         self.classes = list(classes)
         self.head_weight = np.asarray(head_weight, dtype=np.float32)
         self.head_bias = np.asarray(head_bias, dtype=np.float32)
         self.trunk = dict(trunk)
+        # The cache key is the trunk's content, hashed here from the tensors themselves: whatever the spec claims.
+        self.spec = replace(spec, trunk_sha256=trunk_sha256(self.trunk))
         self.metadata = dict(metadata or {})
         self._backbone: Backbone | None = None
         if self.head_weight.shape != (len(self.classes), spec.num_features) or self.head_bias.shape != (
@@ -111,7 +112,9 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Classifier:
-        """Read a model file written by :meth:`save` (no network, no code execution)."""
+        """Read a model file written by :meth:`save` (no network, no code execution): the model object only, what
+        ``serve``, ``export`` and the attacks run. To use a model from Python, :func:`headstart.load` is the loader:
+        it gives the fitted estimator (``.model_`` is this object)."""
         tensors, meta = read_model_file(path)
         validate_classifier(path, tensors, meta)  # (every malformed file ends here, as one ModelFileError)
         try:
@@ -123,6 +126,7 @@ class Classifier:
         trunk = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
         rest = {k: v for k, v in meta.items() if k not in ("backbone", "classes")}
         model = cls(spec, classes, weight, bias, trunk, rest)
+        check_trunk_claims(path, meta["backbone"], model.spec.trunk_sha256, trunk)
         model.metadata["path"] = str(path)
         return model
 
@@ -166,8 +170,29 @@ class Classifier:
         return features @ self.head_weight.T + self.head_bias
 
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities for precomputed features ``(n, num_features)`` → ``(n, n_classes)``."""
-        return softmax(self.logits(np.asarray(features, dtype=np.float32)), axis=1)
+        """Class probabilities (float32) for precomputed features ``(n, num_features)`` → ``(n, n_classes)``.
+
+        Nothing non-finite leaves here: NaN or infinite features are refused, and scores are computed where they
+        fit (:meth:`logits`), so the probabilities are finite.
+
+        Raises:
+            ValueError: a row of ``features`` holds NaN or infinite values (:func:`extract_features` never gives one).
+            ModelFileError: the head still gives non-finite scores (a damaged model file).
+        """
+        x = np.asarray(features, dtype=np.float32)
+        broken = np.flatnonzero(~np.isfinite(x).all(axis=1)) if x.ndim == 2 else np.arange(len(x))
+        if broken.size:
+            raise ValueError(
+                f"Feature rows {broken[:5].tolist()} hold NaN or infinite values: pass the features "
+                "extract_features gives (it skips and reports photos whose features are not finite)."
+            )
+        probabilities = linear_probabilities(x, self.head_weight, self.head_bias)  # (float64 where float32 overflows)
+        if not np.isfinite(probabilities).all():
+            raise ModelFileError(
+                f"{self.metadata.get('path', 'This model')}: its head gives NaN or infinite class scores (its weights "
+                f"reach {np.abs(self.head_weight).max():.3g}): the file is damaged; re-train or re-download it."
+            )
+        return probabilities
 
     def features(
         self,
@@ -313,17 +338,49 @@ def iter_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
 def _walk_sorted(folder: Path) -> Iterator[Path]:
     """Image files below ``folder`` in sorted path order (a folder's entries by name, each subfolder in its place),
     hidden entries skipped, symlinked folders not followed (as :func:`list_image_files`)."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    try:  # (names and kinds only, not the DirEntry objects: a folder of many photos is listed in less memory)
+        with os.scandir(folder) as scan:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not e.name.startswith("."))
     except OSError:
         return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk_sorted(Path(entry.path))
-        elif is_image_file(entry.name):
-            yield Path(entry.path)
+    for name, is_dir in entries:
+        if is_dir:
+            yield from _walk_sorted(folder / name)
+        elif is_image_file(name):
+            yield folder / name
+
+
+def check_trunk_claims(
+    path: str | os.PathLike[str], claims: Mapping[str, Any], actual: str, trunk: Mapping[str, np.ndarray]
+) -> None:
+    """Check what a model file's metadata says its trunk is against the tensors it holds (``actual``: their
+    :func:`~headstart.features.trunk_sha256`): the content hash it records, a fine-tuned trunk's own hash, or the
+    pretrained weights it names (an offline package of the installed version, hub weights used here before).
+
+    Features are keyed by ``actual`` whatever the outcome, so a file that lies never reads nor writes the genuine
+    weights' cache entries; this check makes the lie one clear error instead of a silently different model.
+
+    Raises:
+        ModelFileError: the trunk is not what the metadata names (altered or damaged file).
+    """
+    from headstart.features import known_trunk_sha256
+
+    name, weights_id = str(claims.get("name")), str(claims.get("weights_id"))
+    recorded = claims.get("trunk_sha256")
+    if weights_id.startswith("trunk-sha256:"):
+        expected: str | None = weights_id if trunk_fingerprint(trunk) != weights_id else None
+        same = expected is None
+    else:
+        expected = known_trunk_sha256(name, weights_id)
+        same = expected is None or expected == actual
+    if recorded is not None and recorded != actual:
+        same, expected = False, str(recorded)
+    if not same:
+        raise ModelFileError(
+            f"{path}: its backbone weights are not the ones its metadata names ({name}, {weights_id}): the trunk "
+            f"tensors hash to {actual[:16]}, the weights named to {str(expected)[:16] or 'another architecture'}. "
+            "The file was altered or damaged, and nothing was computed or cached with it; re-train or re-download it."
+        )
 
 
 def trunk_fingerprint(trunk: Mapping[str, np.ndarray]) -> str:
@@ -406,6 +463,7 @@ __all__ = [
     "Classifier",
     "Prediction",
     "Predictions",
+    "check_trunk_claims",
     "expand_paths",
     "iter_paths",
     "set_head",

@@ -35,16 +35,18 @@ from typing import Any
 
 import numpy as np
 
+from headstart._distributed import current
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
-from headstart.features import PRECISIONS, FeatureCache, current, describe_unusable
+from headstart.features import PRECISIONS, FeatureCache, describe_unusable
 from headstart.models.classifier import Classifier
-from headstart.models.finetune_config import Finetune
+from headstart.models.finetune.config import Finetune
 from headstart.models.fit_report import file_metadata, fit_report, params_from_file, stored_params
 from headstart.models.fit_steps import FLIP_CHOICES, SkippedFilesWarning, fit_backbone, split_and_probe
 from headstart.models.inputs import as_dataset, photo_files
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.probe_fit import fit_probe
 from headstart.models.protocol import ClassifierProtocol
 from headstart.models.run_options import RunOptions, constructor_run_options
 from headstart.models.selection import parse_auto
@@ -78,12 +80,12 @@ class ImageClassifier(ClassifierProtocol):
             ``"auto:resnet50,lite1"``: among those.
         method: ``"probe"``, ``"finetune"`` or ``"scratch"`` (the same network from random weights, to see what
             transfer learning gives).
-        finetune: the options of ``"finetune"``/``"scratch"``: a :class:`~headstart.models.finetune_config.Finetune`
+        finetune: the options of ``"finetune"``/``"scratch"``: a :class:`~headstart.models.finetune.config.Finetune`
             (or a dict of its fields); those left out are chosen by the number of photos.
         val_fraction: share of the photos held out for validation, in (0, 1).
         seed: seed of the split, the cross-validation folds and the training.
         refit: after validating, fit the saved model on all photos: the probe again; a network for as many
-            epochs of the same schedule as validation chose (:mod:`headstart.models.network_fit`).
+            epochs of the same schedule as validation chose (:mod:`headstart.models.finetune.fit`).
         flip_average: average each photo's features with its mirror image's, in training and in predictions:
             True, False, ``"auto"`` (the probe's cross-validation chooses, only when it gains more than one
             photo's worth; the mirror views are computed for it), or None (the default, as ``headstart train``
@@ -243,7 +245,7 @@ class ImageClassifier(ClassifierProtocol):
         dataset = as_dataset(X, y, caller="fit")
         device = "cpu"
         if method != "probe":
-            from headstart.features import init_from_env, resolve_device
+            from headstart._distributed import init_from_env, resolve_device
 
             device = resolve_device(run.device)
             init_from_env(device)  # under torchrun: the processes share the extraction and the training
@@ -288,7 +290,7 @@ class ImageClassifier(ClassifierProtocol):
             }
             config, history = None, None
         else:
-            from headstart.models.network_fit import fit_network
+            from headstart.models.finetune.fit import fit_network
 
             config = Finetune.for_data_size(
                 len(s.usable), method=method, **{"seed": self.seed, "precision": self.precision, **options}

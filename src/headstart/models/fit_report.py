@@ -15,7 +15,7 @@ from typing import Any
 
 from headstart.data import Dataset
 from headstart.models.classifier import Classifier
-from headstart.models.finetune_config import Finetune
+from headstart.models.finetune.config import Finetune
 from headstart.reports import classification_metrics, public_metrics
 from headstart.reports.calibration import calibration_metrics
 

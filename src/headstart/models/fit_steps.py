@@ -27,7 +27,8 @@ from headstart.data import Dataset, train_val_split
 from headstart.errors import DataError
 from headstart.features import FeatureCache, describe_unusable, extract_features
 from headstart.models.inputs import ResolvedBackbone, split_keys
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.probe_fit import fit_probe
 from headstart.models.selection import select_for_fit
 
 __all__ = ["FLIP_CHOICES", "Prepared", "SkippedFilesWarning", "fit_backbone", "flip_mode", "split_and_probe"]

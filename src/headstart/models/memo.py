@@ -8,9 +8,11 @@ libraries that compute the result and the source of headstart's own code for it,
 Entries are plain files in ``memo/`` beside the feature cache (safetensors for arrays, PNG for pictures), written
 atomically; reading one never executes code. The least recently used are deleted beyond :data:`MAX_BYTES`.
 
+The probe fits are remembered by :func:`headstart.models.probe_fit.fit_probe`, beside the probe.
+
 Example:
     >>> memo = Memo.beside(FeatureCache())
-    >>> fit = fit_probe(X, labels, random_state=0, memo=memo)   # fitted once, read back on later calls
+    >>> memo.write(Memo.key("note", [1, 2]), ".txt", b"hello")
 """
 
 from __future__ import annotations
@@ -21,16 +23,14 @@ import importlib.util
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headstart._io import write_bytes_atomic
-from headstart._math import softmax
 
-__all__ = ["MAX_BYTES", "Memo", "ProbeFit", "fit_probe", "memo_pictures", "memo_signatures"]
+__all__ = ["MAX_BYTES", "Memo", "memo_pictures", "memo_signatures", "source_digest", "versions"]
 
 #: The memo folder is pruned (least recently used first) to stay under this many bytes.
 MAX_BYTES = 512 * 2**20
@@ -128,110 +128,6 @@ def versions(*distributions: str) -> dict[str, str]:
     return out
 
 
-# --------------------------------------------------------------------------------------------------- probe fits
-@dataclass(frozen=True)
-class ProbeFit:
-    """The numbers of a fitted :class:`headstart.models.probe.LinearProbe` (its attribute names), usable without sklearn."""
-
-    classes_: np.ndarray
-    coef_: np.ndarray
-    intercept_: np.ndarray
-    C_: float
-    cv_accuracy_: float
-    temperature_: float
-    n_splits_: int
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape ``(n_samples, n_classes)``: the same arithmetic as ``LinearProbe``."""
-        return softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_, axis=1)
-
-    @classmethod
-    def of(cls, probe: Any) -> ProbeFit:
-        return cls(
-            probe.classes_,
-            probe.coef_,
-            probe.intercept_,
-            float(probe.C_),
-            float(probe.cv_accuracy_),
-            float(probe.temperature_),
-            int(probe.n_splits_),
-        )
-
-    def to_bytes(self) -> bytes:
-        from safetensors.numpy import save
-
-        meta = {
-            "classes": self.classes_.tolist(),
-            "C": self.C_,
-            "cv_accuracy": self.cv_accuracy_,
-            "temperature": self.temperature_,
-            "n_splits": self.n_splits_,
-        }
-        arrays = {"coef": np.ascontiguousarray(self.coef_), "intercept": np.ascontiguousarray(self.intercept_)}
-        return save(arrays, metadata={"probe": json.dumps(meta)})  # (safetensors writes buffers as they lie)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ProbeFit:
-        from safetensors.numpy import load
-
-        tensors = load(data)  # raw arrays and a JSON header: no code runs on load
-        header_length = int.from_bytes(data[:8], "little")  # the safetensors layout: u64 length, then the header
-        meta = json.loads(json.loads(data[8 : 8 + header_length])["__metadata__"]["probe"])
-        return cls(
-            np.array(meta["classes"]),
-            tensors["coef"],
-            tensors["intercept"],
-            float(meta["C"]),
-            float(meta["cv_accuracy"]),
-            float(meta["temperature"]),
-            int(meta["n_splits"]),
-        )
-
-
-def fit_probe(
-    X: np.ndarray,
-    y: np.ndarray,
-    *,
-    random_state: int = 0,
-    memo: Memo | None = None,
-    Cs: tuple[float, ...] | None = None,
-) -> ProbeFit:
-    """A :class:`headstart.models.probe.LinearProbe` (default settings; ``Cs`` given: that grid, e.g. one value,
-    no cross-validation) fitted on ``X``, ``y``; from ``memo`` when it has it.
-
-    Labels must be strings or integers (what data sets give); the fit is returned as a :class:`ProbeFit` either way,
-    so a fresh fit and a remembered one predict bit for bit the same.
-    """
-    y = np.asarray(y)
-    key = None
-    if memo is not None and y.dtype.kind in "Uiu":
-        key = Memo.key(
-            "probe-fit",
-            source_digest("headstart.models.probe"),
-            source_digest("headstart.models.memo"),
-            source_digest("headstart.models.temperature"),
-            versions("scikit-learn", "scipy", "numpy"),
-            {"random_state": random_state, **({"Cs": [float(c) for c in Cs]} if Cs is not None else {})},
-            np.asarray(X),
-            y,
-        )
-        data = memo.read(key, ".safetensors")
-        if data is not None:
-            try:
-                fit = ProbeFit.from_bytes(data)
-                if fit.classes_.dtype.kind == y.dtype.kind or len(fit.classes_) == 0:
-                    return fit
-            except Exception:  # a damaged entry is a miss (and is overwritten below)
-                pass
-    from headstart.models.probe import LinearProbe
-
-    options = {"Cs": tuple(float(c) for c in Cs)} if Cs is not None else {}
-    fit = ProbeFit.of(LinearProbe(random_state=random_state, **options).fit(X, y))
-    if key is not None:
-        memo.write(key, ".safetensors", fit.to_bytes())
-    return fit
-
-
 # ----------------------------------------------------------------------------------------------------- pictures
 def memo_pictures(
     memo: Memo | None, key_parts: Sequence[Any], folder: Path, draw: Callable[[], list[Path]]
@@ -281,13 +177,13 @@ def memo_signatures(
     max_pixels: int | None,
     progress: bool = False,
 ) -> Any:
-    """:func:`headstart.features.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
+    """:func:`headstart.data.image_signatures` of the photos (pixel hash and pHashes), decoded once per distinct
     file content and remembered in the memo for this set of contents (``train``'s split and ``audit`` share it).
 
     Example:
         >>> sigs = memo_signatures(usable.paths, feats.hashes, Memo.beside(cache), max_pixels=None)  # doctest: +SKIP
     """
-    from headstart.features import Signatures, image_signatures
+    from headstart.data import Signatures, image_signatures
 
     def aligned(by_hash: dict[str, tuple[Any, Any, Any]]) -> Any:
         rows = [by_hash[h] for h in hashes]

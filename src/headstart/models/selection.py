@@ -38,7 +38,8 @@ import numpy as np
 
 from headstart._console import say
 from headstart._validation import fail
-from headstart.models.memo import Memo, fit_probe
+from headstart.models.memo import Memo
+from headstart.models.probe_fit import fit_probe
 
 __all__ = [
     "AUTO_BUDGET_S",
@@ -249,14 +250,26 @@ class PairedChoice:
         return {"paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
 
     def _out_of_fold_correct(self, X: np.ndarray, C: float) -> np.ndarray:
-        from sklearn.model_selection import StratifiedKFold
-
         correct = np.zeros(len(self.y))
-        splitter = StratifiedKFold(n_splits=self.n_splits, shuffle=True, random_state=self.seed)
-        for train, test in splitter.split(X, self.y):
+        for test in _stratified_folds(self.y, self.n_splits, self.seed):
+            train = np.setdiff1d(np.arange(len(self.y)), test)
             fit = fit_probe(X[train], self.y[train], random_state=self.seed, memo=self.memo, Cs=(C,))
             correct[test] = fit.classes_[fit.predict_proba(X[test]).argmax(axis=1)] == self.y[test]
         return correct
+
+
+def _stratified_folds(y: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """The test indices of ``n_splits`` stratified folds: each class's photos shuffled (seeded) and dealt round
+    the folds in turn. Plain numpy, so a re-run whose fits are memoised imports no scikit-learn."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(n_splits)]
+    start = 0
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        for j, i in enumerate(members):
+            folds[(start + j) % n_splits].append(int(i))
+        start += len(members)  # (the next class starts where this one stopped: fold sizes stay even)
+    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
 
 
 def select_backbone(

@@ -121,7 +121,9 @@ def confusion_figure(
     matrix: np.ndarray, class_names: Sequence[str], *, title: str = "Confusion matrix", normalize: bool = False
 ) -> Any:
     """The picture :func:`plot_confusion_matrix` writes, as a matplotlib figure (a notebook shows it)."""
-    return _confusion_figure(matrix, class_names, title=title, normalize=normalize)
+    from headstart._names import literal_figure
+
+    return literal_figure(_confusion_figure(matrix, class_names, title=title, normalize=normalize))
 
 
 def _confusion_figure(matrix: np.ndarray, class_names: Sequence[str], *, title: str, normalize: bool) -> Any:

@@ -213,6 +213,52 @@ def _requested(head: dict[str, Any]) -> list[str]:
     return names
 
 
+#: The inference request this server reads (the Open Inference Protocol's, for its one BYTES input), as JSON Schema:
+#: /openapi.json shows it, and schema-driven clients (schemathesis, in the tests) generate requests from it.
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {"top_k": {"type": "integer", "minimum": 1, "description": "labels per image (default 5)"}},
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "enum": [INPUT]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                    "datatype": {"type": "string", "enum": ["BYTES"]},
+                    "data": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "byte"},
+                        "description": "the image files, base64",
+                    },
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "enum": list(OUTPUTS)}},
+            },
+        },
+    },
+}
+
+
 def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
     """Register the v2 routes on the FastAPI app."""
     tags = ["Open Inference Protocol (KServe v2)"]
@@ -316,7 +362,7 @@ def add_kserve_routes(api: Any, state: ServerState, secured: list[Any]) -> None:
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {"type": "object"},
+                            "schema": INFER_REQUEST_SCHEMA,
                             "example": {
                                 "inputs": [
                                     {"name": INPUT, "shape": [1], "datatype": "BYTES", "data": ["<base64 JPEG>"]}

@@ -12,9 +12,9 @@ The limits sit below the routes, so every route has them and none repeats them:
   this server's name when it is bound to loopback (DNS rebinding), requests during shutdown (503), more than
   ``max_requests_in_flight`` requests with a body at once (503), a declared ``Content-Length`` over the upload
   limit (413, before ``100 Continue`` is sent), a streamed body as it crosses the limit (413), a body that stalls
-  (408). An answer sent before its request's body was read closes the connection after reading at most twice the
-  upload limit (and ``drain_timeout_s``): enough for a client that sends everything before it reads to get the
-  answer, never a refused body read to its end.
+  (408). An answer sent before its request's body was read closes the connection after reading at most
+  ``drain_factor`` times the upload limit (for at most ``drain_timeout_s``): enough for a client that sends
+  everything before it reads to get the answer, never a refused body read to its end.
 - :func:`check_json_tokens`: an upper bound on a JSON body's elements and nesting, counted on the bytes, so a
   hostile body is refused before it is parsed (parsing millions of elements holds the GIL for seconds).
 """
@@ -47,6 +47,7 @@ class Limits:
         max_requests_in_flight: requests with a body being read or computed at once; more get 503 at once.
         max_header_bytes: the request line and headers (h11's limit; more get 400).
         drain_timeout_s: how long a refused body is read (and dropped) so its client can read the answer.
+        drain_factor: how much of a refused body is read, in upload limits (a declared longer one: none of it).
         shutdown_grace_s: after SIGTERM, how long requests already computing may take (then JSON 503).
         max_json_containers: arrays and objects in a JSON body (bounds its nesting).
         json_tokens_per_element: JSON separators (``,`` and ``:``) allowed per image a request may carry.
@@ -60,6 +61,7 @@ class Limits:
     max_requests_in_flight: int = 64
     max_header_bytes: int = 16 * 1024
     drain_timeout_s: float = 5.0
+    drain_factor: float = 4.0
     shutdown_grace_s: float = 5.0
     max_json_containers: int = 256
     json_tokens_per_element: int = 16
@@ -269,6 +271,7 @@ class RequestLimits:
                 raise
             # The shutdown's grace period is over: a JSON 503 instead of uvicorn's traceback and plain-text 500.
             if not exchange.started:
+                exchange.stalled = True  # (no draining now: the process is about to end)
                 await exchange.answer(shutting_down())
         finally:
             if counted:
@@ -380,7 +383,7 @@ class _Exchange:
         answer; never when the client waits for ``100 Continue`` and sent nothing."""
         if self.stalled or (self.expect_continue and self.received == 0):
             return
-        cap = 2 * self.max_body
+        cap = int(self.limits.drain_factor * self.max_body)
         if self.declared is not None and self.declared > cap:
             return
         try:

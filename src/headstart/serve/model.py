@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
+from headstart.errors import UnusableImageError
 from headstart.features.pipeline import Pipeline, top_k
 from headstart.models.classifier import Classifier
 from headstart.serve.batching import ShuttingDownError
@@ -143,11 +144,15 @@ class ServedModel:
             raise RuntimeError(f"model {self.name!r} is not loaded yet")
         return self.pipeline.decode_bytes(data, filename)
 
-    def infer(self, images: Sequence[Any]) -> list[np.ndarray]:
+    def infer(self, images: Sequence[Any]) -> list[np.ndarray | UnusableImageError]:
         """Class probabilities for a batch of prepared images: one ``(n_classes,)`` row each (the pipeline's views,
-        averaged as the cache averages them, through the model's head)."""
-        head = (self.classifier.head_weight, self.classifier.head_bias)
-        return list(self.pipeline.probabilities(list(images), head))
+        averaged as the cache averages them, through the model's head), or an
+        :class:`~headstart.errors.UnusableImageError` for a photo whose features are not finite."""
+        features = self.pipeline.features(list(images))
+        sound = np.isfinite(features).all(axis=1)  # (NaN or infinite features: that photo's refusal, not a 500)
+        probabilities = iter(self.classifier.predict_proba_features(features[sound]) if sound.any() else ())
+        refused = UnusableImageError("upload", "the engine gave NaN or infinite features for this photo")
+        return [next(probabilities) if ok else refused for ok in sound]
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         """The ``k`` most likely labels, as ``headstart predict --json`` writes them (stable order, 6 decimals)."""
@@ -169,22 +174,18 @@ class ServedModel:
         draft, box reduction of large PNGs), and only when its turn comes: requests waiting for the one
         explanation at a time a model runs hold their upload's bytes, not a decoded photo. ``stopping`` (the
         server's shutdown) turns a turn that comes too late into :class:`~headstart.serve.batching.ShuttingDownError`.
+        The server calls it on one thread per model (``ServerState.explain``), so its memory is one thread's.
         """
         from headstart.inside.heatmap import explain_view, whole_view
 
         self.load_explainer()
-        while not self._explain_lock.acquire(timeout=0.05):  # Grad-CAM hooks one module: one at a time per model
-            if stopping is not None and stopping():
-                raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
-        try:
+        with self._explain_lock:  # Grad-CAM hooks one module: one explanation at a time per model
             if stopping is not None and stopping():
                 raise ShuttingDownError(f"the server is shutting down; {filename} was not explained")
             photo = decode_image(
                 data, name=filename, max_pixels=self.max_pixels, draft_size=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE)
             )
             e = explain_view(self._target, whole_view(photo, self._target.spec.data_config), target, method)
-        finally:
-            self._explain_lock.release()
         info = {
             "target": e.target,
             "label": e.target_name,

@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,10 +49,15 @@ class ServerState:
         self.on_ready: Callable[[], None] | None = None
         self.on_failure: Callable[[str], None] | None = None
         self._loader: threading.Thread | None = None
+        self._explainers: dict[str, ThreadPoolExecutor] = {}
+        self._waiting: set[Any] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
         keep_private(m.path for m in models)  # error texts never show where the server keeps its files
 
     # ------------------------------------------------------------------------------------------ life cycle
     def start_loading(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # Not a daemon: the interpreter must not exit under a thread inside a native library (OpenVINO aborts).
         self._loader = threading.Thread(target=self._load_all, name="headstart-load")
         self._loader.start()
@@ -73,7 +78,11 @@ class ServerState:
             for model in self.models.values():
                 t0 = time.perf_counter()
                 size = self.config.max_batch_size or model.batch_size
+                if self.stopping:  # a stop signal during start-up: leave the rest unloaded
+                    return
                 model.load(warm_up_batch=size)
+                if self.stopping:
+                    return
                 model.load_explainer()
                 self.batchers[model.name] = MicroBatcher(
                     model.infer,
@@ -99,14 +108,28 @@ class ServerState:
             self.on_ready()
 
     def begin_shutdown(self) -> None:
-        """A stop signal arrived: work not yet started is refused with a JSON 503 from now on (requests already
-        computing finish). Safe to call from a signal handler."""
+        """A stop signal arrived: work not yet started is refused with a JSON 503 from now on, explanations waiting
+        their turn at once (requests already computing finish). Safe to call from a signal handler."""
         self.stopping = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_waiting)
+
+    def _cancel_waiting(self) -> None:
+        with self._lock:
+            waiting = list(self._waiting)
+        for future in waiting:
+            future.cancel()  # (only those not started: the one computing finishes)
+
+    def _forget(self, future: Any) -> None:
+        with self._lock:
+            self._waiting.discard(future)
 
     def close(self) -> None:
-        """Finish queued work and stop the batcher threads (server shutdown)."""
+        """Finish queued work and stop the batcher and explanation threads (server shutdown)."""
         for batcher in self.batchers.values():
             batcher.close()
+        for worker in self._explainers.values():
+            worker.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------------------------------------- lookups
     def require_ready(self) -> None:
@@ -165,20 +188,38 @@ class ServerState:
         tensors = await asyncio.gather(*(prepare(u) for u in uploads))
         batcher = self.batchers[model.name]
         futures = [asyncio.wrap_future(batcher.submit(t)) for t in tensors]
-        return list(await asyncio.gather(*futures))
+        rows = list(await asyncio.gather(*futures))
+        for upload, row in zip(uploads, rows):
+            if isinstance(row, UnusableImageError):
+                raise image_error(row, upload.filename)
+        return rows
 
     async def explain(
         self, model: ServedModel, upload: Upload, *, target: str | None, method: str
     ) -> tuple[bytes, dict[str, Any]]:
         """The Grad-CAM overlay PNG of one upload and what it explains, computed off the event loop."""
-        from starlette.concurrency import run_in_threadpool
-
+        with self._lock:
+            worker = self._explainers.get(model.name)
+            if worker is None:  # one thread per model: explanations queue as bytes, and one thread's heap holds
+                worker = ThreadPoolExecutor(1, thread_name_prefix=f"headstart-explain-{model.name}")  # their pixels
+                self._explainers[model.name] = worker
+        future = worker.submit(
+            model.explain_png,
+            upload.data,
+            upload.filename,
+            target=target,
+            method=method,
+            stopping=lambda: self.stopping,
+        )
+        with self._lock:
+            self._waiting.add(future)
+        future.add_done_callback(self._forget)
         try:
-            return await run_in_threadpool(
-                partial(model.explain_png, target=target, method=method, stopping=lambda: self.stopping),
-                upload.data,
-                upload.filename,
-            )
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if self.stopping:  # its turn never came (begin_shutdown), or the shutdown's grace period is over
+                raise ShuttingDownError(f"the server is shutting down; {upload.filename} was not explained") from None
+            raise
         except UnusableImageError as exc:
             raise image_error(exc, upload.filename) from None
         except HeadstartError as exc:  # an unknown target class

@@ -117,11 +117,11 @@ def too_large(limit_bytes: int) -> ApiError:
 
 
 def too_many_files(sent: int | None, limit: int) -> ApiError:
-    count = f"{sent} files" if sent is not None else "more files"
+    count = f"{sent:,} files, more" if sent is not None else "more files"
     return ApiError(
         413,
         "too_many_files",
-        f"The request carries {count} than the {limit} this server takes at once; split it into several requests "
+        f"The request carries {count} than the {limit:,} this server takes at once; split it into several requests "
         "(or start the server with a higher --max-files).",
         limit=limit,
     )

@@ -170,15 +170,20 @@ def evaluate(
         if mapping[label] is None:
             unknown[label] = unknown.get(label, 0) + 1
     index = {c: i for i, c in enumerate(model.classes)}
-    known = [(s.path, index[mapping[s.label]]) for s in dataset.samples if mapping[s.label] is not None]
-    truth = {str(path): y for path, y in known}
+    truth = np.asarray(
+        [index[mapping[s.label]] for s in dataset.samples if mapping[s.label] is not None], dtype=np.int64
+    )  # (8 bytes a photo; the photos stream in this order, a chunk at a time)
+    known = (s.path for s in dataset.samples if mapping[s.label] is not None)
     scores = RunningScores(model.classes)
     skipped = []
     options = {"cache": cache, "precision": precision, "max_pixels": max_pixels, "progress": progress}
+    offset, previous = 0, None
     # streamed: the photos' features and probabilities a chunk at a time, the scores accumulated (memory bounded)
-    for part, indices, proba, unusable in model.iter_probabilities((p for p, _ in known), engine=engine, **options):
-        paths = [part[int(i)] for i in indices]
-        scores.add(np.asarray([truth[str(p)] for p in paths], dtype=np.int64), proba, paths)
+    for part, indices, proba, unusable in model.iter_probabilities(known, engine=engine, **options):
+        if previous is not None and part is not previous:  # (a chunk comes in one or two pieces: cached, computed)
+            offset += len(previous)
+        previous = part
+        scores.add(truth[offset + indices], proba, [part[int(i)] for i in indices])
         skipped += unusable
     metrics = scores.metrics()
     evaluation = Evaluation(

@@ -253,6 +253,11 @@ def write_onnx(
         got_f, got_p = session(tmp, cached=False).run(None, {"image": batch.numpy()})
         diff_p = float(np.abs(got_p - want_p).max())
         diff_f = float(np.abs(got_f - want_f).max())
+        if not (np.isfinite(got_p).all() and np.isfinite(want_p).all()):  # (NaN compares as no difference)
+            raise HeadstartError(
+                f"The exported network gives NaN or infinite probabilities (its head's weights reach "
+                f"{np.abs(model.head_weight).max():.3g}, beyond float32 scores); not exported. Re-train the model."
+            )
         if diff_p > tolerance:
             raise HeadstartError(
                 f"ONNX Runtime's probabilities differ from PyTorch's by {diff_p:.2g} (> {tolerance:g}); not exported."

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart._io import atomic_directory, atomic_path, write_json
+from headstart._io import atomic_path, temporary_beside, write_json
 from headstart._validation import check_choice, check_int, check_number
 from headstart.data.datasets import Dataset, load_dataset
 from headstart.data.scanning import UnusableFile
@@ -203,8 +203,7 @@ def export_tensorflow(
             write_json(saved / "assets" / "headstart.json", meta)
             got = run_savedmodel(saved, images)[1]
             diff = _agreement(got, want, tolerance, "the SavedModel (Keras 3 TFSMLayer)")
-            with atomic_directory(out) as folder:
-                shutil.copytree(saved, folder, dirs_exist_ok=True)
+            _replace_folder(saved, out)
             report = TFExportReport(format, out, out / "assets" / "headstart.json", diff, len(images), checked_on)
         else:
             flat = Path(work) / "model.tflite"
@@ -333,6 +332,26 @@ def tf_scores(path: str | os.PathLike[str], model: Any, data: str | os.PathLike[
 
 
 # ------------------------------------------------------------------------------------------------- the pieces
+def _replace_folder(source: Path, out: Path) -> None:
+    """Copy ``source`` to a staging folder beside ``out`` (``_io.temporary_beside``), then put it in place whole: an
+    older export there is moved aside first and removed after, so a reader sees the old folder or the new."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = temporary_beside(out), None
+    try:
+        shutil.copytree(source, staging)
+        if out.exists():
+            old = temporary_beside(out)
+            os.replace(out, old)
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old, out)  # (the older export back where it was)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _check_photos(
     check_images: Sequence[str | os.PathLike[str]] | None, dataset: Dataset | None, calibration: list[Path] | None
 ) -> tuple[list[Path] | None, str]:

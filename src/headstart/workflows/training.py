@@ -1,5 +1,6 @@
 """``train``: an :class:`~headstart.models.estimator.ImageClassifier` fitted on a folder of photos, its run folder
-written, its model file saved; and the two experiments around fine-tuning, ``find_learning_rate`` and ``sweep``.
+written, its model file saved. The two experiments around fine-tuning, ``find_learning_rate`` and ``sweep``, are
+in :mod:`headstart.workflows.experiments`.
 
 ``train`` is what ``headstart train`` runs: ``ImageClassifier(...).fit(data)``, then :func:`write_run_folder`
 (``config.json``, ``metrics.json``, ``confusion_matrix.png``, ``misclassified.png``; for networks also
@@ -15,18 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from headstart._console import wants_progress
 from headstart._io import write_json, write_text_atomic
 from headstart._validation import check_choice, fail
 from headstart.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
-from headstart.features import DEFAULT_BACKBONE, FeatureCache, extract_features
+from headstart.features import FeatureCache
 from headstart.models.classifier import Classifier
 from headstart.models.estimator import METHODS, ImageClassifier, SkippedFilesWarning
-from headstart.models.finetune_config import Finetune
-from headstart.models.inputs import ResolvedBackbone, feature_cache
-from headstart.models.memo import Memo, fit_probe, memo_pictures
+from headstart.models.finetune.config import Finetune
+from headstart.models.memo import Memo, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
 from headstart.workflows.pair import write_together
 
@@ -35,9 +32,7 @@ __all__ = [
     "SkippedFilesWarning",
     "TrainResult",
     "default_run_dir",
-    "find_learning_rate",
     "refit_summary",
-    "sweep",
     "train",
     "write_run_folder",
 ]
@@ -127,7 +122,7 @@ def train(
         progress=progress,
     )
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
-    from headstart.features import current
+    from headstart._distributed import current
 
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
@@ -260,7 +255,7 @@ def write_run_folder(
     if history is not None:
         import json
 
-        from headstart.models.finetune import EpochRecord, plot_curves
+        from headstart.models.finetune.parts import EpochRecord, plot_curves
 
         written.append(write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)))
         written.append(plot_curves([EpochRecord(**r) for r in history], folder / "curves.png"))
@@ -299,173 +294,3 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
         else f"validation kept epoch 0 (fine-tuning did not beat the probe): the probe refit on all {n} photos"
     )
     return {"on_all_photos": True, "photos": n, "epochs": epochs, "seconds": refit.get("seconds"), "what": what}
-
-
-def find_learning_rate(
-    data: str | os.PathLike[str] | Dataset,
-    *,
-    backbone: str = "auto",
-    weights: str | os.PathLike[str] | None = None,
-    out: str | os.PathLike[str] = "lr-find.png",
-    steps: int | None = None,
-    budget_s: float | None = None,
-    finetune: Finetune | dict[str, Any] | None = None,
-    cache: FeatureCache | str | os.PathLike[str] | None = None,
-    progress: bool | None = None,
-    finetune_options: dict[str, Any] | None = None,
-):
-    """The lr range test on the network fine-tuning would train (probe head, same unfrozen part); writes the plot.
-
-    ``steps`` defaults to :data:`~headstart.models.lr_find.DEFAULT_STEPS` and ``budget_s`` (the most seconds the
-    steps may take; None: the default, 0: none) to :data:`~headstart.models.lr_find.DEFAULT_BUDGET_S`. The
-    frozen stages run once per photo, so on Oxford pets (259 photos, 2 CPU cores) the whole test takes well under
-    a minute; the result says how many steps ran, why it stopped and the seconds per step. ``finetune``: the
-    fine-tuning options to test under (a Finetune or a dict of its fields; ``finetune_options`` is its older,
-    deprecated name).
-
-    Returns:
-        :class:`headstart.models.lr_find.LrFindResult` with ``suggestion``, ``stopped``/``why`` and ``seconds``.
-
-    Example:
-        >>> result = find_learning_rate("photos/", out="lr.png", steps=20)
-        >>> result.suggestion, result.why
-        (0.00021, 'all 20 steps')
-    """
-    from headstart.models.finetune import build_network, start_from_probe
-    from headstart.models.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
-    from headstart.models.selection import parse_auto, select_for_fit
-
-    if finetune_options is not None:
-        warnings.warn(
-            "find_learning_rate(finetune_options=...) is deprecated and will stop working in headstart 0.3: pass "
-            "finetune=... (a Finetune or a dict of its fields).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        finetune = finetune if finetune is not None else finetune_options
-    if isinstance(finetune, Finetune):
-        finetune = finetune.set_fields()
-    progress = wants_progress(progress)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    store = feature_cache(cache)
-    candidates = parse_auto(backbone)
-    # one backbone object: extraction (on a cache miss) and the range test; for auto the one `train` would choose
-    source = (
-        ResolvedBackbone(backbone, weights)
-        if candidates is None
-        else select_for_fit(
-            dataset,
-            candidates,
-            cache=store,
-            memo=Memo.beside(store),
-            seed=0,
-            val_fraction=0.2,
-            weights=weights,
-            progress=progress,
-        ).backbone
-    )
-    feats = extract_features(dataset.paths, source, cache=store, progress=progress, flip_average=False)
-    usable = dataset.subset(feats.indices.tolist())
-    probe = fit_probe(feats.features, np.asarray(usable.labels), memo=Memo.beside(store))
-    config = Finetune.for_data_size(len(usable), **(finetune or {}))
-    classes = [str(c) for c in probe.classes_]
-    network = build_network(source.load(), len(classes), config.head_dropout)
-    start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
-    budget = DEFAULT_BUDGET_S if budget_s is None else (budget_s or None)
-    result = lr_range_test(
-        network,
-        usable,
-        classes,
-        source.spec.data_config,
-        config,
-        steps=steps or DEFAULT_STEPS,
-        budget_s=budget,
-        progress=progress,
-        spec=source.spec,
-        hashes=dict(zip(map(str, usable.paths), feats.hashes)),
-    )
-    plot_lr_find(result, Path(out))
-    return result
-
-
-def sweep(
-    data: str | os.PathLike[str] | Dataset,
-    settings: dict[str, list[Any]],
-    *,
-    method: str = "finetune",
-    out_dir: str | os.PathLike[str] = "sweep",
-    backbone: str = DEFAULT_BACKBONE,
-    base_options: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Train one variant per combination of ``settings`` (a grid) and compare them in a table and one picture.
-
-    Writes ``results.json``, ``results.md`` and ``comparison.png`` (validation accuracy per epoch, and the best of
-    each variant) in ``out_dir``; each variant's model and run folder sit beside them.
-
-    Example:
-        >>> sweep("photos/", {"head_dropout": [0, 0.2, 0.5, 0.8]})   # the lesson's dropout experiment
-    """
-    import itertools
-
-    check_choice(method, "method", "sweep", ("finetune", "scratch"))
-    Finetune().replace(**{k: v[0] for k, v in settings.items()})  # unknown names fail before any training
-    folder = Path(out_dir)
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    keys = list(settings)
-    rows: list[dict[str, Any]] = []
-    for values in itertools.product(*(settings[k] for k in keys)):
-        variant = dict(zip(keys, values))
-        name = ",".join(f"{k}={v}" for k, v in variant.items())
-        slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
-        result = train(
-            dataset,
-            method=method,
-            backbone=backbone,
-            out=folder / f"{slug}.safetensors",
-            run_dir=folder / slug,
-            finetune={**(base_options or {}), **variant},
-            progress=progress,
-        )
-        m = result.metrics
-        rows.append(
-            {
-                "variant": name,
-                **variant,
-                "val_accuracy": m["val_accuracy"],
-                "best_epoch": m["best_epoch"],
-                "epochs_run": m["epochs_run"],
-                "seconds": m["seconds"],
-                "history": result.estimator.report_.get("history", []),
-            }
-        )
-    write_json(folder / "results.json", rows)
-    table = ["| variant | validation accuracy | best epoch | epochs | seconds |", "|---|---|---|---|---|"]
-    table += [
-        f"| {r['variant']} | {r['val_accuracy']:.3f} | {r['best_epoch']} | {r['epochs_run']} | {r['seconds']:.0f} |"
-        for r in rows
-    ]
-    write_text_atomic(folder / "results.md", "\n".join(table) + "\n")
-    _plot_sweep(rows, folder / "comparison.png")
-    return rows
-
-
-def _plot_sweep(rows: list[dict[str, Any]], path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    from headstart._io import save_figure
-
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    curves, bars = fig.subplots(1, 2)
-    for r in rows:
-        h = r["history"]
-        curves.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], "o-", label=r["variant"])
-        curves.plot([e["epoch"] for e in h], [e["train_accuracy"] for e in h], ":", color=curves.lines[-1].get_color())
-    curves.set(xlabel="epoch", ylabel="accuracy", title="Validation (solid) and training (dotted) accuracy")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize=8)
-    bars.barh([r["variant"] for r in rows], [r["val_accuracy"] for r in rows], color="tab:blue")
-    bars.set(xlabel="validation accuracy (best epoch)", title="Variants", xlim=(0, 1))
-    for i, r in enumerate(rows):
-        bars.text(r["val_accuracy"], i, f" {r['val_accuracy']:.3f}", va="center")
-    return save_figure(fig, path)

@@ -10,7 +10,7 @@ saved network learns from all the photos.
    and the same schedule on all photos, stopped after the best epoch. The validation figures are those of step 1
    (the refit has seen every photo); the temperature carries over.
 
-The frozen stages' activations are shared by all these runs (:mod:`headstart.models.frozen`), so the refit
+The frozen stages' activations are shared by all these runs (:mod:`headstart.models.finetune.frozen`), so the refit
 costs only its epochs of the trainable tail.
 
 Example:
@@ -36,7 +36,7 @@ from headstart.models.temperature import fit_temperature
 
 if TYPE_CHECKING:
     from headstart.data import Dataset
-    from headstart.models.finetune_config import Finetune
+    from headstart.models.finetune.config import Finetune
 
 __all__ = ["LR_SEARCH_FACTORS", "NetworkFit", "fit_network"]
 
@@ -121,9 +121,10 @@ def fit_network(
     temperature carries over; ``memo`` remembers that fit."""
     import torch
 
-    from headstart.features import current, load_backbone
-    from headstart.models.finetune import build_network, start_from_probe
-    from headstart.models.finetune_loop import run_finetune
+    from headstart._distributed import current
+    from headstart.features import load_backbone
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network, start_from_probe
 
     classes = [str(c) for c in probe.classes_]
     if method == "scratch":
@@ -188,7 +189,7 @@ def fit_network(
         began = time.perf_counter()
         refit_history: list[dict[str, Any]] = []
         if best_epoch > 0:
-            from headstart.models.memo import fit_probe
+            from headstart.models.probe_fit import fit_probe
 
             same_c = (
                 fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))

@@ -149,7 +149,7 @@ class ActivationBank:
         device: str = "cpu",
         batch_size: int = 32,
     ) -> None:
-        from headstart.models.finetune import photo_transform
+        from headstart.models.finetune.parts import photo_transform
 
         self.split = split
         self.augment_transform = photo_transform(data_config, augment, True)

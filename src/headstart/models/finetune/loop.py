@@ -1,8 +1,8 @@
 """The fine-tuning loop: epochs of AdamW/SGD over the trainable part, validated each epoch (or, for the refit on
 all photos, a fixed number of epochs of the schedule validation chose).
 
-Where the frozen stages are known (:func:`~headstart.models.frozen.split_network`), each photo's augmented views
-go through them once (:class:`~headstart.models.frozen.ActivationBank`) and the epochs train only the tail; else
+Where the frozen stages are known (:func:`~headstart.models.finetune.frozen.split_network`), each photo's augmented views
+go through them once (:class:`~headstart.models.finetune.frozen.ActivationBank`) and the epochs train only the tail; else
 (an unknown architecture, ``unfreeze="all"``, torchrun) every epoch decodes, augments and runs the whole network.
 Both paths share the optimiser, schedule, EMA, checkpoints and records. Each epoch reports its seconds.
 """
@@ -21,7 +21,8 @@ import numpy as np
 from headstart._console import progress as progress_bar
 from headstart._console import say
 from headstart._io import atomic_path, sha256_file, write_text_atomic
-from headstart.models.finetune import (
+from headstart.models.finetune.frozen import ActivationBank, split_network
+from headstart.models.finetune.parts import (
     EpochRecord,
     Finetune,
     FinetuneResult,
@@ -33,7 +34,6 @@ from headstart.models.finetune import (
     plot_curves,
     trainable_groups,
 )
-from headstart.models.frozen import ActivationBank, split_network
 
 if TYPE_CHECKING:
     from headstart.data import Dataset
@@ -73,7 +73,8 @@ def run_finetune(
     """
     import torch
 
-    from headstart.features import all_reduce_sum, current, default_precision
+    from headstart._distributed import all_reduce_sum, current
+    from headstart.features import default_precision
 
     if resume and run_dir is None:
         raise ValueError("resume=True continues from the checkpoint in a run folder; pass run_dir (the folder).")

@@ -1,17 +1,19 @@
-"""Fine-tuning: start from the linear probe's head (LP-FT), then unfreeze the backbone at low, depth-wise learning rates.
+"""The parts of fine-tuning: start from the linear probe's head (LP-FT), then unfreeze the backbone at low,
+depth-wise learning rates.
 
 Phase 1 is the probe on cached features (exact and fast), so fine-tuning never starts from a random head that
 would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
 layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
 gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy and stops
 early when validation stops improving; then (by default) the same schedule runs again on all photos for that
-many epochs (:mod:`headstart.models.network_fit`).
+many epochs (:mod:`headstart.models.finetune.fit`).
 
 This module holds the pieces: the network, which parameters train, the optimiser and its schedule, the photos
-and their augmentation, the records and the curves. The loop is :func:`headstart.models.finetune_loop.run_finetune`
-(frozen stages computed once: :mod:`headstart.models.frozen`); the learning-rate range test is
-:mod:`headstart.models.lr_find`. Every choice is a field of :class:`~headstart.models.finetune_config.Finetune`;
-fields left out are chosen by the number of photos (:meth:`Finetune.for_data_size`). The network is
+and their augmentation, the records and the curves. The loop is :func:`~headstart.models.finetune.loop.run_finetune`
+(frozen stages computed once: :mod:`~headstart.models.finetune.frozen`); the learning-rate range test is
+:mod:`~headstart.models.finetune.lr_find`. Every choice is a field of
+:class:`~headstart.models.finetune.config.Finetune`; fields left out are chosen by the number of photos
+(:meth:`Finetune.for_data_size`). The network is
 :func:`headstart.models.classifier.trunk_and_head`, the same one a model file is rebuilt into.
 """
 
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from headstart._io import save_figure
 from headstart.models.classifier import set_head, trunk_and_head
-from headstart.models.finetune_config import Finetune, FinetuneConfig, load_config_file
+from headstart.models.finetune.config import Finetune
 
 if TYPE_CHECKING:
     from headstart.data import Dataset
@@ -32,13 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EpochRecord",
-    "Finetune",
-    "FinetuneConfig",
     "FinetuneResult",
     "PhotoDataset",
     "build_network",
     "freeze_batchnorm",
-    "load_config_file",
     "lr_factor",
     "make_optimizer",
     "photo_transform",

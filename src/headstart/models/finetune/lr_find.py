@@ -1,7 +1,7 @@
 """The learning-rate range test (Smith 2015): raise the lr exponentially over a few batches and watch the loss.
 
 It runs on the very network fine-tuning would train (the probe's head, the same unfrozen part, the same optimiser
-groups and augmentation), then puts its weights back. :func:`headstart.workflows.training.find_learning_rate`
+groups and augmentation), then puts its weights back. :func:`headstart.workflows.experiments.find_learning_rate`
 is the one-call path from a folder of photos.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from headstart._console import progress as progress_bar
 from headstart._io import save_figure
 from headstart._validation import check_int, fail
-from headstart.models.finetune import (
+from headstart.models.finetune.parts import (
     Finetune,
     PhotoDataset,
     freeze_batchnorm,
@@ -102,7 +102,7 @@ def lr_range_test(
 
     Stops when the smoothed loss exceeds 4× its minimum, or after ``budget_s`` seconds (None: no budget), and
     says which. The suggestion is the lr where the smoothed loss falls fastest. Where the stages before the
-    trainable ones are frozen, their activations are computed once (:mod:`headstart.models.frozen`, shared with
+    trainable ones are frozen, their activations are computed once (:mod:`headstart.models.finetune.frozen`, shared with
     fine-tuning in the same process through ``spec``) and each step runs only the tail. The network's weights
     are restored afterwards. ``config`` must be resolved.
 
@@ -118,7 +118,7 @@ def lr_range_test(
 
     from headstart._io import sha256_file
     from headstart.features import default_precision
-    from headstart.models.frozen import ActivationBank, split_network
+    from headstart.models.finetune.frozen import ActivationBank, split_network
 
     if not 0 < start < end:
         fail("start", "lr_range_test", f"a float in (0, end={end:g})", start)
