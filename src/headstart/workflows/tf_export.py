@@ -122,6 +122,7 @@ class TFExportReport:
 def require_tf() -> tuple[Any, Any]:
     """``(tensorflow, onnx2tf)`` and a check that the LiteRT interpreter is there, or how to install them."""
     _torch_first()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes are not the user's business
     try:
         import onnx2tf
         import tensorflow as tf
