@@ -172,7 +172,8 @@ def test_an_audit_shows_its_counts_and_findings(tmp_path: Path):
 PROGRESS_CELL = """
 import sys
 {hide}
-from headstart._console import progress, say
+from headstart._console import progress, say, wants_progress
+print("shown by default:", wants_progress(None))
 say("converting the backbone once")
 with progress(True, 3, "extracting") as advance:
     for _ in range(3):
@@ -194,9 +195,11 @@ def test_progress_bars_draw_in_a_real_jupyter_kernel(widgets: bool, tmp_path: Pa
     outputs = execute_notebook(notebook, tmp_path)["cells"][0]["outputs"]
     streams = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
     assert 'install "ipywidgets"' not in streams and not [o for o in outputs if o["output_type"] == "error"]
+    assert "shown by default: True" in streams  # as in a terminal, unlike a pipe or a log file
     said = [o for o in outputs if o["output_type"] == "stream" and "converting the backbone once" in o["text"]]
     assert said and said[0]["name"] == "stderr"  # a line on the progress channel, not a result
     if widgets:  # rich's live bar, drawn in an ipywidgets Output
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     else:  # a text bar rewritten in place
-        assert "\rextracting" in streams and streams.rstrip().endswith("3/3")
+        errors = "".join(o["text"] for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr")
+        assert "\rextracting" in errors and errors.rstrip().endswith("3/3")

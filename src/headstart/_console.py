@@ -20,7 +20,9 @@ def say(line: str) -> None:
 
 
 def in_notebook() -> bool:
-    """Whether this process is a Jupyter kernel (rich's test: an IPython ZMQ shell)."""
+    """Whether this process is a Jupyter kernel (rich's test: an IPython ZMQ shell; none without ipykernel loaded)."""
+    if "ipykernel" not in sys.modules:
+        return False
     from rich.console import Console
 
     return Console().is_jupyter
@@ -94,10 +96,9 @@ class progress:
 
 def wants_progress(progress: bool | None) -> bool:
     """Whether to show progress: as asked, or (``None``, the default of the API's run options) when stderr is a
-    terminal, so a script in a terminal sees it and a pipe, a log file or a test does not."""
+    terminal or this is a notebook's kernel, so a script in a terminal and a notebook see it and a pipe, a log file
+    or a test does not."""
     if progress is not None:
         return bool(progress)
-    import sys
-
     stream = sys.stderr
-    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty()) or in_notebook()
