@@ -51,3 +51,15 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path):
     assert shown, f"{path.name} displayed no HTML card and no picture"
     for card in outputs(notebook, "text/html"):
         assert "Traceback" not in html.unescape(re.sub(r"<[^>]+>", "", card))
+
+
+def test_notebooks_are_kept_without_outputs():
+    """The .py files hold no outputs by construction; an .ipynb that someone adds must hold none either."""
+    import nbformat
+
+    for path in EXAMPLES.glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        kept = [c for c in notebook.cells if c.get("outputs") or c.get("execution_count")]
+        assert not kept, f"{path.name} holds outputs: run `jupytext --to py:percent {path.name}` and keep the .py"
+    for path in NOTEBOOKS:
+        assert jupytext.read(path).cells, path
