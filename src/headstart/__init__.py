@@ -11,7 +11,7 @@ The estimator (scikit-learn's conventions: hyper-parameters in the constructor, 
     ft = hs.ImageClassifier(method="finetune", finetune=hs.Finetune(epochs=5)).fit(photos / "train")
 
 What the command line does, as functions: :func:`train` (fit + run folder + model file), :func:`evaluate`,
-:func:`export_onnx`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`, :func:`scan`,
+:func:`export_onnx`, :func:`export_tensorflow`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`, :func:`scan`,
 :func:`download_dataset`, :func:`attack`, :func:`robustness`, :func:`dream`, :func:`featuremaps`,
 :func:`explain`, :func:`run_demo`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
 :func:`extract_features`, :class:`LinearProbe`, :class:`Classifier`; the rest lives in the subpackages
@@ -37,8 +37,11 @@ _MODULES = {
     "headstart.workflows.experiments": ("find_learning_rate", "sweep"),
     "headstart.workflows.evaluation": ("evaluate",),
     "headstart.workflows.export": ("export_onnx",),
+    "headstart.workflows.tf_export": ("export_tensorflow",),
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
+    "headstart.workflows.info": ("model_info",),
+    "headstart.features.housekeeping": ("cache_summary", "clean_cache"),
     # data and features
     "headstart.data": ("load_image", "scan", "load_dataset", "Dataset", "download_dataset"),
     "headstart.features": ("load_backbone", "list_backbones", "FeatureCache", "extract_features"),
