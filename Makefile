@@ -11,8 +11,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,serve]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,serve,tf]'
 	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks==3.5.1'  # see pyproject.toml: its pins break hub
+	$(BIN)/python -m pip install --quiet --no-deps 'onnx2tf==1.28.8' 'tf-keras==2.21.0'  # see pyproject.toml's tf extra
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from headstart._validation import fail
 
-__all__ = ["ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device"]
+__all__ = ["ProcessGroup", "all_reduce_sum", "barrier", "current", "init_from_env", "resolve_device", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ def init_from_env(device: str = "cpu") -> ProcessGroup:
 
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        import atexit
+
+        atexit.register(shutdown)  # (the command line calls it itself, knowing whether the command ended well)
     _GROUP = ProcessGroup(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return _GROUP
 
@@ -85,3 +88,24 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def shutdown(*, orderly: bool = True) -> None:
+    """Leave the process group: wait for the other processes (``orderly``: this one ended its work normally), then
+    destroy the group, so that no process exits while its communication threads still run — a rank that finished
+    first and exited with the group alive could abort (``terminate called without an active exception``, SIGABRT).
+    A no-op outside torchrun and when already done."""
+    global _GROUP
+    if not _GROUP.enabled:
+        return
+    import contextlib
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if orderly:
+            with contextlib.suppress(Exception):  # (a peer already gone: nothing to wait for)
+                dist.barrier()
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    _GROUP = ProcessGroup()

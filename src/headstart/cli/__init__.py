@@ -31,7 +31,14 @@ try:  # from the first line: a Ctrl-C during start-up ends in exit 130 and one l
 
         from headstart.cli._common import app
 
-        COMMAND_MODULES = ("data", "training", "models", "attacks", "inside")  # the order of `headstart --help`
+        COMMAND_MODULES = (
+            "data",
+            "training",
+            "models",
+            "attacks",
+            "inside",
+            "manage",
+        )  # the order of `headstart --help`
         OPTIONAL_MODULES = ("serve", "audit")  # written by other parts of the project; skipped when absent
 
         for _name in COMMAND_MODULES:
@@ -72,6 +79,9 @@ def main() -> None:
         if not _interrupts.caused_by_interrupt(exc, 0):
             raise
         _interrupts.finish_interrupted()
+    distributed = sys.modules.get("headstart._distributed")
+    if distributed is not None:  # under torchrun: wait for the other ranks, then leave the group (no abort at exit)
+        distributed.shutdown(orderly=code in (0, 1, None))
     if code == _interrupts.EXIT_INTERRUPTED or _interrupts.received():  # (also one Python swallowed before main)
         _interrupts.finish_interrupted()
     _interrupts.exiting()

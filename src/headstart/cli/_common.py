@@ -8,7 +8,8 @@ Exit codes, the same for every command:
 
 ====  ==========================================================================================
 0     all done
-1     done, but some inputs were unusable; they are listed on stderr (and in ``--json`` output)
+1     done, but some inputs were unusable; they are listed on stderr (and in ``--json`` output), once, by
+      :func:`handles_errors`: whatever skipped them (extraction, scoring, a fit) reports them to it
 2     bad usage or bad input for the whole command (one line on stderr says what and how to fix it)
 130   interrupted (Ctrl-C); what was finished is kept
 ====  ==========================================================================================
@@ -29,10 +30,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from headstart._console import listening_for_skipped
 from headstart._io import check_output, io_error_message
 from headstart._names import PrintableText, printable
 from headstart.cli import _interrupts as interrupts
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, SkippedFilesWarning, describe_skipped
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1  # done, some inputs unusable (listed)
@@ -101,6 +103,28 @@ EngineOpt = Annotated[
 ]
 
 
+# ----------------------------------------------------------------------------------------- where outputs go
+# The rule, the same in every command:
+# - `--out`/`-o` names what the command writes: a file where it writes one thing (train's model, export's ONNX,
+#   lr-find's plot, the PNG of dream, featuremaps and explain), a folder where it writes several (evaluate, compare,
+#   sweep, audit, attack, robustness, demo). train's second output, its run folder, is `--run-dir` (default: beside
+#   the model, `<model stem>-run`). Old spellings (evaluate's `--out-dir`) still work, with a note.
+# - Left out, an output's name is made from the inputs (:func:`default_output`), so two different commands (another
+#   photo, model or grid) never write to the same default place.
+# - Every output is checked before any work (`_io.check_output`) and written whole (temporary name, then rename):
+#   running the same command again replaces its own earlier output, and says so.
+def default_output(*parts: object, suffix: str = "") -> Path:
+    """The path an output gets when ``--out`` is left out: the inputs that make it differ, joined by ``-``
+    (``default_output("cat", "pets", "explain", suffix=".png")`` → ``cat-pets-explain.png``)."""
+    words = [re.sub(r"[^\w.=,+-]+", "_", str(p)).strip("._") for p in parts if str(p)]
+    return Path("-".join(w for w in words if w) + suffix)
+
+
+def deprecated_flag(old: str, new: str) -> None:
+    """Say, once, that an old spelling of a flag was used (it keeps working)."""
+    err.print(f"note: {old} is now spelled {new} (the same meaning, as in every command); {old} still works for now.")
+
+
 def max_pixels_or_none(value: int) -> int | None:
     """The ``--max-pixels`` value as the library takes it (0 = no limit = None)."""
     return None if value <= 0 else value
@@ -114,42 +138,120 @@ def use_cache_dir(cache_dir: Path | None) -> None:
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    if issubclass(category, SkippedFilesWarning) and _RUNNING:  # the one reporter lists them when the command ends
+        _RUNNING[-1].add(getattr(message, "unusable", []))
+        return
     err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", markup=True, highlight=False)
+
+
+# ------------------------------------------------------------------------------------- paths and skipped files
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """How every command shows a path it names (skipped files, predictions, outputs): relative to the folder the
+    command runs in when the path is inside it, else as given."""
+    text = os.fspath(path)
+    candidate = Path(text)
+    if candidate.is_absolute():
+        try:
+            return str(candidate.relative_to(Path.cwd()))
+        except ValueError:
+            return text
+    return text
+
+
+class _Skipped:
+    """The unusable files one command skipped: path as shown -> reason, each once, in the order met."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}
+
+    def add(self, items: Any) -> None:
+        for item in items:
+            path = item["path"] if isinstance(item, dict) else item.path
+            reason = item["reason"] if isinstance(item, dict) else item.reason
+            self.files.setdefault(shown_path(path), reason)
+
+
+_RUNNING: list[_Skipped] = []  # the commands running in this process, innermost last
+
+
+def note_skipped(items: Any) -> None:
+    """Add files a command skipped by itself (each with ``path`` and ``reason``) to the one list it ends with."""
+    if _RUNNING:
+        _RUNNING[-1].add(items)
+
+
+def skipped_files() -> list[dict[str, str]]:
+    """The unusable files the running command skipped so far, as ``--json`` lists them (``path``, ``reason``)."""
+    return [{"path": p, "reason": r} for p, r in _RUNNING[-1].files.items()] if _RUNNING else []
+
+
+def _under_torchrun() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def _end_with_skipped(collected: _Skipped, code: int) -> int:
+    """The rule of exit code 1, for every command: list the skipped files once on stderr (``skipped N unusable
+    file(s):`` and a ``  path: reason`` line each) and exit 1. Under torchrun only rank 0 lists them, and every
+    rank exits 0: torchrun turns any other code into a crash report (ChildFailedError) for work that was done."""
+    if not collected.files:
+        return code
+    if os.environ.get("RANK", "0") in ("", "0"):
+        err.print(describe_skipped(skipped_files(), limit=len(collected.files)), highlight=False)
+        if _under_torchrun():
+            err.print("(exit code 0 under torchrun, not 1: torchrun reports any other code as a failure)")
+    return code if _under_torchrun() else max(code, EXIT_SKIPPED)
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one clear line on stderr and exit 2, never a stack trace; an interrupt (Ctrl-C),
-    however deep it lands and whatever error it turned into on its way up, into exit 130 and its one line."""
+    however deep it lands and whatever error it turned into on its way up, into exit 130 and its one line; and
+    unusable files skipped anywhere in the command into one list on stderr at its end and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        warnings.showwarning = _show_warning
-        since = interrupts.received()
+        collected = _Skipped()
+        _RUNNING.append(collected)
         try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            if interrupts.received() > since:
-                _interrupted()
-            raise
-        except BaseException as exc:  # (SystemExit and GeneratorExit pass on unless an interrupt is behind them)
-            if interrupts.caused_by_interrupt(exc, since):
-                _interrupted()
-            if isinstance(exc, (HeadstartError, ValueError)):
-                err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
-                raise typer.Exit(EXIT_BAD_INPUT) from None
-            failure = io_error_message(exc)  # disk full, read-only, permissions: however deep, whoever raised it
-            if failure is not None:
-                err.print(f"[red]error:[/red] {escape(failure)}", markup=True, highlight=False)
-                raise typer.Exit(EXIT_BAD_INPUT) from None
-            if isinstance(exc, OSError):  # a file the library did not expect to fail: still one line
-                where = f"{exc.filename}: " if exc.filename else ""
-                err.print(
-                    f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False
-                )
-                raise typer.Exit(EXIT_BAD_INPUT) from None
-            raise
+            with listening_for_skipped(collected.add), warnings.catch_warnings():
+                warnings.simplefilter("always", SkippedFilesWarning)  # (each command hears its own)
+                warnings.showwarning = _show_warning
+                code = _run(fn, args, kwargs)
+            code = _end_with_skipped(collected, code)
+        finally:
+            _RUNNING.remove(collected)
+        if code:
+            raise typer.Exit(code)
 
     return wrapper
+
+
+def _run(fn: Callable[..., Any], args: Any, kwargs: Any) -> int:
+    """Run the command; its exit code when it ends done (0, or 1 from :func:`finish`)."""
+    since = interrupts.received()
+    try:
+        fn(*args, **kwargs)
+        return EXIT_OK
+    except typer.Exit as exc:
+        if interrupts.received() > since:
+            _interrupted()
+        if exc.exit_code in (EXIT_OK, EXIT_SKIPPED):
+            return exc.exit_code
+        raise
+    except BaseException as exc:  # (SystemExit and GeneratorExit pass on unless an interrupt is behind them)
+        if interrupts.caused_by_interrupt(exc, since):
+            _interrupted()
+        if isinstance(exc, (HeadstartError, ValueError)):
+            err.print(f"[red]error:[/red] {escape(in_cli_words(exc, fn))}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        failure = io_error_message(exc)  # disk full, read-only, permissions: however deep, whoever raised it
+        if failure is not None:
+            err.print(f"[red]error:[/red] {escape(failure)}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        if isinstance(exc, OSError):  # a file the library did not expect to fail: still one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[red]error:[/red] {escape(where + (exc.strerror or str(exc)))}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise
 
 
 def _interrupted() -> None:
@@ -198,14 +300,29 @@ def options_of(command: Callable[..., Any]) -> dict[str, str]:
 
 
 def finish(n_unusable: int) -> None:
-    """End a command that has done its work: exit 1 when it skipped unusable inputs (listed already), else 0."""
+    """End a command whose result is a list of unusable inputs (``scan``): exit 1 when it has any, else 0. (Files
+    a command skipped on its way reach :func:`handles_errors` by themselves and end in 1 there.)"""
     if n_unusable:
         raise typer.Exit(EXIT_SKIPPED)
 
 
-def check_model_file(path: Path | str) -> None:
-    """Catch an ONNX export given where a headstart model file belongs, before loading says it is damaged."""
+def check_model_file(path: Path | str, *others: Path | str, usage: str = "") -> None:
+    """Catch, before loading says the file is damaged, what is not a model file where one belongs: an ONNX export,
+    a photo or a folder of photos — and arguments given the wrong way round (``predict photo.jpg folder/``,
+    ``evaluate photos/ pets.safetensors``). ``others`` are the command's other arguments; ``usage`` its synopsis
+    (``headstart predict MODEL PHOTO…``)."""
     path = Path(path)
+    swapped = [Path(o) for o in others if Path(o).suffix.lower() == ".safetensors" and Path(o).is_file()]
+    if swapped and (path.is_dir() or _is_photo(path)):
+        raise HeadstartError(
+            f"{path} is {'a folder' if path.is_dir() else 'a photo'} and {swapped[0]} a model file: the arguments "
+            f"are the wrong way round; the model comes first{f': `{usage}`' if usage else ''}."
+        )
+    if _is_photo(path):
+        raise HeadstartError(
+            f"{path} is a photo, not a model file: the model file comes first{f': `{usage}`' if usage else ''}; "
+            "train one with `headstart train DATA --out MODEL.safetensors`."
+        )
     if path.suffix.lower() == ".onnx":
         original = path.with_suffix(".safetensors")
         hint = f" (here: {original})" if original.is_file() else ""
@@ -214,6 +331,12 @@ def check_model_file(path: Path | str) -> None:
             f"from{hint}, and add --engine onnxruntime to run its backbone in ONNX Runtime; the .onnx file itself "
             "runs in any ONNX runtime without headstart."
         )
+
+
+def _is_photo(path: Path) -> bool:
+    from headstart.data.images import IMAGE_EXTENSIONS
+
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _print_version(value: bool) -> None:

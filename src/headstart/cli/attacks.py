@@ -50,7 +50,7 @@ def attack(
         str | None, typer.Option("--transfer-to", help="Then classify the result with these models: NAME[,NAME].")
     ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Folder for the adversarial PNG, perturbation, figure and JSON.")
+        Path, typer.Option("--out", "-o", help="Folder for the adversarial PNG, perturbation, figure and JSON.")
     ] = Path("attacks"),
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
@@ -114,7 +114,7 @@ def robustness(
     steps: Annotated[int, typer.Option(help="Most PGD steps per photo and budget.")] = 20,
     split: SplitOpt = "all",
     limit: Annotated[int | None, typer.Option(help="Attack at most this many photos (evenly spread).")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for robustness.json and robustness.png.")] = Path(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for robustness.json and robustness.png.")] = Path(
         "robustness"
     ),
     cache_dir: CacheDirOpt = None,

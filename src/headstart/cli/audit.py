@@ -27,6 +27,7 @@ from headstart.cli._common import (
     max_pixels_or_none,
     out,
     print_json,
+    skipped_files,
     use_cache_dir,
 )
 
@@ -109,7 +110,7 @@ def audit(
             result["relabel_csv"] = str(relabel_csv)
         if quarantine is not None:
             result["quarantined"] = [{"from": str(a), "to": str(b)} for a, b in moved]
-        print_json(result)
+        print_json({**result, "skipped": skipped_files()})
         return
     _print_summary(result)
     out.print(f"report: {written['html']} (and {written['json'].name} beside it)")
@@ -127,20 +128,24 @@ def _print_summary(result: dict) -> None:
     s = result["summary"]
     accuracy = "–" if result["cv_accuracy"] is None else f"{100 * result['cv_accuracy']:.1f}%"
     balance = s["photos_per_class"]
+    per_class = f"{balance['min']}" if balance["min"] == balance["max"] else f"{balance['min']}–{balance['max']}"
     out.print(
         f"{result['n_usable']} usable photos of {result['n_images']} in {s['n_classes']} classes "
-        f"({balance['min']}–{balance['max']} a class); cross-validated accuracy {accuracy}; {result['seconds']:.1f} s"
+        f"({per_class} a class); cross-validated accuracy {accuracy}; {result['seconds']:.1f} s"
     )
     out.print(f"duplicates: {s['duplicate_groups']} group(s), {s['leaks']} crossing DATA/TEST")
     for group in result["duplicates"][:_SHOWN]:
         tag = "LEAK " if group["crosses_split"] else ""
         out.print(f"  {tag}{group['kind']} {group['similarity']:.3f}: {', '.join(group['paths'])}")
+    _more(len(result["duplicates"]))
     out.print(f"likely wrong labels: {s['label_issues']}")
     for row in result["label_issues"][:_SHOWN]:
         out.print(f"  {row['score']:.3f} {row['path']}: {row['given']} -> {row['suggested']}")
+    _more(len(result["label_issues"]))
     out.print(f"outliers: {s['outliers']}")
     for row in result["outliers"][:_SHOWN]:
         out.print(f"  {row['score']:.2f} {row['path']}")
+    _more(len(result["outliers"]))
     if result["confused_pairs"]:
         pairs = ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in result["confused_pairs"][:3])
         out.print(f"most confused: {pairs}")
@@ -148,5 +153,9 @@ def _print_summary(result: dict) -> None:
         out.print(f"learning curve: {result['extrapolation']['headline']}")
     for note in result["notes"]:
         err.print(f"note: {note}")
-    if s["unusable"]:
-        err.print(f"{s['unusable']} unusable file(s) skipped (listed in audit.json)")
+
+
+def _more(n: int) -> None:
+    """The line that says a list was cut: every list above shows its first :data:`_SHOWN`."""
+    if n > _SHOWN:
+        out.print(f"  … and {n - _SHOWN} more (all in the report)")

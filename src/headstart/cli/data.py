@@ -22,15 +22,19 @@ from headstart.cli._common import (
     SplitOpt,
     WeightsOpt,
     app,
-    err,
     finish,
     handles_errors,
     max_pixels_or_none,
     out,
     print_json,
+    shown_path,
+    skipped_files,
     use_cache_dir,
 )
 from headstart.errors import HeadstartError
+
+#: Columns from which `backbones` prints a table; narrower terminals get a line a backbone and its text beneath.
+WIDE_TABLE = 120
 
 
 @app.command()
@@ -48,6 +52,16 @@ def backbones(
         print_json(
             [{"name": r.name, "usable": r.usable, "source": r.source, "description": r.description} for r in rows]
         )
+        return
+    if out.width < WIDE_TABLE:  # (a four-column table at 80 columns wrapped "about" to 9 characters)
+        import textwrap
+
+        for r in rows:
+            usable = ("usable", "green") if r.usable else ("not usable", "red")
+            out.print(Text.assemble((r.name, "bold"), "  ", usable))
+            text = f"{r.description}; weights: {r.source}"
+            for line in textwrap.wrap(text, width=max(20, out.width - 4), break_on_hyphens=False):
+                out.print(f"    {line}", highlight=False)
         return
     table = Table("backbone", "usable", "weights", "about")
     table.columns[0].no_wrap = True
@@ -78,13 +92,17 @@ def scan(
         from headstart.data.quarantining import check_destination
 
         check_output(quarantine, "folder", "--quarantine")
-        check_destination(quarantine, root)
+        for given in data:  # each folder scanned (a file: its folder) is data the quarantine must stay out of
+            check_destination(quarantine, given)
     report = scan_files(data, max_pixels=max_pixels_or_none(max_pixels), progress=not as_json)
     moved = []
     if quarantine is not None and report.unusable:
-        moved = move_aside(report, quarantine, root=root)
+        moved = move_aside(report, quarantine, root=root, scanned=data)
     if as_json:
-        result = report.to_dict()
+        result = {
+            **report.to_dict(),
+            "unusable": [{**u.to_dict(), "path": shown_path(u.path)} for u in report.unusable],
+        }
         if quarantine is not None:
             result["quarantined"] = [{"from": str(a), "to": str(b)} for a, b in moved]
         print_json(result)
@@ -94,7 +112,7 @@ def scan(
         f"{report.n_files} image files, {len(report.unusable)} unusable, {len(report.ignored)} other files ignored"
     )
     for u in report.unusable:
-        out.print(f"  {u.path}: {u.reason}", highlight=False)
+        out.print(f"  {shown_path(u.path)}: {u.reason}", highlight=False)
     for a, b in moved:
         out.print(f"  moved {a} -> {b}", highlight=False)
     finish(len(report.unusable))
@@ -145,7 +163,7 @@ def extract(
     use_cache_dir(cache_dir)
     from headstart._distributed import init_from_env
     from headstart.data.datasets import load_dataset
-    from headstart.features.extract import describe_unusable, extract_features
+    from headstart.features.extract import extract_features
 
     group = init_from_env()  # under torchrun: each process extracts its share into the shared cache
     dataset = load_dataset(data, split=split, labels_from_filenames=labels_from_filenames)
@@ -171,20 +189,16 @@ def extract(
         "images_per_second": round(feats.images_per_second, 1),
         "num_features": int(feats.features.shape[1]),
         "backbone": feats.spec.name if feats.spec else backbone,
-        "skipped": [u.to_dict() for u in feats.unusable],
+        "skipped": skipped_files(),
     }
-    if feats.unusable:
-        err.print(describe_unusable(feats.unusable), highlight=False)
     if as_json:
         print_json(summary)
-        finish(len(feats.unusable))
         return
     out.print(
         f"{summary['n_usable']}/{len(dataset)} images → {summary['num_features']}-d features with {summary['backbone']}: "
         f"{feats.n_cached} cached, {feats.n_computed} computed in {feats.seconds:.1f} s"
         + (f" ({feats.images_per_second:.0f} img/s)" if feats.n_computed else "")
     )
-    finish(len(feats.unusable))
 
 
 @app.command("merge-cache")

@@ -13,10 +13,12 @@ from headstart.cli._common import (
     JsonOpt,
     app,
     check_model_file,
+    default_output,
     err,
     handles_errors,
     out,
     print_json,
+    shown_path,
 )
 from headstart.errors import HeadstartError
 
@@ -156,7 +158,8 @@ def explain(
     image: Annotated[Path, typer.Argument(help="The photo to explain.")],
     target: TargetOpt = None,
     out_path: Annotated[
-        Path | None, typer.Option("--out", "-o", help="PNG to write (default <image stem>-explain.png here).")
+        Path | None,
+        typer.Option("--out", "-o", help="PNG to write (default <image stem>-<model stem>-explain.png here)."),
     ] = None,
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam, xgradcam or layercam.")] = "gradcam",
     layer: Annotated[str | None, typer.Option(help="Layer to explain (default the last feature stage).")] = None,
@@ -164,16 +167,19 @@ def explain(
 ) -> None:
     """Heat map of where the network looks for the top (or a chosen) class, over the photo."""
     check_model_file(model)
-    out_path = check_output(
-        out_path or Path(f"{image.stem}-explain.png"), "file", "--out", example=f"{image.stem}-explain.png"
-    )
+    named = Path(model).stem if model.endswith(".safetensors") else model
+    default = default_output(image.stem, named, "explain", suffix=".png")
+    out_path = check_output(out_path or default, "file", "--out", example=str(default))
     from headstart.inside.heatmap import explain as run_explain
 
     result = run_explain(model, image, out_path, target=target, method=method, layer=layer)
     if as_json:
         print_json(result.to_dict())
         return
+    from headstart.inside.heatmap import SCORED_ON
+
     out.print(
-        f"{result.out}: {result.method} for {result.target_name} (p={result.probability:.3f}), layer {result.layer}",
+        f"{shown_path(result.out)}: {result.method} for {result.target_name} (p={result.probability:.3f} on "
+        f"{SCORED_ON}), layer {result.layer}",
         highlight=False,
     )

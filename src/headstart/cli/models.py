@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from headstart._io import check_output
@@ -21,12 +20,15 @@ from headstart.cli._common import (
     SplitOpt,
     app,
     check_model_file,
+    deprecated_flag,
     err,
-    finish,
     handles_errors,
     max_pixels_or_none,
+    note_skipped,
     out,
     print_json,
+    shown_path,
+    skipped_files,
     use_cache_dir,
 )
 
@@ -37,18 +39,24 @@ def evaluate(
     model: ModelArg,
     data: DataArg,
     split: SplitOpt = "all",
-    out_dir: Annotated[Path | None, typer.Option(help="Write evaluation.json and the pictures here.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for evaluation.json and the pictures.")
+    ] = None,
     precision: PrecisionOpt = "auto",
     max_pixels: MaxPixelsOpt = 89_478_485,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     engine: EngineOpt = "auto",
+    old_out_dir: Annotated[Path | None, typer.Option("--out-dir", hidden=True)] = None,
 ) -> None:
     """Accuracy, top-5, per-class precision/recall and confusion matrix of a model on labelled photos."""
     use_cache_dir(cache_dir)
-    check_model_file(model)
+    check_model_file(model, data, usage="headstart evaluate MODEL DATA")
+    if old_out_dir is not None:
+        deprecated_flag("--out-dir", "--out")
+        out_dir = out_dir or old_out_dir
     if out_dir is not None:
-        check_output(out_dir, "folder", "--out-dir", contents=("evaluation.json",))
+        check_output(out_dir, "folder", "--out", contents=("evaluation.json",))
     from headstart.workflows.evaluation import evaluate as evaluate_model
 
     report = evaluate_model(
@@ -61,15 +69,10 @@ def evaluate(
         progress=not as_json,
         engine=engine,
     )
-    if report.skipped:
-        err.print(f"skipped {len(report.skipped)} unusable file(s):")
-        for s in report.skipped:
-            err.print(f"  {s['path']}: {s['reason']}", highlight=False)
     if report.unknown_labels:
         err.print(f"not scored (labels the model does not know): {report.unknown_labels}", highlight=False)
     if as_json:
-        print_json(report.to_dict())
-        finish(len(report.skipped))
+        print_json({**report.to_dict(), "skipped": skipped_files()})
         return
     table = Table("class", "precision", "recall", "photos")
     for name, row in report.details["per_class"].items():
@@ -84,8 +87,7 @@ def evaluate(
     if report.calibration.get("ece") is not None:
         out.print(f"calibration: {format_ece(report.calibration)}, NLL {report.calibration['nll']:.3f}")
     if report.pictures:
-        out.print("pictures: " + ", ".join(report.pictures))
-    finish(len(report.skipped))
+        out.print("pictures: " + ", ".join(shown_path(p) for p in report.pictures))
 
 
 @app.command()
@@ -104,7 +106,7 @@ def predict(
 ) -> None:
     """Top-k labels with probabilities for each image, written as each photo is done (cached photos first)."""
     use_cache_dir(cache_dir)
-    check_model_file(model)
+    check_model_file(model, *paths, usage="headstart predict MODEL PHOTO…")
     import json
     import sys
 
@@ -112,34 +114,44 @@ def predict(
 
     results = Classifier.load(model).iter_predict(paths, top_k=top_k, precision=precision, engine=engine)
     as_json = as_json and not as_jsonl
-    n_unusable = 0
     first = True
     if as_json:
-        sys.stdout.write("[")
+        sys.stdout.write('{"predictions": [')
     for item in results:  # (streamed: memory bounded by a chunk of photos, whatever the number of photos)
         if not isinstance(item, Prediction):
-            n_unusable += 1
-            err.print(f"[yellow]skipped[/yellow] {escape(f'{item.path}: {item.reason}')}", markup=True, highlight=False)
+            note_skipped([item])  # (listed once, with every other command's skips, when the command ends)
+            if as_jsonl:
+                sys.stdout.write(json.dumps({"path": shown_path(item.path), "skipped": item.reason}) + "\n")
         elif as_json or as_jsonl:
             sep = "" if as_jsonl else ("\n" if first else ",\n")
-            sys.stdout.write(sep + json.dumps(item.to_dict()) + ("\n" if as_jsonl else ""))
+            row = {**item.to_dict(), "path": shown_path(item.path)}
+            sys.stdout.write(sep + json.dumps(row) + ("\n" if as_jsonl else ""))
             first = False
         else:
             shown = ", ".join(f"{l} {q:.3f}" for l, q in zip(item.labels, item.probabilities))
-            out.print(f"{item.path}: {shown}", highlight=False)
+            out.print(f"{shown_path(item.path)}: {shown}", highlight=False)
         sys.stdout.flush()
     if as_json:
-        sys.stdout.write("\n]\n" if not first else "]\n")
+        sys.stdout.write(("\n" if not first else "") + '], "skipped": ' + json.dumps(skipped_files()) + "}\n")
         sys.stdout.flush()
-    finish(n_unusable)
 
 
 @app.command()
 @handles_errors
 def export(
     model: ModelArg,
-    format_: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx, tflite (LiteRT; with --int8 also a fully int8 copy) or savedmodel (TensorFlow; Keras 3 loads "
+            "it with keras.layers.TFSMLayer). tflite and savedmodel need the tf extra.",
+        ),
+    ] = "onnx",
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Default: the model's name with .onnx, .tflite or _savedmodel."),
+    ] = None,
     int8: Annotated[
         bool,
         typer.Option(
@@ -157,10 +169,16 @@ def export(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX, checked numerically against PyTorch; optionally int8 with its accuracy and speed."""
-    if format_ != "onnx":
-        raise ValueError(f"The '--format' option must be 'onnx'. Got {format_!r} instead.")
+    """Export a model to ONNX, LiteRT or a TensorFlow SavedModel, checked against PyTorch in the export's own runtime;
+    optionally int8 with its accuracy."""
+    if format_ not in ("onnx", "tflite", "savedmodel"):
+        raise ValueError(
+            f"The '--format' option must be one of 'onnx', 'tflite', 'savedmodel'. Got {format_!r} instead."
+        )
     check_model_file(model)
+    if format_ != "onnx":
+        export_tf(model, format_, out_path, int8, calibrate, data, as_json)
+        return
     out_path = check_output(out_path or model.with_suffix(".onnx"), "file", "--out", example=model.stem + ".onnx")
     if int8:  # the int8 copy goes beside it
         check_output(out_path.with_name(out_path.stem + ".int8.onnx"), "file", "--int8's copy")
@@ -169,7 +187,7 @@ def export(
 
     report = export_onnx(Classifier.load(model), out_path, int8=int8, calibrate=calibrate, check_data=data)
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "skipped": skipped_files()})
         return
     out.print(
         f"wrote {report.path}: max |probability difference| vs PyTorch {report.max_abs_diff_probabilities:.2g} "
@@ -192,6 +210,48 @@ def export(
         out.print(line)
 
 
+def export_tf(
+    model: Path, format_: str, out_path: Path | None, int8: bool, calibrate: str | None, data: str | None, as_json: bool
+) -> None:
+    """``export --format tflite|savedmodel``: :func:`headstart.workflows.tf_export.export_tensorflow` and its lines."""
+    if int8 and format_ != "tflite":
+        raise ValueError("The '--int8' option needs '--format tflite' (int8 is a LiteRT quantisation).")
+    default = model.with_suffix(".tflite") if format_ == "tflite" else model.with_name(model.stem + "_savedmodel")
+    kind = "file" if format_ == "tflite" else "folder"
+    out_path = check_output(out_path or default, kind, "--out", example=default.name)
+    if int8:
+        check_output(out_path.with_suffix(".int8.tflite"), "file", "--int8's copy")
+    from headstart.models.classifier import Classifier
+    from headstart.workflows.tf_export import export_tensorflow
+
+    report = export_tensorflow(
+        Classifier.load(model), out_path, format=format_, int8=int8, calibrate=calibrate, check_data=data
+    )
+    if as_json:
+        print_json(report.to_dict())
+        return
+    runtime = "LiteRT interpreter" if format_ == "tflite" else "Keras 3 TFSMLayer"
+    out.print(
+        f"wrote {report.path} (classes and preprocessing: {report.metadata}): max |probability difference| vs "
+        f"PyTorch {report.max_abs_diff_probabilities:.2g} in the {runtime} on {report.checked_on}",
+        highlight=False,
+    )
+    if report.quantized is not None:
+        out.print(
+            f"wrote {report.quantized} (int8, calibrated on {report.calibration}): max |probability difference| "
+            f"vs PyTorch {report.max_abs_diff_int8:.2g}",
+            highlight=False,
+        )
+    if report.n_images is not None:
+        line = (
+            f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
+            f"{format_} {report.accuracy_export:.3f}"
+        )
+        if report.accuracy_int8 is not None:
+            line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_export:+.3f})"
+        out.print(line)
+
+
 @app.command()
 @handles_errors
 def compare(
@@ -199,7 +259,9 @@ def compare(
     backbones: Annotated[
         str, typer.Option(help="Comma-separated timm names.")
     ] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write compare.json and compare.png here.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for compare.json and compare.png.")
+    ] = None,
     flip_average: Annotated[
         bool,
         typer.Option(
@@ -224,13 +286,16 @@ def compare(
         progress=not as_json,
     )
     if as_json:
-        print_json(rows)
+        print_json({"backbones": rows, "skipped": skipped_files()})
         return
     table = Table("rank", "backbone", "probe accuracy (CV)", "img/s", "features")
     for r in rows:
         speed = "?" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
         table.add_row(str(r["rank"]), r["backbone"], f"{r['cv_accuracy']:.3f}", speed, str(r["num_features"]))
     out.print(table)
+    setup = [f"{r['backbone']} {r['setup_seconds']:.0f} s" for r in rows if r.get("setup_seconds")]
+    if setup:
+        out.print(f"img/s is extraction once a backbone is ready; getting it ready (once) took {', '.join(setup)}")
     if out_dir is not None:
         out.print(f"picture: {Path(out_dir) / 'compare.png'}")
 
@@ -238,7 +303,7 @@ def compare(
 @app.command()
 @handles_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the model and pictures.")] = Path(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model and pictures.")] = Path(
         "headstart-demo"
     ),
     cache_dir: CacheDirOpt = None,

@@ -19,12 +19,12 @@ from headstart.cli._common import (
     SplitOpt,
     WeightsOpt,
     app,
-    err,
-    finish,
+    default_output,
     handles_errors,
     max_pixels_or_none,
     out,
     print_json,
+    skipped_files,
     use_cache_dir,
 )
 from headstart.cli._finetune import finetune_flags, flag_of, given
@@ -200,8 +200,7 @@ def train(
     if not current().is_main:  # under torchrun, rank 0 reports
         return
     if as_json:
-        print_json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m})
-        finish(len(m["skipped"]))
+        print_json({"model": str(result.model_path), "run_dir": str(result.run_dir), **m, "skipped": skipped_files()})
         return
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
@@ -215,8 +214,6 @@ def train(
         f"validation accuracy {accuracy} (95% interval), top-5 {m['val_top5_accuracy']:.3f} "
         f"({m['n_classes']} classes; {detail})"
     )
-    if m["skipped"]:  # (the library's warning listed them on stderr already)
-        err.print(f"skipped {len(m['skipped'])} unusable file(s): listed in {result.run_dir / 'metrics.json'}")
     if m.get("flip_average_cv"):
         cv = m["flip_average_cv"]
         out.print(
@@ -235,7 +232,6 @@ def train(
 
     out.print(f"model: {result.model_path} ({refit_summary(m, method)['what']})")
     out.print(f"run folder: {result.run_dir} ({', '.join(p.name for p in result.files)})")
-    finish(len(m["skipped"]))
 
 
 @app.command("lr-find")
@@ -272,7 +268,7 @@ def lr_find(
         progress=not as_json,
     )
     if as_json:
-        print_json({**result.to_dict(), "plot": str(out_path)})
+        print_json({**result.to_dict(), "plot": str(out_path), "skipped": skipped_files()})
         return
     out.print(f"suggested learning rate: {result.suggestion:.2g} (use it as --lr); plot: {out_path}")
     out.print(f"{result.why}; {result.seconds:.1f} s ({result.seconds_per_step:.2f} s a step)")
@@ -288,7 +284,12 @@ def sweep(
     ],
     method: Annotated[str, typer.Option(help="finetune or scratch.")] = "finetune",
     backbone: BackboneOpt = "tf_efficientnet_lite0",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the variants, table and plot.")] = Path("sweep"),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the variants, table and plot (default sweep-<the options swept>)."
+        ),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
     **finetune: Any,
@@ -298,13 +299,16 @@ def sweep(
     The fine-tuning flags set the other options of every variant.
     """
     use_cache_dir(cache_dir)
-    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
     from headstart.workflows.experiments import sweep as run_sweep
+
+    grid = parse_settings(settings)
+    out_dir = out_dir or default_output("sweep", *grid)  # (two sweeps of other options never share a folder)
+    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
 
     base = Finetune().replace(**given(finetune)).set_fields()
     rows = run_sweep(
         data,
-        parse_settings(settings),
+        grid,
         method=method,
         out_dir=out_dir,
         backbone=backbone,
@@ -312,12 +316,17 @@ def sweep(
         progress=not as_json,
     )
     if as_json:
-        print_json([{k: v for k, v in r.items() if k != "history"} for r in rows])
+        print_json(
+            {"variants": [{k: v for k, v in r.items() if k != "history"} for r in rows], "skipped": skipped_files()}
+        )
         return
-    table = Table("variant", "validation accuracy", "best epoch", "seconds")
+    table = Table("variant", "validation accuracy", "best epoch", "seconds (own)")
     for r in rows:
         table.add_row(r["variant"], f"{r['val_accuracy']:.3f}", str(r["best_epoch"]), f"{r['seconds']:.0f}")
     out.print(table)
+    shared = sum(r.get("shared_seconds", 0.0) for r in rows)
+    if shared:
+        out.print(f"frozen stages, run once for every variant: {shared:.0f} s (not in any variant's seconds)")
     out.print(f"table: {out_dir / 'results.md'}, plot: {out_dir / 'comparison.png'}")
 
 

@@ -70,9 +70,18 @@ def train_val_split(
         by_class.setdefault(unit_label[unit], []).append(unit)
     eligible = {label: us for label, us in sorted(by_class.items()) if len(us) >= 2}
     if not eligible:
+        photos = {label: sum(len(members[u]) for u in us) for label, us in by_class.items()}
+        if all(count == 1 for count in photos.values()):
+            why = f"every class has a single photo ({len(photos)} classes, one photo each)"
+        else:
+            why = (
+                "the photos of each class are identical or near-duplicate copies of one another (copies stay on one "
+                "side of the split, so each class is one group)"
+            )
         raise DataError(
-            f"Cannot make a validation set from {dataset.root}: every class has a single "
-            f"{'group' if groups is not None else 'photo'}. Add photos so that classes have at least two."
+            f"Cannot make a validation set from {dataset.root}: {why}, and a class needs a photo to learn from "
+            "besides the one it is checked on. Add photos: at least 2 different ones a class (5 or more give a "
+            "validation score worth reading)."
         )
 
     rng = np.random.RandomState(seed)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from headstart._io import cache_dir, engine_dir, sha256_file, write_bytes_atomic
 from headstart.errors import BackboneUnavailableError
 from headstart.features.checkpoints import map_efficientnet_pytorch_keys, read_checkpoint, strip_wrapper_prefix
+from headstart.features.hub import hub_offline, hub_unreachable, nearest_backbones
 from headstart.features.spec import BackboneSpec, _canonical, trunk_sha256
 
 if TYPE_CHECKING:
@@ -314,8 +315,8 @@ def load_backbone(
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(name) and not timm.is_model(arch):
-        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
-        hint = f" Similar names: {', '.join(close)}." if close else ""
+        close = nearest_backbones(name, first=list(OFFLINE_PACKAGES))
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise BackboneUnavailableError(
             f"Unknown backbone {name!r}: timm has no such architecture.{hint} "
             "List them with `headstart backbones --all`."
@@ -381,13 +382,16 @@ def _from_package(name: str, arch: str):
 def _from_hub(name: str):
     import timm
 
+    unreachable = hub_unreachable()
     try:
-        model = timm.create_model(name, pretrained=True)
+        with hub_offline(unreachable is not None):  # (weights downloaded before still load, without retries)
+            model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # network, DNS, HTTP, hub-offline mode: all end in the same advice
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = f"no network: {unreachable}" if unreachable else f"{type(exc).__name__}: {reason[:200]}"
         raise BackboneUnavailableError(
-            f"Could not get pretrained weights for {name!r} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{reason[:200]}). With a network, run again to download them once. {offline_choices()}"
+            f"Could not get pretrained weights for {name!r} from the Hugging Face hub ({why}). With a network, run "
+            f"again to download them once. {offline_choices()}"
         ) from exc
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     hub_id = cfg.get("hf_hub_id") or cfg.get("url") or name

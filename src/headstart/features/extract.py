@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart._console import progress as progress_bar
+from headstart._console import report_skipped
 from headstart._validation import check_int
 from headstart.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, decode_threads
 from headstart.data.scanning import UnusableFile
-from headstart.errors import UnusableImageError
+from headstart.errors import UnusableImageError, describe_skipped
 from headstart.features.backbones import DEFAULT_BACKBONE, Backbone, BackboneSpec, resolve_backbone
 from headstart.features.cache import FeatureCache
 from headstart.features.engines import VIEWS
+from headstart.features.housekeeping import mark_used
 from headstart.features.pipeline import (
     ENGINES,
     PRECISIONS,
@@ -37,6 +39,7 @@ from headstart.features.pipeline import (
     Pipeline,
     decode_size,
     default_precision,
+    mean_of_views,
     prefetched,
 )
 from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
@@ -86,6 +89,9 @@ class Features:
     spec: BackboneSpec | None = None
     cache_key: str = ""
     n_views_computed: int = 0
+    #: seconds this call spent making the backbone ready (loading it; converting and compiling it for OpenVINO the
+    #: first time), not extracting: speeds leave it out, so the first backbone extracted does not look slowest
+    setup_seconds: float = 0.0
 
 
 #: Whether features of a backbone given by name average each photo with its mirror image, by default: no. Each
@@ -156,6 +162,7 @@ def extract_features(
         spec, backbone, engine=engine, precision=precision, device=device, max_pixels=max_pixels, weights=weights
     )
     key = pipe.cache_key(cache)
+    mark_used(cache, key)  # (for `headstart cache clean --older-than`)
 
     hashes = cache.file_hashes(paths)
     unusable: dict[int, str] = {}
@@ -178,13 +185,14 @@ def extract_features(
 
     failed: dict[str, str] = {}
     n_computed = n_views = 0
+    setup_seconds = 0.0
     if todo:
         order = list(todo)
         order = order[group.rank :: group.world_size] + [
             h for j, h in enumerate(order) if j % group.world_size != group.rank
         ]
+        preparing = time.perf_counter()  # loading the backbone, converting and compiling it: once, not throughput
         runner = pipe.runner(throughput=len(order) * len(views) >= THROUGHPUT_PHOTOS)  # (converted once a machine)
-        compute_start = time.perf_counter()  # model already loaded: what the pipeline itself sustains
         done = _compute(
             pipe,
             runner,
@@ -200,8 +208,9 @@ def extract_features(
             found[view][sha] = vector
         failed = done.failed
         n_computed, n_views = len({sha for sha, _ in done.vectors}), len(done.vectors)
+        setup_seconds = done.ready_at - preparing
         if n_views >= 16:  # a throughput worth remembering (a single photo measures start-up, not speed)
-            cache.record_speed(key, n_views / (time.perf_counter() - compute_start), n_views)
+            cache.record_speed(key, n_views / (time.perf_counter() - done.ready_at), n_views)
         # what other processes computed (or refused) while this one waited for their claims
         for view in views:
             found[view].update(cache.get_many(key, [h for h in todo if h not in found[view] and h not in failed], view))
@@ -227,19 +236,21 @@ def extract_features(
         matrix = np.stack([found["orig"][h] for h in kept_hashes]).astype(np.float32, copy=False)
     else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
-        matrix = (orig + mirror) / np.float32(2)
+        matrix = mean_of_views(orig, mirror)
     sound = np.isfinite(matrix).all(axis=1)
     if not sound.all():  # (a last guard: no NaN or infinite feature leaves extraction)
         for i in np.asarray(kept)[~sound]:
-            unusable[int(i)] = _non_finite(precision)
+            unusable[int(i)] = _non_finite(pipe.precision)
         kept, matrix = [k for k, ok in zip(kept, sound) if ok], matrix[sound]
         kept_hashes = [h for h, ok in zip(kept_hashes, sound) if ok]
     seconds = time.perf_counter() - start
+    skipped = [UnusableFile(paths[i], r) for i, r in sorted(unusable.items())]
+    report_skipped(skipped)  # (to the command line's one reporter, when it listens)
     return Features(
         features=matrix.astype(np.float32, copy=False),
         indices=np.asarray(kept, dtype=np.int64),
         hashes=kept_hashes,
-        unusable=[UnusableFile(paths[i], r) for i, r in sorted(unusable.items())],
+        unusable=skipped,
         n_cached=len(first) - len(need),
         n_computed=n_computed,
         seconds=seconds,
@@ -247,6 +258,7 @@ def extract_features(
         spec=spec,
         cache_key=key,
         n_views_computed=n_views,
+        setup_seconds=setup_seconds,
     )
 
 
@@ -276,6 +288,7 @@ def _non_finite(precision: str) -> str:
 @dataclass
 class _Computed:
     vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (sha, view) -> vector
+    ready_at: float = 0.0  # perf_counter() once the engine was ready: what came before is set-up, not speed
     failed: dict[str, str] = field(default_factory=dict)  # sha -> reason (this run's; permanent ones are cached)
 
 
@@ -307,7 +320,7 @@ def _compute(
     """
     max_pixels = pipe.max_pixels
     owner = cache.new_owner()
-    out = _Computed()
+    out = _Computed(ready_at=time.perf_counter())
     left = {sha: set(views) for sha, _, views in todo}  # what is still open, for the progress bar
     if len(todo) <= 2:
         workers = 1  # one or two photos (a `predict` call): decoding in threads costs more than it saves
@@ -390,12 +403,8 @@ def _compute(
 
 
 def describe_unusable(unusable: Sequence[UnusableFile], limit: int = 10) -> str:
-    """One warning naming the skipped files (the first ``limit``, then a count)."""
-    if not unusable:
-        return ""
-    lines = [f"  {u.path}: {u.reason}" for u in unusable[:limit]]
-    more = f"\n  … and {len(unusable) - limit} more (see `headstart scan`)" if len(unusable) > limit else ""
-    return f"Skipped {len(unusable)} unusable file(s):\n" + "\n".join(lines) + more
+    """One text naming the skipped files (the first ``limit``, then a count): :func:`headstart.errors.describe_skipped`."""
+    return describe_skipped(unusable, limit)
 
 
 def bytes_preprocessor(

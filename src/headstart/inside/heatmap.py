@@ -19,9 +19,15 @@ from typing import Any
 
 import numpy as np
 
+import headstart._display as show
+from headstart._names import literal_figure
 from headstart._validation import check_choice
 from headstart.errors import HeadstartError
 from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
+
+#: What the probability of an explanation is measured on, said wherever it is shown: the whole photo, which the map
+#: covers, not the centre crop ``predict`` scores, so the two probabilities of one photo can differ.
+SCORED_ON = "the whole, uncropped photo (predict scores its centre crop, so its probability can differ)"
 
 #: ``method`` names → pytorch_grad_cam classes.
 METHODS = {
@@ -61,6 +67,7 @@ class Explanation:
             "target": self.target,
             "target_name": self.target_name,
             "probability": round(self.probability, 6),
+            "scored_on": SCORED_ON,
             "top": [{"class": n, "probability": round(p, 6)} for n, p in self.top],
             "layer": self.layer,
             "method": self.method,
@@ -68,6 +75,13 @@ class Explanation:
             "heatmap_shape": list(self.heatmap.shape),
             "out": None if self.out is None else str(self.out),
         }
+
+    def figure(self) -> Any:
+        """The photo and the heat map over it (a matplotlib figure)."""
+        return explanation_figure(self)
+
+    def _repr_png_(self) -> bytes:
+        return show.figure_png(self.figure())
 
 
 def _timm_model(module: Any) -> Any:
@@ -142,9 +156,14 @@ def explain_view(
 
 def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
     """Write a PNG: the photo, and the photo with the heat map overlaid."""
-    from matplotlib.figure import Figure
-
     from headstart._io import save_figure
+
+    return save_figure(explanation_figure(e), path)
+
+
+def explanation_figure(e: Explanation) -> Any:
+    """The photo, and the photo with the heat map overlaid, as a matplotlib figure (a notebook shows it)."""
+    from matplotlib.figure import Figure
 
     h, w = e.heatmap.shape
     fig = Figure(figsize=(2 * 3.2 * w / h + 0.8, 3.6))
@@ -154,13 +173,14 @@ def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
     axes[1].imshow(e.image)
     shown = axes[1].imshow(e.heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[1].set_title(
-        f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f}), layer {e.layer}", fontsize=8
+        f"{e.method} for {e.target_name.split(',')[0]} (p={e.probability:.2f} on the whole photo), layer {e.layer}",
+        fontsize=8,
     )
     for a in axes:
         a.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.04, pad=0.02)
     fig.suptitle(e.network, fontsize=8)
-    return save_figure(fig, path)
+    return literal_figure(fig)
 
 
 def explain(

@@ -440,6 +440,12 @@ class ImageClassifier(ClassifierProtocol):
         """The same as :func:`headstart.load` (the one loader), kept as an alias."""
         return load(path)
 
+    def _repr_html_(self) -> str:
+        """The model card a notebook shows (:mod:`headstart.models.card`)."""
+        from headstart.models.card import model_card_html
+
+        return model_card_html(self)
+
 
 def load(path: str | os.PathLike[str]) -> ImageClassifier:
     """A fitted :class:`ImageClassifier` from a model file written by :meth:`ImageClassifier.save`, ``headstart

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from headstart.data import Dataset, train_val_split
-from headstart.errors import DataError
-from headstart.features import FeatureCache, describe_unusable, extract_features
+from headstart.errors import DataError, SkippedFilesWarning
+from headstart.features import FeatureCache, extract_features
 from headstart.models.inputs import ResolvedBackbone, split_keys
 from headstart.models.memo import Memo
 from headstart.models.probe_fit import fit_probe
@@ -36,10 +36,6 @@ __all__ = ["FLIP_CHOICES", "Prepared", "SkippedFilesWarning", "fit_backbone", "f
 #: ``flip_average`` besides True/False/None: ``"auto"`` (cross-validation chooses, computing the mirror views),
 #: ``"cached"`` (= None, the default: one view, unless the mirror views are cached; then cross-validation chooses).
 FLIP_CHOICES = ("auto", "cached")
-
-
-class SkippedFilesWarning(UserWarning):
-    """Some photos could not be used and were left out; the message names them and says why."""
 
 
 def flip_mode(flip_average: bool | str | None) -> tuple[bool | str, bool]:
@@ -142,7 +138,7 @@ def split_and_probe(
             feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
             feats.n_cached, feats.n_computed, feats.seconds = one_view.n_cached, one_view.n_computed, one_view.seconds
     if feats.unusable:
-        warnings.warn(describe_unusable(feats.unusable), SkippedFilesWarning, stacklevel=4)  # (fit's caller)
+        warnings.warn(SkippedFilesWarning(feats.unusable), stacklevel=4)  # (fit's caller)
     usable = dataset.subset(feats.indices.tolist())
     if len(set(usable.labels)) < 2:
         raise DataError(

@@ -4,8 +4,9 @@ Layout:
     * tensors: the backbone's weights under the ``backbone.`` prefix, the classifier head as ``head.weight``
       ``(n_classes, n_features)`` and ``head.bias`` ``(n_classes,)``;
     * safetensors' ``__metadata__`` (str -> str) holds one key, ``"headstart"``, whose value is a JSON document:
-      ``format_version``, ``headstart_version``, ``created`` and whatever the caller passes (backbone arch name,
-      weight source, preprocessing config, class names, metrics, method, ...).
+      ``format_version``, ``headstart_version`` and whatever the caller passes (backbone arch name, weight source,
+      preprocessing config, class names, metrics, method, ...), less what describes one run rather than the model
+      (:data:`RUN_ONLY_KEYS`: times, durations, cache hits): the same inputs give a bit-identical file.
 
 Reading never executes code: safetensors files hold only raw arrays and a JSON header. It never trusts the file
 either: the header's declared length, JSON size and nesting, every tensor's dtype, shape and byte range are checked
@@ -29,7 +30,6 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,19 @@ __all__ = [
     "MAX_INPUT_SIDE",
     "MAX_JSON_DEPTH",
     "METADATA_KEY",
+    "RUN_ONLY_KEYS",
     "looks_like_model_file",
+    "model_only",
     "read_model_file",
     "read_model_metadata",
     "save_model_file",
     "validate_classifier",
 ]
 
+#: Metadata keys that describe one run, not the model (when, how long, what the feature cache or a shared
+#: activation bank already held, whether a progress bar showed): never written into a model file, at any depth, so
+#: that training again on the same inputs writes a bit-identical file; the run folder's ``metrics.json`` keeps them.
+RUN_ONLY_KEYS = frozenset({"created", "seconds", "seconds_per_step", "progress", "features", "computed", "photo_views"})
 #: Version of the file layout; readers refuse files with a larger number.
 FORMAT_VERSION = 1
 #: The key of safetensors' ``__metadata__`` that holds headstart's JSON document.
@@ -79,8 +85,8 @@ def save_model_file(path: str | Path, tensors: Mapping[str, np.ndarray], metadat
         path: Where to write (conventionally ``*.safetensors``); parent folders are created.
         tensors: Name -> numpy array (convert torch tensors with ``.detach().cpu().numpy()``); made contiguous.
         metadata: JSON-serialisable values (numpy scalars and arrays and paths are converted; NaN is allowed).
-            ``format_version`` and ``headstart_version`` are always set by this function; ``created`` (UTC,
-            ISO 8601) is added unless given.
+            ``format_version`` and ``headstart_version`` are always set by this function; keys of
+            :data:`RUN_ONLY_KEYS` are left out at any depth (they belong in a run folder).
 
     Returns:
         The path written.
@@ -88,12 +94,28 @@ def save_model_file(path: str | Path, tensors: Mapping[str, np.ndarray], metadat
     Raises:
         ValueError: A tensor is not a numeric array, or a metadata value is not JSON-serialisable (names the key).
     """
-    document = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    document.update(metadata)
+    document = model_only(dict(metadata))
     document.update(format_version=FORMAT_VERSION, headstart_version=__version__)
     header = {METADATA_KEY: _to_json(document)}
 
     return write_file(path, tensors, header)
+
+
+def model_only(value: Any) -> Any:
+    """``value`` without the keys of :data:`RUN_ONLY_KEYS` at any depth (a mapping they empty goes too)."""
+    if isinstance(value, Mapping):
+        kept = {}
+        for key, item in value.items():
+            if key in RUN_ONLY_KEYS:
+                continue
+            item = model_only(item)
+            if isinstance(item, dict) and not item and isinstance(value[key], Mapping) and value[key]:
+                continue
+            kept[key] = item
+        return kept
+    if isinstance(value, (list, tuple)):
+        return [model_only(item) for item in value]
+    return value
 
 
 def read_model_file(path: str | Path, *, load_tensors: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -197,13 +197,13 @@ def score_backbones(
                 "n_images": len(y),
                 "weights": feats.spec.source if feats.spec else "",
                 "seconds": round(time.perf_counter() - began, 3),
+                "setup_seconds": round(feats.setup_seconds, 1),  # (loading, converting: not in images_per_second)
                 "computed": int(feats.n_computed),
             }
         )
-        if progress:
+        if progress:  # (the row's figure, so this line and compare's table round alike)
             say(
-                f"{name}: probe CV accuracy {probe.cv_accuracy_:.3f} on {len(y)} photos "
-                f"({time.perf_counter() - began:.1f} s)"
+                f"{name}: probe CV accuracy {rows[-1]['cv_accuracy']:.3f} on {len(y)} photos ({rows[-1]['seconds']:.1f} s)"
             )
     return rows
 

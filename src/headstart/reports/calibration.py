@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from headstart._io import save_figure
+from headstart._names import literal_figure
 from headstart._validation import check_int
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "expected_calibration_error",
     "format_ece",
     "plot_reliability",
+    "reliability_figure",
 ]
 
 #: Equal-width bins of the top-1 probability for ECE and the reliability diagram (the convention of Guo et al.).
@@ -169,15 +171,28 @@ def format_ece(metrics: dict[str, Any]) -> str:
     return text + ")"
 
 
+#: The gap colours of the reliability diagram, each in its legend whether or not a bin shows it.
+OVER_CONFIDENT, UNDER_CONFIDENT = "tab:red", "tab:orange"
+
+
 def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = "Reliability") -> Path:
-    """The reliability diagram of :func:`calibration_metrics`: accuracy against confidence per bin (bars; the
-    diagonal is perfect calibration) and, below, how many photos fall in each bin.
+    """The reliability diagram of :func:`calibration_metrics` (:func:`reliability_figure`), saved.
 
     Example:
         >>> plot_reliability(calibration_metrics(labels, proba, classes), "reliability.png")
         PosixPath('reliability.png')
     """
+    return save_figure(reliability_figure(metrics, title=title), Path(path))
+
+
+def reliability_figure(metrics: dict[str, Any], *, title: str = "Reliability") -> Any:
+    """Accuracy against confidence per bin (bars; the diagonal is perfect calibration) and, below, how many photos
+    fall in each bin. Each bin's gap to its confidence is an outlined, hatched box between the two, red where the
+    model is over-confident (confidence above accuracy) and orange where it is under-confident (accuracy above
+    confidence): drawn over the accuracy bar without hiding it, both kinds named in the legend.
+    """
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     bins = int(metrics.get("bins") or ECE_BINS)
     table = metrics.get("reliability") or []
@@ -185,27 +200,32 @@ def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = 
     top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     width = 1.0 / bins
     lows = [row["low"] for row in table]
-    top.bar(
-        lows,
-        [row["accuracy"] for row in table],
-        width=width,
-        align="edge",
-        color="tab:blue",
-        edgecolor="white",
-        label="accuracy",
-    )
-    top.bar(
-        lows,
-        [row["confidence"] - row["accuracy"] for row in table],
-        bottom=[row["accuracy"] for row in table],
-        width=width,
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        edgecolor="tab:red",
-        label="gap to confidence",
-    )
-    top.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    top.bar(lows, [row["accuracy"] for row in table], width=width, align="edge", color="tab:blue", alpha=0.75)
+    for row in table:
+        gap = row["confidence"] - row["accuracy"]
+        if abs(gap) < 1e-9:
+            continue
+        colour = OVER_CONFIDENT if gap > 0 else UNDER_CONFIDENT
+        top.bar(
+            row["low"] + width * 0.1,
+            abs(gap),
+            bottom=min(row["confidence"], row["accuracy"]),
+            width=width * 0.8,
+            align="edge",
+            fill=False,
+            hatch="///",
+            edgecolor=colour,
+            linewidth=1.5,
+            gid="under-confident" if gap < 0 else "over-confident",
+        )
+    top.plot([0, 1], [0, 1], "--", color="grey")
+    handles = [
+        Patch(color="tab:blue", alpha=0.75, label="accuracy"),
+        Patch(fill=False, hatch="///", edgecolor=OVER_CONFIDENT, label="over-confident: confidence above accuracy"),
+        Patch(fill=False, hatch="///", edgecolor=UNDER_CONFIDENT, label="under-confident: accuracy above confidence"),
+        top.lines[-1],
+    ]
+    top.lines[-1].set_label("calibrated")
     ece = metrics.get("ece")
     said = (
         "no photos"
@@ -213,9 +233,9 @@ def plot_reliability(metrics: dict[str, Any], path: str | Path, *, title: str = 
         else (f"ECE {ece:.3f} ({bins} bins), NLL {metrics['nll']:.3f}, Brier {metrics['brier']:.3f}")
     )
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}\n{said}")
-    top.legend(loc="upper left", fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     top.grid(alpha=0.3)
     bottom.bar(lows, [row["count"] for row in table], width=width, align="edge", color="grey")
     bottom.set(xlabel="top-1 probability (confidence)", ylabel="photos")
     bottom.grid(alpha=0.3)
-    return save_figure(fig, Path(path))
+    return literal_figure(fig)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from headstart._console import report_skipped
 from headstart.errors import DataError
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ def score_photos(dataset: Dataset, classes: Sequence[str], probabilities: Probab
             unknown[label] = unknown.get(label, 0) + 1
     known = dataset.subset([i for i, s in enumerate(dataset.samples) if mapping[s.label] is not None])
     proba, indices, skipped = probabilities(known.paths)
+    report_skipped(skipped)  # (to the command line's one reporter; a path reported twice is listed once)
     scored = known.subset(np.asarray(indices, dtype=np.int64).tolist())
     metrics = classification_metrics([mapping[label] for label in scored.labels], np.asarray(proba), classes)
     return ScoredPhotos(metrics, scored.paths, list(skipped), unknown)

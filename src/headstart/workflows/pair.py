@@ -45,12 +45,11 @@ def write_together(clf: Any, run: Path, out: Path, write_run_folder: Callable[[P
     Returns:
         The run folder's files, at their final paths.
     """
-    import secrets
     import shutil
 
     from headstart._io import locked_folder, temporary_beside
 
-    clf.model_.metadata["run_id"] = run_id = secrets.token_hex(8)
+    clf.model_.metadata["run_id"] = run_id = content_id(clf.model_)
     staging, model = temporary_beside(run), temporary_beside(out)
     try:
         staged = write_run_folder(staging, run_id)
@@ -74,3 +73,25 @@ def write_together(clf: Any, run: Path, out: Path, write_run_folder: Callable[[P
         shutil.rmtree(staging, ignore_errors=True)
         model.unlink(missing_ok=True)
     return [run / path.name for path in staged]
+
+
+def content_id(model: Any) -> str:
+    """The ``run_id`` of a model: a hash of what its file will hold (head, the trunk's content hash, class names,
+    metadata less what describes one run), not a random token, so training again on the same inputs writes a
+    bit-identical file while a run folder still names the one model it belongs to.
+
+    Example:
+        >>> content_id(clf.model_)
+        '3f9a0c2b71d84e65'
+    """
+    import hashlib
+    import json
+
+    from headstart.models.modelfile import model_only
+
+    described = {k: v for k, v in model.metadata.items() if k not in ("run_id", "path")}
+    document = {"metadata": model_only(described), "backbone": model.spec.to_dict(), "classes": list(model.classes)}
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode())
+    digest.update(model.head_weight.tobytes())
+    digest.update(model.head_bias.tobytes())
+    return digest.hexdigest()[:16]

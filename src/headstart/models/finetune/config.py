@@ -255,7 +255,8 @@ def _coerce(value: Any, kind: type) -> Any:
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Options from a YAML (.yaml/.yml, or a run folder's config.json) or TOML (.toml) file: a flat mapping of
-    :class:`Finetune` fields, or a run's saved config (its ``finetune`` section)."""
+    :class:`Finetune` fields (``head_dropout`` or the flag's ``head-dropout``), or a run's saved config (its
+    ``finetune`` section)."""
     path = Path(path)
     if not path.is_file():
         raise HeadstartError(f"No config file at {path}.")
@@ -277,7 +278,11 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise HeadstartError(f"{path} must hold a mapping of option: value, got {type(data).__name__}.")
     if isinstance(data.get("finetune"), dict):  # a run folder's config.json: re-run with the same options
         data = data["finetune"]
-    return data
+    # the flags' spellings work too (`head-dropout: 0.5`, as `--head-dropout 0.5`), like `--set head-dropout=...`
+    spelled = {str(key).strip().replace("-", "_"): value for key, value in data.items()}
+    if len(spelled) < len(data):
+        raise HeadstartError(f"{path} gives an option twice (once with '-', once with '_'); keep one.")
+    return spelled
 
 
 __all__ = [
