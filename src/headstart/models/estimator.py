@@ -161,7 +161,7 @@ class ImageClassifier(ClassifierProtocol):
                 f"Passing a Finetune as 'method' is deprecated and will stop working in headstart {REMOVED_IN}. "
                 "Pass method='finetune', finetune=Finetune(...) instead.",
                 FutureWarning,
-                stacklevel=3,
+                stacklevel=4,  # (the caller of fit)
             )
             if self.finetune is not None:
                 fail(
