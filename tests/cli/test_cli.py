@@ -237,7 +237,7 @@ def test_one_photo_a_class_says_so(sample: Path, tmp_path: Path) -> None:
 
 
 def test_config_files_take_the_flags_spellings_too(tmp_path: Path) -> None:
-    from headstart.models.finetune_config import Finetune
+    from headstart.models.finetune.config import Finetune
 
     (tmp_path / "ft.yaml").write_text("head-dropout: 0.3\nlabel_smoothing: 0.1\nbatch-size: 8\n")
     (tmp_path / "ft.toml").write_text("head-dropout = 0.3\nlayer-decay = 0.7\n")
