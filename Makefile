@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "the first time takes a few minutes (about 4 on 2 cores); afterwards run .venv/bin/headstart, or source .venv/bin/activate"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,serve]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,serve,tf]'
 	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks==3.5.1'  # see pyproject.toml: its pins break hub
+	$(BIN)/python -m pip install --quiet --no-deps 'onnx2tf==1.28.8' 'tf-keras==2.21.0'  # see pyproject.toml's tf extra
 	touch $(STAMP)
 	@echo "ready: .venv/bin/headstart --help (or: source .venv/bin/activate, then headstart --help)"
 

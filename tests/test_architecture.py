@@ -24,6 +24,7 @@ LAYERS = {
     "_validation": 0,
     "_onnx": 0,
     "_math": 0,
+    "_display": 0,
     "_distributed": 0,
     "_names": 0,
     "_safetensors": 0,

@@ -11,9 +11,9 @@ The estimator (scikit-learn's conventions: hyper-parameters in the constructor, 
     ft = hs.ImageClassifier(method="finetune", finetune=hs.Finetune(epochs=5)).fit(photos / "train")
 
 What the command line does, as functions: :func:`train` (fit + run folder + model file), :func:`evaluate`,
-:func:`export_onnx`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`, :func:`scan`,
-:func:`download_dataset`, :func:`attack`, :func:`robustness`, :func:`dream`, :func:`featuremaps`,
-:func:`explain`, :func:`run_demo`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
+:func:`export_onnx`, :func:`export_tensorflow`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`,
+:func:`scan`, :func:`download_dataset`, :func:`attack`, :func:`robustness`, :func:`dream`, :func:`featuremaps`,
+:func:`explain`, :func:`run_demo`, :func:`model_info`, :func:`cache_summary`, :func:`clean_cache`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
 :func:`extract_features`, :class:`LinearProbe`, :class:`Classifier`; the rest lives in the subpackages
 (``headstart.features``, ``headstart.attacks``, ...). Importing headstart is cheap; numpy, torch and timm load on
 first use.
@@ -37,6 +37,7 @@ _MODULES = {
     "headstart.workflows.experiments": ("find_learning_rate", "sweep"),
     "headstart.workflows.evaluation": ("evaluate",),
     "headstart.workflows.export": ("export_onnx",),
+    "headstart.workflows.tf_export": ("export_tensorflow",),
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
     "headstart.workflows.info": ("model_info",),
@@ -45,8 +46,8 @@ _MODULES = {
     "headstart.data": ("load_image", "scan", "load_dataset", "Dataset", "download_dataset"),
     "headstart.features": ("load_backbone", "list_backbones", "FeatureCache", "extract_features"),
     # looking inside and fooling
-    "headstart.inside": ("dream", "explain", "featuremaps"),
-    "headstart.attacks": ("attack", "robustness"),
+    "headstart.inside": ("dream", "explain", "featuremaps", "feature_maps", "list_layers"),
+    "headstart.attacks": ("attack", "transfer", "robustness", "save_attack", "save_robustness"),
     # errors
     "headstart.errors": (
         "HeadstartError",
@@ -70,11 +71,6 @@ _MOVED = {
     "Backbone": ("headstart.features", "Backbone"),
     "BackboneSpec": ("headstart.features", "BackboneSpec"),
     "DEFAULT_BACKBONE": ("headstart.features", "DEFAULT_BACKBONE"),
-    "feature_maps": ("headstart.inside", "feature_maps"),
-    "list_layers": ("headstart.inside", "list_layers"),
-    "transfer": ("headstart.attacks", "transfer"),
-    "save_attack": ("headstart.attacks", "save_attack"),
-    "save_robustness": ("headstart.attacks", "save_robustness"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -81,6 +81,12 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
         if exc.filename is None or str(exc.filename) == str(temporary):  # (a failed write() names no file)
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+    except Exception as exc:  # a library's own error while writing (torch.save: "file write failed"): asked of the
+        diagnosed = write_failure(path, exc)  # file system while the half-written temporary still takes its space
+        temporary.unlink(missing_ok=True)
+        if diagnosed is not exc:
+            raise diagnosed from exc
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

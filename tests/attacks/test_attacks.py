@@ -305,6 +305,7 @@ def test_cli_non_image_gives_an_error_and_no_files(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_attack_json_with_transfer(dog: Path, tmp_path: Path) -> None:
     from headstart.cli import app
 

@@ -115,6 +115,7 @@ def test_quarantine_moves_copies_and_outliers_logs_why_and_deletes_nothing(repor
         quarantine_plan(moved_report, include=["everything"])
 
 
+@pytest.mark.slow
 def test_the_audit_command(faults, tmp_path):
     from headstart.cli import app
 

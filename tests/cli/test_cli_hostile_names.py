@@ -1,4 +1,5 @@
-"""Hostile class names (folder names) through every path that prints, draws or writes them for a spreadsheet:
+"""Hostile class names (folder names) through the paths that print, draw or write them for a spreadsheet (train and
+its pictures, evaluate, predict, explain's heat map, scan, audit and its CSV):
 nothing reaches the terminal raw (no ESC, no carriage return), matplotlib draws them literally (`$\\frac$` does not
 end `train` in an error; `cost $5 or $6` keeps its dollars), and no CSV cell starts like a formula.
 
@@ -67,6 +68,9 @@ def test_every_command_shows_hostile_names_as_text(sample_model: Path, hostile_d
     photo = next((hostile_data / HOSTILE[3]).glob("*.jpg"))
     predicted = _clean(_run("predict", model, photo, "--top-k", str(len(HOSTILE))))
     assert printable(HOSTILE[3], keep_newlines=True) in predicted, predicted  # the name shown, escaped, not dropped
+    picture = tmp_path / "explain.png"  # the heat map's title names the class
+    _clean(_run("explain", model, photo, "--class", HOSTILE[0], "--out", picture))
+    assert picture.stat().st_size > 1000, "the heat map was not drawn"
     _clean(_run("scan", hostile_data))
     audit = tmp_path / "audit"
     relabels = tmp_path / "relabel.csv"

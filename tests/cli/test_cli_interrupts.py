@@ -225,6 +225,7 @@ QUEUED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_an_interrupt_ends_the_process_even_when_unwinding_would_wait(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", QUEUED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV

@@ -156,6 +156,7 @@ def ext4(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_quarantine_folder_that_refuses_a_move(tmp_path: Path, ext4) -> None:
     """EPERM part-way through `scan --quarantine` (one class folder of DIR immutable): one line naming the file,
     what was moved before it, exit 2; every file's bytes still somewhere."""
@@ -172,3 +173,19 @@ def test_a_quarantine_folder_that_refuses_a_move(tmp_path: Path, ext4) -> None:
     assert (dest / "a" / "1.jpg").read_text() == "not a photo a" and (
         data / "b" / "1.jpg"
     ).read_text() == "not a photo b"
+
+
+def test_a_library_failing_to_write_is_asked_of_the_file_system(tmp_path: Path, mounts) -> None:
+    """torch.save keeps no errno ("PytorchStreamWriter failed writing file"): inside atomic_path (every output, the
+    fine-tuning checkpoints included) the failure becomes the OSError behind it, naming the target, and the
+    half-written temporary is gone."""
+    torch = pytest.importorskip("torch")
+    from headstart._io import atomic_path
+
+    disk = mounts(tmp_path / "disk", "size=1m")
+    with pytest.raises(OSError) as caught:
+        with atomic_path(disk / "checkpoint.pt") as temporary:
+            torch.save({"weights": torch.zeros(1 << 20)}, temporary)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "checkpoint.pt"), caught.value
+    assert io_error_message(caught.value).startswith(f"{disk / 'checkpoint.pt'}: cannot write it: no space left")
+    assert not list(disk.iterdir()), "the temporary was left"

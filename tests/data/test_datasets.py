@@ -496,6 +496,7 @@ def _one_label(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_refuses_a_flat_folder_and_the_flag_reaches_the_library(tmp_path: Path) -> None:
     """``headstart train`` on a flat folder: one line saying how to lay it out, exit 2, before any model is built;
     ``--labels-from-filenames`` is passed on (here to a folder whose names carry no label: the library's refusal)."""

@@ -51,6 +51,7 @@ def _headstart(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_two_concurrent_scans_into_one_folder_lose_nothing_and_log_everything(tmp_path: Path) -> None:
     """Two `scan --quarantine` processes at once on the same data, into the same folder, round after round (the
     same names every round, so every round clashes with the last): every file's bytes are accounted for, and the
@@ -175,8 +176,8 @@ def test_a_destination_in_the_data_is_refused_before_anything_moves(tmp_path: Pa
 
 
 def test_a_file_that_is_kept_is_never_moved_through_another_name(tmp_path: Path) -> None:
-    """Planned files that are the same file as a kept one (a symlink or a hard link to it, the same folder reached
-    twice) stay; a link to a kept file may go (the file stays)."""
+    """A planned name that is a kept one (its folder reached through a link) or that a kept symlink points to stays;
+    another hard link or a symlink to a kept file may go, and the kept file stays whole."""
     data, dest = tmp_path / "data", tmp_path / "q"
     data.mkdir()
     real = data / "real.jpg"
@@ -189,10 +190,19 @@ def test_a_file_that_is_kept_is_never_moved_through_another_name(tmp_path: Path)
     planned = [UnusableFile(alias / "real.jpg", "copy"), UnusableFile(hard, "copy"), UnusableFile(link, "copy")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        moved = quarantine(ScanReport(3, planned), dest, root=data, keep=[link])
-    assert real.read_bytes() == b"the only copy" and hard.exists(), "a kept file was moved under another name"
-    assert [new.name for _, new in moved] == ["link.jpg"], moved
-    assert len([w for w in caught if issubclass(w.category, QuarantineWarning)]) == 2
+        moved = quarantine(ScanReport(3, planned), dest, root=data, keep=[real])
+    assert real.read_bytes() == b"the only copy", "the kept file was moved under another name"
+    assert sorted(new.name for _, new in moved) == ["hard.jpg", "link.jpg"], moved
+    assert len([w for w in caught if issubclass(w.category, QuarantineWarning)]) == 1
+    # A kept symlink: the file it points to stays (moving it would leave the kept link pointing nowhere).
+    other = data / "other.jpg"
+    other.write_bytes(b"pointed at")
+    kept_link = data / "kept-link.jpg"
+    kept_link.symlink_to(other)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert quarantine(ScanReport(1, [UnusableFile(other, "copy")]), dest, root=data, keep=[kept_link]) == []
+    assert kept_link.read_bytes() == b"pointed at"
 
 
 def test_the_folder_given_twice_or_through_a_link_is_scanned_once(tmp_path: Path) -> None:
@@ -242,3 +252,21 @@ def test_a_run_killed_between_record_and_move_is_settled_by_the_next(tmp_path: P
     entries = json.loads((dest / QUARANTINE_LOG).read_text())["files"]
     assert [e["quarantined_as"] for e in entries] == ["dogs/000.jpg", "cats/001.jpg"], entries
     assert all("state" not in e for e in entries) and (dest / "cats" / "001.jpg").is_file()
+
+
+def test_files_from_several_folders_go_to_a_folder_beside_them(tmp_path: Path) -> None:
+    """`scan a/x.jpg b/y.jpg --quarantine q`: the files' common folder is no data folder, q beside them is fine."""
+    for folder in ("a", "b/deep"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.jpg").write_text(f"not a photo in {folder}")
+    before = _hashes(tmp_path)
+    proc = _headstart(
+        "scan",
+        str(tmp_path / "a" / "x.jpg"),
+        str(tmp_path / "b" / "deep" / "x.jpg"),
+        "--quarantine",
+        str(tmp_path / "q"),
+    )
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert _hashes(tmp_path / "q") == before and not list((tmp_path / "a").iterdir()), stderr

@@ -41,10 +41,11 @@ def _timm_way(lite0):
 
 @pytest.fixture(scope="module")
 def reference(photos, lite0) -> np.ndarray:
-    """torch fp32 features of every bundled photo, through timm's own transform: what every engine is held to."""
+    """torch fp32 features of every bundled photo from the pipeline's crops (the pixels every engine reads): what
+    every engine is held to. (The crops against timm's own transform: tests/features/test_pipeline.py.)"""
     import torch
 
-    decode = _timm_way(lite0)
+    decode = preprocessor(lite0)
     with torch.inference_mode():
         return np.concatenate(
             [

@@ -335,6 +335,7 @@ def test_explain_replaces_an_earlier_output_and_says_so(net, sample: Path, tmp_p
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_dream_json(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["dream", "--target", "espresso", "--steps", "3", "--out", str(tmp_path / "e.png"), "--json"]
@@ -344,6 +345,7 @@ def test_cli_dream_json(tmp_path: Path) -> None:
     assert report["target"] == 967 and report["steps"] == 3 and Path(report["png"]).is_file()
 
 
+@pytest.mark.slow
 def test_cli_featuremaps_and_explain(sample: Path, tmp_path: Path) -> None:
     listed = runner.invoke(app, ["featuremaps", "--list-layers"])
     assert listed.exit_code == 0 and "blocks.4" in listed.stdout and "112 channels  1/16 resolution" in listed.stdout

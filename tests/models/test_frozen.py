@@ -91,3 +91,34 @@ def test_frozen_stages_keep_their_weights_and_statistics_while_the_tail_trains(n
     for key, value in network.trunk.blocks[5].state_dict().items():
         torch.testing.assert_close(value, frozen_before[key], msg=key)
     assert all(not m.training for m in split.frozen)
+
+
+@pytest.mark.parametrize("precision, floor", [("fp32", 0.9999), ("bf16", 0.99)])
+def test_the_frozen_stages_run_on_openvino_and_give_torchs_activations(
+    network, sample: Path, tmp_path: Path, monkeypatch, precision: str, floor: float
+) -> None:
+    """A bank with a content key converts the prefix once (into the per-machine store) and computes activations
+    within cosine ``floor`` of torch fp32's, photo by photo; a second bank with the same key converts nothing."""
+    import torch
+
+    from headstart._io import sha256_file
+    from headstart.features.openvino_modules import frozen_module_path
+    from headstart.models.finetune.frozen import ActivationBank, split_network
+
+    monkeypatch.setenv("HEADSTART_ENGINE_DIR", str(tmp_path / "engines"))
+    photos = [(sha256_file(p), p) for p in sorted((sample / "test").glob("*/*.jpg"))[:6]]
+    split = split_network(network, "2")
+    config = network.backbone.spec.data_config
+    key = f"{network.backbone.spec.fingerprint}|{split.where}"
+    reference = ActivationBank(split, config, "none", 0, "fp32")  # no key: torch, fp32
+    fast = ActivationBank(split, config, "none", 0, precision, engine_key=key)
+    expected, got = reference.plain_views(photos), fast.plain_views(photos)
+    assert reference.engine == "torch" and fast.engine == "openvino"
+    cosine = torch.nn.functional.cosine_similarity(got.float().flatten(2), expected.flatten(2), dim=2)
+    assert float(cosine.min()) >= floor, cosine
+    saved = frozen_module_path(f"{key}|{(3, 224, 224)}")
+    assert saved.is_file() and saved.with_suffix(".bin").is_file()
+    stamp = saved.stat().st_mtime_ns
+    again = ActivationBank(split, config, "none", 0, precision, engine_key=key)
+    again.plain_views(photos[:2])
+    assert again.engine == "openvino" and saved.stat().st_mtime_ns == stamp, "converted once, then reused"

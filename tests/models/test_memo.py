@@ -62,6 +62,7 @@ def test_a_fit_is_remembered_and_predicts_like_the_probe(tmp_path: Path, data) -
     np.testing.assert_array_equal(first.predict_proba(X), again.predict_proba(X))
 
 
+@pytest.mark.slow
 def test_any_change_of_input_or_setting_is_a_miss(tmp_path: Path, data) -> None:
     X, y = data
     memo = Memo(tmp_path / "memo")

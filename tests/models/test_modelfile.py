@@ -427,6 +427,7 @@ def test_a_classifier_whose_metadata_disagrees_with_its_tensors_is_one_model_fil
     assert str(path) in message and words in message and ("Re-train" in message or "pass a model" in message), message
 
 
+@pytest.mark.slow
 def test_the_trunk_is_checked_against_its_architecture_before_the_network_is_allocated(tmp_path):
     """A 430 KB file naming a 1.8-billion-parameter network is refused without allocating it (7 GB): in a child
     whose address space may grow by 1 GB only."""

@@ -59,6 +59,7 @@ def test_binary_decision_function_is_positive_class_logit():
     np.testing.assert_allclose(1 / (1 + np.exp(-decision)), probe.predict_proba(X)[:, 1], atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_classes,n_features", [(2, 32), (12, 256), (37, 1280)])
 def test_separable_data_is_learned(n_classes, n_features):
     X, y = _blobs(10, n_classes, n_features, spread=1.0, seed=1)
@@ -171,6 +172,7 @@ def test_row_space_solver_matches_plain_logistic_regression():
     np.testing.assert_allclose(probe.predict_proba(X), plain.predict_proba(scaled), atol=2e-4)
 
 
+@pytest.mark.slow
 def test_importing_probe_does_not_import_torch():
     import subprocess
     import sys

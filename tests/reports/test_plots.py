@@ -120,6 +120,7 @@ def _texts_outside(fig) -> list[tuple[str, tuple[float, float, float, float]]]:
     return outside
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_photos", [1, 2, 7])
 def test_grid_titles_and_captions_fit_inside_the_picture(tmp_path, n_photos):
     """misclassified.png with one photo clipped its title to 'sclassified, 24 photos'."""

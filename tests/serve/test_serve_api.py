@@ -105,7 +105,8 @@ def test_served_equals_cli_predict_json(server, photos, tmp_path: Path) -> None:
         timeout=600,
     )
     assert run.returncode == 0, run.stderr
-    cli = {Path(row["path"]).name: row["predictions"] for row in json.loads(run.stdout)}
+    printed = json.loads(run.stdout)  # {"predictions": [...], "skipped": [...]}
+    cli = {Path(row["path"]).name: row["predictions"] for row in printed["predictions"]}
     client = server.client()
     for path in chosen:
         (result,) = client.predict([(path.name, path.read_bytes())], model="pets")["results"]

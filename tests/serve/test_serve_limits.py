@@ -22,8 +22,9 @@ from headstart.serve.limits import Limits
 
 pytestmark = pytest.mark.slow
 LIMITS = Limits()
-#: The slowest /healthz allowed while an attack runs (two cores shared with other test runs; unloaded it is ~5 ms).
-RESPONSIVE_S = 2.0
+#: The slowest /healthz allowed while an attack runs (it stalled ~30 s before the limits): unloaded it takes ~5 ms,
+#: on two cores shared with other test runs (load average 20) up to 2.6 s was seen.
+RESPONSIVE_S = 4.0
 
 
 def host(server) -> str:

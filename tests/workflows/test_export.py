@@ -217,8 +217,8 @@ def test_cli_export_prints_the_check(model_path: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(model_path), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["max_abs_diff_probabilities"] <= 1e-4 and out.is_file()
-    bad = CliRunner().invoke(app, ["export", str(model_path), "--format", "tflite"])
-    assert bad.exit_code != 0 and "must be 'onnx'" in bad.output + (bad.stderr or "")
+    bad = CliRunner().invoke(app, ["export", str(model_path), "--format", "keras"])  # (tflite, savedmodel: tf extra)
+    assert bad.exit_code != 0 and "must be one of 'onnx', 'tflite', 'savedmodel'" in bad.output + (bad.stderr or "")
 
 
 @pytest.mark.slow

@@ -265,6 +265,17 @@ class AttackResult:
     def eps_8bit(self) -> float:
         return self.eps * 255
 
+    def figure(self) -> Any:
+        """Original | amplified perturbation | adversarial, with the top-5 before and after (a matplotlib figure)."""
+        from headstart.attacks.display import attack_figure
+
+        return attack_figure(self)
+
+    def _repr_html_(self) -> str:
+        from headstart.attacks.display import attack_card
+
+        return attack_card(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "image": str(self.image),

@@ -45,6 +45,17 @@ class Robustness:
     attack_success: list[float | None]
     skipped: list[dict[str, str]] = field(default_factory=list)
 
+    def figure(self) -> Any:
+        """Accuracy against the budget (a matplotlib figure)."""
+        from headstart.attacks.display import robustness_figure
+
+        return robustness_figure(self)
+
+    def _repr_html_(self) -> str:
+        from headstart.attacks.display import robustness_card
+
+        return robustness_card(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

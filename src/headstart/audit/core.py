@@ -121,6 +121,12 @@ class AuditReport:
             "seconds": round(self.seconds, 3),
         }
 
+    def _repr_html_(self) -> str:
+        """The audit as a notebook shows it (:func:`headstart.audit.html.notebook_card`)."""
+        from headstart.audit.html import notebook_card
+
+        return notebook_card(self)
+
     def save(self, folder: str | os.PathLike[str], *, thumbnails: bool = True) -> dict[str, Path]:
         """Write ``audit.json``, ``learning_curve.png`` and ``audit.html`` (self-contained) into ``folder``.
 

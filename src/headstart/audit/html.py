@@ -20,7 +20,7 @@ from typing import Any
 
 from headstart._io import write_text_atomic
 
-__all__ = ["MAX_ITEMS", "THUMB_SIZE", "thumbnail_data_uri", "write_html"]
+__all__ = ["MAX_ITEMS", "THUMB_SIZE", "notebook_card", "thumbnail_data_uri", "write_html"]
 
 MAX_ITEMS = 200
 THUMB_SIZE = 150
@@ -267,3 +267,57 @@ def write_html(
         )
     parts.append("</body></html>\n")
     return write_text_atomic(path, "".join(parts))
+
+
+def notebook_card(report: Any) -> str:
+    """The audit as a notebook shows it (``AuditReport._repr_html_``): the counts, then the most suspicious
+    findings of each kind (``save`` writes the whole page with thumbnails)."""
+    import headstart._display as show
+
+    summary = report.summary()
+    parts = [
+        show.fields(
+            [
+                ("data", report.data),
+                ("backbone", report.backbone),
+                ("photos", f"{report.n_usable} usable of {report.n_images}"),
+                ("cross-validated accuracy", show.percent(report.cv_accuracy)),
+                ("duplicate groups", f"{summary['duplicate_groups']} ({summary['leaks']} across splits)"),
+                ("likely wrong labels", summary["label_issues"]),
+                ("outliers", summary["outliers"]),
+                ("unusable files", summary["unusable"]),
+                ("classes", summary["n_classes"]),
+                ("photos per class", f"{summary['photos_per_class']['min']}–{summary['photos_per_class']['max']}"),
+            ]
+        )
+    ]
+    limit = 10
+    if report.label_issues:
+        rows = [(r["path"], r["given"], r["suggested"], r["score"]) for r in report.label_issues]
+        parts += [
+            show.heading("Likely wrong labels", 4),
+            show.table(["file", "label", "suggested", "score"], rows, limit=limit),
+        ]
+    if report.duplicates:
+        rows = [
+            (" | ".join(d["paths"]), d["kind"], "yes" if d["crosses_split"] else "no", d["similarity"])
+            for d in report.duplicates
+        ]
+        parts += [
+            show.heading("Duplicates", 4),
+            show.table(["files", "kind", "across splits", "similarity"], rows, limit=limit),
+        ]
+    if report.outliers:
+        rows = [(r["path"], r["label"], r["score"]) for r in report.outliers]
+        parts += [show.heading("Outliers", 4), show.table(["file", "label", "score"], rows, limit=limit)]
+    if report.confused_pairs:
+        rows = [(r["true"], r["predicted"], r["count"], r["rate"]) for r in report.confused_pairs]
+        parts += [
+            show.heading("Most confused classes", 4),
+            show.table(["true", "predicted as", "photos", "rate"], rows, limit=limit),
+        ]
+    if report.unusable:
+        rows = [(u["path"], u["reason"]) for u in report.unusable]
+        parts += [show.heading("Unusable files", 4), show.table(["file", "why"], rows, limit=limit)]
+    parts += [show.paragraph(note) for note in report.notes]
+    return show.card("audit", "Data audit", *parts)

@@ -29,12 +29,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["NEIGHBOURS", "OUTLIER_Z", "neighbour_similarity", "outlier_scores", "robust_z"]
+from headstart.features.neighbours import nearest_neighbours, unit_rows
+
+__all__ = ["NEIGHBOURS", "OUTLIER_EXACT_ROWS", "OUTLIER_Z", "neighbour_similarity", "outlier_scores", "robust_z"]
 
 #: Neighbours averaged for the density (fewer when the data set is smaller).
 NEIGHBOURS = 20
 #: Modified z-score from which a photo is reported as an outlier.
 OUTLIER_Z = 2.5
+#: Beyond this many photos the neighbours are found once by an index (:mod:`headstart.features.neighbours`) rather
+#: than by all pairs in every round: at 25,000 rows 154 s against 213 s here (benchmarks/scale.py, load 26), and the
+#: gap grows as sqrt(n). (Duplicates need one pass only: all pairs stay faster for them up to ``EXACT_ROWS``.)
+OUTLIER_EXACT_ROWS = 20_000
 
 
 def neighbour_similarity(
@@ -44,6 +50,7 @@ def neighbour_similarity(
     same_group: Sequence[int] | None = None,
     excluded: np.ndarray | None = None,
     block: int = 2048,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Mean cosine similarity of each photo to its ``k`` nearest other photos, shape ``(n,)``.
 
@@ -52,14 +59,20 @@ def neighbour_similarity(
         k: neighbours (at most ``n - 1``).
         same_group: one group id per photo (e.g. its duplicate group); photos of the same group are not neighbours.
         excluded: photos (a boolean mask) that are nobody's neighbour, e.g. those already found to be outliers.
+        neighbours: each photo's nearest others, most similar first, from
+            :func:`~headstart.features.neighbours.nearest_neighbours` (more than ``k``, so that some may be left
+            out): the ``k`` first that are neither of its group nor excluded are averaged, with no all-pairs
+            comparison (what :func:`outlier_scores` does beyond ``OUTLIER_EXACT_ROWS`` photos).
     """
     x = np.asarray(features, dtype=np.float32)
     n = len(x)
     if n < 2:
         return np.ones(n)
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     groups = np.asarray(same_group) if same_group is not None else np.arange(n)
     k = max(1, min(k, n - 1))
+    if neighbours is not None:
+        return _listed_similarity(neighbours, k, groups, excluded)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     result = np.empty(n)
     for start in range(0, n, block):
         sims = unit[start : start + block] @ unit.T
@@ -72,6 +85,22 @@ def neighbour_similarity(
         count = finite.sum(axis=1)
         result[start : start + block] = np.divide(total, count, out=np.ones(len(top)), where=count > 0)
     return result
+
+
+def _listed_similarity(
+    neighbours: tuple[np.ndarray, np.ndarray], k: int, groups: np.ndarray, excluded: np.ndarray | None
+) -> np.ndarray:
+    """The mean similarity of the ``k`` first usable neighbours in each photo's list (1 where none is usable)."""
+    sims, index = neighbours
+    usable = (index >= 0) & np.isfinite(sims)
+    safe = np.maximum(index, 0)
+    usable &= groups[safe] != groups[:, None]
+    if excluded is not None:
+        usable &= ~np.asarray(excluded, dtype=bool)[safe]
+    usable &= np.cumsum(usable, axis=1) <= k
+    count = usable.sum(axis=1)
+    total = np.where(usable, sims, 0.0).sum(axis=1)
+    return np.divide(total, count, out=np.ones(len(sims)), where=count > 0)
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -91,11 +120,15 @@ def outlier_scores(
     same_group: Sequence[int] | None = None,
     threshold: float = OUTLIER_Z,
     max_rounds: int = 5,
+    exact_rows: int = OUTLIER_EXACT_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The outlier score of each photo (the modified z-score of its low neighbour similarity) and that similarity.
 
     Outliers must not vouch for one another (a chart is not typical because a screenshot is near it): the
     similarity is to the photos that are not outliers themselves, found in rounds until the set stops changing.
+
+    Up to ``exact_rows`` photos every pair is compared; beyond, each photo's ``3 * k`` nearest are found once by
+    an index (:mod:`headstart.features.neighbours`) and every round averages the first ``k`` of them that count.
 
     Returns:
         ``(scores, similarity)``, both shape ``(n,)``; outliers are the photos with ``scores >= threshold``.
@@ -105,8 +138,11 @@ def outlier_scores(
         >>> flagged = np.flatnonzero(scores >= OUTLIER_Z)                   # doctest: +SKIP
     """
     flagged = np.zeros(len(features), dtype=bool)
+    lists = None
+    if len(features) > exact_rows:  # found once: the rounds only change who counts
+        lists = nearest_neighbours(unit_rows(features), 3 * k, exact_rows=exact_rows)
     for _ in range(max_rounds):
-        similarity = neighbour_similarity(features, k=k, same_group=same_group, excluded=flagged)
+        similarity = neighbour_similarity(features, k=k, same_group=same_group, excluded=flagged, neighbours=lists)
         scores = -robust_z(similarity)
         now = scores >= threshold
         if np.array_equal(now, flagged):

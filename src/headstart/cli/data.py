@@ -92,11 +92,12 @@ def scan(
         from headstart.data.quarantining import check_destination
 
         check_output(quarantine, "folder", "--quarantine")
-        check_destination(quarantine, root)
+        for given in data:  # each folder scanned (a file: its folder) is data the quarantine must stay out of
+            check_destination(quarantine, given)
     report = scan_files(data, max_pixels=max_pixels_or_none(max_pixels), progress=not as_json)
     moved = []
     if quarantine is not None and report.unusable:
-        moved = move_aside(report, quarantine, root=root)
+        moved = move_aside(report, quarantine, root=root, scanned=data)
     if as_json:
         result = {
             **report.to_dict(),

@@ -140,8 +140,18 @@ def predict(
 @handles_errors
 def export(
     model: ModelArg,
-    format_: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
-    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Default: the model's name with .onnx.")] = None,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx, tflite (LiteRT; with --int8 also a fully int8 copy) or savedmodel (TensorFlow; Keras 3 loads "
+            "it with keras.layers.TFSMLayer). tflite and savedmodel need the tf extra.",
+        ),
+    ] = "onnx",
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Default: the model's name with .onnx, .tflite or _savedmodel."),
+    ] = None,
     int8: Annotated[
         bool,
         typer.Option(
@@ -159,10 +169,16 @@ def export(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model to ONNX, checked numerically against PyTorch; optionally int8 with its accuracy and speed."""
-    if format_ != "onnx":
-        raise ValueError(f"The '--format' option must be 'onnx'. Got {format_!r} instead.")
+    """Export a model to ONNX, LiteRT or a TensorFlow SavedModel, checked against PyTorch in the export's own runtime;
+    optionally int8 with its accuracy."""
+    if format_ not in ("onnx", "tflite", "savedmodel"):
+        raise ValueError(
+            f"The '--format' option must be one of 'onnx', 'tflite', 'savedmodel'. Got {format_!r} instead."
+        )
     check_model_file(model)
+    if format_ != "onnx":
+        export_tf(model, format_, out_path, int8, calibrate, data, as_json)
+        return
     out_path = check_output(out_path or model.with_suffix(".onnx"), "file", "--out", example=model.stem + ".onnx")
     if int8:  # the int8 copy goes beside it
         check_output(out_path.with_name(out_path.stem + ".int8.onnx"), "file", "--int8's copy")
@@ -191,6 +207,48 @@ def export(
         )
         if report.accuracy_int8 is not None:
             line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_onnx:+.3f})"
+        out.print(line)
+
+
+def export_tf(
+    model: Path, format_: str, out_path: Path | None, int8: bool, calibrate: str | None, data: str | None, as_json: bool
+) -> None:
+    """``export --format tflite|savedmodel``: :func:`headstart.workflows.tf_export.export_tensorflow` and its lines."""
+    if int8 and format_ != "tflite":
+        raise ValueError("The '--int8' option needs '--format tflite' (int8 is a LiteRT quantisation).")
+    default = model.with_suffix(".tflite") if format_ == "tflite" else model.with_name(model.stem + "_savedmodel")
+    kind = "file" if format_ == "tflite" else "folder"
+    out_path = check_output(out_path or default, kind, "--out", example=default.name)
+    if int8:
+        check_output(out_path.with_suffix(".int8.tflite"), "file", "--int8's copy")
+    from headstart.models.classifier import Classifier
+    from headstart.workflows.tf_export import export_tensorflow
+
+    report = export_tensorflow(
+        Classifier.load(model), out_path, format=format_, int8=int8, calibrate=calibrate, check_data=data
+    )
+    if as_json:
+        print_json(report.to_dict())
+        return
+    runtime = "LiteRT interpreter" if format_ == "tflite" else "Keras 3 TFSMLayer"
+    out.print(
+        f"wrote {report.path} (classes and preprocessing: {report.metadata}): max |probability difference| vs "
+        f"PyTorch {report.max_abs_diff_probabilities:.2g} in the {runtime} on {report.checked_on}",
+        highlight=False,
+    )
+    if report.quantized is not None:
+        out.print(
+            f"wrote {report.quantized} (int8, calibrated on {report.calibration}): max |probability difference| "
+            f"vs PyTorch {report.max_abs_diff_int8:.2g}",
+            highlight=False,
+        )
+    if report.n_images is not None:
+        line = (
+            f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
+            f"{format_} {report.accuracy_export:.3f}"
+        )
+        if report.accuracy_int8 is not None:
+            line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_export:+.3f})"
         out.print(line)
 
 

@@ -30,7 +30,14 @@ from headstart._console import progress as progress_bar
 from headstart.data.images import DEFAULT_MAX_PIXELS, load_image
 from headstart.errors import UnusableImageError
 
-__all__ = ["Signatures", "hamming", "image_signatures", "perceptual_hash"]
+__all__ = ["SIGNATURE_DECODE", "Signatures", "hamming", "image_signatures", "perceptual_hash"]
+
+#: Photos are hashed from a decode at least this large (JPEG draft mode at 1/2, 1/4 or 1/8 scale, other formats
+#: box-reduced: :func:`headstart.data.images.load_image`), as extraction decodes them for the 224-pixel backbones: a
+#: 12-megapixel phone JPEG then costs about a fifth of its full decode. The pHash reads a 32x32 thumbnail, so it
+#: barely moves; the pixel hash of a photo larger than twice this is a hash of the reduced pixels (the same file
+#: content still gives the same hash; a PNG re-encoding of a large JPEG is then a near duplicate, not an exact one).
+SIGNATURE_DECODE = (256, 256)
 
 _HASH_SIDE = 32
 _LOW = 8
@@ -92,7 +99,7 @@ class Signatures:
 
 def _signature(path: os.PathLike[str] | str, max_pixels: int | None) -> tuple[str | None, int | None, int | None]:
     try:
-        image = load_image(path, max_pixels=max_pixels)
+        image = load_image(path, max_pixels=max_pixels, draft_size=SIGNATURE_DECODE)
     except UnusableImageError:
         return None, None, None
     digest = hashlib.sha256(f"{image.mode} {image.size}".encode())

@@ -12,8 +12,9 @@ A photo moved is a photo that must not be lost, so :func:`quarantine` holds thes
   log's own name, never through a linked folder that leads out;
 - **the folder is not the data**: a destination equal to the data set's root or inside it (other than in a hidden
   folder, which listing skips) is refused before anything moves;
-- **the same file is not taken twice**: a file that is the same file (device and inode, through symlinks) as one
-  the caller keeps is not moved — only a link to it would be.
+- **a kept file is never taken under another name**: a planned name that is a kept one (its folder compared by
+  device and inode, so a folder reached twice or through a link is one folder), or the name a kept symlink
+  resolves to, is not moved; another hard link or a symlink to a kept file may go, the kept file stays whole.
 
 Example:
     >>> from headstart.data.scanning import scan
@@ -44,7 +45,12 @@ class QuarantineWarning(UserWarning):
 
 
 def quarantine(
-    report: Any, destination: str | Path, *, root: str | Path, keep: Iterable[str | Path] = ()
+    report: Any,
+    destination: str | Path,
+    *,
+    root: str | Path,
+    keep: Iterable[str | Path] = (),
+    scanned: Iterable[str | Path] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Move each unusable file out of the data set, so training sees only good photos and nothing is lost.
 
@@ -60,8 +66,10 @@ def quarantine(
         destination: Where to move the files; created if missing. Not the data folder itself, nor inside it
             (except in a hidden folder, e.g. ``root/.quarantine``, which listing skips).
         root: The folder the files' relative paths are kept from.
-        keep: Files that must stay where they are (a duplicate's kept copy, the test photos): a planned file
-            that is the same file as one of them is not moved, with a :class:`QuarantineWarning`.
+        scanned: The folders (or files) that were scanned, which the destination must stay out of; default
+            ``root`` (give them when root is only the common folder of several, e.g. ``scan a/ b/``).
+        keep: Files that must stay where they are (a duplicate's kept copy, the test photos): a planned name that
+            is one of them, or the name a kept symlink points to, is not moved, with a :class:`QuarantineWarning`.
 
     Returns:
         ``(old path, new path)`` for each file moved.
@@ -77,10 +85,11 @@ def quarantine(
     """
     destination, root = Path(destination), Path(root)
     plan = [(item, _relative_name(Path(item.path), root)) for item in report.unusable]
-    check_destination(destination, root)
+    for given in map(Path, scanned if scanned is not None else [root]):
+        check_destination(destination, given)
     if not plan:
         return []
-    kept = {identity: Path(path) for path in keep if (identity := file_identity(path)) is not None}
+    kept = _kept_entries(keep)
     destination.mkdir(parents=True, exist_ok=True)
     log = destination / QUARANTINE_LOG
     with locked_folder(destination):
@@ -90,11 +99,11 @@ def quarantine(
             source = Path(item.path)
             if file_identity(source, follow_symlinks=False) is None:
                 continue  # gone: moved by another process, or deleted since the scan
-            same = kept.get(file_identity(source)) if not source.is_symlink() else None
+            same = kept.get(_entry(source))
             if same is not None:
                 warnings.warn(
-                    f"{source} was not moved: it is the same file as {same}, which is kept "
-                    "(a symlink or hard link to it, or the same folder reached twice)",
+                    f"{source} was not moved: it is {same}, which is kept (the same name reached through another "
+                    "folder, or the file a kept symlink points to)",
                     QuarantineWarning,
                     stacklevel=2,
                 )
@@ -122,6 +131,21 @@ def quarantine(
 
 def _taken(target: Path, todo: list[tuple[Path, Path, Any]]) -> bool:
     return file_identity(target, follow_symlinks=False) is not None or any(t == target for _, t, _ in todo)
+
+
+def _entry(path: Path) -> tuple[object, str]:
+    """A name in a folder, by the folder's device and inode: the same entry however the folder is reached."""
+    return file_identity(path.parent) or os.path.abspath(path.parent), path.name
+
+
+def _kept_entries(keep: Iterable[str | Path]) -> dict[tuple[object, str], Path]:
+    """The entries moving would take from a kept file: its own name, and the name a kept symlink resolves to.
+    (Another hard link, or a symlink to a kept file, is an entry of its own: moving it leaves the kept file whole.)"""
+    kept: dict[tuple[object, str], Path] = {}
+    for path in map(Path, keep):
+        kept[_entry(path)] = path
+        kept.setdefault(_entry(Path(os.path.realpath(path))), path)
+    return kept
 
 
 def _move(source: Path, destination: Path, wanted: Path, log: Path, n_moved: int) -> Path | None:
@@ -204,9 +228,12 @@ def check_destination(destination: Path, root: Path) -> None:
     """
     base = root if root.is_dir() or not root.exists() else root.parent
     try:
-        below = Path(os.path.abspath(destination)).resolve().relative_to(Path(os.path.abspath(base)).resolve())
+        resolved = Path(os.path.abspath(base)).resolve()
+        below = Path(os.path.abspath(destination)).resolve().relative_to(resolved)
     except (ValueError, OSError):
         return
+    if resolved == Path(resolved.anchor):
+        return  # (files from several trees have the file system's root in common: that is no data folder)
     if any(part.startswith(".") for part in below.parts):
         return  # a hidden folder: listing skips it, so the files are not found again
     where = "the data folder itself" if not below.parts else f"inside the data folder {root}"

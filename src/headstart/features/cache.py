@@ -37,12 +37,14 @@ from headstart._io import cache_dir
 from headstart.errors import CacheError
 from headstart.features.cache_schema import SCHEMA_VERSION, import_v1_verdicts, set_up
 from headstart.features.cache_sql import (
+    CLAIM_COLUMNS,
     HOST,
     Transaction,
     damaged,
     decode_row,
     encode_row,
     live,
+    pair_rows,
     pixel_limit,
     put_verdicts,
     rows_in,
@@ -229,12 +231,7 @@ class FeatureCache:
         hashes = [sha for sha, _ in pairs]
         now = time.time()
         with self._connect() as db:
-            stored = {
-                (sha, view)
-                for view, sha in rows_in(
-                    db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
-                )
-            }
+            stored = {(sha, view) for view, sha in pair_rows(db, "vectors", "view, sha256", key, pairs)}
             out.refused = dict(
                 rows_in(
                     db,
@@ -246,13 +243,7 @@ class FeatureCache:
             )
             held = {
                 (sha, view): (who, host, pid, expires)
-                for view, sha, who, host, pid, expires in rows_in(
-                    db,
-                    "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-                    "({marks})",
-                    hashes,
-                    key,
-                )
+                for view, sha, who, host, pid, expires in pair_rows(db, "claims", CLAIM_COLUMNS, key, pairs)
             }
             for pair in dict.fromkeys(pairs):
                 claim = held.get(pair)
@@ -280,23 +271,11 @@ class FeatureCache:
 
     def _busy(self, key: str, pairs: Sequence[Pair], owner: str) -> set[Pair]:
         now = time.time()
-        hashes = [sha for sha, _ in pairs]
         db = self._connection()
-        stored = {
-            (sha, view)
-            for view, sha in rows_in(
-                db, "SELECT view, sha256 FROM vectors WHERE fingerprint=? AND sha256 IN ({marks})", hashes, key
-            )
-        }
+        stored = {(sha, view) for view, sha in pair_rows(db, "vectors", "view, sha256", key, pairs)}
         held = {
             (sha, view)
-            for view, sha, who, host, pid, expires in rows_in(
-                db,
-                "SELECT view, sha256, owner, host, pid, expires_at FROM claims WHERE fingerprint=? AND sha256 IN "
-                "({marks})",
-                hashes,
-                key,
-            )
+            for view, sha, who, host, pid, expires in pair_rows(db, "claims", CLAIM_COLUMNS, key, pairs)
             if who != owner and live(host, pid, expires, now)
         }
         return {pair for pair in pairs if pair in held and pair not in stored}

@@ -37,6 +37,23 @@ __all__ = [
 HOST = socket.gethostname()
 
 
+CLAIM_COLUMNS = "view, sha256, owner, host, pid, expires_at"
+
+
+def pair_rows(
+    db: sqlite3.Connection, table: str, columns: str, key: str, pairs: Sequence[tuple[str, str]]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``table`` (keyed by fingerprint, view, sha256) for these ``(sha256, view)`` pairs, one view at a
+    time, so that every look-up binds the whole primary key: with the view left out, SQLite can use only the
+    fingerprint and reads every stored row of the backbone (a claim then cost 4 ms at 1,000 rows, 227 ms at 64,000)."""
+    by_view: dict[str, list[str]] = {}
+    for sha, view in pairs:
+        by_view.setdefault(view, []).append(sha)
+    sql = f"SELECT {columns} FROM {table} WHERE fingerprint=? AND view=? AND sha256 IN ({{marks}})"
+    for view, hashes in by_view.items():
+        yield from rows_in(db, sql, hashes, key, view)
+
+
 def rows_in(db: sqlite3.Connection, sql: str, keys: Sequence[str], *first: Any) -> Iterator[tuple[Any, ...]]:
     """Rows of ``sql`` (``?`` for each of ``first``, then ``{marks}`` for a chunk of ``keys``), 500 keys at a time
     (SQLite's limit on bound parameters)."""

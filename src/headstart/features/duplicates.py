@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headstart.data.hashing import Signatures, hamming, image_signatures, perceptual_hash
+from headstart.features.neighbours import EXACT_ROWS, nearest_neighbours
 
 __all__ = [
     "COSINE_THRESHOLD",
+    "DUPLICATE_NEIGHBOURS",
     "HAMMING_THRESHOLD",
     "NEAR_RULES",
     "DuplicateGroup",
@@ -62,6 +64,8 @@ COSINE_THRESHOLD = 0.92
 MAX_GROUP_SHARE = 0.02
 #: Without features, the pHash distance up to which two photos are one.
 HAMMING_THRESHOLD = 8
+#: Beyond ``EXACT_ROWS`` photos, the nearest photos in features that each photo is compared with.
+DUPLICATE_NEIGHBOURS = 30
 
 
 @dataclass
@@ -119,17 +123,56 @@ def _hash_bits(hashes: Sequence[int | None]) -> tuple[np.ndarray, np.ndarray]:
     return np.unpackbits(raw.reshape(len(hashes), 8), axis=1).astype(np.float32), known
 
 
+def _neighbour_pairs(
+    unit: np.ndarray,
+    phashes: Sequence[int | None] | None,
+    mirrored: Sequence[int | None] | None,
+    rules: Sequence[tuple[int, float]],
+    exact_rows: int,
+) -> list[tuple[int, int, str]]:
+    """:func:`_candidate_pairs` among each photo's :data:`DUPLICATE_NEIGHBOURS` nearest in features (an index
+    beyond ``exact_rows`` photos): no all-pairs comparison. Copies of one photo are each other's nearest, and
+    union-find chains a larger group through them."""
+    sims, index = nearest_neighbours(unit, DUPLICATE_NEIGHBOURS, exact_rows=exact_rows)
+    floor = COSINE_THRESHOLD if phashes is None else min(cosine for _, cosine in rules)
+    rows, cols = np.nonzero((sims >= floor) & (index >= 0))
+    i, j, cosine = rows, index[rows, cols], sims[rows, cols]
+    if phashes is None:
+        joined, why = np.ones(len(i), dtype=bool), "features"
+    else:
+        known = np.array([h is not None for h in phashes])
+        plain = np.array([h or 0 for h in phashes], dtype=np.uint64)
+        flipped = np.array([h or 0 for h in (mirrored or phashes)], dtype=np.uint64)
+        distance = np.minimum.reduce(
+            [
+                np.bitwise_count(plain[i] ^ plain[j]),
+                np.bitwise_count(plain[i] ^ flipped[j]),
+                np.bitwise_count(plain[j] ^ flipped[i]),
+            ]
+        ).astype(int)
+        distance[~(known[i] & known[j])] = 99
+        joined = np.zeros(len(i), dtype=bool)
+        for max_bits, min_cosine in rules:
+            joined |= (distance <= max_bits) & (cosine >= min_cosine)
+        why = "features+phash"
+    return sorted({(int(min(a, b)), int(max(a, b)), why) for a, b in zip(i[joined], j[joined])})
+
+
 def _candidate_pairs(
     n: int,
     unit: np.ndarray | None,
     phashes: Sequence[int | None] | None,
     mirrored: Sequence[int | None] | None,
     rules: Sequence[tuple[int, float]],
+    exact_rows: int = EXACT_ROWS,
 ) -> list[tuple[int, int, str]]:
     """Pairs (i < j) that one of the ``rules`` joins, with the evidence, computed in blocks (bounded memory).
 
     Without hashes, pairs at or above :data:`COSINE_THRESHOLD`; without features, within :data:`HAMMING_THRESHOLD`.
+    With features and more than ``exact_rows`` photos, only each photo's nearest neighbours are candidates.
     """
+    if unit is not None and n > exact_rows:
+        return _neighbour_pairs(unit, phashes, mirrored, rules, exact_rows)
     bits = views = None
     if phashes is not None:
         bits, known = _hash_bits(phashes)
@@ -171,6 +214,7 @@ def find_duplicates(
     phashes: Sequence[int | None] | None = None,
     mirror_phashes: Sequence[int | None] | None = None,
     rules: Sequence[tuple[int, float]] = NEAR_RULES,
+    exact_rows: int = EXACT_ROWS,
 ) -> list[DuplicateGroup]:
     """Group the photos that are copies of one another; every signal given is used, all aligned by index.
 
@@ -181,6 +225,8 @@ def find_duplicates(
             thresholds were measured on ``tf_efficientnet_lite0`` features (see docs/AUDIT.md).
         phashes, mirror_phashes: perceptual hashes (:func:`image_signatures`).
         rules: ``(max pHash bits, min cosine)`` pairs; a pair within any of them is joined (:data:`NEAR_RULES`).
+        exact_rows: up to this many photos every pair is compared; beyond (with features), each photo's
+            :data:`DUPLICATE_NEIGHBOURS` nearest in features, found by an index (:mod:`headstart.features.neighbours`).
 
     Returns:
         Groups of two or more, exact ones first, then by decreasing similarity.
@@ -209,7 +255,7 @@ def find_duplicates(
             else:
                 first[value] = i
     unit = _normalised(features) if features is not None and n else None
-    for i, j, why in _candidate_pairs(n, unit, phashes, mirror_phashes, rules):
+    for i, j, why in _candidate_pairs(n, unit, phashes, mirror_phashes, rules, exact_rows):
         near.union(i, j)
         evidence.setdefault((i, j), set()).add(why)
     for i in range(n):  # what is exact is near too

@@ -39,6 +39,7 @@ from headstart.features.pipeline import (
     Pipeline,
     decode_size,
     default_precision,
+    mean_of_views,
     prefetched,
 )
 from headstart.features.sharing import claimed_batches, decoder_id, is_permanent, wait_for_others
@@ -235,11 +236,11 @@ def extract_features(
         matrix = np.stack([found["orig"][h] for h in kept_hashes]).astype(np.float32, copy=False)
     else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
         orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
-        matrix = (orig + mirror) / np.float32(2)
+        matrix = mean_of_views(orig, mirror)
     sound = np.isfinite(matrix).all(axis=1)
     if not sound.all():  # (a last guard: no NaN or infinite feature leaves extraction)
         for i in np.asarray(kept)[~sound]:
-            unusable[int(i)] = _non_finite(precision)
+            unusable[int(i)] = _non_finite(pipe.precision)
         kept, matrix = [k for k, ok in zip(kept, sound) if ok], matrix[sound]
         kept_hashes = [h for h, ok in zip(kept_hashes, sound) if ok]
     seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ export's checks. It is the one place that chooses
 - the **batching**: a few photos run synchronously at the lowest latency; many run through an asynchronous queue
   (OpenVINO's ``AsyncInferQueue`` under the THROUGHPUT hint, requests and batch size measured on the machine:
   :mod:`.openvino_runtime`), so decoding the next photos overlaps inferring the last ones,
-- and, for a classifier, the **head and the top-k** (:func:`top_k`).
+- and, for a classifier, the **top-k** and its JSON form (:func:`top_k`, :func:`ranked`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from headstart._math import linear_probabilities
 from headstart._validation import check_choice
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from headstart.features.backbones import Backbone, BackboneSpec
@@ -43,7 +42,9 @@ __all__ = [
     "decode_size",
     "decoded_batches",
     "default_precision",
+    "mean_of_views",
     "prefetched",
+    "ranked",
     "top_k",
 ]
 
@@ -73,18 +74,27 @@ def decode_size(spec: BackboneSpec) -> tuple[int, int]:
     return int(width / crop_pct), int(height / crop_pct)
 
 
+def mean_of_views(orig: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Mirror-averaged features: the mean of the photo's and its mirror image's (the one place they are averaged,
+    whether the views come from the cache or from one forward pass)."""
+    return (orig + mirror) / np.float32(2)
+
+
 def average_views(rows: np.ndarray, n_views: int) -> np.ndarray:
     """Features of photos whose views were embedded photo by photo (``orig``, then ``mirror``): the mean of each
-    photo's rows, as the cache's two stored views are averaged."""
-    if n_views == 1:
-        return rows
-    return (rows[0::2] + rows[1::2]) / np.float32(2)
+    photo's rows (:func:`mean_of_views`)."""
+    return rows if n_views == 1 else mean_of_views(rows[0::2], rows[1::2])
 
 
 def top_k(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
     """The ``k`` most likely labels of one row of probabilities, most likely first (ties in class order)."""
     order = np.argsort(-probabilities, kind="stable")[: min(k, len(classes))]
     return [(classes[j], float(probabilities[j])) for j in order]
+
+
+def ranked(labels: Sequence[str], probabilities: Sequence[float]) -> list[dict[str, Any]]:
+    """Labels with their probabilities as ``predict --json`` and the server write them (6 decimals)."""
+    return [{"label": l, "probability": round(float(p), 6)} for l, p in zip(labels, probabilities)]
 
 
 class Pipeline:
@@ -206,11 +216,6 @@ class Pipeline:
         """Features of decoded photos, now: every view the spec asks for, averaged (``(n, num_features)``)."""
         wanted = [(i, v) for i in range(len(inputs)) for v in self.views]
         return average_views(self.runner().embed(self.stack(inputs), wanted), len(self.views))
-
-    def probabilities(self, inputs: Sequence[Any], head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Class probabilities of decoded photos through a linear head ``(weight, bias)``."""
-        weight, bias = head
-        return linear_probabilities(self.features(inputs), weight, bias)
 
 
 def decoded_batches(

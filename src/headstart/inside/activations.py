@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+import headstart._display as show
+from headstart._names import literal_figure
 from headstart._validation import check_int
 from headstart.inside._common import check_output_file, feature_layers, find_module, load_trunk, say_if_replacing
 
@@ -47,6 +49,14 @@ class FeatureMaps:
         """The ``n`` channels with the highest mean activation, most active first."""
         means = self.activations.reshape(self.activations.shape[0], -1).mean(axis=1)
         return [int(i) for i in np.argsort(-means, kind="stable")[:n]]
+
+    def figure(self, n_channels: int = 16) -> Any:
+        """The photo, its ``n_channels`` most active channels overlaid on it and the positions × channels strip
+        of the final map (a matplotlib figure; :func:`plot_feature_maps` writes the same picture)."""
+        return feature_maps_figure(self, n_channels)
+
+    def _repr_png_(self) -> bytes:
+        return show.figure_png(self.figure())
 
 
 def list_layers(model: Any) -> list[dict[str, Any]]:
@@ -143,11 +153,17 @@ def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = 
 
 def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels: int = 16) -> Path:
     """Write a PNG: the photo, the ``n_channels`` most active channels overlaid on it, and the positions × channels strip."""
-    from matplotlib.figure import Figure
-
     from headstart._io import save_figure
 
     check_int(n_channels, "n_channels", "plot_feature_maps", low=1)
+    return save_figure(feature_maps_figure(fm, n_channels), path)
+
+
+def feature_maps_figure(fm: FeatureMaps, n_channels: int = 16) -> Any:
+    """What :func:`plot_feature_maps` draws, as a matplotlib figure (``FeatureMaps.figure()``)."""
+    from matplotlib.figure import Figure
+
+    check_int(n_channels, "n_channels", "feature_maps_figure", low=1)
     channels = fm.top_channels(n_channels)
     cols = math.ceil(math.sqrt(len(channels)))
     rows = math.ceil(len(channels) / cols)
@@ -185,7 +201,7 @@ def plot_feature_maps(fm: FeatureMaps, path: str | os.PathLike[str], n_channels:
         f"{fm.activations.shape[1]}×{fm.activations.shape[2]})",
         fontsize=9,
     )
-    return save_figure(fig, path)
+    return literal_figure(fig)
 
 
 def featuremaps(

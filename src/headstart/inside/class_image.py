@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import headstart._display as show
 from headstart._io import write_bytes_atomic, write_json
 from headstart._validation import check_choice, check_int, check_number
 from headstart.inside import objectives as obj
@@ -85,6 +86,27 @@ class DreamResult:
     png: Path | None = None
     json: Path | None = None
     strip: Path | None = None
+
+    def _repr_png_(self) -> bytes:
+        """The image itself (what was saved and measured)."""
+        return show.array_png(self.image)
+
+    def _repr_html_(self) -> str:
+        """The image beside what the network says about it."""
+        facts = show.fields(
+            [
+                ("target", f"{self.target} {self.target_name}"),
+                ("target probability", f"{self.start_probability:.3f} at the start → {self.probability:.3f}"),
+                ("network's top answer", f"{self.top_class} ({self.top_probability:.3f})"),
+                ("method", self.method),
+                ("steps", self.steps),
+                ("seconds", round(self.seconds, 1)),
+                ("high-frequency energy", self.high_frequency_energy),
+                ("network", self.network),
+            ]
+        )
+        picture = show.image(self._repr_png_(), f"what {self.network} calls {self.target_name}")
+        return show.card("dream", f"The ideal {self.target_name.split(',')[0]}", picture, facts)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

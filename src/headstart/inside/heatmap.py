@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+import headstart._display as show
+from headstart._names import literal_figure
 from headstart._validation import check_choice
 from headstart.errors import HeadstartError
 from headstart.inside._common import check_output_file, load_target_network, say_if_replacing
@@ -73,6 +75,13 @@ class Explanation:
             "heatmap_shape": list(self.heatmap.shape),
             "out": None if self.out is None else str(self.out),
         }
+
+    def figure(self) -> Any:
+        """The photo and the heat map over it (a matplotlib figure)."""
+        return explanation_figure(self)
+
+    def _repr_png_(self) -> bytes:
+        return show.figure_png(self.figure())
 
 
 def _timm_model(module: Any) -> Any:
@@ -147,9 +156,14 @@ def explain_view(
 
 def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
     """Write a PNG: the photo, and the photo with the heat map overlaid."""
-    from matplotlib.figure import Figure
-
     from headstart._io import save_figure
+
+    return save_figure(explanation_figure(e), path)
+
+
+def explanation_figure(e: Explanation) -> Any:
+    """The photo, and the photo with the heat map overlaid, as a matplotlib figure (a notebook shows it)."""
+    from matplotlib.figure import Figure
 
     h, w = e.heatmap.shape
     fig = Figure(figsize=(2 * 3.2 * w / h + 0.8, 3.6))
@@ -166,7 +180,7 @@ def plot_explanation(e: Explanation, path: str | os.PathLike[str]) -> Path:
         a.axis("off")
     fig.colorbar(shown, ax=axes[1], fraction=0.04, pad=0.02)
     fig.suptitle(e.network, fontsize=8)
-    return save_figure(fig, path)
+    return literal_figure(fig)
 
 
 def explain(

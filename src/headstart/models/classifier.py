@@ -41,10 +41,14 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "predictions": [
-                {"label": l, "probability": round(float(p), 6)} for l, p in zip(self.labels, self.probabilities)
-            ],
+            "predictions": _ranked(self.labels, self.probabilities),
         }
+
+
+def _ranked(labels: list[str], probabilities: list[float]) -> list[dict[str, Any]]:
+    from headstart.features.pipeline import ranked  # (the pipeline's module: imported when something is predicted)
+
+    return ranked(labels, probabilities)
 
 
 @dataclass

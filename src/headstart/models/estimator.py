@@ -161,7 +161,7 @@ class ImageClassifier(ClassifierProtocol):
                 f"Passing a Finetune as 'method' is deprecated and will stop working in headstart {REMOVED_IN}. "
                 "Pass method='finetune', finetune=Finetune(...) instead.",
                 FutureWarning,
-                stacklevel=3,
+                stacklevel=4,  # (the caller of fit)
             )
             if self.finetune is not None:
                 fail(
@@ -439,6 +439,12 @@ class ImageClassifier(ClassifierProtocol):
     def load(cls, path: str | os.PathLike[str]) -> ImageClassifier:
         """The same as :func:`headstart.load` (the one loader), kept as an alias."""
         return load(path)
+
+    def _repr_html_(self) -> str:
+        """The model card a notebook shows (:mod:`headstart.models.card`)."""
+        from headstart.models.card import model_card_html
+
+        return model_card_html(self)
 
 
 def load(path: str | os.PathLike[str]) -> ImageClassifier:

@@ -138,7 +138,7 @@ def split_and_probe(
             feats = extract_features(dataset.paths, backbone, flip_average=True, **extract)  # (all cached)
             feats.n_cached, feats.n_computed, feats.seconds = one_view.n_cached, one_view.n_computed, one_view.seconds
     if feats.unusable:
-        warnings.warn(SkippedFilesWarning(feats.unusable), stacklevel=3)
+        warnings.warn(SkippedFilesWarning(feats.unusable), stacklevel=4)  # (fit's caller)
     usable = dataset.subset(feats.indices.tolist())
     if len(set(usable.labels)) < 2:
         raise DataError(

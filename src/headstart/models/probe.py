@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -35,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from headstart._math import log_softmax, softmax
 from headstart._validation import fail as parameter_error
+from headstart.models.probe_rows import CALIBRATION_ROWS, column_moments, fit_rows, stratified_rows
 from headstart.models.temperature import fit_temperature
 
 try:  # scikit-learn >= 1.6
@@ -45,11 +46,14 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return estimator._validate_data(X, y, **kwargs)
 
 
-__all__ = ["DEFAULT_CS", "LinearProbe", "ProbeWarning"]
+__all__ = ["DEFAULT_CS", "MAX_CV_ROWS", "LinearProbe", "ProbeWarning"]
 
 #: Regularisation strengths tried by default: 8 values log-spaced over 1e-4..1e1 (on features scaled to unit mean
 #: variance).
 DEFAULT_CS: tuple[float, ...] = (1e-4, 5.2e-4, 2.7e-3, 1.4e-2, 7.2e-2, 0.37, 1.9, 10.0)
+
+#: Most rows ``C`` is cross-validated on; beyond, a stratified sample of this many (see ``max_cv_rows``).
+MAX_CV_ROWS = 5000
 
 _TOL = 1e-4  # lbfgs gradient tolerance
 _PATIENCE = 2  # stop walking up the C path once this many larger Cs in a row did no better than the best
@@ -82,6 +86,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             (temperature scaling): predictions are unchanged, probabilities mean what they say. On tiny data the
             temperature is bounded so that the mean out-of-fold top-1 probability stays at most (right + 1/2) /
             (n + 1) (:func:`~headstart.models.temperature.fit_temperature`): 10 of 10 right is not certainty.
+        max_cv_rows: Most rows ``C`` is cross-validated on. With more, ``C`` is chosen on a stratified sample of
+            this many, the temperature is fitted on a held-out stratified tenth (at most 5,000 rows) and the final
+            fit runs over the other rows in float32 with torch's L-BFGS (:mod:`headstart.models.probe_rows`): cost
+            linear in the rows, no float64 copy of the matrix.
 
     Attributes:
         classes_: Class labels, shape ``(n_classes,)``.
@@ -95,6 +103,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Cs_: The ``Cs`` grid, sorted ascending, shape ``(n_Cs,)``.
         n_splits_: Number of folds actually used (0 when cross-validation was skipped).
         n_iter_: lbfgs iterations of the final fit on all the data.
+        n_cv_rows_: Rows ``C`` was cross-validated on (0 without cross-validation).
+        n_calibration_rows_: Rows held out of the final fit for the temperature (0 up to ``max_cv_rows`` rows,
+            where the out-of-fold predictions serve).
         temperature_: The logit divisor from calibration (1.0 without cross-validation or calibration): the
             out-of-fold temperature times ``logit_scale_ratio_``.
         logit_scale_ratio_: How much larger the final fit's weights are than the folds' (their norms' ratio,
@@ -112,12 +123,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         max_iter: int = 1000,
         random_state: int | np.random.RandomState | None = 0,
         calibrate: bool = True,
+        max_cv_rows: int = MAX_CV_ROWS,
     ) -> None:
         self.Cs = Cs
         self.cv = cv
         self.max_iter = max_iter
         self.random_state = random_state
         self.calibrate = calibrate
+        self.max_cv_rows = max_cv_rows
 
     # ------------------------------------------------------------------------------------------------------- fit
     def fit(self, X, y) -> LinearProbe:
@@ -127,7 +140,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             ``self``, fitted.
         """
         Cs = self._check_params()
-        X, y = _validate_data(self, X, y, dtype=np.float64, y_numeric=False)
+        # float32 rows stay float32 (no 8-byte copy of a large matrix); up to max_cv_rows they become float64 below
+        X, y = _validate_data(self, X, y, dtype=(np.float64, np.float32), y_numeric=False)
         check_classification_targets(y)
         classes, y_index, counts = np.unique(y, return_inverse=True, return_counts=True)
         if len(classes) < 2:
@@ -135,6 +149,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 f"LinearProbe needs at least 2 classes, but y holds only one class ({classes[0]!r}). "
                 "Add examples of the other classes."
             )
+        if len(X) > self.max_cv_rows:
+            return self._fit_many_rows(X, y_index, classes, Cs)
+        X = np.asarray(X, dtype=np.float64)
         mean = X.mean(axis=0)
         scale = float(np.sqrt(X.var(axis=0).mean())) or 1.0  # one number for all features; 1 for constant features
         X_scaled = (X - mean) / scale
@@ -182,6 +199,59 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.n_iter_ = n_iter
         self.temperature_ = temperature if self.calibrate else 1.0
         self.logit_scale_ratio_ = ratio
+        self.n_cv_rows_ = len(X) if n_splits else 0
+        self.n_calibration_rows_ = 0
+        return self
+
+    def _fit_many_rows(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray, Cs: np.ndarray) -> LinearProbe:
+        """More rows than ``max_cv_rows``: C by CV on a stratified sample, the temperature on a held-out slice,
+        one L-BFGS fit over the rest (:mod:`headstart.models.probe_rows`)."""
+        seed = self.random_state if _is_int(self.random_state) else 0
+        calibrating = self.calibrate and len(Cs) > 1
+        held = stratified_rows(y, min(CALIBRATION_ROWS, len(y) // 10), seed) if calibrating else np.array([], int)
+        rest = np.setdiff1d(np.arange(len(y)), held)
+        mean, scale = column_moments(X, rest)
+        sample = rest[stratified_rows(y[rest], self.max_cv_rows, seed + 1)]
+        small = clone(self).set_params(max_cv_rows=len(sample), calibrate=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ProbeWarning)
+            small.fit(np.asarray(X[sample], dtype=np.float64), classes[y[sample]])
+        start = (small.coef_ * scale, small.intercept_ + small.coef_ @ mean)  # back onto (x - mean) / scale
+        with warnings.catch_warnings(record=True) as solver_warnings:
+            warnings.simplefilter("always", ConvergenceWarning)
+            weight, bias, n_iter = fit_rows(
+                X,
+                y,
+                rest,
+                C=small.C_,
+                mean=mean,
+                scale=scale,
+                n_classes=len(classes),
+                init=start,
+                max_iter=self.max_iter,
+            )
+        self._warn_convergence(solver_warnings)
+        for message in caught:  # the sample's own warnings (one-sample classes, convergence), as they were
+            warnings.warn_explicit(message.message, message.category, message.filename, message.lineno)
+        coef = weight / scale
+        intercept = bias - coef @ mean
+        temperature = 1.0
+        if len(held):
+            logits = np.asarray(X[held], dtype=np.float64) @ coef.T + intercept
+            temperature = fit_temperature(logits, y[held])
+            coef, intercept = coef / temperature, intercept / temperature
+        self.coef_, self.intercept_, self.classes_ = coef, intercept, classes
+        self.C_, self.Cs_ = small.C_, Cs
+        self.cv_accuracies_, self.cv_accuracy_, self.n_splits_ = (
+            small.cv_accuracies_,
+            small.cv_accuracy_,
+            small.n_splits_,
+        )
+        self.n_iter_ = n_iter
+        self.temperature_ = temperature
+        self.logit_scale_ratio_ = 1.0
+        self.n_cv_rows_ = small.n_cv_rows_
+        self.n_calibration_rows_ = len(held)
         return self
 
     def _cross_validate(
@@ -257,6 +327,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             fail("cv", "an int in [2, inf)")
         if not _is_int(self.max_iter) or self.max_iter < 1:
             fail("max_iter", "an int in [1, inf)")
+        if not _is_int(self.max_cv_rows) or self.max_cv_rows < 2:
+            fail("max_cv_rows", "an int in [2, inf)")
         if not isinstance(self.calibrate, (bool, np.bool_)):
             fail("calibrate", "a bool")
         if not (

@@ -28,6 +28,6 @@ _MODULES = {
         "write_metric_pictures",
     ),
     "running": ("RunningScores",),
-    "plots": ("fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
+    "plots": ("confusion_figure", "fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

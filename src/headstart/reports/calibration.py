@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from headstart._io import save_figure
+from headstart._names import literal_figure
 from headstart._validation import check_int
 
 __all__ = [
@@ -237,4 +238,4 @@ def reliability_figure(metrics: dict[str, Any], *, title: str = "Reliability") -
     bottom.bar(lows, [row["count"] for row in table], width=width, align="edge", color="grey")
     bottom.set(xlabel="top-1 probability (confidence)", ylabel="photos")
     bottom.grid(alpha=0.3)
-    return fig
+    return literal_figure(fig)

@@ -28,7 +28,7 @@ import numpy as np
 from headstart._io import save_figure
 from headstart._validation import check_int
 
-__all__ = ["fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"]
+__all__ = ["confusion_figure", "fraction_axis", "integer_axis", "plot_confusion_matrix", "plot_image_grid"]
 
 DPI = 120
 _PLACEHOLDER_GREY = 200
@@ -115,6 +115,15 @@ def plot_confusion_matrix(
         PosixPath('cm.png')
     """
     return save_figure(_confusion_figure(matrix, class_names, title=title, normalize=normalize), path, dpi=DPI)
+
+
+def confusion_figure(
+    matrix: np.ndarray, class_names: Sequence[str], *, title: str = "Confusion matrix", normalize: bool = False
+) -> Any:
+    """The picture :func:`plot_confusion_matrix` writes, as a matplotlib figure (a notebook shows it)."""
+    from headstart._names import literal_figure
+
+    return literal_figure(_confusion_figure(matrix, class_names, title=title, normalize=normalize))
 
 
 def _confusion_figure(matrix: np.ndarray, class_names: Sequence[str], *, title: str, normalize: bool) -> Any:

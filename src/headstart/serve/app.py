@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from headstart._version import __version__
 from headstart.serve.batching import ShuttingDownError
@@ -307,6 +308,10 @@ def _add_error_handlers(api: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @api.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:  # no one reads it; no traceback either
+        return _error_response(request, ApiError(400, "client_disconnected", "The client left before its body ended."))
 
     @api.exception_handler(ShuttingDownError)
     async def stopping(request: Request, exc: ShuttingDownError) -> JSONResponse:

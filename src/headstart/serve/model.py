@@ -19,7 +19,7 @@ import numpy as np
 
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
 from headstart.errors import UnusableImageError
-from headstart.features.pipeline import Pipeline, top_k
+from headstart.features.pipeline import Pipeline, ranked, top_k
 from headstart.models.classifier import Classifier
 from headstart.serve.batching import ShuttingDownError
 
@@ -156,7 +156,8 @@ class ServedModel:
 
     def top(self, probabilities: np.ndarray, k: int) -> list[dict[str, Any]]:
         """The ``k`` most likely labels, as ``headstart predict --json`` writes them (stable order, 6 decimals)."""
-        return [{"label": l, "probability": round(p, 6)} for l, p in top_k(probabilities, self.classes, k)]
+        best = top_k(probabilities, self.classes, k)
+        return ranked([l for l, _ in best], [p for _, p in best])
 
     # ----------------------------------------------------------------------------------------- explanation
     def explain_png(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+import headstart._display as show
 from headstart._io import write_json
 from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
@@ -64,6 +65,45 @@ class Evaluation:
             "brier": self.calibration.get("brier"),
             "calibration": self.calibration,
         }
+
+    def figures(self) -> dict[str, Any]:
+        """The confusion matrix and the reliability diagram as matplotlib figures (a notebook shows them)."""
+        from headstart.reports.calibration import reliability_figure
+        from headstart.reports.plots import confusion_figure
+
+        found = {}
+        if self.details.get("confusion_matrix"):
+            found["confusion_matrix"] = confusion_figure(self.details["confusion_matrix"], self.details["classes"])
+        if self.calibration.get("reliability"):
+            found["reliability"] = reliability_figure(self.calibration)
+        return found
+
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the scores, each class's precision and recall, the pictures."""
+        from headstart.reports.calibration import format_ece
+
+        parts = [
+            show.fields(
+                [
+                    ("photos scored", self.n_images),
+                    ("accuracy", show.percent(self.accuracy)),
+                    ("top-5 accuracy", show.percent(self.top5_accuracy)),
+                    ("calibration", format_ece(self.calibration) if self.calibration else ...),
+                    ("NLL", self.calibration.get("nll")),
+                    ("Brier", self.calibration.get("brier")),
+                    ("photos skipped (unusable)", len(self.skipped) if self.skipped else ...),
+                    ("labels the model does not know", self.unknown_labels or ...),
+                ]
+            )
+        ]
+        per_class = self.details.get("per_class", {})
+        if per_class:
+            rows = [(name, c.get("precision"), c.get("recall"), c.get("support")) for name, c in per_class.items()]
+            parts.append(show.table(["class", "precision", "recall", "photos"], rows, limit=40))
+        parts += [show.image(show.figure_png(fig), name) for name, fig in self.figures().items()]
+        if self.skipped:
+            parts.append(show.table(["skipped file", "why"], [(s["path"], s["reason"]) for s in self.skipped]))
+        return show.card("evaluation", "Evaluation", *parts)
 
 
 def as_classifier(model: Any, caller: str) -> Classifier:

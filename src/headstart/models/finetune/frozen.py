@@ -19,10 +19,14 @@ Example:
 from __future__ import annotations
 
 import random
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from headstart.features.openvino import available as openvino_available
+from headstart.features.openvino_modules import frozen_runner
 
 __all__ = ["BANK_BYTES", "ActivationBank", "Split", "clear_banks", "split_network"]
 
@@ -104,11 +108,21 @@ def split_network(network: Any, unfreeze: str) -> Split | None:
         return None
     frozen = stages[:first]
 
-    def prefix(x):
-        x = stem(x)
-        for stage in frozen:
-            x = stage(x)
-        return x
+    class Prefix(torch.nn.Module):
+        """The frozen stem and stages, ``images -> activations`` (a module, so an engine can convert it)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.ModuleList(stem_modules)
+            self.stages = torch.nn.ModuleList(frozen)
+
+        def forward(self, x):
+            x = stem(x)
+            for stage in self.stages:
+                x = stage(x)
+            return x
+
+    prefix = Prefix()
 
     class Tail(torch.nn.Module):
         """The trainable stages, pooling, dropout and head, from the frozen prefix's activations."""
@@ -148,6 +162,7 @@ class ActivationBank:
         precision: str,
         device: str = "cpu",
         batch_size: int = 32,
+        engine_key: str | None = None,
     ) -> None:
         from headstart.models.finetune.parts import photo_transform
 
@@ -160,6 +175,11 @@ class ActivationBank:
         self.seconds = 0.0
         self.computed = 0
         self.bytes_per_view = 0
+        #: where the frozen stages run: OpenVINO (converted once a machine, keyed by ``engine_key``: the trunk's
+        #: content fingerprint and the cut) on a CPU where it is installed, else torch; decided on first use
+        self.engine_key = engine_key
+        self.engine: str | None = None
+        self._runner: Any = None
 
     @classmethod
     def shared(
@@ -179,7 +199,8 @@ class ActivationBank:
         key = (spec.fingerprint, split.where, augment, seed, precision, device, repr(sorted(spec.data_config.items())))
         bank = _BANKS.get(key)
         if bank is None:
-            bank = cls(split, spec.data_config, augment, seed, precision, device, batch_size)
+            engine_key = f"{spec.fingerprint}|{split.where}"
+            bank = cls(split, spec.data_config, augment, seed, precision, device, batch_size, engine_key)
             _BANKS[key] = bank
             while len(_BANKS) > _MAX_BANKS:
                 _BANKS.popitem(last=False)
@@ -255,21 +276,47 @@ class ActivationBank:
                 x = torch.stack([transform(sha, image) for (sha, _), image in zip(batch, images)]).to(self.device)
                 if mirror:
                     x = torch.cat([x, x.flip(-1)])
-                if self.device == "cpu":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(
-                        device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.precision == "bf16"
-                    ),
-                ):
-                    acts = self.split.prefix(x).to(store)
+                run = self._engine(tuple(x.shape[1:]))
+                if run is not None:
+                    acts = torch.from_numpy(run(x.float().numpy())).to(store)
+                else:
+                    if self.device == "cpu":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(
+                            device_type=self.device.split(":")[0],
+                            dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16",
+                        ),
+                    ):
+                        acts = self.split.prefix(x).to(store)
                 # (cloned outside inference mode: a plain tensor that training may use as its input)
                 acts = acts.reshape(views, len(batch), *acts.shape[1:]).transpose(0, 1).clone()
                 self.bytes_per_view = acts[0, 0].numel() * acts.element_size()
                 self.seconds += time.perf_counter() - began
                 self.computed += len(batch) * views
                 yield from ((sha, acts[i]) for i, (sha, _) in enumerate(batch))
+
+    def _engine(self, input_shape: tuple[int, ...]) -> Any:
+        """The OpenVINO runner of the frozen stages, or None for torch (a GPU, no OpenVINO, no content key, or a
+        conversion that failed: said once, and torch computes the same activations)."""
+        if self.engine is None:
+            self.engine = "torch"
+            if self.device == "cpu" and self.engine_key is not None and openvino_available():
+                try:
+                    self._runner = frozen_runner(
+                        self.split.prefix, key=self.engine_key, input_shape=input_shape, precision=self.precision
+                    )
+                    self.engine = "openvino"
+                except Exception as exc:  # (an architecture OpenVINO cannot trace: torch runs it, as before)
+                    warnings.warn(
+                        f"The frozen stages could not be converted to OpenVINO ({type(exc).__name__}: {exc}); "
+                        "they run in torch (slower, the same result).",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+        return self._runner if self.engine == "openvino" else None
 
     def nbytes(self) -> int:
         """Bytes held."""

@@ -406,21 +406,28 @@ class _Cached:
         self.steps_per_epoch = (
             len(train) // config.batch_size if self.drop_last else math.ceil(len(train) / config.batch_size)
         )
-        with progress_bar(progress, views + bool(val), "frozen stages, once") as advance:
-            for view in range(views if epochs else 0):
-                bank.training_views(train, view)
-                advance(1)
+        # Only the first epoch's views now: early stopping usually ends a run long before every view is used, and
+        # each later epoch computes its own view when it starts (kept for the refit and later fits in the process).
+        with progress_bar(progress, 1 + bool(val), "frozen stages") as advance:
+            if epochs:
+                bank.training_views(train, 0)
+            advance(1)
             if val:
                 bank.plain_views(val)
                 advance(1)
-        self.computed, self.seconds = bank.computed - computed, bank.seconds - seconds
+        self._count_from(computed, seconds)
         self.total_seconds = time.perf_counter() - started
         if progress:
             say(
-                f"frozen stages (up to {split.where}) run once: {self.computed} photo views in "
-                f"{self.seconds:.1f} s ({views} augmented view(s) a photo; the epochs train {split.where} onwards)"
+                f"frozen stages (the stem up to {split.where}, on {bank.engine}): {self.computed} photo views in "
+                f"{self.seconds:.1f} s; the epochs train {split.where} and the layers after it, each epoch on its own "
+                f"augmented view ({views} kept a photo)"
             )
         return self
+
+    def _count_from(self, computed: int, seconds: float) -> None:
+        self._start = (computed, seconds)
+        self.computed, self.seconds = self.bank.computed - computed, self.bank.seconds - seconds
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -428,7 +435,8 @@ class _Cached:
     def batches(self, epoch: int):
         import torch
 
-        acts = self.bank.training_views(self.train, epoch % self.views)
+        acts = self.bank.training_views(self.train, epoch % self.views)  # (computed at its epoch's start)
+        self._count_from(*self._start)
         labels = torch.from_numpy(self.train_labels)
         order = torch.randperm(len(self.train), generator=self.generator)
         end = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
@@ -458,6 +466,7 @@ class _Cached:
         return {
             "cached": True,
             "up_to": self.split.where,
+            "engine": self.bank.engine,
             "views": self.views,
             "photo_views": self.computed,
             "seconds": round(self.seconds, 3),

@@ -1,0 +1,207 @@
+"""How headstart's steps grow with the data: wall time, peak memory and the growth exponent, beside the plain approach.
+
+    .venv/bin/python benchmarks/scale.py                          # 5,000 and 20,000 rows (a shared machine)
+    .venv/bin/python benchmarks/scale.py --sizes 30000 300000     # the target sizes, on a quiet machine
+    .venv/bin/python benchmarks/scale.py --plain-max 20000        # plain approaches up to this many rows only
+
+Every measurement runs in its own process (peak memory = that process's maximum resident set, imports included) on
+synthetic feature rows: ``d = 1280`` (``tf_efficientnet_lite0``), 37 classes of Gaussian clusters, 1% near copies
+(another row plus a little noise) and 0.2% outliers (random directions) injected, so that the recall of copies and
+outliers is measured along with the time. Steps:
+
+* ``probe``: :class:`~headstart.models.probe.LinearProbe` (C on a sample beyond ``max_cv_rows``, torch L-BFGS over
+  all rows) against the plain one (``max_cv_rows`` = all rows: C cross-validated over all rows, scikit-learn);
+* ``duplicates``: :func:`~headstart.features.duplicates.find_duplicates` on features (an index beyond
+  ``EXACT_ROWS``) against all pairs (``exact_rows`` = all rows);
+* ``outliers``: :func:`~headstart.audit.outliers.outlier_scores`, the same two ways;
+* ``cache``: reading every row back from a :class:`~headstart.features.cache.FeatureCache` (``get_many``) and
+  stacking the matrix (what ``extract_features`` does), against the matrix's own size;
+* ``phone``: :func:`~headstart.features.duplicates.image_signatures` of 12-megapixel JPEGs (made from the bundled
+  photos), decoded reduced (JPEG draft) against a full decode.
+
+The growth exponent is ``log(t2 / t1) / log(n2 / n1)`` between the two largest sizes measured. Rewrites the "scale"
+section of docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section
+
+D, CLASSES = 1280, 37
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, labels, the (original, copy) pairs injected and the outlier rows."""
+    rng = np.random.default_rng(seed)
+    centres = 0.35 * rng.normal(size=(CLASSES, D)).astype(np.float32)  # about 90% accuracy for a linear probe
+    y = rng.integers(0, CLASSES, n)
+    X = np.empty((n, D), dtype=np.float32)
+    for start in range(0, n, 20_000):
+        stop = min(n, start + 20_000)
+        X[start:stop] = centres[y[start:stop]] + 2.5 * rng.normal(size=(stop - start, D)).astype(np.float32)
+    X = np.maximum(X, 0)  # post-ReLU-like features: all positive, like a backbone's pooled features
+    copies = rng.choice(n, 2 * (n // 100), replace=False).reshape(-1, 2)
+    X[copies[:, 1]] = X[copies[:, 0]] + 0.05 * rng.normal(size=(len(copies), D)).astype(np.float32)
+    y[copies[:, 1]] = y[copies[:, 0]]
+    outliers = np.setdiff1d(rng.choice(n, max(1, n // 500), replace=False), copies.ravel())
+    X[outliers] = 0.0  # a few strong features only: unlike every class (a chart among photos)
+    for row in outliers:
+        X[row, rng.choice(D, 64, replace=False)] = rng.uniform(0, 20, 64)
+    return X, y, copies, outliers
+
+
+def run_one(step: str, way: str, n: int) -> dict:
+    X, y, copies, outliers = synthetic(n)
+    out: dict = {}
+    start = time.perf_counter()
+    if step == "probe":
+        from headstart.models.probe import LinearProbe
+
+        train = np.arange(n) % 10 != 0
+        probe = LinearProbe(**({"max_cv_rows": n} if way == "plain" else {})).fit(X[train], y[train])
+        out["accuracy"] = round(float(np.mean(probe.predict(X[~train]) == y[~train])), 4)
+    elif step == "duplicates":
+        from headstart.features.duplicates import find_duplicates
+
+        groups = find_duplicates(features=X, **({"exact_rows": n} if way == "plain" else {}))
+        together = {(a, b) for g in groups for a in g.members for b in g.members}
+        out["copy_recall"] = round(float(np.mean([(int(a), int(b)) in together for a, b in copies])), 4)
+    elif step == "outliers":
+        from headstart.audit.outliers import OUTLIER_Z, outlier_scores
+
+        scores, _ = outlier_scores(X, **({"exact_rows": n} if way == "plain" else {}))
+        out["outlier_recall"] = round(float(np.mean(scores[outliers] >= OUTLIER_Z)), 4)
+    elif step == "cache":
+        from headstart.features.cache import FeatureCache
+
+        with tempfile.TemporaryDirectory() as folder:
+            cache = FeatureCache(Path(folder) / "features.sqlite")
+            hashes = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(n)]  # stored in random key order
+            for s in range(0, n, 5000):
+                cache.put_many("fp", list(zip(hashes[s : s + 5000], X[s : s + 5000])))
+            del X
+            out["file_mb"] = round(os.path.getsize(Path(folder) / "features.sqlite") / 2**20, 1)
+            start = time.perf_counter()
+            found = cache.get_many("fp", hashes)
+            matrix = np.stack([found[h] for h in hashes])
+            out["matrix_mb"] = round(matrix.nbytes / 2**20, 1)
+    elif step == "phone":
+        from PIL import Image
+
+        from headstart.data import hashing
+        from headstart.data.images import load_image
+
+        sample = Path(__file__).resolve().parents[1] / "src" / "headstart" / "sample_data" / "pets"
+        with tempfile.TemporaryDirectory() as folder:
+            paths = []
+            for k, photo in enumerate(sorted(sample.rglob("*.jpg"))[:n]):
+                with Image.open(photo) as image:
+                    big = image.convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
+                paths.append(Path(folder) / f"{k}.jpg")
+                big.save(paths[-1], quality=92)
+            out["mb_per_photo"] = round(sum(p.stat().st_size for p in paths) / len(paths) / 2**20, 1)
+            if way == "plain":
+                hashing.SIGNATURE_DECODE = None  # the full decode the hashes had before
+            start = time.perf_counter()
+            hashing.image_signatures(paths, workers=2)
+            out["ms_per_photo"] = round(1000 * (time.perf_counter() - start) / len(paths), 1)
+            start = time.perf_counter()
+            for p in paths:
+                load_image(p, draft_size=(256, 256))
+            out["extraction_decode_ms"] = round(1000 * (time.perf_counter() - start) / len(paths), 1)
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def measure(step: str, way: str, n: int) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", step, way, str(n)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def exponent(rows: list[tuple[int, dict]]) -> str:
+    timed = [(n, r["seconds"]) for n, r in rows if "seconds" in r and r["seconds"] > 0]
+    if len(timed) < 2:
+        return "–"
+    (n1, t1), (n2, t2) = timed[-2], timed[-1]
+    return f"n^{math.log(t2 / t1) / math.log(n2 / n1):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    parser.add_argument("--plain-max", type=int, default=20000, help="largest size the plain approaches run at")
+    parser.add_argument("--plain-probe-max", type=int, default=10000, help="largest size the plain probe runs at")
+    parser.add_argument("--steps", nargs="+", default=["probe", "duplicates", "outliers", "cache", "phone"])
+    parser.add_argument("--phone-photos", type=int, default=8)
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        step, way, n = args.one
+        print(json.dumps(run_one(step, way, int(n))))
+        return
+
+    lines = [
+        "| step | way | rows | wall s | peak MB | details |",
+        "|---|---|---|---|---|---|",
+    ]
+    growth = []
+    for step in args.steps:
+        ways = ("headstart", "plain") if step not in ("cache",) else ("headstart",)
+        sizes = [args.phone_photos] if step == "phone" else args.sizes
+        for way in ways:
+            rows = []
+            for n in sizes:
+                limit = args.plain_probe_max if step == "probe" else args.plain_max
+                if way == "plain" and n > limit and step != "phone":
+                    continue
+                result = measure(step, way, n)
+                rows.append((n, result))
+                details = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("seconds", "peak_mb"))
+                line = f"| {step} | {way} | {n:,} | {result.get('seconds', '–')} | {result.get('peak_mb', '–')} | {details} |"
+                print(line, flush=True)
+                lines.append(line)
+            if step != "phone":
+                growth.append(f"{step} ({way}): {exponent(rows)}")
+    load = os.getloadavg()
+    body = "\n".join(
+        [
+            "## Scale: time, memory and growth on synthetic feature rows",
+            "",
+            f"`python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --plain-max {args.plain_max} "
+            f"--plain-probe-max {args.plain_probe_max}` — "
+            f"synthetic rows of {D} features, 37 classes, 1% near copies and 0.2% outliers injected (the script's "
+            "docstring); each cell is its own process, peak memory includes the imports (about 800 MB with torch "
+            f"and scikit-learn). Machine: {os.uname().machine}, {os.cpu_count()} CPU(s), load average "
+            f"{load[0]:.1f} at the end of the run (shared with other jobs: absolute times are inflated, the ratios "
+            "and exponents are what to read).",
+            "",
+            *lines,
+            "",
+            "Growth between the two largest sizes: " + "; ".join(growth) + ".",
+        ]
+    )
+    print(write_section("scale", body))
+
+
+if __name__ == "__main__":
+    main()
