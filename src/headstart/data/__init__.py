@@ -37,6 +37,6 @@ _MODULES = {
     "quarantining": ("QUARANTINE_LOG", "QuarantineWarning", "check_destination", "quarantine"),
     "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
-    "hashing": ("Signatures", "hamming", "image_signatures", "perceptual_hash"),
+    "hashing": ("SIGNATURE_DECODE", "Signatures", "hamming", "image_signatures", "perceptual_hash"),
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -64,6 +64,7 @@ _MODULES = {
     ),
     "duplicates": (
         "COSINE_THRESHOLD",
+        "DUPLICATE_NEIGHBOURS",
         "HAMMING_THRESHOLD",
         "NEAR_RULES",
         "DuplicateGroup",
