@@ -494,11 +494,16 @@ def run_case(number: int, folder: Path, photo: Path) -> dict[str, Any]:
         model = Classifier.load(path)
         result["loaded"] = True
         predictions = model.predict([photo], top_k=3, cache=FeatureCache(cache_file), engine="torch")
-        (first,) = predictions.to_list()
-        assert [p["label"] for p in first["predictions"]][:1] and all(
-            label in model.classes for label in (p["label"] for p in first["predictions"])
-        ), first
-        result["outcome"] = "predicted"
+        if not predictions.predictions:  # (weights that compute NaN: the photo is named as unusable, with why)
+            (skipped,) = predictions.unusable
+            assert skipped.reason, skipped
+            result.update(outcome="skipped", message=skipped.reason[:400])
+        else:
+            (first,) = predictions.to_list()
+            assert [p["label"] for p in first["predictions"]][:1] and all(
+                label in model.classes for label in (p["label"] for p in first["predictions"])
+            ), first
+            result["outcome"] = "predicted"
     except ModelFileError as exc:
         result.update(outcome="ModelFileError", message=str(exc)[:400], names_file=str(path) in str(exc))
     except HeadstartError as exc:

@@ -299,7 +299,7 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
             f"{MAX_RESIZE_SIDE} px before the crop (side / crop_pct)"
         )
     for key, low in (("mean", -1e3), ("std", 1e-3)):
-        values = config.get(key, [0.5, 0.5, 0.5])
+        values = config.get(key)  # (no default: every engine normalises by the file's own mean and std)
         if not (
             isinstance(values, list) and len(values) == 3 and all(_is_number(v) and low <= v <= 1e3 for v in values)
         ):
