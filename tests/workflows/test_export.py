@@ -188,7 +188,8 @@ def test_cli_int8_calibrates_on_the_photos_given_or_says_what_to_pass(
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert list(report) == CHECK_KEYS + INT8_KEYS + ACCURACY_KEYS + ["accuracy_int8"]
+    assert list(report) == CHECK_KEYS + INT8_KEYS + ACCURACY_KEYS + ["accuracy_int8", "skipped"]
+    assert report["skipped"] == [], "every command's --json lists the photos it skipped"
     assert Path(report["calibration"]) == few and Path(report["quantized"]).is_file()
     assert report["ms_per_photo_int8"] > 0 and report["ms_per_photo_onnx"] > 0 and report["n_images"] == 24
 

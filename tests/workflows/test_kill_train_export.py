@@ -115,9 +115,9 @@ def _model_state(model: Path, run: Path, old: bytes, new_source: Path, since: fl
     for name in RUN_FILES:
         written = (run / name).stat().st_mtime_ns
         assert since <= written <= model.stat().st_mtime_ns, f"{name} is not from the run that wrote the model"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["seconds"] == metadata["metrics"]["seconds"], "the run folder is the new model's"
-    assert json.loads((run / "config.json").read_text())["data"] == str(new_source)
+    config = json.loads((run / "config.json").read_text())
+    assert config["run_id"] == metadata["run_id"], "the run folder is the new model's"
+    assert config["data"] == str(new_source)
     return "new"
 
 
