@@ -80,7 +80,9 @@ def test_ctrl_c_during_start_up(module: str, sample: Path, tmp_path: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        # an empty per-machine store: the backbone is converted, so start-up goes through torch and timm (with the
+        # store another test filled, extract needs neither)
+        env={**ENV, "HEADSTART_ENGINE_DIR": str(tmp_path / "engines")},
     )
     seen = []
     for line in proc.stderr:
@@ -154,6 +156,8 @@ def test_ctrl_c_while_extracting_keeps_what_was_committed(sample: Path, tmp_path
             str(sample / "train"),
             "--batch-size",
             "4",
+            "--engine",
+            "torch",  # (slow enough to be caught mid-way, whatever the per-machine store holds)
             "--cache-dir",
             str(cache),
         ],
