@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from headstart._console import say
-from headstart._io import engine_dir, write_bytes_atomic, write_failure
+from headstart._io import engine_dir
 from headstart._validation import ParameterError, check_choice
 from headstart.features.backbones import Backbone, BackboneSpec
-from headstart.features.openvino_runtime import OpenVinoRunner, rows_fitting_memory
+from headstart.features.openvino_runtime import OpenVinoRunner, rows_fitting_memory, save_ir
 from headstart.features.preprocess import supports, uint8_crop
 
 __all__ = ["INT8_PRECISION", "available", "converted_path", "openvino_embedder", "resolve_engine"]
@@ -146,7 +146,6 @@ def _convert_announced(load: Callable[[], Backbone], path: Path, spec: BackboneS
 def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
     """Convert the backbone's single-view embedding to IR with uint8 NHWC input (normalised in the graph), int8
     quantised by NNCF when asked, and save it atomically (the weights first, the ``.xml`` that names them last)."""
-    import tempfile
     import warnings
 
     import openvino
@@ -170,14 +169,7 @@ def _convert(backbone: Backbone, path: Path, *, int8: bool) -> None:
     model = ppp.build()
     if int8:
         model = _quantised(model, spec)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
-        staged = Path(tmp) / "model.xml"
-        try:
-            openvino.save_model(model, str(staged), compress_to_fp16=False)
-        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
-            raise write_failure(path, exc) from exc
-        write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
-        write_bytes_atomic(path, staged.read_bytes())
+    save_ir(model, path)
 
 
 def _quantised(model: Any, spec: BackboneSpec) -> Any:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from headstart._console import say
-from headstart._io import engine_dir, write_bytes_atomic, write_failure
-from headstart.features.openvino_runtime import compiled_model
+from headstart._io import engine_dir
+from headstart.features.openvino_runtime import compiled_model, save_ir
 
 __all__ = ["frozen_module_path", "frozen_runner"]
 
@@ -61,7 +61,6 @@ def frozen_runner(
 def _convert(module: Any, path: Path, input_shape: tuple[int, int, int]) -> None:
     """Trace ``module`` (eval mode, fp32) into OpenVINO IR with a dynamic batch; save it atomically (the weights
     first, the ``.xml`` that names them last)."""
-    import tempfile
     import warnings
 
     import openvino
@@ -72,11 +71,4 @@ def _convert(module: Any, path: Path, input_shape: tuple[int, int, int]) -> None
         warnings.simplefilter("ignore")  # (torch.jit.trace's deprecation notes: nothing a user can act on)
         model = openvino.convert_model(module.eval(), example_input=torch.zeros(1, *input_shape))
     model.reshape({model.inputs[0]: openvino.PartialShape([-1, *input_shape])})
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / "model.xml"
-        try:
-            openvino.save_model(model, str(staged), compress_to_fp16=False)
-        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
-            raise write_failure(path, exc) from exc
-        write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
-        write_bytes_atomic(path, staged.read_bytes())
+    save_ir(model, path)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart._console import say
-from headstart._io import engine_dir, umask_mode, write_bytes_atomic
+from headstart._io import engine_dir, umask_mode, write_bytes_atomic, write_failure
 
 if TYPE_CHECKING:
     import openvino
@@ -115,6 +115,23 @@ def _calibrate(compiled: Any, size: int, seconds: float = 0.25) -> Plan:
     best = max(measured, key=measured.__getitem__)
     requests, batch = (int(v) for v in best.split("x"))
     return Plan(requests, batch, round(measured[best], 1), {k: round(v, 1) for k, v in measured.items()})
+
+
+def save_ir(model: Any, path: Path) -> None:
+    """Save an OpenVINO model as IR at ``path`` atomically: staged beside it, then the weights (``.bin``) first and
+    the ``.xml`` that names them last, so a reader never finds an ``.xml`` without its weights."""
+    import tempfile
+
+    import openvino
+
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.is_dir() else None) as tmp:
+        staged = Path(tmp) / "model.xml"
+        try:
+            openvino.save_model(model, str(staged), compress_to_fp16=False)
+        except RuntimeError as exc:  # (OpenVINO keeps no errno: the file system is asked why, naming the file)
+            raise write_failure(path, exc) from exc
+        write_bytes_atomic(path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
+        write_bytes_atomic(path, staged.read_bytes())
 
 
 @lru_cache(maxsize=8)
