@@ -38,6 +38,7 @@ __all__ = [
     "ece_noise_floor",
     "expected_calibration_error",
     "format_ece",
+    "no_calibration",
     "plot_reliability",
     "reliability_figure",
 ]
@@ -90,6 +91,21 @@ def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
     return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
 
 
+def no_calibration(bins: int = ECE_BINS) -> dict[str, Any]:
+    """:func:`calibration_metrics`'s dict when there are no photos: every number None."""
+    return {
+        "ece": None,
+        "ece_floor": None,
+        "ece_floor_p95": None,
+        "nll": None,
+        "brier": None,
+        "mean_confidence": None,
+        "accuracy": None,
+        "bins": bins,
+        "reliability": [],
+    }
+
+
 def calibration_metrics(
     y_true: Sequence[str], proba: np.ndarray, classes: Sequence[str], bins: int = ECE_BINS
 ) -> dict[str, Any]:
@@ -112,17 +128,7 @@ def calibration_metrics(
     y = np.array([index[t] for t in y_true], dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64).reshape(len(y), len(classes))
     if len(y) == 0:
-        return {
-            "ece": None,
-            "ece_floor": None,
-            "ece_floor_p95": None,
-            "nll": None,
-            "brier": None,
-            "mean_confidence": None,
-            "accuracy": None,
-            "bins": bins,
-            "reliability": [],
-        }
+        return no_calibration(bins)
     pred = proba.argmax(axis=1)
     confidence = proba[np.arange(len(y)), pred]
     correct = pred == y

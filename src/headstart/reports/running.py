@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.reports.calibration import ECE_BINS, ece_noise_floor
+from headstart.reports.calibration import ECE_BINS, ece_noise_floor, no_calibration
 from headstart.reports.metrics import accuracy_interval, classification_metrics
 
 __all__ = ["RunningScores"]
@@ -128,17 +128,7 @@ class RunningScores:
     def calibration(self) -> dict[str, Any]:
         """:func:`~headstart.reports.calibration.calibration_metrics`'s dict."""
         if not self.n:
-            return {
-                "ece": None,
-                "ece_floor": None,
-                "ece_floor_p95": None,
-                "nll": None,
-                "brier": None,
-                "mean_confidence": None,
-                "accuracy": None,
-                "bins": self.bins,
-                "reliability": [],
-            }
+            return no_calibration(self.bins)
         table = [
             {
                 "low": round(k / self.bins, 4),
