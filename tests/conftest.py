@@ -5,10 +5,17 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# A run started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so would every
+# command a test starts: Python then never turns Ctrl-C into KeyboardInterrupt, and the interrupt tests would see
+# commands run to the end. Give this process Python's own handler; the commands it starts get the default on exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tests never touch the user's cache: one private cache folder per test session (set before headstart is imported).
 os.environ["HEADSTART_CACHE_DIR"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
