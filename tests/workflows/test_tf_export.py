@@ -8,6 +8,7 @@ JSON alone (what a Keras user has). Skipped cleanly when the tf extra is not ins
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -35,8 +36,12 @@ pytestmark = pytest.mark.slow
 def tflite_cli(sample_model: Path, sample: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """``headstart export MODEL --format tflite --int8`` run as a user runs it; its JSON report."""
     out = tmp_path_factory.mktemp("tflite") / "pets.tflite"
+    data = tmp_path_factory.mktemp("checked") / "test"  # the test photos and one unusable file, to be reported
+    shutil.copytree(sample / "test", data)
+    broken = next(data.iterdir()) / "not_a_photo.jpg"
+    broken.write_bytes(b"this is text, not a JPEG")
     command = [sys.executable, "-m", "headstart", "export", str(sample_model), "--format", "tflite", "--int8"]
-    command += ["--calibrate", str(sample / "train"), "--data", str(sample / "test"), "--out", str(out), "--json"]
+    command += ["--calibrate", str(sample / "train"), "--data", str(data), "--out", str(out), "--json"]
     done = subprocess.run(
         command,
         capture_output=True,
@@ -93,6 +98,7 @@ def test_tflite_int8_is_int8_and_its_accuracy_change_is_measured(tflite_cli, sam
     kinds = {d["dtype"] for d in Interpreter(model_path=str(quantized)).get_tensor_details()}
     assert np.int8 in kinds  # weights and activations quantised; input and output stay float32
     assert report["n_images"] == 24 and report["calibration"] == str(sample / "train")
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["not_a_photo.jpg"]  # named, as every --json does
     assert report["accuracy_export"] == report["accuracy_pytorch"] >= 0.9
     assert report["accuracy_int8"] >= report["accuracy_export"] - 0.1
     photos = sorted((sample / "test").glob("*/*.jpg"))

@@ -200,14 +200,7 @@ def export(
             f"ms a photo against {report.ms_per_photo_onnx:.1f} ms (ONNX Runtime, one photo, this machine)",
             highlight=False,
         )
-    if report.n_images is not None:
-        line = (
-            f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
-            f"ONNX {report.accuracy_onnx:.3f}"
-        )
-        if report.accuracy_int8 is not None:
-            line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_onnx:+.3f})"
-        out.print(line)
+    _print_accuracies(report.n_images, report.accuracy_pytorch, "ONNX", report.accuracy_onnx, report.accuracy_int8)
 
 
 def export_tf(
@@ -228,7 +221,7 @@ def export_tf(
         Classifier.load(model), out_path, format=format_, int8=int8, calibrate=calibrate, check_data=data
     )
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "skipped": skipped_files()})
         return
     runtime = "LiteRT interpreter" if format_ == "tflite" else "Keras 3 TFSMLayer"
     out.print(
@@ -242,14 +235,19 @@ def export_tf(
             f"vs PyTorch {report.max_abs_diff_int8:.2g}",
             highlight=False,
         )
-    if report.n_images is not None:
-        line = (
-            f"accuracy on {report.n_images} photos: PyTorch {report.accuracy_pytorch:.3f}, "
-            f"{format_} {report.accuracy_export:.3f}"
-        )
-        if report.accuracy_int8 is not None:
-            line += f", int8 {report.accuracy_int8:.3f} ({report.accuracy_int8 - report.accuracy_export:+.3f})"
-        out.print(line)
+    _print_accuracies(report.n_images, report.accuracy_pytorch, format_, report.accuracy_export, report.accuracy_int8)
+
+
+def _print_accuracies(
+    n_images: int | None, pytorch: float | None, runtime: str, exported: float | None, int8: float | None
+) -> None:
+    """The accuracy line every export prints when given ``--data``: PyTorch, the export, int8 with its change."""
+    if n_images is None:
+        return
+    line = f"accuracy on {n_images} photos: PyTorch {pytorch:.3f}, {runtime} {exported:.3f}"
+    if int8 is not None:
+        line += f", int8 {int8:.3f} ({int8 - exported:+.3f})"
+    out.print(line)
 
 
 @app.command()
