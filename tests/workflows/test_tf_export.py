@@ -48,7 +48,8 @@ def tflite_cli(sample_model: Path, sample: Path, tmp_path_factory: pytest.TempPa
         text=True,
         timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]  # done, one input unusable (the README's exit codes)
+    assert "not_a_photo.jpg" in done.stderr
     return out, json.loads(done.stdout)
 
 
