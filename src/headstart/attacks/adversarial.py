@@ -42,6 +42,7 @@ from headstart.attacks.optimise import SURVIVAL_MARGIN, perturb
 from headstart.attacks.preprocessing import preprocess
 from headstart.data.images import load_image
 from headstart.errors import HeadstartError, UnusableImageError
+from headstart.features.preprocess import decode_size_for
 from headstart.models.modelfile import looks_like_model_file
 from headstart.models.target import TargetNetwork, load_target
 
@@ -123,8 +124,16 @@ class Victim:
         if self._transform is None:
             config = {**self.net.spec.data_config, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
             self._transform = create_transform(**config)
-        x = torch.stack([self._transform(load_image(p)) for p in paths])
+        draft = decode_size_for(self.net.spec.data_config)  # (decoded as predict decodes it: a phone photo in draft)
+        x = torch.stack([self._transform(load_image(p, draft_size=draft)) for p in paths])
         return self.net.probabilities(x).numpy()
+
+    def attacked_photo(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The photo an attack perturbs, as 8-bit RGB: decoded at the size it is shown at
+        (:data:`~headstart.features.preprocess.SHOWN_SIDE` on its short side at least, never enlarged), so a phone
+        photo is read in JPEG draft mode and attacked at a size a figure shows, not at 12 megapixels."""
+        draft = decode_size_for(self.net.spec.data_config, shown=True)
+        return np.array(load_image(path, draft_size=draft), dtype=np.uint8)
 
 
 def victims(model: ModelLike | Sequence[ModelLike], caller: str = "attack") -> list[Victim]:
@@ -358,8 +367,8 @@ def attack(
     check_8bit_budget(eps, norm, method, "attack")
     if step_size is not None:
         check_number(step_size, "step_size", "attack", low=0, low_open=True)
-    photo = np.array(load_image(image), dtype=np.uint8)
     members = victims(model)
+    photo = members[0].attacked_photo(image)
     targets = None if target is None else [v.net.class_index(target) for v in members]
     before = [v.verdicts([Path(image)])[0] for v in members]
     found = find_adversarial(

@@ -25,7 +25,6 @@ import numpy as np
 from headstart._validation import check_int
 from headstart.attacks.adversarial import Victim, check_attack_settings, find_adversarial
 from headstart.attacks.budget import check_8bit_budget, parse_eps_list
-from headstart.data.images import load_image
 from headstart.errors import DataError
 from headstart.reports.metrics import classification_metrics, match_labels
 
@@ -144,7 +143,7 @@ def robustness(
     for e in budgets:
         attacked = np.flatnonzero(proba.argmax(1) == truth) if e > 0 else np.array([], dtype=np.int64)
         for i in attacked:
-            photo = np.array(load_image(scored.paths[i]), dtype=np.uint8)
+            photo = victim.attacked_photo(scored.paths[i])
             found = find_adversarial(
                 [victim],
                 photo,

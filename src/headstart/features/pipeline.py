@@ -31,7 +31,7 @@ from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from headstart.features.backbones import Backbone, BackboneSpec
 from headstart.features.engines import ONNX_PRECISION, VIEWS, view_embedder
 from headstart.features.openvino import INT8_PRECISION, openvino_embedder, resolve_engine
-from headstart.features.preprocess import PREPROCESSING, normalised, supports, uint8_crop
+from headstart.features.preprocess import PREPROCESSING, decode_size_for, normalised, supports, uint8_crop
 
 __all__ = [
     "ENGINES",
@@ -69,9 +69,8 @@ def default_precision(device: str = "cpu") -> str:
 
 def decode_size(spec: BackboneSpec) -> tuple[int, int]:
     """``(width, height)`` photos are decoded at for this backbone (JPEG draft mode): the input size before the crop."""
-    height, width = spec.data_config["input_size"][-2:]
-    crop_pct = float(spec.data_config.get("crop_pct") or 1.0)
-    return int(width / crop_pct), int(height / crop_pct)
+    width, height = decode_size_for(spec.data_config)
+    return width, height
 
 
 def mean_of_views(orig: np.ndarray, mirror: np.ndarray) -> np.ndarray:

@@ -20,7 +20,20 @@ import numpy as np
 from headstart.data.images import DEFAULT_MAX_PIXELS, load_image
 from headstart.features.backbones import BackboneSpec
 
-__all__ = ["PREPROCESSING", "crop_size", "normalised", "supports", "uint8_crop", "uint8_preprocessor"]
+__all__ = [
+    "PREPROCESSING",
+    "SHOWN_SIDE",
+    "crop_size",
+    "decode_size_for",
+    "normalised",
+    "supports",
+    "uint8_crop",
+    "uint8_preprocessor",
+]
+
+#: The shortest side a photo keeps when it is shown beside what a network made of it (heat maps, feature maps,
+#: attacks): enough for a figure, and a phone photo is then decoded in JPEG draft mode, not at full size.
+SHOWN_SIDE = 640
 
 #: The identity of this preprocessing in the feature cache's key (features computed from these crops are keyed by
 #: it, apart from those of timm's own transform): ``cropbox1`` = the resize computed at the crop box only.
@@ -93,6 +106,24 @@ def _padded_crop(image: Any, spec: BackboneSpec, new: tuple[int, int], size: int
     width, height = padded.size
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return np.asarray(padded.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def decode_size_for(data_config: dict[str, Any], *, min_crop_area: float = 1.0, shown: bool = False) -> tuple[int, int]:
+    """``(width, height)`` a photo must keep for a network with this preprocessing to read it as from the full
+    photo: what :func:`~headstart.data.images.load_image`'s ``draft_size`` wants (a large JPEG is decoded at 1/2,
+    1/4 or 1/8 scale, still at least this large), so every command that reads pixels decodes a phone photo at the
+    cost extraction does.
+
+    Args:
+        data_config: the backbone's preprocessing (``spec.data_config``): the input size over ``crop_pct``.
+        min_crop_area: the smallest fraction of the photo's area a training crop takes (random-resized crops):
+            the photo keeps enough pixels that such a crop still fills the input.
+        shown: the photo is also shown (:data:`SHOWN_SIDE` pixels at least on each side).
+    """
+    height, width = data_config["input_size"][-2:]
+    scale = 1 / (float(data_config.get("crop_pct") or 1.0) * math.sqrt(min(max(min_crop_area, 1e-3), 1.0)))
+    width, height = int(width * scale), int(height * scale)  # (as extraction always has: its cache key names it)
+    return (max(width, SHOWN_SIDE), max(height, SHOWN_SIDE)) if shown else (width, height)
 
 
 def normalised(crops: np.ndarray, spec: BackboneSpec) -> Any:

@@ -121,9 +121,10 @@ def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = 
     import torch
 
     from headstart.data.images import load_image
+    from headstart.features.preprocess import decode_size_for
 
-    photo = load_image(image)
     backbone = load_trunk(model)
+    photo = load_image(image, draft_size=decode_size_for(backbone.spec.data_config))  # (as extraction decodes it)
     net = backbone.model.eval()
     layer = layer or _default_layer(net)
     module = find_module(net, layer)

@@ -139,8 +139,10 @@ def eval_transform(data_config: dict[str, Any]):
 def probabilities_of_file(net: Any, path: str | os.PathLike[str]) -> torch.Tensor:
     """Class probabilities for an image file read from disk through the weights' eval preprocessing."""
     from headstart.data.images import load_image
+    from headstart.features.preprocess import decode_size_for
 
-    x = eval_transform(net.spec.data_config)(load_image(path)).float().div(255).unsqueeze(0)
+    photo = load_image(path, draft_size=decode_size_for(net.spec.data_config))  # (decoded as extraction decodes it)
+    x = eval_transform(net.spec.data_config)(photo).float().div(255).unsqueeze(0)
     return net.probabilities(x)[0]
 
 

@@ -216,11 +216,12 @@ def explain(
         (PosixPath('cat-cam.png'), 284, True)
     """
     from headstart.data.images import load_image
+    from headstart.features.preprocess import decode_size_for
 
     check_choice(method, "method", "explain", METHODS)
     path = None if out is None else check_output_file(out, "out", "explain", suffix=".png")
-    photo = load_image(image)
     net = load_target_network(model)
+    photo = load_image(image, draft_size=decode_size_for(net.spec.data_config, shown=True))  # (a phone photo: draft)
     e = explain_view(net, whole_view(photo, net.spec.data_config), target, method, layer)
     if path is not None:
         say_if_replacing(path)

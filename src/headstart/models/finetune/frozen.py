@@ -232,7 +232,7 @@ class ActivationBank:
                     random.setstate(state)
                     torch.set_rng_state(torch_state)
 
-            for sha, act in self._run(missing, augmented, mirror=False):
+            for sha, act in self._run(missing, augmented, mirror=False, draft=self.augment_transform.draft):
                 self.train[(sha, view)] = act[0]
         return torch.stack([self.train[(sha, view)] for sha, _ in photos])
 
@@ -241,25 +241,26 @@ class ActivationBank:
         import torch
 
         missing = [(sha, path) for sha, path in photos if sha not in self.plain]
-        for sha, act in self._run(missing, lambda sha, image: self.plain_transform(image), mirror=True):
+        plain, draft = (lambda sha, image: self.plain_transform(image)), self.plain_transform.draft
+        for sha, act in self._run(missing, plain, mirror=True, draft=draft):
             self.plain[sha] = act
         return torch.stack([self.plain[sha] for sha, _ in photos])
 
-    def _run(self, photos: list[tuple[str, Any]], transform, *, mirror: bool):
-        """Yield ``(sha, activations (views, C, H, W))`` for photos, batched through the frozen prefix (in eval
-        mode whatever the network's mode)."""
+    def _run(self, photos: list[tuple[str, Any]], transform, *, mirror: bool, draft: tuple[int, int]):
+        """Yield ``(sha, activations (views, C, H, W))`` for photos decoded at ``draft`` (JPEG draft mode), batched
+        through the frozen prefix (in eval mode whatever the network's mode)."""
         import torch
 
         store = torch.bfloat16 if self.precision == "bf16" else torch.float32
         modes = [m.training for m in self.split.frozen]
         self.split.freeze()
         try:
-            yield from self._batches(photos, transform, mirror, store)
+            yield from self._batches(photos, transform, mirror, store, draft)
         finally:
             for module, mode in zip(self.split.frozen, modes):
                 module.train(mode)
 
-    def _batches(self, photos, transform, mirror: bool, store):
+    def _batches(self, photos, transform, mirror: bool, store, draft: tuple[int, int]):
         import time
         from concurrent.futures import ThreadPoolExecutor
 
@@ -272,7 +273,7 @@ class ActivationBank:
             for start in range(0, len(photos), self.batch_size):
                 began = time.perf_counter()
                 batch = photos[start : start + self.batch_size]
-                images = pool.map(load_image, [path for _, path in batch])
+                images = pool.map(lambda path: load_image(path, draft_size=draft), [path for _, path in batch])
                 x = torch.stack([transform(sha, image) for (sha, _), image in zip(batch, images)]).to(self.device)
                 if mirror:
                     x = torch.cat([x, x.flip(-1)])

@@ -132,20 +132,39 @@ class PhotoDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        s = self.samples[i]
+        return self.transform.load(s.path), self.index[s.label]
+
+
+@dataclass(frozen=True)
+class PhotoTransform:
+    """A backbone's preprocessing (with its training augmentation) and the size a photo is decoded at for it: a
+    phone photo is read in JPEG draft mode, still large enough for the smallest crop the augmentation takes."""
+
+    transform: Any
+    draft: tuple[int, int]
+
+    def __call__(self, image: Any) -> Any:
+        return self.transform(image)
+
+    def load(self, path: str | Path) -> Any:
+        """The photo file, decoded at :attr:`draft` and transformed."""
         from headstart.data import load_image
 
-        s = self.samples[i]
-        return self.transform(load_image(s.path)), self.index[s.label]
+        return self.transform(load_image(path, draft_size=self.draft))
 
 
-def photo_transform(data_config: dict[str, Any], augment: str, training: bool):
+def photo_transform(data_config: dict[str, Any], augment: str, training: bool) -> PhotoTransform:
     """The backbone's preprocessing; for training, with the ``augment`` policy (timm's, TrivialAugment's)."""
     from timm.data import create_transform
 
+    from headstart.features.preprocess import decode_size_for
+
     if not training or augment == "none":
-        return create_transform(**data_config, is_training=False)
+        return PhotoTransform(create_transform(**data_config, is_training=False), decode_size_for(data_config))
     auto = {"light": None, "trivial": None, "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
     scale = (0.5, 1.0) if augment == "light" else (0.25, 1.0)
+    draft = decode_size_for(data_config, min_crop_area=scale[0])
     train = create_transform(
         **data_config,
         is_training=True,
@@ -157,8 +176,8 @@ def photo_transform(data_config: dict[str, Any], augment: str, training: bool):
     if augment == "trivial":  # timm has no TrivialAugment; torchvision's runs on the photo before timm's crop
         from torchvision.transforms import Compose, TrivialAugmentWide
 
-        return Compose([TrivialAugmentWide(), train])
-    return train
+        return PhotoTransform(Compose([TrivialAugmentWide(), train]), draft)
+    return PhotoTransform(train, draft)
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
