@@ -38,9 +38,9 @@ NEIGHBOURS = 20
 #: Modified z-score from which a photo is reported as an outlier.
 OUTLIER_Z = 2.5
 #: Beyond this many photos the neighbours are found once by an index (:mod:`headstart.features.neighbours`) rather
-#: than by all pairs in every round: at 25,000 rows 154 s against 213 s here (benchmarks/scale.py, load 26), and the
-#: gap grows as sqrt(n). (Duplicates need one pass only: all pairs stay faster for them up to ``EXACT_ROWS``.)
-OUTLIER_EXACT_ROWS = 20_000
+#: than by all pairs in every round: the rounds repeat the all-pairs pass, so the index pays off at fewer rows than
+#: for duplicates (``EXACT_ROWS``), which need one pass.
+OUTLIER_EXACT_ROWS = 5_000
 
 
 def neighbour_similarity(

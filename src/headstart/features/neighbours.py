@@ -1,17 +1,21 @@
 """Each photo's nearest neighbours in feature cosine, without comparing all pairs once the data set is large.
 
 Near duplicates (:mod:`headstart.features.duplicates`) and the kNN density of outliers (:mod:`headstart.audit.outliers`)
-both need, for every photo, the few others most alike. Comparing all pairs costs ``n^2 * d``: 5 s at 10,000 rows,
-about an hour and a half at 300,000. Up to :data:`EXACT_ROWS` rows the exact answer is computed in blocks (a matrix
-product, bounded memory); beyond, an inverted-file index from faiss (optional: ``headstart[neighbours]``) (Meta's similarity-search library, MIT licence)
-finds candidates, and their cosine is recomputed exactly from the features:
+both need, for every photo, the few others most alike. Comparing all pairs costs ``n^2 * d``. Up to
+:data:`EXACT_ROWS` rows the exact answer is computed in blocks (a matrix product, bounded memory); beyond, an
+inverted-file index whose scan is matrix products too:
 
-* the rows are clustered by k-means (on a sample of :data:`TRAIN_ROWS`) into about ``2 * sqrt(n)`` lists, each stored
-  as 8-bit scalar-quantised vectors (a quarter of the float32 matrix);
-* each photo's neighbours are searched in the :data:`PROBES` lists nearest to it: about ``PROBES / lists`` of the
-  rows, so the cost grows as ``n^1.5`` rather than ``n^2``, and every core is used;
-* the :data:`CANDIDATES` found are re-ranked by their exact cosine, so every similarity reported is exact; only a
-  neighbour in a list that was not searched can be missed (the measured recall is in docs/BENCHMARKS.md).
+* the rows, centred, are clustered by spherical k-means (on a seeded sample of :data:`TRAIN_PER_LIST` rows a list)
+  into about ``LISTS_PER_ROOT * sqrt(n)`` lists, each row stored in its nearest list;
+* each row is compared with the rows of its :data:`PROBES` nearest lists, list by list: all the rows that probe one
+  list against its members in one matrix product (BLAS, every core), so a pair costs what it costs in the exact
+  search, and only about ``PROBES / lists`` of the pairs are computed: ``n^1.5`` rather than ``n^2``;
+* every similarity reported is the exact cosine; only a neighbour in a list that was not probed can be missed. A
+  near copy of a photo lands in the photo's list or one next to it (the measured recall is in docs/BENCHMARKS.md).
+
+No library beyond numpy: faiss's inverted file (``IndexIVFFlat``, ``IndexIVFScalarQuantizer``) scans each query's
+lists one query at a time, which measured here two to four times slower than the grouped matrix products at the
+same lists and probes, and HNSW slower than all pairs at 25,000 rows of 1,280 features (docs/BENCHMARKS.md).
 
 Example:
     >>> unit = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 3]]
@@ -24,20 +28,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CANDIDATES", "EXACT_ROWS", "PROBES", "TRAIN_ROWS", "nearest_neighbours", "unit_rows"]
+__all__ = ["EXACT_ROWS", "LISTS_PER_ROOT", "PROBES", "TRAIN_PER_LIST", "nearest_neighbours", "unit_rows"]
 
-#: Up to this many rows, neighbours are exact (all pairs, in blocks of matrix products). Measured here (2 cores,
-#: load average 26, benchmarks/scale.py): at 25,000 rows the index took 258 s for the duplicates against 69 s for all
-#: pairs; faiss's quantised list scan runs at about a sixteenth of the matrix product's speed per pair, which its
-#: n^1.5 against n^2 only makes up for at a few hundred thousand rows. Until the scan is done by matrix products
-#: (queries grouped by list), the index is used only beyond the sizes measured.
-EXACT_ROWS = 400_000
-#: Inverted lists searched for each photo beyond :data:`EXACT_ROWS`.
-PROBES = 24
-#: Rows the k-means of the index is trained on (a seeded sample).
-TRAIN_ROWS = 40_000
-#: Candidates taken from the index for each photo before the exact re-ranking (at least ``k``).
-CANDIDATES = 64
+#: Up to this many rows, neighbours are exact (all pairs, in blocks of matrix products); beyond, the index, which
+#: is faster from about there on for 30 neighbours of 1,280 features (its k-means is a fixed cost).
+EXACT_ROWS = 8_000
+#: Lists of the index: about this many times the square root of the rows (the scan of ``PROBES / lists`` of the
+#: pairs and the assignment of every row to the lists then cost about the same).
+LISTS_PER_ROOT = 2
+#: Lists searched for each row: its own and the next nearest.
+PROBES = 8
+#: Rows the k-means of the index is trained on, per list (a seeded sample).
+TRAIN_PER_LIST = 32
+#: Rounds of k-means (the lists need to be even, not optimal).
+KMEANS_ROUNDS = 8
 
 _BLOCK_BYTES = 80_000_000  # one block of similarities in the exact search
 
@@ -56,7 +60,7 @@ def nearest_neighbours(
 
     Returns:
         ``(similarities, indices)``, both shape ``(n, min(k, n - 1))``, most similar first; a row's own index is
-        never among its neighbours. Beyond ``exact_rows`` rows, the search is approximate (faiss, see the module's
+        never among its neighbours. Beyond ``exact_rows`` rows, the search is approximate (the index of the module's
         docstring) and a row may get fewer than ``k`` neighbours: missing ones have index -1 and similarity -inf.
     """
     unit = np.ascontiguousarray(unit, dtype=np.float32)
@@ -92,35 +96,79 @@ def _sorted_into(sims: np.ndarray, candidates: np.ndarray, sims_out: np.ndarray,
 
 
 def _indexed(unit: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import faiss
-    except ImportError:  # the optional dependency (pip install 'headstart[neighbours]'): the exact answer, slower
-        return _exact(unit, k)
+    """The inverted-file search of the module's docstring: list by list, the rows probing it against its members."""
+    n = len(unit)
+    probes = _probed_lists(unit, seed)
+    lists = int(probes.max()) + 1
+    members = np.argsort(probes[:, 0], kind="stable")  # each row is stored in its nearest list only
+    member_bounds = np.searchsorted(probes[members, 0], np.arange(lists + 1))
+    queries = np.argsort(probes.ravel(), kind="stable") // probes.shape[1]  # the rows probing each list, by list
+    query_bounds = np.searchsorted(np.sort(probes.ravel()), np.arange(lists + 1))
+    del probes
+    best_sims = np.full((n, k), -np.inf, dtype=np.float32)
+    best_index = np.full((n, k), -1, dtype=np.int64)
+    for j in range(lists):
+        stored = members[member_bounds[j] : member_bounds[j + 1]]
+        asking = queries[query_bounds[j] : query_bounds[j + 1]]
+        if not len(stored) or not len(asking):
+            continue
+        sims = unit[asking] @ unit[stored].T
+        sims[asking[:, None] == stored[None, :]] = -np.inf  # not its own neighbour
+        if len(stored) > k:
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            sims, found = np.take_along_axis(sims, top, axis=1), stored[top]
+        else:
+            found = np.broadcast_to(stored, sims.shape)
+        # merge with what the earlier lists found for these rows (a row's lists hold different rows)
+        sims = np.hstack([best_sims[asking], sims])
+        found = np.hstack([best_index[asking], found])
+        keep = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        best_sims[asking] = np.take_along_axis(sims, keep, axis=1)
+        best_index[asking] = np.take_along_axis(found, keep, axis=1)
+    order = np.argsort(-best_sims, axis=1, kind="stable")
+    best_sims = np.take_along_axis(best_sims, order, axis=1)
+    best_index = np.take_along_axis(best_index, order, axis=1)
+    best_index[~np.isfinite(best_sims)] = -1  # fewer than k rows in the lists probed
+    return best_sims, best_index
 
-    n, d = unit.shape
-    lists = int(min(max(16, 2 * np.sqrt(n)), n // 39))  # faiss wants at least 39 training rows per list
-    quantiser = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFScalarQuantizer(
-        quantiser, d, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    index.cp.niter = 10
-    index.cp.seed = seed
-    sample = np.random.default_rng(seed).choice(n, min(n, TRAIN_ROWS), replace=False)
-    index.train(unit[np.sort(sample)])
-    index.add(unit)
-    index.nprobe = min(PROBES, lists)
-    wanted = min(n, max(CANDIDATES, k + 1))
-    sims_out = np.full((n, k), -np.inf, dtype=np.float32)
-    index_out = np.full((n, k), -1, dtype=np.int64)
-    step = max(1, _BLOCK_BYTES // (4 * wanted * d))  # rows whose candidates' vectors are gathered at once
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        _, found = index.search(unit[start:stop], wanted)
-        found[(found == np.arange(start, stop)[:, None]) | (found < 0)] = -1  # itself, or nothing found
-        # the exact cosine of every candidate (the index's is quantised); missing ones sort last
-        exact = np.einsum("rd,rkd->rk", unit[start:stop], unit[np.maximum(found, 0)])
-        exact[found < 0] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        sims_out[start:stop] = np.take_along_axis(exact, order, axis=1)
-        index_out[start:stop] = np.take_along_axis(found, order, axis=1)
-    return sims_out, index_out
+
+def _probed_lists(unit: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's :data:`PROBES` nearest k-means lists, nearest first (its own list), shape ``(n, PROBES)``.
+
+    The lists are made on the rows minus their mean: a backbone's features share a large positive component, and
+    spherical k-means on the raw directions grows a few lists that hold most rows (every list is then scanned
+    by most rows, and the search is all pairs again); centred, the lists are of even size.
+    """
+    n = len(unit)
+    lists = int(min(max(1, round(LISTS_PER_ROOT * np.sqrt(n))), n))
+    rng = np.random.default_rng(seed)
+    sample = unit[np.sort(rng.choice(n, min(n, TRAIN_PER_LIST * lists), replace=False))]
+    centre = sample.mean(axis=0)
+    sample = unit_rows(sample - centre)
+    centroids = sample[rng.choice(len(sample), lists, replace=False)]
+    for _ in range(KMEANS_ROUNDS):  # spherical k-means: the mean direction of each list's rows
+        nearest = _nearest_lists(sample, centroids, np.zeros(lists, dtype=np.float32), 1)[:, 0]
+        order = np.argsort(nearest, kind="stable")
+        counts = np.bincount(nearest, minlength=lists)
+        sums = np.zeros_like(centroids)
+        filled = counts > 0
+        sums[filled] = np.add.reduceat(sample[order], np.cumsum(counts)[filled] - counts[filled], axis=0)
+        sums[~filled] = sample[rng.choice(len(sample), int((~filled).sum()), replace=False)]  # an empty list restarts
+        centroids = unit_rows(sums)
+    # the centroid nearest to (row - centre), up to the row's length, is the one of largest row . c - centre . c
+    return _nearest_lists(unit, centroids, centroids @ centre, min(PROBES, lists))
+
+
+def _nearest_lists(rows: np.ndarray, centroids: np.ndarray, bias: np.ndarray, p: int) -> np.ndarray:
+    """The ``p`` centroids of largest ``row . c - bias`` for every row, largest first, in blocks."""
+    out = np.empty((len(rows), p), dtype=np.int64)
+    block = max(1, _BLOCK_BYTES // (4 * len(centroids)))
+    for start in range(0, len(rows), block):
+        scores = rows[start : start + block] @ centroids.T - bias
+        if p == 1:
+            out[start : start + block, 0] = scores.argmax(axis=1)
+            continue
+        top = np.argpartition(-scores, p - 1, axis=1)[:, :p]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[start : start + block] = np.take_along_axis(top, order, axis=1)
+    return out
