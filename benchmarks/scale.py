@@ -14,8 +14,8 @@ outliers is measured along with the time. Steps:
 * ``duplicates``: :func:`~headstart.features.duplicates.find_duplicates` on features (an index beyond
   ``EXACT_ROWS``) against all pairs (``exact_rows`` = all rows);
 * ``outliers``: :func:`~headstart.audit.outliers.outlier_scores`, the same two ways;
-* ``cache``: reading every row back from a :class:`~headstart.features.cache.FeatureCache` (``get_many``) and
-  stacking the matrix (what ``extract_features`` does), against the matrix's own size;
+* ``cache``: reading every row back from a :class:`~headstart.features.cache.FeatureCache` (``iter_vectors``)
+  into a preallocated matrix (what ``extract_features`` does), against the matrix's own size;
 * ``phone``: :func:`~headstart.features.duplicates.image_signatures` of 12-megapixel JPEGs (made from the bundled
   photos), decoded reduced (JPEG draft) against a full decode.
 
@@ -96,10 +96,15 @@ def run_one(step: str, way: str, n: int) -> dict:
                 cache.put_many("fp", list(zip(hashes[s : s + 5000], X[s : s + 5000])))
             del X
             out["file_mb"] = round(os.path.getsize(Path(folder) / "features.sqlite") / 2**20, 1)
+            before = _reset_peak()
             start = time.perf_counter()
-            found = cache.get_many("fp", hashes)
-            matrix = np.stack([found[h] for h in hashes])
+            row_of = {h: r for r, h in enumerate(hashes)}
+            matrix = np.empty((n, D), dtype=np.float32)  # what extract_features does: rows into one matrix
+            for sha, vector in cache.iter_vectors("fp", hashes):
+                matrix[row_of[sha]] = vector
             out["matrix_mb"] = round(matrix.nbytes / 2**20, 1)
+            if before is not None:  # the read's own peak, above what the process held before it
+                out["read_peak_mb"] = round((_peak_kb() - before) / 1024)
     elif step == "phone":
         from PIL import Image
 
@@ -127,6 +132,20 @@ def run_one(step: str, way: str, n: int) -> dict:
     out["seconds"] = round(time.perf_counter() - start, 2)
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
+
+
+def _peak_kb() -> int:
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
+
+def _reset_peak() -> int | None:
+    """Reset the process's peak resident memory (Linux: clear_refs 5) and return the resident memory now, in KB;
+    None where that cannot be done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+    except OSError:
+        return None
 
 
 def measure(step: str, way: str, n: int) -> dict:

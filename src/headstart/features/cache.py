@@ -161,22 +161,26 @@ class FeatureCache:
             yield from rows_in(db, sql, keys, *first)
 
     def get_many(self, key: str, hashes: Sequence[str], view: str = "orig") -> dict[str, np.ndarray]:
-        """Cached vectors of one view for those of ``hashes`` that are present and sound.
+        """Cached vectors of one view for those of ``hashes`` that are present and sound (:meth:`iter_vectors`)."""
+        return dict(self.iter_vectors(key, hashes, view))
+
+    def iter_vectors(self, key: str, hashes: Sequence[str], view: str = "orig") -> Iterator[tuple[str, np.ndarray]]:
+        """``(sha256, vector)`` of those of ``hashes`` whose vector of one view is present and sound, as they are
+        read (500 at a time): a caller that writes them into its own matrix never holds them twice.
 
         Every row is checked against its checksum (and its numbers for being finite) as it is read; a damaged row
         is left out, so the caller computes it again, and deleted, so claims see it missing and it is replaced.
         """
         sql = "SELECT sha256, vector, checksum FROM vectors WHERE fingerprint=? AND view=? AND sha256 IN ({marks})"
-        found, damaged_rows = {}, []
+        damaged_rows = []
         for sha, data, stored in self._select_in(sql, hashes, key, view):
             vector = decode_row(key, view, sha, data, stored)
             if vector is None:
                 damaged_rows.append((key, view, sha, data, stored))
             else:
-                found[sha] = vector
+                yield sha, vector
         if damaged_rows:
             self._forget(damaged_rows)
-        return found
 
     def _forget(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Delete damaged vector rows, each only while it still holds the damage seen (another process may have

@@ -176,8 +176,12 @@ def extract_features(
 
     group = current()  # under torchrun each process starts with its share; claims keep them from doubling up
     barrier()
-    found = {view: cache.get_many(key, list(first), view=view) for view in views}
-    need = {h: tuple(v for v in views if h not in found[v]) for h in first}
+    # each view's vectors go straight into one matrix, a row per distinct file (read back, N rows cost the matrix)
+    row_of = {h: r for r, h in enumerate(first)}
+    stored = {view: _Rows(len(first), spec.num_features) for view in views}
+    for view in views:
+        stored[view].read(cache.iter_vectors(key, list(first), view), row_of)
+    need = {h: tuple(v for v in views if h not in stored[v]) for h in first}
     need = {h: v for h, v in need.items() if v}
     decoder = decoder_id(decode_size(spec))
     known_bad = cache.get_unusable(list(need), max_pixels, decoder) if need else {}
@@ -205,16 +209,18 @@ def extract_features(
             progress=progress,
         )
         for (sha, view), vector in done.vectors.items():
-            found[view][sha] = vector
+            stored[view].put(row_of[sha], vector)
         failed = done.failed
         n_computed, n_views = len({sha for sha, _ in done.vectors}), len(done.vectors)
+        del done.vectors  # (now rows of the matrices)
         setup_seconds = done.ready_at - preparing
         if n_views >= 16:  # a throughput worth remembering (a single photo measures start-up, not speed)
             cache.record_speed(key, n_views / (time.perf_counter() - done.ready_at), n_views)
         # what other processes computed (or refused) while this one waited for their claims
         for view in views:
-            found[view].update(cache.get_many(key, [h for h in todo if h not in found[view] and h not in failed], view))
-        rest = [h for h in todo if h not in failed and any(h not in found[v] for v in views)]
+            missing = [h for h in todo if h not in stored[view] and h not in failed]
+            stored[view].read(cache.iter_vectors(key, missing, view), row_of)
+        rest = [h for h in todo if h not in failed and any(h not in stored[v] for v in views)]
         failed.update(cache.get_unusable(rest, max_pixels, decoder) if rest else {})
         for h in rest:
             failed.setdefault(h, "not computed: another process claimed it and stopped; run again")
@@ -229,14 +235,11 @@ def extract_features(
         known_bad = {}
     kept = [i for i, h in enumerate(hashes) if i not in unusable and h is not None and not (cached_only and h in need)]
     kept_hashes = [hashes[i] for i in kept]
-    dim = spec.num_features
-    if not kept:
-        matrix = np.zeros((0, dim), np.float32)
-    elif len(views) == 1:
-        matrix = np.stack([found["orig"][h] for h in kept_hashes]).astype(np.float32, copy=False)
-    else:  # mirror averaging: the mean of the two stored views (as the network's own averaging computes it)
-        orig, mirror = (np.stack([found[view][h] for h in kept_hashes]) for view in VIEWS)
-        matrix = mean_of_views(orig, mirror)
+    rows = np.fromiter((row_of[h] for h in kept_hashes), dtype=np.int64, count=len(kept_hashes))
+    matrix = stored["orig"].take(rows)
+    if len(views) > 1:  # mirror averaging: the mean of the two stored views (as the network's own averaging does)
+        matrix = mean_of_views(matrix, stored["mirror"].take(rows), out=matrix)
+    del stored
     sound = np.isfinite(matrix).all(axis=1)
     if not sound.all():  # (a last guard: no NaN or infinite feature leaves extraction)
         for i in np.asarray(kept)[~sound]:
@@ -283,6 +286,40 @@ def _non_finite(precision: str) -> str:
         f"the engine gave NaN or infinite features for this photo at {precision} (nothing was cached): run again, "
         "or with --precision fp32 or --engine torch"
     )
+
+
+class _Rows:
+    """One view's vectors, a preallocated row per distinct file, and which rows hold one."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        self.matrix = np.empty((n, dim), dtype=np.float32)
+        self.filled = np.zeros(n, dtype=bool)
+        self._row_of: dict[str, int] = {}
+
+    def read(self, vectors: Iterable[tuple[str, np.ndarray]], row_of: dict[str, int]) -> None:
+        self._row_of = row_of
+        for sha, vector in vectors:
+            if len(vector) == self.matrix.shape[1]:  # (another length is no vector of this backbone: computed again)
+                self.put(row_of[sha], vector)
+
+    def put(self, row: int, vector: np.ndarray) -> None:
+        self.matrix[row] = vector
+        self.filled[row] = True
+
+    def __contains__(self, sha: str) -> bool:
+        return bool(self.filled[self._row_of[sha]])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The matrix of these rows. Rows in increasing order (each file once, some left out) are moved up in
+        place, a block at a time, and the matrix's first rows returned: no second matrix. (A row's source is never
+        above it, so no source is overwritten before it is read.) Repeated rows (one file twice) make a copy."""
+        if len(rows) and np.any(np.diff(rows) <= 0):
+            return self.matrix[rows]
+        for start in range(0, len(rows), 4096):
+            part = rows[start : start + 4096]
+            if part[0] != start or part[-1] != start + len(part) - 1:
+                self.matrix[start : start + len(part)] = self.matrix[part]
+        return self.matrix[: len(rows)]
 
 
 @dataclass

@@ -73,10 +73,11 @@ def decode_size(spec: BackboneSpec) -> tuple[int, int]:
     return width, height
 
 
-def mean_of_views(orig: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+def mean_of_views(orig: np.ndarray, mirror: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """Mirror-averaged features: the mean of the photo's and its mirror image's (the one place they are averaged,
-    whether the views come from the cache or from one forward pass)."""
-    return (orig + mirror) / np.float32(2)
+    whether the views come from the cache or from one forward pass); ``out`` (e.g. ``orig``) receives it in place."""
+    total = np.add(orig, mirror, out=out)
+    return np.divide(total, np.float32(2), out=total)
 
 
 def average_views(rows: np.ndarray, n_views: int) -> np.ndarray:
