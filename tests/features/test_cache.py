@@ -314,3 +314,41 @@ def test_a_claim_whose_process_dies_is_taken_over(lite0, cache, photos) -> None:
     with sqlite3.connect(cache.path) as con:
         assert con.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0, "no claim outlives its extraction"
     assert os.path.exists(cache.path)
+
+
+def _vectors(n: int, dim: int = 1280) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [(f"{i:064x}", rng.normal(size=dim).astype(np.float32)) for i in range(n)]
+
+
+def test_the_cache_file_is_not_much_larger_than_its_vectors(tmp_path: Path) -> None:
+    """A 5 KB vector (1,280 features) used to spill into overflow pages: the file was 1.7x its vectors."""
+    path = tmp_path / "features.sqlite"
+    cache = FeatureCache(path)
+    cache.put_many("key-fp32", _vectors(2000))
+    cache.close()
+    assert path.stat().st_size <= 1.2 * 2000 * 1280 * 4, path.stat().st_size / (2000 * 1280 * 4)
+
+
+def test_a_version_3_file_keeps_its_vectors_when_it_moves_to_the_smaller_layout(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    FeatureCache(path).close()
+    items = _vectors(3, dim=8)
+    with sqlite3.connect(path) as con:  # the layout-3 vectors table, rows written by headstart's one encoder
+        from headstart.features.cache_sql import encode_row
+
+        con.executescript(
+            """DROP TABLE vectors;
+            CREATE TABLE vectors (fingerprint TEXT NOT NULL, view TEXT NOT NULL, sha256 TEXT NOT NULL,
+                vector BLOB NOT NULL, checksum INTEGER NOT NULL, PRIMARY KEY (fingerprint, view, sha256)) WITHOUT ROWID;
+            PRAGMA user_version=3;"""
+        )
+        con.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?, ?)", [encode_row("k", "orig", *i) for i in items])
+    cache = FeatureCache(path)
+    found = cache.get_many("k", [sha for sha, _ in items])
+    assert all(np.array_equal(found[sha], v) for sha, v in items)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        sql = con.execute("SELECT sql FROM sqlite_master WHERE name='vectors'").fetchone()[0]
+        assert "WITHOUT ROWID" not in sql
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -349,7 +349,7 @@ class FeatureCache:
         This is how caches extracted on separate machines come together: rows are keyed by content, backbone and
         view, so merging is idempotent and never overwrites. Each vector is checked against its checksum on the way
         (damaged rows stay behind). A cache of an older layout is read as it is (the file itself is not changed):
-        only its decoder's verdicts come over, as its vectors are keyed by what backbones claimed
+        only its decoder's verdicts come over, as its vectors before layout 3 are keyed by what backbones claimed
         (:data:`SCHEMA_VERSION`).
         """
         source = Path(other)
@@ -366,7 +366,7 @@ class FeatureCache:
             version = db.execute("PRAGMA other.user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"its layout {version} is newer than this headstart's {SCHEMA_VERSION}")
-            if "vectors" in tables and version == SCHEMA_VERSION:
+            if "vectors" in tables and version >= 3:  # (3 and 4 key the same rows; 4 stores them smaller)
                 rows = db.execute("SELECT fingerprint, view, sha256, vector, checksum FROM other.vectors")
                 while batch := rows.fetchmany(1000):
                     sound = [row for row in batch if decode_row(*row) is not None]
