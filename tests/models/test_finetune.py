@@ -294,11 +294,16 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_sweep_compares_variants_in_a_table_and_a_plot(tiny: Path, tmp_path: Path) -> None:
+    from headstart._io import cache_dir
     from headstart.cli.training import parse_settings
+    from headstart.features.housekeeping import ACTIVATIONS
     from headstart.models.finetune.frozen import clear_banks
     from headstart.workflows.experiments import sweep
 
-    clear_banks()  # (an earlier test in this process may hold these photos' activations: the first variant computes)
+    # (an earlier test may hold these photos' activations, in the process or the cache folder: the first variant
+    # computes)
+    clear_banks()
+    shutil.rmtree(cache_dir() / ACTIVATIONS, ignore_errors=True)
     settings = parse_settings(["head_dropout=0,0.5"])
     assert settings == {"head_dropout": [0, 0.5]}
     rows = sweep(tiny, settings, out_dir=tmp_path / "sw", base_options={"epochs": 1, "batch_size": 4, "patience": 0})

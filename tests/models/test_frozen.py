@@ -122,3 +122,36 @@ def test_the_frozen_stages_run_on_openvino_and_give_torchs_activations(
     again = ActivationBank(split, config, "none", 0, precision, engine_key=key)
     again.plain_views(photos[:2])
     assert again.engine == "openvino" and saved.stat().st_mtime_ns == stamp, "converted once, then reused"
+
+
+def test_a_later_process_reads_the_views_from_the_cache_folder_and_computes_none(
+    network, sample: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The shared bank keeps its views in the cache folder: after the process's banks are gone (as in a new
+    process), the same photos, backbone, cut, augmentation and seed give the same activations, bit for bit, with
+    no frozen pass; another seed computes its own."""
+    import torch
+
+    from headstart._io import sha256_file
+    from headstart.models.finetune.frozen import ActivationBank, clear_banks, split_network
+
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HEADSTART_ENGINE_DIR", str(tmp_path / "engines"))
+    photos = [(sha256_file(p), p) for p in sorted((sample / "test").glob("*/*.jpg"))[:4]]
+    split, spec = split_network(network, "2"), network.backbone.spec
+
+    def bank(seed: int = 0):
+        clear_banks()
+        return ActivationBank.shared(split, spec, augment="light", seed=seed, precision="fp32")
+
+    first = bank()
+    views, plain = first.training_views(photos, 1), first.plain_views(photos)
+    assert first.computed == 4 + 8 and first.loaded == 0
+    assert list((tmp_path / "cache" / "activations").iterdir()), "kept in the cache folder"
+    later = bank()
+    assert torch.equal(later.training_views(photos, 1), views) and torch.equal(later.plain_views(photos), plain)
+    assert later.computed == 0 and later.loaded == 4 + 8, "no frozen pass"
+    other = bank(seed=1)
+    other.training_views(photos[:1], 1)
+    assert other.computed == 1 and other.loaded == 0
+    clear_banks()

@@ -102,7 +102,7 @@ def test_what_describes_a_run_never_enters_the_file_so_the_same_inputs_give_the_
         "frozen_stages": {"cached": True, "photo_views": 240, "seconds": 30.0},  # (a later fit shares the bank: 0)
     }
     again = {**run, "created": "2027-05-05T00:00:00+00:00", "progress": False}
-    again["frozen_stages"] = {"cached": True, "photo_views": 0, "seconds": 0.0}
+    again["frozen_stages"] = {"cached": True, "photo_views": 0, "seconds": 0.0, "read_from_cache": 240, "reused": 0}
     again["metrics"] = {"accuracy": 0.9, "seconds": 99.0, "features": {"cached": 60, "computed": 0, "seconds": 0.1}}
     a = save_model_file(tmp_path / "a.safetensors", tensors, run)
     b = save_model_file(tmp_path / "b.safetensors", tensors, again)

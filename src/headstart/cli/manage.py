@@ -87,6 +87,13 @@ def cache(ctx: typer.Context, cache_dir: CacheDirOpt = None, as_json: JsonOpt = 
     store = summary["engine_store"]
     if not store["inside"]:
         out.print(f"engine store {store['folder']}: {_mb(store['bytes'])} (converted backbones; outside this folder)")
+    for key in summary["activations"]:
+        out.print(
+            f"activations/: {key['backbone']} up to {key['where']} ({key['augment']} views, seed {key['seed']}, "
+            f"{key['precision']}, {key['engine']}): {key['files'] - 1} files, {_mb(key['bytes'])} "
+            "(fine-tuning's frozen stages; kept to 4 GB)",
+            highlight=False,
+        )
     memo = summary["memo"]
     out.print(f"memo/: {memo['entries']} remembered fits and pictures, {_mb(memo['bytes'])} (kept to 512 MB)")
     out.print("free space: headstart cache clean --older-than 30d (or --backbone NAME); --dry-run shows what would go")

@@ -6,7 +6,9 @@ The cache folder (``$HEADSTART_CACHE_DIR``, else ``~/.cache/headstart``) holds:
 - ``backbones/``: each backbone's resolved card (``*.json``) and trunk weights (``<fingerprint>.safetensors``);
 - the per-machine engine store (``engines/`` here by default, ``$HEADSTART_ENGINE_DIR``): converted backbones
   (OpenVINO, ONNX) and OpenVINO's compiled-model cache; cleaned only when it lies inside the cache folder;
-- ``memo/``: remembered probe fits and run pictures (pruned to their most recently used 512 MB by themselves).
+- ``memo/``: remembered probe fits and run pictures (pruned to their most recently used 512 MB by themselves);
+- ``activations/``: fine-tuning's frozen stages' outputs, one folder per backbone, cut, augmentation and precision
+  (its ``key.json`` says which; pruned to their most recently used 4 GB by themselves).
 
 Everything there is recomputable: cleaning costs time on the next run, never a result. When each backbone's
 features were last used is kept in the database's ``last_used`` table (:func:`mark_used`, called by every
@@ -34,7 +36,10 @@ from typing import Any
 from headstart._io import cache_dir, engine_dir
 from headstart.errors import CacheError
 
-__all__ = ["cache_summary", "clean_cache", "mark_used", "parse_age"]
+__all__ = ["ACTIVATIONS", "cache_summary", "clean_cache", "mark_used", "parse_age"]
+
+#: The folder of fine-tuning's stored activations inside the cache folder.
+ACTIVATIONS = "activations"
 
 _USED_TABLE = "CREATE TABLE IF NOT EXISTS last_used (fingerprint TEXT PRIMARY KEY, at REAL NOT NULL)"
 _MARK_EVERY_S = 3600.0  # a backbone's last use is written at most this often (every predict comes through here)
@@ -110,6 +115,7 @@ def cache_summary(folder: str | os.PathLike[str] | None = None) -> dict[str, Any
     memo = [(p, s, t) for p, s, t in files if root / "memo" in p.parents]
     engines = engine_dir()
     outside = [] if engines.is_relative_to(root) else list(_files(engines))
+    activations = [{k: v for k, v in key.items() if k != "path"} for key in _activation_keys(root / ACTIVATIONS, files)]
     return {
         "folder": str(root),
         "bytes": sum(size for _, size, _ in files),
@@ -120,6 +126,7 @@ def cache_summary(folder: str | os.PathLike[str] | None = None) -> dict[str, Any
             "bytes": sum(s for _, s, _ in memo),
             "oldest_days": round((time.time() - min(t for _, _, t in memo)) / 86400, 1) if memo else None,
         },
+        "activations": activations,
         # converted backbones live in the per-machine engine store; outside this folder, shown but never cleaned here
         "engine_store": {
             "folder": str(engines),
@@ -141,7 +148,7 @@ def clean_cache(
     use, files by their modification or access time). With ``dry_run``, only say what would go.
 
     Only entries inside the folder are touched: links are removed as links (never followed), and nothing outside
-    ``features.sqlite``, ``backbones/`` and ``memo/`` is removed.
+    ``features.sqlite``, ``backbones/``, ``memo/`` and ``activations/`` is removed.
 
     Returns:
         ``{"removed_vectors", "removed_files": [paths], "freed_bytes", "dry_run", "backbones": [names]}``.
@@ -155,8 +162,10 @@ def clean_cache(
     now = time.time()
     database = root / "features.sqlite"
     rows = _feature_rows(database) if database.is_file() else []
+    activation_keys = _activation_keys(root / ACTIVATIONS, list(_files(root / ACTIVATIONS)))
     if backbone is not None:
         known = {r["backbone"] for r in rows} | {r["fingerprint"].split("-")[0] for r in rows}
+        known |= {name for key in activation_keys for name in (key["backbone"], key["fingerprint"])}
         if backbone not in known and not _files_of(root, backbone):
             listed = ", ".join(sorted({r["backbone"] for r in rows})) or "nothing yet"
             raise ValueError(f"The cache {root} holds no backbone {backbone!r}; it holds: {listed}.")
@@ -183,6 +192,13 @@ def clean_cache(
         elif path.is_relative_to(root / "memo") and older_than_s is not None and backbone is None:
             if now - used > older_than_s:
                 doomed.append((path, size))
+    stale_keys = [
+        key
+        for key in activation_keys
+        if (backbone is None or backbone in (key["backbone"], key["fingerprint"]))
+        and (older_than_s is None or now - key["last_used"] > older_than_s)
+    ]
+    doomed += [(path, size) for key in stale_keys for path, size, _ in _files(key["path"])]
     freed = sum(size for _, size in doomed) + sum(r["bytes"] for r in chosen)
     result = {
         "dry_run": bool(dry_run),
@@ -198,7 +214,35 @@ def clean_cache(
     for path, _ in doomed:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # (a link is removed as a link: its target, wherever it is, stays)
+    for key in stale_keys:  # (their files went above; now the emptied folders)
+        for folder in sorted((Path(p) for p, _, _ in os.walk(key["path"])), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return result
+
+
+def _activation_keys(folder: Path, files: list[tuple[Path, int, float]]) -> list[dict[str, Any]]:
+    """One entry per key folder of ``activations/``: what its ``key.json`` says (backbone, fingerprint, cut,
+    augmentation, precision, engine), its files and bytes, and when it was last used (the card's mtime)."""
+    keys: dict[Path, dict[str, Any]] = {}
+    for path, size, used in files:
+        if not path.is_relative_to(folder) or path == folder:
+            continue
+        key = folder / path.relative_to(folder).parts[0]
+        entry = keys.setdefault(key, {"path": key, "files": 0, "bytes": 0, "last_used": used})
+        entry["files"] += 1
+        entry["bytes"] += size
+    for key, entry in keys.items():
+        card: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            if not (key / "key.json").is_symlink():
+                card = json.loads((key / "key.json").read_text())
+                entry["last_used"] = (key / "key.json").stat().st_mtime
+        card = card if isinstance(card, dict) else {}
+        for field in ("backbone", "fingerprint", "where", "augment", "seed", "precision", "engine"):
+            entry[field] = card.get(field, "?")
+        entry["last_used_days"] = round((time.time() - entry["last_used"]) / 86400, 1)
+    return sorted(keys.values(), key=lambda e: -e["bytes"])
 
 
 # ---------------------------------------------------------------------------------------------- the database

@@ -57,7 +57,20 @@ __all__ = [
 #: Metadata keys that describe one run, not the model (when, how long, what the feature cache or a shared
 #: activation bank already held, whether a progress bar showed): never written into a model file, at any depth, so
 #: that training again on the same inputs writes a bit-identical file; the run folder's ``metrics.json`` keeps them.
-RUN_ONLY_KEYS = frozenset({"created", "seconds", "seconds_per_step", "progress", "features", "computed", "photo_views"})
+RUN_ONLY_KEYS = frozenset(
+    {
+        "created",
+        "seconds",
+        "seconds_per_step",
+        "progress",
+        "features",
+        "computed",
+        "photo_views",
+        "read_from_cache",  # (fine-tuning's frozen stages: computed, read from the cache folder, or kept in memory)
+        "read_seconds",
+        "reused",
+    }
+)
 #: Version of the file layout; readers refuse files with a larger number.
 FORMAT_VERSION = 1
 #: The key of safetensors' ``__metadata__`` that holds headstart's JSON document.

@@ -159,7 +159,8 @@ def sweep(
         )
         m = result.metrics
         frozen = m.get("frozen_stages") or {}
-        shared = float(frozen.get("seconds") or 0.0)  # the frozen stages' pass, computed once for every variant
+        # the frozen stages' pass (or its reading from the cache folder), done once for every variant
+        shared = float(frozen.get("seconds") or 0.0) + float(frozen.get("read_seconds") or 0.0)
         rows.append(
             {
                 "variant": name,

@@ -57,7 +57,8 @@ class NetworkFit:
         history: the validation run's epochs (dicts of :class:`~headstart.models.finetune.EpochRecord`).
         best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe it started from).
         temperature: the logit divisor folded into the saved head.
-        refit: ``photos``, ``epochs``, ``seconds`` and ``history`` of the refit on all photos, or None.
+        refit: ``photos``, ``epochs``, ``seconds``, ``history`` and ``frozen_stages`` (what the frozen stages computed,
+            read and reused) of the refit on all photos, or None.
         lr_search: per tried lr, its best validation accuracy and epoch (None without a search).
         config: the options that ran (``lr`` the chosen one).
         frozen: how the frozen stages ran (computed once: how many photo views, seconds, megabytes).
@@ -218,7 +219,10 @@ def fit_network(
             "epochs": best_epoch,
             "seconds": round(time.perf_counter() - began, 3),
             "history": refit_history,
+            "frozen_stages": dict(done.frozen) if best_epoch > 0 else None,
         }
+        if best_epoch > 0 and progress and current().is_main:
+            say(_refit_line(refit))
     if method == "finetune" and best_epoch == 0:  # the probe alone won: it is the model (its own calibration)
         head = probe_all if probe_all is not None else probe
         model = Classifier(
@@ -242,6 +246,19 @@ def fit_network(
         config,
         frozen,
     )
+
+
+def _refit_line(refit: dict[str, Any]) -> str:
+    """One line on what the refit on all photos cost, and how much of the frozen stages' work it reused."""
+    frozen = refit.get("frozen_stages") or {}
+    said = ""
+    if frozen.get("cached"):
+        parts = [f"{frozen['photo_views']:,} new views"]
+        if frozen.get("read_from_cache"):
+            parts.append(f"{frozen['read_from_cache']:,} read from the cache")
+        parts.append(f"{frozen['reused']:,} reused")
+        said = f" (frozen stages: {', '.join(parts)})"
+    return f"refit on all {refit['photos']:,} photos: {refit['epochs']} epoch(s), {refit['seconds']:.1f} s{said}"
 
 
 def _cross_fitted(logits: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -7,8 +7,11 @@ stages, the pooling, dropout and the linear head). :class:`ActivationBank` keeps
 (by content hash) and view: ``views`` augmented copies (the training augmentation, seeded by photo and view, so
 the same photo gets the same views in every fit) and the plain preprocessing with its mirror image (for
 validation). The bank lives in memory for the process: the validation run, the refit on all photos and the
-learning-rate range test share it, and so do the folds of a cross-validation. Epoch ``e`` trains on view
-``e mod views``.
+learning-rate range test share it, and so do the folds of a cross-validation. A bank made by
+:meth:`ActivationBank.shared` also keeps what it computes on disk (:mod:`~headstart.models.finetune.store`), so a
+later process on the same photos reads the views instead of running the frozen stages. Activations are kept in
+bf16 (bf16 runs) or fp16 (fp32 runs: half the bytes, and the tail gets them back as fp32). Epoch ``e`` trains on
+view ``e mod views``.
 
 Example:
     >>> split = split_network(network, "2")       # the last 2 of timm's coarse parameter groups train
@@ -19,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,6 +31,8 @@ from typing import Any
 
 from headstart.features.openvino import available as openvino_available
 from headstart.features.openvino_modules import frozen_runner
+from headstart.models.finetune.store import ActivationStore
+from headstart.models.memo import source_digest, versions
 
 __all__ = ["BANK_BYTES", "ActivationBank", "Split", "clear_banks", "split_network"]
 
@@ -173,8 +179,14 @@ class ActivationBank:
         self.train: dict[tuple[str, int], Any] = {}  # (sha, view) -> activation
         self.plain: dict[str, Any] = {}  # sha -> (2, C, H, W): the plain view and its mirror image
         self.seconds = 0.0
-        self.computed = 0
+        self.computed = 0  # views run through the frozen stages
+        self.loaded = 0  # views read from the disk store (a plain view and its mirror image: 2)
+        self.read_seconds = 0.0
+        self._pruned = False
         self.bytes_per_view = 0
+        #: the disk store's identity without the engine (:meth:`shared` sets it; None: memory only)
+        self.store_identity: dict[str, Any] | None = None
+        self._stores: dict[str, ActivationStore] = {}
         #: where the frozen stages run: OpenVINO (converted once a machine, keyed by ``engine_key``: the trunk's
         #: content fingerprint and the cut) on a CPU where it is installed, else torch; decided on first use
         self.engine_key = engine_key
@@ -201,6 +213,18 @@ class ActivationBank:
         if bank is None:
             engine_key = f"{spec.fingerprint}|{split.where}"
             bank = cls(split, spec.data_config, augment, seed, precision, device, batch_size, engine_key)
+            bank.store_identity = {
+                "backbone": spec.name,
+                "fingerprint": spec.fingerprint,
+                "where": split.where,
+                "augment": augment,
+                "seed": seed,
+                "precision": precision,
+                "device": device.split(":")[0],
+                "data_config": repr(sorted(spec.data_config.items())),
+                "code": source_digest("headstart.models.finetune.parts"),  # (the transforms that draw the views)
+                "versions": versions("torch", "torchvision", "timm", "openvino"),
+            }
             _BANKS[key] = bank
             while len(_BANKS) > _MAX_BANKS:
                 _BANKS.popitem(last=False)
@@ -219,49 +243,104 @@ class ActivationBank:
         """Activations ``(n, C, H, W)`` of augmented view ``view`` of each ``(sha, path)`` photo."""
         import torch
 
-        missing = [(sha, path) for sha, path in photos if (sha, view) not in self.train]
-        if missing:
+        def augmented(sha, image):
+            state, torch_state = random.getstate(), torch.get_rng_state()
+            random.seed(_view_seed(self.seed, sha, view))
+            torch.manual_seed(_view_seed(self.seed, sha, view))
+            try:
+                return self.augment_transform(image)
+            finally:
+                random.setstate(state)
+                torch.set_rng_state(torch_state)
 
-            def augmented(sha, image):
-                state, torch_state = random.getstate(), torch.get_rng_state()
-                random.seed(_view_seed(self.seed, sha, view))
-                torch.manual_seed(_view_seed(self.seed, sha, view))
-                try:
-                    return self.augment_transform(image)
-                finally:
-                    random.setstate(state)
-                    torch.set_rng_state(torch_state)
-
-            for sha, act in self._run(missing, augmented, mirror=False, draft=self.augment_transform.draft):
-                self.train[(sha, view)] = act[0]
-        return torch.stack([self.train[(sha, view)] for sha, _ in photos])
+        draft = self.augment_transform.draft
+        self._fill(photos, self.train, lambda sha: (sha, view), view, augmented, mirror=False, draft=draft)
+        return self._as_input(torch.stack([self.train[(sha, view)] for sha, _ in photos]))
 
     def plain_views(self, photos: Sequence[tuple[str, Any]]):
         """Activations ``(n, 2, C, H, W)`` of each photo's plain preprocessing and its mirror image."""
         import torch
 
-        missing = [(sha, path) for sha, path in photos if sha not in self.plain]
-        plain, draft = (lambda sha, image: self.plain_transform(image)), self.plain_transform.draft
-        for sha, act in self._run(missing, plain, mirror=True, draft=draft):
-            self.plain[sha] = act
-        return torch.stack([self.plain[sha] for sha, _ in photos])
+        plain = lambda sha, image: self.plain_transform(image)  # noqa: E731
+        self._fill(photos, self.plain, lambda sha: sha, "plain", plain, mirror=True, draft=self.plain_transform.draft)
+        return self._as_input(torch.stack([self.plain[sha] for sha, _ in photos]))
+
+    def _as_input(self, acts):
+        """Kept activations as the tail takes them (fp16 is only how fp32 runs keep them)."""
+        import torch
+
+        return acts.float() if acts.dtype == torch.float16 else acts
+
+    def _fill(self, photos, memory: dict, key, view: int | str, transform, *, mirror: bool, draft) -> None:
+        """Put each photo's activations of ``view`` in ``memory`` under ``key(sha)``: kept in memory already, read
+        from the disk store, or computed from photos decoded at ``draft`` (and stored)."""
+        missing = [(sha, path) for sha, path in photos if key(sha) not in memory]
+        if not missing:
+            return
+        wanted = self._store_dtype()
+        store = self._store(self.engine or self.planned_engine())
+        if store is not None:
+            began, left = time.perf_counter(), []
+            for sha, path in missing:
+                act = store.get(sha, view)
+                if act is not None and act.dtype == wanted and (not mirror or act.shape[0] == 2):
+                    memory[key(sha)] = act
+                    self.bytes_per_view = (act[0] if mirror else act).numel() * act.element_size()
+                else:
+                    left.append((sha, path))
+            self.loaded += (len(missing) - len(left)) * (2 if mirror else 1)
+            self.read_seconds += time.perf_counter() - began
+            missing = left
+        computed = []
+        for sha, act in self._run(missing, transform, mirror=mirror, draft=draft):
+            memory[key(sha)] = act if mirror else act[0]
+            computed.append((sha, view, memory[key(sha)]))
+            if len(computed) == self.batch_size:
+                self._keep(computed)
+        self._keep(computed)
+
+    def _keep(self, items: list) -> None:
+        """Write computed activations to the disk store of the engine that computed them (and empty ``items``)."""
+        store = self._store(self.engine) if items else None
+        if store is not None:
+            store.put_many(items)
+            if not self._pruned:
+                store.prune()
+                self._pruned = True
+        items.clear()
+
+    def planned_engine(self) -> str:
+        """The engine :meth:`_engine` will choose (unless OpenVINO's conversion fails), known without converting."""
+        use_openvino = self.device == "cpu" and self.engine_key is not None and openvino_available()
+        return "openvino" if use_openvino else "torch"
+
+    def _store(self, engine: str | None) -> ActivationStore | None:
+        """The disk store of activations the frozen stages computed on ``engine`` (None: the bank keeps none)."""
+        if self.store_identity is None or engine is None:
+            return None
+        if engine not in self._stores:
+            self._stores[engine] = ActivationStore({**self.store_identity, "engine": engine})
+        return self._stores[engine]
+
+    def _store_dtype(self):
+        import torch
+
+        return torch.bfloat16 if self.precision == "bf16" else torch.float16
 
     def _run(self, photos: list[tuple[str, Any]], transform, *, mirror: bool, draft: tuple[int, int]):
         """Yield ``(sha, activations (views, C, H, W))`` for photos decoded at ``draft`` (JPEG draft mode), batched
         through the frozen prefix (in eval mode whatever the network's mode)."""
-        import torch
-
-        store = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        if not photos:
+            return
         modes = [m.training for m in self.split.frozen]
         self.split.freeze()
         try:
-            yield from self._batches(photos, transform, mirror, store, draft)
+            yield from self._batches(photos, transform, mirror, self._store_dtype(), draft)
         finally:
             for module, mode in zip(self.split.frozen, modes):
                 module.train(mode)
 
     def _batches(self, photos, transform, mirror: bool, store, draft: tuple[int, int]):
-        import time
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
@@ -307,7 +386,10 @@ class ActivationBank:
             if self.device == "cpu" and self.engine_key is not None and openvino_available():
                 try:
                     self._runner = frozen_runner(
-                        self.split.prefix, key=self.engine_key, input_shape=input_shape, precision=self.precision
+                        self.split.prefix,
+                        key=self.engine_key,
+                        input_shape=input_shape,
+                        precision=self.precision,
                     )
                     self.engine = "openvino"
                 except Exception as exc:  # (an architecture OpenVINO cannot trace: torch runs it, as before)
@@ -318,6 +400,11 @@ class ActivationBank:
                         stacklevel=3,
                     )
         return self._runner if self.engine == "openvino" else None
+
+    def counts(self) -> tuple[int, float, int, float, int]:
+        """``(views computed, seconds computing, views read from disk, seconds reading)`` so far: a caller
+        subtracts two of these to tell what one run cost."""
+        return self.computed, self.seconds, self.loaded, self.read_seconds
 
     def nbytes(self) -> int:
         """Bytes held."""

@@ -392,7 +392,7 @@ class _Cached:
         hashes = dict(hashes or {})
         train = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in train_data.samples]
         val = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in val_data.samples] if val_data else []
-        computed, seconds = bank.computed, bank.seconds
+        before = bank.counts()
         bank.training_views(train[:1], 0)  # one activation tells its size
         views = bank.views_that_fit(len(train), max(1, epochs))
         if views == 0:
@@ -408,6 +408,7 @@ class _Cached:
         )
         # Only the first epoch's views now: early stopping usually ends a run long before every view is used, and
         # each later epoch computes its own view when it starts (kept for the refit and later fits in the process).
+        self._asked, self._plain_asked = {0} if epochs else set(), bool(val)
         with progress_bar(progress, 1 + bool(val), "frozen stages") as advance:
             if epochs:
                 bank.training_views(train, 0)
@@ -415,19 +416,27 @@ class _Cached:
             if val:
                 bank.plain_views(val)
                 advance(1)
-        self._count_from(computed, seconds)
+        self._count_from(before)
         self.total_seconds = time.perf_counter() - started
         if progress:
+            said = f"{self.computed} photo views in {self.seconds:.1f} s on {bank.engine}" if self.computed else ""
+            if self.loaded:
+                said += f"{', ' if said else ''}{self.loaded} read from the cache in {self.read_seconds:.1f} s"
+            if self.reused:
+                said += f"{', ' if said else ''}{self.reused} kept from the run before"
             say(
-                f"frozen stages (the stem up to {split.where}, on {bank.engine}): {self.computed} photo views in "
-                f"{self.seconds:.1f} s; the epochs train {split.where} and the layers after it, each epoch on its own "
-                f"augmented view ({views} kept a photo)"
+                f"frozen stages (the stem up to {split.where}): {said or 'nothing to compute'}; the epochs train "
+                f"{split.where} and the layers after it, each epoch on its own augmented view ({views} kept a photo)"
             )
         return self
 
-    def _count_from(self, computed: int, seconds: float) -> None:
-        self._start = (computed, seconds)
-        self.computed, self.seconds = self.bank.computed - computed, self.bank.seconds - seconds
+    def _count_from(self, before: tuple) -> None:
+        """What the bank did for this run since ``before`` (its :meth:`~ActivationBank.counts` then)."""
+        self._start = before
+        now = self.bank.counts()
+        self.computed, self.seconds, self.loaded, self.read_seconds = (a - b for a, b in zip(now, before))
+        asked = len(self.train) * len(self._asked) + 2 * len(self.val) * bool(self._plain_asked)
+        self.reused = max(0, asked - self.computed - self.loaded)  # (views an earlier run of the process computed)
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -436,7 +445,8 @@ class _Cached:
         import torch
 
         acts = self.bank.training_views(self.train, epoch % self.views)  # (computed at its epoch's start)
-        self._count_from(*self._start)
+        self._asked.add(epoch % self.views)
+        self._count_from(self._start)
         labels = torch.from_numpy(self.train_labels)
         order = torch.randperm(len(self.train), generator=self.generator)
         end = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
@@ -466,9 +476,12 @@ class _Cached:
         return {
             "cached": True,
             "up_to": self.split.where,
-            "engine": self.bank.engine,
+            "engine": self.bank.engine or self.bank.planned_engine(),  # (all read from the cache: what computed them)
             "views": self.views,
             "photo_views": self.computed,
             "seconds": round(self.seconds, 3),
+            "read_from_cache": self.loaded,
+            "read_seconds": round(self.read_seconds, 3),
+            "reused": self.reused,
             "megabytes": round(self.bank.nbytes() / 2**20, 1),
         }
