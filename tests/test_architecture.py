@@ -28,6 +28,7 @@ LAYERS = {
     "_distributed": 0,
     "_names": 0,
     "_safetensors": 0,
+    "_threads": 0,
     "data": 1,
     "features": 2,
     "reports": 3,

@@ -37,18 +37,24 @@ def frozen_module_path(key: str) -> Path:
 
 
 def frozen_runner(
-    module: Any, *, key: str, input_shape: tuple[int, int, int], precision: str, progress: bool = True
+    module: Any,
+    *,
+    key: str,
+    input_shape: tuple[int, int, int],
+    precision: str,
+    progress: bool = True,
+    threads: int | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``run(x)``: ``module(x)`` for a float32 batch ``(n, *input_shape)``, on OpenVINO (converted on first use,
-    announced with its time). ``precision``: ``bf16`` (where native; else fp32) or ``fp32``. Raises whatever the
-    conversion raises (the caller falls back to torch)."""
+    announced with its time) with ``threads`` threads (None: one a core). ``precision``: ``bf16`` (where native;
+    else fp32) or ``fp32``. Raises whatever the conversion raises (the caller falls back to torch)."""
     path = frozen_module_path(f"{key}|{tuple(input_shape)}")
     if not (path.is_file() and path.with_suffix(".bin").is_file()):
         started = time.perf_counter()
         _convert(module, path, input_shape)
         if progress:
             say(f"Converted the frozen stages to OpenVINO in {time.perf_counter() - started:.1f} s (once per machine)")
-    compiled = compiled_model(str(path), "bf16" if precision == "bf16" else "f32", "LATENCY")
+    compiled = compiled_model(str(path), "bf16" if precision == "bf16" else "f32", "LATENCY", threads)
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:

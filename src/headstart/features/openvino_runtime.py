@@ -135,12 +135,17 @@ def save_ir(model: Any, path: Path) -> None:
 
 
 @lru_cache(maxsize=8)
-def compiled_model(path: str, precision_hint: str, performance: str) -> openvino.CompiledModel:
-    """The converted model compiled for this CPU, once a process (bf16 only where the CPU has it natively)."""
+def compiled_model(
+    path: str, precision_hint: str, performance: str, threads: int | None = None
+) -> openvino.CompiledModel:
+    """The converted model compiled for this CPU, once a process (bf16 only where the CPU has it natively), on
+    ``threads`` threads (None: OpenVINO's choice, one a core)."""
     core = _core()
     if precision_hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         precision_hint = "f32"
     settings = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": performance}
+    if threads is not None:
+        settings["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(core.read_model(path), "CPU", settings)
     _umask_permissions(engine_dir() / "openvino-compiled")
     return compiled

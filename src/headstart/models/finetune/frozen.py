@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from headstart._threads import free_cores
 from headstart.features.openvino import available as openvino_available
 from headstart.features.openvino_modules import frozen_runner
 from headstart.models.finetune.store import ActivationStore
@@ -390,6 +391,7 @@ class ActivationBank:
                         key=self.engine_key,
                         input_shape=input_shape,
                         precision=self.precision,
+                        threads=free_cores(),  # (the cores free now; torch's threads wait meanwhile)
                     )
                     self.engine = "openvino"
                 except Exception as exc:  # (an architecture OpenVINO cannot trace: torch runs it, as before)

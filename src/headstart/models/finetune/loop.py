@@ -21,6 +21,7 @@ import numpy as np
 from headstart._console import progress as progress_bar
 from headstart._console import say
 from headstart._io import atomic_path, sha256_file, write_text_atomic
+from headstart._threads import restores_torch_threads, size_torch_threads
 from headstart.models.finetune.frozen import ActivationBank, split_network
 from headstart.models.finetune.parts import (
     EpochRecord,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["run_finetune"]
 
 
+@restores_torch_threads
 def run_finetune(
     network,
     train_data: Dataset,
@@ -162,6 +164,7 @@ def run_finetune(
             write_text_atomic(run / f"{name}metrics.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in history))
 
     if start_epoch == 0 and validating:  # epoch 0 = the starting point (LP-FT: the probe); fine-tuning must beat it
+        size_torch_threads()
         logits, y = judged_logits()
         val_loss, val_acc = _scores(logits, y)
         best_acc, best_epoch, best_logits = val_acc, 0, logits
@@ -174,6 +177,7 @@ def run_finetune(
     stopped_early = False
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
+        size_torch_threads()  # the cores free now: a busy machine slows the epoch in proportion, not by a multiple
         network.train()
         if config.freeze_bn:
             freeze_batchnorm(network)
