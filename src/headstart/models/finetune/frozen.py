@@ -223,7 +223,10 @@ class ActivationBank:
                 "precision": precision,
                 "device": device.split(":")[0],
                 "data_config": repr(sorted(spec.data_config.items())),
-                "code": source_digest("headstart.models.finetune.parts"),  # (the transforms that draw the views)
+                # the code that decodes photos and draws their views: a change to it is a change of key
+                "code": [
+                    source_digest(m) for m in ("headstart.data.images", __name__, "headstart.models.finetune.parts")
+                ],
                 "versions": versions("torch", "torchvision", "timm", "openvino"),
             }
             _BANKS[key] = bank
