@@ -129,6 +129,45 @@ def test_the_refit_runs_the_chosen_epochs_of_the_same_schedule_on_all_photos(tin
 
 
 @pytest.mark.slow
+def test_the_refit_reuses_the_validation_runs_views_and_a_later_process_reads_them_all(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refit on all photos computes only the validation photos' augmented views (the training photos' were
+    computed by the validation run); after the process's banks are gone, the same refit reads every view from the
+    cache folder. Its line in the output says so."""
+    from headstart.data import load_dataset
+    from headstart.features import load_backbone
+    from headstart.models.finetune.config import Finetune
+    from headstart.models.finetune.fit import _refit_line
+    from headstart.models.finetune.frozen import clear_banks
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network
+
+    monkeypatch.setenv("HEADSTART_CACHE_DIR", str(tmp_path / "cache"))
+    clear_banks()
+    data = load_dataset(tiny)
+    train_part, val_part = data.subset(range(0, 15, 3)), data.subset([i for i in range(15) if i % 3])
+    backbone = load_backbone("tf_efficientnet_lite0")
+    config = Finetune.for_data_size(15, epochs=1, batch_size=4, unfreeze="2", patience=0)
+    common = dict(spec=backbone.spec, device="cpu")
+
+    def fit(train, val, **options):
+        network = build_network(backbone, 3, 0.2)
+        return run_finetune(network, train, val, data.classes, backbone.spec.data_config, config, **common, **options)
+
+    validation = fit(train_part, val_part).frozen
+    assert (validation["photo_views"], validation["reused"]) == (5 + 2 * 10, 0)
+    refit = fit(data, None, stop_after=1).frozen
+    assert (refit["photo_views"], refit["reused"], refit["read_from_cache"]) == (10, 5, 0)
+    line = _refit_line({"photos": 15, "epochs": 1, "seconds": 2.04, "frozen_stages": refit})
+    assert line == "refit on all 15 photos: 1 epoch(s), 2.0 s (frozen stages: 10 new views, 5 reused)"
+    clear_banks()  # (as a new process)
+    later = fit(data, None, stop_after=1).frozen
+    assert (later["photo_views"], later["read_from_cache"], later["reused"]) == (0, 15, 0)
+    clear_banks()
+
+
+@pytest.mark.slow
 def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
     first = train(
         tiny,

@@ -40,7 +40,7 @@ class RunOptions:
         batch_size: photos per batch of feature extraction.
         max_pixels: photos larger than this are unusable (decompression-bomb guard); None: no limit.
         reuse: read probe fits back from the cache's memo when their inputs are unchanged (same result, faster).
-        checkpoint_dir: where fine-tuning writes its checkpoint, ``metrics.jsonl`` and ``curves.png`` each epoch;
+        checkpoint_dir: where fine-tuning writes its checkpoint and ``metrics.jsonl`` each epoch, and ``curves.png``;
             None writes none.
         resume: continue the fine-tuning run whose checkpoint is in ``checkpoint_dir``.
         progress: progress bars and per-epoch lines on stderr; None (the default): when stderr is a terminal.

@@ -39,7 +39,10 @@ from headstart.models.finetune.parts import (
 if TYPE_CHECKING:
     from headstart.data import Dataset
 
-__all__ = ["run_finetune"]
+__all__ = ["CURVES_EVERY_S", "run_finetune"]
+
+#: ``curves.png`` is redrawn after an epoch when it was last drawn this many seconds ago, and when the run ends.
+CURVES_EVERY_S = 30.0
 
 
 @restores_torch_threads
@@ -69,9 +72,9 @@ def run_finetune(
     keeps the last. ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
     activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
 
-    With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, redraws ``{name}curves.png`` and replaces
-    ``{name}checkpoint.pt``, from which ``resume=True`` continues; without it nothing is written. Under torchrun
-    only rank 0 writes.
+    With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, replaces ``{name}checkpoint.pt`` (from which
+    ``resume=True`` continues) and redraws ``{name}curves.png`` (:data:`CURVES_EVERY_S`); without it nothing is
+    written. Under torchrun only rank 0 writes.
     """
     import torch
 
@@ -175,6 +178,7 @@ def run_finetune(
             say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
     step = start_epoch * steps_per_epoch
     stopped_early = False
+    drawn, drawn_records = time.perf_counter(), len(history)  # when curves.png was last drawn, with how many records
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         size_torch_threads()  # the cores free now: a busy machine slows the epoch in proportion, not by a multiple
@@ -255,10 +259,14 @@ def run_finetune(
                 state["ema"] = ema.state_dict()
             with atomic_path(checkpoint) as temporary:
                 torch.save(state, temporary)
-            plot_curves(history, run / f"{name}curves.png")
+            if time.perf_counter() - drawn >= CURVES_EVERY_S:  # (a short run's curves are drawn once, at its end)
+                plot_curves(history, run / f"{name}curves.png")
+                drawn, drawn_records = time.perf_counter(), len(history)
         if validating and config.patience and epoch + 1 - best_epoch >= config.patience:
             stopped_early = True
             break
+    if writes and len(history) > drawn_records:
+        plot_curves(history, run / f"{name}curves.png")
     final = ema.module if ema is not None else network
     if validating and best_state is not None:
         final.load_state_dict(best_state)
