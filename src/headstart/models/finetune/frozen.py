@@ -40,6 +40,7 @@ __all__ = ["BANK_BYTES", "ActivationBank", "Split", "clear_banks", "split_networ
 #: Most bytes of prefix activations kept in memory per bank; beyond, fewer augmented views are kept per photo
 #: (epochs reuse them), and when not even one fits, every epoch runs the whole network.
 BANK_BYTES = 3 * 2**30
+_PARTS = "headstart.models.finetune.parts"  # (its transforms draw the views)
 _BANKS: OrderedDict[tuple, ActivationBank] = OrderedDict()
 _MAX_BANKS = 2
 
@@ -225,7 +226,8 @@ class ActivationBank:
                 "data_config": repr(sorted(spec.data_config.items())),
                 # the code that decodes photos and draws their views: a change to it is a change of key
                 "code": [
-                    source_digest(m) for m in ("headstart.data.images", __name__, "headstart.models.finetune.parts")
+                    source_digest(m)
+                    for m in ("headstart.data.images", "headstart.features.preprocess", __name__, _PARTS)
                 ],
                 "versions": versions("torch", "torchvision", "timm", "openvino"),
             }
