@@ -148,6 +148,30 @@ def test_iter_features_gives_the_cached_photos_first_and_reads_paths_a_chunk_at_
     )
 
 
+def test_iter_features_holds_one_chunk_of_features_at_a_time(sample, lite0, tmp_path, monkeypatch) -> None:
+    """Memory bounded by the chunk: once the caller lets a chunk go, the stream holds none of its features while it
+    reads the next (before, the previous chunk's matrix lived on in the generator: two chunks at a time)."""
+    import weakref
+
+    from headstart.features import stream
+
+    cache = FeatureCache(tmp_path / "f.sqlite")
+    photos = sorted((sample / "test").glob("*/*.jpg"))[:6]
+    extract_features(photos[:4], lite0, cache=cache, engine="torch", precision="fp32")
+    held = []
+
+    def watched(*args, **kwargs):  # the real extraction, noting what is still alive when it starts
+        held.append(previous is not None and previous() is not None)
+        return extract_features(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "extract_features", watched)
+    previous = None
+    for _, feats in stream.iter_features(photos, lite0, cache=cache, chunk=2, engine="torch", precision="fp32"):
+        previous = weakref.ref(feats.features)
+        del feats
+    assert len(held) >= 4 and not any(held), held
+
+
 def test_top_k_is_in_probability_order_with_ties_in_class_order() -> None:
     assert top_k(np.array([0.2, 0.5, 0.2, 0.1]), ["a", "b", "c", "d"], 3) == [("b", 0.5), ("a", 0.2), ("c", 0.2)]
     assert len(top_k(np.array([0.6, 0.4]), ["a", "b"], 5)) == 2

@@ -51,11 +51,13 @@ def iter_features(
         if not part:
             return
         cached = extract_features(part, backbone, cache=cache, cached_only=True, **options)
+        rest = sorted(set(range(len(part))) - set(cached.indices.tolist()))
         if len(cached.indices):
             yield part, cached
-        rest = sorted(set(range(len(part))) - set(cached.indices.tolist()))
+        del cached  # (one chunk's features held at a time: the caller drops its own before asking for more)
         if rest:
             computed = extract_features([part[i] for i in rest], backbone, cache=cache, **options)
             computed.indices = np.asarray([rest[i] for i in computed.indices], dtype=np.int64)
             computed.unusable = [UnusableFile(u.path, u.reason) for u in computed.unusable]
             yield part, computed
+            del computed

@@ -295,6 +295,7 @@ class Classifier:
 
         for part, feats in iter_features(paths, self._backbone_source(), chunk=chunk, **options):
             yield part, feats.indices, self.predict_proba_features(feats.features), feats.unusable
+            del feats  # (before the next chunk is read: one chunk's features at a time)
 
     def __repr__(self) -> str:
         return (
