@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scale.py                          # 5,000 and 20,000 rows (a shared machine)
     .venv/bin/python benchmarks/scale.py --sizes 30000 300000     # the target sizes, on a quiet machine
     .venv/bin/python benchmarks/scale.py --plain-max 20000        # plain approaches up to this many rows only
+    .venv/bin/python benchmarks/scale.py --steps --photo-sizes 1000 4000   # only the real commands, on photos
 
 Every measurement runs in its own process (peak memory = that process's maximum resident set, imports included) on
 synthetic feature rows: ``d = 1280`` (``tf_efficientnet_lite0``), 37 classes of Gaussian clusters, 1% near copies
@@ -148,6 +149,27 @@ def _reset_peak() -> int | None:
         return None
 
 
+def run_commands(n: int, folder: Path) -> dict[str, dict]:
+    """The real commands on ``n`` generated photos, each timed as its own process (``commands`` in the docstring)."""
+    from distributed import env_with, headstart, make_photos, timed
+
+    data = make_photos(folder / f"photos-{n}", n)
+    env = env_with(folder / f"cache-{n}")
+    model = folder / f"model-{n}.safetensors"
+    runs = {
+        "extract": headstart("extract", str(data)),
+        "train": headstart("train", str(data), "--backbone", "tf_efficientnet_lite0", "--out", str(model)),
+        "predict --jsonl": headstart("predict", str(model), str(data), "--jsonl"),
+        "evaluate": headstart("evaluate", str(model), str(data), "--json"),
+        "audit": headstart("audit", str(data), "--out", str(folder / f"audit-{n}")),
+    }
+    results = {}
+    for name, command in runs.items():
+        result = timed(command, env)
+        results[name] = {"seconds": round(result["seconds"], 2), "peak_mb": round(result["peak_mb"])}
+    return results
+
+
 def measure(step: str, way: str, n: int) -> dict:
     done = subprocess.run(
         [sys.executable, __file__, "--one", step, way, str(n)], capture_output=True, text=True, check=False
@@ -170,8 +192,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
     parser.add_argument("--plain-max", type=int, default=20000, help="largest size the plain approaches run at")
     parser.add_argument("--plain-probe-max", type=int, default=10000, help="largest size the plain probe runs at")
-    parser.add_argument("--steps", nargs="+", default=["probe", "duplicates", "outliers", "cache", "phone"])
+    parser.add_argument("--steps", nargs="*", default=["probe", "duplicates", "outliers", "cache", "phone"])
     parser.add_argument("--phone-photos", type=int, default=8)
+    parser.add_argument("--photo-sizes", type=int, nargs="*", default=[], help="photos for the commands step")
+    parser.add_argument("--photo-folder", type=Path, help="where the photos are made (kept between runs)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -201,13 +225,27 @@ def main() -> None:
                 lines.append(line)
             if step != "phone":
                 growth.append(f"{step} ({way}): {exponent(rows)}")
+    if args.photo_sizes:
+        folder = args.photo_folder or Path(tempfile.mkdtemp(prefix="headstart-scale-"))
+        by_command: dict[str, list[tuple[int, dict]]] = {}
+        for n in args.photo_sizes:
+            for name, result in run_commands(n, folder).items():
+                by_command.setdefault(name, []).append((n, result))
+                line = f"| {name} | photos | {n:,} | {result['seconds']} | {result['peak_mb']} | |"
+                print(line, flush=True)
+                lines.append(line)
+        for name, rows in by_command.items():
+            peaks = [r["peak_mb"] for _, r in rows]
+            growth.append(f"{name}: {exponent(rows)}, peak memory x{peaks[-1] / peaks[0]:.2f}")
     load = os.getloadavg()
     body = "\n".join(
         [
-            "## Scale: time, memory and growth on synthetic feature rows",
+            "## Scale: time, memory and growth on synthetic feature rows and generated photos",
             "",
             f"`python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --plain-max {args.plain_max} "
-            f"--plain-probe-max {args.plain_probe_max}` — "
+            f"--plain-probe-max {args.plain_probe_max} --steps {' '.join(args.steps)}"
+            + (f" --photo-sizes {' '.join(map(str, args.photo_sizes))}" if args.photo_sizes else "")
+            + "` — "
             f"synthetic rows of {D} features, 37 classes, 1% near copies and 0.2% outliers injected (the script's "
             "docstring); each cell is its own process, peak memory includes the imports (about 800 MB with torch "
             f"and scikit-learn). Machine: {os.uname().machine}, {os.cpu_count()} CPU(s), load average "
