@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.audit.outliers import OUTLIER_Z, outlier_scores
+from headstart.audit.outliers import OUTLIER_Z, neighbour_similarity, outlier_scores
 from headstart.data.hashing import SIGNATURE_DECODE, hamming, image_signatures, perceptual_hash
 from headstart.data.images import load_image
 from headstart.features.duplicates import find_duplicates
-from headstart.features.neighbours import nearest_neighbours, unit_rows
+from headstart.features.neighbours import among, nearest_neighbours, unit_rows
 
 
 def _clustered(n: int, d: int = 48, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -82,6 +82,29 @@ def test_outliers_through_the_index_are_those_of_all_pairs():
     flagged, indexed = set(np.flatnonzero(scores >= OUTLIER_Z)), set(np.flatnonzero(indexed_scores >= OUTLIER_Z))
     assert len(flagged & indexed) >= 0.85 * len(flagged | indexed), (len(flagged), len(indexed))
     assert set(range(3000, 3012)) <= indexed
+
+
+def test_one_search_serves_the_duplicates_and_the_outliers_of_a_subset():
+    """The audit searches all photos once: duplicates take the lists as they are, the outliers of the DATA photos
+    take them restricted to the DATA photos (``among``), and both answer what their own search answers."""
+    X, hashes, originals = _with_copies(3000, 40)
+    rng = np.random.default_rng(2)
+    X = np.vstack([X, rng.normal(size=(8, X.shape[1])).astype(np.float32) * 6])  # outliers
+    hashes += [int(h) for h in rng.integers(0, 2**63, 8)]
+    lists = nearest_neighbours(unit_rows(X), 60)  # exact: the same lists an index would approximate
+
+    shared = find_duplicates(features=X, phashes=hashes, neighbours=lists)
+    assert [g.members for g in shared] == [g.members for g in find_duplicates(features=X, phashes=hashes)]
+
+    data = np.sort(rng.choice(len(X) - 8, 2000, replace=False))
+    data = np.concatenate([data, np.arange(len(X) - 8, len(X))])
+    restricted = among(lists, data)
+    assert (restricted[1] < len(data)).all() and (restricted[1] == -1).any()  # the TEST photos left out
+    np.testing.assert_allclose(  # the density before any outlier is left out: all pairs among the DATA photos
+        neighbour_similarity(X[data], neighbours=restricted), neighbour_similarity(X[data]), atol=1e-5
+    )
+    scores, _ = outlier_scores(X[data], neighbours=restricted)
+    assert set(range(2000, 2008)) <= set(np.flatnonzero(scores >= OUTLIER_Z))
 
 
 def test_signatures_of_a_phone_size_jpeg_come_from_a_reduced_decode(sample, tmp_path):

@@ -41,8 +41,9 @@ from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
 from headstart.features.backbones import DEFAULT_BACKBONE
 from headstart.features.cache import FeatureCache
-from headstart.features.duplicates import NEAR_RULES, find_duplicates
+from headstart.features.duplicates import DUPLICATE_NEIGHBOURS, NEAR_RULES, find_duplicates
 from headstart.features.extract import extract_features
+from headstart.features.neighbours import EXACT_ROWS, among, nearest_neighbours, unit_rows
 from headstart.models.memo import Memo, memo_signatures
 from headstart.models.probe_fit import fit_probe
 
@@ -257,12 +258,16 @@ def audit(
     notes: list[str] = []
 
     signatures = memo_signatures(usable_paths, feats.hashes, memo, max_pixels=max_pixels, progress=progress)
+    lists = None
+    if len(rows) > EXACT_ROWS:  # both steps would search an index: one search serves the two
+        lists = nearest_neighbours(unit_rows(feats.features), max(3 * NEIGHBOURS, DUPLICATE_NEIGHBOURS), seed=seed)
     groups = find_duplicates(
         file_hashes=feats.hashes,
         pixel_hashes=signatures.pixel_hashes,
         features=feats.features,
         phashes=signatures.phashes,
         mirror_phashes=signatures.mirror_phashes,
+        neighbours=lists,
     )
     duplicates = duplicate_rows(groups, usable_paths, splits, labels)
 
@@ -275,7 +280,9 @@ def audit(
     group_of = np.arange(len(usable_paths))
     for g in groups:
         group_of[g.members] = g.members[0]
-    scores, similarity = outlier_scores(X, k=NEIGHBOURS, same_group=group_of[data_rows])
+    data_lists = among(lists, data_rows) if lists is not None else None  # (the DATA photos' among themselves)
+    del lists
+    scores, similarity = outlier_scores(X, k=NEIGHBOURS, same_group=group_of[data_rows], neighbours=data_lists)
 
     classes = list(dataset.classes)
     index = {name: j for j, name in enumerate(classes)}

@@ -121,6 +121,7 @@ def outlier_scores(
     threshold: float = OUTLIER_Z,
     max_rounds: int = 5,
     exact_rows: int = OUTLIER_EXACT_ROWS,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The outlier score of each photo (the modified z-score of its low neighbour similarity) and that similarity.
 
@@ -129,6 +130,7 @@ def outlier_scores(
 
     Up to ``exact_rows`` photos every pair is compared; beyond, each photo's ``3 * k`` nearest are found once by
     an index (:mod:`headstart.features.neighbours`) and every round averages the first ``k`` of them that count.
+    ``neighbours`` (each photo's ``3 * k`` nearest or so, already found; index -1 for none) replace that search.
 
     Returns:
         ``(scores, similarity)``, both shape ``(n,)``; outliers are the photos with ``scores >= threshold``.
@@ -138,8 +140,8 @@ def outlier_scores(
         >>> flagged = np.flatnonzero(scores >= OUTLIER_Z)                   # doctest: +SKIP
     """
     flagged = np.zeros(len(features), dtype=bool)
-    lists = None
-    if len(features) > exact_rows:  # found once: the rounds only change who counts
+    lists = neighbours
+    if lists is None and len(features) > exact_rows:  # found once: the rounds only change who counts
         lists = nearest_neighbours(unit_rows(features), 3 * k, exact_rows=exact_rows)
     for _ in range(max_rounds):
         similarity = neighbour_similarity(features, k=k, same_group=same_group, excluded=flagged, neighbours=lists)

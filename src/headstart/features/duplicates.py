@@ -129,11 +129,14 @@ def _neighbour_pairs(
     mirrored: Sequence[int | None] | None,
     rules: Sequence[tuple[int, float]],
     exact_rows: int,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[int, int, str]]:
-    """:func:`_candidate_pairs` among each photo's :data:`DUPLICATE_NEIGHBOURS` nearest in features (an index
-    beyond ``exact_rows`` photos): no all-pairs comparison. Copies of one photo are each other's nearest, and
-    union-find chains a larger group through them."""
-    sims, index = nearest_neighbours(unit, DUPLICATE_NEIGHBOURS, exact_rows=exact_rows)
+    """:func:`_candidate_pairs` among each photo's :data:`DUPLICATE_NEIGHBOURS` nearest in features (``neighbours``
+    when given, else an index beyond ``exact_rows`` photos): no all-pairs comparison. Copies of one photo are each
+    other's nearest, and union-find chains a larger group through them."""
+    if neighbours is None:
+        neighbours = nearest_neighbours(unit, DUPLICATE_NEIGHBOURS, exact_rows=exact_rows)
+    sims, index = (part[:, :DUPLICATE_NEIGHBOURS] for part in neighbours)
     floor = COSINE_THRESHOLD if phashes is None else min(cosine for _, cosine in rules)
     rows, cols = np.nonzero((sims >= floor) & (index >= 0))
     i, j, cosine = rows, index[rows, cols], sims[rows, cols]
@@ -165,14 +168,16 @@ def _candidate_pairs(
     mirrored: Sequence[int | None] | None,
     rules: Sequence[tuple[int, float]],
     exact_rows: int = EXACT_ROWS,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[int, int, str]]:
     """Pairs (i < j) that one of the ``rules`` joins, with the evidence, computed in blocks (bounded memory).
 
     Without hashes, pairs at or above :data:`COSINE_THRESHOLD`; without features, within :data:`HAMMING_THRESHOLD`.
-    With features and more than ``exact_rows`` photos, only each photo's nearest neighbours are candidates.
+    With features and more than ``exact_rows`` photos (or ``neighbours`` given), only each photo's nearest
+    neighbours are candidates.
     """
-    if unit is not None and n > exact_rows:
-        return _neighbour_pairs(unit, phashes, mirrored, rules, exact_rows)
+    if unit is not None and (n > exact_rows or neighbours is not None):
+        return _neighbour_pairs(unit, phashes, mirrored, rules, exact_rows, neighbours)
     bits = views = None
     if phashes is not None:
         bits, known = _hash_bits(phashes)
@@ -215,6 +220,7 @@ def find_duplicates(
     mirror_phashes: Sequence[int | None] | None = None,
     rules: Sequence[tuple[int, float]] = NEAR_RULES,
     exact_rows: int = EXACT_ROWS,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[DuplicateGroup]:
     """Group the photos that are copies of one another; every signal given is used, all aligned by index.
 
@@ -227,6 +233,8 @@ def find_duplicates(
         rules: ``(max pHash bits, min cosine)`` pairs; a pair within any of them is joined (:data:`NEAR_RULES`).
         exact_rows: up to this many photos every pair is compared; beyond (with features), each photo's
             :data:`DUPLICATE_NEIGHBOURS` nearest in features, found by an index (:mod:`headstart.features.neighbours`).
+        neighbours: those nearest already found (``nearest_neighbours(unit_rows(features), k)``, ``k`` at least
+            :data:`DUPLICATE_NEIGHBOURS`), e.g. shared with the outliers' search: used whatever the number of photos.
 
     Returns:
         Groups of two or more, exact ones first, then by decreasing similarity.
@@ -255,7 +263,7 @@ def find_duplicates(
             else:
                 first[value] = i
     unit = _normalised(features) if features is not None and n else None
-    for i, j, why in _candidate_pairs(n, unit, phashes, mirror_phashes, rules, exact_rows):
+    for i, j, why in _candidate_pairs(n, unit, phashes, mirror_phashes, rules, exact_rows, neighbours):
         near.union(i, j)
         evidence.setdefault((i, j), set()).add(why)
     for i in range(n):  # what is exact is near too

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXACT_ROWS", "LISTS_PER_ROOT", "PROBES", "TRAIN_PER_LIST", "nearest_neighbours", "unit_rows"]
+__all__ = ["EXACT_ROWS", "LISTS_PER_ROOT", "PROBES", "TRAIN_PER_LIST", "among", "nearest_neighbours", "unit_rows"]
 
 #: Up to this many rows, neighbours are exact (all pairs, in blocks of matrix products); beyond, the index, which
 #: is faster from about there on for 30 neighbours of 1,280 features (its k-means is a fixed cost).
@@ -71,6 +71,28 @@ def nearest_neighbours(
     if n <= exact_rows:
         return _exact(unit, k)
     return _indexed(unit, k, seed)
+
+
+def among(neighbours: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour lists of ``rows`` (indices into the rows searched) with only neighbours among ``rows``,
+    renumbered as positions in ``rows``: the others become -1 (similarity -inf), the order is kept. One search of
+    all the photos then serves a step that looks at some of them (the audit's outliers, among the DATA photos).
+
+    Example:
+        >>> lists = (np.array([[0.9, 0.8], [0.9, 0.7], [0.8, 0.7]]), np.array([[1, 2], [0, 2], [0, 1]]))
+        >>> [part.tolist() for part in among(lists, np.array([0, 2]))]
+        [[[0.8, -inf], [0.8, -inf]], [[1, -1], [0, -1]]]
+    """
+    sims, index = neighbours
+    position = np.full(len(sims), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    mapped = np.where(index[rows] >= 0, position[np.maximum(index[rows], 0)], -1)
+    kept = mapped >= 0
+    order = np.argsort(~kept, axis=1, kind="stable")  # the kept ones first, in their order
+    return (
+        np.take_along_axis(np.where(kept, sims[rows], -np.inf), order, axis=1),
+        np.take_along_axis(mapped, order, axis=1),
+    )
 
 
 def _exact(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
