@@ -87,7 +87,7 @@ def test_outliers_through_the_index_are_those_of_all_pairs():
 def test_one_search_serves_the_duplicates_and_the_outliers_of_a_subset():
     """The audit searches all photos once: duplicates take the lists as they are, the outliers of the DATA photos
     take them restricted to the DATA photos (``among``), and both answer what their own search answers."""
-    X, hashes, originals = _with_copies(3000, 40)
+    X, hashes, _ = _with_copies(3000, 40)
     rng = np.random.default_rng(2)
     X = np.vstack([X, rng.normal(size=(8, X.shape[1])).astype(np.float32) * 6])  # outliers
     hashes += [int(h) for h in rng.integers(0, 2**63, 8)]
