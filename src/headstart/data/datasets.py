@@ -40,9 +40,10 @@ _EXPECTED_LAYOUTS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One labelled photo; the file may still turn out to be unusable when it is opened."""
+    """One labelled photo; the file may still turn out to be unusable when it is opened. (Slots: a data set of
+    300,000 photos holds 300,000 of them, and a dict each would be 40 bytes more a photo.)"""
 
     path: Path
     label: str
