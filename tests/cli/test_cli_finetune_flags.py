@@ -109,6 +109,7 @@ NOT_DEFAULT = {
     "precision": "fp32",
     "workers": 1,
     "seed": 3,
+    "skip_unjudged": False,  # (twelve photos: validation could never judge the run, which must train anyway)
 }
 
 

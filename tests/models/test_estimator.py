@@ -232,7 +232,7 @@ def test_fine_tuning_options_fine_tune_and_write_nothing(three_breeds, tmp_path:
     before = os.getcwd()
     os.chdir(folder)
     try:
-        options = hs.Finetune(epochs=1, batch_size=4, patience=0)
+        options = hs.Finetune(epochs=1, batch_size=4, patience=0, skip_unjudged=False)
         ft = hs.ImageClassifier(method="finetune", finetune=options).fit((paths, labels))
     finally:
         os.chdir(before)

@@ -23,7 +23,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-FAST = dict(epochs=2, batch_size=4, augment="light", patience=0)
+# skip_unjudged off: a few photos never let validation judge a network against the probe, and these tests are
+# about the training itself (tests/models/test_skip_unjudged.py tests the skip).
+FAST = dict(epochs=2, batch_size=4, augment="light", patience=0, skip_unjudged=False)
 
 
 def trainable_parameters(unfreeze: str) -> set[str]:
@@ -293,6 +295,7 @@ def test_two_cpu_processes_with_torchrun(tiny: Path, tmp_path: Path) -> None:
             "4",
             "--patience",
             "0",
+            "--always-finetune",
             "--out",
             str(out),
             "--json",
@@ -399,6 +402,7 @@ def test_a_killed_run_resumes_from_its_last_finished_epoch(tiny: Path, tmp_path:
         "4",
         "--patience",
         "0",
+        "--always-finetune",
         "--out",
         str(out),
     ]

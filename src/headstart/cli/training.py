@@ -207,6 +207,8 @@ def train(
     detail = (
         f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
         if method == "probe"
+        else f"fine-tuning skipped, validation could not judge it; the probe alone: {m['probe_val_accuracy']:.3f}"
+        if m.get("finetune_skipped")
         else f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}"
     )
     accuracy = format_accuracy(m["val_accuracy"], m.get("val_accuracy_ci"), m["n_val"])

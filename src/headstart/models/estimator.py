@@ -292,6 +292,7 @@ class ImageClassifier(ClassifierProtocol):
         else:
             from headstart.models.finetune.fit import fit_network
 
+            probe_right = s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va]  # (validation photos)
             config = Finetune.for_data_size(
                 len(s.usable), method=method, **{"seed": self.seed, "precision": self.precision, **options}
             )
@@ -313,11 +314,12 @@ class ImageClassifier(ClassifierProtocol):
                 resume=bool(run.resume),
                 progress=bool(run.progress),
                 lr_search=bool(config.lr_search),
+                probe_val_misses=int(np.sum(~probe_right)),
             )
-            model, history = fit.model, fit.history  # (config stays what was asked; the report has the lr used)
+            model, history = fit.model, (fit.history if fit.skipped is None else None)  # (no epochs: no curves)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
-            specific = fit.report(float(np.mean(s.probe.classes_[probe_proba.argmax(axis=1)] == s.labels[s.va])))
+            specific = fit.report(float(np.mean(probe_right)))
         report = fit_report(dataset, s, backbone.name, model, validation, specific, selection, started, history)
         model.metadata.update(
             file_metadata(

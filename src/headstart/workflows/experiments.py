@@ -154,7 +154,7 @@ def sweep(
             backbone=backbone,
             out=folder / f"{slug}.safetensors",
             run_dir=folder / slug,
-            finetune={**(base_options or {}), **variant},
+            finetune={"skip_unjudged": False, **(base_options or {}), **variant},  # (a sweep compares trainings)
             progress=progress,
         )
         m = result.metrics

@@ -291,6 +291,8 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
         f"the network trained again on all {n} photos for {epochs} epoch(s) of the same schedule (the epoch "
         f"validation chose), its temperature {report.get('temperature', 1.0):.3g} from validation"
         if epochs
+        else f"fine-tuning skipped (validation could not judge it): the probe refit on all {n} photos"
+        if report.get("finetune_skipped")
         else f"validation kept epoch 0 (fine-tuning did not beat the probe): the probe refit on all {n} photos"
     )
     return {"on_all_photos": True, "photos": n, "epochs": epochs, "seconds": refit.get("seconds"), "what": what}

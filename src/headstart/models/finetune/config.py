@@ -21,6 +21,9 @@ AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
 
+#: The fewest validation photos a fine-tuned network must fix (breaking none) for its gain over the probe to count:
+#: by a sign test at 5%, 5 fixes of 5 changes (chance 1/32) count, 4 of 4 (chance 1/16) do not.
+MIN_FIXES = 5
 SIZE_LIMITS = (1_000, 20_000)  # photos: "small" below the first, "medium" below the second, "large" from there
 # The default of every field: one value, or (small, medium, large) by the number of usable photos. The measurements
 # that chose them (repeated cross-validation on Oxford pets and cats-vs-dogs, and subsamples) are in docs/TRAINING.md.
@@ -47,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "precision": "auto",
     "workers": 0,
     "seed": 0,
+    "skip_unjudged": True,
 }
 # Training from scratch has nothing pretrained to protect: every layer, one full rate, its own BatchNorm statistics.
 SCRATCH_DEFAULTS: dict[str, Any] = {
@@ -55,6 +59,7 @@ SCRATCH_DEFAULTS: dict[str, Any] = {
     "freeze_bn": False,
     "lr": 1e-3,
     "patience": 0,
+    "skip_unjudged": False,  # (there is no probe to keep)
 }
 
 
@@ -136,6 +141,12 @@ class Finetune:
     )
     workers: int | None = _option("Processes that decode photos for training (0 = the main process)", "workers")
     seed: int | None = _option("Seed of the training: photo order, augmentation, dropout", "seed")
+    skip_unjudged: bool | None = _option(
+        "Keep the probe at once, without fine-tuning, when validation cannot judge a network against it: the "
+        f"probe misses fewer than {MIN_FIXES} validation photos, the fewest a network must fix for its gain to count",
+        "skip_unjudged",
+        flag="--skip-unjudged/--always-finetune",
+    )
 
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
@@ -287,6 +298,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULTS",
+    "MIN_FIXES",
     "SCRATCH_DEFAULTS",
     "Finetune",
     "FinetuneConfig",

@@ -32,6 +32,7 @@ import numpy as np
 from headstart._console import say
 from headstart._math import softmax
 from headstart.models.classifier import Classifier
+from headstart.models.finetune.config import MIN_FIXES
 from headstart.models.temperature import fit_temperature
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class NetworkFit:
         lr_search: per tried lr, its best validation accuracy and epoch (None without a search).
         config: the options that ran (``lr`` the chosen one).
         frozen: how the frozen stages ran (computed once: how many photo views, seconds, megabytes).
+        skipped: why fine-tuning did not run (validation could not judge it: the probe is the model), or None.
     """
 
     model: Classifier
@@ -75,6 +77,7 @@ class NetworkFit:
     lr_search: list[dict[str, Any]] | None
     config: Finetune
     frozen: dict[str, Any]
+    skipped: str | None = None
 
     def report(self, probe_val_accuracy: float) -> dict[str, Any]:
         """The estimator's ``report_`` entries of a network (beside the probe's validation accuracy)."""
@@ -91,6 +94,7 @@ class NetworkFit:
             "frozen_stages": self.frozen,
             "lr": self.config.lr,
             **({"lr_search": self.lr_search} if self.lr_search is not None else {}),
+            **({"finetune_skipped": self.skipped} if self.skipped is not None else {}),
         }
 
 
@@ -113,13 +117,22 @@ def fit_network(
     resume: bool = False,
     progress: bool = False,
     lr_search: bool = False,
+    probe_val_misses: int | None = None,
 ) -> NetworkFit:
     """Validation run(s), temperature, refit (see the module's docstring). ``backbone`` is an
     :class:`~headstart.models.inputs.ResolvedBackbone`; ``probe`` the probe fitted on ``train_part`` (the head
     fine-tuning starts from), ``probe_all`` the one refit on ``everything`` (None: no refit; it is the saved
     model when validation keeps epoch 0). ``features`` (of ``everything``, with labels) give the refit's
     starting head: a probe at the validation run's C, so both runs start at the same logit scale and the
-    temperature carries over; ``memo`` remembers that fit."""
+    temperature carries over; ``memo`` remembers that fit. ``probe_val_misses`` (the probe's errors on
+    ``val_part``): under :data:`~headstart.models.finetune.config.MIN_FIXES` with ``config.skip_unjudged``,
+    validation could not tell a better network from luck, so the probe is kept at once and nothing is trained."""
+    classes = [str(c) for c in probe.classes_]
+    if method == "finetune" and config.skip_unjudged and probe_val_misses is not None:
+        if probe_val_misses < MIN_FIXES:
+            return _probe_kept(
+                backbone, probe, probe_all, everything, classes, config, flip, probe_val_misses, progress
+            )
     import torch
 
     from headstart._distributed import current
@@ -127,7 +140,6 @@ def fit_network(
     from headstart.models.finetune.loop import run_finetune
     from headstart.models.finetune.parts import build_network, start_from_probe
 
-    classes = [str(c) for c in probe.classes_]
     if method == "scratch":
         torch.manual_seed(config.seed)  # the random initialisation is reproducible too
         loaded = load_backbone(backbone.name, "none")
@@ -225,9 +237,7 @@ def fit_network(
             say(_refit_line(refit))
     if method == "finetune" and best_epoch == 0:  # the probe alone won: it is the model (its own calibration)
         head = probe_all if probe_all is not None else probe
-        model = Classifier(
-            backbone.spec.with_flip_average(flip), classes, head.coef_, head.intercept_, backbone.trunk()
-        )
+        model = _probe_model(backbone, flip, classes, head)
         temperature, val_proba = float(head.temperature_), None  # (the estimator has the probe's own)
     else:
         model = Classifier.from_network(final, loaded.spec.with_flip_average(flip), classes)
@@ -259,6 +269,50 @@ def _refit_line(refit: dict[str, Any]) -> str:
         parts.append(f"{frozen['reused']:,} reused")
         said = f" (frozen stages: {', '.join(parts)})"
     return f"refit on all {refit['photos']:,} photos: {refit['epochs']} epoch(s), {refit['seconds']:.1f} s{said}"
+
+
+def _probe_model(backbone: Any, flip: bool, classes: list[str], head: Any) -> Classifier:
+    """The probe as the saved model: the pretrained trunk and the probe's head (its own calibration)."""
+    return Classifier(backbone.spec.with_flip_average(flip), classes, head.coef_, head.intercept_, backbone.trunk())
+
+
+def _probe_kept(
+    backbone: Any,
+    probe: Any,
+    probe_all: Any | None,
+    everything: Dataset,
+    classes: list[str],
+    config: Finetune,
+    flip: bool,
+    misses: int,
+    progress: bool,
+) -> NetworkFit:
+    """Fine-tuning not run: the validation part cannot judge a network against the probe, which is kept."""
+    from headstart._distributed import current
+
+    reason = (
+        f"the probe misses {misses} validation photo(s), fewer than the {MIN_FIXES} a fine-tuned network must fix "
+        "for its gain to count, so validation could not tell a better network from luck; the probe is the model "
+        "(--always-finetune to train anyway)"
+    )
+    if progress and current().is_main:
+        say(f"fine-tuning skipped: {reason}")
+    head = probe_all if probe_all is not None else probe
+    refit = {"photos": len(everything), "epochs": 0, "seconds": 0.0, "history": []} if probe_all is not None else None
+    return NetworkFit(
+        _probe_model(backbone, flip, classes, head),
+        None,
+        np.zeros(0, dtype=np.int64),
+        [],
+        0,
+        False,
+        float(head.temperature_),
+        refit,
+        None,
+        config,
+        {},
+        skipped=reason,
+    )
 
 
 def _cross_fitted(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
