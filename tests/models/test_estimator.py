@@ -254,6 +254,7 @@ def test_fine_tuning_options_fine_tune_and_write_nothing(three_breeds, tmp_path:
         "epochs": 1,
         "batch_size": 4,
         "patience": 0,
+        "skip_unjudged": False,
     }
     np.testing.assert_allclose(again.predict_proba(paths[:3]), proba, rtol=1e-4, atol=1e-5)
 
