@@ -274,7 +274,7 @@ def audit(
     data_rows = np.array([k for k, s in enumerate(splits) if s == "data"], dtype=np.int64)
     if not len(data_rows):
         raise DataError(f"{dataset.root}: none of its {n_data} photos could be decoded; see `headstart scan` for why.")
-    X = feats.features[data_rows]
+    X = _rows(feats.features, data_rows)
     d_paths = [usable_paths[k] for k in data_rows]
     d_labels = [labels[k] for k in data_rows]
     group_of = np.arange(len(usable_paths))
@@ -298,7 +298,7 @@ def audit(
     cv = None
     if len(set(y_all[checked].tolist())) >= 2:
         cv_rows = np.flatnonzero(checked)
-        cv = _cross_validate(X[cv_rows], y_all[cv_rows], classes, seed=seed, memo=memo, progress=progress)
+        cv = _cross_validate(_rows(X, cv_rows), y_all[cv_rows], classes, seed=seed, memo=memo, progress=progress)
         flagged_outliers = {int(i) for i in np.flatnonzero(scores[cv_rows] >= OUTLIER_Z)}
         issues = label_issue_rows(cv.cl, cv.proba, cv.y, classes, [d_paths[i] for i in cv_rows], flagged_outliers)
         proba_all = np.full((len(y_all), len(classes)), np.nan)
@@ -354,6 +354,12 @@ def audit(
         settings=settings,
         seconds=time.perf_counter() - start,
     )
+
+
+def _rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``matrix[rows]``, without a copy when the rows are all of them in order (no TEST photos, every class checked:
+    the usual case, where a copy would be a second feature matrix)."""
+    return matrix if np.array_equal(rows, np.arange(len(matrix))) else matrix[rows]
 
 
 def _refuse_overlap(dataset: Dataset, test_set: Dataset) -> None:

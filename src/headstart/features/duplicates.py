@@ -262,7 +262,8 @@ def find_duplicates(
                 evidence.setdefault((first[value], i), set()).add(name)
             else:
                 first[value] = i
-    unit = _normalised(features) if features is not None and n else None
+    # the rows at unit length; with the neighbours given, only the members of groups need it (no copy of the matrix)
+    unit = _normalised(features) if features is not None and n and neighbours is None else features
     for i, j, why in _candidate_pairs(n, unit, phashes, mirror_phashes, rules, exact_rows, neighbours):
         near.union(i, j)
         evidence.setdefault((i, j), set()).add(why)
@@ -274,7 +275,8 @@ def find_duplicates(
         kind = "exact" if len({exact.find(i) for i in members}) == 1 else "near"
         similarity = 1.0
         if unit is not None and kind == "near":
-            similarity = float(np.clip((unit[members] @ unit[members].T).min(), -1.0, 1.0))
+            rows = unit[members] if neighbours is None else _normalised(unit[members])
+            similarity = float(np.clip((rows @ rows.T).min(), -1.0, 1.0))
         distance = None
         if phashes is not None and all(phashes[i] is not None for i in members):
             distance = max(_pair_distance(phashes, mirror_phashes, a, b) for a in members for b in members if a < b)
