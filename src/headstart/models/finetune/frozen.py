@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from headstart._threads import free_cores
+from headstart._threads import free_cores, torch_threads
 from headstart.features.openvino import available as openvino_available
 from headstart.features.openvino_modules import frozen_runner
 from headstart.models.finetune.store import ActivationStore
@@ -341,7 +341,8 @@ class ActivationBank:
         modes = [m.training for m in self.split.frozen]
         self.split.freeze()
         try:
-            yield from self._batches(photos, transform, mirror, self._store_dtype(), draft)
+            with torch_threads(free_cores()):  # (the cores free now, as each epoch sizes its own)
+                yield from self._batches(photos, transform, mirror, self._store_dtype(), draft)
         finally:
             for module, mode in zip(self.split.frozen, modes):
                 module.train(mode)
