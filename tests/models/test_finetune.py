@@ -170,25 +170,46 @@ def test_the_refit_reuses_the_validation_runs_views_and_a_later_process_reads_th
 
 
 @pytest.mark.slow
-def test_resume_continues_after_the_last_finished_epoch(tiny: Path, tmp_path: Path) -> None:
-    first = train(
-        tiny,
-        backbone="tf_efficientnet_lite0",
-        method="finetune",
-        out=tmp_path / "a.safetensors",
-        finetune={**FAST, "epochs": 1},
-    )
-    resumed = train(
-        tiny,
-        backbone="tf_efficientnet_lite0",
-        method="finetune",
-        out=tmp_path / "a.safetensors",
-        finetune=FAST,
-        resume=first.run_dir,
-    )
-    epochs = [json.loads(l)["epoch"] for l in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1, 2], "epochs 0-1 kept from the first run, only epoch 2 trained again"
-    assert resumed.metrics["epochs_run"] == 2
+def test_a_run_that_stopped_early_resumes_to_nothing_left_and_says_why(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headstart.data import Dataset, load_dataset
+    from headstart.features import load_backbone
+    from headstart.models.finetune.config import Finetune
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network
+
+    data = load_dataset(tiny)
+    val = [next(s for s in data.samples if s.label == c) for c in data.classes]  # one photo a class
+    parts = [Dataset([s for s in data.samples if s not in val], data.classes, data.root, data.kind)]
+    parts.append(Dataset(val, data.classes, data.root, data.kind))
+    backbone = load_backbone("tf_efficientnet_lite0")
+    # a learning rate too small to move the loss: no epoch improves on the start, so patience 1 stops after epoch 1
+    config = Finetune.for_data_size(15, epochs=4, batch_size=4, unfreeze="2", patience=1, lr=1e-12)
+
+    def run(resume: bool):
+        network = build_network(backbone, 3, 0.2)
+        return run_finetune(
+            network, *parts, data.classes, backbone.spec.data_config, config, tmp_path, resume=resume, progress=True
+        )
+
+    first = run(False)
+    said = capsys.readouterr().err
+    assert [r.epoch for r in first.history] == [0, 1] and first.stopped_early
+    assert "stopped after epoch 1 of 4: validation loss did not improve for 1 epoch (lowest" in said
+    assert first.stopping["monitor"] == "validation loss" and first.stopping["kept_epoch"] == first.best_epoch
+    # the frozen stages and the trained ones, by the same names (not "up to blocks.6 ... train blocks.6")
+    assert "conv_stem, bn1, blocks.0–blocks.5 (" in said and "trained each epoch: blocks.6, conv_head, bn2" in said
+    progress = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert progress == {"epochs_done": 1, "epochs": 4, "stopped_after": 1}
+
+    again = run(True)
+    said = capsys.readouterr().err
+    assert [r.epoch for r in again.history] == [0, 1], "no epoch trained after the run had stopped"
+    assert again.frozen.get("resumed") and "photo views" not in said, "nor the frozen stages computed again"
+    assert "it had stopped after epoch 1 of 4" in said and "no epoch left to train" in said
+    assert again.best_epoch == first.best_epoch and again.stopping == first.stopping
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Looking after what headstart keeps: ``info`` (what a model file is and how it was made) and ``cache`` (what the
-cache folder holds; ``cache clean`` by backbone or age, with a dry run).
+"""Looking after what headstart keeps: ``info`` (what a model file is and how it was made), ``runs`` (the
+fine-tuning runs in a folder, and which can be resumed) and ``cache`` (what the cache folder holds; ``cache clean``
+by backbone or age, with a dry run).
 
 Examples:
     headstart info pets.safetensors
     headstart info pets.safetensors --json
+    headstart runs
     headstart cache
     headstart cache clean --older-than 30d --dry-run
     headstart cache clean --backbone tf_efficientnet_lite2
@@ -11,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,6 +45,32 @@ def info(model: ModelArg, as_json: JsonOpt = False) -> None:
         return
     for line in describe_model(details):
         out.print(line, highlight=False)
+
+
+@app.command()
+@handles_errors
+def runs(
+    folder: Annotated[Path, typer.Argument(help="The folder holding the run folders (default: here).")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """The fine-tuning runs in FOLDER and its subfolders: data, method, epochs done of those planned, and whether
+    each finished or can be continued with `headstart train DATA --resume RUN_FOLDER`."""
+    from headstart.workflows.runs import list_runs
+
+    found = list_runs(folder)
+    if as_json:
+        print_json({"runs": found})
+        return
+    if not found:
+        out.print(f"no fine-tuning runs in {folder} or its subfolders", highlight=False)
+        return
+    table = Table("run folder", "data", "method", "epochs done", "state", "model")
+    for run in found:
+        table.add_row(run["folder"], str(run["data"]), run["method"], run["progress"], run["state"], run["model"])
+    out.print(table)
+    resumable = [run["folder"] for run in found if run["resumable"]]
+    if resumable:
+        out.print(f"continue one with: headstart train DATA --resume {resumable[0]}", highlight=False)
 
 
 cache_app = typer.Typer(

@@ -76,6 +76,7 @@ LR_FIND_FIELDS = (
 @handles_errors
 @finetune_flags(exclude=RUN_OPTIONS, before="config")
 def train(
+    ctx: typer.Context,
     data: DataArg,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
     backbone: AutoBackboneOpt = "auto",
@@ -116,7 +117,10 @@ def train(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="[finetune] Continue the interrupted run in this run folder.", rich_help_panel="Fine-tuning"),
+        typer.Option(
+            help="[finetune] Continue the interrupted run in this run folder (`headstart runs` lists them): what you leave out (--out, --method, the options) comes from the run, what you give must match it.",
+            rich_help_panel="Fine-tuning",
+        ),
     ] = None,
     device: Annotated[
         str,
@@ -142,7 +146,13 @@ def train(
 ) -> None:
     """Train a classifier on labelled photos and save it as one model file."""
     use_cache_dir(cache_dir)
-    check_output(out_path, "file", "--out", example="model.safetensors")  # where it writes, before any work
+
+    def given_here(name: str) -> bool:  # on --resume, what is left out comes from the run folder
+        return resume is None or getattr(ctx.get_parameter_source(name), "name", None) != "DEFAULT"
+
+    if given_here("out_path"):
+        check_output(out_path, "file", "--out", example="model.safetensors")  # where it writes, before any work
+    from headstart.workflows.runs import NothingToResume
     from headstart.workflows.training import default_run_dir
     from headstart.workflows.training import train as train_model
 
@@ -158,7 +168,7 @@ def train(
     file_options = _file_options(config)
     flags = given(finetune)
     options = Finetune().replace(**file_options).replace(**flags).set_fields()  # checked before any work
-    if method == "probe" and options:
+    if method == "probe" and options and given_here("method"):
         named = [flag_of(k, v) for k, v in flags.items()] + [
             f"{k} (in {config})" for k in file_options if k not in flags
         ]
@@ -171,28 +181,39 @@ def train(
             from headstart.audit import apply_relabels
 
             data = apply_relabels(data, relabel_csv)
-    result = train_model(
-        data,
+    asked = dict(
         backbone=backbone,
         weights=weights,
         method=method,
         out=out_path,
-        run_dir=run_dir,
         split=split,
         val_fraction=val_fraction,
         seed=seed,
         refit=refit,
         precision=precision,
-        max_pixels=max_pixels_or_none(max_pixels),
-        progress=not as_json,
-        finetune=options or None,
-        resume=resume,
-        device=device,
-        reuse=reuse,
         flip_average=flip_average,  # (None: the API's default too)
     )
+    asked = {k: v for k, v in asked.items() if given_here("out_path" if k == "out" else k)}
+    if resume is None or options:
+        asked["finetune"] = options or None
+    try:
+        result = train_model(
+            data,
+            run_dir=run_dir,
+            max_pixels=max_pixels_or_none(max_pixels),
+            progress=not as_json,
+            resume=resume,
+            device=device,
+            reuse=reuse,
+            **asked,
+        )
+    except NothingToResume as finished:
+        out.print(str(finished), highlight=False)
+        return
+    method = result.model.metadata.get("method", method)
     m = result.metrics
     from headstart._distributed import current
+    from headstart.models.finetune.stopping import describe_stopping
     from headstart.models.selection import describe_selection
     from headstart.reports.calibration import format_ece
     from headstart.reports.metrics import format_accuracy
@@ -204,13 +225,14 @@ def train(
         return
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
-    detail = (
-        f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
-        if method == "probe"
-        else f"fine-tuning skipped, validation could not judge it; the probe alone: {m['probe_val_accuracy']:.3f}"
-        if m.get("finetune_skipped")
-        else f"best epoch {m['best_epoch']} of {m['epochs_run']} (0 = the starting point); the probe alone: {m['probe_val_accuracy']:.3f}"
-    )
+    if method == "probe":
+        detail = f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
+    elif m.get("finetune_skipped"):
+        detail = f"fine-tuning skipped, validation could not judge it; the probe alone: {m['probe_val_accuracy']:.3f}"
+    elif m.get("probe_val_accuracy") is not None:
+        detail = f"kept epoch {m['best_epoch']} of {m['epochs_run']}; epoch 0 is the probe alone: {m['probe_val_accuracy']:.3f}"
+    else:
+        detail = f"kept epoch {m['best_epoch']} of {m['epochs_run']}, trained from random weights; chance: {1 / m['n_classes']:.3f}"
     accuracy = format_accuracy(m["val_accuracy"], m.get("val_accuracy_ci"), m["n_val"])
     out.print(
         f"validation accuracy {accuracy} (95% interval), top-5 {m['val_top5_accuracy']:.3f} "
@@ -222,9 +244,18 @@ def train(
             f"mirror averaging: {'on' if m['flip_average'] else 'off'} (probe CV accuracy {cv['on']:.3f} with, "
             f"{cv['off']:.3f} without)"
         )
+    if m.get("stopping"):
+        out.print(describe_stopping(m["stopping"]), highlight=False)
     if m.get("backbone_selection"):
         sel = m["backbone_selection"]
         out.print(f"backbone: {sel['chosen']} (auto; {describe_selection(sel)})")
+    elif method == "scratch":
+        first = (
+            " (auto from scratch: its first candidate, no pretrained comparison)"
+            if str(result.estimator.backbone).startswith("auto")
+            else ""
+        )
+        out.print(f"backbone: {m['backbone']}{first}, its architecture only: every weight learnt from these photos")
     if m.get("val_ece") is not None:
         out.print(
             f"calibration on validation: {format_ece(m['calibration'])}, NLL {m['val_nll']:.3f}, "

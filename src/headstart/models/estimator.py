@@ -77,7 +77,8 @@ class ImageClassifier(ClassifierProtocol):
             installed, else the hub; ``"hub"``, ``"package"``, ``"none"`` or a checkpoint path). ``"auto"`` (the
             default): tf_efficientnet_lite1, unless lite2 or lite0 classifies the training part better photo by
             photo, by more than two paired standard errors (:mod:`headstart.models.selection`);
-            ``"auto:resnet50,lite1"``: among those.
+            ``"auto:resnet50,lite1"``: among those. With ``method="scratch"``, ``auto`` is its first candidate
+            (the comparison of pretrained features says nothing of random weights).
         method: ``"probe"``, ``"finetune"`` or ``"scratch"`` (the same network from random weights, to see what
             transfer learning gives).
         finetune: the options of ``"finetune"``/``"scratch"``: a :class:`~headstart.models.finetune.config.Finetune`
@@ -261,7 +262,10 @@ class ImageClassifier(ClassifierProtocol):
             precision=self.precision,
             **run.extraction(),
         )
-        backbone, selection = fit_backbone(dataset, self.backbone, candidates, self.weights, **common)
+        name = self.backbone
+        if method == "scratch" and candidates is not None:  # pretrained features say nothing of random weights
+            name, candidates = candidates[0], None
+        backbone, selection = fit_backbone(dataset, name, candidates, self.weights, **common)
         s = split_and_probe(dataset, backbone, keys=selection.split_keys if selection else None, **common)
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
             s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
@@ -319,7 +323,7 @@ class ImageClassifier(ClassifierProtocol):
             model, history = fit.model, (fit.history if fit.skipped is None else None)  # (no epochs: no curves)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)
                 validation["proba"] = fit.val_proba
-            specific = fit.report(float(np.mean(probe_right)))
+            specific = fit.report(float(np.mean(probe_right)) if method == "finetune" else None)  # (none: scratch)
         report = fit_report(dataset, s, backbone.name, model, validation, specific, selection, started, history)
         model.metadata.update(
             file_metadata(

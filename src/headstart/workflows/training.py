@@ -26,6 +26,7 @@ from headstart.models.finetune.config import Finetune
 from headstart.models.memo import Memo, memo_pictures
 from headstart.reports import classification_metrics, write_metric_pictures
 from headstart.workflows.pair import write_together
+from headstart.workflows.runs import ResumeError, check_fresh_start, resume_request, start_run
 
 __all__ = [
     "METHODS",
@@ -66,9 +67,9 @@ def train(
     data: str | os.PathLike[str] | Dataset,
     classifier: ImageClassifier | None = None,
     *,
-    out: str | os.PathLike[str] = "model.safetensors",
+    out: str | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
-    split: str = "all",
+    split: str | None = None,
     resume: str | os.PathLike[str] | None = None,
     cache: FeatureCache | str | os.PathLike[str] | None = None,
     device: str = "auto",
@@ -87,10 +88,15 @@ def train(
     Args:
         data: a data set folder, Oxford-IIIT Pet root, PetImages folder, CSV, or a loaded :class:`Dataset`.
         classifier: the estimator to fit (unfitted, or fitted again); None: ``ImageClassifier(**params)``.
-        out: the model file to write; the run folder defaults to ``<out stem>-run/`` beside it.
-        split: ``all``, or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
-        resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch.
-            Fine-tuning checkpoints into the run folder each epoch.
+        out: the model file to write (None: ``model.safetensors``); the run folder defaults to ``<out stem>-run/``
+            beside it.
+        split: ``all`` (None), or ``train``/``test`` for data sets with an official split (Oxford-IIIT Pet).
+        resume: the run folder of an interrupted fine-tuning run: continue after its last finished epoch (one
+            that had stopped early, or trained every epoch, goes straight to what is left: the refit, the
+            saving). Fine-tuning checkpoints into the run folder each epoch. What this call leaves out (``out``,
+            ``split``, the hyper-parameters) comes from the run folder, the model file too; what it gives must
+            equal the run's, else :class:`~headstart.workflows.runs.ResumeError` names the differences
+            (:mod:`headstart.workflows.runs`).
         cache, device, batch_size, max_pixels, reuse, progress: how to run
             (:class:`~headstart.models.run_options.RunOptions`).
         params: hyper-parameters of the new estimator (``finetune_options=``, the older name of ``finetune=``,
@@ -105,11 +111,21 @@ def train(
         (0.92, PosixPath('pets-run'))
         >>> train("photos/", ImageClassifier(method="finetune"), out="ft.safetensors", device="cuda")
     """
+    if resume is not None:
+        data, classifier, params, out, split = _resumed(resume, data, classifier, params, out, run_dir, split)
     clf = _estimator(classifier, params)
+    split = split or "all"
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
-    out = Path(out)
+    out = Path(out if out is not None else "model.safetensors")
     run = Path(resume) if resume is not None else Path(run_dir) if run_dir is not None else default_run_dir(out)
     network = clf.method != "probe"
+    from headstart._distributed import current
+
+    if resume is None and current().is_main:
+        check_fresh_start(run)
+        if network:
+            asked = {"data": str(dataset.root), "split": split, **_asked(clf.get_params()), "out": str(out)}
+            start_run(run, asked)
     clf.fit(
         dataset,
         cache=cache,
@@ -122,8 +138,6 @@ def train(
         progress=progress,
     )
     metrics = {k: v for k, v in clf.report_.items() if k not in ("validation", "history")}
-    from headstart._distributed import current
-
     files: list[Path] = []
     if current().is_main:  # under torchrun the other processes trained their shards; rank 0 writes
         clf.model_.metadata["data"]["split"] = split
@@ -164,6 +178,50 @@ def _estimator(classifier: ImageClassifier | None, params: dict[str, Any]) -> Im
     if not isinstance(clf.method, Finetune):
         check_choice(clf.method, "method", "train", METHODS)
     return clf
+
+
+#: The estimator's hyper-parameters a run folder records (with the data, split, options and model file).
+ASKED_PARAMS = ("method", "backbone", "weights", "val_fraction", "seed", "refit", "precision", "flip_average")
+
+
+def _asked(params: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters as a run folder records them: the fine-tuning options given (a dict), weights as text."""
+    asked = {k: v for k, v in params.items() if k in ASKED_PARAMS}
+    if asked.get("weights") is not None:
+        asked["weights"] = str(asked["weights"])
+    if "finetune" in params:
+        options = params["finetune"]
+        asked["finetune"] = (
+            options if isinstance(options, Finetune) else Finetune().replace(**(options or {}))
+        ).set_fields()
+    return asked
+
+
+def _resumed(
+    resume: str | os.PathLike[str],
+    data: Any,
+    classifier: ImageClassifier | None,
+    params: dict[str, Any],
+    out: str | os.PathLike[str] | None,
+    run_dir: str | os.PathLike[str] | None,
+    split: str | None,
+) -> tuple[Dataset, ImageClassifier | None, dict[str, Any], str, str]:
+    """The run ``resume`` continues: what the call gave checked against its folder (every difference named at
+    once), the rest filled from it (:func:`~headstart.workflows.runs.resume_request`)."""
+    if run_dir is not None and Path(run_dir) != Path(resume):
+        raise ResumeError(
+            f"--run-dir {run_dir} and --resume {resume} name two run folders; a resumed run stays in its own "
+            "folder: leave --run-dir out."
+        )
+    split = split or resume_request(resume, {}).get("split") or "all"  # (a missing or finished run ends here)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
+    given = _asked(classifier.get_params() if classifier is not None else params)
+    given.update({"data": dataset.root, "split": split, **({"out": out} if out is not None else {})})
+    record = resume_request(resume, given)
+    if classifier is None:
+        params = {k: record[k] for k in ASKED_PARAMS if k in record}
+        params["finetune"] = record.get("finetune") or None
+    return dataset, classifier, params, record["out"], split
 
 
 def write_run_folder(
@@ -210,6 +268,7 @@ def write_run_folder(
         "weights": None if clf.weights is None else str(clf.weights),
         "method": meta.get("method"),
         "out": None if out is None else str(out),
+        "model": None if out is None else os.path.relpath(Path(out).absolute(), folder.absolute()),
         "split": split,
         "val_fraction": clf.val_fraction,
         "seed": clf.seed,
@@ -258,7 +317,9 @@ def write_run_folder(
         from headstart.models.finetune.parts import EpochRecord, plot_curves
 
         written.append(write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history)))
-        written.append(plot_curves([EpochRecord(**r) for r in history], folder / "curves.png"))
+        written.append(
+            plot_curves([EpochRecord(**r) for r in history], folder / "curves.png", kept=report.get("best_epoch"))
+        )
     written.append(write_json(folder / "metrics.json", clf.report_))
     return written
 
@@ -287,9 +348,10 @@ def refit_summary(report: dict[str, Any], method: str | None) -> dict[str, Any]:
         }
     refit = report.get("refit") or {}
     epochs = refit.get("epochs", report.get("best_epoch"))
+    start = " from random weights" if method == "scratch" else ""
     what = (
-        f"the network trained again on all {n} photos for {epochs} epoch(s) of the same schedule (the epoch "
-        f"validation chose), its temperature {report.get('temperature', 1.0):.3g} from validation"
+        f"the network trained{start} again on all {n} photos for {epochs} epoch(s) of the same schedule (the "
+        f"epoch validation kept), its temperature {report.get('temperature', 1.0):.3g} from validation"
         if epochs
         else f"fine-tuning skipped (validation could not judge it): the probe refit on all {n} photos"
         if report.get("finetune_skipped")

@@ -7,6 +7,8 @@
                augmentation, the epoch records and the curves
 ``frozen``     the frozen stages run once per photo and view (an activation bank), not every epoch
 ``loop``       the epochs: train, validate, keep the best, stop early, checkpoint and resume
+``stopping``   when the epochs stop (validation loss) and which epoch is kept (validation accuracy), in words
+``resume``     checkpoints: which one a resumed run continues, what each epoch writes, nothing-left runs
 ``fit``        what ``ImageClassifier.fit`` runs for a network: the validation run(s), the temperature, the refit on
                all photos
 ``lr_find``    the learning-rate range test
@@ -31,6 +33,7 @@ _MODULES = {
         "FinetuneResult",
         "PhotoDataset",
         "build_network",
+        "curves_figure",
         "freeze_batchnorm",
         "lr_factor",
         "make_optimizer",

@@ -56,7 +56,10 @@ class NetworkFit:
             ``val_part``, or None when the probe won (its own held-out probabilities stand); ``val_labels`` their
             class indices.
         history: the validation run's epochs (dicts of :class:`~headstart.models.finetune.EpochRecord`).
-        best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe it started from).
+        best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe it started from; never 0
+            from scratch).
+        stopping: where the validation run stopped and why, which epoch it kept by what
+            (:mod:`~headstart.models.finetune.stopping`).
         temperature: the logit divisor folded into the saved head.
         refit: ``photos``, ``epochs``, ``seconds``, ``history`` and ``frozen_stages`` (what the frozen stages computed,
             read and reused) of the refit on all photos, or None.
@@ -72,6 +75,7 @@ class NetworkFit:
     history: list[dict[str, Any]]
     best_epoch: int
     stopped_early: bool
+    stopping: dict[str, Any]
     temperature: float
     refit: dict[str, Any] | None
     lr_search: list[dict[str, Any]] | None
@@ -86,6 +90,7 @@ class NetworkFit:
             "best_epoch": self.best_epoch,
             "epochs_run": sum(1 for r in self.history if r["epoch"] > 0),
             "stopped_early": self.stopped_early,
+            "stopping": self.stopping,
             "cv_accuracy": float("nan"),
             "C": float("nan"),
             "temperature": self.temperature,
@@ -159,6 +164,7 @@ def fit_network(
         return network
 
     common = dict(flip_average=flip, spec=spec, hashes=hashes, device=device, progress=progress)
+    validation_run = dict(common, keep_start=method == "finetune")  # (a random start is no model to keep)
     tried = None
     if lr_search:
         tried, best = [], None
@@ -167,7 +173,7 @@ def fit_network(
             if progress and current().is_main:
                 say(f"lr search: validation run at lr {candidate.lr:.2g}")
             result = run_finetune(
-                begin(probe), train_part, val_part, classes, loaded.spec.data_config, candidate, None, **common
+                begin(probe), train_part, val_part, classes, loaded.spec.data_config, candidate, None, **validation_run
             )
             score = _best_scores(result)
             tried.append({"lr": candidate.lr, "val_accuracy": score[0], "best_epoch": result.best_epoch})
@@ -190,7 +196,7 @@ def fit_network(
             config,
             checkpoint_dir,
             resume=resume,
-            **common,
+            **validation_run,
         )
     temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
     val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
@@ -250,6 +256,7 @@ def fit_network(
         history,
         best_epoch,
         result.stopped_early,
+        result.stopping,
         float(temperature),
         refit,
         tried,
@@ -306,6 +313,7 @@ def _probe_kept(
         [],
         0,
         False,
+        {},
         float(head.temperature_),
         refit,
         None,

@@ -56,6 +56,8 @@ class Split:
             the dropout and the head.
         where: the cut, in words (``blocks.6``).
         frozen: the prefix's modules (kept in eval mode: their BatchNorm statistics do not move either).
+        frozen_names, trained_names: the trunk's modules on each side of the cut, by timm's names (``conv_stem``,
+            ``bn1``, ``blocks.0–blocks.5`` | ``blocks.6``, ``conv_head``, ``bn2``): what a run says it freezes.
     """
 
     network: Any
@@ -63,6 +65,8 @@ class Split:
     tail: Any
     where: str
     frozen: list
+    frozen_names: tuple[str, ...] = ()
+    trained_names: tuple[str, ...] = ()
 
     def freeze(self) -> None:
         """Put the frozen stages in eval mode (call after ``network.train()``)."""
@@ -99,6 +103,8 @@ def split_network(network: Any, unfreeze: str) -> Split | None:
 
         rest = [*stages[first:], trunk.conv_head, trunk.bn2]
         where = f"blocks.{first}" if first < len(stages) else "conv_head"
+        names = [f"blocks.{i}" for i in range(len(stages))]
+        sides = (["conv_stem", "bn1", *_span(names[:first])], [*_span(names[first:]), "conv_head", "bn2"])
     elif all(hasattr(trunk, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer4")):  # ResNet family
         stages = [trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4]
         if k >= len(stages) + 1 or type(trunk).forward_features.__qualname__ != "ResNet.forward_features":
@@ -112,6 +118,8 @@ def split_network(network: Any, unfreeze: str) -> Split | None:
 
         rest = stages[first:]
         where = f"layer{first + 1}"
+        names = [f"layer{i + 1}" for i in range(len(stages))]
+        sides = (["conv1", "bn1", *_span(names[:first])], _span(names[first:]))
     else:
         return None
     frozen = stages[:first]
@@ -149,7 +157,12 @@ def split_network(network: Any, unfreeze: str) -> Split | None:
         def forward(self, x):
             return self.head(self.dropout(self.features(x)))
 
-    return Split(network, prefix, Tail(), where, stem_modules + list(frozen))
+    return Split(network, prefix, Tail(), where, stem_modules + list(frozen), *map(tuple, sides))
+
+
+def _span(names: list[str]) -> list[str]:
+    """Consecutive stages in one word: ``['blocks.0', 'blocks.1', 'blocks.2']`` → ``['blocks.0–blocks.2']``."""
+    return names if len(names) < 2 else [f"{names[0]}–{names[-1]}"]
 
 
 def _view_seed(seed: int, sha: str, view: int) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from headstart._console import progress as progress_bar
 from headstart._console import say
-from headstart._io import atomic_path, sha256_file, write_text_atomic
+from headstart._io import sha256_file, write_text_atomic
 from headstart._threads import restores_torch_threads, size_torch_threads
 from headstart.models.finetune.frozen import ActivationBank, split_network
 from headstart.models.finetune.parts import (
@@ -35,6 +35,8 @@ from headstart.models.finetune.parts import (
     plot_curves,
     trainable_groups,
 )
+from headstart.models.finetune.resume import NothingLeft, resumable, save_checkpoint
+from headstart.models.finetune.stopping import Stopping, better, describe_stopping, scores
 
 if TYPE_CHECKING:
     from headstart.data import Dataset
@@ -63,18 +65,21 @@ def run_finetune(
     hashes: dict[str, str] | None = None,
     stop_after: int | None = None,
     name: str = "",
+    keep_start: bool = True,
 ) -> FinetuneResult:
     """Train ``network`` (trunk + head) on ``train_data``; with ``val_data``, validate each epoch and keep the best.
 
     ``config`` must be resolved (:meth:`Finetune.for_data_size`). Validation scores what a saved model computes:
     the head over the mean features of each photo and its mirror image when ``flip_average``. Without
     ``val_data`` (the refit on all photos) it runs ``stop_after`` epochs of the ``config.epochs`` schedule and
-    keeps the last. ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
+    keeps the last. Early stopping and the epoch kept follow :mod:`~headstart.models.finetune.stopping`
+    (``keep_start`` False: epoch 0, a random start, is scored but never kept). ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
     activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
 
     With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, replaces ``{name}checkpoint.pt`` (from which
-    ``resume=True`` continues) and redraws ``{name}curves.png`` (:data:`CURVES_EVERY_S`); without it nothing is
-    written. Under torchrun only rank 0 writes.
+    ``resume=True`` continues: a run that had stopped early, or trained all its epochs, trains none and computes no
+    frozen stages) and redraws ``{name}curves.png`` (:data:`CURVES_EVERY_S`); without it nothing is written. Under
+    torchrun only rank 0 writes.
     """
     import torch
 
@@ -102,8 +107,16 @@ def run_finetune(
     if device == "cpu":
         network = network.to(memory_format=torch.channels_last)
     trainable_groups(network, config.unfreeze)
-    split = None if group.enabled else split_network(network, config.unfreeze)
-    data = None
+    validating = val_data is not None
+    checkpoint = run / f"{name}checkpoint.pt" if run is not None else None
+    state = (
+        resumable(checkpoint, device, validating=validating, schedule=config.epochs, epochs=epochs) if resume else None
+    )
+    history = [EpochRecord(**r) for r in json.loads(state["history"])] if state is not None else []
+    watch = Stopping.replayed(config.patience if validating else 0, history)
+    done = state is not None and (watch.stopped_after is not None or int(state["epoch"]) + 1 >= epochs)
+    split = None if group.enabled or done else split_network(network, config.unfreeze)
+    data = NothingLeft(network, _labels(val_data, classes)) if done else None
     if split is not None:
         data = _Cached.build(
             split,
@@ -137,29 +150,29 @@ def run_finetune(
     steps_per_epoch = data.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    validating = val_data is not None
 
     def judged_logits():
         judged = ema.module if ema is not None else network
         return data.validation_logits(judged, autocast, flip_average, config.unfreeze)
 
-    history: list[EpochRecord] = []
     best_acc, best_epoch, best_state, best_logits, start_epoch = -1.0, 0, None, None, 0
-    checkpoint = run / f"{name}checkpoint.pt" if run is not None else None
-    if resume and checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)  # tensors and plain types only
-        # (a refit continues only the same schedule, not past the epochs it must stop after)
-        if validating or (int(state.get("schedule_epochs", -1)) == config.epochs and int(state["epoch"]) < epochs):
-            network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None and "ema" in state:
-                ema.load_state_dict(state["ema"])
-            start_epoch = min(int(state["epoch"]) + 1, epochs)
-            best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
-            best_logits = state["best_logits"].numpy() if state.get("best_logits") is not None else None
-            history = [EpochRecord(**r) for r in json.loads(state["history"])]
-            torch.set_rng_state(state["rng"].cpu())
-            generator.set_state(state["loader_rng"].cpu())
+    if state is not None:
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
+        start_epoch = epochs if done else min(int(state["epoch"]) + 1, epochs)
+        best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
+        best_logits = state["best_logits"].numpy() if state.get("best_logits") is not None else None
+        torch.set_rng_state(state["rng"].cpu())
+        generator.set_state(state["loader_rng"].cpu())
+        if progress and group.is_main:
+            said = describe_stopping(watch.to_dict(epochs, best_epoch)) if validating else ""
+            say(
+                f"resuming {run}: {int(state['epoch']) + 1} of {epochs} {name}epochs done"
+                + (f"; it had {said}: no epoch left to train" if watch.stopped_after is not None else "")
+                + ("; nothing left to train" if done and watch.stopped_after is None else "")
+            )
 
     def record_epoch(record: EpochRecord) -> None:  # (a resumed run rewrites the lines its checkpoint knows)
         history.append(record)
@@ -169,15 +182,16 @@ def run_finetune(
     if start_epoch == 0 and validating:  # epoch 0 = the starting point (LP-FT: the probe); fine-tuning must beat it
         size_torch_threads()
         logits, y = judged_logits()
-        val_loss, val_acc = _scores(logits, y)
-        best_acc, best_epoch, best_logits = val_acc, 0, logits
-        judged = ema.module if ema is not None else network
-        best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        val_loss, val_acc = scores(logits, y)
+        watch.update(0, val_loss)
+        if keep_start:
+            best_acc, best_epoch, best_logits = val_acc, 0, logits
+            judged = ema.module if ema is not None else network
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         record_epoch(EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0))
         if progress and group.is_main:
             say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
     step = start_epoch * steps_per_epoch
-    stopped_early = False
     drawn, drawn_records = time.perf_counter(), len(history)  # when curves.png was last drawn, with how many records
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -218,7 +232,7 @@ def run_finetune(
         val_loss = val_acc = None
         if validating:
             logits, y = judged_logits()  # every process: the whole set
-            val_loss, val_acc = _scores(logits, y)
+            val_loss, val_acc = scores(logits, y)
         record = EpochRecord(
             epoch + 1,
             loss_sum / max(1, seen),
@@ -241,6 +255,7 @@ def run_finetune(
             best_acc, best_epoch, best_logits = val_acc, epoch + 1, logits
             judged = ema.module if ema is not None else network
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+        stop = validating and watch.update(epoch + 1, val_loss)
         if writes:  # only rank 0 writes files
             state = {
                 "network": network.state_dict(),
@@ -257,51 +272,26 @@ def run_finetune(
             }
             if ema is not None:
                 state["ema"] = ema.state_dict()
-            with atomic_path(checkpoint) as temporary:
-                torch.save(state, temporary)
+            save_checkpoint(checkpoint, state, epochs_done=epoch + 1, epochs=epochs, stopped_after=watch.stopped_after)
             if time.perf_counter() - drawn >= CURVES_EVERY_S:  # (a short run's curves are drawn once, at its end)
-                plot_curves(history, run / f"{name}curves.png")
+                plot_curves(history, run / f"{name}curves.png", kept=best_epoch if validating else None)
                 drawn, drawn_records = time.perf_counter(), len(history)
-        if validating and config.patience and epoch + 1 - best_epoch >= config.patience:
-            stopped_early = True
+        if stop:
+            if progress and group.is_main:
+                say(describe_stopping(watch.to_dict(epochs, best_epoch)))
             break
     if writes and len(history) > drawn_records:
-        plot_curves(history, run / f"{name}curves.png")
+        plot_curves(history, run / f"{name}curves.png", kept=best_epoch if validating else None)
     final = ema.module if ema is not None else network
     if validating and best_state is not None:
         final.load_state_dict(best_state)
-    result = FinetuneResult(final, history, best_epoch if validating else epochs, stopped_early)
+    stopped = watch.stopped_after is not None
+    result = FinetuneResult(final, history, best_epoch if validating else epochs, stopped)
+    result.stopping = watch.to_dict(epochs, best_epoch) if validating else {}
     result.val_logits = best_logits
     result.val_labels = data.val_labels
     result.frozen = data.describe()
     return result
-
-
-def better(logits, y, accuracy: float, best_logits, best_accuracy: float) -> bool:
-    """Whether an epoch beats the best so far on validation: higher accuracy, or the same accuracy and a lower
-    log-loss once each is temperature-scaled (raw losses would favour whichever is sharper, not better)."""
-    if accuracy != best_accuracy or best_logits is None:
-        return accuracy > best_accuracy
-    return calibrated_loss(logits, y) < calibrated_loss(best_logits, y) - 1e-4
-
-
-def calibrated_loss(logits, y) -> float:
-    """The validation log-loss at the temperature that minimises it."""
-    from headstart.models.temperature import fit_temperature
-
-    t = fit_temperature(logits, y, guard=False)
-    return _scores(np.asarray(logits, dtype=np.float64) / t, y)[0]
-
-
-def _scores(logits, y) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of validation logits ``(n, n_classes)`` against class indices."""
-    import torch
-
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    t = torch.from_numpy(np.ascontiguousarray(logits))
-    loss = float(torch.nn.functional.cross_entropy(t, torch.from_numpy(y)))
-    return loss, float((logits.argmax(axis=1) == y).mean())
 
 
 def _labels(dataset: Dataset | None, classes: list[str]) -> np.ndarray:
@@ -437,8 +427,9 @@ class _Cached:
             if self.reused:
                 said += f"{', ' if said else ''}{self.reused} kept from the run before"
             say(
-                f"frozen stages (the stem up to {split.where}): {said or 'nothing to compute'}; the epochs train "
-                f"{split.where} and the layers after it, each epoch on its own augmented view ({views} kept a photo)"
+                f"frozen, run once: {', '.join(split.frozen_names)} ({said or 'nothing to compute'}); trained each "
+                f"epoch: {', '.join(split.trained_names)} and the head, on its own augmented view ({views} kept a "
+                "photo)"
             )
         return self
 

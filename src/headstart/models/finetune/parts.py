@@ -5,7 +5,7 @@ Phase 1 is the probe on cached features (exact and fast), so fine-tuning never s
 would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
 layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
 gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy and stops
-early when validation stops improving; then (by default) the same schedule runs again on all photos for that
+early when the validation loss stops falling (:mod:`~headstart.models.finetune.stopping`); then (by default) the same schedule runs again on all photos for that
 many epochs (:mod:`headstart.models.finetune.fit`).
 
 This module holds the pieces: the network, which parameters train, the optimiser and its schedule, the photos
@@ -38,6 +38,7 @@ __all__ = [
     "FinetuneResult",
     "PhotoDataset",
     "build_network",
+    "curves_figure",
     "freeze_batchnorm",
     "lr_factor",
     "make_optimizer",
@@ -209,6 +210,7 @@ class FinetuneResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    stopping: dict[str, Any] = field(default_factory=dict)  # (:meth:`Stopping.to_dict`; empty for the refit)
     val_logits: Any = None
     val_labels: Any = None
     frozen: dict[str, Any] = field(default_factory=dict)
@@ -223,9 +225,17 @@ def freeze_batchnorm(network) -> None:
             module.eval()
 
 
-def plot_curves(history: list[EpochRecord], path: Path) -> Path:
-    """Train/validation accuracy and loss per epoch, side by side."""
+def plot_curves(history: list[EpochRecord], path: Path, *, kept: int | None = None) -> Path:
+    """Save :func:`curves_figure` as a PNG (``curves.png`` of a run folder)."""
+    return save_figure(curves_figure(history, kept=kept), path)
+
+
+def curves_figure(history: list[EpochRecord], *, kept: int | None = None) -> Any:
+    """Train/validation accuracy and loss per epoch, side by side; ``kept``, the epoch validation kept, is marked
+    on both. The accuracy axis runs from 0 to 1."""
     from matplotlib.figure import Figure
+
+    from headstart.reports.plots import fraction_axis, integer_axis
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     acc, loss = fig.subplots(1, 2)
@@ -234,10 +244,14 @@ def plot_curves(history: list[EpochRecord], path: Path) -> Path:
     acc.plot([r.epoch for r in trained], [r.train_accuracy for r in trained], "o-", label="train")
     acc.plot([r.epoch for r in judged], [r.val_accuracy for r in judged], "o-", label="validation")
     acc.set(xlabel="epoch (0 = before fine-tuning)", ylabel="accuracy", title="Accuracy")
+    fraction_axis(acc)
     loss.plot([r.epoch for r in trained], [r.train_loss for r in trained], "o-", label="train")
     loss.plot([r.epoch for r in judged], [r.val_loss for r in judged], "o-", label="validation")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     for ax in (acc, loss):
+        if kept is not None:
+            ax.axvline(kept, color="0.3", linestyle="--", linewidth=1, label=f"kept: epoch {kept}")
+        integer_axis(ax.xaxis)
         ax.grid(alpha=0.3)
         ax.legend()
-    return save_figure(fig, path)
+    return fig
