@@ -86,3 +86,18 @@ def sample_model(tmp_path_factory) -> Path:
         backbone="tf_efficientnet_lite0",
         out=tmp_path_factory.mktemp("sample-model") / "pets.safetensors",
     ).model_path
+
+
+@pytest.fixture()
+def cli():
+    """Run one ``headstart`` command in this process: ``cli("train", folder, "--json")`` → click's Result, stdout
+    and stderr apart (exceptions not caught: a traceback fails the test)."""
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # (newer click keeps them apart anyway)
+        runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)

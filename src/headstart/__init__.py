@@ -13,7 +13,7 @@ The estimator (scikit-learn's conventions: hyper-parameters in the constructor, 
 What the command line does, as functions: :func:`train` (fit + run folder + model file), :func:`evaluate`,
 :func:`export_onnx`, :func:`export_tensorflow`, :func:`compare_backbones`, :func:`find_learning_rate`, :func:`sweep`,
 :func:`scan`, :func:`download_dataset`, :func:`attack`, :func:`robustness`, :func:`dream`, :func:`featuremaps`,
-:func:`explain`, :func:`run_demo`, :func:`model_info`, :func:`cache_summary`, :func:`clean_cache`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
+:func:`explain`, :func:`run_demo`, :func:`model_info`, :func:`list_runs`, :func:`cache_summary`, :func:`clean_cache`. Each step is also its own piece: :func:`load_backbone`, :func:`load_dataset`,
 :func:`extract_features`, :class:`LinearProbe`, :class:`Classifier`; the rest lives in the subpackages
 (``headstart.features``, ``headstart.attacks``, ...). Importing headstart is cheap; numpy, torch and timm load on
 first use.
@@ -41,6 +41,7 @@ _MODULES = {
     "headstart.workflows.compare": ("compare_backbones",),
     "headstart.workflows.demo": ("run_demo", "sample_data"),
     "headstart.workflows.info": ("model_info",),
+    "headstart.workflows.runs": ("list_runs",),
     "headstart.features.housekeeping": ("cache_summary", "clean_cache"),
     # data and features
     "headstart.data": ("load_image", "scan", "load_dataset", "Dataset", "download_dataset"),

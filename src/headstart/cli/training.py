@@ -78,7 +78,9 @@ LR_FIND_FIELDS = (
 def train(
     ctx: typer.Context,
     data: DataArg,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The model file to write.")] = Path("model.safetensors"),
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="The model file to write (with --resume: the run's own).")
+    ] = Path("model.safetensors"),
     backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
     method: Annotated[
