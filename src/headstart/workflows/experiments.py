@@ -26,6 +26,7 @@ from headstart.models.finetune.config import Finetune
 from headstart.models.inputs import ResolvedBackbone, feature_cache
 from headstart.models.memo import Memo
 from headstart.models.probe_fit import fit_probe
+from headstart.workflows.runs import forget_checkpoints
 from headstart.workflows.training import train
 
 __all__ = ["find_learning_rate", "sweep"]
@@ -148,6 +149,7 @@ def sweep(
         variant = dict(zip(keys, values))
         name = ",".join(f"{k}={v}" for k, v in variant.items())
         slug = "_".join(f"{k}-{v}" for k, v in variant.items()).replace("/", "-")
+        forget_checkpoints(folder / slug)  # (a sweep run again starts its variants afresh: it has no --resume)
         result = train(
             dataset,
             method=method,

@@ -33,6 +33,7 @@ __all__ = [
     "ResumeError",
     "check_fresh_start",
     "describe_run",
+    "forget_checkpoints",
     "list_runs",
     "resume_request",
     "start_run",
@@ -80,9 +81,15 @@ def start_run(folder: str | os.PathLike[str], asked: dict[str, Any]) -> Path:
     checkpoints of the finished run it replaces go: a continuation must never pick up another run's epochs)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in CHECKPOINTS:
-        (folder / name).unlink(missing_ok=True)
+    forget_checkpoints(folder)
     return write_json(folder / RECORD, {**asked, "model": _model_from(folder, asked["out"])})
+
+
+def forget_checkpoints(folder: str | os.PathLike[str]) -> None:
+    """Remove a run folder's checkpoints: what a run that starts afresh there must not continue (a sweep run again
+    starts its variants afresh: it has no ``--resume``)."""
+    for name in CHECKPOINTS:
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def check_fresh_start(folder: str | os.PathLike[str]) -> None:
