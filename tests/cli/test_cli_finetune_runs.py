@@ -40,7 +40,17 @@ def test_an_interrupted_fine_tune_resumes_into_its_own_model_file_and_nothing_el
     monkeypatch.chdir(tmp_path)
     earlier = tmp_path / "model.safetensors"
     earlier.write_bytes(b"an earlier model the user keeps")  # the default --out: never touched by a resumed run
-    options = ["--method", "finetune", "--backbone", "tf_efficientnet_lite0", "--epochs", "6", "--batch-size", "4"]
+    options = [
+        "--method",
+        "finetune",
+        "-b",
+        "tf_efficientnet_lite0",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "4",
+        "--always-finetune",
+    ]
     started = [*options, "--patience", "0", "--out", "ftint.safetensors"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "headstart", "train", str(tiny), *started],
