@@ -17,6 +17,7 @@ import numpy as np
 
 from headstart._console import progress as progress_bar
 from headstart._io import save_figure
+from headstart._threads import restores_torch_threads, size_torch_threads
 from headstart._validation import check_int, fail
 from headstart.models.finetune.parts import (
     Finetune,
@@ -83,6 +84,7 @@ class LrFindResult:
         return f"stopped at step {run} of {self.steps}: its time budget ran out at {last}"
 
 
+@restores_torch_threads
 def lr_range_test(
     network,
     train_data: Dataset,
@@ -124,6 +126,7 @@ def lr_range_test(
         fail("start", "lr_range_test", f"a float in (0, end={end:g})", start)
     check_int(steps, "steps", "lr_range_test", low=1)
     began = time.perf_counter()
+    size_torch_threads()  # (the cores free now, as fine-tuning's epochs do)
     saved = copy.deepcopy(network.state_dict())
     network = network.to(memory_format=torch.channels_last)
     torch.manual_seed(config.seed)
