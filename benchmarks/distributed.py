@@ -103,6 +103,15 @@ def env_with(cache: Path, threads: int | None = None) -> dict[str, str]:
     return env
 
 
+def own_cache(features_from: Path, folder: Path) -> Path:
+    """A cache folder holding a copy of ``features_from``'s features and nothing else (no stored activations), so
+    each fine-tuning run computes its own frozen stages."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in features_from.glob("features.sqlite*"):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 def same_rows(a: Path, b: Path, data: Path, sample: int = 64) -> dict:
     """Row counts of two caches and the features of a sample of photos read from both (cosine)."""
     sys.path.insert(0, str(REPO / "src"))
@@ -128,6 +137,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=16000)
     parser.add_argument("--finetune-photos", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "headstart-distributed")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = parser.parse_args()
@@ -189,11 +199,16 @@ def main() -> None:
                     "finetune",
                     "--backbone",
                     "tf_efficientnet_lite0",
+                    "--always-finetune",  # (validation could not judge it on easy photos: it would keep the probe)
+                    "--epochs",
+                    str(args.finetune_epochs),
+                    "--patience",
+                    "0",
                     "--out",
                     str(out),
                     "--json",
                 ),
-                env_with(caches["one"], threads=threads),
+                env_with(own_cache(caches["one"], Path(tmp) / "cache"), threads=threads),
             )
             report = json.loads(result["stdout"][result["stdout"].index("{") :])
             result["detail"] = f"val accuracy {report['val_accuracy']:.3f}, {report.get('epochs_run')} epochs"
@@ -212,7 +227,7 @@ def main() -> None:
     ratio_extract = one["seconds"] / shards["seconds"]
     body = f"""## Past one process: torchrun shards, merge-cache, DDP fine-tuning
 
-`python benchmarks/distributed.py --photos {args.photos} --finetune-photos {args.finetune_photos} --processes {n}` — distinct
+`python benchmarks/distributed.py --photos {args.photos} --finetune-photos {args.finetune_photos} --finetune-epochs {args.finetune_epochs} --processes {n}` — distinct
 generated JPEGs (crops, colour changes and mirror images of the shared cats and dogs), backbone
 `tf_efficientnet_lite0`, each row a whole command (torchrun's group as one). Machine: {platform.machine()},
 {os.cpu_count()} CPU(s), load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.
