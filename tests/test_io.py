@@ -266,3 +266,17 @@ def test_check_output_is_fast_enough_to_run_before_every_command(tmp_path: Path)
     for i in range(200):
         check_output(tmp_path / f"run-{i}" / "m.safetensors")
     assert (time.perf_counter() - start) / 200 < 0.005  # well under a millisecond here; 5 ms is the bound
+
+
+def test_a_folder_output_in_the_data_folder_is_refused(places: Path) -> None:
+    # `evaluate MODEL test_photos --out test_photos` wrote its pictures among the photos: the next command on the
+    # folder then stopped at "3 photos directly inside it (confusion_matrix.png, ...)"
+    photos = places / "photos"
+    (photos / "cat").mkdir(parents=True)
+    assert "it is the data folder" in refused(photos, "folder", data=photos)
+    assert f"inside the data folder {photos}" in refused(photos / "eval", "folder", data=photos)
+    assert "inside the data folder" in refused(photos / "cat", "folder", data=str(photos) + "/")
+    assert check_output(photos / ".eval", "folder", data=photos) == photos / ".eval"  # hidden: listing skips it
+    assert check_output(places / "eval", "folder", data=photos) == places / "eval"
+    (places / "list.csv").write_text("photos/cat/1.jpg,cat\n")
+    assert check_output(places / "eval", "folder", data=places / "list.csv") == places / "eval"

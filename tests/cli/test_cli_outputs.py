@@ -188,6 +188,30 @@ def test_a_bad_output_location_is_refused_before_any_work(case: str, in_the_way:
     assert tree(in_the_way) == before, "a refused command wrote something"
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "MODEL", "photos"],
+        ["compare", "photos"],
+        ["audit", "train", "--test", "photos"],
+        ["sweep", "photos", "--set", "head_dropout=0,0.5"],
+        ["robustness", "MODEL", "photos"],
+    ],
+)
+def test_a_folder_output_inside_the_photos_is_refused(command: list[str], sample_model: Path, tmp_path: Path) -> None:
+    """`evaluate MODEL test_photos --out test_photos` used to write its pictures among the photos, so the next
+    command on that folder stopped at "3 photos directly inside it (confusion_matrix.png, ...)"."""
+    for folder in ("photos", "train"):
+        (tmp_path / folder / "cat").mkdir(parents=True)
+        (tmp_path / folder / "cat" / "1.jpg").write_bytes(b"")
+    before = tree(tmp_path)
+    args = [sample_model if a == "MODEL" else tmp_path / a if a in ("photos", "train") else a for a in command]
+    result = run(*args, "--out", tmp_path / "photos" / "eval")
+    assert result.exit_code == 2, result.output
+    assert f"is inside the data folder {tmp_path / 'photos'}" in result.stderr, result.stderr
+    assert tree(tmp_path) == before
+
+
 def test_the_old_spelling_out_dir_still_works_with_a_note(sample_model: Path, sample: Path, tmp_path: Path) -> None:
     result = run("evaluate", sample_model, sample / "test", "--out-dir", tmp_path / "eval")
     assert result.exit_code == 0, result.output

@@ -123,7 +123,7 @@ def robustness(
     """Accuracy against the attack budget on labelled photos (eps 0 = `evaluate`'s accuracy)."""
     use_cache_dir(cache_dir)
     check_model_file(model)
-    check_output(out_dir, "folder", "--out", contents=("robustness.json", "robustness.png"))
+    check_output(out_dir, "folder", "--out", contents=("robustness.json", "robustness.png"), data=data)
     from headstart.attacks import robustness as measure
     from headstart.attacks import save_robustness
 

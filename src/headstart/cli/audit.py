@@ -72,7 +72,10 @@ def audit(
 ) -> None:
     """Find duplicates and leaks, likely wrong labels, outliers, imbalance, and how many photos would help."""
     use_cache_dir(cache_dir)
-    check_output(out_dir, "folder", "--out", contents=("audit.html", "audit.json", "learning_curve.png"))
+    for photos in (data, test) if test is not None else (data,):
+        check_output(
+            out_dir, "folder", "--out", contents=("audit.html", "audit.json", "learning_curve.png"), data=photos
+        )
     if quarantine is not None:
         from headstart.data.quarantining import check_destination
 

@@ -56,7 +56,7 @@ def evaluate(
         deprecated_flag("--out-dir", "--out")
         out_dir = out_dir or old_out_dir
     if out_dir is not None:
-        check_output(out_dir, "folder", "--out", contents=("evaluation.json",))
+        check_output(out_dir, "folder", "--out", contents=("evaluation.json",), data=data)
     from headstart.workflows.evaluation import evaluate as evaluate_model
 
     report = evaluate_model(
@@ -273,7 +273,7 @@ def compare(
     """Rank backbones for your data: cross-validated probe accuracy, extraction speed, feature size."""
     use_cache_dir(cache_dir)
     if out_dir is not None:
-        check_output(out_dir, "folder", "--out", contents=("compare.json", "compare.png"))
+        check_output(out_dir, "folder", "--out", contents=("compare.json", "compare.png"), data=data)
     from headstart.workflows.compare import compare_backbones
 
     rows = compare_backbones(

@@ -338,7 +338,7 @@ def sweep(
 
     grid = parse_settings(settings)
     out_dir = out_dir or default_output("sweep", *grid)  # (two sweeps of other options never share a folder)
-    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"))
+    check_output(out_dir, "folder", "--out", contents=("results.md", "results.json", "comparison.png"), data=data)
 
     base = Finetune().replace(**given(finetune)).set_fields()
     rows = run_sweep(
