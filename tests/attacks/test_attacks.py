@@ -175,6 +175,17 @@ def test_targeted_pgd_turns_a_dog_into_a_siamese_cat_on_the_saved_png(net, dog: 
     assert Image.open(png).mode == "RGB"
 
 
+def test_attacking_a_photo_again_says_it_replaces_the_earlier_files(net, dog: Path, tmp_path: Path, capsys) -> None:
+    # `attack ... --target 340` after `--target "Siamese cat"` silently replaced attacks/pug_168.*
+    result = attack(net, dog, method="fgsm", eps="1/255")
+    save_attack(result, tmp_path)
+    assert "replacing" not in capsys.readouterr().err
+    paths = save_attack(result, tmp_path)
+    err = capsys.readouterr().err
+    assert f"replacing the earlier attack on {dog.stem} in {tmp_path}" in err, err
+    assert paths["adversarial"].name in err and "--out another folder keeps both" in err
+
+
 @pytest.mark.slow
 def test_untargeted_pgd_at_one_step_of_255(net, dog: Path) -> None:
     result = attack(net, dog, eps="1/255", steps=10)

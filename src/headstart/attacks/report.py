@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from headstart._console import say
 from headstart._io import save_figure, write_bytes_atomic, write_json
 from headstart.attacks.adversarial import AttackResult, png_bytes
 from headstart.attacks.display import amplified, attack_figure, robustness_figure
@@ -33,6 +34,7 @@ def plot_attack(result: AttackResult, path: str | os.PathLike[str]) -> Path:
 def save_attack(result: AttackResult, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``<stem>.adversarial.png`` (the verified bytes), ``<stem>.perturbation.png`` (amplified, grey = no
     change), ``<stem>.comparison.png`` and ``<stem>.attack.json`` into ``out_dir``; returns the paths by kind.
+    The names come from the photo alone, so an earlier attack on a photo of that name is replaced, with a note.
 
     Example:
         >>> save_attack(result, "attacks/")["adversarial"]
@@ -46,6 +48,12 @@ def save_attack(result: AttackResult, out_dir: str | os.PathLike[str]) -> dict[s
         "figure": folder / f"{stem}.comparison.png",
         "json": folder / f"{stem}.attack.json",
     }
+    earlier = [p.name for p in paths.values() if p.is_file()]
+    if earlier:  # (files are named after the photo alone: another target, model or method on it lands here too)
+        say(
+            f"replacing the earlier attack on {stem} in {folder} ({', '.join(earlier)}); "
+            "--out another folder keeps both"
+        )
     write_bytes_atomic(paths["adversarial"], result.png)
     write_bytes_atomic(paths["perturbation"], png_bytes(amplified(result.original, result.adversarial)[0]))
     plot_attack(result, paths["figure"])
