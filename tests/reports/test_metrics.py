@@ -92,9 +92,16 @@ def test_score_photos_scores_only_known_usable_photos_and_says_what_it_left_out(
 
 def test_score_photos_refuses_data_the_model_knows_nothing_of() -> None:
     with pytest.raises(
-        DataError, match=r"None of the data's labels \(fox, …\) is a class of the model \(cat, dog, …\)"
+        DataError, match=r"None of the data's labels \(fox\) is a class of the model \(cat, dog\): is this"
     ):
         score_photos(_data(["fox", "fox"]), ["cat", "dog"], lambda paths: pytest.fail("nothing to compute"))
+
+
+def test_the_refusal_shows_an_ellipsis_only_when_names_are_left_out() -> None:
+    # `evaluate cats-dogs.safetensors pet_photos` said "... of the model (cat, dog, …)": a 2-class model
+    labels = ["a", "b", "c", "d", "e", "f"]
+    with pytest.raises(DataError, match=r"labels \(a, b, c, d, e, …\) is a class of the model \(x, y\)"):
+        score_photos(_data(labels), ["x", "y"], lambda paths: pytest.fail("nothing to compute"))
 
 
 def test_every_public_name_of_the_reports_package_is_importable_from_it() -> None:

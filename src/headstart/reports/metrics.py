@@ -206,6 +206,19 @@ class ScoredPhotos:
         return int(self.metrics["n_images"])
 
 
+def _first_five(names: Sequence[str]) -> str:
+    """``a, b, c, d, e, …``: up to five names, the ellipsis only when there are more."""
+    return ", ".join(list(names[:5]) + (["…"] if len(names) > 5 else []))
+
+
+def no_class_in_common(mapping: dict[str, Any], classes: Sequence[str]) -> DataError:
+    """The error for data none of whose labels is a class of the model."""
+    return DataError(
+        f"None of the data's labels ({_first_five(sorted(mapping))}) is a class of the model "
+        f"({_first_five(list(classes))}): is this the right model for this data?"
+    )
+
+
 def score_photos(dataset: Dataset, classes: Sequence[str], probabilities: Probabilities) -> ScoredPhotos:
     """Score a model's probabilities on labelled photos, its classes matched to the labels by name.
 
@@ -224,10 +237,7 @@ def score_photos(dataset: Dataset, classes: Sequence[str], probabilities: Probab
     classes = list(classes)
     mapping = match_labels(dataset.labels, classes)
     if not any(mapping.values()):
-        raise DataError(
-            f"None of the data's labels ({', '.join(sorted(mapping)[:5])}, …) is a class of the model "
-            f"({', '.join(classes[:5])}, …): is this the right model for this data?"
-        )
+        raise no_class_in_common(mapping, classes)
     unknown: dict[str, int] = {}
     for label in dataset.labels:
         if mapping[label] is None:

@@ -15,10 +15,15 @@ from headstart._io import write_json
 from headstart._validation import fail
 from headstart.data.datasets import Dataset, load_dataset
 from headstart.data.images import DEFAULT_MAX_PIXELS
-from headstart.errors import DataError
 from headstart.features.cache import FeatureCache
 from headstart.models.classifier import Classifier
-from headstart.reports.metrics import ScoredPhotos, match_labels, public_metrics, write_metric_pictures
+from headstart.reports.metrics import (
+    ScoredPhotos,
+    match_labels,
+    no_class_in_common,
+    public_metrics,
+    write_metric_pictures,
+)
 from headstart.reports.running import RunningScores
 
 
@@ -161,10 +166,7 @@ def evaluate(
     dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
     mapping = match_labels(dataset.labels, model.classes)
     if not any(mapping.values()):
-        raise DataError(
-            f"None of the data's labels ({', '.join(sorted(mapping)[:5])}, …) is a class of the model "
-            f"({', '.join(model.classes[:5])}, …): is this the right model for this data?"
-        )
+        raise no_class_in_common(mapping, model.classes)
     unknown: dict[str, int] = {}
     for label in dataset.labels:
         if mapping[label] is None:
