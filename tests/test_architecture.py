@@ -20,6 +20,7 @@ LAYERS = {
     "errors": 0,
     "_lazy": 0,
     "_io": 0,
+    "_data_folder": 0,
     "_console": 0,
     "_validation": 0,
     "_onnx": 0,

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from headstart._data_folder import inside_data
+
 ENV_VAR = "HEADSTART_CACHE_DIR"
 #: Where the per-machine store of converted backbones lives when set (tests point it at a private folder).
 ENGINE_ENV_VAR = "HEADSTART_ENGINE_DIR"
@@ -209,8 +211,7 @@ def check_output(
 
     - ``kind="file"``: not an existing folder or device, not under a file, in a writable folder;
     - ``kind="folder"``: not an existing file, not under a file, writable; none of ``contents`` (the names the
-      command writes inside) is an existing folder; not the folder of photos ``data`` names, nor (unless
-      hidden) inside it, where its pictures would be listed as photos the next time that folder is read.
+      command writes inside) is an existing folder; not the photos' folder ``data`` nor inside it (:func:`inside_data`).
 
     Writability is asked of the nearest existing folder (the missing ones are created at write time), with
     ``os.access`` and then by creating and removing an empty probe file there, since ``os.access`` says yes to root
@@ -260,33 +261,15 @@ def check_output(
             raise refuse(f"{folder} is a file, not a folder; choose a location inside a folder")
     except OSError as exc:  # a name too long, a permission denied on the way, a link loop
         raise refuse(f"{exc.strerror or exc}; choose another location") from None
-    if kind == "folder" and data is not None:
-        inside = _inside_data(path, Path(data))
-        if inside is not None:
-            raise refuse(
-                f"it is {inside} {data}, so what it writes there (pictures, JSON) would be read as photos or "
-                f"classes the next time {data} is used; choose a folder outside {data}"
-            )
+    if kind == "folder" and data is not None and (inside := inside_data(path, Path(data))):
+        raise refuse(
+            f"it is {inside} {data}, so what it writes there (pictures, JSON) would be read as photos or "
+            f"classes the next time {data} is used; choose a folder outside {data}"
+        )
     problem = _unwritable(folder)
     if problem:
         raise refuse(f"{folder} is {problem}; choose a writable location (or make it writable)")
     return path
-
-
-def _inside_data(path: Path, data: Path) -> str | None:
-    """``"the data folder"`` or ``"inside the data folder"`` when the output folder ``path`` is the folder of
-    photos ``data`` or a folder below it that a listing reads (not a hidden one); None otherwise (``data`` a CSV
-    file or missing, ``path`` elsewhere)."""
-    try:
-        if not data.is_dir():
-            return None
-        root = Path(os.path.abspath(data)).resolve()
-        below = Path(os.path.abspath(path)).resolve().relative_to(root)
-    except (ValueError, OSError):
-        return None
-    if root == Path(root.anchor) or any(part.startswith(".") for part in below.parts):
-        return None
-    return "inside the data folder" if below.parts else "the data folder"
 
 
 def _unwritable(folder: Path) -> str | None:
