@@ -152,11 +152,35 @@ def test_the_choice_is_described_with_its_evidence() -> None:
         ],
     }
     assert describe_selection(selection) == (
-        "probe CV accuracy on 207 photos: tf_efficientnet_lite1 0.816, tf_efficientnet_lite2 0.845 (+0.029 ± 0.019 "
+        "probe CV accuracy of 207 photos: tf_efficientnet_lite1 0.816, tf_efficientnet_lite2 0.845 (+0.029 ± 0.019 "
         "photo by photo), tf_efficientnet_lite0 (time budget); not enough evidence to leave the default"
     )
     selection["candidates"][0]["chosen"] = False
     assert not describe_selection(selection).endswith("default")
+
+
+def test_the_figures_described_are_those_compared_so_a_gain_is_their_difference() -> None:
+    """Each candidate's own CV (its own folds and C search) differs from the shared folds the rule compares on: the
+    line shows the shared folds' accuracies, so a later candidate's gain is its figure minus the best's before it."""
+    import numpy as np
+
+    from headstart.models.selection import PairedChoice, describe_selection
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 15)
+    centres = rng.normal(size=(4, 8))
+    rule = PairedChoice(y, seed=0)
+    rows = []
+    for name, noise in (("a", 1.6), ("b", 0.6), ("c", 2.5)):
+        X = centres[y] + rng.normal(scale=noise, size=(len(y), 8))
+        rows.append({"backbone": name, "cv_accuracy": 0.5, **rule.offer(name, X, C=1.0)})
+    text = describe_selection({"n_photos": len(y), "candidates": rows})
+    assert text.startswith("probe accuracy on the same cross-validation folds of 60 photos: ")
+    shown = {r["backbone"]: r["paired_accuracy"] for r in rows}
+    assert f"a {shown['a']:.3f}" in text and "0.500" not in text
+    assert abs(rows[1]["paired_gain"] - (shown["b"] - shown["a"])) < 1e-3
+    best_before_c = "b" if rows[1]["chosen"] else "a"
+    assert abs(rows[2]["paired_gain"] - (shown["c"] - shown[best_before_c])) < 1e-3
 
 
 def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:

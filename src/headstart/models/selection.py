@@ -96,21 +96,26 @@ class Selection:
 
 
 def describe_selection(selection: dict[str, Any]) -> str:
-    """One line for people: each candidate's CV accuracy, the paired gain of the later ones with its standard error,
-    and whether the default was kept for want of evidence (``selection``: :meth:`Selection.to_dict`)."""
+    """One line for people: each candidate's accuracy on the rule's shared folds (its own CV accuracy where it was
+    not paired), the paired gain of the later ones over the best before them with its standard error, and whether
+    the default was kept for want of evidence (``selection``: :meth:`Selection.to_dict`). The figures shown are
+    the ones compared, so a gain is the difference of two of them."""
     parts = []
+    paired = any("paired_accuracy" in r for r in selection["candidates"])
     for r in selection["candidates"]:
-        if r.get("cv_accuracy") is None:
+        accuracy = r.get("paired_accuracy", r.get("cv_accuracy"))
+        if accuracy is None:
             parts.append(f"{r['backbone']} ({r.get('skipped')})")
             continue
-        text = f"{r['backbone']} {r['cv_accuracy']:.3f}"
+        text = f"{r['backbone']} {accuracy:.3f}"
         if "paired_gain" in r:
             text += f" ({r['paired_gain']:+.3f} ± {r['paired_se']:.3f} photo by photo)"
         parts.append(text)
     first = selection["candidates"][0]
     kept = len(selection["candidates"]) > 1 and first.get("chosen")
     tail = "; not enough evidence to leave the default" if kept else ""
-    return f"probe CV accuracy on {selection['n_photos']} photos: {', '.join(parts)}{tail}"
+    how = "probe accuracy on the same cross-validation folds" if paired else "probe CV accuracy"
+    return f"{how} of {selection['n_photos']} photos: {', '.join(parts)}{tail}"
 
 
 def parse_auto(backbone: str) -> list[str] | None:
@@ -237,17 +242,18 @@ class PairedChoice:
         """Score ``name``'s features ``X`` (rows in the order of ``y``) on the shared folds; what the rule concluded
         (``paired_gain`` and ``paired_se`` against the best so far, and whether it is now the choice)."""
         correct = self._out_of_fold_correct(np.asarray(X), C) if self.n_splits >= 2 else None
+        scored = {} if correct is None else {"paired_accuracy": round(float(correct.mean()), 4)}
         if self.best is None or self._best_correct is None or correct is None:
             if self.best is None:
                 self.best, self._best_correct = name, correct
-            return {"chosen": self.best == name}
+            return {**scored, "chosen": self.best == name}
         difference = correct - self._best_correct
         gain = float(difference.mean())
         se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
         wins = gain > max(PAIRED_Z * se, 1.5 / len(difference))
         if wins:
             self.best, self._best_correct = name, correct
-        return {"paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
+        return {**scored, "paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
 
     def _out_of_fold_correct(self, X: np.ndarray, C: float) -> np.ndarray:
         correct = np.zeros(len(self.y))
