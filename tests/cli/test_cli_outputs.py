@@ -76,7 +76,12 @@ CASES = {
         "{p}/a-file",
         IS_A_FILE,
     ),
-    "lr-find --out a folder": ("lr-find {p}/photos --out {p}/a-folder", "--out", "{p}/a-folder", IS_A_FOLDER),
+    "lr-find --out a folder": (  # (the example is lr-find's default name, made from the data's: photos-…)
+        "lr-find {p}/photos --out {p}/a-folder",
+        "--out",
+        "{p}/a-folder",
+        IS_A_FOLDER + ", e.g. {p}/a-folder/photos-lr-find.png",
+    ),
     "sweep --out a file": ("sweep {p}/photos --set lr=0.1,0.01 --out {p}/a-file", "--out", "{p}/a-file", IS_A_FILE),
     "evaluate --out a file": (
         "evaluate {p}/pets.safetensors {p}/photos --out {p}/a-file",

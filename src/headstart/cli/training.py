@@ -276,7 +276,10 @@ def lr_find(
     data: DataArg,
     backbone: AutoBackboneOpt = "auto",
     weights: WeightsOpt = None,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The plot to write.")] = Path("lr-find.png"),
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The plot to write (default <data folder name>-lr-find.png here)."),
+    ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -289,7 +292,8 @@ def lr_find(
 ) -> None:
     """Learning-rate range test for fine-tuning: a plot of loss against lr and a suggested value."""
     use_cache_dir(cache_dir)
-    check_output(out_path, "file", "--out", example="lr-find.png")
+    default = default_output(Path(str(data)).name, "lr-find", suffix=".png")  # (other data: another file)
+    out_path = check_output(out_path or default, "file", "--out", example=str(default))
     from headstart.workflows.experiments import find_learning_rate
 
     options = Finetune().replace(**given(finetune)).set_fields()
