@@ -112,8 +112,13 @@ def test_scratch_reports_the_random_network_it_saved(sample: Path, tmp_path: Pat
     """12 breeds from random weights, one epoch: the report and evaluate of the saved file both say chance-level,
     with no probe in the words (there is none for a random network) and no pretrained comparison of backbones."""
     out = tmp_path / "scratch.safetensors"
+    # The mirror views cached (as an earlier `extract --flip-average` leaves them): a pretrained probe's CV must not
+    # decide mirror averaging for a random network either.
+    own = ("--cache-dir", tmp_path / "cache")  # (the mirror views stay out of the other tests' cache)
+    mirrored = cli("extract", sample / "train", "-b", "tf_efficientnet_lite0", "--flip-average", *own)
+    assert mirrored.exit_code == 0, mirrored.stderr[-2000:]
     auto = "auto:tf_efficientnet_lite0,tf_efficientnet_lite1"  # (scratch takes the first; lite0 trains fastest)
-    trained = cli("train", sample / "train", "--method", "scratch", "-b", auto, "--epochs", "1", "--out", out)
+    trained = cli("train", sample / "train", "--method", "scratch", "-b", auto, "--epochs", "1", "--out", out, *own)
     assert trained.exit_code == 0, trained.stderr[-2000:]
     said = trained.stdout
     assert "probe" not in said and "auto;" not in said, said

@@ -257,7 +257,8 @@ class ImageClassifier(ClassifierProtocol):
             memo=memo,
             seed=self.seed,
             val_fraction=self.val_fraction,
-            flip_average=self.flip_average,
+            # (from scratch, unless asked: a pretrained probe's CV says nothing of how a random network sees mirrors)
+            flip_average=False if method == "scratch" and self.flip_average is None else self.flip_average,
             progress=bool(run.progress) and current().is_main,
             precision=self.precision,
             **run.extraction(),
