@@ -193,3 +193,28 @@ def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:
         counts = {c: int((y[fold] == c).sum()) for c in "abc"}
         assert counts["a"] in (2, 3) and counts["b"] in (1, 2) and counts["c"] == 1
     assert [f.tolist() for f in _stratified_folds(y, 3, seed=4)] == [f.tolist() for f in folds], "seeded"
+
+
+def test_the_paired_standard_error_is_corrected_for_the_folds_overlap() -> None:
+    """Cross-validated scores are not independent tests (the folds' training parts overlap): the rule's standard
+    error is Nadeau and Bengio's corrected one, 1.5 times the naive per-photo one for 5 folds, so a gain of about
+    two naive standard errors (the noise of one split) no longer switches the backbone."""
+    import numpy as np
+
+    from headstart.models.selection import PairedChoice, cv_correction
+
+    assert cv_correction(5) == 1.5 and cv_correction(2) == np.sqrt(3) and cv_correction(1) == 1.0
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    centres = rng.normal(size=(3, 6))
+    a = centres[y] + rng.normal(scale=1.5, size=(60, 6))
+    b = centres[y] + rng.normal(scale=1.2, size=(60, 6))
+    rule = PairedChoice(y, seed=0)
+    rule.offer("a", a, C=1.0)
+    verdict = rule.offer("b", b, C=1.0)
+    difference = PairedChoice(y, seed=0)._out_of_fold_correct(b, 1.0) - PairedChoice(y, seed=0)._out_of_fold_correct(
+        a, 1.0
+    )
+    naive = float(difference.std(ddof=1) / np.sqrt(60))
+    assert naive > 0 and verdict["paired_se"] == round(naive * 1.5, 4)
+    assert verdict["chosen"] == (verdict["paired_gain"] > max(2 * naive * 1.5, 1.5 / 60))

@@ -65,6 +65,19 @@ AUTO_MAX_PHOTOS = 1000
 PAIRED_Z = 2.0
 
 
+def cv_correction(folds: int) -> float:
+    """The factor a standard error computed as if every photo were an independent test needs when the scores come
+    from ``folds``-fold cross-validation: the folds' training parts overlap, so their errors are correlated.
+    Nadeau and Bengio's corrected resampled t-test (2003) scales the variance by ``1/J + n_test/n_train`` instead
+    of ``1/J``: for one k-fold pass, ``sqrt(1 + k/(k - 1))`` on the standard error (1.5 for 5 folds).
+
+    Example:
+        >>> round(cv_correction(5), 2)
+        1.5
+    """
+    return float(np.sqrt(1 + folds / (folds - 1))) if folds >= 2 else 1.0
+
+
 @dataclass
 class Selection:
     """The choice of ``auto``: the chosen backbone, every candidate's row (in the order considered), the rule,
@@ -220,7 +233,8 @@ class PairedChoice:
     Every candidate's probe (at the regularisation its own cross-validation chose) is scored on the *same*
     stratified folds of the training photos, so two candidates are compared photo by photo: the per-photo
     difference in being classified correctly has a mean (the gain) and a standard error. A later candidate wins
-    only when its gain is more than :data:`PAIRED_Z` standard errors and more than 1.5 photos' worth. With a few
+    only when its gain is more than :data:`PAIRED_Z` standard errors (corrected for the folds' overlap:
+    :func:`cv_correction`) and more than 1.5 photos' worth. With a few
     photos a class the standard error is large, so the choice does not follow one split's noise: it keeps the
     measured default and says so.
 
@@ -250,6 +264,7 @@ class PairedChoice:
         difference = correct - self._best_correct
         gain = float(difference.mean())
         se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
+        se *= cv_correction(self.n_splits)
         wins = gain > max(PAIRED_Z * se, 1.5 / len(difference))
         if wins:
             self.best, self._best_correct = name, correct
@@ -339,7 +354,7 @@ def select_backbone(
     text = (
         f"the first candidate (the measured default) unless a later one classifies more of the {len(labels)} "
         f"photos correctly on the same {rule.n_splits} cross-validation folds by more than {PAIRED_Z:g} paired "
-        f"standard errors and more than 1.5 photos' worth ({margin:.4f})"
+        f"standard errors (corrected for the folds' overlap) and more than 1.5 photos' worth ({margin:.4f})"
     )
     if best is rows[0] and len(rows) > 1:
         text += "; no later candidate had that evidence, so the default was kept"
