@@ -89,7 +89,7 @@ def headstart_run(paths: list[Path], labels: list[str], epochs: int, batch_size:
     import headstart as hs
 
     started = time.perf_counter()
-    options = hs.Finetune(epochs=epochs, unfreeze="2", lr=lr, batch_size=batch_size, patience=0)
+    options = hs.Finetune(epochs=epochs, unfreeze="2", lr=lr, batch_size=batch_size, patience=0, skip_unjudged=False)
     clf = hs.ImageClassifier(backbone=BACKBONE, method="finetune", finetune=options).fit((paths, labels))
     report = clf.report_
     frozen = report.get("frozen_stages") or {}
