@@ -50,6 +50,20 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def run_cli(*args: str | Path):
+    """Invoke the ``headstart`` CLI in this process, stdout and stderr kept apart (click < 8.2 needs
+    ``mix_stderr=False``); exceptions are not caught, so a traceback fails the test."""
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # (newer click keeps them apart anyway)
+        runner = CliRunner()
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
 @pytest.fixture(scope="session")
 def sample() -> Path:
     """The bundled 12-breed Oxford-IIIT Pet sample (train/ and test/)."""
@@ -91,13 +105,5 @@ def sample_model(tmp_path_factory) -> Path:
 @pytest.fixture()
 def cli():
     """Run one ``headstart`` command in this process: ``cli("train", folder, "--json")`` → click's Result, stdout
-    and stderr apart (exceptions not caught: a traceback fails the test)."""
-    from typer.testing import CliRunner
-
-    from headstart.cli import app
-
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # (newer click keeps them apart anyway)
-        runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    and stderr apart (exceptions not caught: a traceback fails the test). Modules call :func:`run_cli` directly."""
+    return run_cli

@@ -15,19 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import run_cli as run
 
-from headstart.cli import app
 from headstart.errors import HeadstartError
-
-
-def run(*args: str | Path):
-    """Invoke the CLI in-process with stdout and stderr kept apart (click < 8.2 needs mix_stderr=False)."""
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def ok_json(result, exit_code: int = 0):

@@ -20,18 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import run_cli as run
 
 import headstart
-from headstart.cli import app
-
-
-def run(*args: str | Path):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def one_error_line(result, exit_code: int = 2) -> str:

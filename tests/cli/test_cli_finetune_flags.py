@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from conftest import run_cli as run
 
 from headstart.cli import app
 from headstart.cli._finetune import flag_of
@@ -24,14 +24,6 @@ def options_of(command: str) -> dict[str, object]:
     """The click options of a command, by Python name (what `--help` shows)."""
     group = typer.main.get_command(app)
     return {p.name: p for p in group.commands[command].params}
-
-
-def run(*args: str | Path):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.mark.parametrize(

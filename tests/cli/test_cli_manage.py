@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from headstart.cli import app
+from conftest import run_cli as run
 
 pytestmark = pytest.mark.slow  # (real extractions, real model files)
 
@@ -24,14 +22,6 @@ pytestmark = pytest.mark.slow  # (real extractions, real model files)
 def _keep_the_session_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--cache-dir` points the process at another cache (os.environ): put the session's back after each test."""
     monkeypatch.setenv("HEADSTART_CACHE_DIR", os.environ["HEADSTART_CACHE_DIR"])
-
-
-def run(*args: str | Path):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 # ------------------------------------------------------------------------------------------------------ info

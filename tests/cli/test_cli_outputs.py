@@ -15,17 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from headstart.cli import app
-
-
-def run(*args: str | Path):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+from conftest import run_cli as run
 
 
 def tree(root: Path) -> list[str]:
