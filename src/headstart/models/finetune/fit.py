@@ -133,11 +133,9 @@ def fit_network(
     ``val_part``): under :data:`~headstart.models.finetune.config.MIN_FIXES` with ``config.skip_unjudged``,
     validation could not tell a better network from luck, so the probe is kept at once and nothing is trained."""
     classes = [str(c) for c in probe.classes_]
-    if method == "finetune" and config.skip_unjudged and probe_val_misses is not None:
-        if probe_val_misses < MIN_FIXES:
-            return _probe_kept(
-                backbone, probe, probe_all, everything, classes, config, flip, probe_val_misses, progress
-            )
+    unjudged = probe_val_misses is not None and probe_val_misses < MIN_FIXES
+    if method == "finetune" and config.skip_unjudged and unjudged:
+        return _probe_kept(backbone, probe, probe_all, everything, classes, config, flip, probe_val_misses, progress)
     import torch
 
     from headstart._distributed import current

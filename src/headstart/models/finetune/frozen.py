@@ -403,7 +403,7 @@ class ActivationBank:
         conversion that failed: said once, and torch computes the same activations)."""
         if self.engine is None:
             self.engine = "torch"
-            if self.device == "cpu" and self.engine_key is not None and openvino_available():
+            if self.planned_engine() == "openvino":
                 try:
                     self._runner = frozen_runner(
                         self.split.prefix,
@@ -422,7 +422,7 @@ class ActivationBank:
                     )
         return self._runner if self.engine == "openvino" else None
 
-    def counts(self) -> tuple[int, float, int, float, int]:
+    def counts(self) -> tuple[int, float, int, float]:
         """``(views computed, seconds computing, views read from disk, seconds reading)`` so far: a caller
         subtracts two of these to tell what one run cost."""
         return self.computed, self.seconds, self.loaded, self.read_seconds
