@@ -184,7 +184,7 @@ def test_the_figures_described_are_those_compared_so_a_gain_is_their_difference(
 
 
 def test_the_paired_folds_are_stratified_and_cover_every_photo_once() -> None:
-    from headstart.models.selection import _stratified_folds
+    from headstart.models.probe_fit import stratified_folds as _stratified_folds
 
     y = np.array(["a"] * 7 + ["b"] * 5 + ["c"] * 3)
     folds = _stratified_folds(y, 3, seed=4)
@@ -212,9 +212,12 @@ def test_the_paired_standard_error_is_corrected_for_the_folds_overlap() -> None:
     rule = PairedChoice(y, seed=0)
     rule.offer("a", a, C=1.0)
     verdict = rule.offer("b", b, C=1.0)
-    difference = PairedChoice(y, seed=0)._out_of_fold_correct(b, 1.0) - PairedChoice(y, seed=0)._out_of_fold_correct(
-        a, 1.0
-    )
+
+    def correct(X):
+        fresh = PairedChoice(y, seed=0)
+        return fresh._correct(fresh._out_of_fold_logits(X, 1.0))
+
+    difference = correct(b) - correct(a)
     naive = float(difference.std(ddof=1) / np.sqrt(60))
     assert naive > 0 and verdict["paired_se"] == round(naive * 1.5, 4)
     assert verdict["chosen"] == (verdict["paired_gain"] > max(2 * naive * 1.5, 1.5 / 60))

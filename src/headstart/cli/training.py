@@ -51,7 +51,7 @@ AutoBackboneOpt = Annotated[
     typer.Option(
         "--backbone",
         "-b",
-        help="auto (the default: tf_efficientnet_lite1, unless lite2 or lite0 classifies the training photos better, photo by photo on the same cross-validation folds, by more than two paired standard errors; lite0 predicts fastest), auto:NAME,NAME (among those timm names) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
+        help="auto (the default: for a probe on up to 5,000 photos, the ensemble of lite1, lite2 and lite0, their probes averaged; else tf_efficientnet_lite1, unless lite2 or lite0 classifies the training photos better, photo by photo on the same cross-validation folds, by more than two paired standard errors; lite0 predicts fastest), auto:NAME,NAME (among those timm names), ensemble or ensemble:NAME,NAME (a probe over several backbones) or one timm name, e.g. tf_efficientnet_lite1, resnet50.a1_in1k.",
     ),
 ]
 LR_FIND_FIELDS = (

@@ -145,7 +145,7 @@ class Backbone:
                 changed since its card was written), naming both hashes and what to do.
         """
         expected = expected or self.spec.trunk_sha256
-        actual = trunk_sha256(self.trunk_arrays())
+        actual = self.spec.with_trunk(self.trunk_arrays()).trunk_sha256  # (an ensemble's: of its members')
         if actual != expected:
             raise BackboneUnavailableError(
                 f"The {self.spec.name} network about to compute features does not hold the weights its cache key "

@@ -145,6 +145,15 @@ def extract_features(
         >>> feats.features.shape
         (2, 1280)
     """
+    ensemble = getattr(getattr(backbone, "spec", None), "members", ())
+    if ensemble:  # its members' features, each by its own pipeline and cache key, side by side
+        from headstart.features.ensemble import combine_members, member_sources
+
+        options = dict(cache=cache, batch_size=batch_size, precision=precision, device=device, max_pixels=max_pixels)
+        options.update(workers=workers, progress=progress, engine=engine, flip_average=flip_average)
+        parts = [extract_features(paths, m, cached_only=cached_only, **options) for m in member_sources(backbone)]
+        spec = backbone.spec if flip_average is None else backbone.spec.with_flip_average(flip_average)
+        return combine_members(paths, parts, spec)
     start = time.perf_counter()
     check_int(batch_size, "batch_size", "extract_features", low=1)
     check_max_pixels(max_pixels, "extract_features")

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BackboneSpec", "trunk_sha256"]
+__all__ = ["ENSEMBLE_PREFIX", "BackboneSpec", "ensemble_sha256", "member_trunks", "trunk_sha256"]
+
+#: How an ensemble's name starts: ``ensemble:NAME+NAME+…`` (its members' names, in order).
+ENSEMBLE_PREFIX = "ensemble:"
 
 _DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -40,6 +43,9 @@ class BackboneSpec:
         trunk_sha256: :func:`trunk_sha256` of the trunk tensors (the weights without the pretrained head), computed
             from the tensors where they are loaded: what the fingerprint keys the cache by (``weights_id`` only
             describes where they came from).
+        members: for an ensemble (:mod:`headstart.features.ensemble`), the specs of the backbones whose features are
+            put side by side, in order; its own preprocessing is the largest member's (what one network over all of
+            them takes), its ``num_features`` their sum. Empty for a single backbone.
     """
 
     name: str
@@ -51,6 +57,7 @@ class BackboneSpec:
     label_names: tuple[str, ...] = field(default=(), compare=False, repr=False)
     flip_average: bool = False
     trunk_sha256: str = ""
+    members: tuple[BackboneSpec, ...] = ()
 
     @property
     def arch(self) -> str:
@@ -71,18 +78,34 @@ class BackboneSpec:
                 "tensors (Classifier), not from metadata alone."
             )
         parts: dict[str, Any] = {"arch": self.arch, "trunk": self.trunk_sha256, "data": _canonical(self.data_config)}
+        if self.members:  # (never a feature cache's key: an ensemble's features are its members', cached by theirs)
+            parts["members"] = [m.fingerprint for m in self.members]
         if self.flip_average:  # (absent when off, so single-view caches keep their keys)
             parts["flip_average"] = True
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
     def with_flip_average(self, on: bool) -> BackboneSpec:
-        """This spec with test-time flip averaging turned on or off."""
-        return self if self.flip_average == on else replace(self, flip_average=bool(on))
+        """This spec with test-time flip averaging turned on or off (an ensemble's members with it)."""
+        if self.flip_average == on:
+            return self
+        return replace(self, flip_average=bool(on), members=tuple(m.with_flip_average(on) for m in self.members))
+
+    def with_trunk(self, arrays: Mapping[str, Any]) -> BackboneSpec:
+        """This spec with the content hash of ``arrays`` (the trunk tensors), an ensemble's members each with its own
+        part's (the arrays named ``"<i>.<name>"``, :func:`~headstart.features.ensemble.member_trunks`)."""
+        if not self.members:
+            return replace(self, trunk_sha256=trunk_sha256(arrays))
+        parts = member_trunks(arrays, len(self.members))
+        members = tuple(m.with_trunk(p) for m, p in zip(self.members, parts))
+        return replace(self, members=members, trunk_sha256=ensemble_sha256(members))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["data_config"] = _canonical(self.data_config)
         d["label_names"] = list(self.label_names)
+        d["members"] = [m.to_dict() for m in self.members]
+        if not self.members:
+            del d["members"]  # (absent for one backbone: files and cards written before ensembles read the same)
         return d
 
     @classmethod
@@ -90,7 +113,28 @@ class BackboneSpec:
         d = dict(d)
         d["data_config"] = _canonical(d["data_config"])
         d["label_names"] = tuple(d.get("label_names") or ())
+        d["members"] = tuple(cls.from_dict(m) for m in d.get("members") or ())
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def member_trunks(trunk: Mapping[str, Any], n_members: int) -> list[dict[str, Any]]:
+    """An ensemble's trunk tensors (``"<i>.<name>"``) as one dict per member (``name`` -> tensor).
+
+    Raises:
+        ValueError: a tensor's name does not start with a member's index.
+    """
+    parts: list[dict[str, Any]] = [{} for _ in range(n_members)]
+    for key, value in trunk.items():
+        index, _, rest = key.partition(".")
+        if not index.isdigit() or int(index) >= n_members:
+            raise ValueError(f"An ensemble's trunk tensor {key!r} does not name one of its {n_members} members.")
+        parts[int(index)][rest] = value
+    return parts
+
+
+def ensemble_sha256(members: tuple[BackboneSpec, ...]) -> str:
+    """An ensemble's content hash: of its members' content hashes, in order."""
+    return hashlib.sha256(json.dumps(["ensemble", [m.trunk_sha256 for m in members]]).encode()).hexdigest()
 
 
 def _canonical(data_config: dict[str, Any]) -> dict[str, Any]:

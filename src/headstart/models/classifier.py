@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from headstart._math import linear_probabilities
 from headstart._validation import check_int
 from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, is_image_file
 from headstart.errors import ModelFileError
-from headstart.features import Backbone, BackboneSpec, trunk_sha256
+from headstart.features import Backbone, BackboneSpec
 from headstart.models.modelfile import read_model_file, save_model_file, validate_classifier
 from headstart.models.trunk import trunk_network
 
@@ -93,7 +93,10 @@ class Classifier:
         self.head_bias = np.asarray(head_bias, dtype=np.float32)
         self.trunk = dict(trunk)
         # The cache key is the trunk's content, hashed here from the tensors themselves: whatever the spec claims.
-        self.spec = replace(spec, trunk_sha256=trunk_sha256(self.trunk))
+        try:  # (an ensemble's members each by their own part of the trunk)
+            self.spec = spec.with_trunk(self.trunk)
+        except ValueError as exc:
+            raise ModelFileError(f"{(metadata and dict(metadata).get('path')) or 'This model'}: {exc}") from None
         self.metadata = dict(metadata or {})
         self._backbone: Backbone | None = None
         if self.head_weight.shape != (len(self.classes), spec.num_features) or self.head_bias.shape != (
@@ -129,8 +132,8 @@ class Classifier:
             raise ModelFileError(f"{path} is a headstart file without a classifier ({exc} missing).") from exc
         trunk = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
         rest = {k: v for k, v in meta.items() if k not in ("backbone", "classes")}
-        model = cls(spec, classes, weight, bias, trunk, rest)
-        check_trunk_claims(path, meta["backbone"], model.spec.trunk_sha256, trunk)
+        model = cls(spec, classes, weight, bias, trunk, {**rest, "path": str(path)})
+        check_trunk_claims(path, meta["backbone"], model.spec, trunk)
         model.metadata["path"] = str(path)
         return model
 
@@ -356,11 +359,12 @@ def _walk_sorted(folder: Path) -> Iterator[Path]:
 
 
 def check_trunk_claims(
-    path: str | os.PathLike[str], claims: Mapping[str, Any], actual: str, trunk: Mapping[str, np.ndarray]
+    path: str | os.PathLike[str], claims: Mapping[str, Any], spec: BackboneSpec, trunk: Mapping[str, np.ndarray]
 ) -> None:
-    """Check what a model file's metadata says its trunk is against the tensors it holds (``actual``: their
-    :func:`~headstart.features.trunk_sha256`): the content hash it records, a fine-tuned trunk's own hash, or the
-    pretrained weights it names (an offline package of the installed version, hub weights used here before).
+    """Check what a model file's metadata says its trunk is against the tensors it holds (``spec``: the spec with
+    their :func:`~headstart.features.trunk_sha256`): the content hash it records, a fine-tuned trunk's own hash, or
+    the pretrained weights it names (an offline package of the installed version, hub weights used here before);
+    an ensemble's claims member by member.
 
     Features are keyed by ``actual`` whatever the outcome, so a file that lies never reads nor writes the genuine
     weights' cache entries; this check makes the lie one clear error instead of a silently different model.
@@ -369,7 +373,20 @@ def check_trunk_claims(
         ModelFileError: the trunk is not what the metadata names (altered or damaged file).
     """
     from headstart.features import known_trunk_sha256
+    from headstart.features.spec import member_trunks
 
+    actual = spec.trunk_sha256
+    if spec.members:
+        listed = claims.get("members") or []
+        for member, claimed, part in zip(spec.members, listed, member_trunks(trunk, len(spec.members))):
+            check_trunk_claims(path, claimed, member, part)
+        recorded = claims.get("trunk_sha256")
+        if recorded is not None and recorded != actual:
+            raise ModelFileError(
+                f"{path}: its ensemble's recorded content hash {str(recorded)[:16]} is not its members' "
+                f"({actual[:16]}): the file was altered or damaged; re-train or re-download it."
+            )
+        return
     name, weights_id = str(claims.get("name")), str(claims.get("weights_id"))
     recorded = claims.get("trunk_sha256")
     if weights_id.startswith("trunk-sha256:"):

@@ -40,16 +40,22 @@ from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.data import DEFAULT_MAX_PIXELS
 from headstart.errors import DataError
 from headstart.features import PRECISIONS, FeatureCache, describe_unusable
+from headstart.models.backbone_names import check_backbone_choice
 from headstart.models.classifier import Classifier
 from headstart.models.finetune.config import Finetune
 from headstart.models.fit_report import file_metadata, fit_report, params_from_file, stored_params
-from headstart.models.fit_steps import FLIP_CHOICES, SkippedFilesWarning, fit_backbone, split_and_probe
+from headstart.models.fit_steps import (
+    FLIP_CHOICES,
+    SkippedFilesWarning,
+    feature_blocks,
+    fit_backbone,
+    split_and_probe,
+)
 from headstart.models.inputs import as_dataset, photo_files
 from headstart.models.memo import Memo
 from headstart.models.probe_fit import fit_probe
 from headstart.models.protocol import ClassifierProtocol
 from headstart.models.run_options import RunOptions, constructor_run_options
-from headstart.models.selection import parse_auto
 
 __all__ = ["METHODS", "ImageClassifier", "SkippedFilesWarning", "load"]
 
@@ -180,17 +186,7 @@ class ImageClassifier(ClassifierProtocol):
                     "None for method='probe' (fine-tuning options need method='finetune' or 'scratch')",
                     self.finetune,
                 )
-        if not isinstance(self.backbone, str) or not self.backbone:
-            fail("backbone", _CALLER, "a timm model name (str), 'auto' or 'auto:NAME,NAME,…'", self.backbone)
-        candidates = parse_auto(self.backbone)
-        if candidates is not None and self.weights is not None:
-            fail(
-                "weights",
-                _CALLER,
-                "None when backbone is 'auto' (each candidate uses its own offline or hub "
-                "weights; to fine-tune from a file, name its backbone)",
-                self.weights,
-            )
+        candidates = check_backbone_choice(self.backbone, self.weights, method, _CALLER)
         check_number(self.val_fraction, "val_fraction", _CALLER, low=0, high=1, low_open=True, high_open=True)
         check_int(self.seed, "seed", _CALLER, low=0, high=2**32 - 1)
         check_choice(self.precision, "precision", _CALLER, PRECISIONS)
@@ -266,7 +262,9 @@ class ImageClassifier(ClassifierProtocol):
         name = self.backbone
         if method == "scratch" and candidates is not None:  # pretrained features say nothing of random weights
             name, candidates = candidates[0], None
-        backbone, selection = fit_backbone(dataset, name, candidates, self.weights, **common)
+        backbone, selection = fit_backbone(
+            dataset, name, candidates, self.weights, ensemble=method == "probe", **common
+        )
         s = split_and_probe(dataset, backbone, keys=selection.split_keys if selection else None, **common)
         if selection is not None and selection.first_extraction and selection.chosen == selection.rows[0]["backbone"]:
             s.feats.n_cached, s.feats.n_computed, s.feats.seconds = selection.first_extraction  # (done there)
@@ -277,7 +275,8 @@ class ImageClassifier(ClassifierProtocol):
             "hashes": [s.feats.hashes[i] for i in s.va],
             "proba": probe_proba,
         }
-        refit = fit_probe(s.X, s.labels, random_state=self.seed, memo=memo) if self.refit else None
+        blocks = feature_blocks(backbone.spec)
+        refit = fit_probe(s.X, s.labels, random_state=self.seed, memo=memo, blocks=blocks) if self.refit else None
         if method == "probe":
             final = refit if refit is not None else s.probe
             model = Classifier(
@@ -289,7 +288,7 @@ class ImageClassifier(ClassifierProtocol):
             )
             specific = {
                 "cv_accuracy": float(final.cv_accuracy_),
-                "C": float(final.C_),
+                "C": [*final.member_C_] if final.member_C_ else float(final.C_),  # (an ensemble's: each member's)
                 "temperature": float(final.temperature_),
                 "refit_on_all": refit is not None,
             }

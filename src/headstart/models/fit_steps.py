@@ -26,16 +26,29 @@ import numpy as np
 from headstart.data import Dataset, train_val_split
 from headstart.errors import DataError, SkippedFilesWarning
 from headstart.features import FeatureCache, extract_features
-from headstart.models.inputs import ResolvedBackbone, split_keys
+from headstart.models.inputs import ResolvedBackbone, resolved_backbone, split_keys
 from headstart.models.memo import Memo
 from headstart.models.probe_fit import fit_probe
 from headstart.models.selection import select_for_fit
 
-__all__ = ["FLIP_CHOICES", "Prepared", "SkippedFilesWarning", "fit_backbone", "flip_mode", "split_and_probe"]
+__all__ = [
+    "FLIP_CHOICES",
+    "Prepared",
+    "SkippedFilesWarning",
+    "feature_blocks",
+    "fit_backbone",
+    "flip_mode",
+    "split_and_probe",
+]
 
 #: ``flip_average`` besides True/False/None: ``"auto"`` (cross-validation chooses, computing the mirror views),
 #: ``"cached"`` (= None, the default: one view, unless the mirror views are cached; then cross-validation chooses).
 FLIP_CHOICES = ("auto", "cached")
+
+
+def feature_blocks(spec: Any) -> tuple[int, ...] | None:
+    """The widths of an ensemble's members' features (the probe's blocks: one probe each, averaged), else None."""
+    return tuple(m.num_features for m in spec.members) if spec.members else None
 
 
 def flip_mode(flip_average: bool | str | None) -> tuple[bool | str, bool]:
@@ -62,14 +75,16 @@ def fit_backbone(
     val_fraction: float,
     flip_average: bool | str | None,
     progress: bool,
+    ensemble: bool = False,
     **extract: Any,
-) -> tuple[ResolvedBackbone, Any]:
-    """The backbone named (``candidates`` None), resolved once: a :class:`ResolvedBackbone` that extraction, the
-    network and the model file all take; or for ``auto`` the candidate chosen on the training part
-    (:func:`~headstart.models.selection.select_for_fit`, which resolved each candidate once), with that
-    selection (else None)."""
+) -> tuple[Any, Any]:
+    """The backbone named (``candidates`` None), resolved once: a :class:`ResolvedBackbone` (an
+    :class:`~headstart.features.ensemble.EnsembleSource` for ``ensemble…``) that extraction, the network and the
+    model file all take; or for ``auto`` the candidate chosen on the training part
+    (:func:`~headstart.models.selection.select_for_fit`, which resolved each candidate once; with ``ensemble``, the
+    ensemble of the candidates on small data), with that selection (else None)."""
     if candidates is None:
-        return ResolvedBackbone(backbone, weights), None
+        return resolved_backbone(backbone, weights), None
     selection = select_for_fit(
         dataset,
         candidates,
@@ -79,11 +94,14 @@ def fit_backbone(
         val_fraction=val_fraction,
         flip_average=flip_mode(flip_average)[1],
         weights=weights,
+        ensemble=ensemble,
         progress=progress,
         **extract,
     )
     chosen = selection.backbone
-    return (chosen if isinstance(chosen, ResolvedBackbone) else ResolvedBackbone(selection.chosen, weights)), selection
+    if chosen is None or isinstance(chosen, str):
+        chosen = resolved_backbone(selection.chosen, weights)
+    return chosen, selection
 
 
 @dataclass
@@ -163,11 +181,12 @@ def split_and_probe(
     tr = np.array([row_of[s.path] for s in train_part.samples], dtype=np.int64)
     va = np.array([row_of[s.path] for s in val_part.samples], dtype=np.int64)
 
-    probe = fit_probe(feats.features[tr], labels[tr], random_state=seed, memo=memo)
+    blocks = feature_blocks(backbone.spec)
+    probe = fit_probe(feats.features[tr], labels[tr], random_state=seed, memo=memo, blocks=blocks)
     flip, flip_cv = (None if isinstance(mode, str) else bool(mode)), {}
     if flip is None:  # the data decide: is a photo's mirror image the same class here?
         single = extract_features(dataset.paths, backbone, flip_average=False, **extract)
-        single_probe = fit_probe(single.features[tr], labels[tr], random_state=seed, memo=memo)
+        single_probe = fit_probe(single.features[tr], labels[tr], random_state=seed, memo=memo, blocks=blocks)
         flip_cv = {"on": float(probe.cv_accuracy_), "off": float(single_probe.cv_accuracy_)}
         # Only when it helps by more than one photo's worth (a one-photo difference in CV is noise; nan: no).
         flip = bool(probe.cv_accuracy_ - single_probe.cv_accuracy_ > 1.5 / len(tr))

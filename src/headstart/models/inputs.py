@@ -18,7 +18,15 @@ from headstart.data import Dataset, Sample, load_dataset
 from headstart.features import FeatureCache
 from headstart.models.classifier import expand_paths
 
-__all__ = ["ResolvedBackbone", "as_dataset", "feature_cache", "photo_files", "photo_paths", "split_keys"]
+__all__ = [
+    "ResolvedBackbone",
+    "as_dataset",
+    "feature_cache",
+    "photo_files",
+    "photo_paths",
+    "resolved_backbone",
+    "split_keys",
+]
 
 #: Image modes a PNG holds as they are; other modes (CMYK, YCbCr, float) are converted to RGB first.
 _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16")
@@ -66,6 +74,19 @@ class ResolvedBackbone:
 
     def __repr__(self) -> str:
         return f"ResolvedBackbone({self.name!r}" + (f", weights={str(self.weights)!r})" if self.weights else ")")
+
+
+def resolved_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> Any:
+    """A :class:`ResolvedBackbone`, or for ``ensemble`` / ``ensemble:NAME,NAME`` an
+    :class:`~headstart.features.ensemble.EnsembleSource` of them (each member with ``weights``)."""
+    from headstart.models.backbone_names import parse_ensemble
+
+    members = parse_ensemble(name)
+    if members is None:
+        return ResolvedBackbone(name, weights)
+    from headstart.features.ensemble import EnsembleSource
+
+    return EnsembleSource([ResolvedBackbone(n, weights) for n in members])
 
 
 def feature_cache(cache: str | os.PathLike[str] | FeatureCache | None) -> FeatureCache:

@@ -38,6 +38,7 @@ import numpy as np
 from headstart._safetensors import MAX_HEADER_BYTES, MAX_JSON_DEPTH, is_int, parse_json, read_file, write_file
 from headstart._version import __version__
 from headstart.errors import ModelFileError
+from headstart.features.spec import ENSEMBLE_PREFIX
 
 __all__ = [
     "FORMAT_VERSION",
@@ -77,6 +78,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "headstart"
 #: Input sides a model's preprocessing may ask for (timm's largest pretrained input is 800 px).
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 1024
+#: The most backbones an ensemble's model file may hold (each is built to read the file).
+MAX_MEMBERS = 8
 #: Photos are resized to ``side / crop_pct`` before the crop; no more than this.
 MAX_RESIZE_SIDE = 2048
 
@@ -268,6 +271,20 @@ def _check_backbone(backbone: Any, width: int, bad: Any) -> None:
     """The ``backbone`` table of a model file (a :class:`~headstart.features.BackboneSpec` as a dict)."""
     if not isinstance(backbone, dict):
         raise bad(f"its backbone is {_brief(backbone)}, not a table")
+    members = backbone.get("members")
+    if members is not None:  # an ensemble: every member a sound backbone, their widths adding up to its own
+        if not isinstance(members, list) or not 2 <= len(members) <= MAX_MEMBERS:
+            raise bad(f"its ensemble's members are {_brief(members)}; they must be a list of 2 to {MAX_MEMBERS}")
+        for member in members:
+            if not isinstance(member, dict) or member.get("members") is not None:
+                raise bad(f"its ensemble member {_brief(member)} is not a single backbone's table")
+            _check_backbone(member, member.get("num_features"), bad)
+        if sum(m["num_features"] for m in members) != backbone.get("num_features"):
+            raise bad("its ensemble's num_features is not the sum of its members'")
+        names = "+".join(m["name"] for m in members)
+        if backbone.get("name") != ENSEMBLE_PREFIX + names:
+            raise bad(f"its ensemble is named {_brief(backbone.get('name'))}, not after its members ({names})")
+        backbone = {**backbone, "name": members[0]["name"]}  # (the rest of its table is checked as a backbone's)
     name = backbone.get("name")
     if not isinstance(name, str) or not _ARCH_NAME.fullmatch(name):
         raise bad(

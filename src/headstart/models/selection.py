@@ -13,12 +13,15 @@ within a time budget: once it is spent, the rest are skipped (the table says so)
 
 ``auto`` means the three offline backbones in the order :data:`OFFLINE_CANDIDATES`: lite1, lite2, lite0; lite1
 first because repeated cross-validation over seeds and sizes (docs/TRAINING.md, ``benchmarks/backbone_choice.py``)
-found it the best or within noise of the best fixed backbone on every data set tried.
-``--backbone tf_efficientnet_lite0`` when the fastest predictions matter more (about 1.5x fewer FLOPs).
-``auto:NAME,NAME`` any timm names, in that order (``lite0``..``lite2`` for short). The concatenated features of
-several backbones were measured too (docs/TRAINING.md): they scored no better than the best single backbone on the
-data here, and a model on them needs several trunks in one model file, which every consumer of a model (export,
-attacks, heat maps, serve) would have to learn; so they are not a candidate.
+found it the best or within noise of the best single backbone on every data set tried. For a probe on a data set of
+at most :data:`ENSEMBLE_MAX_PHOTOS` photos, ``auto`` then fits the **ensemble** of the candidates it scored
+(:func:`choose_ensemble`; their probes' logits averaged, :mod:`headstart.features.ensemble`): measured over seeds
+and sizes, it was at least as accurate as the best single backbone within noise on every row, and far ahead on a
+domain unlike ImageNet, where no rule that picks one backbone from a few photos a class gets close. Beyond that
+size, and for fine-tuning (one network), ``auto`` keeps the paired rule's one backbone. ``--backbone
+tf_efficientnet_lite0`` when the fastest predictions matter more (an ensemble runs every member on each photo);
+``ensemble`` or ``ensemble:NAME,NAME`` names an ensemble; ``auto:NAME,NAME`` any timm names, in that order
+(``lite0``..``lite2`` for short).
 
 Example:
     >>> sel = select_backbone(paths, labels, parse_auto("auto"), cache=FeatureCache())
@@ -38,31 +41,38 @@ import numpy as np
 
 from headstart._console import say
 from headstart._validation import fail
+from headstart.features.spec import ENSEMBLE_PREFIX
+from headstart.models.backbone_names import OFFLINE_CANDIDATES, parse_auto, parse_ensemble
 from headstart.models.memo import Memo
-from headstart.models.probe_fit import fit_probe
+from headstart.models.probe_fit import fit_probe, stratified_folds, stratified_sample
 
 __all__ = [
     "AUTO_BUDGET_S",
     "AUTO_MAX_PHOTOS",
+    "ENSEMBLE_MAX_PHOTOS",
     "OFFLINE_CANDIDATES",
     "PAIRED_Z",
     "PairedChoice",
     "Selection",
+    "choose_ensemble",
     "describe_selection",
     "parse_auto",
+    "parse_ensemble",
     "score_backbones",
     "select_backbone",
     "select_for_fit",
 ]
 
-#: ``auto``'s candidates, the one expected to do best first (see the module's docstring).
-OFFLINE_CANDIDATES = ("tf_efficientnet_lite1", "tf_efficientnet_lite2", "tf_efficientnet_lite0")
 #: Seconds ``auto`` may spend extracting and scoring candidates (the first is always scored).
 AUTO_BUDGET_S = 900.0
 #: Most photos ``auto`` scores candidates on (a stratified sample beyond).
 AUTO_MAX_PHOTOS = 1000
 #: How many paired standard errors a later candidate's gain must exceed (:class:`PairedChoice`).
 PAIRED_Z = 2.0
+#: Up to how many usable photos ``auto`` fits a probe on the ensemble of its candidates (beyond, the paired rule's
+#: one backbone): where the ensemble was measured to gain (few photos a class, a far domain), it costs one extraction
+#: per member; on large data sets its gain was within noise while every prediction would cost all members.
+ENSEMBLE_MAX_PHOTOS = 5000
 
 
 def cv_correction(folds: int) -> float:
@@ -97,6 +107,8 @@ class Selection:
     #: the chosen candidate as it was given: its name, or the backbone object (``select_for_fit``: a
     #: :class:`~headstart.models.inputs.ResolvedBackbone`, which the fit goes on with instead of resolving it again)
     backbone: Any = field(default=None, repr=False)
+    #: the :class:`PairedChoice` that scored the candidates (its out-of-fold scores give the ensemble's)
+    paired: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,31 +136,13 @@ def describe_selection(selection: dict[str, Any]) -> str:
         if "paired_gain" in r:
             text += f" ({r['paired_gain']:+.3f} ± {r['paired_se']:.3f} photo by photo)"
         parts.append(text)
-    first = selection["candidates"][0]
+    first, last = selection["candidates"][0], selection["candidates"][-1]
     kept = len(selection["candidates"]) > 1 and first.get("chosen")
     tail = "; not enough evidence to leave the default" if kept else ""
+    if last.get("chosen") and str(last["backbone"]).startswith(ENSEMBLE_PREFIX):
+        tail = f"; the ensemble (their probes averaged) is the default up to {ENSEMBLE_MAX_PHOTOS:,} photos"
     how = "probe accuracy on the same cross-validation folds" if paired else "probe CV accuracy"
     return f"{how} of {selection['n_photos']} photos: {', '.join(parts)}{tail}"
-
-
-def parse_auto(backbone: str) -> list[str] | None:
-    """The candidates ``backbone`` names when it is ``auto`` or ``auto:NAME,NAME,…``; None for a plain name.
-
-    Example:
-        >>> parse_auto("auto:resnet50,lite1")
-        ['resnet50', 'tf_efficientnet_lite1']
-        >>> parse_auto("tf_efficientnet_lite0") is None
-        True
-    """
-    if not isinstance(backbone, str) or not (backbone == "auto" or backbone.startswith("auto:")):
-        return None
-    if backbone == "auto":
-        return list(OFFLINE_CANDIDATES)
-    names = [n.strip() for n in backbone[5:].split(",") if n.strip()]
-    if not names:
-        fail("backbone", "ImageClassifier", "'auto', 'auto:NAME,NAME,…' (timm names) or a timm name", backbone)
-    short = {name.removeprefix("tf_efficientnet_"): name for name in OFFLINE_CANDIDATES}
-    return list(dict.fromkeys(short.get(n, n) for n in names))
 
 
 def score_backbones(
@@ -203,7 +197,7 @@ def score_backbones(
         y = labels[feats.indices]
         probe = fit_probe(feats.features, y, random_state=seed, memo=memo)
         if keep is not None:  # (for the paired rule: the features, their labels and the C chosen)
-            keep[name] = (feats.features, y, probe.C_)
+            keep[name] = (feats.features, y, probe.C_, probe.temperature_)
         speed = cache.speed(feats.cache_key)
         rows.append(
             {
@@ -251,11 +245,31 @@ class PairedChoice:
         self.n_splits = int(min(folds, counts.min())) if len(counts) > 1 else 0
         self.best: str | None = None
         self._best_correct: np.ndarray | None = None
+        self.classes = np.unique(self.y)
+        self._logits: dict[str, np.ndarray] = {}  # each candidate's out-of-fold logits (for the ensemble's score)
 
-    def offer(self, name: str, X: np.ndarray, *, C: float) -> dict[str, Any]:
+    def offer(self, name: str, X: np.ndarray, *, C: float, temperature: float = 1.0) -> dict[str, Any]:
         """Score ``name``'s features ``X`` (rows in the order of ``y``) on the shared folds; what the rule concluded
         (``paired_gain`` and ``paired_se`` against the best so far, and whether it is now the choice)."""
-        correct = self._out_of_fold_correct(np.asarray(X), C) if self.n_splits >= 2 else None
+        correct = None
+        if self.n_splits >= 2:
+            logits = self._out_of_fold_logits(np.asarray(X), C) / temperature
+            self._logits[name] = logits
+            correct = self._correct(logits)
+        return self._judge(name, correct)
+
+    def ensemble(self, names: Sequence[str], name: str) -> dict[str, Any]:
+        """The score of ``names``' probes averaged (their out-of-fold logits, as an ensemble's head averages them)
+        on the same folds, paired against the best single candidate; it does not change the rule's choice."""
+        if self.n_splits < 2 or not all(n in self._logits for n in names):
+            return {}
+        correct = self._correct(sum(self._logits[n] for n in names) / len(names))
+        best, best_correct = self.best, self._best_correct
+        verdict = self._judge(name, correct)
+        self.best, self._best_correct = best, best_correct
+        return {k: v for k, v in verdict.items() if k != "chosen"}
+
+    def _judge(self, name: str, correct: np.ndarray | None) -> dict[str, Any]:
         scored = {} if correct is None else {"paired_accuracy": round(float(correct.mean()), 4)}
         if self.best is None or self._best_correct is None or correct is None:
             if self.best is None:
@@ -270,27 +284,16 @@ class PairedChoice:
             self.best, self._best_correct = name, correct
         return {**scored, "paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
 
-    def _out_of_fold_correct(self, X: np.ndarray, C: float) -> np.ndarray:
-        correct = np.zeros(len(self.y))
-        for test in _stratified_folds(self.y, self.n_splits, self.seed):
+    def _correct(self, logits: np.ndarray) -> np.ndarray:
+        return (self.classes[logits.argmax(axis=1)] == self.y).astype(np.float64)
+
+    def _out_of_fold_logits(self, X: np.ndarray, C: float) -> np.ndarray:
+        logits = np.zeros((len(self.y), len(self.classes)))
+        for test in stratified_folds(self.y, self.n_splits, self.seed):
             train = np.setdiff1d(np.arange(len(self.y)), test)
             fit = fit_probe(X[train], self.y[train], random_state=self.seed, memo=self.memo, Cs=(C,))
-            correct[test] = fit.classes_[fit.predict_proba(X[test]).argmax(axis=1)] == self.y[test]
-        return correct
-
-
-def _stratified_folds(y: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
-    """The test indices of ``n_splits`` stratified folds: each class's photos shuffled (seeded) and dealt round
-    the folds in turn. Plain numpy, so a re-run whose fits are memoised imports no scikit-learn."""
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(n_splits)]
-    start = 0
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        for j, i in enumerate(members):
-            folds[(start + j) % n_splits].append(int(i))
-        start += len(members)  # (the next class starts where this one stopped: fold sizes stay even)
-    return [np.sort(np.asarray(f, dtype=np.int64)) for f in folds]
+            logits[test] = X[test] @ fit.coef_.T + fit.intercept_  # (fit.classes_ is self.classes: every class trains)
+        return logits
 
 
 def select_backbone(
@@ -318,7 +321,7 @@ def select_backbone(
     started = time.perf_counter()
     paths, labels = list(paths), np.asarray(labels)
     if len(paths) > max_photos:
-        keep = _stratified_sample(labels, max_photos, seed)
+        keep = stratified_sample(labels, max_photos, seed)
         paths, labels = [paths[i] for i in keep], labels[keep]
     margin = 1.5 / max(1, len(labels))
     rule = PairedChoice(labels, seed=seed, memo=memo)
@@ -339,12 +342,12 @@ def select_backbone(
         rows.append(row)
         if row["cv_accuracy"] is None or not np.isfinite(row["cv_accuracy"]):
             continue  # (no CV possible, e.g. a class with one photo)
-        X, y, C = scored[name]
+        X, y, C, temperature = scored[name]
         order = _align(y, labels)  # the rows of the usable photos, in the order the rule's labels are
         if order is None:  # (a photo unusable with this backbone only: no paired comparison possible)
             row["skipped_pairing"] = "not every photo was usable with this backbone"
             continue
-        verdict = rule.offer(name, X[order], C=C)
+        verdict = rule.offer(name, X[order], C=C, temperature=temperature)
         row.update({k: v for k, v in verdict.items() if k != "chosen"})
         if best is None or verdict["chosen"]:
             best = row
@@ -359,7 +362,9 @@ def select_backbone(
     if best is rows[0] and len(rows) > 1:
         text += "; no later candidate had that evidence, so the default was kept"
     chosen = next(c for c in candidates if _name(c) == best["backbone"])
-    return Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text, backbone=chosen)
+    selection = Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text, backbone=chosen)
+    selection.paired = rule
+    return selection
 
 
 def _align(y: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
@@ -377,6 +382,7 @@ def select_for_fit(
     val_fraction: float,
     progress: bool = False,
     flip_average: bool = False,
+    ensemble: bool = False,
     **extract: Any,
 ) -> Selection:
     """``auto`` as :class:`~headstart.models.estimator.ImageClassifier.fit` runs it: the first candidate's
@@ -384,7 +390,8 @@ def select_for_fit(
     the candidates are scored on the training part only, so the validation figures stay held out. One view of
     each photo unless ``flip_average`` (the fit's mirror averaging asked for or left to CV). Each candidate is
     resolved once (a :class:`~headstart.models.inputs.ResolvedBackbone` with ``weights``); the chosen one is
-    ``selection.backbone``.
+    ``selection.backbone``. With ``ensemble`` (a probe), data sets of at most :data:`ENSEMBLE_MAX_PHOTOS` usable
+    photos get the ensemble of the candidates scored (:func:`choose_ensemble`).
 
     Example:
         >>> select_for_fit(load_dataset("photos/"), parse_auto("auto"), cache=FeatureCache(), memo=None, seed=0,
@@ -427,7 +434,31 @@ def select_for_fit(
     )
     selection.split_keys = dict(zip(map(str, usable.paths), keys))
     selection.first_extraction = (first.n_cached, first.n_computed, first.seconds)
+    if ensemble and len(usable) <= ENSEMBLE_MAX_PHOTOS:
+        choose_ensemble(selection, candidates)
     return selection
+
+
+def choose_ensemble(selection: Selection, candidates: Sequence[Any]) -> None:
+    """Make the ensemble of the candidates that were scored the choice (when at least two were), with a row of its
+    own: its accuracy on the rule's folds and its paired gain over the best single candidate."""
+    from headstart.features.ensemble import EnsembleSource, ensemble_name
+
+    members = [c for c, row in zip(candidates, selection.rows) if row.get("paired_accuracy") is not None]
+    if len(members) < 2:
+        return
+    names = [_name(m) for m in members]
+    name = ensemble_name(names)
+    scored = selection.paired.ensemble(names, name) if selection.paired is not None else {}
+    for row in selection.rows:
+        row["chosen"] = False
+    selection.rows.append({"backbone": name, "cv_accuracy": scored.get("paired_accuracy"), **scored, "chosen": True})
+    selection.chosen, selection.backbone = name, EnsembleSource(members)
+    selection.rule = (
+        f"up to {ENSEMBLE_MAX_PHOTOS:,} photos, the ensemble of the candidates scored (their probes averaged: measured "
+        "at least as accurate as the best single backbone on every data set tried, docs/TRAINING.md); beyond, "
+        + selection.rule
+    )
 
 
 def _name(backbone: Any) -> str:
@@ -435,14 +466,3 @@ def _name(backbone: Any) -> str:
     if isinstance(backbone, str):
         return backbone
     return str(getattr(backbone, "name", None) or backbone.spec.name)
-
-
-def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of ``n`` photos with every class in proportion (each at least once), seeded."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = np.maximum(1, np.floor(counts * n / len(labels))).astype(int)
-    chosen = [
-        rng.choice(np.flatnonzero(labels == c), min(k, cnt), replace=False) for c, k, cnt in zip(classes, share, counts)
-    ]
-    return np.sort(np.concatenate(chosen))

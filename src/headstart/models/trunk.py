@@ -42,6 +42,15 @@ def trunk_network(
         >>> trunk_network(BackboneSpec.from_dict(document["backbone"]), trunk).num_features
         1280
     """
+    if spec.members:  # an ensemble: each member's network from its part of the trunk, side by side
+        from headstart.features.ensemble import ensemble_network
+        from headstart.features.spec import member_trunks
+
+        try:
+            parts = member_trunks(trunk, len(spec.members))
+        except ValueError as exc:
+            raise ModelFileError(f"{path or 'This model'}: {exc} Re-train or re-download the model.") from None
+        return ensemble_network([trunk_network(m, p, path) for m, p in zip(spec.members, parts)], spec)
     import timm
     import torch
 

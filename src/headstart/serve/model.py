@@ -19,7 +19,8 @@ import numpy as np
 
 from headstart.data.images import DEFAULT_MAX_PIXELS, decode_image
 from headstart.errors import UnusableImageError
-from headstart.features.pipeline import Pipeline, ranked, top_k
+from headstart.features.ensemble import pipeline_for
+from headstart.features.pipeline import ranked, top_k
 from headstart.models.classifier import Classifier
 from headstart.serve.batching import ShuttingDownError
 
@@ -69,7 +70,7 @@ class ServedModel:
     ) -> None:
         self.name = name
         self.classifier = classifier
-        self.pipeline = Pipeline(
+        self.pipeline = pipeline_for(
             classifier.spec,
             _Trunk(classifier),
             engine=engine,

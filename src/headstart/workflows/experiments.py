@@ -62,9 +62,10 @@ def find_learning_rate(
         >>> result.suggestion, result.why
         (0.00021, 'all 20 steps')
     """
+    from headstart.models.backbone_names import parse_auto
     from headstart.models.finetune.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
     from headstart.models.finetune.parts import build_network, start_from_probe
-    from headstart.models.selection import parse_auto, select_for_fit
+    from headstart.models.selection import select_for_fit
 
     if finetune_options is not None:
         warnings.warn(
