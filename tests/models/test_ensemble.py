@@ -82,10 +82,13 @@ def test_predict_serve_and_the_one_network_agree(ensemble_model: Path):
     cosine = (
         (one_network * per_member).sum(1) / np.linalg.norm(one_network, axis=1) / np.linalg.norm(per_member, axis=1)
     )
-    assert cosine.min() > 0.97, cosine  # (each member's region resized twice instead of once)
-    assert [model.classes[i] for i in model.predict_proba_features(one_network).argmax(1)] == [
-        p.labels[0] for p in predicted
-    ]
+    # each member's region resized twice instead of once (bilinear, the resize LiteRT has): close, not equal, so a
+    # photo on the border between two classes may tip
+    assert cosine.min() > 0.95, cosine
+    agree = [model.classes[i] for i in model.predict_proba_features(one_network).argmax(1)] == np.array(
+        [p.labels[0] for p in predicted]
+    )
+    assert agree.sum() >= len(photos) - 1, agree
 
 
 def test_export_attack_and_explain_run_on_the_one_network(ensemble_model: Path, tmp_path: Path):
@@ -133,3 +136,24 @@ def test_auto_fits_the_ensemble_on_small_data_and_one_backbone_for_fine_tuning(t
     assert fitted.model_.spec.name == "tf_efficientnet_lite0"
     with pytest.raises((HeadstartError, ValueError), match="one backbone for method='finetune'"):
         ImageClassifier(backbone="ensemble", method="finetune").fit(SAMPLE / "train")
+
+
+def test_litert_export_runs_the_ensemble_in_the_interpreter(ensemble_model: Path, tmp_path: Path):
+    """The one network's resize is one LiteRT has (bilinear): the ensemble exports and runs in the interpreter."""
+    from importlib.util import find_spec
+
+    if not all(find_spec(n) for n in ("tensorflow", "onnx2tf", "ai_edge_litert")):
+        pytest.skip("the tf extra is not installed")
+    from headstart.workflows.tf_export import export_tensorflow
+
+    report = export_tensorflow(ensemble_model, tmp_path / "pets.tflite", check_images=_photos(2))
+    assert (tmp_path / "pets.tflite").is_file() and report.max_abs_diff_probabilities < 1e-3
+
+
+def test_feature_maps_name_a_member(ensemble_model: Path, tmp_path: Path):
+    from headstart.inside.activations import feature_maps, list_layers
+
+    layers = [layer["module"] for layer in list_layers(str(ensemble_model))]
+    assert "0.blocks.4" in layers and "1.blocks.4" in layers and layers[-1] == "1.forward_features"
+    first, second = (feature_maps(str(ensemble_model), _photos(1)[0], layer) for layer in ("0.blocks.4", "1.blocks.4"))
+    assert first.activations.shape[-1] == 14 and second.activations.shape[-1] == 15  # (224 and 240 px inputs)

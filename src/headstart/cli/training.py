@@ -30,6 +30,7 @@ from headstart.cli._common import (
 from headstart.cli._finetune import finetune_flags, flag_of, given
 from headstart.errors import HeadstartError
 from headstart.models.finetune.config import Finetune
+from headstart.models.probe_fit import describe_C
 
 # train's own --seed and --precision also set these fields (they seed the split and drive the extraction too)
 RUN_OPTIONS = ("seed", "precision")
@@ -228,7 +229,7 @@ def train(
     f = m["features"]
     out.print(f"features: {f['cached']} cached, {f['computed']} computed ({f['seconds']:.1f} s)")
     if method == "probe":
-        detail = f"C={m['C']:.3g} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
+        detail = f"C={describe_C(m['C'])} chosen by CV, CV accuracy {m['cv_accuracy']:.3f}"
     elif m.get("finetune_skipped"):
         detail = f"fine-tuning skipped, validation could not judge it; the probe alone: {m['probe_val_accuracy']:.3f}"
     elif m.get("probe_val_accuracy") is not None:

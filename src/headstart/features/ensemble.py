@@ -319,7 +319,7 @@ def _view(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> tuple[Any, ...]
     ch, cw = max(1, round(height * ratio)), max(1, round(width * ratio))
     crop = None if (ch, cw) == (height, width) else ((height - ch) // 2, (width - cw) // 2, ch, cw)
     size = None if (h, w) == (ch, cw) else (h, w)
-    mode = "bicubic" if inner.get("interpolation") == "bicubic" else "bilinear"
+    mode = "bilinear"  # (whatever the member's own: LiteRT has no bicubic resize, and this one is a mild shrink)
     m_out, s_out = np.asarray(outer["mean"], np.float32), np.asarray(outer["std"], np.float32)
     m_in, s_in = np.asarray(inner["mean"], np.float32), np.asarray(inner["std"], np.float32)
     if np.allclose(m_out, m_in) and np.allclose(s_out, s_in):

@@ -63,10 +63,33 @@ def list_layers(model: Any) -> list[dict[str, Any]]:
     """Every stage feature maps can show, in the order the network runs them: timm's feature stages plus each block
     of the stage lists between them (``blocks.3`` and ``blocks.5`` of an EfficientNet keep their resolution, so
     timm's ``feature_info`` leaves them out), with channels and resolution measured by one forward pass; then the
-    final map (``forward_features``)."""
+    final map (``forward_features``). An ensemble's are its members' in turn, named ``"<i>.<module>"``."""
+    backbone = load_trunk(model)
+    if backbone.spec.members:
+        return [
+            {**layer, "module": f"{i}.{layer['module']}"}
+            for i in range(len(backbone.spec.members))
+            for layer in _stages(_member(backbone, f"{i}.")[0])
+        ]
+    return _stages(backbone)
+
+
+def _member(backbone: Any, layer: str | None) -> tuple[Any, str | None]:
+    """The network a layer name points into: an ensemble's member ``i`` for ``"<i>.<module>"`` (its first member
+    for a name without one), with the name inside it; a single backbone and the name as they are."""
+    if not backbone.spec.members:
+        return backbone, layer
+    from headstart.features.backbones import Backbone
+
+    index, _, rest = (layer or "").partition(".")
+    i = int(index) if index.isdigit() and int(index) < len(backbone.spec.members) else 0
+    inner = (rest or None) if index.isdigit() else layer
+    return Backbone(backbone.model.member(i), backbone.spec.members[i]), inner
+
+
+def _stages(backbone: Any) -> list[dict[str, Any]]:
     import torch
 
-    backbone = load_trunk(model)
     net = backbone.model
     names = [f["module"] for f in feature_layers(net)]
     for container in ("blocks", "stages", "layers", "features"):
@@ -123,7 +146,7 @@ def feature_maps(model: Any, image: str | os.PathLike[str], layer: str | None = 
     from headstart.data.images import load_image
     from headstart.features.preprocess import decode_size_for
 
-    backbone = load_trunk(model)
+    backbone, layer = _member(load_trunk(model), layer)  # (an ensemble's: the member the layer names)
     photo = load_image(image, draft_size=decode_size_for(backbone.spec.data_config))  # (as extraction decodes it)
     net = backbone.model.eval()
     layer = layer or _default_layer(net)

@@ -25,7 +25,7 @@ import numpy as np
 from headstart._math import softmax
 from headstart.models.memo import Memo, source_digest, versions
 
-__all__ = ["ENSEMBLE_CV_ROWS", "ProbeFit", "fit_ensemble_probe", "fit_probe", "stratified_folds"]
+__all__ = ["ENSEMBLE_CV_ROWS", "ProbeFit", "describe_C", "fit_ensemble_probe", "fit_probe", "stratified_folds"]
 
 #: Most photos an ensemble's head is cross-validated on (a stratified sample beyond), as a probe's ``max_cv_rows``.
 ENSEMBLE_CV_ROWS = 5000
@@ -204,6 +204,16 @@ def fit_ensemble_probe(
         n_splits,
         tuple(float(m.C_) for m in members),
     )
+
+
+def describe_C(C: float | list[float]) -> str:
+    """A probe's ``C`` as a run's report records it (a list: an ensemble's, one per member), for people.
+
+    Example:
+        >>> describe_C(0.5), describe_C([0.1, 10.0])
+        ('0.5', "0.1, 10 (each member's)")
+    """
+    return ", ".join(f"{c:.3g}" for c in C) + " (each member's)" if isinstance(C, list) else f"{C:.3g}"
 
 
 def stratified_folds(y: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:

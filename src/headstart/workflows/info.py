@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.models.modelfile import read_model_file
+from headstart.models.probe_fit import describe_C
 
 __all__ = ["describe_model", "model_info"]
 
@@ -75,7 +76,7 @@ def describe_model(info: dict[str, Any]) -> list[str]:
     ]
     how = info["method"] or "?"
     if how == "probe" and "C" in m:
-        how += f" (logistic regression, C={m['C']:.3g} by cross-validation, temperature {m.get('temperature', 1):.3g})"
+        how += f" (logistic regression, C={describe_C(m['C'])} by cross-validation, temperature {m.get('temperature', 1):.3g})"
     if info.get("finetune"):
         ft = info["finetune"]
         shown = ", ".join(f"{k}={ft[k]}" for k in ("epochs", "lr", "unfreeze", "augment", "batch_size") if k in ft)
