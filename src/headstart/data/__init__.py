@@ -5,6 +5,7 @@
 ``scanning``      :func:`scan` a data set for unusable files; :class:`UnusableFile`
 ``quarantining``  :func:`quarantine`: the one safe way files are moved aside (no replacing, a locked log)
 ``datasets``      recognising a data set's layout (class folders, Oxford-IIIT Pet, PetImages, CSV); leak-free splits
+``walking``       a folder's photos walked lazily, in sorted order, without a listing of the data set
 ``download``      the official pet archives, verified and safely extracted
 ``hashing``       a photo's pixel hash and perceptual hash (what duplicates are found by)
 ================  ======================================================================================
@@ -35,7 +36,16 @@ _MODULES = {
     ),
     "scanning": ("ScanReport", "UnusableFile", "scan"),
     "quarantining": ("QUARANTINE_LOG", "QuarantineWarning", "check_destination", "quarantine"),
-    "datasets": ("Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"),
+    "datasets": (
+        "Dataset",
+        "LabelledPhotos",
+        "LabelsFromFilenamesWarning",
+        "Sample",
+        "labelled_photos",
+        "load_dataset",
+        "train_val_split",
+    ),
+    "walking": ("walk_files", "walk_images"),
     "download": ("Archive", "BASE_URL_ENV", "DATASETS", "download_dataset"),
     "hashing": ("SIGNATURE_DECODE", "Signatures", "hamming", "image_signatures", "perceptual_hash"),
 }

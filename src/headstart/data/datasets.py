@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,15 @@ from headstart.data._names import LabelsFromFilenamesWarning, flat_folder_error,
 from headstart.data._split import train_val_split
 from headstart.errors import DataError
 
-__all__ = ["Dataset", "LabelsFromFilenamesWarning", "Sample", "load_dataset", "train_val_split"]
+__all__ = [
+    "Dataset",
+    "LabelledPhotos",
+    "LabelsFromFilenamesWarning",
+    "Sample",
+    "labelled_photos",
+    "load_dataset",
+    "train_val_split",
+]
 
 _SPLITS = ("all", "train", "test")
 _OXFORD_SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
@@ -154,6 +162,62 @@ def load_dataset(source: str | Path, *, split: str = "all", labels_from_filename
             f"{_EXPECTED_LAYOUTS}; add a folder (or CSV rows) for every other class."
         )
     return dataset
+
+
+@dataclass
+class LabelledPhotos:
+    """A data set's photos as ``(path, label)`` pairs read as they are iterated, for commands that look at each
+    photo once (``evaluate``): ``labels`` (the classes) are known at once, the photos are not listed.
+
+    Iterating gives ``load_dataset``'s samples in its order; a folder of class folders is walked lazily
+    (:func:`~headstart.data.walking.walk_images`), the other layouts come from their (small) listing.
+    """
+
+    labels: list[str]
+    root: Path
+    pairs: Callable[[], Iterator[tuple[Path, str]]]  # (a new walk each time the photos are iterated)
+
+    def __iter__(self) -> Iterator[tuple[Path, str]]:
+        return self.pairs()
+
+
+def labelled_photos(source: str | Path | Dataset, *, split: str = "all") -> LabelledPhotos:
+    """:func:`load_dataset`'s photos and labels without its listing, where the layout allows: the class folders of
+    a folder (or of PetImages) are walked as they are read, so 300,000 photos are never held as 300,000 samples.
+    The same checks and errors as :func:`load_dataset` (it is called to raise them).
+
+    Example:
+        >>> photos = labelled_photos("photos/")
+        >>> photos.labels, next(iter(photos))  # doctest: +SKIP
+        (['cat', 'dog'], (PosixPath('photos/cat/01.jpg'), 'cat'))
+    """
+    from headstart.data.images import IMAGE_EXTENSIONS
+    from headstart.data.walking import walk_images
+
+    if isinstance(source, Dataset):
+        samples = source.samples
+        return LabelledPhotos(sorted(set(source.labels)), source.root, lambda: ((s.path, s.label) for s in samples))
+    check_choice(split, "split", "load_dataset", _SPLITS)
+    path = Path(source).expanduser().absolute()
+    root = None
+    if split == "all" and path.is_dir() and _find_oxford_root(path) is None:
+        root = _find_petimages_root(path) or (None if _is_oxford_images_folder(path) else path)
+    classes = []
+    if root is not None:
+        loose = any(
+            child.is_file() and not child.name.startswith(".") and child.suffix.lower() in IMAGE_EXTENSIONS
+            for child in root.iterdir()
+        )
+        classes = [] if loose else [d for d in _visible_dirs(root) if next(walk_images(d), None) is not None]
+        classes.sort(key=lambda d: d.name + "/")  # (where load_dataset's sort of the paths as text puts them)
+    if len(classes) < 2:  # another layout, or one load_dataset refuses (with its message)
+        return labelled_photos(load_dataset(path, split=split))
+
+    def pairs() -> Iterator[tuple[Path, str]]:
+        for folder in classes:  # (each walked in text order: as load_dataset sorts its paths)
+            yield from ((photo, folder.name) for photo in walk_images(folder))
+
+    return LabelledPhotos(sorted(d.name for d in classes), root, pairs)
 
 
 def _require_no_split(split: str, path: Path, layout: str) -> None:

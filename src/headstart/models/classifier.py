@@ -18,7 +18,7 @@ import numpy as np
 
 from headstart._math import linear_probabilities
 from headstart._validation import check_int
-from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, is_image_file
+from headstart.data import DEFAULT_MAX_PIXELS, UnusableFile, walk_images
 from headstart.errors import ModelFileError
 from headstart.features import Backbone, BackboneSpec
 from headstart.models.modelfile import read_model_file, save_model_file, validate_classifier
@@ -338,24 +338,9 @@ def iter_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            yield from _walk_sorted(p)
+            yield from walk_images(p, text_order=False)  # (one folder's names held at a time, packed)
         else:
             yield p
-
-
-def _walk_sorted(folder: Path) -> Iterator[Path]:
-    """Image files below ``folder`` in sorted path order (a folder's entries by name, each subfolder in its place),
-    hidden entries skipped, symlinked folders not followed (as :func:`list_image_files`)."""
-    try:  # (names and kinds only, not the DirEntry objects: a folder of many photos is listed in less memory)
-        with os.scandir(folder) as scan:
-            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if not e.name.startswith("."))
-    except OSError:
-        return
-    for name, is_dir in entries:
-        if is_dir:
-            yield from _walk_sorted(folder / name)
-        elif is_image_file(name):
-            yield folder / name
 
 
 def check_trunk_claims(
