@@ -4,6 +4,7 @@ calibration (ECE over 15 bins, NLL, Brier score, the reliability diagram)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import numpy as np
 import headstart._display as show
 from headstart._io import write_json
 from headstart._validation import fail
-from headstart.data.datasets import Dataset, load_dataset
+from headstart.data.datasets import Dataset, labelled_photos
 from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.features.cache import FeatureCache
+from headstart.features.stream import CHUNK
 from headstart.models.classifier import Classifier
 from headstart.reports.metrics import (
     ScoredPhotos,
@@ -163,29 +165,33 @@ def evaluate(
         0.9
     """
     model = as_classifier(model, "evaluate")
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, split=split)
-    mapping = match_labels(dataset.labels, model.classes)
+    photos = labelled_photos(data, split=split)  # (a folder of class folders is walked lazily: never listed whole)
+    mapping = match_labels(photos.labels, model.classes)
     if not any(mapping.values()):
         raise no_class_in_common(mapping, model.classes)
     unknown: dict[str, int] = {}
-    for label in dataset.labels:
-        if mapping[label] is None:
-            unknown[label] = unknown.get(label, 0) + 1
     index = {c: i for i, c in enumerate(model.classes)}
-    truth = np.asarray(
-        [index[mapping[s.label]] for s in dataset.samples if mapping[s.label] is not None], dtype=np.int64
-    )  # (8 bytes a photo; the photos stream in this order, a chunk at a time)
-    known = (s.path for s in dataset.samples if mapping[s.label] is not None)
+    truths: list[int] = []  # the class of each photo read and not yet scored: at most two chunks' worth
+
+    def known() -> Iterator[Path]:
+        for path, label in photos:
+            if mapping[label] is None:
+                unknown[label] = unknown.get(label, 0) + 1
+            else:
+                truths.append(index[mapping[label]])
+                yield path
+
     scores = RunningScores(model.classes)
     skipped = []
     options = {"cache": cache, "precision": precision, "max_pixels": max_pixels, "progress": progress}
-    offset, previous = 0, None
+    previous, truth = None, np.zeros(0, dtype=np.int64)
     # streamed: the photos' features and probabilities a chunk at a time, the scores accumulated (memory bounded)
-    for part, indices, proba, unusable in model.iter_probabilities(known, engine=engine, **options):
-        if previous is not None and part is not previous:  # (a chunk comes in one or two pieces: cached, computed)
-            offset += len(previous)
-        previous = part
-        scores.add(truth[offset + indices], proba, [part[int(i)] for i in indices])
+    for part, indices, proba, unusable in model.iter_probabilities(known(), engine=engine, chunk=CHUNK, **options):
+        if part is not previous:  # (a chunk comes in one or two pieces, cached and computed; its photos read last)
+            truth = np.asarray(truths[len(truths) - len(part) :], dtype=np.int64)
+            del truths[:]
+            previous = part
+        scores.add(truth[indices], proba, [part[int(i)] for i in indices])
         skipped += unusable
     metrics = scores.metrics()
     evaluation = Evaluation(
