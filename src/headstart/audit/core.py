@@ -251,40 +251,117 @@ def audit(
     feats = extract_features(
         paths, backbone, weights=weights, cache=cache, max_pixels=max_pixels, progress=progress, flip_average=True
     )
-    rows = feats.indices.tolist()
+    rows = feats.indices.tolist()  # (ascending: the usable DATA photos' rows come first, then the TEST photos')
     usable_paths = [paths[i] for i in rows]
-    splits = ["data" if i < n_data else "test" for i in rows]
-    labels = [listed_labels[i] for i in rows]
-    notes: list[str] = []
-
     signatures = memo_signatures(usable_paths, feats.hashes, memo, max_pixels=max_pixels, progress=progress)
-    lists = None
-    if len(rows) > EXACT_ROWS:  # both steps would search an index: one search serves the two
-        lists = nearest_neighbours(unit_rows(feats.features), max(3 * NEIGHBOURS, DUPLICATE_NEIGHBOURS), seed=seed)
-    groups = find_duplicates(
+    found = audit_features(
+        feats.features,
+        [listed_labels[i] for i in rows],
+        list(dataset.classes),
+        n_data=sum(1 for i in rows if i < n_data),
+        paths=usable_paths,
         file_hashes=feats.hashes,
+        signatures=signatures,
+        listed=dataset.labels,
+        seed=seed,
+        memo=memo,
+        progress=progress,
+    )
+    if found is None:
+        raise DataError(f"{dataset.root}: none of its {n_data} photos could be decoded; see `headstart scan` for why.")
+    found.settings["features"] = {
+        "cached": feats.n_cached,
+        "computed": feats.n_computed,
+        "seconds": round(feats.seconds, 3),
+    }
+    return AuditReport(
+        data=str(dataset.root),
+        test=None if test_set is None else str(test_set.root),
+        backbone=backbone,
+        n_images=n_data,
+        n_usable=found.n_usable,
+        n_test_images=len(paths) - n_data,
+        n_test_usable=len(rows) - found.n_usable,
+        cv_accuracy=found.cv_accuracy,
+        duplicates=found.duplicates,
+        label_issues=found.label_issues,
+        outliers=found.outliers,
+        classes=found.classes,
+        confused_pairs=found.confused_pairs,
+        learning_curve=found.learning_curve,
+        unusable=[u.to_dict() for u in feats.unusable],
+        ignored=[str(p) for p in dataset.ignored],
+        notes=found.notes,
+        settings=found.settings,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class _Findings:
+    """What :func:`audit_features` found (the report less the listing's own fields)."""
+
+    n_usable: int
+    cv_accuracy: float | None
+    duplicates: list[dict[str, Any]]
+    label_issues: list[dict[str, Any]]
+    outliers: list[dict[str, Any]]
+    classes: list[dict[str, Any]]
+    confused_pairs: list[dict[str, Any]]
+    learning_curve: LearningCurve | None
+    notes: list[str]
+    settings: dict[str, Any]
+
+
+def audit_features(
+    features: np.ndarray,
+    labels: list[str],
+    classes: list[str],
+    *,
+    n_data: int,
+    paths: list[Path],
+    file_hashes: list[str] | None,
+    signatures: Any,
+    listed: list[str],
+    seed: int = 0,
+    memo: Memo | None = None,
+    progress: bool = False,
+) -> _Findings | None:
+    """The audit's stages after the features: duplicates, outliers, the cross-validated probes and what they say.
+
+    ``features`` are the usable photos' rows, the DATA photos' first (``n_data`` of them), then the TEST photos';
+    ``labels``, ``paths``, ``file_hashes`` and ``signatures`` are aligned with them; ``listed``: the label of every
+    DATA photo listed, usable or not. Apart from :func:`audit`, the benchmark of many rows calls it on synthetic
+    rows (``benchmarks/scale.py``), so what it times is the command's own code. None: no usable DATA photo.
+    """
+    splits = ["data" if k < n_data else "test" for k in range(len(features))]
+    notes: list[str] = []
+    lists = None
+    if len(features) > EXACT_ROWS:  # both steps would search an index: one search serves the two
+        lists = nearest_neighbours(unit_rows(features), max(3 * NEIGHBOURS, DUPLICATE_NEIGHBOURS), seed=seed)
+    groups = find_duplicates(
+        file_hashes=file_hashes,
         pixel_hashes=signatures.pixel_hashes,
-        features=feats.features,
+        features=features,
         phashes=signatures.phashes,
         mirror_phashes=signatures.mirror_phashes,
         neighbours=lists,
     )
-    duplicates = duplicate_rows(groups, usable_paths, splits, labels)
+    duplicates = duplicate_rows(groups, paths, splits, labels)
 
-    data_rows = np.array([k for k, s in enumerate(splits) if s == "data"], dtype=np.int64)
+    data_rows = np.arange(n_data, dtype=np.int64)
     if not len(data_rows):
-        raise DataError(f"{dataset.root}: none of its {n_data} photos could be decoded; see `headstart scan` for why.")
-    X = _rows(feats.features, data_rows)
-    d_paths = [usable_paths[k] for k in data_rows]
-    d_labels = [labels[k] for k in data_rows]
-    group_of = np.arange(len(usable_paths))
+        return None
+    X = _rows(features, data_rows)
+    d_paths = paths[:n_data]
+    d_labels = labels[:n_data]
+    group_of = np.arange(len(paths))
     for g in groups:
         group_of[g.members] = g.members[0]
     data_lists = among(lists, data_rows) if lists is not None else None  # (the DATA photos' among themselves)
     del lists
     scores, similarity = outlier_scores(X, k=NEIGHBOURS, same_group=group_of[data_rows], neighbours=data_lists)
 
-    classes = list(dataset.classes)
     index = {name: j for j, name in enumerate(classes)}
     y_all = np.array([index[label] for label in d_labels], dtype=np.int64)
     counts = np.bincount(y_all, minlength=len(classes))
@@ -310,7 +387,7 @@ def audit(
     proba, y, noise = (cv.proba, cv.y, cv.cl.noise_rate) if cv else (None, None, None)
     class_table = class_rows(
         classes,
-        dataset.labels,
+        listed,
         d_labels,
         proba,
         y,
@@ -319,8 +396,6 @@ def audit(
         outliers,
         [d_paths[i] for i in np.flatnonzero(checked)],
     )
-
-    n_test_usable = len(splits) - len(data_rows)
     settings = {
         "seed": seed,
         "flip_average": True,
@@ -331,16 +406,9 @@ def audit(
         "folds": cv.n_folds if cv else 0,
         "C": cv.C if cv else None,
         "temperature": cv.temperature if cv else None,
-        "features": {"cached": feats.n_cached, "computed": feats.n_computed, "seconds": round(feats.seconds, 3)},
     }
-    return AuditReport(
-        data=str(dataset.root),
-        test=None if test_set is None else str(test_set.root),
-        backbone=backbone,
-        n_images=n_data,
-        n_usable=len(data_rows),
-        n_test_images=len(paths) - n_data,
-        n_test_usable=n_test_usable,
+    return _Findings(
+        n_usable=n_data,
         cv_accuracy=cv.accuracy if cv else None,
         duplicates=duplicates,
         label_issues=issues,
@@ -348,11 +416,8 @@ def audit(
         classes=class_table,
         confused_pairs=confused_pairs(cv.proba, cv.y, classes) if cv else [],
         learning_curve=cv.curve if cv else None,
-        unusable=[u.to_dict() for u in feats.unusable],
-        ignored=[str(p) for p in dataset.ignored],
         notes=notes,
         settings=settings,
-        seconds=time.perf_counter() - start,
     )
 
 
