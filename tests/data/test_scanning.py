@@ -139,3 +139,19 @@ def test_a_damaged_quarantine_log_stops_before_anything_moves(tmp_path: Path) ->
         quarantine(scan(root), dest, root=root)
     assert all(p.exists() for p in broken), "nothing is moved when the log cannot be kept"
     assert (dest / QUARANTINE_LOG).read_text() == "{ not json", "the damaged log is left for the user to look at"
+
+
+def test_overlapping_arguments_are_checked_once_in_the_order_they_were_found(tmp_path: Path) -> None:
+    """The walk is lazy (nothing listed); a file named before or after a folder that holds it, a subfolder given
+    after its folder, a text file named in a folder: each checked once, in the order a whole listing gave."""
+    _good, broken = make_dataset(tmp_path / "data")
+    data = tmp_path / "data"
+    (data / "cats" / "notes.txt").write_text("not an image")
+    report = scan(
+        [data / "dogs" / "text.jpg", data, data / "cats", data / "cats" / "empty.jpg", data / "cats" / "notes.txt"]
+    )
+    names = [u.path.relative_to(data).as_posix() for u in report.unusable]
+    assert names == ["dogs/text.jpg", "cats/empty.jpg", "dogs/half.jpg", "cats/notes.txt"]
+    assert report.n_files == 7
+    assert sorted(p.relative_to(data).as_posix() for p in report.ignored) == ["README.txt", "cats/notes.txt"]
+    assert {u.path for u in report.unusable} >= broken

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,9 @@ from typing import Any
 
 from headstart._console import progress as progress_bar
 from headstart._io import file_identity
-from headstart.data.images import DEFAULT_MAX_PIXELS, check_image, check_max_pixels, decode_threads, list_image_files
+from headstart.data.images import DEFAULT_MAX_PIXELS, check_image, check_max_pixels, decode_threads, is_image_file
 from headstart.data.quarantining import QUARANTINE_LOG, quarantine  # noqa: F401  (their earlier home)
+from headstart.data.walking import walk_files
 from headstart.errors import DataError
 
 __all__ = ["ScanReport", "UnusableFile", "scan"]  # (quarantine and QUARANTINE_LOG: headstart.data.quarantining)
@@ -59,37 +60,42 @@ class ScanReport:
         }
 
 
-def _collect(paths: Path | str | Sequence[Path | str]) -> tuple[list[Path], list[Path]]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    images: list[Path] = []
-    ignored: list[Path] = []
+def _files(paths: Sequence[Path], ignored: list[Path] | None = None) -> Iterator[Path]:
+    """The files to check, as they are found: each folder walked (:func:`~headstart.data.walking.walk_files`, in
+    ``list_image_files``' order), each file named checked whatever its extension; the non-image files of the folders
+    go to ``ignored``.
+
+    Nothing is checked twice, and nothing is listed: a folder reached again (given twice, or inside one given, or
+    through a linked folder) is walked once, under the first name it was found by, and a file named is left out of
+    the walks that reach it again (and the other way round). An entry is a name in a folder: a symlink or a hard
+    link beside its file is an entry of its own, reported (and moved) on its own.
+    """
+    walked: set[object] = set()  # (one identity a folder, not a photo)
+    named: set[object] = set()
+
+    def enter(folder: str) -> bool:
+        identity = file_identity(folder) or folder
+        if identity in walked:
+            return False
+        walked.add(identity)
+        return True
+
     for entry in paths:
-        entry = Path(entry)
         if entry.is_dir():
-            found, skipped = list_image_files(entry)
-            images.extend(found)
-            ignored.extend(skipped)
-        elif entry.exists() or entry.is_symlink():
-            images.append(entry)  # a file named explicitly is always checked, whatever its extension
-        else:
-            raise DataError(f"{entry}: no such file or folder; check the path (it is relative to {Path.cwd()}).")
-    return _distinct(images), _distinct(ignored)
-
-
-def _distinct(paths: list[Path]) -> list[Path]:
-    """paths without repeats: the same entry reached twice (a folder given twice, or again through a linked folder)
-    is checked, reported and moved once, under the first name it was found by. An entry is a name in a folder:
-    a symlink or a hard link beside its file is an entry of its own, reported (and moved) on its own."""
-    seen: set[object] = set()
-    kept = []
-    for path in paths:
-        folder = file_identity(path.parent)
-        identity = (folder, path.name) if folder else path
-        if identity not in seen:
-            seen.add(identity)
-            kept.append(path)
-    return kept
+            for path, image in walk_files(entry, text_order=False, enter=enter):
+                if not image:
+                    if ignored is not None:
+                        ignored.append(path)
+                elif not named or (file_identity(path.parent) or path.parent, path.name) not in named:
+                    yield path
+        else:  # a file named explicitly is always checked, whatever its extension
+            folder = file_identity(entry.parent)
+            if is_image_file(entry.name) and (folder or entry.parent) in walked:
+                continue  # (a walk reached it already)
+            identity = (folder or entry.parent, entry.name)
+            if identity not in named:
+                named.add(identity)
+                yield entry
 
 
 def scan(
@@ -101,8 +107,9 @@ def scan(
 ) -> ScanReport:
     """Decode every image and report the unusable ones, before a long run trips over them.
 
-    Folders are walked with :func:`list_image_files`; files named directly are checked whatever their extension.
-    Decoding runs in threads, because Pillow releases the GIL while it decodes.
+    Folders are walked as :func:`list_image_files` lists them, lazily: the photos are never listed, so memory stays
+    flat however many there are. Files named directly are checked whatever their extension. Decoding runs in
+    threads, because Pillow releases the GIL while it decodes.
 
     Args:
         paths: Files and/or folders.
@@ -123,29 +130,41 @@ def scan(
     """
     check_max_pixels(max_pixels, "scan")
     workers = decode_threads(workers, "scan")
-    files, ignored = _collect(paths)
-    reasons: dict[int, str] = {}
+    given = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    for entry in given:
+        if not (entry.exists() or entry.is_symlink()):
+            raise DataError(f"{entry}: no such file or folder; check the path (it is relative to {Path.cwd()}).")
+    total = sum(1 for _ in _files(given)) if progress else 0  # (a first walk, counting only: for the bar)
+    ignored: list[Path] = []
+    reasons: dict[int, tuple[Path, str]] = {}
+    n_files = 0
     with (
-        progress_bar(progress and bool(files), len(files), "checking images") as advance,
+        progress_bar(progress and bool(total), total, "checking images") as advance,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-scan") as pool,
     ):
         # A few tasks a thread in flight, not one future per file: memory stays flat however many files there are.
         window = 4 * workers
-        pending: dict[Future[str | None], int] = {}
-        for index, file in enumerate(files):
-            pending[pool.submit(check_image, file, max_pixels=max_pixels)] = index
+        pending: dict[Future[str | None], tuple[int, Path]] = {}
+        for n_files, file in enumerate(_files(given, ignored), start=1):
+            pending[pool.submit(check_image, file, max_pixels=max_pixels)] = (n_files, file)
             if len(pending) >= window:
                 _collect_done(pending, reasons, advance, FIRST_COMPLETED)
         _collect_done(pending, reasons, advance, ALL_COMPLETED)
-    unusable = [UnusableFile(files[i], reasons[i]) for i in sorted(reasons)]
-    return ScanReport(n_files=len(files), unusable=unusable, ignored=ignored)
+    unusable = [UnusableFile(*reasons[i]) for i in sorted(reasons)]
+    return ScanReport(n_files=n_files, unusable=unusable, ignored=ignored)
 
 
-def _collect_done(pending: dict[Future[str | None], int], reasons: dict[int, str], advance: Any, until: str) -> None:
+def _collect_done(
+    pending: dict[Future[str | None], tuple[int, Path]],
+    reasons: dict[int, tuple[Path, str]],
+    advance: Any,
+    until: str,
+) -> None:
     done, _ = wait(pending, return_when=until)
     for future in done:
         reason = future.result()
         if reason is not None:
-            reasons[pending[future]] = reason
+            index, file = pending[future]
+            reasons[index] = (file, reason)
         advance(1)
         del pending[future]

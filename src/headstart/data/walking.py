@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +56,20 @@ def _sorted_entries(folder: str, text_order: bool) -> np.ndarray:
     return entries[np.argsort(np.char.rstrip(entries, b"/"), kind="stable")]
 
 
-def walk_files(folder: str | os.PathLike[str], *, text_order: bool = True) -> Iterator[tuple[Path, bool]]:
+def walk_files(
+    folder: str | os.PathLike[str], *, text_order: bool = True, enter: Callable[[str], bool] | None = None
+) -> Iterator[tuple[Path, bool]]:
     """``(file, whether it is an image)`` for every visible file below ``folder``, sorted (``text_order``: as text,
     else as ``Path`` objects); hidden entries skipped, symlinked folders not followed (as
-    :func:`~headstart.data.images.list_image_files`)."""
+    :func:`~headstart.data.images.list_image_files`). ``enter(folder)`` false: that folder (``folder`` itself
+    included) is left out, e.g. one already walked under another name."""
     base = os.fspath(folder)
+    if enter is not None and not enter(base):
+        return
     for raw in _sorted_entries(base, text_order):
         name = os.fsdecode(raw)
         if name.endswith("/"):
-            yield from walk_files(os.path.join(base, name[:-1]), text_order=text_order)
+            yield from walk_files(os.path.join(base, name[:-1]), text_order=text_order, enter=enter)
         else:
             yield Path(base, name), is_image_file(name)
 
