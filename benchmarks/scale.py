@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/scale.py --sizes 30000 300000     # the target sizes, on a quiet machine
     .venv/bin/python benchmarks/scale.py --plain-max 20000        # plain approaches up to this many rows only
     .venv/bin/python benchmarks/scale.py --steps --photo-sizes 1000 4000   # only the real commands, on photos
+    .venv/bin/python benchmarks/scale.py --steps --photo-sizes 1000 16000 48000 --photos-made 16000 \
+        --commands train predict evaluate --section scale-photos      # predict's and evaluate's peak memory
+    .venv/bin/python benchmarks/scale.py --steps audit --sizes 300000 --section scale-audit   # the audit's stages
 
 Every measurement runs in its own process (peak memory = that process's maximum resident set, imports included) on
 synthetic feature rows: ``d = 1280`` (``tf_efficientnet_lite0``), 37 classes of Gaussian clusters, 1% near copies
@@ -15,13 +18,17 @@ outliers is measured along with the time. Steps:
 * ``duplicates``: :func:`~headstart.features.duplicates.find_duplicates` on features (an index beyond
   ``EXACT_ROWS``) against all pairs (``exact_rows`` = all rows);
 * ``outliers``: :func:`~headstart.audit.outliers.outlier_scores`, the same two ways;
+* ``audit``: the audit's stages after the features (:func:`~headstart.audit.core.audit_features`: one neighbour
+  search, duplicates, outliers, the probe's C, the cross-validated probes and the learning curve), each timed, with
+  0.5% of the labels moved to another class (recall of wrong labels beside copies and outliers);
 * ``cache``: reading every row back from a :class:`~headstart.features.cache.FeatureCache` (``iter_vectors``)
   into a preallocated matrix (what ``extract_features`` does), against the matrix's own size;
 * ``phone``: :func:`~headstart.features.duplicates.image_signatures` of 12-megapixel JPEGs (made from the bundled
   photos), decoded reduced (JPEG draft) against a full decode.
 
-The growth exponent is ``log(t2 / t1) / log(n2 / n1)`` between the two largest sizes measured. Rewrites the "scale"
-section of docs/BENCHMARKS.md.
+The growth exponent is ``log(t2 / t1) / log(n2 / n1)`` between the two largest sizes measured; for the commands on
+photos, the peak memory's growth a photo between the two sizes and the peak it projects at 300,000 photos. Rewrites
+the "scale" section of docs/BENCHMARKS.md (or ``--section``).
 """
 
 from __future__ import annotations
@@ -213,13 +220,36 @@ def _reset_peak() -> int | None:
         return None
 
 
-def run_commands(n: int, folder: Path) -> dict[str, dict]:
-    """The real commands on ``n`` generated photos, each timed as its own process (``commands`` in the docstring)."""
+def linked_photos(made: Path, out: Path, n: int) -> Path:
+    """``n`` photos in ``out/<class>/``: hard links to the photos made in ``made``, each under several names."""
+    done = out / f".linked-{n}"
+    if done.is_file():
+        return out
+    sources = sorted(made.glob("*/*.jpg"))
+    for i in range(n):
+        source = sources[i % len(sources)]
+        target = out / source.parent.name / f"{i // len(sources)}-{source.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.link(source, target)
+    done.touch()
+    return out
+
+
+def run_commands(n: int, folder: Path, only: list[str] | None = None, made: int | None = None) -> dict[str, dict]:
+    """The real commands on ``n`` generated photos, each timed as its own process (``only``: these commands; a
+    model is trained whenever one that needs it is asked for). Beyond ``made`` photos, the photos are the ``made``
+    ones linked under more names (:func:`linked_photos`: their features cached, as the same photos), and the model
+    is the one trained on those."""
     from distributed import env_with, headstart, make_photos, timed
 
-    data = make_photos(folder / f"photos-{n}", n)
-    env = env_with(folder / f"cache-{n}")
-    model = folder / f"model-{n}.safetensors"
+    linked = made is not None and n > made
+    if linked:
+        data = linked_photos(make_photos(folder / f"photos-{made}", made), folder / f"photos-{n}-linked", n)
+    else:
+        data = make_photos(folder / f"photos-{n}", n)
+    env = env_with(folder / f"cache-{made if linked else n}")
+    model = folder / f"model-{made if linked else n}.safetensors"
     runs = {
         "extract": headstart("extract", str(data)),
         "train": headstart("train", str(data), "--backbone", "tf_efficientnet_lite0", "--out", str(model)),
@@ -229,6 +259,10 @@ def run_commands(n: int, folder: Path) -> dict[str, dict]:
     }
     results = {}
     for name, command in runs.items():
+        if only and name.split()[0] not in only and not (name == "train" and {"predict", "evaluate"} & set(only)):
+            continue
+        if linked and name == "train" and model.is_file():
+            continue
         result = timed(command, env)
         results[name] = {"seconds": round(result["seconds"], 2), "peak_mb": round(result["peak_mb"])}
     return results
@@ -260,6 +294,9 @@ def main() -> None:
     parser.add_argument("--phone-photos", type=int, default=8)
     parser.add_argument("--photo-sizes", type=int, nargs="*", default=[], help="photos for the commands step")
     parser.add_argument("--photo-folder", type=Path, help="where the photos are made (kept between runs)")
+    parser.add_argument("--commands", nargs="*", help="only these commands on photos (extract train predict ...)")
+    parser.add_argument("--section", default="scale", help="the section of docs/BENCHMARKS.md to rewrite")
+    parser.add_argument("--photos-made", type=int, help="beyond this many photos, link the ones made (no new photos)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -273,7 +310,7 @@ def main() -> None:
     ]
     growth = []
     for step in args.steps:
-        ways = ("headstart", "plain") if step not in ("cache",) else ("headstart",)
+        ways = ("headstart", "plain") if step not in ("cache", "audit") else ("headstart",)
         sizes = [args.phone_photos] if step == "phone" else args.sizes
         for way in ways:
             rows = []
@@ -293,22 +330,34 @@ def main() -> None:
         folder = args.photo_folder or Path(tempfile.mkdtemp(prefix="headstart-scale-"))
         by_command: dict[str, list[tuple[int, dict]]] = {}
         for n in args.photo_sizes:
-            for name, result in run_commands(n, folder).items():
+            for name, result in run_commands(n, folder, args.commands, args.photos_made).items():
                 by_command.setdefault(name, []).append((n, result))
                 line = f"| {name} | photos | {n:,} | {result['seconds']} | {result['peak_mb']} | |"
                 print(line, flush=True)
                 lines.append(line)
         for name, rows in by_command.items():
-            peaks = [r["peak_mb"] for _, r in rows]
-            growth.append(f"{name}: {exponent(rows)}, peak memory x{peaks[-1] / peaks[0]:.2f}")
+            (n0, smallest), (n1, before), (n2, last) = rows[0], rows[-2] if len(rows) > 1 else rows[0], rows[-1]
+            line = f"{name}: {exponent(rows)}, peak memory x{last['peak_mb'] / smallest['peak_mb']:.2f}"
+            if n2 > n1:  # (linear in the photos from the two largest sizes on: what a listing of them would cost)
+                per_photo = (last["peak_mb"] - before["peak_mb"]) / (n2 - n1)
+                at = last["peak_mb"] + per_photo * (300_000 - n2)
+                line += (
+                    f" ({1024 * per_photo:.3f} KB a photo from {n1:,} to {n2:,}: {at:.0f} MB projected at 300,000 "
+                    f"photos, x{at / smallest['peak_mb']:.2f} the peak at {n0:,})"
+                )
+            growth.append(line)
     load = os.getloadavg()
     body = "\n".join(
         [
-            "## Scale: time, memory and growth on synthetic feature rows and generated photos",
+            "## Scale: time, memory and growth on synthetic feature rows and generated photos"
+            + ("" if args.section == "scale" else f" ({args.section})"),
             "",
             f"`python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --plain-max {args.plain_max} "
             f"--plain-probe-max {args.plain_probe_max} --steps {' '.join(args.steps)}"
             + (f" --photo-sizes {' '.join(map(str, args.photo_sizes))}" if args.photo_sizes else "")
+            + (f" --commands {' '.join(args.commands)}" if args.commands else "")
+            + (f" --photos-made {args.photos_made}" if args.photos_made else "")
+            + (f" --section {args.section}" if args.section != "scale" else "")
             + "` — "
             f"synthetic rows of {D} features, 37 classes, 1% near copies and 0.2% outliers injected (the script's "
             "docstring); each cell is its own process, peak memory includes the imports (about 800 MB with torch "
@@ -321,7 +370,7 @@ def main() -> None:
             "Growth between the two largest sizes: " + "; ".join(growth) + ".",
         ]
     )
-    print(write_section("scale", body))
+    print(write_section(args.section, body))
 
 
 if __name__ == "__main__":
