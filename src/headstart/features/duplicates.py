@@ -269,6 +269,9 @@ def find_duplicates(
         evidence.setdefault((i, j), set()).add(why)
     for i in range(n):  # what is exact is near too
         near.union(i, exact.find(i))
+    reasons: dict[int, set[str]] = {}  # each group's evidence, by its root (a pair is joined: in one group)
+    for (i, _), ws in evidence.items():
+        reasons.setdefault(near.find(i), set()).update(ws)
 
     groups = []
     for members in near.groups():
@@ -280,8 +283,7 @@ def find_duplicates(
         distance = None
         if phashes is not None and all(phashes[i] is not None for i in members):
             distance = max(_pair_distance(phashes, mirror_phashes, a, b) for a in members for b in members if a < b)
-        member_set = set(members)
-        why = sorted({w for (i, j), ws in evidence.items() if i in member_set and j in member_set for w in ws})
+        why = sorted(reasons.get(near.find(members[0]), ()))
         groups.append(DuplicateGroup(kind, sorted(members), similarity, distance, why))
     groups.sort(key=lambda g: (g.kind != "exact", -g.similarity, g.members))
     return groups
