@@ -364,6 +364,15 @@ def main() -> None:
             f"and scikit-learn). Machine: {os.uname().machine}, {os.cpu_count()} CPU(s), load average "
             f"{load[0]:.1f} at the end of the run (shared with other jobs: absolute times are inflated, the ratios "
             "and exponents are what to read).",
+            *(
+                [
+                    "",
+                    f"Beyond {args.photos_made:,} photos, the photos are the {args.photos_made:,} made ones linked under "
+                    "more names (their features cached, as the same photos).",
+                ]
+                if args.photos_made
+                else []
+            ),
             "",
             *lines,
             "",
