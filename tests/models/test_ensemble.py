@@ -157,3 +157,10 @@ def test_feature_maps_name_a_member(ensemble_model: Path, tmp_path: Path):
     assert "0.blocks.4" in layers and "1.blocks.4" in layers and layers[-1] == "1.forward_features"
     first, second = (feature_maps(str(ensemble_model), _photos(1)[0], layer) for layer in ("0.blocks.4", "1.blocks.4"))
     assert first.activations.shape[-1] == 14 and second.activations.shape[-1] == 15  # (224 and 240 px inputs)
+
+
+def test_one_network_commands_refuse_an_ensemble_by_name(tmp_path: Path):
+    from headstart.workflows.experiments import find_learning_rate
+
+    with pytest.raises(ValueError, match="an ensemble is a probe over several networks"):
+        find_learning_rate(SAMPLE / "train", backbone="ensemble", out=tmp_path / "lr.png")

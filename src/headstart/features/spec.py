@@ -92,7 +92,7 @@ class BackboneSpec:
 
     def with_trunk(self, arrays: Mapping[str, Any]) -> BackboneSpec:
         """This spec with the content hash of ``arrays`` (the trunk tensors), an ensemble's members each with its own
-        part's (the arrays named ``"<i>.<name>"``, :func:`~headstart.features.ensemble.member_trunks`)."""
+        part's (the arrays named ``"<i>.<name>"``, :func:`member_trunks`)."""
         if not self.members:
             return replace(self, trunk_sha256=trunk_sha256(arrays))
         parts = member_trunks(arrays, len(self.members))

@@ -62,7 +62,7 @@ def find_learning_rate(
         >>> result.suggestion, result.why
         (0.00021, 'all 20 steps')
     """
-    from headstart.models.backbone_names import parse_auto
+    from headstart.models.backbone_names import check_backbone_choice
     from headstart.models.finetune.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
     from headstart.models.finetune.parts import build_network, start_from_probe
     from headstart.models.selection import select_for_fit
@@ -80,7 +80,9 @@ def find_learning_rate(
     progress = wants_progress(progress)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     store = feature_cache(cache)
-    candidates = parse_auto(backbone)
+    candidates = check_backbone_choice(
+        backbone, weights, "finetune", "find_learning_rate"
+    )  # (one network: no ensemble)
     # one backbone object: extraction (on a cache miss) and the range test; for auto the one `train` would choose
     source = (
         ResolvedBackbone(backbone, weights)
