@@ -279,21 +279,12 @@ def audit(
         test=None if test_set is None else str(test_set.root),
         backbone=backbone,
         n_images=n_data,
-        n_usable=found.n_usable,
         n_test_images=len(paths) - n_data,
         n_test_usable=len(rows) - found.n_usable,
-        cv_accuracy=found.cv_accuracy,
-        duplicates=found.duplicates,
-        label_issues=found.label_issues,
-        outliers=found.outliers,
-        classes=found.classes,
-        confused_pairs=found.confused_pairs,
-        learning_curve=found.learning_curve,
         unusable=[u.to_dict() for u in feats.unusable],
         ignored=[str(p) for p in dataset.ignored],
-        notes=found.notes,
-        settings=found.settings,
         seconds=time.perf_counter() - start,
+        **vars(found),  # (every finding under its own name: the report's fields)
     )
 
 

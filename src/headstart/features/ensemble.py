@@ -44,6 +44,7 @@ __all__ = [
     "member_sources",
     "member_trunks",
     "pipeline_for",
+    "source_name",
 ]
 
 
@@ -100,7 +101,7 @@ class EnsembleSource:
 
     @property
     def name(self) -> str:
-        return ensemble_name([_source_name(m) for m in self.members])
+        return ensemble_name([source_name(m) for m in self.members])
 
     @property
     def spec(self) -> BackboneSpec:
@@ -126,7 +127,8 @@ class EnsembleSource:
         return f"EnsembleSource({self.members!r})"
 
 
-def _source_name(source: Any) -> str:
+def source_name(source: Any) -> str:
+    """A backbone source's timm name: itself (a name), or its ``name`` (its spec's for a loaded backbone)."""
     if isinstance(source, str):
         return source
     return str(getattr(source, "name", None) or source.spec.name)

@@ -41,6 +41,7 @@ import numpy as np
 
 from headstart._console import say
 from headstart._validation import fail
+from headstart.features.ensemble import source_name
 from headstart.features.spec import ENSEMBLE_PREFIX
 from headstart.models.backbone_names import OFFLINE_CANDIDATES, parse_auto, parse_ensemble
 from headstart.models.memo import Memo
@@ -178,7 +179,7 @@ def score_backbones(
     started = time.perf_counter()
     rows = []
     for backbone in backbones:
-        name = _name(backbone)
+        name = source_name(backbone)
         if budget_s is not None and rows and time.perf_counter() - started > budget_s:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "time budget"})
             continue
@@ -264,12 +265,10 @@ class PairedChoice:
         if self.n_splits < 2 or not all(n in self._logits for n in names):
             return {}
         correct = self._correct(sum(self._logits[n] for n in names) / len(names))
-        best, best_correct = self.best, self._best_correct
-        verdict = self._judge(name, correct)
-        self.best, self._best_correct = best, best_correct
+        verdict = self._judge(name, correct, may_choose=False)
         return {k: v for k, v in verdict.items() if k != "chosen"}
 
-    def _judge(self, name: str, correct: np.ndarray | None) -> dict[str, Any]:
+    def _judge(self, name: str, correct: np.ndarray | None, *, may_choose: bool = True) -> dict[str, Any]:
         scored = {} if correct is None else {"paired_accuracy": round(float(correct.mean()), 4)}
         if self.best is None or self._best_correct is None or correct is None:
             if self.best is None:
@@ -280,7 +279,7 @@ class PairedChoice:
         se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("inf")
         se *= cv_correction(self.n_splits)
         wins = gain > max(PAIRED_Z * se, 1.5 / len(difference))
-        if wins:
+        if wins and may_choose:
             self.best, self._best_correct = name, correct
         return {**scored, "paired_gain": round(gain, 4), "paired_se": round(se, 4), "chosen": wins}
 
@@ -328,7 +327,7 @@ def select_backbone(
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for candidate in candidates:  # (one at a time: a later one is not extracted when it could not win anyway)
-        name = _name(candidate)
+        name = source_name(candidate)
         spent = time.perf_counter() - started
         if best is not None and (best["cv_accuracy"] or 0.0) + margin >= 1.0:
             rows.append({"backbone": name, "cv_accuracy": None, "skipped": "could not gain more than the margin"})
@@ -361,7 +360,7 @@ def select_backbone(
     )
     if best is rows[0] and len(rows) > 1:
         text += "; no later candidate had that evidence, so the default was kept"
-    chosen = next(c for c in candidates if _name(c) == best["backbone"])
+    chosen = next(c for c in candidates if source_name(c) == best["backbone"])
     selection = Selection(best["backbone"], rows, len(labels), time.perf_counter() - started, text, backbone=chosen)
     selection.paired = rule
     return selection
@@ -409,7 +408,7 @@ def select_for_fit(
     )
     usable = dataset.subset(first.indices.tolist())
     if len(set(usable.labels)) < 2:  # nothing to score: the fit refuses these photos with its own error
-        name = _name(candidates[0])
+        name = source_name(candidates[0])
         return Selection(
             name,
             [{"backbone": name, "cv_accuracy": None, "chosen": True, "skipped": "fewer than 2 classes"}],
@@ -447,7 +446,7 @@ def choose_ensemble(selection: Selection, candidates: Sequence[Any]) -> None:
     members = [c for c, row in zip(candidates, selection.rows) if row.get("paired_accuracy") is not None]
     if len(members) < 2:
         return
-    names = [_name(m) for m in members]
+    names = [source_name(m) for m in members]
     name = ensemble_name(names)
     scored = selection.paired.ensemble(names, name) if selection.paired is not None else {}
     for row in selection.rows:
@@ -459,10 +458,3 @@ def choose_ensemble(selection: Selection, candidates: Sequence[Any]) -> None:
         "at least as accurate as the best single backbone on every data set tried, docs/TRAINING.md); beyond, "
         + selection.rule
     )
-
-
-def _name(backbone: Any) -> str:
-    """A candidate's timm name: itself, or a backbone object's ``name`` (its spec's for a loaded one)."""
-    if isinstance(backbone, str):
-        return backbone
-    return str(getattr(backbone, "name", None) or backbone.spec.name)
