@@ -19,10 +19,13 @@ from headstart.serve.config import ServeConfig
 from headstart.serve.model import ServedModel, model_name
 
 
-def _uvicorn_server(config: Any, on_stop: Any) -> Any:
+def _uvicorn_server(config: Any, on_stop: Any, on_signals_caught: Any) -> Any:
     """uvicorn's Server, except that a stop signal is not raised again once it has shut down gracefully: for a
     server, Ctrl-C or SIGTERM is the normal end (exit 0), not an interruption of work (the CLI's 130). The signal
-    also calls ``on_stop`` at once, so work not yet started is refused (JSON 503) instead of waited for."""
+    also calls ``on_stop`` at once, so work not yet started is refused (JSON 503) instead of waited for.
+
+    ``on_signals_caught`` runs once the stop signals are the server's: whatever tells a person (or a script) that
+    the server is up must come from there, or a Ctrl-C right after it would still meet the CLI's handler (130)."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -33,10 +36,12 @@ def _uvicorn_server(config: Any, on_stop: Any) -> Any:
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
+                on_signals_caught()
                 yield
                 return
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
+                on_signals_caught()
                 yield
             finally:
                 for sig, handler in previous.items():
@@ -131,8 +136,16 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
     )
     if config.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    server = _uvicorn_server(uv_config, state.begin_shutdown)
     status = {"code": 0}
+
+    def listening() -> None:
+        say(f"listening on {address} (loading {', '.join(m.name for m in models)} …)")
+        if not config.loopback and not config.api_key:
+            say(
+                f"warning: {config.host} lets other machines call this server and no API key is set (HEADSTART_API_KEY or --api-key-file)."
+            )
+
+    server = _uvicorn_server(uv_config, state.begin_shutdown, listening)
 
     def ready() -> None:
         say(
@@ -146,12 +159,6 @@ def serve(models: Sequence[ServedModel], config: ServeConfig) -> int:
         server.should_exit = True
 
     state.on_ready, state.on_failure = ready, failed
-    say(f"listening on {address} (loading {', '.join(m.name for m in models)} …)")
-    if not config.loopback and not config.api_key:
-        say(
-            f"warning: {config.host} lets other machines call this server and no API key is set (HEADSTART_API_KEY or --api-key-file)."
-        )
-
     try:
         server.run(sockets=[sock])
     finally:
