@@ -161,6 +161,10 @@ def run_train(args, dataset, labels, out) -> None:
                 "frozen_stages": r.get("frozen_stages"),
                 "fit_seconds": round(fit_seconds, 1),
                 "epoch_seconds": [h["seconds"] for h in r.get("history") or []][1:],
+                "val_accuracies": [h["val_accuracy"] for h in r.get("history") or []],
+                "against_probe": (r.get("stopping") or {}).get("against_probe"),
+                "mirror_check": r.get("mirror_check"),
+                "skipped": r.get("finetune_skipped"),
             }
             out.write(json.dumps(row) + "\n")
             out.flush()

@@ -185,7 +185,7 @@ def test_a_run_that_stopped_early_resumes_to_nothing_left_and_says_why(
     parts.append(Dataset(val, data.classes, data.root, data.kind))
     backbone = load_backbone("tf_efficientnet_lite0")
     # a learning rate too small to move the loss: no epoch improves on the start, so patience 1 stops after epoch 1
-    config = Finetune.for_data_size(15, epochs=4, batch_size=4, unfreeze="2", patience=1, lr=1e-12)
+    config = Finetune.for_data_size(15, epochs=4, batch_size=4, unfreeze="2", patience=1, lr=1e-12, head_start="probe")
 
     def run(resume: bool):
         network = build_network(backbone, 3, 0.2)
@@ -256,8 +256,11 @@ def test_options_are_validated_in_sklearn_words() -> None:
 
 def test_defaults_follow_the_data_size() -> None:
     small, large = FinetuneConfig.for_data_size(300), FinetuneConfig.for_data_size(50_000)
-    assert small.augment == "light" and large.augment == "randaugment" and small.lr < large.lr
-    assert FinetuneConfig.for_data_size(300, lr=1e-3).lr == 1e-3
+    assert small.augment == "light" and large.augment == "randaugment" and small.epochs > large.epochs
+    assert (small.head_start, small.mirror, small.views) == ("zero", "auto", "light")
+    assert FinetuneConfig.for_data_size(300, lr=1e-4).lr == 1e-4
+    assert FinetuneConfig.for_data_size(300, mirror="off").views == "light/unmirrored"
+    assert FinetuneConfig.for_data_size(300, method="scratch").mirror == "on", "no probe to ask"
 
 
 def test_what_a_user_leaves_out_is_chosen_by_data_size() -> None:
@@ -493,3 +496,123 @@ def test_every_augmentation_policy_builds_and_runs(augment: str, sample: Path) -
     }
     photo = Image.open(sorted((sample / "test" / "pug").glob("*.jpg"))[0]).convert("RGB")
     assert tuple(photo_transform(config, augment, training=True)(photo).shape) == (3, 224, 224)
+
+
+@pytest.mark.slow
+def test_head_dropout_drops_features_to_the_probes_mean_not_to_zero(lite0) -> None:
+    """The probe's bias carries -coef @ mean: dropping features to zero would swing its logits by far more than the
+    class margins (a batch right in eval mode was wrong in training mode); dropped to the mean they keep their offset."""
+    import numpy as np
+    import torch
+
+    from headstart.models.finetune.parts import build_network, start_from_probe
+
+    network = build_network(lite0, 2, 0.5)
+    width = network.head.in_features
+    centre = np.full(width, 3.0, dtype=np.float32)
+    start_from_probe(network, np.zeros((2, width)), np.zeros(2), 1.0, centre)
+    torch.manual_seed(0)
+    x = torch.full((4, width), 3.0) + 0.01 * torch.randn(4, width)
+    network.dropout.train()
+    out = network.dropout(x)
+    dropped = torch.isclose(out, torch.tensor(3.0))
+    kept = torch.isclose(out, 3.0 + (x - 3.0) / 0.5)
+    assert bool((dropped | kept).all()) and 0.3 < dropped.float().mean() < 0.7
+    network.dropout.eval()
+    assert torch.equal(network.dropout(x), x)
+
+
+@pytest.mark.slow
+def test_a_head_from_zero_is_scored_as_given_then_learns_with_the_trunk(tiny: Path) -> None:
+    """Epoch 0 scores the head it is given (the probe's, in a fit) and is neither kept nor watched: a head trained
+    from zero starts far above the probe's loss, so its epochs race each other; the probe is judged after."""
+    import numpy as np
+    import torch
+
+    from headstart.data import Dataset, load_dataset
+    from headstart.features import load_backbone
+    from headstart.models.finetune.config import Finetune
+    from headstart.models.finetune.loop import run_finetune
+    from headstart.models.finetune.parts import build_network
+
+    data = load_dataset(tiny)
+    val = [next(s for s in data.samples if s.label == c) for c in data.classes]
+    train_part = Dataset([s for s in data.samples if s not in val], data.classes, data.root, data.kind)
+    backbone = load_backbone("tf_efficientnet_lite0")
+    config = Finetune.for_data_size(15, epochs=2, batch_size=4, unfreeze="2", patience=1, lr=1e-3)
+    network = build_network(backbone, 3, 0.2)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(network.head.weight, std=1.0)  # a head that is not zero (as a probe's is not)
+    given = network.head.weight.detach().clone()
+    network.eval()
+    result = run_finetune(
+        network, train_part, Dataset(val, data.classes, data.root, data.kind), data.classes,
+        backbone.spec.data_config, config, zero_head=True,
+    )  # fmt: skip
+    assert result.start_logits is not None and result.start_logits.shape == (3, 3)
+    assert result.best_epoch >= 1 and result.stopping["lowest_loss_epoch"] >= 1, "epoch 0 is not kept or watched"
+    head = result.network.head.weight.detach()
+    assert head.abs().sum() > 0 and not torch.allclose(head, given), "the head learnt from zero"
+    assert head.abs().max() < given.abs().max() / 10, "(two small epochs from zero stay far below the given head)"
+    assert np.isfinite(result.start_logits).all()
+
+
+@pytest.mark.parametrize("policy", ["light", "trivial", "randaugment"])
+def test_unmirrored_views_keep_left_and_right(policy: str) -> None:
+    """A photo bright on the left stays bright on the left in every unmirrored view; mirrored views swap sides.
+    (TrivialAugment and RandAugment also invert and translate photos: for them, no mirroring step is drawn.)"""
+    import numpy as np
+    from PIL import Image
+
+    from headstart.models.finetune.parts import photo_transform
+
+    config = {"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+    pixels = np.zeros((96, 96, 3), dtype=np.uint8)
+    pixels[:, :48] = 255
+    photo = Image.fromarray(pixels)
+
+    def sides(name: str) -> list[float]:
+        views = [photo_transform(config, name, training=True)(photo).mean(0).numpy() for _ in range(40)]
+        return [float(v[:, :32].mean() - v[:, 32:].mean()) for v in views]
+
+    if policy == "light":
+        assert min(sides(f"{policy}/unmirrored")) >= -1e-6
+        assert min(sides(policy)) < -0.1, "(mirrored views do swap sides)"
+    steps = repr(photo_transform(config, f"{policy}/unmirrored", training=True).transform)
+    assert "HorizontalFlip" not in steps and "HorizontalFlip" in repr(photo_transform(config, policy, True).transform)
+
+
+@pytest.mark.slow
+def test_the_mirror_check_tells_a_class_that_mirroring_changes(tmp_path: Path) -> None:
+    """Arrows pointing left or right: a mirror image is the other class, so the check turns mirror images off; the
+    same photos labelled by colour keep them."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from headstart.features import extract_features
+    from headstart.features.cache import FeatureCache
+    from headstart.models.finetune.views import mirror_check
+    from headstart.models.probe_fit import fit_probe
+
+    rng = np.random.default_rng(0)
+    paths, direction, colour = [], [], []
+    for i in range(48):
+        left, red = i % 2 == 0, (i // 2) % 2 == 0
+        image = Image.new("RGB", (128, 128), (255, 255, 255))
+        y, size = int(rng.integers(40, 88)), int(rng.integers(30, 45))
+        x = int(rng.integers(20, 40)) if left else int(rng.integers(88, 108))
+        tip = [(x, y), (x + size if left else x - size, y - size // 2), (x + size if left else x - size, y + size // 2)]
+        ImageDraw.Draw(image).polygon(tip, fill=(200, 30, 30) if red else (30, 30, 200))
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        paths.append(str(path))
+        direction.append("left" if left else "right")
+        colour.append("red" if red else "blue")
+    cache = FeatureCache(tmp_path / "cache")
+    features = extract_features(paths, "tf_efficientnet_lite0", cache=cache).features
+    train, val = slice(0, 32), slice(32, 48)
+    for labels, mirrored in ((np.array(direction), False), (np.array(colour), True)):
+        probe = fit_probe(features[train], labels[train], random_state=0)
+        check = mirror_check("tf_efficientnet_lite0", probe, paths[val], labels[val], cache=cache)
+        assert check["mirror"] is mirrored, check
+        assert check["photos"] == 16 and (check["mirror_accuracy"] < 0.5) is not mirrored

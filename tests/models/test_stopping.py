@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from headstart.models.finetune.parts import EpochRecord, curves_figure
-from headstart.models.finetune.stopping import KEPT_BY, Stopping, describe_stopping
+from headstart.models.finetune.stopping import KEPT_BY, Stopping, beats_start, describe_stopping
 
 
 def records(losses: list[float], accuracies: list[float]) -> list[EpochRecord]:
@@ -62,3 +62,27 @@ def test_curves_mark_the_kept_epoch_and_accuracy_stays_within_0_and_1(kept: int)
         marks = [line for line in ax.get_lines() if list(line.get_xdata()) == [kept, kept]]
         assert len(marks) == 1 and marks[0].get_label() == f"kept: epoch {kept}"
     assert all(line.get_label() != "kept" for line in curves_figure(records([0.9], [0.5])).axes[0].get_lines())
+
+
+@pytest.mark.parametrize(
+    ("fixes", "breaks", "gains"),
+    [(5, 0, True), (4, 0, False), (6, 1, False), (7, 1, True), (1, 0, False), (0, 0, False), (10, 10, False)],
+)
+def test_a_network_beats_the_probe_only_by_more_fixes_than_luck_gives(fixes: int, breaks: int, gains: bool) -> None:
+    """A one-sided sign test at 5% on the validation photos each gets right that the other misses: 5 of 5 changes
+    count (chance 1/32), 4 of 4 (1/16) and 6 of 7 (8/128) do not, 7 of 8 (9/256) does."""
+    import numpy as np
+
+    same = 20  # photos both get right or both miss do not count
+    y = np.zeros(fixes + breaks + same, dtype=np.int64)
+    probe = np.r_[np.ones(fixes), np.zeros(breaks), np.zeros(same)].astype(int)  # 1 = wrong
+    network = np.r_[np.zeros(fixes), np.ones(breaks), np.zeros(same)].astype(int)
+    verdict = beats_start(np.eye(2)[network], np.eye(2)[probe], y)
+    assert (verdict["fixes"], verdict["breaks"], verdict["gains"]) == (fixes, breaks, gains)
+
+
+def test_a_head_from_zero_is_watched_from_epoch_1() -> None:
+    history = records([0.1, 2.0, 1.5, 1.6], [0.9, 0.3, 0.6, 0.6])
+    assert Stopping.replayed(1, history).stopped_after == 1, "from epoch 0: the probe's low loss stops it at once"
+    watch = Stopping.replayed(1, history, first=1)
+    assert watch.stopped_after == 3 and watch.lowest_epoch == 2

@@ -73,8 +73,9 @@ class ImageClassifier(ClassifierProtocol):
     seeded, stratified validation part that keeps identical files on one side, fits the probe (its
     regularisation chosen by cross-validation on the training part), lets that cross-validation decide whether
     to average each photo with its mirror image (when asked, or when the mirror views are cached), scores the
-    validation part, and then (``refit=True``) fits the probe again on all photos. Fine-tuning starts from the
-    probe's head (LP-FT); validation chooses how many epochs, then the same schedule runs on all photos.
+    validation part, and then (``refit=True``) fits the probe again on all photos. Fine-tuning trains the network
+    (its head from zero by default); validation chooses how many epochs and whether the network beats the probe
+    by more than chance, then the same schedule runs on all photos.
     Probabilities are temperature-calibrated on held-out predictions (out-of-fold for the probe, the validation
     part for networks), the temperature folded into the saved head.
 
@@ -319,6 +320,7 @@ class ImageClassifier(ClassifierProtocol):
                 progress=bool(run.progress),
                 lr_search=bool(config.lr_search),
                 probe_val_misses=int(np.sum(~probe_right)),
+                extract=dict(cache=cache, precision=self.precision, **run.extraction()),
             )
             model, history = fit.model, (fit.history if fit.skipped is None else None)  # (no epochs: no curves)
             if fit.val_proba is not None:  # (the validation run's network: it had not seen them)

@@ -104,7 +104,11 @@ def find_learning_rate(
     config = Finetune.for_data_size(len(usable), **(finetune or {}))
     classes = [str(c) for c in probe.classes_]
     network = build_network(source.load(), len(classes), config.head_dropout)
-    start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_)
+    centre = feats.features.mean(axis=0)
+    if config.head_start == "probe":
+        start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_, centre)
+    else:  # the head starts where training starts it: at zero
+        start_from_probe(network, np.zeros_like(probe.coef_), np.zeros_like(probe.intercept_), 1.0, centre)
     budget = DEFAULT_BUDGET_S if budget_s is None else (budget_s or None)
     result = lr_range_test(
         network,

@@ -1,4 +1,5 @@
-"""Fine-tuning: the network trained from the linear probe's head (LP-FT), in its parts.
+"""Fine-tuning: the network trained on the photos, its head from zero (or from the probe's, LP-FT), with the
+probe as the model to beat, in its parts.
 
 =============  =====================================================================================================
 ``config``     :class:`Finetune`, the options (one dataclass → the API, the ``headstart train`` flags, config files;
@@ -6,6 +7,8 @@
 ``parts``      the network, which parameters train, the optimiser and its schedule, the photos and their
                augmentation, the epoch records and the curves
 ``frozen``     the frozen stages run once per photo and view (an activation bank), not every epoch
+``views``      which views it trains on: the augmentation, and whether a mirror image is the same class here
+``feeds``      how the epochs get their batches: the frozen stages' activations, or whole photos every epoch
 ``loop``       the epochs: train, validate, keep the best, stop early, checkpoint and resume
 ``stopping``   when the epochs stop (validation loss) and which epoch is kept (validation accuracy), in words
 ``resume``     checkpoints: which one a resumed run continues, what each epoch writes, nothing-left runs

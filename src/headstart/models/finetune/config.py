@@ -16,8 +16,10 @@ from typing import Any
 
 from headstart._validation import check_choice, check_int, check_number, fail
 from headstart.errors import HeadstartError
+from headstart.models.finetune.views import MIRRORS, view_policy
 
 AUGMENTATIONS = ("none", "light", "trivial", "randaugment")
+HEAD_STARTS = ("zero", "probe")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
 
@@ -28,9 +30,9 @@ SIZE_LIMITS = (1_000, 20_000)  # photos: "small" below the first, "medium" below
 # The default of every field: one value, or (small, medium, large) by the number of usable photos. The measurements
 # that chose them (repeated cross-validation on Oxford pets and cats-vs-dogs, and subsamples) are in docs/TRAINING.md.
 DEFAULTS: dict[str, Any] = {
-    "epochs": (8, 6, 4),
+    "epochs": (8, 8, 4),
     "batch_size": 32,
-    "lr": (1e-4, 5e-4, 1e-3),
+    "lr": 1e-3,  # (the head learns from zero: docs/TRAINING.md)
     "lr_search": False,
     "layer_decay": 0.75,
     "unfreeze": ("2", "3", "all"),  # the last stage and the head convolution under 1,000 photos: docs/TRAINING.md
@@ -40,8 +42,10 @@ DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
     "warmup_epochs": 1.0,
     "label_smoothing": 0.1,
-    "augment": ("light", "trivial", "randaugment"),
+    "augment": ("light", "light", "randaugment"),
+    "mirror": "auto",
     "head_dropout": (0.2, 0.2, 0.1),
+    "head_start": "zero",
     "clip_grad": 1.0,
     "patience": 3,
     "freeze_bn": (True, True, False),
@@ -60,6 +64,7 @@ SCRATCH_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "patience": 0,
     "skip_unjudged": False,  # (there is no probe to keep)
+    "mirror": "on",  # (nor one to ask whether a mirror image is the same class)
 }
 
 
@@ -126,7 +131,17 @@ class Finetune:
     warmup_epochs: float | None = _option("Epochs of linear warm-up of the learning rate", "warmup_epochs")
     label_smoothing: float | None = _option("Label smoothing", "label_smoothing")
     augment: str | None = _option("Augmentation of the training photos: none, light, trivial or randaugment", "augment")
+    mirror: str | None = _option(
+        "Mirror images among the training views: auto (where the probe labels the validation photos' mirror "
+        "images no worse than the photos), on or off",
+        "mirror",
+    )
     head_dropout: float | None = _option("Dropout before the head", "head_dropout")
+    head_start: str | None = _option(
+        "Where the head starts: zero (it learns with the trunk; the probe stays the model to beat) or probe "
+        "(LP-FT: the probe's head, which fits the training photos already and is thrown off by views it has not seen)",
+        "head_start",
+    )
     clip_grad: float | None = _option("Max gradient norm (0 = off)", "clip_grad")
     patience: int | None = _option("Stop after this many epochs without improvement (0 = never)", "patience")
     freeze_bn: bool | None = _option(
@@ -189,6 +204,12 @@ class Finetune:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @property
+    def views(self) -> str:
+        """The name of the training views (:func:`~headstart.models.finetune.views.view_policy`): the augmentation,
+        unmirrored where ``mirror`` is off (``auto`` not yet decided counts as on)."""
+        return view_policy(self.augment, self.mirror != "off")
+
+    @property
     def is_resolved(self) -> bool:
         """Whether every field has a value (:meth:`resolved` was called)."""
         return all(getattr(self, f.name) is not None for f in fields(self))
@@ -222,6 +243,8 @@ class Finetune:
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("augment", AUGMENTATIONS),
+            ("head_start", HEAD_STARTS),
+            ("mirror", MIRRORS),
             ("precision", PRECISIONS),
         ):
             given(name, check_choice, allowed=allowed)

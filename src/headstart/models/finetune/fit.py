@@ -1,14 +1,16 @@
 """Fine-tuning (or training from scratch) as the estimator runs it: validation chooses the schedule, then the
 saved network learns from all the photos.
 
-1. **Validation run**: from the probe's head (LP-FT), train on the training part and score the validation part
-   each epoch; the best epoch (0 = the probe alone) is how long to train. With ``lr_search``, the same for lr ×⅓,
-   ×1 and ×3, and the best lr is kept too.
+1. **Validation run**: score the probe on the validation part (epoch 0), then train on the training part from a
+   zero head (``head_start="zero"``, the default) or the probe's head (``"probe"``, LP-FT) and score each epoch;
+   the best epoch is how long to train, and it must beat the probe by more than chance (a sign test on the photos
+   each gets right: :func:`~headstart.models.finetune.stopping.beats_start`), else the probe is the model (epoch
+   0). With ``lr_search``, the same for lr ×⅓, ×1 and ×3, and the best lr is kept too.
 2. **Calibration**: the temperature that makes the best epoch's validation probabilities honest
    (:func:`~headstart.models.temperature.fit_temperature`, guarded on tiny data) is folded into the saved head.
-3. **Refit** (the default, as for the probe): the same trunk start, a head from the probe refit on all photos,
-   and the same schedule on all photos, stopped after the best epoch. The validation figures are those of step 1
-   (the refit has seen every photo); the temperature carries over.
+3. **Refit** (the default, as for the probe): the same trunk start and head start, and the same schedule on all
+   photos, stopped after the best epoch. The validation figures are those of step 1 (the refit has seen every
+   photo); the temperature carries over.
 
 The frozen stages' activations are shared by all these runs (:mod:`headstart.models.finetune.frozen`), so the refit
 costs only its epochs of the trainable tail.
@@ -33,6 +35,7 @@ from headstart._console import say
 from headstart._math import softmax
 from headstart.models.classifier import Classifier
 from headstart.models.finetune.config import MIN_FIXES
+from headstart.models.finetune.stopping import beats_start
 from headstart.models.temperature import fit_temperature
 
 if TYPE_CHECKING:
@@ -56,10 +59,11 @@ class NetworkFit:
             ``val_part``, or None when the probe won (its own held-out probabilities stand); ``val_labels`` their
             class indices.
         history: the validation run's epochs (dicts of :class:`~headstart.models.finetune.EpochRecord`).
-        best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe it started from; never 0
+        best_epoch: the epoch validation chose (0: fine-tuning did not beat the probe by more than chance; never 0
             from scratch).
         stopping: where the validation run stopped and why, which epoch it kept by what
-            (:mod:`~headstart.models.finetune.stopping`).
+            (:mod:`~headstart.models.finetune.stopping`), and ``against_probe``: that epoch's fixes and breaks
+            against the probe and the sign test's chance.
         temperature: the logit divisor folded into the saved head.
         refit: ``photos``, ``epochs``, ``seconds``, ``history`` and ``frozen_stages`` (what the frozen stages computed,
             read and reused) of the refit on all photos, or None.
@@ -67,6 +71,7 @@ class NetworkFit:
         config: the options that ran (``lr`` the chosen one).
         frozen: how the frozen stages ran (computed once: how many photo views, seconds, megabytes).
         skipped: why fine-tuning did not run (validation could not judge it: the probe is the model), or None.
+        mirror: what the mirror check found (:func:`~headstart.models.finetune.views.mirror_check`), or None.
     """
 
     model: Classifier
@@ -82,6 +87,7 @@ class NetworkFit:
     config: Finetune
     frozen: dict[str, Any]
     skipped: str | None = None
+    mirror: dict[str, Any] | None = None
 
     def report(self, probe_val_accuracy: float) -> dict[str, Any]:
         """The estimator's ``report_`` entries of a network (beside the probe's validation accuracy)."""
@@ -100,6 +106,7 @@ class NetworkFit:
             "lr": self.config.lr,
             **({"lr_search": self.lr_search} if self.lr_search is not None else {}),
             **({"finetune_skipped": self.skipped} if self.skipped is not None else {}),
+            **({"mirror_check": self.mirror} if self.mirror is not None else {}),
         }
 
 
@@ -123,6 +130,7 @@ def fit_network(
     progress: bool = False,
     lr_search: bool = False,
     probe_val_misses: int | None = None,
+    extract: dict[str, Any] | None = None,
 ) -> NetworkFit:
     """Validation run(s), temperature, refit (see the module's docstring). ``backbone`` is an
     :class:`~headstart.models.inputs.ResolvedBackbone`; ``probe`` the probe fitted on ``train_part`` (the head
@@ -131,7 +139,10 @@ def fit_network(
     starting head: a probe at the validation run's C, so both runs start at the same logit scale and the
     temperature carries over; ``memo`` remembers that fit. ``probe_val_misses`` (the probe's errors on
     ``val_part``): under :data:`~headstart.models.finetune.config.MIN_FIXES` with ``config.skip_unjudged``,
-    validation could not tell a better network from luck, so the probe is kept at once and nothing is trained."""
+    validation could not tell a better network from luck, so the probe is kept at once and nothing is trained.
+    ``extract`` (the fit's extraction options: cache, precision, ...) lets ``config.mirror="auto"`` ask the probe
+    whether the validation photos' mirror images are the same class (:func:`~headstart.models.finetune.views.
+    mirror_check`); without it, ``auto`` mirrors."""
     classes = [str(c) for c in probe.classes_]
     unjudged = probe_val_misses is not None and probe_val_misses < MIN_FIXES
     if method == "finetune" and config.skip_unjudged and unjudged:
@@ -143,6 +154,14 @@ def fit_network(
     from headstart.models.finetune.loop import run_finetune
     from headstart.models.finetune.parts import build_network, start_from_probe
 
+    mirror = None
+    if method == "finetune" and config.mirror == "auto" and extract is not None:
+        from headstart.models.finetune.views import mirror_check
+
+        mirror = mirror_check(backbone, probe, [str(p) for p in val_part.paths], np.asarray(val_part.labels), **extract)
+        config = replace(config, mirror="on" if mirror["mirror"] else "off")
+        if progress and current().is_main:
+            say(_mirror_line(mirror))
     if method == "scratch":
         torch.manual_seed(config.seed)  # the random initialisation is reproducible too
         loaded = load_backbone(backbone.name, "none")
@@ -155,13 +174,15 @@ def fit_network(
     def begin(head_probe: Any) -> Any:
         network.trunk.load_state_dict(start)
         if method == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
-            start_from_probe(network, head_probe.coef_, head_probe.intercept_, head_probe.temperature_)
+            centre = features[0].mean(axis=0) if features is not None else None  # (dropout around the mean)
+            start_from_probe(network, head_probe.coef_, head_probe.intercept_, head_probe.temperature_, centre)
         else:
             torch.manual_seed(config.seed)
             network.head.reset_parameters()
         return network
 
-    common = dict(flip_average=flip, spec=spec, hashes=hashes, device=device, progress=progress)
+    zero_head = method == "finetune" and config.head_start == "zero"
+    common = dict(flip_average=flip, spec=spec, hashes=hashes, device=device, progress=progress, zero_head=zero_head)
     validation_run = dict(common, keep_start=method == "finetune")  # (a random start is no model to keep)
     tried = None
     if lr_search:
@@ -196,10 +217,19 @@ def fit_network(
             resume=resume,
             **validation_run,
         )
+    best_epoch, stopping = result.best_epoch, dict(result.stopping)
+    if method == "finetune" and best_epoch > 0 and result.start_logits is not None:
+        verdict = beats_start(result.val_logits, result.start_logits, result.val_labels)
+        stopping["against_probe"] = verdict
+        if not verdict["gains"]:  # a win by a photo or two is luck: the probe is the model
+            best_epoch, result.val_logits = 0, result.start_logits
+            stopping["kept_epoch"] = 0
+            if progress and current().is_main:
+                say(_probe_won_line(verdict))
     temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
     val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
     history = [asdict(r) for r in result.history]
-    best_epoch, frozen = result.best_epoch, dict(result.frozen)
+    frozen = dict(result.frozen)
 
     final, refit = result.network, None  # (with EMA, the network is its average's copy)
     if probe_all is not None:
@@ -210,7 +240,7 @@ def fit_network(
 
             same_c = (
                 fit_probe(*features, random_state=config.seed, memo=memo, Cs=(float(probe.C_),))
-                if features is not None and method == "finetune"
+                if features is not None and method == "finetune" and not zero_head
                 else probe_all
             )
             begin(same_c)
@@ -254,12 +284,35 @@ def fit_network(
         history,
         best_epoch,
         result.stopped_early,
-        result.stopping,
+        stopping,
         float(temperature),
         refit,
         tried,
         config,
         frozen,
+        mirror=mirror,
+    )
+
+
+def _mirror_line(check: dict[str, Any]) -> str:
+    """What the mirror check found, and what the training views will be."""
+    found = (
+        f"the probe labels the {check['photos']} validation photos at {check['accuracy']:.3f} and their mirror "
+        f"images at {check['mirror_accuracy']:.3f}"
+    )
+    if check["mirror"]:
+        return f"mirror images: {found}: training views include them"
+    return (
+        f"mirror images: {found} ({check['lost']} lost, {check['won']} won: chance {check['chance']:.1%}): a "
+        "mirror image is not the same class here, so the training views are not mirrored (--mirror on to mirror them anyway)"
+    )
+
+
+def _probe_won_line(verdict: dict[str, Any]) -> str:
+    """Why the probe stays the model though an epoch scored higher."""
+    return (
+        f"the probe is kept: the best epoch fixes {verdict['fixes']} validation photo(s) the probe misses and breaks "
+        f"{verdict['breaks']}, a difference luck gives {verdict['chance']:.0%} of the time"
     )
 
 

@@ -10,28 +10,24 @@ Both paths share the optimiser, schedule, EMA, checkpoints and records. Each epo
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from headstart._console import progress as progress_bar
 from headstart._console import say
-from headstart._io import sha256_file, write_text_atomic
+from headstart._io import write_text_atomic
 from headstart._threads import restores_torch_threads, size_torch_threads
-from headstart.models.finetune.frozen import ActivationBank, split_network
+from headstart.models.finetune.feeds import Cached, Streaming, labels_of
+from headstart.models.finetune.frozen import split_network
 from headstart.models.finetune.parts import (
     EpochRecord,
     Finetune,
     FinetuneResult,
-    PhotoDataset,
     freeze_batchnorm,
     lr_factor,
     make_optimizer,
-    photo_transform,
     plot_curves,
     trainable_groups,
 )
@@ -66,6 +62,7 @@ def run_finetune(
     stop_after: int | None = None,
     name: str = "",
     keep_start: bool = True,
+    zero_head: bool = False,
 ) -> FinetuneResult:
     """Train ``network`` (trunk + head) on ``train_data``; with ``val_data``, validate each epoch and keep the best.
 
@@ -73,7 +70,9 @@ def run_finetune(
     the head over the mean features of each photo and its mirror image when ``flip_average``. Without
     ``val_data`` (the refit on all photos) it runs ``stop_after`` epochs of the ``config.epochs`` schedule and
     keeps the last. Early stopping and the epoch kept follow :mod:`~headstart.models.finetune.stopping`
-    (``keep_start`` False: epoch 0, a random start, is scored but never kept). ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
+    (``keep_start`` False: epoch 0, a random start, is scored but never kept; ``zero_head``: epoch 0 is scored
+    with the head given, which is then zeroed to learn with the trunk: epoch 0 is neither kept nor watched, and its
+    logits are the result's ``start_logits``). ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
     activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
 
     With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, replaces ``{name}checkpoint.pt`` (from which
@@ -113,12 +112,12 @@ def run_finetune(
         resumable(checkpoint, device, validating=validating, schedule=config.epochs, epochs=epochs) if resume else None
     )
     history = [EpochRecord(**r) for r in json.loads(state["history"])] if state is not None else []
-    watch = Stopping.replayed(config.patience if validating else 0, history)
+    watch = Stopping.replayed(config.patience if validating else 0, history, first=1 if zero_head else 0)
     done = state is not None and (watch.stopped_after is not None or int(state["epoch"]) + 1 >= epochs)
     split = None if group.enabled or done else split_network(network, config.unfreeze)
-    data = NothingLeft(network, _labels(val_data, classes)) if done else None
+    data = NothingLeft(network, labels_of(val_data, classes)) if done else None
     if split is not None:
-        data = _Cached.build(
+        data = Cached.build(
             split,
             train_data,
             val_data,
@@ -134,7 +133,7 @@ def run_finetune(
             progress and group.is_main,
         )
     if data is None:
-        data = _Streaming(network, train_data, val_data, classes, data_config, config, group, device, generator)
+        data = Streaming(network, train_data, val_data, classes, data_config, config, group, device, generator)
     optimizer = make_optimizer(network, config)
     forward = data.module
     if group.enabled:  # gradients averaged over processes; every process keeps identical weights
@@ -156,6 +155,7 @@ def run_finetune(
         return data.validation_logits(judged, autocast, flip_average, config.unfreeze)
 
     best_acc, best_epoch, best_state, best_logits, start_epoch = -1.0, 0, None, None, 0
+    start_logits = None
     if state is not None:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
@@ -164,6 +164,7 @@ def run_finetune(
         start_epoch = epochs if done else min(int(state["epoch"]) + 1, epochs)
         best_acc, best_epoch, best_state = float(state["best_acc"]), int(state["best_epoch"]), state["best_state"]
         best_logits = state["best_logits"].numpy() if state.get("best_logits") is not None else None
+        start_logits = state["start_logits"].numpy() if state.get("start_logits") is not None else None
         torch.set_rng_state(state["rng"].cpu())
         generator.set_state(state["loader_rng"].cpu())
         if progress and group.is_main:
@@ -179,18 +180,24 @@ def run_finetune(
         if writes:
             write_text_atomic(run / f"{name}metrics.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in history))
 
-    if start_epoch == 0 and validating:  # epoch 0 = the starting point (LP-FT: the probe); fine-tuning must beat it
+    if start_epoch == 0 and validating:  # epoch 0 = the starting point (a fine-tune: the probe, the model to beat)
         size_torch_threads()
         logits, y = judged_logits()
         val_loss, val_acc = scores(logits, y)
-        watch.update(0, val_loss)
-        if keep_start:
+        start_logits = logits
+        if not zero_head:
+            watch.update(0, val_loss)
+        if keep_start and not zero_head:
             best_acc, best_epoch, best_logits = val_acc, 0, logits
             judged = ema.module if ema is not None else network
             best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         record_epoch(EpochRecord(0, None, None, val_loss, val_acc, 0.0, 0.0))
         if progress and group.is_main:
             say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
+    if zero_head and start_epoch == 0:
+        with torch.no_grad():
+            network.head.weight.zero_()
+            network.head.bias.zero_()
     step = start_epoch * steps_per_epoch
     drawn, drawn_records = time.perf_counter(), len(history)  # when curves.png was last drawn, with how many records
     for epoch in range(start_epoch, epochs):
@@ -265,6 +272,7 @@ def run_finetune(
                 "best_epoch": best_epoch,
                 "best_state": best_state,
                 "best_logits": None if best_logits is None else torch.from_numpy(best_logits),
+                "start_logits": None if start_logits is None else torch.from_numpy(start_logits),
                 "history": json.dumps([asdict(r) for r in history]),
                 "rng": torch.get_rng_state(),
                 "loader_rng": generator.get_state(),
@@ -288,203 +296,7 @@ def run_finetune(
     stopped = watch.stopped_after is not None
     result = FinetuneResult(final, history, best_epoch if validating else epochs, stopped)
     result.stopping = watch.to_dict(epochs, best_epoch) if validating else {}
-    result.val_logits = best_logits
+    result.val_logits, result.start_logits = best_logits, start_logits
     result.val_labels = data.val_labels
     result.frozen = data.describe()
     return result
-
-
-def _labels(dataset: Dataset | None, classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[s.label] for s in dataset.samples] if dataset is not None else [], dtype=np.int64)
-
-
-class _Streaming:
-    """Every epoch decodes, augments and runs the whole network (the frozen stages too)."""
-
-    def __init__(self, network, train_data, val_data, classes, data_config, config, group, device, generator) -> None:
-        from torch.utils.data import DataLoader, DistributedSampler
-
-        photos = PhotoDataset(train_data, classes, photo_transform(data_config, config.augment, True))
-        self.sampler = (
-            DistributedSampler(photos, group.world_size, group.rank, shuffle=True, seed=config.seed)
-            if group.enabled
-            else None
-        )
-        self.loader = DataLoader(
-            photos,
-            batch_size=config.batch_size,
-            shuffle=self.sampler is None,
-            sampler=self.sampler,
-            drop_last=len(train_data) > config.batch_size * group.world_size,
-            generator=generator,
-            num_workers=config.workers,
-        )
-        self.val_loader = None
-        if val_data is not None:
-            self.val_loader = DataLoader(
-                PhotoDataset(val_data, classes, photo_transform(data_config, "none", False)),
-                batch_size=config.batch_size,
-                num_workers=config.workers,
-            )
-        self.module, self.device = network, device
-        self.steps_per_epoch = len(self.loader)
-        self.val_labels = _labels(val_data, classes)
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-
-    def batches(self, epoch: int):
-        return iter(self.loader)
-
-    def validation_logits(self, judged, autocast, flip_average: bool, unfreeze: str):
-        import torch
-
-        judged.eval()
-        out = []
-        with torch.inference_mode(), autocast():
-            for x, _ in self.val_loader:
-                x = x.to(self.device)
-                features = judged.features(x).float()
-                if flip_average:
-                    features = (features + judged.features(x.flip(-1)).float()) / 2
-                out.append(judged.head(features).float().cpu().numpy())
-        n = len(judged.head.bias)
-        return (np.concatenate(out) if out else np.zeros((0, n), np.float32)), self.val_labels
-
-    def describe(self) -> dict[str, Any]:
-        return {"cached": False}
-
-
-class _Cached:
-    """The frozen stages' activations from the bank; the epochs run only the tail (see :mod:`frozen`)."""
-
-    @classmethod
-    def build(
-        cls,
-        split,
-        train_data,
-        val_data,
-        classes,
-        data_config,
-        config,
-        spec,
-        hashes,
-        precision,
-        device,
-        generator,
-        epochs,
-        progress,
-    ) -> _Cached | None:
-        started = time.perf_counter()
-        bank = (
-            ActivationBank.shared(
-                split,
-                spec,
-                augment=config.augment,
-                seed=config.seed,
-                precision=precision,
-                device=device,
-                batch_size=config.batch_size,
-            )
-            if spec is not None
-            else ActivationBank(split, data_config, config.augment, config.seed, precision, device, config.batch_size)
-        )
-        hashes = dict(hashes or {})
-        train = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in train_data.samples]
-        val = [(hashes.get(str(s.path)) or sha256_file(s.path), s.path) for s in val_data.samples] if val_data else []
-        before = bank.counts()
-        bank.training_views(train[:1], 0)  # one activation tells its size
-        views = bank.views_that_fit(len(train), max(1, epochs))
-        if views == 0:
-            return None
-        self = cls()
-        self.split, self.bank, self.train, self.val, self.views = split, bank, train, val, views
-        self.module, self.generator, self.batch_size = split.tail, generator, config.batch_size
-        self.train_labels = _labels(train_data, classes)
-        self.val_labels = _labels(val_data, classes)
-        self.drop_last = len(train) > config.batch_size
-        self.steps_per_epoch = (
-            len(train) // config.batch_size if self.drop_last else math.ceil(len(train) / config.batch_size)
-        )
-        # Only the first epoch's views now: early stopping usually ends a run long before every view is used, and
-        # each later epoch computes its own view when it starts (kept for the refit and later fits in the process).
-        self._asked, self._plain_asked = {0} if epochs else set(), bool(val)
-        with progress_bar(progress, 1 + bool(val), "frozen stages") as advance:
-            if epochs:
-                bank.training_views(train, 0)
-            advance(1)
-            if val:
-                bank.plain_views(val)
-                advance(1)
-        self._count_from(before)
-        self.total_seconds = time.perf_counter() - started
-        if progress:
-            said = f"{self.computed} photo views in {self.seconds:.1f} s on {bank.engine}" if self.computed else ""
-            if self.loaded:
-                said += f"{', ' if said else ''}{self.loaded} read from the cache in {self.read_seconds:.1f} s"
-            if self.reused:
-                said += f"{', ' if said else ''}{self.reused} kept from the run before"
-            say(
-                f"frozen, run once: {', '.join(split.frozen_names)} ({said or 'nothing to compute'}); trained each "
-                f"epoch: {', '.join(split.trained_names)} and the head, on its own augmented view ({views} kept a "
-                "photo)"
-            )
-        return self
-
-    def _count_from(self, before: tuple) -> None:
-        """What the bank did for this run since ``before`` (its :meth:`~ActivationBank.counts` then)."""
-        self._start = before
-        now = self.bank.counts()
-        self.computed, self.seconds, self.loaded, self.read_seconds = (a - b for a, b in zip(now, before))
-        asked = len(self.train) * len(self._asked) + 2 * len(self.val) * bool(self._plain_asked)
-        self.reused = max(0, asked - self.computed - self.loaded)  # (views an earlier run of the process computed)
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def batches(self, epoch: int):
-        import torch
-
-        acts = self.bank.training_views(self.train, epoch % self.views)  # (computed at its epoch's start)
-        self._asked.add(epoch % self.views)
-        self._count_from(self._start)
-        labels = torch.from_numpy(self.train_labels)
-        order = torch.randperm(len(self.train), generator=self.generator)
-        end = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
-        for start in range(0, end, self.batch_size):
-            chosen = order[start : start + self.batch_size]
-            yield acts[chosen], labels[chosen]
-
-    def validation_logits(self, judged, autocast, flip_average: bool, unfreeze: str):
-        import torch
-
-        tail = self.module if judged is self.split.network else split_network(judged, unfreeze).tail
-        tail.eval()
-        acts = self.bank.plain_views(self.val)
-        out = []
-        with torch.inference_mode(), autocast():
-            for start in range(0, len(self.val), self.batch_size):
-                a = acts[start : start + self.batch_size]
-                views = a.shape[1] if flip_average else 1
-                both = a[:, :views].transpose(0, 1).reshape(-1, *a.shape[2:])
-                features = tail.features(both.contiguous(memory_format=torch.channels_last)).float()
-                features = features.reshape(views, len(a), -1).mean(0)
-                out.append(tail.head(features).float().cpu().numpy())
-        n = len(tail.head.bias)
-        return (np.concatenate(out) if out else np.zeros((0, n), np.float32)), self.val_labels
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "cached": True,
-            "up_to": self.split.where,
-            "engine": self.bank.engine or self.bank.planned_engine(),  # (all read from the cache: what computed them)
-            "views": self.views,
-            "photo_views": self.computed,
-            "seconds": round(self.seconds, 3),
-            "read_from_cache": self.loaded,
-            "read_seconds": round(self.read_seconds, 3),
-            "reused": self.reused,
-            "megabytes": round(self.bank.nbytes() / 2**20, 1),
-        }

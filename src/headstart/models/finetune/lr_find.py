@@ -1,7 +1,7 @@
 """The learning-rate range test (Smith 2015): raise the lr exponentially over a few batches and watch the loss.
 
-It runs on the very network fine-tuning would train (the probe's head, the same unfrozen part, the same optimiser
-groups and augmentation), then puts its weights back. :func:`headstart.workflows.experiments.find_learning_rate`
+It runs on the very network fine-tuning would train (its head where training starts it, the same unfrozen part,
+the same optimiser groups and augmentation), then puts its weights back. :func:`headstart.workflows.experiments.find_learning_rate`
 is the one-call path from a folder of photos.
 """
 

@@ -1,12 +1,12 @@
-"""The parts of fine-tuning: start from the linear probe's head (LP-FT), then unfreeze the backbone at low,
-depth-wise learning rates.
+"""The parts of fine-tuning: the network (its head from zero, or from the linear probe's: LP-FT), which of its
+layers train at which depth-wise learning rates, the photos and their views, the records and the curves.
 
-Phase 1 is the probe on cached features (exact and fast), so fine-tuning never starts from a random head that
-would wreck the pretrained weights with large early errors. Phase 2 trains the unfrozen part with AdamW (or SGD),
-layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation, head dropout,
-gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation accuracy and stops
-early when the validation loss stops falling (:mod:`~headstart.models.finetune.stopping`); then (by default) the same schedule runs again on all photos for that
-many epochs (:mod:`headstart.models.finetune.fit`).
+Phase 1 is the probe on cached features (exact and fast): the model to beat. Phase 2 trains the unfrozen part with
+AdamW (or SGD), layer-wise learning-rate decay, a warm-up + cosine schedule, label smoothing, timm augmentation,
+head dropout, gradient clipping, optional weight EMA and bf16 autocast; it keeps the best epoch by validation
+accuracy and stops early when the validation loss stops falling (:mod:`~headstart.models.finetune.stopping`);
+then (by default) the same schedule runs again on all photos for that many epochs
+(:mod:`headstart.models.finetune.fit`).
 
 This module holds the pieces: the network, which parameters train, the optimiser and its schedule, the photos
 and their augmentation, the records and the curves. The loop is :func:`~headstart.models.finetune.loop.run_finetune`
@@ -60,12 +60,41 @@ def build_network(backbone: Backbone, n_classes: int, head_dropout: float):
         >>> net.head
         Linear(in_features=1280, out_features=3, bias=True)
     """
-    return trunk_and_head(backbone.with_flip_average(False), n_classes, head_dropout)
+    network = trunk_and_head(backbone.with_flip_average(False), n_classes, head_dropout)
+    network.dropout = centred_dropout(head_dropout, backbone.spec.num_features)
+    return network
 
 
-def start_from_probe(network, coef, intercept, temperature: float = 1.0) -> None:
-    """LP-FT: the head starts where the linear probe ended, its logits before calibration (``coef * temperature``)."""
+def start_from_probe(network, coef, intercept, temperature: float = 1.0, centre=None) -> None:
+    """LP-FT: the head starts where the linear probe ended, its logits before calibration (``coef * temperature``);
+    ``centre``, the mean of the features the probe was fitted on, is where the head's dropout drops features to."""
+    import torch
+
     set_head(network, coef * temperature, intercept * temperature)
+    if centre is not None and hasattr(network.dropout, "centre"):
+        network.dropout.centre.copy_(torch.as_tensor(centre, dtype=torch.float32))
+
+
+def centred_dropout(p: float, width: int):
+    """Dropout of the features' deviations from a centre (``centre + dropout(x - centre)``; plain dropout while the
+    centre is zero). Why: the probe is fitted on centred features, so its bias carries ``-coef @ mean``, a large
+    offset that plain dropout (features to zero, the rest scaled up) swings by far more than the class margins: on
+    digits a probe right on every photo of a batch was right on 16% of it in training mode, and every epoch of
+    fine-tuning started from that noise. Around the mean, the expected logits and the offset stay as they are."""
+    import torch
+
+    class CentredDropout(torch.nn.Dropout):
+        def __init__(self) -> None:
+            super().__init__(p)
+            self.register_buffer("centre", torch.zeros(width), persistent=False)  # (set from the probe's features)
+
+        def forward(self, x):
+            if not self.training or self.p == 0:
+                return x
+            centre = self.centre.to(x.dtype)
+            return centre + super().forward(x - centre)
+
+    return CentredDropout()
 
 
 def trainable_groups(network, unfreeze: str) -> list[str]:
@@ -160,11 +189,14 @@ class PhotoTransform:
 
 
 def photo_transform(data_config: dict[str, Any], augment: str, training: bool) -> PhotoTransform:
-    """The backbone's preprocessing; for training, with the ``augment`` policy (timm's, TrivialAugment's)."""
+    """The backbone's preprocessing; for training, with the ``augment`` view policy (timm's, TrivialAugment's;
+    mirror images unless the policy says unmirrored: :mod:`~headstart.models.finetune.views`)."""
     from timm.data import create_transform
 
     from headstart.features.preprocess import decode_size_for
+    from headstart.models.finetune.views import parse_policy
 
+    augment, mirror = parse_policy(augment)
     if not training or augment == "none":
         return PhotoTransform(create_transform(**data_config, is_training=False), decode_size_for(data_config))
     auto = {"light": None, "trivial": None, "randaugment": "rand-m9-mstd0.5-inc1"}[augment]
@@ -175,7 +207,7 @@ def photo_transform(data_config: dict[str, Any], augment: str, training: bool) -
         is_training=True,
         auto_augment=auto,
         scale=scale,
-        hflip=0.5,
+        hflip=0.5 if mirror else 0.0,
         color_jitter=0.2 if augment == "light" else None,
     )
     if augment == "trivial":  # timm has no TrivialAugment; torchvision's runs on the photo before timm's crop
@@ -204,7 +236,7 @@ class EpochRecord:
 class FinetuneResult:
     """The trained network (its best epoch's weights), every epoch's record, and how it ended; the validation
     logits of the best epoch (``(n_val, n_classes)``, what the temperature is fit on) with their class indices, and
-    how the frozen stages were run (``frozen``: computed once or every epoch)."""
+    how the frozen stages were run (``frozen``: computed once or every epoch); epoch 0's validation logits."""
 
     network: Any
     history: list[EpochRecord] = field(default_factory=list)
@@ -213,6 +245,7 @@ class FinetuneResult:
     stopping: dict[str, Any] = field(default_factory=dict)  # (:meth:`Stopping.to_dict`; empty for the refit)
     val_logits: Any = None
     val_labels: Any = None
+    start_logits: Any = None  # (epoch 0's validation logits: the probe's, for a fine-tune)
     frozen: dict[str, Any] = field(default_factory=dict)
 
 

@@ -6,7 +6,11 @@
 - **Keeping** picks the epoch with the highest validation accuracy (what the saved model is judged by); between
   equal accuracies, the lower temperature-scaled loss (raw losses would favour the sharper epoch, not the better
   one: the saved head gets its temperature anyway). Epoch 0, the starting point, competes where it is a model
-  (LP-FT: the probe's head on the pretrained trunk); a random start (``scratch``) does not.
+  (LP-FT: the probe's head on the pretrained trunk); a random start (``scratch``) does not, nor does a head
+  trained from zero (its first epochs start far above the probe's loss: they race each other, not the probe).
+- **Against the probe**, the kept epoch must then fix more validation photos than it breaks by more than chance
+  (:func:`beats_start`, a sign test): validation of a few hundred photos moves by a photo or two from luck alone,
+  and a network that wins by that little loses as often on new photos.
 
 Example:
     >>> watch = Stopping(patience=2)
@@ -24,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEPT_BY", "Stopping", "better", "calibrated_loss", "describe_stopping", "scores"]
+__all__ = ["KEPT_BY", "Stopping", "beats_start", "better", "calibrated_loss", "describe_stopping", "scores"]
 
 #: How the kept epoch is chosen, in the words the run prints and records.
 KEPT_BY = "the highest validation accuracy; between equal ones, the lower temperature-scaled loss"
 #: A loss must fall by more than this to count as lower (the lines print three decimals).
 TOLERANCE = 1e-4
+#: The one-sided chance level under which a network's fixes against its breaks count as a gain over the probe.
+SIGN_TEST_LEVEL = 0.05
 
 
 @dataclass
@@ -50,12 +56,12 @@ class Stopping:
         return self.stopped_after is not None
 
     @classmethod
-    def replayed(cls, patience: int, history: list[Any]) -> Stopping:
-        """The state after the epochs of ``history`` (:class:`EpochRecord`\\ s): what a resumed run goes on from,
-        and whether it had already stopped."""
+    def replayed(cls, patience: int, history: list[Any], first: int = 0) -> Stopping:
+        """The state after the epochs of ``history`` (:class:`EpochRecord`\\ s) from epoch ``first`` on: what a
+        resumed run goes on from, and whether it had already stopped."""
         watch = cls(patience)
         for record in history:
-            if record.val_loss is not None and watch.stopped_after is None:
+            if record.epoch >= first and record.val_loss is not None and watch.stopped_after is None:
                 watch.update(record.epoch, record.val_loss)
         return watch
 
@@ -90,6 +96,24 @@ def describe_stopping(stopping: dict[str, Any]) -> str:
         f"for {stopping['patience']} epoch{'s' if stopping['patience'] != 1 else ''} (lowest "
         f"{'?' if lowest is None else f'{lowest:.3f}'}, at epoch {stopping['lowest_loss_epoch']}); {kept}"
     )
+
+
+def beats_start(logits, start_logits, y) -> dict[str, Any]:
+    """Whether validation ``logits`` beat the starting point's (the probe's): the photos each gets right that the
+    other misses, and a one-sided sign test on them (``chance``: the probability of at least that many fixes out of
+    the changed photos by luck). ``gains``: the chance is under :data:`SIGN_TEST_LEVEL`.
+
+    Example:
+        >>> y = np.array([0, 0, 0, 0, 0, 1])
+        >>> start, after = np.eye(2)[[1, 1, 1, 1, 1, 1]], np.eye(2)[[0, 0, 0, 0, 0, 1]]
+        >>> beats_start(after, start, y)["gains"], beats_start(after[:3], start[:3], y[:3])["gains"]
+        (True, False)
+    """
+    right, was_right = np.asarray(logits).argmax(1) == y, np.asarray(start_logits).argmax(1) == y
+    fixes, breaks = int((right & ~was_right).sum()), int((~right & was_right).sum())
+    n = fixes + breaks
+    chance = sum(math.comb(n, k) for k in range(fixes, n + 1)) / 2**n if n else 1.0
+    return {"fixes": fixes, "breaks": breaks, "chance": round(chance, 6), "gains": chance < SIGN_TEST_LEVEL}
 
 
 def better(logits, y, accuracy: float, best_logits, best_accuracy: float) -> bool:
