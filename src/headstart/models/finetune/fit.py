@@ -8,9 +8,10 @@ saved network learns from all the photos.
    0). With ``lr_search``, the same for lr ×⅓, ×1 and ×3, and the best lr is kept too.
 2. **Calibration**: the temperature that makes the best epoch's validation probabilities honest
    (:func:`~headstart.models.temperature.fit_temperature`, guarded on tiny data) is folded into the saved head.
-3. **Refit** (the default, as for the probe): the same trunk start and head start, and the same schedule on all
-   photos, stopped after the best epoch. The validation figures are those of step 1 (the refit has seen every
-   photo); the temperature carries over.
+3. **Refit** (the default, as for the probe), when the network beat the probe: the same trunk start and head
+   start, and the same schedule on all photos, for as many epochs as the validation run trained (all of them,
+   unless its loss stopped it). The validation figures are those of step 1 (the refit has seen every photo); the
+   temperature carries over.
 
 The frozen stages' activations are shared by all these runs (:mod:`headstart.models.finetune.frozen`), so the refit
 costs only its epochs of the trainable tail.
@@ -232,6 +233,10 @@ def fit_network(
     frozen = dict(result.frozen)
 
     final, refit = result.network, None  # (with EMA, the network is its average's copy)
+    # The refit trains as long as the validation run did (all its epochs, unless the loss stopped it), not just to
+    # its best epoch: that best is often a peak of validation noise partway through the schedule, and a network
+    # stopped there, with its rate still high, is not the one validation saw (measured: docs/TRAINING.md).
+    trained = max((r.epoch for r in result.history), default=0)
     if probe_all is not None:
         began = time.perf_counter()
         refit_history: list[dict[str, Any]] = []
@@ -245,7 +250,7 @@ def fit_network(
             )
             begin(same_c)
             if progress and current().is_main:
-                say(f"refit on all {len(everything)} photos: {best_epoch} epoch(s) of the same schedule")
+                say(f"refit on all {len(everything)} photos: the {trained} epoch(s) the validation run trained")
             done = run_finetune(
                 network,
                 everything,
@@ -255,14 +260,14 @@ def fit_network(
                 config,
                 checkpoint_dir,
                 resume=resume,
-                stop_after=best_epoch,
+                stop_after=trained,
                 name="refit-",
                 **common,
             )
             refit_history, final = [asdict(r) for r in done.history], done.network
         refit = {
             "photos": len(everything),
-            "epochs": best_epoch,
+            "epochs": trained if best_epoch > 0 else 0,
             "seconds": round(time.perf_counter() - began, 3),
             "history": refit_history,
             "frozen_stages": dict(done.frozen) if best_epoch > 0 else None,
