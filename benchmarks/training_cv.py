@@ -234,7 +234,7 @@ def curve(paths: list[Path], report: Path) -> None:
         table.append(
             f"| {key[0]} | {key[1].split('/')[0]} ({pairs[0]['probe']['n_train']} / {n_test}) | {len(pairs)} "
             f"| {probe.mean():.4f} | {tuned.mean():.4f} | {diff.mean():+.4f} ± {se:.4f} "
-            f"| {', '.join(str(v['finetune']['best_epoch']) for v in pairs)} "
+            f"| {', '.join('skipped' if v['finetune'].get('skipped') else str(v['finetune']['best_epoch']) for v in pairs)} "
             f"| {np.mean([v['finetune']['fit_seconds'] for v in pairs]):.0f} s |"
         )
     command = " ".join(p.name for p in paths)
@@ -243,8 +243,10 @@ def curve(paths: list[Path], report: Path) -> None:
 `python benchmarks/training_cv.py curve {command}` over runs of `training_cv.py train DATA --backbone
 tf_efficientnet_lite1 --per-class K --reps 3 --variants '{{"probe": null, "finetune": {{}}}}'`: K photos a class drawn
 per repetition, the whole estimator (its own split, epoch choice, temperature, refit) fitted on them and scored on
-every other photo; fine-tuning with its defaults (before the rule below existed: it always trained). Mean test
-accuracy; the difference paired draw by draw, ± its standard error. Fit seconds on a shared 2-core machine.
+every other photo; fine-tuning with its defaults. "skipped": validation could not judge a network against the probe
+(the probe missed fewer than 5 validation photos), so nothing was trained; 0: a network was trained and did not
+beat the probe by the sign test, so the probe is the model. Mean test accuracy; the difference paired draw by draw,
+± its standard error. Fit seconds on a 2-core machine (other work beside it: they vary about twofold).
 
 {chr(10).join(table)}
 """

@@ -280,3 +280,22 @@ def test_a_folder_output_in_the_data_folder_is_refused(places: Path) -> None:
     assert check_output(places / "eval", "folder", data=photos) == places / "eval"
     (places / "list.csv").write_text("photos/cat/1.jpg,cat\n")
     assert check_output(places / "eval", "folder", data=places / "list.csv") == places / "eval"
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_numbers_on_a_log_axis_are_drawn_as_numbers_not_as_maths_markup(tmp_path: Path, axis: str) -> None:
+    """Every figure is drawn with maths off (names are data), so matplotlib's log-axis labels, written as maths,
+    came out as their markup ("$\\mathdefault{10^{-7}}$", the lr-find plot's whole axis): they are plain numbers."""
+    from matplotlib.figure import Figure
+
+    from headstart._display import figure_png
+
+    fig = Figure()
+    ax = fig.subplots()
+    ax.plot([1e-7, 1e-3, 1e-1], [1e-7, 1e-3, 1e-1])
+    getattr(ax, f"set_{axis}scale")("log")
+    save_figure(fig, tmp_path / "log.png")
+    figure_png(fig)
+    labels = [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert any(t.replace("−", "-") == "1e-03" for t in labels), labels

@@ -49,10 +49,20 @@ def printable(text: Any, *, keep_newlines: bool = False) -> str:
 def literal_figure(fig: Any) -> Any:
     """Make every text of a matplotlib figure draw literally: no maths (``$\\frac$``, ``$5 or $6`` as written) and
     no control characters. Returns ``fig``. Texts made while the figure is drawn (ticks) need
-    ``matplotlib.rc_context({"text.parse_math": False})`` around the drawing, as ``_io.save_figure`` does.
+    ``matplotlib.rc_context({"text.parse_math": False})`` around the drawing, as ``_io.save_figure`` does; so the
+    tick labels of a log axis, which matplotlib writes as maths (``$\\mathdefault{10^{-3}}$``), get a formatter
+    that writes them as plain numbers (``1e-03``) instead of as that markup.
     """
+    from matplotlib.axes import Axes
     from matplotlib.text import Text
+    from matplotlib.ticker import LogFormatter, LogFormatterMathtext
 
+    for ax in fig.findobj(Axes):
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), LogFormatterMathtext):
+                axis.set_major_formatter(LogFormatter(axis.get_major_formatter()._base))
+            if isinstance(axis.get_minor_formatter(), LogFormatterMathtext):
+                axis.set_minor_formatter(LogFormatter(axis.get_minor_formatter()._base, labelOnlyBase=True))
     for text in fig.findobj(Text):
         text.set_parse_math(False)
         content = text.get_text()

@@ -320,6 +320,7 @@ class ImageClassifier(ClassifierProtocol):
                 progress=bool(run.progress),
                 lr_search=bool(config.lr_search),
                 probe_val_misses=int(np.sum(~probe_right)),
+                probe_val_proba=probe_proba,
                 extract=dict(cache=cache, precision=self.precision, **run.extraction()),
             )
             model, history = fit.model, (fit.history if fit.skipped is None else None)  # (no epochs: no curves)

@@ -131,6 +131,7 @@ def fit_network(
     progress: bool = False,
     lr_search: bool = False,
     probe_val_misses: int | None = None,
+    probe_val_proba: np.ndarray | None = None,
     extract: dict[str, Any] | None = None,
 ) -> NetworkFit:
     """Validation run(s), temperature, refit (see the module's docstring). ``backbone`` is an
@@ -141,6 +142,8 @@ def fit_network(
     temperature carries over; ``memo`` remembers that fit. ``probe_val_misses`` (the probe's errors on
     ``val_part``): under :data:`~headstart.models.finetune.config.MIN_FIXES` with ``config.skip_unjudged``,
     validation could not tell a better network from luck, so the probe is kept at once and nothing is trained.
+    ``probe_val_proba`` (the probe's probabilities for ``val_part``, its rows in order) is what a trained network
+    must beat by the sign test; without it, the network's own epoch 0 (the probe's head on the trunk).
     ``extract`` (the fit's extraction options: cache, precision, ...) lets ``config.mirror="auto"`` ask the probe
     whether the validation photos' mirror images are the same class (:func:`~headstart.models.finetune.views.
     mirror_check`); without it, ``auto`` mirrors."""
@@ -219,14 +222,15 @@ def fit_network(
             **validation_run,
         )
     best_epoch, stopping = result.best_epoch, dict(result.stopping)
-    if method == "finetune" and best_epoch > 0 and result.start_logits is not None:
-        verdict = beats_start(result.val_logits, result.start_logits, result.val_labels)
+    probe_scores = probe_val_proba if probe_val_proba is not None else result.start_logits
+    if method == "finetune" and best_epoch > 0 and probe_scores is not None:
+        verdict = beats_start(result.val_logits, probe_scores, result.val_labels)
         stopping["against_probe"] = verdict
         if not verdict["gains"]:  # a win by a photo or two is luck: the probe is the model
+            stopping["kept_epoch"], stopping["kept_by"] = 0, _probe_kept_by(verdict, best_epoch)
             best_epoch, result.val_logits = 0, result.start_logits
-            stopping["kept_epoch"] = 0
             if progress and current().is_main:
-                say(_probe_won_line(verdict))
+                say(f"kept epoch 0, {stopping['kept_by']}")
     temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
     val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
     history = [asdict(r) for r in result.history]
@@ -313,11 +317,11 @@ def _mirror_line(check: dict[str, Any]) -> str:
     )
 
 
-def _probe_won_line(verdict: dict[str, Any]) -> str:
-    """Why the probe stays the model though an epoch scored higher."""
+def _probe_kept_by(verdict: dict[str, Any], best: int) -> str:
+    """Why the probe stays the model though a trained epoch scored higher."""
     return (
-        f"the probe is kept: the best epoch fixes {verdict['fixes']} validation photo(s) the probe misses and breaks "
-        f"{verdict['breaks']}, a difference luck gives {verdict['chance']:.0%} of the time"
+        f"the probe: epoch {best}, the best trained, fixes {verdict['fixes']} validation photo(s) the probe misses "
+        f"and breaks {verdict['breaks']}, a difference luck gives {verdict['chance']:.0%} of the time"
     )
 
 
