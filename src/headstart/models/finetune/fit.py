@@ -177,7 +177,7 @@ def fit_network(
 
     def begin(head_probe: Any) -> Any:
         network.trunk.load_state_dict(start)
-        if method == "finetune":  # LP-FT: the head starts where the linear probe ended (before calibration)
+        if method == "finetune":  # the probe's head (uncalibrated): epoch 0 scores it; the loop zeroes a zero head
             centre = features[0].mean(axis=0) if features is not None else None  # (dropout around the mean)
             start_from_probe(network, head_probe.coef_, head_probe.intercept_, head_probe.temperature_, centre)
         else:

@@ -78,9 +78,9 @@ def start_from_probe(network, coef, intercept, temperature: float = 1.0, centre=
 def centred_dropout(p: float, width: int):
     """Dropout of the features' deviations from a centre (``centre + dropout(x - centre)``; plain dropout while the
     centre is zero). Why: the probe is fitted on centred features, so its bias carries ``-coef @ mean``, a large
-    offset that plain dropout (features to zero, the rest scaled up) swings by far more than the class margins: on
-    digits a probe right on every photo of a batch was right on 16% of it in training mode, and every epoch of
-    fine-tuning started from that noise. Around the mean, the expected logits and the offset stay as they are."""
+    offset that plain dropout (features to zero, the rest scaled up) swings by far more than the class margins: a
+    batch the probe gets right in eval mode came out mostly wrong in training mode (DEVELOPERS.md). Around the
+    mean, the expected logits and the offset stay as they are."""
     import torch
 
     class CentredDropout(torch.nn.Dropout):
