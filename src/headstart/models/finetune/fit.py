@@ -228,11 +228,14 @@ def fit_network(
         stopping["against_probe"] = verdict
         if not verdict["gains"]:  # a win by a photo or two is luck: the probe is the model
             stopping["kept_epoch"], stopping["kept_by"] = 0, _probe_kept_by(verdict, best_epoch)
-            best_epoch, result.val_logits = 0, result.start_logits
+            best_epoch = 0
             if progress and current().is_main:
                 say(f"kept epoch 0, {stopping['kept_by']}")
-    temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
-    val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
+    if method == "finetune" and best_epoch == 0:
+        temperature, val_proba = 1.0, None  # (the probe is the model, with its own calibration: below)
+    else:
+        temperature = fit_temperature(result.val_logits, result.val_labels) if len(result.val_labels) else 1.0
+        val_proba = _cross_fitted(np.asarray(result.val_logits, dtype=np.float64), np.asarray(result.val_labels))
     history = [asdict(r) for r in result.history]
     frozen = dict(result.frozen)
 
