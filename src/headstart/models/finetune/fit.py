@@ -159,7 +159,7 @@ def fit_network(
     from headstart.models.finetune.parts import build_network, start_from_probe
 
     mirror = None
-    if method == "finetune" and config.mirror == "auto" and extract is not None:
+    if method == "finetune" and config.mirror == "auto" and extract is not None and len(val_part):
         from headstart.models.finetune.views import mirror_check
 
         mirror = mirror_check(backbone, probe, [str(p) for p in val_part.paths], np.asarray(val_part.labels), **extract)

@@ -72,8 +72,8 @@ def run_finetune(
     keeps the last. Early stopping and the epoch kept follow :mod:`~headstart.models.finetune.stopping`
     (``keep_start`` False: epoch 0, a random start, is scored but never kept; ``zero_head``: epoch 0 is scored
     with the head given, which is then zeroed to learn with the trunk: epoch 0 is neither kept nor watched, and its
-    logits are the result's ``start_logits``). ``spec`` (the pretrained backbone) lets fits in one process share the frozen stages'
-    activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
+    logits are the result's ``start_logits``). ``spec`` (the pretrained backbone) lets fits in one process share
+    the frozen stages' activations; ``hashes`` maps photo paths to their content hashes (computed when missing).
 
     With ``run_dir``, each epoch appends to ``{name}metrics.jsonl``, replaces ``{name}checkpoint.pt`` (from which
     ``resume=True`` continues: a run that had stopped early, or trained all its epochs, trains none and computes no
