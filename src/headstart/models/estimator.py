@@ -319,7 +319,6 @@ class ImageClassifier(ClassifierProtocol):
                 resume=bool(run.resume),
                 progress=bool(run.progress),
                 lr_search=bool(config.lr_search),
-                probe_val_misses=int(np.sum(~probe_right)),
                 probe_val_proba=probe_proba,
                 extract=dict(cache=cache, precision=self.precision, **run.extraction()),
             )

@@ -64,7 +64,7 @@ def find_learning_rate(
     """
     from headstart.models.backbone_names import check_backbone_choice
     from headstart.models.finetune.lr_find import DEFAULT_BUDGET_S, DEFAULT_STEPS, lr_range_test, plot_lr_find
-    from headstart.models.finetune.parts import build_network, start_from_probe
+    from headstart.models.finetune.parts import build_network, start_from_probe, zero_head_weights
     from headstart.models.selection import select_for_fit
 
     if finetune_options is not None:
@@ -104,11 +104,9 @@ def find_learning_rate(
     config = Finetune.for_data_size(len(usable), **(finetune or {}))
     classes = [str(c) for c in probe.classes_]
     network = build_network(source.load(), len(classes), config.head_dropout)
-    centre = feats.features.mean(axis=0)
-    if config.head_start == "probe":
-        start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_, centre)
-    else:  # the head starts where training starts it: at zero
-        start_from_probe(network, np.zeros_like(probe.coef_), np.zeros_like(probe.intercept_), 1.0, centre)
+    start_from_probe(network, probe.coef_, probe.intercept_, probe.temperature_, feats.features.mean(axis=0))
+    if config.head_start == "zero":  # (where training starts it)
+        zero_head_weights(network)
     budget = DEFAULT_BUDGET_S if budget_s is None else (budget_s or None)
     result = lr_range_test(
         network,

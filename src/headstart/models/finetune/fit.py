@@ -130,7 +130,6 @@ def fit_network(
     resume: bool = False,
     progress: bool = False,
     lr_search: bool = False,
-    probe_val_misses: int | None = None,
     probe_val_proba: np.ndarray | None = None,
     extract: dict[str, Any] | None = None,
 ) -> NetworkFit:
@@ -139,18 +138,20 @@ def fit_network(
     fine-tuning starts from), ``probe_all`` the one refit on ``everything`` (None: no refit; it is the saved
     model when validation keeps epoch 0). ``features`` (of ``everything``, with labels) give the refit's
     starting head: a probe at the validation run's C, so both runs start at the same logit scale and the
-    temperature carries over; ``memo`` remembers that fit. ``probe_val_misses`` (the probe's errors on
-    ``val_part``): under :data:`~headstart.models.finetune.config.MIN_FIXES` with ``config.skip_unjudged``,
-    validation could not tell a better network from luck, so the probe is kept at once and nothing is trained.
-    ``probe_val_proba`` (the probe's probabilities for ``val_part``, its rows in order) is what a trained network
-    must beat by the sign test; without it, the network's own epoch 0 (the probe's head on the trunk).
+    temperature carries over; ``memo`` remembers that fit. ``probe_val_proba`` (the probe's probabilities for
+    ``val_part``, its rows in order) is what a trained network must beat by the sign test (without it, the
+    network's own epoch 0: the probe's head on the trunk); where the probe misses fewer than
+    :data:`~headstart.models.finetune.config.MIN_FIXES` of those photos and ``config.skip_unjudged``, validation
+    could not tell a better network from luck, so the probe is kept at once and nothing is trained.
     ``extract`` (the fit's extraction options: cache, precision, ...) lets ``config.mirror="auto"`` ask the probe
     whether the validation photos' mirror images are the same class (:func:`~headstart.models.finetune.views.
     mirror_check`); without it, ``auto`` mirrors."""
     classes = [str(c) for c in probe.classes_]
-    unjudged = probe_val_misses is not None and probe_val_misses < MIN_FIXES
-    if method == "finetune" and config.skip_unjudged and unjudged:
-        return _probe_kept(backbone, probe, probe_all, everything, classes, config, flip, probe_val_misses, progress)
+    misses = None
+    if probe_val_proba is not None:
+        misses = int(np.sum(np.asarray(classes)[np.argmax(probe_val_proba, axis=1)] != np.asarray(val_part.labels)))
+    if method == "finetune" and config.skip_unjudged and misses is not None and misses < MIN_FIXES:
+        return _probe_kept(backbone, probe, probe_all, everything, classes, config, flip, misses, progress)
     import torch
 
     from headstart._distributed import current

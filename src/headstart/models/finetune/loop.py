@@ -30,6 +30,7 @@ from headstart.models.finetune.parts import (
     make_optimizer,
     plot_curves,
     trainable_groups,
+    zero_head_weights,
 )
 from headstart.models.finetune.resume import NothingLeft, resumable, save_checkpoint
 from headstart.models.finetune.stopping import Stopping, better, describe_stopping, scores
@@ -195,9 +196,7 @@ def run_finetune(
         if progress and group.is_main:
             say(f"epoch 0 (before fine-tuning): validation loss {val_loss:.3f} accuracy {val_acc:.3f}")
     if zero_head and start_epoch == 0:
-        with torch.no_grad():
-            network.head.weight.zero_()
-            network.head.bias.zero_()
+        zero_head_weights(network)
     step = start_epoch * steps_per_epoch
     drawn, drawn_records = time.perf_counter(), len(history)  # when curves.png was last drawn, with how many records
     for epoch in range(start_epoch, epochs):

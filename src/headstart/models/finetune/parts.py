@@ -46,6 +46,7 @@ __all__ = [
     "plot_curves",
     "start_from_probe",
     "trainable_groups",
+    "zero_head_weights",
 ]
 
 
@@ -73,6 +74,15 @@ def start_from_probe(network, coef, intercept, temperature: float = 1.0, centre=
     set_head(network, coef * temperature, intercept * temperature)
     if centre is not None and hasattr(network.dropout, "centre"):
         network.dropout.centre.copy_(torch.as_tensor(centre, dtype=torch.float32))
+
+
+def zero_head_weights(network) -> None:
+    """The head at zero (``head_start="zero"``): it sends no gradient into the trunk until it has learnt something."""
+    import torch
+
+    with torch.no_grad():
+        network.head.weight.zero_()
+        network.head.bias.zero_()
 
 
 def centred_dropout(p: float, width: int):

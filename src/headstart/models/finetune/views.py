@@ -54,16 +54,13 @@ def mirror_check(backbone: Any, probe: Any, paths: list[str], labels: np.ndarray
     index = {c: i for i, c in enumerate(probe.classes_)}
     y = np.array([index[label] for label in labels], dtype=np.int64)
 
-    def logits(features: np.ndarray) -> np.ndarray:
-        return features @ np.asarray(probe.coef_).T + np.asarray(probe.intercept_)
-
-    plain_logits = logits(plain.features)
-    mirror_logits = logits(2 * both.features[np.searchsorted(both.indices, plain.indices)] - plain.features)
-    verdict = beats_start(plain_logits, mirror_logits, y)  # (do the photos beat their mirror images?)
+    on_plain = probe.predict_proba(plain.features)
+    on_mirror = probe.predict_proba(2 * both.features[np.searchsorted(both.indices, plain.indices)] - plain.features)
+    verdict = beats_start(on_plain, on_mirror, y)  # (do the photos beat their mirror images?)
     return {
         "photos": len(y),
-        "accuracy": round(float((plain_logits.argmax(1) == y).mean()), 4) if len(y) else None,
-        "mirror_accuracy": round(float((mirror_logits.argmax(1) == y).mean()), 4) if len(y) else None,
+        "accuracy": round(float((on_plain.argmax(1) == y).mean()), 4) if len(y) else None,
+        "mirror_accuracy": round(float((on_mirror.argmax(1) == y).mean()), 4) if len(y) else None,
         "lost": verdict["fixes"],
         "won": verdict["breaks"],
         "chance": verdict["chance"],
